@@ -1,0 +1,97 @@
+"""jupyter_curvature: the curvature of neural networks, computed exactly and seen live in Jupyter.
+
+The engine (operators, spectra, statistics, landscapes, models, data, optimisers,
+training) never imports IPython, ipywidgets, bqplot, traitlets or anywidget; only
+:mod:`jupyter_curvature.widgets` and :mod:`jupyter_curvature.magics` do, and they are
+imported lazily, when a notebook asks for them (``%load_ext jupyter_curvature``).
+
+Public names are resolved on first access, so ``import jupyter_curvature`` is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._version import __version__
+
+# public name -> module that defines it (relative to this package)
+_LAZY_EXPORTS: dict[str, str] = {
+    # operators
+    "CurvatureOperator": ".operators",
+    "HessianOperator": ".operators",
+    "GGNOperator": ".operators",
+    "EmpiricalFisherOperator": ".operators",
+    "BatchNormPolicy": ".operators",
+    # spectra
+    "lanczos": ".spectral",
+    "eigenpairs": ".spectral",
+    "EigenpairsResult": ".spectral",
+    "spectral_density": ".spectral",
+    "SpectralDensity": ".spectral",
+    "trace": ".spectral",
+    "TraceEstimate": ".spectral",
+    # statistics
+    "evaluate": ".stats",
+    "bn_update": ".stats",
+    "gradient_statistics": ".stats",
+    "curvature_statistics": ".stats",
+    "weight_norms": ".stats",
+    "layer_curvature": ".stats",
+    # landscape
+    "perturbed": ".landscape",
+    "Perturber": ".landscape",
+    "landscape_1d": ".landscape",
+    "landscape_2d": ".landscape",
+    # subpackages
+    "operators": ".operators",
+    "spectral": ".spectral",
+    "stats": ".stats",
+    "landscape": ".landscape",
+    "models": ".models",
+    "data": ".data",
+    "optim": ".optim",
+    "training": ".training",
+}
+
+_SUBPACKAGES = {
+    "operators",
+    "spectral",
+    "stats",
+    "landscape",
+    "models",
+    "data",
+    "optim",
+    "training",
+}
+
+__all__ = sorted([*_LAZY_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name = _LAZY_EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'jupyter_curvature' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name, __name__)
+    value = module if name in _SUBPACKAGES else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the ``%curv_*`` magics (``%load_ext jupyter_curvature``)."""
+    from .magics import load_ipython_extension as _load
+
+    _load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Remove the magics and close the panels they opened (``%unload_ext``)."""
+    from .magics import unload_ipython_extension as _unload
+
+    _unload(ipython)

@@ -1,0 +1,5 @@
+"""The model zoo."""
+
+from .small import MLP, SmallCNN
+
+__all__ = ["MLP", "SmallCNN"]

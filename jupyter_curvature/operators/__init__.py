@@ -1,0 +1,29 @@
+"""Curvature operators: exact, matrix-free products with the Hessian, the GGN and the gradient covariance."""
+
+from ._batches import BatchLayout, default_layout
+from ._model_state import BATCHNORM_POLICIES, curvature_mode
+from ._params import flatten, select_parameters, unflatten
+from .base import CurvatureOperator, DenseOperator
+from .curvature import EmpiricalFisherOperator, EmpiricalRiskOperator, GGNOperator, HessianOperator
+from .loss_hessians import SUPPORTED_LOSSES, output_hessian_for
+
+BatchNormPolicy = str  # "eval" | "train", see BATCHNORM_POLICIES
+
+__all__ = [
+    "BATCHNORM_POLICIES",
+    "BatchLayout",
+    "BatchNormPolicy",
+    "CurvatureOperator",
+    "DenseOperator",
+    "EmpiricalFisherOperator",
+    "EmpiricalRiskOperator",
+    "GGNOperator",
+    "HessianOperator",
+    "SUPPORTED_LOSSES",
+    "curvature_mode",
+    "default_layout",
+    "flatten",
+    "output_hessian_for",
+    "select_parameters",
+    "unflatten",
+]

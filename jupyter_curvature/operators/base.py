@@ -1,0 +1,111 @@
+"""The operator interface every curvature matrix implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+class CurvatureOperator(ABC):
+    """A symmetric ``n x n`` matrix known only through its products with vectors.
+
+    Subclasses implement :meth:`_matmat` on a validated ``(n, k)`` block; the public
+    :meth:`matmat` / ``@`` check the input first (shape, dtype, device), count the
+    products in :attr:`num_matvecs`, and accept a flat vector ``(n,)`` or a block ``(n, k)``.
+    """
+
+    #: an operator is symmetric; spectral methods rely on this
+    is_symmetric: bool = True
+
+    def __init__(self, n: int, dtype: torch.dtype, device: torch.device) -> None:
+        self._n = int(n)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.num_matvecs = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._n, self._n)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
+        return self.matmat(v)
+
+    def matmat(self, v: torch.Tensor) -> torch.Tensor:
+        """The product with a vector ``(n,)`` or a block of vectors ``(n, k)``."""
+        block = self._check_vector(v)
+        result = self._matmat(block)
+        self.num_matvecs += block.shape[1]
+        return result[:, 0] if v.ndim == 1 else result
+
+    matvec = matmat
+
+    def _check_vector(self, v: torch.Tensor) -> torch.Tensor:
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}")
+        if v.ndim not in (1, 2) or v.shape[0] != self._n:
+            raise ValueError(
+                f"v must have shape ({self._n},) or ({self._n}, k) to match the operator, "
+                f"got {tuple(v.shape)}"
+            )
+        if v.dtype != self.dtype:
+            raise ValueError(
+                f"v has dtype {v.dtype} but the operator works in {self.dtype}; "
+                f"convert it with v.to({self.dtype})"
+            )
+        if v.device != self.device and not (
+            v.device.type == self.device.type and self.device.index is None
+        ):
+            raise ValueError(
+                f"v is on {v.device} but the operator lives on {self.device}; "
+                f"move it with v.to('{self.device}')"
+            )
+        return v if v.ndim == 2 else v.unsqueeze(1)
+
+    @abstractmethod
+    def _matmat(self, block: torch.Tensor) -> torch.Tensor:
+        """Multiply a validated ``(n, k)`` block."""
+
+    def to_dense(self) -> torch.Tensor:
+        """The full matrix, column by column (only for small ``n``: ``n`` products)."""
+        eye = torch.eye(self._n, dtype=self.dtype, device=self.device)
+        return self.matmat(eye)
+
+    def to_scipy(self):
+        """This operator as a ``scipy.sparse.linalg.LinearOperator`` (numpy in and out)."""
+        import numpy as np
+        from scipy.sparse.linalg import LinearOperator
+
+        def product(x: np.ndarray) -> np.ndarray:
+            t = torch.as_tensor(np.asarray(x), device=self.device).to(self.dtype)
+            return self.matmat(t).detach().cpu().numpy()
+
+        np_dtype = torch.empty((), dtype=self.dtype).numpy().dtype
+        return LinearOperator(
+            self.shape, matvec=product, matmat=product, rmatvec=product, dtype=np_dtype
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n={self._n}, dtype={self.dtype}, device={self.device})"
+
+
+class DenseOperator(CurvatureOperator):
+    """A symmetric matrix held densely: for tests, and for small curvature matrices.
+
+    >>> import torch
+    >>> op = DenseOperator(torch.diag(torch.tensor([1.0, -2.0], dtype=torch.float64)))
+    >>> (op @ torch.ones(2, dtype=torch.float64)).tolist()
+    [1.0, -2.0]
+    """
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"matrix must be square, got shape {tuple(matrix.shape)}")
+        super().__init__(matrix.shape[0], matrix.dtype, matrix.device)
+        self.matrix = matrix
+
+    def _matmat(self, block: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ block

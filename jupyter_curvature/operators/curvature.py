@@ -1,0 +1,274 @@
+"""Matrix-free curvature of the empirical risk: Hessian, generalised Gauss-Newton, empirical Fisher.
+
+Every operator here is the curvature of ``loss_fn`` applied to *all* of ``data`` as if it were
+one batch (DESIGN.md). With ``reduction="mean"`` that is the mean over all ``N`` samples, so a
+batch ``b`` of ``B_b`` samples enters with weight ``B_b / N`` (a short last batch counts by its
+size); with ``reduction="sum"`` batches are simply added. ``N`` is counted during the pass, so no
+extra pass over the data is needed.
+
+Products are exact (no sampling, no approximation) and use only one batch's graph at a time.
+A block ``(n, k)`` of vectors shares the work of each batch: one forward (and for the Hessian
+one gradient graph) serves all ``k`` columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vjp, vmap
+
+from . import _params
+from ._batches import Batch, BatchLayout, BatchSource
+from ._model_state import check_batchnorm_policy, curvature_mode
+from .base import CurvatureOperator
+from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
+
+
+class EmpiricalRiskOperator(CurvatureOperator):
+    """Shared machinery: parameter choice, data passes, sample weighting, validation.
+
+    Args:
+        model: the network; products run on its device and in its parameters' dtype
+            (floating inputs are cast to that dtype, so a ``.double()`` model works end to end).
+        loss_fn: ``loss_fn(outputs, targets) -> scalar``, a torch criterion with reduction
+            ``"mean"`` or ``"sum"``.
+        data: a DataLoader, any re-iterable of ``(inputs, targets)`` batches, or one batch.
+        params: which parameters (see :func:`~jupyter_curvature.operators._params.select_parameters`).
+        batchnorm: ``"eval"`` (running statistics; default) or ``"train"`` (batch statistics).
+        batch_layout: ``fn(batch) -> (model_args, targets)`` for other batch layouts.
+        check: run the first batch once now, so bad input fails at construction.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        data: Any,
+        params: _params.ParamSpec = None,
+        *,
+        batchnorm: str = "eval",
+        batch_layout: BatchLayout | None = None,
+        check: bool = True,
+    ) -> None:
+        named = _params.select_parameters(model, params)
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable (a torch criterion), got {type(loss_fn).__name__}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.reduction = loss_reduction(loss_fn)
+        self.batchnorm = check_batchnorm_policy(batchnorm)
+        self.param_names = [name for name, _ in named]
+        self.params = [p for _, p in named]
+        dtypes = {p.dtype for p in self.params}
+        if len(dtypes) > 1:
+            raise ValueError(
+                f"the chosen parameters mix dtypes {sorted(map(str, dtypes))}; convert the model "
+                "with model.to(dtype) or choose parameters of one dtype with params="
+            )
+        self.source = BatchSource(data, batch_layout)
+        self.num_samples: int | None = None
+        first = self.params[0]
+        super().__init__(sum(p.numel() for p in self.params), first.dtype, first.device)
+        if check:
+            self._check_first_batch()
+
+    # ----------------------------------------------------------------- helpers
+    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-parameter tensors (in :attr:`params` order) as one flat vector."""
+        return _params.flatten(tensors)
+
+    def unflatten(self, vector: torch.Tensor) -> list[torch.Tensor]:
+        """A flat vector ``(n,)`` or block ``(n, k)`` as tensors shaped like :attr:`params`."""
+        return _params.unflatten(vector, self.params)
+
+    def _mode(self):
+        return curvature_mode(self.model, self.params, self.batchnorm)
+
+    def _batches(self):
+        for batch in self.source:
+            yield batch.to(self.device, self.dtype)
+
+    def _loss(self, outputs: Any, batch: Batch) -> torch.Tensor:
+        loss = self.loss_fn(outputs, batch.targets)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ValueError(
+                f"loss_fn must return a scalar, got {shape}; use reduction='mean' or 'sum'"
+            )
+        if not torch.isfinite(loss):
+            raise ValueError(
+                f"the loss is {loss.item()} on batch {batch.index}: the model or the data "
+                "produced NaN/inf there; check that batch and the weights"
+            )
+        return loss.reshape(())
+
+    def _check_first_batch(self) -> None:
+        with self._mode():
+            batch = self.source.first().to(self.device, self.dtype)
+            loss = self._loss(self.model(*batch.args), batch)
+            if not loss.requires_grad:
+                raise ValueError(
+                    "the loss does not depend on the chosen parameters; check params= and that "
+                    "the model's forward uses them"
+                )
+
+    def _accumulate(self, block: torch.Tensor, batch_product) -> torch.Tensor:
+        """``sum_b w_b P_b`` over batches, ``w_b = B_b / N`` for the mean, 1 for the sum."""
+        total = torch.zeros_like(block)
+        count = 0
+        with self._mode():
+            for batch in self._batches():
+                product = batch_product(batch, block)
+                total += product * batch.size if self.reduction == "mean" else product
+                count += batch.size
+        if count == 0:
+            raise ValueError("data is empty: it yielded no batch; check the dataset and the loader")
+        self.num_samples = count
+        return total / count if self.reduction == "mean" else total
+
+
+def _zeros_for_none(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]):
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, like)]
+
+
+class HessianOperator(EmpiricalRiskOperator):
+    """The Hessian ``H = d^2 L / dw^2`` of the empirical risk, by Pearlmutter's trick.
+
+    ``H v = d/dw (g(w)^T v)`` with ``g = dL/dw`` built with ``create_graph=True`` (Pearlmutter
+    1994): per batch one gradient graph, then one backward through it per column of the block,
+    so ``k`` vectors cost one forward, one gradient and ``k`` second backwards.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Linear(2, 1, bias=False).double()
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> H = HessianOperator(model, nn.MSELoss(reduction="sum"), (x, torch.zeros(2, 1).double()))
+    >>> H.to_dense().tolist()  # 2 X^T X for a linear least-squares model
+    [[2.0, 0.0], [0.0, 8.0]]
+    """
+
+    def _matmat(self, block: torch.Tensor) -> torch.Tensor:
+        return self._accumulate(block, self._batch_hvp)
+
+    def _batch_hvp(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
+        loss = self._loss(self.model(*batch.args), batch)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        # a gradient that does not require grad is constant: its rows of H are zero
+        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        columns = self.unflatten(block)
+        out = [torch.zeros_like(c) for c in columns]
+        if live:
+            k = block.shape[1]
+            for j in range(k):
+                hv = torch.autograd.grad(
+                    [grads[i] for i in live],
+                    self.params,
+                    grad_outputs=[columns[i][..., j] for i in live],
+                    retain_graph=j < k - 1,
+                    allow_unused=True,
+                )
+                for i, h in enumerate(hv):
+                    if h is not None:
+                        out[i][..., j] = h
+        return torch.cat([o.reshape(-1, block.shape[1]) for o in out])
+
+
+class _FunctionalOperator(EmpiricalRiskOperator):
+    """An operator that calls the model functionally, with the chosen parameters as inputs."""
+
+    def _function(self, batch: Batch):
+        names, model = self.param_names, self.model
+
+        def forward(*params: torch.Tensor):
+            return functional_call(model, dict(zip(names, params)), batch.args, strict=False)
+
+        return forward
+
+    def _detached_params(self) -> tuple[torch.Tensor, ...]:
+        return tuple(p.detach() for p in self.params)
+
+
+class GGNOperator(_FunctionalOperator):
+    """The generalised Gauss-Newton matrix ``G = J^T H_L J`` (Schraudolph 2002).
+
+    ``J`` is the Jacobian of the network outputs with respect to the chosen parameters and
+    ``H_L`` the exact Hessian of the loss with respect to the outputs
+    (:mod:`~jupyter_curvature.operators.loss_hessians`). Per batch: one forward that keeps the
+    graph for ``J^T`` (``torch.func.vjp``), then for the block ``J V`` by forward mode
+    (``torch.func.jvp``, vectorised over the columns), ``H_L (J V)`` in closed form, and
+    ``J^T (H_L J V)``. ``G`` is positive semi-definite for convex losses and equals the Fisher
+    for softmax cross-entropy and Gaussian MSE (Martens 2020).
+
+    Args:
+        output_hessian: ``fn(outputs, targets, U) -> H_L U`` for losses not built in.
+        (others as :class:`EmpiricalRiskOperator`)
+    """
+
+    def __init__(self, model, loss_fn, data, params=None, *, output_hessian: OutputHessian | None = None, **kwargs):
+        self._output_hessian = output_hessian or output_hessian_for(loss_fn)
+        super().__init__(model, loss_fn, data, params, **kwargs)
+
+    def _matmat(self, block: torch.Tensor) -> torch.Tensor:
+        return self._accumulate(block, self._batch_ggn)
+
+    def _batch_ggn(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
+        forward = self._function(batch)
+        primals = self._detached_params()
+        outputs, pullback = vjp(forward, *primals)
+        self._loss(outputs.detach(), batch)  # names a batch with NaN/inf loss
+        tangents = [t.movedim(-1, 0) for t in self.unflatten(block)]  # (k, *p.shape)
+
+        def push_forward(*tangent):
+            return jvp(forward, primals, tangent)[1]
+
+        JV = vmap(push_forward)(*tangents)  # (k, *outputs.shape)
+        HJV = self._output_hessian(outputs.detach(), batch.targets, JV)
+        columns = vmap(pullback)(HJV)  # tuple over params of (k, *p.shape)
+        return torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1).T
+
+
+class EmpiricalFisherOperator(_FunctionalOperator):
+    """The gradient covariance ("empirical Fisher") ``F = (1/N) sum_n g_n g_n^T``.
+
+    ``g_n`` is the gradient of the loss on sample ``n`` alone (``loss_fn`` on a batch of one;
+    for ``reduction="sum"`` the ``1/N`` is dropped). This is *not* the Fisher: it uses the true
+    labels instead of the model's (Kunstner et al. 2019). Per-sample gradients come from
+    ``torch.func.vmap(grad)``, so the cost per batch is one vectorised gradient; memory is
+    ``B x n`` per batch.
+    """
+
+    def __init__(self, model, loss_fn, data, params=None, **kwargs):
+        super().__init__(model, loss_fn, data, params, **kwargs)
+        if self.batchnorm == "train" and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+        ):
+            raise ValueError(
+                "EmpiricalFisherOperator needs per-sample gradients, which BatchNorm with batch "
+                "statistics does not have; use batchnorm='eval'"
+            )
+
+    def _matmat(self, block: torch.Tensor) -> torch.Tensor:
+        return self._accumulate(block, self._batch_fisher)
+
+    def per_sample_gradients(self, batch: Batch) -> torch.Tensor:
+        """The ``(B, n)`` matrix of per-sample gradients of one (device-placed) batch."""
+        names, model, loss_fn = self.param_names, self.model, self.loss_fn
+        primals = self._detached_params()
+
+        def sample_loss(params, args, target):
+            args = tuple(a.unsqueeze(0) for a in args)
+            out = functional_call(model, dict(zip(names, params)), args, strict=False)
+            return loss_fn(out, target.unsqueeze(0))
+
+        grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(primals, batch.args, batch.targets)
+        return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
+
+    def _batch_fisher(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
+        self._loss(self.model(*batch.args), batch)
+        G = self.per_sample_gradients(batch)
+        product = G.T @ (G @ block)  # sum over the batch's samples
+        # _accumulate multiplies by B_b for the mean; the per-sample sum already is the total
+        return product / batch.size if self.reduction == "mean" else product

@@ -1,0 +1,144 @@
+"""Exact Hessians of common losses with respect to the network's outputs.
+
+The generalised Gauss-Newton matrix (Schraudolph 2002; Martens 2020, section 8) of a loss
+``L(f(x; w), y)`` is ``G = J^T H_L J`` with ``J = df/dw`` and ``H_L = d^2 L / df^2``. This
+module gives ``H_L u`` in closed form for the losses whose ``H_L`` is known, honouring the
+loss's own reduction (``mean`` divides by what torch divides by):
+
+* ``CrossEntropyLoss`` on logits ``z``: per position ``H u = p * u - p (p^T u)``, ``p = softmax(z)``
+  over the class dimension 1. Independent of the targets, so label smoothing does not change
+  it; samples with ``ignore_index`` contribute nothing.
+* ``NLLLoss`` on log-probabilities ``l``: the loss is linear in ``l``, so its own Hessian is
+  zero; we use the Hessian of the equivalent cross-entropy on ``l`` (``p = exp(l)``). The
+  resulting GGN equals the Fisher and equals the cross-entropy GGN of the logits before
+  ``log_softmax``, which is what a user of ``log_softmax + NLLLoss`` means.
+* ``MSELoss``: ``H u = 2 u`` (divided by the number of elements for ``mean``).
+* ``BCEWithLogitsLoss``: ``H u = w (p_w y + 1 - y) s (1 - s) u`` with ``s = sigmoid(z)``,
+  elementwise weights ``w`` and ``pos_weight`` ``p_w``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: ``(outputs, targets, U) -> H_L U`` for a block ``U`` of shape ``(k, *outputs.shape)``
+OutputHessian = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+SUPPORTED_LOSSES = "CrossEntropyLoss, NLLLoss, MSELoss, BCEWithLogitsLoss"
+
+
+def loss_reduction(loss_fn: object) -> str:
+    """The reduction of a criterion: ``"mean"`` (also for plain functions) or ``"sum"``."""
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(
+            f"loss_fn has reduction={reduction!r}; curvature needs a scalar loss: use "
+            "reduction='mean' (the mean over all samples) or 'sum'"
+        )
+    return reduction
+
+
+def _softmax_hessian(p: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    pu = p * U
+    return pu - p * pu.sum(dim=2, keepdim=True)  # U is (k, B, C, ...): classes on dim 2
+
+
+def _class_index_mask(targets: torch.Tensor, ignore_index: int, like: torch.Tensor) -> torch.Tensor:
+    """1 where a class-index target counts, 0 where it is ``ignore_index``; shaped to broadcast."""
+    keep = (targets != ignore_index).to(like.dtype)
+    return keep.unsqueeze(1)  # (B, 1, ...) broadcasts over the class dimension
+
+
+def _cross_entropy_hessian(
+    p: torch.Tensor, targets: torch.Tensor, U: torch.Tensor, reduction: str, ignore_index: int
+) -> torch.Tensor:
+    HU = _softmax_hessian(p, U)
+    if targets.dtype in (torch.long, torch.int, torch.int32, torch.int16, torch.uint8):
+        mask = _class_index_mask(targets, ignore_index, p)
+        HU = HU * mask
+        count = mask.sum()
+    else:  # class probabilities: every position counts
+        count = p.numel() // p.shape[1]
+    return HU / count if reduction == "mean" else HU
+
+
+def _reject_class_weights(loss_fn: nn.Module) -> None:
+    if getattr(loss_fn, "weight", None) is not None:
+        raise ValueError(
+            f"{type(loss_fn).__name__} with class weights is not supported by the GGN (its mean "
+            "divides by the summed weights); use HessianOperator, or a loss without weight="
+        )
+
+
+def output_hessian_for(loss_fn: object) -> OutputHessian:
+    """The closed-form ``H_L U`` product for ``loss_fn``.
+
+    Raises:
+        ValueError: the loss is not one whose output Hessian is known here; the message
+            names the supported ones and the remedies.
+    """
+    reduction = loss_reduction(loss_fn)
+
+    if isinstance(loss_fn, nn.CrossEntropyLoss) or loss_fn is F.cross_entropy:
+        if isinstance(loss_fn, nn.Module):
+            _reject_class_weights(loss_fn)
+        ignore_index = getattr(loss_fn, "ignore_index", -100)
+
+        def cross_entropy(outputs, targets, U):
+            p = torch.softmax(outputs, dim=1)
+            return _cross_entropy_hessian(p, targets, U, reduction, ignore_index)
+
+        return cross_entropy
+
+    if isinstance(loss_fn, nn.NLLLoss) or loss_fn is F.nll_loss:
+        if isinstance(loss_fn, nn.Module):
+            _reject_class_weights(loss_fn)
+        ignore_index = getattr(loss_fn, "ignore_index", -100)
+
+        def nll(outputs, targets, U):
+            p = outputs.exp()
+            total = p.sum(dim=1)
+            if not torch.allclose(total, torch.ones_like(total), rtol=0, atol=1e-3):
+                raise ValueError(
+                    "GGNOperator with NLLLoss needs log-probabilities as model outputs (end the "
+                    "model with log_softmax), but exp(outputs) does not sum to one over dim 1; "
+                    "or use CrossEntropyLoss on logits"
+                )
+            return _cross_entropy_hessian(p, targets, U, reduction, ignore_index)
+
+        return nll
+
+    if isinstance(loss_fn, nn.MSELoss) or loss_fn is F.mse_loss:
+
+        def mse(outputs, targets, U):
+            return 2 * U / outputs.numel() if reduction == "mean" else 2 * U
+
+        return mse
+
+    if isinstance(loss_fn, nn.BCEWithLogitsLoss) or loss_fn is F.binary_cross_entropy_with_logits:
+        weight = getattr(loss_fn, "weight", None)
+        pos_weight = getattr(loss_fn, "pos_weight", None)
+
+        def bce_with_logits(outputs, targets, U):
+            s = torch.sigmoid(outputs)
+            curvature = s * (1 - s)
+            if pos_weight is not None:
+                t = targets.to(outputs.dtype)
+                curvature = curvature * (pos_weight * t + 1 - t)
+            if weight is not None:
+                curvature = curvature * weight
+            HU = curvature * U
+            return HU / outputs.numel() if reduction == "mean" else HU
+
+        return bce_with_logits
+
+    raise ValueError(
+        f"GGNOperator does not know the output-space Hessian of {type(loss_fn).__name__}; "
+        f"supported: {SUPPORTED_LOSSES}. Use HessianOperator for any loss, or pass "
+        "output_hessian=fn with fn(outputs, targets, U) -> H_L U for a block U of shape "
+        "(k, *outputs.shape)"
+    )

@@ -1,0 +1,421 @@
+"""Curvature operators against dense float64 references built with torch.func."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import (
+    assert_close,
+    concat,
+    dense_empirical_fisher,
+    dense_ggn,
+    dense_hessian,
+    dense_hessian_by_differences,
+)
+from torch import nn
+
+import jupyter_curvature.operators as ops
+from jupyter_curvature.data import digits_loader
+from jupyter_curvature.models import MLP, SmallCNN
+from jupyter_curvature.operators import (
+    EmpiricalFisherOperator,
+    GGNOperator,
+    HessianOperator,
+)
+
+DT = torch.float64
+
+
+def digits(limit=70, batch_size=32, flatten=False):
+    """70 samples in batches of 32: the last batch (6) is short, so weighting is exercised."""
+    return digits_loader(batch_size=batch_size, limit=limit, dtype=DT, flatten=flatten)
+
+
+def mlp(hidden=(6,), num_classes=10, in_features=64):
+    torch.manual_seed(1)
+    return MLP(in_features=in_features, hidden=hidden, num_classes=num_classes).to(DT)
+
+
+def bn_cnn():
+    torch.manual_seed(2)
+    model = SmallCNN(width=2, batch_norm=True).to(DT)
+    # non-trivial running statistics, so eval and train BatchNorm modes really differ
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+CASES = {
+    "mlp-ce-mean": (mlp, lambda: nn.CrossEntropyLoss()),
+    "mlp-ce-sum": (mlp, lambda: nn.CrossEntropyLoss(reduction="sum")),
+    "mlp-mse-mean": (lambda: mlp(num_classes=3), lambda: nn.MSELoss()),
+    "cnn-bn-eval-ce": (bn_cnn, lambda: nn.CrossEntropyLoss()),
+}
+
+
+def targets_for(name, y, model_out_dim):
+    if "mse" in name:
+        torch.manual_seed(3)
+        return torch.randn(len(y), model_out_dim, dtype=DT)
+    return y
+
+
+def case_data(name):
+    """A list of (x, y) batches (re-iterable) with 70 samples, the last batch short."""
+    batches = list(digits())
+    if "mse" in name:
+        return [(x, targets_for(name, y, 3)) for x, y in batches]
+    return batches
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "fisher"])
+def test_operator_matches_dense_reference(name, kind):
+    make_model, make_loss = CASES[name]
+    model, loss_fn = make_model(), make_loss()
+    data = case_data(name)
+    x, y = concat(data)
+    op_class = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": EmpiricalFisherOperator}[kind]
+    op = op_class(model, loss_fn, data)
+    if kind == "hessian":
+        dense = dense_hessian(model, loss_fn, x, y)
+    elif kind == "ggn":
+        dense = dense_ggn(model, loss_fn, x, y)
+    else:
+        dense = dense_empirical_fisher(model, loss_fn, x, y, reduction=loss_fn.reduction)
+    n = op.shape[0]
+    scale = dense.abs().max()
+    v = torch.randn(n, dtype=DT)
+    V = torch.randn(n, 4, dtype=DT)
+    assert_close(op @ v, dense @ v, rtol=1e-9, atol=1e-12 * scale, what=f"{kind} @ v")
+    assert_close(op @ V, dense @ V, rtol=1e-9, atol=1e-12 * scale, what=f"{kind} @ V")
+    assert op.num_matvecs == 5
+    assert op.num_samples == 70
+
+
+def test_dense_matrix_is_symmetric_and_equals_reference():
+    model, loss_fn, data = mlp(), nn.CrossEntropyLoss(), case_data("mlp-ce-mean")
+    H = HessianOperator(model, loss_fn, data).to_dense()
+    assert_close(H, H.T, rtol=0, atol=1e-14 * H.abs().max(), what="H - H^T")
+    x, y = concat(data)
+    assert_close(H, dense_hessian(model, loss_fn, x, y), rtol=1e-9, atol=1e-13, what="H")
+    # the tanh network is far from linear: the Hessian is indefinite and differs from the GGN
+    eig = torch.linalg.eigvalsh(H)
+    assert eig.min() < -1e-3 * eig.max()
+
+
+def test_loader_one_batch_and_list_agree():
+    model, loss_fn = mlp(), nn.CrossEntropyLoss()
+    loader = digits()
+    x, y = concat(loader)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=DT)
+    from_loader = HessianOperator(model, loss_fn, loader) @ v
+    from_batch = HessianOperator(model, loss_fn, (x, y)) @ v
+    from_list = HessianOperator(model, loss_fn, list(loader)) @ v
+    assert_close(from_loader, from_batch, rtol=1e-10, atol=1e-14)
+    assert_close(from_list, from_batch, rtol=1e-10, atol=1e-14)
+
+
+def test_sum_reduction_is_n_times_mean():
+    model, data = mlp(), case_data("mlp-ce-mean")
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=DT)
+    mean = HessianOperator(model, nn.CrossEntropyLoss(), data) @ v
+    total = HessianOperator(model, nn.CrossEntropyLoss(reduction="sum"), data) @ v
+    assert_close(total, 70 * mean, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("params", ["1.*", "3", ["1.weight", "3.bias"], "re:bias$"])
+@pytest.mark.parametrize("op_class", [HessianOperator, GGNOperator])
+def test_parameter_subset_is_the_dense_submatrix(params, op_class):
+    model, loss_fn, data = mlp(), nn.CrossEntropyLoss(), case_data("mlp-ce-mean")
+    x, y = concat(data)
+    op = op_class(model, loss_fn, data, params=params)
+    reference = dense_hessian if op_class is HessianOperator else dense_ggn
+    dense = reference(model, loss_fn, x, y, params=params)
+    assert op.shape == dense.shape
+    V = torch.randn(op.shape[0], 2, dtype=DT)
+    assert_close(op @ V, dense @ V, rtol=1e-9, atol=1e-13)
+
+
+def test_submodule_as_params():
+    model, loss_fn, data = mlp(), nn.CrossEntropyLoss(), case_data("mlp-ce-mean")
+    by_module = HessianOperator(model, loss_fn, data, params=model[3])
+    by_name = HessianOperator(model, loss_fn, data, params="3")
+    assert by_module.param_names == by_name.param_names == ["3.weight", "3.bias"]
+
+
+def test_ggn_equals_hessian_for_a_linear_model_with_mse():
+    torch.manual_seed(4)
+    model = nn.Linear(5, 3).to(DT)
+    x, y = torch.randn(20, 5, dtype=DT), torch.randn(20, 3, dtype=DT)
+    H = HessianOperator(model, nn.MSELoss(), (x, y)).to_dense()
+    G = GGNOperator(model, nn.MSELoss(), (x, y)).to_dense()
+    assert_close(G, H, rtol=1e-12, atol=1e-14)
+
+
+def test_nll_ggn_equals_cross_entropy_ggn_on_logits():
+    model, data = mlp(), case_data("mlp-ce-mean")
+    with_log_softmax = nn.Sequential(model, nn.LogSoftmax(dim=1))
+    G_ce = GGNOperator(model, nn.CrossEntropyLoss(), data).to_dense()
+    G_nll = GGNOperator(with_log_softmax, nn.NLLLoss(), data).to_dense()
+    assert_close(G_nll, G_ce, rtol=1e-9, atol=1e-13)
+
+
+def test_ggn_bce_with_logits_weights_against_dense():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).to(DT)
+    x = torch.randn(11, 4, dtype=DT)
+    y = (torch.rand(11, 3) > 0.5).to(DT)
+    loss_fn = nn.BCEWithLogitsLoss(
+        weight=torch.rand(3, dtype=DT) + 0.5, pos_weight=torch.tensor([1.0, 2.0, 3.0], dtype=DT)
+    )
+    G = GGNOperator(model, loss_fn, (x, y)).to_dense()
+    assert_close(G, dense_ggn(model, loss_fn, x, y), rtol=1e-9, atol=1e-14)
+
+
+def test_ggn_cross_entropy_with_ignore_index_and_label_smoothing():
+    model, data = mlp(), case_data("mlp-ce-mean")
+    x, y = concat(data)
+    y = y.clone()
+    y[::5] = -100
+    for loss_fn in (nn.CrossEntropyLoss(), nn.CrossEntropyLoss(label_smoothing=0.1)):
+        G = GGNOperator(model, loss_fn, (x, y)).to_dense()
+        assert_close(G, dense_ggn(model, loss_fn, x, y), rtol=1e-9, atol=1e-13)
+
+
+def _batch_statistics(model, on):
+    """Switch BatchNorm to batch statistics without running-stat updates (or back to eval)."""
+    model.train(on)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.track_running_stats = not on
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn"])
+def test_batchnorm_train_mode_uses_batch_statistics_per_batch(kind):
+    model, loss_fn, data = bn_cnn(), nn.CrossEntropyLoss(), case_data("cnn")
+    op_class = HessianOperator if kind == "hessian" else GGNOperator
+    op = op_class(model, loss_fn, data, batchnorm="train")
+    V = torch.randn(op.shape[0], 2, dtype=DT)
+    # reference: batch-statistics BatchNorm is a per-batch function, weighted by B_b / N
+    reference = torch.zeros_like(V)
+    _batch_statistics(model, True)
+    for x, y in data:
+        if kind == "hessian":
+            dense = dense_hessian_by_differences(model, loss_fn, x, y)
+        else:
+            dense = dense_ggn(model, loss_fn, x, y)
+        reference += len(x) / 70 * dense @ V
+    _batch_statistics(model, False)
+    # central differences carry an O(eps^2) ~ 1e-9 truncation error
+    rtol, atol = (1e-6, 1e-8) if kind == "hessian" else (1e-9, 1e-13)
+    assert_close(op @ V, reference, rtol=rtol, atol=atol)
+    eval_product = op_class(model, loss_fn, data) @ V
+    assert (eval_product - reference).abs().max() > 1e-3  # the two policies really differ
+
+
+def snapshot(model):
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "tracking": [getattr(m, "track_running_stats", None) for m in model.modules()],
+    }
+
+
+def assert_same_state(model, before):
+    after = snapshot(model)
+    for key, value in before["state"].items():
+        assert torch.equal(after["state"][key], value), f"{key} changed"
+    for key in ("training", "requires_grad", "tracking"):
+        assert after[key] == before[key], f"{key} changed"
+    for g0, g1 in zip(before["grad"], after["grad"]):
+        assert (g0 is None and g1 is None) or torch.equal(g0, g1), ".grad changed"
+
+
+@pytest.mark.parametrize("batchnorm", ["eval", "train"])
+@pytest.mark.parametrize("op_class", [HessianOperator, GGNOperator])
+def test_model_state_is_exactly_restored(batchnorm, op_class):
+    model, loss_fn, data = bn_cnn(), nn.CrossEntropyLoss(), case_data("cnn")
+    model.train()  # the user left it training
+    model.features[0].weight.requires_grad_(False)  # and froze a layer
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    before = snapshot(model)
+    op = op_class(model, loss_fn, data, batchnorm=batchnorm)
+    op @ torch.randn(op.shape[0], 2, dtype=DT)
+    assert "features.0.weight" not in op.param_names
+    assert_same_state(model, before)
+
+
+def test_frozen_parameter_chosen_explicitly():
+    model, loss_fn, data = mlp(), nn.CrossEntropyLoss(), case_data("mlp-ce-mean")
+    model[1].weight.requires_grad_(False)
+    op = HessianOperator(model, loss_fn, data, params="1.weight")
+    x, y = concat(data)
+    dense = dense_hessian(model, loss_fn, x, y, params="1.weight")
+    v = torch.randn(op.shape[0], dtype=DT)
+    assert_close(op @ v, dense @ v, rtol=1e-9, atol=1e-13)
+    assert model[1].weight.requires_grad is False
+
+
+def test_dict_batches_and_custom_layout_with_two_inputs():
+    model, loss_fn, data = mlp(), nn.CrossEntropyLoss(), case_data("mlp-ce-mean")
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=DT)
+    expected = HessianOperator(model, loss_fn, data) @ v
+    dict_batches = [{"inputs": x, "targets": y} for x, y in data]
+    assert_close(HessianOperator(model, loss_fn, dict_batches) @ v, expected, rtol=1e-12, atol=1e-15)
+
+    class TwoInputs(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, a, b):
+            return self.inner(a + b)
+
+    two = TwoInputs(model)
+    split = [((x * 0.25, x * 0.75), {"label": y}) for x, y in data]
+    op = HessianOperator(two, loss_fn, split, batch_layout=lambda b: (b[0], b[1]["label"]))
+    assert_close(op @ v, expected, rtol=1e-9, atol=1e-13)
+
+
+def test_to_scipy_and_float32():
+    model = mlp().float()
+    data = [(x.float(), y) for x, y in digits()]
+    op = GGNOperator(model, nn.CrossEntropyLoss(), data)
+    assert op.dtype == torch.float32
+    v = torch.randn(op.shape[0])
+    sp = op.to_scipy()
+    assert sp.shape == op.shape
+    assert_close(torch.from_numpy(sp.matvec(v.numpy())), op @ v, rtol=1e-6, atol=1e-8)
+
+
+def test_flatten_unflatten_round_trip():
+    model = mlp()
+    op = HessianOperator(model, nn.CrossEntropyLoss(), case_data("mlp-ce-mean"))
+    v = torch.randn(op.shape[0], dtype=DT)
+    parts = op.unflatten(v)
+    assert [p.shape for p in parts] == [p.shape for p in op.params]
+    assert torch.equal(op.flatten(parts), v)
+
+
+def test_doctests():
+    from jupyter_curvature.operators import base, curvature
+
+    for module in (base, curvature):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0
+
+
+# ----------------------------------------------------------------------- bad input
+def test_error_non_scalar_loss():
+    with pytest.raises(ValueError, match="reduction"):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(reduction="none"), digits())
+    with pytest.raises(ValueError, match="scalar"):
+        HessianOperator(mlp(), lambda o, y: F.cross_entropy(o, y, reduction="none"), digits())
+
+
+def test_error_loss_independent_of_params():
+    with pytest.raises(ValueError, match="does not depend"):
+        HessianOperator(mlp(), lambda o, y: torch.zeros((), dtype=DT), digits())
+
+
+def test_error_nan_loss_names_the_batch():
+    data = case_data("mlp-ce-mean")
+    bad = [data[0], (torch.full_like(data[1][0], float("nan")), data[1][1]), data[2]]
+    model = mlp()
+    before = snapshot(model)
+    op = HessianOperator(model, nn.CrossEntropyLoss(), bad)  # first batch is fine
+    with pytest.raises(ValueError, match="batch 1"):
+        op @ torch.randn(op.shape[0], dtype=DT)
+    assert_same_state(model, before)
+
+
+def test_error_empty_data():
+    with pytest.raises(ValueError, match="empty"):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(), [])
+
+
+def test_error_no_trainable_parameters():
+    model = mlp().requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        HessianOperator(model, nn.CrossEntropyLoss(), digits())
+    with pytest.raises(ValueError, match="matches no parameter"):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(), digits(), params="features.*")
+
+
+@pytest.mark.parametrize(
+    "vector, match",
+    [
+        (torch.zeros(3, dtype=DT), "shape"),
+        (torch.zeros(10, 10, 10, dtype=DT), "shape"),
+        (None, "torch.Tensor"),
+        ("float32", "dtype"),
+        ("meta", "lives on"),
+    ],
+)
+def test_error_bad_vector(vector, match):
+    op = HessianOperator(mlp(), nn.CrossEntropyLoss(), digits())
+    if vector == "float32":
+        vector = torch.zeros(op.shape[0], dtype=torch.float32)
+    elif vector == "meta":
+        vector = torch.zeros(op.shape[0], dtype=DT, device="meta")
+    with pytest.raises((ValueError, TypeError), match=match):
+        op @ vector
+
+
+def test_error_batch_layout_not_understood():
+    with pytest.raises(TypeError, match="batch_layout"):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(), [(torch.zeros(2, 64, dtype=DT),)])
+    with pytest.raises(TypeError, match="keys"):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(), [{"image": torch.zeros(2, 64)}])
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(), iter(digits()))
+    with pytest.raises(TypeError, match="DataLoader"):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(), 3)
+
+
+def test_error_ggn_unsupported_loss():
+    with pytest.raises(ValueError, match="HessianOperator"):
+        GGNOperator(mlp(), nn.L1Loss(), digits())
+    with pytest.raises(ValueError, match="class weights"):
+        GGNOperator(mlp(), nn.CrossEntropyLoss(weight=torch.ones(10, dtype=DT)), digits())
+    with pytest.raises(ValueError, match="log-probabilities"):
+        GGNOperator(mlp(), nn.NLLLoss(), digits()) @ torch.zeros(
+            sum(p.numel() for p in mlp().parameters()), dtype=DT
+        )
+
+
+def test_error_bad_batchnorm_policy_and_types():
+    with pytest.raises(ValueError, match="batchnorm"):
+        HessianOperator(mlp(), nn.CrossEntropyLoss(), digits(), batchnorm="frozen")
+    with pytest.raises(TypeError, match="nn.Module"):
+        HessianOperator(lambda x: x, nn.CrossEntropyLoss(), digits())
+    with pytest.raises(TypeError, match="callable"):
+        HessianOperator(mlp(), "cross_entropy", digits())
+
+
+def test_error_model_state_kept_after_construction_error():
+    model = bn_cnn()
+    model.train()
+    before = snapshot(model)
+    with pytest.raises(ValueError):
+        HessianOperator(model, lambda o, y: o, case_data("cnn"))
+    assert_same_state(model, before)
+
+
+def test_public_exports():
+    import jupyter_curvature as jc
+
+    assert jc.HessianOperator is ops.HessianOperator
+    assert jc.GGNOperator is ops.GGNOperator
