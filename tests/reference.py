@@ -11,7 +11,9 @@ from jupyter_curvature.operators import flatten, select_parameters, unflatten
 def assert_close(actual, expected, *, rtol=1e-10, atol=1e-12, what="values"):
     """Like ``torch.testing.assert_close`` but says which entries differ and by how much."""
     actual, expected = torch.as_tensor(actual), torch.as_tensor(expected).to(actual)
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.shape == expected.shape, (
+        f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    )
     err = (actual - expected).abs()
     bound = atol + rtol * expected.abs()
     bad = (err > bound).nonzero()
@@ -32,7 +34,9 @@ def _functional(model, params):
     theta = flatten(tensors)
 
     def outputs(theta_, x):
-        return functional_call(model, dict(zip(names, unflatten(theta_, tensors))), (x,), strict=False)
+        return functional_call(
+            model, dict(zip(names, unflatten(theta_, tensors))), (x,), strict=False
+        )
 
     return theta, outputs
 

@@ -83,7 +83,9 @@ def test_operator_matches_dense_reference(name, kind):
     model, loss_fn = make_model(), make_loss()
     data = case_data(name)
     x, y = concat(data)
-    op_class = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": EmpiricalFisherOperator}[kind]
+    op_class = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": EmpiricalFisherOperator}[
+        kind
+    ]
     op = op_class(model, loss_fn, data)
     if kind == "hessian":
         dense = dense_hessian(model, loss_fn, x, y)
@@ -273,7 +275,9 @@ def test_dict_batches_and_custom_layout_with_two_inputs():
     v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=DT)
     expected = HessianOperator(model, loss_fn, data) @ v
     dict_batches = [{"inputs": x, "targets": y} for x, y in data]
-    assert_close(HessianOperator(model, loss_fn, dict_batches) @ v, expected, rtol=1e-12, atol=1e-15)
+    assert_close(
+        HessianOperator(model, loss_fn, dict_batches) @ v, expected, rtol=1e-12, atol=1e-15
+    )
 
     class TwoInputs(nn.Module):
         def __init__(self, inner):

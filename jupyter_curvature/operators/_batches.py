@@ -94,7 +94,9 @@ class BatchSource:
 
     def __init__(self, data: Any, layout: BatchLayout | None = None) -> None:
         if data is None:
-            raise TypeError("data must be a DataLoader, an iterable of batches or one batch, got None")
+            raise TypeError(
+                "data must be a DataLoader, an iterable of batches or one batch, got None"
+            )
         self.single = is_single_batch(data)
         if not self.single:
             if isinstance(data, Iterator):

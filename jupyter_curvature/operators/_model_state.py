@@ -42,7 +42,9 @@ def curvature_mode(
 ) -> Iterator[None]:
     """Within the block the model is ready for curvature products; afterwards it is as it was."""
     training_flags = [(m, m.training) for m in model.modules()]
-    tracking_flags = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, _BatchNorm)]
+    tracking_flags = [
+        (m, m.track_running_stats) for m in model.modules() if isinstance(m, _BatchNorm)
+    ]
     chosen_ids = {id(p) for p in chosen}
     model_params = list(model.parameters())
     model_ids = {id(p) for p in model_params}

@@ -22,6 +22,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from . import _params
 from ._batches import Batch, BatchLayout, BatchSource
+from ._distributed import all_reduce_sum, is_distributed
 from ._model_state import check_batchnorm_policy, curvature_mode
 from .base import CurvatureOperator
 from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
@@ -40,6 +41,9 @@ class EmpiricalRiskOperator(CurvatureOperator):
         batchnorm: ``"eval"`` (running statistics; default) or ``"train"`` (batch statistics).
         batch_layout: ``fn(batch) -> (model_args, targets)`` for other batch layouts.
         check: run the first batch once now, so bad input fails at construction.
+        distributed: sum the partial products of all ``torch.distributed`` ranks (each rank
+            passes its own shard of the data); ``None`` does so whenever a process group with
+            more than one rank is initialised.
     """
 
     def __init__(
@@ -52,10 +56,13 @@ class EmpiricalRiskOperator(CurvatureOperator):
         batchnorm: str = "eval",
         batch_layout: BatchLayout | None = None,
         check: bool = True,
+        distributed: bool | None = None,
     ) -> None:
         named = _params.select_parameters(model, params)
         if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable (a torch criterion), got {type(loss_fn).__name__}")
+            raise TypeError(
+                f"loss_fn must be callable (a torch criterion), got {type(loss_fn).__name__}"
+            )
         self.model = model
         self.loss_fn = loss_fn
         self.reduction = loss_reduction(loss_fn)
@@ -69,6 +76,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
                 "with model.to(dtype) or choose parameters of one dtype with params="
             )
         self.source = BatchSource(data, batch_layout)
+        self.distributed = distributed
         self.num_samples: int | None = None
         first = self.params[0]
         super().__init__(sum(p.numel() for p in self.params), first.dtype, first.device)
@@ -124,6 +132,8 @@ class EmpiricalRiskOperator(CurvatureOperator):
                 product = batch_product(batch, block)
                 total += product * batch.size if self.reduction == "mean" else product
                 count += batch.size
+        if self.distributed or (self.distributed is None and is_distributed()):
+            total, count = all_reduce_sum(total, count)
         if count == 0:
             raise ValueError("data is empty: it yielded no batch; check the dataset and the loader")
         self.num_samples = count
@@ -207,7 +217,16 @@ class GGNOperator(_FunctionalOperator):
         (others as :class:`EmpiricalRiskOperator`)
     """
 
-    def __init__(self, model, loss_fn, data, params=None, *, output_hessian: OutputHessian | None = None, **kwargs):
+    def __init__(
+        self,
+        model,
+        loss_fn,
+        data,
+        params=None,
+        *,
+        output_hessian: OutputHessian | None = None,
+        **kwargs,
+    ):
         self._output_hessian = output_hessian or output_hessian_for(loss_fn)
         super().__init__(model, loss_fn, data, params, **kwargs)
 
