@@ -1,0 +1,111 @@
+"""Input validation and the product wrapper shared by every spectral routine.
+
+Everything here exists so that a bad operator or a bad argument fails early with a message
+that names the argument and the remedy, and so that a NaN coming out of the model is named as
+such instead of surfacing later as a garbage eigenvalue.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+
+#: relative asymmetry |u^T A w - w^T A u| / (||A u|| ||w|| + ||A w|| ||u||) that counts as
+#: "not symmetric". Hessian products are symmetric to ~1e-15 (f64) and ~3e-7 (f32)
+#: (algorithms.md section 7); a genuinely non-symmetric operator is off by O(1).
+SYMMETRY_RTOL = {torch.float64: 1e-7, torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 5e-2}
+
+NAN_MESSAGE = (
+    "the operator product contains NaN or inf: the loss or the model produced NaN "
+    "(check the loss on this data, the weights for NaN/inf, and the learning rate that led here)"
+)
+
+
+class Operator:
+    """A uniform view of a curvature operator: ``CurvatureOperator``, a dense tensor, or duck type.
+
+    Counts the products it does (a block ``(n, k)`` counts ``k``), converts blocks between the
+    Lanczos basis dtype/device and the operator's, and checks every product for NaN.
+    """
+
+    def __init__(self, op: Any) -> None:
+        if isinstance(op, torch.Tensor):
+            from ..operators.base import DenseOperator
+
+            op = DenseOperator(op)
+        shape = getattr(op, "shape", None)
+        if shape is None or not hasattr(op, "dtype") or not (
+            hasattr(op, "matmat") or hasattr(op, "__matmul__")
+        ):
+            raise TypeError(
+                "op must be a curvature operator (jupyter_curvature.HessianOperator, GGNOperator, "
+                f"DenseOperator, ...) or a square torch.Tensor, got {type(op).__name__}"
+            )
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"op must be square, got shape {tuple(shape)}")
+        if not op.dtype.is_floating_point:
+            raise TypeError(f"op must work in a floating dtype, got {op.dtype}")
+        self.op = op
+        self.n = int(shape[0])
+        self.dtype: torch.dtype = op.dtype
+        self.device = torch.device(getattr(op, "device", "cpu"))
+        self.num_matvecs = 0
+        self._matmat = op.matmat if hasattr(op, "matmat") else op.__matmul__
+
+    def matmat(self, block: torch.Tensor) -> torch.Tensor:
+        """``A @ block`` for a ``(n, k)`` block in any dtype/device; returned in the block's."""
+        x = block.to(dtype=self.dtype, device=self.device)
+        y = self._matmat(x)
+        self.num_matvecs += block.shape[1]
+        if not torch.isfinite(y).all():
+            raise FloatingPointError(NAN_MESSAGE)
+        return y.detach().to(dtype=block.dtype, device=block.device)
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None, hint: str = "") -> int:
+    """An integer in ``[low, high]`` or a ValueError/TypeError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ValueError(f"{name} must be {bound}, got {value}{'; ' + hint if hint else ''}")
+    return value
+
+
+def check_positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return float(value)
+
+
+def symmetry_defect(q: torch.Tensor, aq: torch.Tensor, op_dtype: torch.dtype) -> tuple[float, float]:
+    """``(defect, tolerance)`` of ``q_0^T A q_1`` vs ``q_1^T A q_0`` from two Lanczos columns.
+
+    ``q``, ``aq``: ``(n, 2)`` blocks of two vectors and their products, already computed by
+    Lanczos, so the check costs no product (the cheap probe check of the issue).
+    """
+    u, w = q[:, 0], q[:, 1]
+    au, aw = aq[:, 0], aq[:, 1]
+    defect = float((w @ au - u @ aw).abs())
+    size = float(au.norm() * w.norm() + aw.norm() * u.norm())
+    tol = SYMMETRY_RTOL.get(op_dtype, 1e-3) * max(size, torch.finfo(q.dtype).tiny)
+    return defect, tol
+
+
+def raise_if_asymmetric(q: torch.Tensor, aq: torch.Tensor, op_dtype: torch.dtype) -> None:
+    defect, tol = symmetry_defect(q, aq, op_dtype)
+    if defect > tol:
+        raise ValueError(
+            f"op is not symmetric: u^T A w and w^T A u differ by {defect:.3g} (tolerance "
+            f"{tol:.3g}). Lanczos needs a symmetric operator: pass a Hessian/GGN, or "
+            "symmetrise a dense matrix with (M + M.T) / 2"
+        )
+
+
+def resolve_device(device: Any, default: torch.device) -> torch.device:
+    return default if device is None else torch.device(device)

@@ -1,0 +1,381 @@
+"""The Lanczos core: GPyTorch's ``lanczos_tridiag`` made safe for indefinite curvature matrices.
+
+Lanczos (1950) builds an orthonormal basis ``Q_m = [q_0 .. q_{m-1}]`` of the Krylov space
+``K_m(A, q_0)`` and the tridiagonal ``T_m = Q_m^T A Q_m`` with
+
+    A Q_m = Q_m T_m + beta_m q_m e_m^T,
+
+so the eigenpairs ``(theta_i, s_i)`` of ``T_m`` give Ritz pairs ``(theta_i, Q_m s_i)`` of ``A``
+with residual ``||A y_i - theta_i y_i|| = |beta_m s_i[m-1]|`` (Parlett, *The Symmetric
+Eigenvalue Problem*, 1998, eq. 13.2.1), and the squared first components ``s_i[0]^2`` are
+the Gauss quadrature weights of stochastic Lanczos quadrature (Golub & Meurant 2010).
+
+The recurrence and the full reorthogonalisation are GPyTorch's
+(:func:`linear_operator.utils.lanczos.lanczos_tridiag`). Around it this module adds what a
+Hessian needs (algorithms.md sections 0 and 2):
+
+* the tridiagonal is diagonalised here with ``torch.linalg.eigh`` in float64, never with
+  ``lanczos_tridiag_to_diag`` (which replaces negative Ritz values by 1);
+* the operator is **scaled** so that ``lanczos_tridiag``'s absolute breakdown test
+  ``|beta| < 1e-6`` becomes a relative one (``1e-6 / SCALE_TARGET`` of ``max ||A q_0||``): an
+  operator scaled by 1e-7 loses no step;
+* early breakdown (an invariant subspace) stops the run cleanly; a probe that breaks down
+  while others continue is restarted with a fresh random vector orthogonal to its basis
+  (``lanczos_tridiag`` would otherwise divide by zero and feed NaN to the operator);
+* ``k`` probes run as one batched process: the operator always sees the whole ``(n, k)``
+  block, so a Hessian shares one forward and one gradient graph per batch among the probes;
+* the basis is float64 by default whatever the operator's dtype (CPU float32 norms drift for
+  ``n >= 1e6``, algorithms.md 0.4), and may live on another device than the operator;
+* products are checked for NaN, and symmetry is checked for free at step 1
+  (``q_0^T A q_1 = q_1^T A q_0``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from linear_operator.utils.lanczos import lanczos_tridiag
+
+from ._checks import Operator, check_int, raise_if_asymmetric, resolve_device
+
+#: the scaled operator has ``max_j ||A q_0j|| = SCALE_TARGET``, so GPyTorch's absolute
+#: breakdown threshold ``1e-6`` means ``1e-6 / SCALE_TARGET = 1e-10`` relative.
+SCALE_TARGET = 1e4
+#: GPyTorch's hard-coded breakdown threshold on |beta| (linear_operator 0.6.1, lanczos.py).
+GPYTORCH_BREAKDOWN = 1e-6
+
+
+class _Stop(Exception):
+    """Raised by the closure to end ``lanczos_tridiag`` early (converged or broken down)."""
+
+    def __init__(self, breakdown: bool) -> None:
+        super().__init__("stop")
+        self.breakdown = breakdown
+
+
+def start_vectors(
+    n: int,
+    num_probes: int,
+    seed: int,
+    kind: str | torch.Tensor = "rademacher",
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Seeded start vectors ``(n, num_probes)``: Rademacher (+-1), Gaussian, or given."""
+    if isinstance(kind, torch.Tensor):
+        v = kind.reshape(n, -1) if kind.ndim == 1 else kind
+        if v.shape != (n, num_probes):
+            raise ValueError(
+                f"init must have shape ({n}, {num_probes}) (one column per probe), got {tuple(kind.shape)}"
+            )
+        if not torch.isfinite(v).all() or (v.norm(dim=0) == 0).any():
+            raise ValueError("init must be finite and have no zero column")
+        return v.to(dtype=dtype, device=device)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    if kind == "rademacher":
+        v = torch.randint(0, 2, (n, num_probes), generator=gen, dtype=torch.int64) * 2 - 1
+    elif kind == "gaussian":
+        v = torch.randn(n, num_probes, generator=gen, dtype=torch.float64)
+    else:
+        raise ValueError(f"init must be 'rademacher', 'gaussian' or a tensor, got {kind!r}")
+    return v.to(dtype=dtype, device=device)
+
+
+@dataclass
+class _Record:
+    """What the closure saw: inputs (basis columns), the recurrence coefficients, timings."""
+
+    inputs: list[torch.Tensor] = field(default_factory=list)
+    alphas: list[torch.Tensor] = field(default_factory=list)  # (p,) float64, scaled units
+    betas: list[torch.Tensor] = field(default_factory=list)  # beta_j, j >= 1: q_j . A q_{j-1}
+    last_output: torch.Tensor | None = None
+    next_beta: torch.Tensor | None = None  # beta_m when stopped before the product at q_m
+    scale: float = 1.0
+    product_seconds: float = 0.0
+    breakdown: bool = False
+
+
+class LanczosClosure:
+    """The ``matmul_closure`` handed to ``lanczos_tridiag``: scale, deflate, check, record.
+
+    Args:
+        A: the wrapped operator.
+        deflate: ``(n, l)`` orthonormal columns to project out of every product
+            (``(I - V V^T) A``), for restarts after locking converged eigenvectors.
+        monitor: called as ``monitor(record, j)`` before the product at step ``j >= 1``; it
+            may raise :class:`_Stop` to end the run (used by :func:`eigenpairs`).
+        check_symmetry: compare ``q_0^T A q_1`` with ``q_1^T A q_0`` at step 1.
+        seed: for the random vectors that replace a broken-down probe.
+    """
+
+    def __init__(
+        self,
+        A: Operator,
+        deflate: torch.Tensor | None = None,
+        monitor: Callable[[_Record, int], None] | None = None,
+        check_symmetry: bool = True,
+        seed: int = 0,
+        scale: float | None = None,
+    ) -> None:
+        self.A = A
+        self.deflate = deflate
+        self.monitor = monitor
+        self.check_symmetry = check_symmetry
+        self.rec = _Record()
+        self._fixed_scale = scale
+        self._gen = torch.Generator(device="cpu").manual_seed(int(seed) + 7919)
+
+    # ------------------------------------------------------------------ helpers
+    def _project(self, x: torch.Tensor, basis: list[torch.Tensor]) -> torch.Tensor:
+        """Remove the components of ``x`` (n, p) along ``basis`` and ``deflate`` (twice: CGS2)."""
+        for _ in range(2):
+            for q in basis:
+                x = x - q * (q * x).sum(0, keepdim=True)
+            if self.deflate is not None and self.deflate.shape[1]:
+                x = x - self.deflate @ (self.deflate.T @ x)
+        return x
+
+    def _repair(self, q: torch.Tensor, broken: torch.Tensor) -> None:
+        """Replace broken columns of ``q`` in place by random unit vectors orthogonal to the basis.
+
+        ``lanczos_tridiag`` divides ``r / ||r||`` without a guard, so a probe whose Krylov space
+        became invariant while the others go on arrives here as NaN (or as normalised rounding
+        noise, not reorthogonalised at step 1); its ``beta`` is set to 0, so the tridiagonal
+        decouples and the fresh vector simply continues in the complement.
+        """
+        idx = broken.nonzero().flatten().tolist()
+        for i in idx:
+            cols = [b[:, i : i + 1] for b in self.rec.inputs]
+            v = torch.randn(q.shape[0], 1, generator=self._gen, dtype=torch.float64)
+            v = self._project(v.to(q), cols)
+            v = self._project(v, cols)
+            q[:, i : i + 1] = v / v.norm()
+
+    # ------------------------------------------------------------------ the closure
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        rec = self.rec
+        j = len(rec.inputs)
+        if j >= 1:
+            # beta_j = q_j^T (A q_{j-1} - alpha q_{j-1} - beta q_{j-2}): the coefficient GPyTorch
+            # stored; as a projection on the three-term residual it is also right at step 1,
+            # where GPyTorch does not reorthogonalise (a dot with A q_0 alone is not)
+            r = rec.last_output - rec.inputs[j - 1] * rec.alphas[j - 1].to(q)
+            if j >= 2:
+                r = r - rec.inputs[j - 2] * rec.betas[j - 2].to(q)
+            finite = torch.isfinite(q).all(0)
+            beta = torch.where(finite, (torch.nan_to_num(q) * r).sum(0), 0.0)
+            broken = ~finite | (beta.abs() < GPYTORCH_BREAKDOWN)
+            beta = torch.where(broken, torch.zeros_like(beta), beta)
+            rec.next_beta = beta.double()
+            if bool(broken.all()):
+                rec.breakdown = True
+                raise _Stop(breakdown=True)
+            if self.monitor is not None:
+                self.monitor(rec, j)
+            if bool(broken.any()):
+                self._repair(q, broken)
+        t0 = time.perf_counter()
+        y = self.A.matmat(q)
+        rec.product_seconds += time.perf_counter() - t0
+        if j == 0:
+            if self._fixed_scale is not None:
+                rec.scale = self._fixed_scale
+            else:
+                size = float(y.norm(dim=0).max())
+                rec.scale = size / SCALE_TARGET if size > 0 else 1.0
+        y = y / rec.scale
+        if self.deflate is not None and self.deflate.shape[1]:
+            y = y - self.deflate @ (self.deflate.T @ y)
+        if j == 1 and self.check_symmetry:
+            for i in range(q.shape[1]):
+                pair = torch.stack([rec.inputs[0][:, i], q[:, i]], 1)
+                prods = torch.stack([rec.last_output[:, i], y[:, i]], 1)
+                raise_if_asymmetric(pair, prods, self.A.dtype)
+        if j >= 1:
+            rec.betas.append(rec.next_beta)
+            rec.next_beta = None
+        rec.alphas.append((q * y).sum(0).double())
+        rec.inputs.append(q)
+        rec.last_output = y
+        # lanczos_tridiag updates the returned block in place (r.sub_, r.div_): hand it a copy
+        return y.clone()
+
+
+def run_tridiag(closure: LanczosClosure, num_iters: int, init: torch.Tensor) -> None:
+    """Drive ``lanczos_tridiag`` with ``closure``; the results are in ``closure.rec``."""
+    n, p = init.shape
+    if num_iters == 1 or n == 1:
+        # lanczos_tridiag(max_iter=1) raises IndexError (algorithms.md 0.3): one step by hand
+        closure(init / init.norm(dim=0, keepdim=True))
+        return
+    try:
+        lanczos_tridiag(
+            closure,
+            max_iter=num_iters,
+            dtype=init.dtype,
+            device=init.device,
+            matrix_shape=torch.Size((n, n)),
+            init_vecs=init,
+            num_init_vecs=p,
+        )
+    except _Stop:
+        pass
+    rec = closure.rec
+    if len(rec.inputs) < min(num_iters, n) and rec.next_beta is None:
+        # lanczos_tridiag ended on its own |beta| < 1e-6 test: an invariant subspace
+        rec.breakdown = True
+
+
+def tridiagonal(rec: _Record) -> torch.Tensor:
+    """``T_m`` ``(p, m, m)`` in float64 and scaled units, from the recorded coefficients."""
+    alphas = torch.stack(rec.alphas, 1)  # (p, m)
+    T = torch.diag_embed(alphas)
+    if rec.betas:
+        betas = torch.stack(rec.betas, 1)
+        T = T + torch.diag_embed(betas, 1) + torch.diag_embed(betas, -1)
+    return T
+
+
+def final_beta(closure: LanczosClosure) -> torch.Tensor:
+    """``beta_m = ||(I - Q Q^T) A q_{m-1}||`` per probe: the residual scale of every Ritz pair."""
+    rec = closure.rec
+    if rec.next_beta is not None:
+        return rec.next_beta.abs()
+    r = closure._project(rec.last_output, rec.inputs)
+    return r.norm(dim=0).double()
+
+
+@dataclass
+class LanczosResult:
+    """The outcome of a (batched) Lanczos run, in the operator's units.
+
+    Attributes:
+        tridiagonal: ``(p, m, m)`` float64, ``T_m = Q_m^T A Q_m`` for each of ``p`` probes.
+        basis: ``(p, n, m)`` Lanczos vectors (basis dtype/device), or ``None`` if not kept.
+        beta_last: ``(p,)`` float64, ``beta_m``: ``||A q_{m-1} - Q_m T_m e_m||``.
+        ritz_values: ``(p, m)`` ascending eigenvalues of each ``T_m``.
+        ritz_weights: ``(p, m)`` quadrature weights ``s_i[0]^2`` (each row sums to 1).
+        ritz_residuals: ``(p, m)`` ``|beta_m s_i[m-1]| = ||A y_i - theta_i y_i||``.
+        tridiagonal_vectors: ``(p, m, m)`` eigenvectors ``s_i`` of ``T_m`` (columns).
+        num_steps: ``m``, the Krylov dimension reached (shared by all probes).
+        breakdown: True when an invariant subspace ended the run before ``num_iters``.
+        num_matvecs: operator products used (a block of ``p`` counts ``p``).
+        seconds: wall time; ``product_seconds`` of it inside the operator.
+    """
+
+    tridiagonal: torch.Tensor
+    basis: torch.Tensor | None
+    beta_last: torch.Tensor
+    ritz_values: torch.Tensor
+    ritz_weights: torch.Tensor
+    ritz_residuals: torch.Tensor
+    tridiagonal_vectors: torch.Tensor
+    num_steps: int
+    breakdown: bool
+    num_matvecs: int
+    seconds: float
+    product_seconds: float
+
+    @property
+    def num_probes(self) -> int:
+        return int(self.tridiagonal.shape[0])
+
+    def ritz_vectors(self, probe: int = 0, indices: Any = None) -> torch.Tensor:
+        """Ritz vectors ``Q_m s_i`` ``(n, len(indices))`` of one probe (needs ``keep_basis``)."""
+        if self.basis is None:
+            raise ValueError("the basis was not kept; rerun with keep_basis=True")
+        S = self.tridiagonal_vectors[probe]
+        if indices is not None:
+            S = S[:, indices]
+        return self.basis[probe] @ S.to(self.basis)
+
+    def __repr__(self) -> str:
+        top = self.ritz_values[:, -1].tolist()
+        bottom = self.ritz_values[:, 0].tolist()
+        return (
+            f"LanczosResult(probes={self.num_probes}, steps={self.num_steps}, "
+            f"breakdown={self.breakdown}, matvecs={self.num_matvecs}, "
+            f"largest={[f'{v:.6g}' for v in top]}, smallest={[f'{v:.6g}' for v in bottom]})"
+        )
+
+
+def diagonalise(T: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Ritz values, weights, residuals and vectors of a batch of tridiagonals (float64)."""
+    theta, S = torch.linalg.eigh(T.double())
+    weights = S[..., 0, :] ** 2
+    residuals = (beta.double().unsqueeze(-1) * S[..., -1, :]).abs()
+    return theta, weights, residuals, S
+
+
+def lanczos(
+    op: Any,
+    num_iters: int,
+    num_probes: int = 1,
+    seed: int = 0,
+    *,
+    init: str | torch.Tensor = "rademacher",
+    basis_dtype: torch.dtype = torch.float64,
+    basis_device: torch.device | str | None = None,
+    keep_basis: bool = False,
+    check_symmetry: bool = True,
+) -> LanczosResult:
+    """Batched Lanczos with full reorthogonalisation on GPyTorch's ``lanczos_tridiag``.
+
+    All ``num_probes`` start vectors run as one process: each step multiplies the operator
+    with one ``(n, num_probes)`` block.
+
+    Args:
+        op: a curvature operator (``HessianOperator``, ``GGNOperator``, ``DenseOperator``...)
+            or a symmetric square tensor.
+        num_iters: Lanczos steps ``m`` (products per probe); capped at ``n``.
+        num_probes: independent start vectors run together.
+        seed: seeds the start vectors (and the vectors that replace broken-down probes).
+        init: ``"rademacher"`` (default, as PyHessian and Ubaru et al. 2017), ``"gaussian"``,
+            or an ``(n, num_probes)`` tensor.
+        basis_dtype: dtype of the Lanczos vectors; float64 by default even for a float32
+            operator (the product runs in the operator's dtype).
+        basis_device: where the basis lives (e.g. ``"cpu"`` for a large model on a GPU);
+            defaults to the operator's device.
+        keep_basis: return the ``(p, n, m)`` basis (needed for Ritz vectors).
+        check_symmetry: the free step-1 probe check ``q_0^T A q_1 == q_1^T A q_0``.
+
+    Returns:
+        LanczosResult, with ``T_m`` in the operator's units (the internal scaling undone).
+
+    Raises:
+        ValueError: ``num_iters < 1``, ``num_probes < 1``, a non-symmetric operator.
+        FloatingPointError: a product contained NaN (the loss or the model produced NaN).
+    """
+    A = Operator(op)
+    num_iters = check_int("num_iters", num_iters, 1)
+    num_probes = check_int("num_probes", num_probes, 1)
+    device = resolve_device(basis_device, A.device)
+    init_vecs = start_vectors(A.n, num_probes, seed, init, basis_dtype, device)
+    closure = LanczosClosure(A, check_symmetry=check_symmetry, seed=seed)
+    t0 = time.perf_counter()
+    run_tridiag(closure, min(num_iters, A.n), init_vecs)
+    rec = closure.rec
+    scale = rec.scale
+    T = tridiagonal(rec) * scale
+    beta = final_beta(closure) * scale
+    theta, weights, residuals, S = diagonalise(T, beta)
+    basis = torch.stack(rec.inputs, -1).permute(1, 0, 2) if keep_basis else None
+    seconds = time.perf_counter() - t0
+    return LanczosResult(
+        tridiagonal=T,
+        basis=basis,
+        beta_last=beta,
+        ritz_values=theta,
+        ritz_weights=weights,
+        ritz_residuals=residuals,
+        tridiagonal_vectors=S,
+        num_steps=len(rec.inputs),
+        breakdown=rec.breakdown,
+        num_matvecs=A.num_matvecs,
+        seconds=seconds,
+        product_seconds=rec.product_seconds,
+    )
