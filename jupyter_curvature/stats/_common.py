@@ -1,0 +1,274 @@
+"""Shared plumbing for the statistics: batching, BatchNorm/dropout policy, loss normalisation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..operators._batches import Batch, BatchLayout, BatchSource
+
+BATCHNORM_POLICIES = ("eval", "train")
+
+#: modules whose affine parameters count as "normalisation" (reported apart from weights)
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+if hasattr(nn, "RMSNorm"):
+    NORM_TYPES = (*NORM_TYPES, nn.RMSNorm)
+
+
+def check_batchnorm(batchnorm: str) -> str:
+    value = getattr(batchnorm, "value", batchnorm)  # accept an Enum member too
+    if value not in BATCHNORM_POLICIES:
+        raise ValueError(
+            f"batchnorm must be 'eval' (running statistics) or 'train' (batch statistics, "
+            f"running buffers left untouched), got {batchnorm!r}"
+        )
+    return value
+
+
+def batchnorm_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, batchnorm: str = "eval") -> Iterator[nn.Module]:
+    """Dropout off; BatchNorm on running (``"eval"``) or batch (``"train"``) statistics.
+
+    Every module's ``training`` flag and every BatchNorm buffer is restored on exit, so a
+    ``"train"`` pass leaves the running statistics exactly as they were.
+    """
+    batchnorm = check_batchnorm(batchnorm)
+    flags = [(m, m.training) for m in model.modules()]
+    bns = batchnorm_modules(model)
+    saved = [
+        {k: v.detach().clone() for k, v in m.named_buffers(recurse=False) if v is not None}
+        for m in bns
+    ]
+    try:
+        model.eval()
+        if batchnorm == "train":
+            for m in bns:
+                m.train()
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+        with torch.no_grad():
+            for m, buffers in zip(bns, saved, strict=True):
+                for k, v in buffers.items():
+                    getattr(m, k).copy_(v)
+
+
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's first floating parameter (or buffer)."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """Float64 accumulators wherever the device has float64 (not Apple's MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def loss_normaliser(loss_fn: Any) -> str:
+    """The criterion's reduction; statistics are always of the per-sample *mean* loss."""
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(
+            f"loss_fn has reduction={reduction!r}; the statistics need a scalar loss per batch: "
+            "use reduction='mean' (or 'sum', which is divided by the batch size)"
+        )
+    return reduction
+
+
+def batch_loss(loss_fn: Any, outputs: Any, targets: Any, size: int, reduction: str) -> torch.Tensor:
+    """The mean loss of a batch, whatever the criterion's reduction."""
+    loss = loss_fn(outputs, targets)
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        raise ValueError(
+            "loss_fn must return a scalar tensor per batch, got "
+            f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}"
+        )
+    return loss / size if reduction == "sum" else loss
+
+
+def check_batch_size(batch_size: Any, name: str = "batch_size") -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"{name} must be a positive int, got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"{name} must be at least 1, got {batch_size}")
+    return batch_size
+
+
+def known_num_samples(data: Any) -> int | None:
+    """The number of samples in ``data`` when it can be told without a pass; else ``None``."""
+    from torch.utils.data import DataLoader
+
+    if isinstance(data, DataLoader):
+        if data.batch_size is None or data.drop_last:
+            return None
+        try:
+            return len(data.sampler)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+    if isinstance(data, (list, tuple)):
+        try:
+            return sum(b.size for b in BatchSource(data))
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _slice(x: Any, start: int, stop: int) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x[start:stop]
+    if isinstance(x, (tuple, list)):
+        return type(x)(_slice(v, start, stop) for v in x)
+    if isinstance(x, dict):
+        return {k: _slice(v, start, stop) for k, v in x.items()}
+    raise TypeError(
+        f"cannot split a batch holding a {type(x).__name__} into smaller batches; "
+        "pass batch_size=None to use the data's own batches"
+    )
+
+
+def _cat(parts: list[Any]) -> Any:
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat([p[i] for p in parts]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: _cat([p[k] for p in parts]) for k in first}
+    raise TypeError(f"cannot join batches holding a {type(first).__name__}")
+
+
+def rebatch(
+    data: Any,
+    batch_size: int | None,
+    *,
+    layout: BatchLayout | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    strict: bool = True,
+) -> Iterator[Batch]:
+    """The samples of ``data`` in order, regrouped into batches of ``batch_size``.
+
+    The last batch holds the remainder (it may be shorter). ``batch_size=None`` keeps the
+    data's own batches. Batches are moved to ``device``, and floating tensors cast to
+    ``dtype``. With ``strict=False`` (chunks of work, not statistical batches) a
+    ``batch_size`` above the dataset size gives one batch of everything.
+
+    Raises:
+        ValueError: ``batch_size`` is larger than the dataset, or the data is empty.
+    """
+    source = BatchSource(data, layout)
+    if batch_size is None:
+        count = 0
+        for batch in source:
+            count += 1
+            yield batch.to(device, dtype) if device is not None else batch
+        if count == 0:
+            raise ValueError("data is empty: it yielded no batch")
+        return
+    batch_size = check_batch_size(batch_size)
+    total = known_num_samples(data)
+    if strict and total is not None and batch_size > total:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the dataset ({total} samples); "
+            f"choose a batch_size between 1 and {total}"
+        )
+    pending: list[tuple[tuple[Any, ...], Any]] = []
+    held = 0
+    index = 0
+    seen = 0
+
+    def emit(args: tuple[Any, ...], targets: Any, size: int) -> Batch:
+        batch = Batch(args, targets, size, index)
+        return batch.to(device, dtype) if device is not None else batch
+
+    for raw in source:
+        seen += raw.size
+        pending.append((raw.args, raw.targets))
+        held += raw.size
+        if held < batch_size:
+            continue
+        args = _cat([p[0] for p in pending])
+        targets = _cat([p[1] for p in pending])
+        start = 0
+        while held - start >= batch_size:
+            yield emit(
+                _slice(args, start, start + batch_size),
+                _slice(targets, start, start + batch_size),
+                batch_size,
+            )
+            index += 1
+            start += batch_size
+        pending = (
+            [(_slice(args, start, held), _slice(targets, start, held))] if start < held else []
+        )
+        held -= start
+    if seen == 0:
+        raise ValueError("data is empty: it yielded no batch")
+    if strict and index == 0 and held < batch_size:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the dataset ({seen} samples); "
+            f"choose a batch_size between 1 and {seen}"
+        )
+    if held:
+        yield emit(_cat([p[0] for p in pending]), _cat([p[1] for p in pending]), held)
+
+
+class WeightedMoments:
+    """Streaming weighted mean and scatter of vectors (Chan, Golub and LeVeque's merge).
+
+    ``add_group(weight, mean, scatter)`` merges a group with total ``weight``, weighted
+    ``mean`` and ``scatter = sum w ||x - mean||^2`` (reduced over ``reduce_dims``). Merging
+    group means avoids the cancellation of ``E||x||^2 - ||E x||^2``.
+    """
+
+    def __init__(self, reduce_dims: tuple[int, ...] | None = None) -> None:
+        self.reduce_dims = reduce_dims  # None: reduce over everything (a scalar scatter)
+        self.weight = 0.0
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.scatter: torch.Tensor | float = 0.0
+
+    def _sqnorm(self, d: torch.Tensor) -> torch.Tensor:
+        d2 = d * d
+        return d2.sum() if self.reduce_dims is None else d2.sum(dim=self.reduce_dims)
+
+    def add(self, x: torch.Tensor, weight: float) -> None:
+        self.add_group(weight, x, 0.0, count=1)
+
+    def add_group(
+        self, weight: float, mean: torch.Tensor, scatter: torch.Tensor | float, count: int = 1
+    ) -> None:
+        weight = float(weight)
+        if self.mean is None:
+            self.weight, self.mean, self.scatter = weight, mean.clone(), scatter
+            self.count = count
+            return
+        total = self.weight + weight
+        delta = mean - self.mean
+        self.scatter = self.scatter + scatter + self._sqnorm(delta) * (self.weight * weight / total)
+        self.mean = self.mean + delta * (weight / total)
+        self.weight = total
+        self.count += count
+
+    @property
+    def variance(self) -> torch.Tensor | float:
+        """The weighted population variance ``sum w ||x - mean||^2 / sum w``."""
+        return self.scatter / self.weight

@@ -1,0 +1,245 @@
+"""Loss and gradient statistics over mini-batches, or per sample with ``torch.func``.
+
+The original package's ``loss_stats`` (MLRG Deep Curvature, ``curvature/utils.py``): loss
+mean and variance, the squared norm of the mean gradient and the gradient variance (the
+trace of the covariance of mini-batch gradients), here with batches weighted by their size
+(an uneven last batch counts for its samples) and a streaming, cancellation-free merge of
+the moments. Per-sample statistics (the original's ``--stats_batch 1``) use
+``torch.func.vmap(torch.func.grad(...))`` over ``functional_call``: one vectorised pass per
+chunk of samples instead of a Python loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_map
+
+from ..operators._batches import BatchLayout
+from ..operators._params import ParamSpec, select_parameters
+from ._common import (
+    WeightedMoments,
+    accumulation_dtype,
+    batch_loss,
+    check_batch_size,
+    check_batchnorm,
+    known_num_samples,
+    loss_normaliser,
+    model_device_dtype,
+    model_mode,
+    rebatch,
+)
+from .results import GradientStatistics
+
+#: per-sample gradients held at once: about this many numbers (chunk = this // num_params)
+_PER_SAMPLE_BUDGET = 2**24
+
+
+def single_batch_error(num_samples: int, batch_size: int, what: str) -> ValueError:
+    return ValueError(
+        f"the data holds {num_samples} sample{'s' if num_samples != 1 else ''}, which make a "
+        f"single batch at batch_size={batch_size}: the {what} across mini-batches needs at "
+        "least two batches (with one batch its product is the full-data one, and there is no "
+        f"spread to measure); choose a batch_size below {num_samples}"
+        + (" or per_sample=True" if what.startswith("gradient") and num_samples > 1 else "")
+    )
+
+
+def _split_params(
+    model: nn.Module, params: ParamSpec
+) -> tuple[list[str], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Names of the chosen parameters, their detached values, and everything else held fixed."""
+    chosen = select_parameters(model, params)
+    names = [n for n, _ in chosen]
+    values = {n: p.detach() for n, p in chosen}
+    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in values}
+    fixed.update(dict(model.named_buffers()))
+    return names, values, fixed
+
+
+def gradient_statistics(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    batch_size: int = 128,
+    per_sample: bool = False,
+    *,
+    params: ParamSpec = None,
+    batchnorm: str = "eval",
+    chunk_size: int | None = None,
+    batch_layout: BatchLayout | None = None,
+) -> GradientStatistics:
+    """Loss mean/variance, squared norm of the mean gradient, gradient variance and SNR.
+
+    With batches ``i`` of ``b_i`` samples (``N`` in all, weights ``w_i = b_i / N``), batch
+    mean losses ``l_i`` and gradients ``g_i = grad l_i``::
+
+        loss_mean         = sum_i w_i l_i                  (the full-data mean loss)
+        loss_var          = sum_i w_i (l_i - loss_mean)^2
+        grad_mean_norm_sq = ||g||^2,  g = sum_i w_i g_i    (the full-data gradient)
+        grad_var          = sum_i w_i ||g_i - g||^2        (trace of the covariance)
+        snr               = grad_mean_norm_sq / grad_var
+
+    With equal batches these are the original's formulas exactly (population variances).
+
+    Args:
+        model: the network.
+        loss_fn: ``loss_fn(outputs, targets)`` with ``reduction="mean"`` or ``"sum"`` (a sum
+            is divided by the batch size: the statistics are of mean losses).
+        data: a DataLoader, a re-iterable of ``(inputs, targets)`` batches, or one batch.
+            Samples are read in order and regrouped into batches of ``batch_size``.
+        batch_size: the mini-batch size of the statistics (ignored when ``per_sample``).
+        per_sample: statistics of single samples (``batch_size`` 1), computed with
+            ``torch.func.vmap`` over ``torch.func.grad`` in chunks of ``chunk_size`` samples.
+        params: the parameters differentiated (``None``: all trainable ones; or a name
+            pattern, module prefix, submodule or list, as for the operators).
+        batchnorm: ``"eval"`` (running statistics) or ``"train"`` (batch statistics, running
+            buffers left untouched; not allowed with ``per_sample``). Dropout is off.
+        chunk_size: samples per vectorised call when ``per_sample`` (default: as many as
+            keep about 16M per-sample gradient entries in memory, at most 1024).
+        batch_layout: how to split a batch that is not an ``(inputs, targets)`` pair.
+
+    Raises:
+        ValueError: ``batch_size`` below 1 or above the dataset size; a dataset that makes a
+            single batch (no variance across batches exists); ``per_sample`` with
+            ``batchnorm="train"``.
+
+    Example:
+        >>> import torch
+        >>> torch.manual_seed(0) and None
+        >>> model = torch.nn.Linear(3, 2).double()
+        >>> x, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+        >>> s = gradient_statistics(model, torch.nn.MSELoss(), (x, y), batch_size=4)
+        >>> s.num_batches, s.batch_size
+        (2, 4)
+    """
+    batchnorm = check_batchnorm(batchnorm)
+    reduction = loss_normaliser(loss_fn)
+    if per_sample:
+        if batchnorm == "train":
+            raise ValueError(
+                "per_sample=True with batchnorm='train' would normalise every sample by its own "
+                "statistics (a batch of one, where BatchNorm is undefined); use batchnorm='eval'"
+            )
+        if chunk_size is not None:
+            check_batch_size(chunk_size, "chunk_size")
+        stats_batch = 1
+    else:
+        stats_batch = check_batch_size(batch_size)
+    total = known_num_samples(data)
+    if total is not None:
+        if stats_batch > total:
+            raise ValueError(
+                f"batch_size={stats_batch} is larger than the dataset ({total} samples); "
+                f"choose a batch_size between 1 and {total}"
+            )
+        if math.ceil(total / stats_batch) < 2:
+            raise single_batch_error(total, stats_batch, "gradient variance")
+    device, dtype = model_device_dtype(model)
+    names, values, fixed = _split_params(model, params)
+    num_params = sum(v.numel() for v in values.values())
+    acc = accumulation_dtype(device)
+
+    setup = _Setup(
+        model, loss_fn, names, values, fixed, reduction, batch_layout, device, dtype, acc
+    )
+    with model_mode(model, batchnorm):
+        if per_sample:
+            chunk = chunk_size or max(1, min(1024, _PER_SAMPLE_BUDGET // max(num_params, 1)))
+            grads, losses = _per_sample_moments(setup, data, chunk)
+        else:
+            grads, losses = _minibatch_moments(setup, data, stats_batch)
+    num_samples = int(round(losses.weight))
+    if losses.count < 2:
+        raise single_batch_error(num_samples, stats_batch, "gradient variance")
+    mean_sq = float((grads.mean * grads.mean).sum())
+    grad_var = float(grads.variance)
+    return GradientStatistics(
+        loss_mean=float(losses.mean),
+        loss_var=float(losses.variance),
+        grad_mean_norm_sq=mean_sq,
+        grad_var=grad_var,
+        snr=mean_sq / grad_var if grad_var > 0 else math.inf,
+        per_sample=bool(per_sample),
+        batch_size=stats_batch,
+        num_batches=losses.count,
+        num_samples=num_samples,
+        num_params=num_params,
+        batchnorm=batchnorm,
+    )
+
+
+@dataclass
+class _Setup:
+    """What every pass needs: the model called functionally on the chosen parameters."""
+
+    model: nn.Module
+    loss_fn: Any
+    names: list[str]
+    values: dict[str, torch.Tensor]
+    fixed: dict[str, torch.Tensor]
+    reduction: str
+    layout: BatchLayout | None
+    device: torch.device
+    dtype: torch.dtype
+    acc: torch.dtype
+
+    def batches(self, data: Any, size: int, strict: bool = True):
+        return rebatch(
+            data, size, layout=self.layout, device=self.device, dtype=self.dtype, strict=strict
+        )
+
+
+def _minibatch_moments(
+    s: _Setup, data: Any, batch_size: int
+) -> tuple[WeightedMoments, WeightedMoments]:
+    grads, losses = WeightedMoments(), WeightedMoments()
+    leaves = {n: v.clone().requires_grad_(True) for n, v in s.values.items()}
+    for batch in s.batches(data, batch_size):
+        outputs = functional_call(s.model, (leaves, s.fixed), batch.args)
+        loss = batch_loss(s.loss_fn, outputs, batch.targets, batch.size, s.reduction)
+        g = torch.autograd.grad(loss, [leaves[n] for n in s.names], allow_unused=True)
+        flat = torch.cat(
+            [
+                (gi if gi is not None else torch.zeros_like(leaves[n])).reshape(-1).to(s.acc)
+                for n, gi in zip(s.names, g, strict=True)
+            ]
+        )
+        grads.add(flat, batch.size)
+        losses.add(loss.detach().to(s.acc), batch.size)
+    return grads, losses
+
+
+def _per_sample_moments(
+    s: _Setup, data: Any, chunk: int
+) -> tuple[WeightedMoments, WeightedMoments]:
+    def unsqueeze(tree: Any) -> Any:
+        return tree_map(lambda t: t.unsqueeze(0) if isinstance(t, torch.Tensor) else t, tree)
+
+    def sample_loss(p: dict[str, torch.Tensor], args: tuple, target: Any):
+        outputs = functional_call(s.model, (p, s.fixed), unsqueeze(args))
+        loss = batch_loss(s.loss_fn, outputs, unsqueeze(target), 1, s.reduction)
+        return loss, loss.detach()
+
+    per_sample_grad = vmap(grad(sample_loss, has_aux=True), in_dims=(None, 0, 0))
+    grads, losses = WeightedMoments(), WeightedMoments()
+    for batch in s.batches(data, chunk, strict=False):
+        g, loss = per_sample_grad(s.values, batch.args, batch.targets)
+        c = batch.size
+        # the chunk's mean and scatter, parameter by parameter (no (c, P) concatenation)
+        means, scatter = [], torch.zeros((), dtype=s.acc, device=s.device)
+        for n in s.names:
+            gi = g[n].reshape(c, -1).to(s.acc)
+            mi = gi.mean(0)
+            scatter = scatter + ((gi - mi) ** 2).sum()
+            means.append(mi)
+        grads.add_group(c, torch.cat(means), scatter, count=c)
+        loss = loss.to(s.acc)
+        lm = loss.mean()
+        losses.add_group(c, lm, ((loss - lm) ** 2).sum(), count=c)
+    return grads, losses
