@@ -1,0 +1,212 @@
+"""Certified eigenpairs against dense float64 references: DenseOperator and a real network's Hessian."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, hessian
+
+from jupyter_curvature.data.builtin import digits_dataset
+from jupyter_curvature.models.small import MLP
+from jupyter_curvature.operators import DenseOperator, HessianOperator
+from jupyter_curvature.spectral import ConvergenceWarning, EigenpairsResult, eigenpairs
+
+
+def dense_with_spectrum(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    n = eigenvalues.numel()
+    gen = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    return (Q * eigenvalues) @ Q.T
+
+
+def make_matrix() -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    bulk = torch.randn(114, generator=gen, dtype=torch.float64).clamp(-3, 3)
+    outl = torch.tensor([50.0, 31.0, 22.0, 16.0, 12.5, 10.0, -20.0, -14.0, -9.0, -7.5, -6.0], dtype=torch.float64)
+    return dense_with_spectrum(torch.cat([outl, bulk]))
+
+
+def expected(A: torch.Tensor, k: int, which: str) -> torch.Tensor:
+    ev = torch.linalg.eigvalsh(A)
+    if which == "LA":
+        return ev.flip(0)[:k]
+    if which == "SA":
+        return ev[:k]
+    return ev[ev.abs().argsort(descending=True)][:k]
+
+
+def check_pairs(A: torch.Tensor, r: EigenpairsResult, which: str, rel: float) -> None:
+    k = r.k
+    norm = float(torch.linalg.eigvalsh(A).abs().max())
+    assert (r.eigenvalues - expected(A, k, which)).abs().max() <= rel * norm
+    V = r.eigenvectors.double()
+    # residuals recomputed independently, and the vectors orthonormal
+    true = (A @ V - V * r.eigenvalues).norm(dim=0)
+    assert torch.allclose(true, r.residuals, rtol=1e-6, atol=1e-13 * norm)
+    assert (V.T @ V - torch.eye(k, dtype=V.dtype)).abs().max() < 1e-8
+    assert r.converged and bool(r.pair_converged.all())
+    assert float(true.max()) <= r.tol * r.scale
+
+
+@pytest.mark.parametrize("which", ["LA", "SA", "LM"])
+def test_dense_top5_to_1e_8(which):
+    A = make_matrix()
+    r = eigenpairs(DenseOperator(A), k=5, which=which, tol=1e-10)
+    check_pairs(A, r, which, 1e-8)
+    assert r.num_matvecs == r.iterations + 5  # Lanczos steps + the verifying block
+
+
+def test_default_tolerance_is_honest_and_cheaper_than_arpack():
+    from scipy.sparse.linalg import eigsh
+
+    A = make_matrix()
+    r = eigenpairs(A, k=5, tol=1e-3)
+    assert r.converged and float(r.residuals.max()) <= 1e-3 * r.scale
+    norm = float(torch.linalg.eigvalsh(A).abs().max())
+    assert (r.eigenvalues - expected(A, 5, "LA")).abs().max() <= 1e-3 * norm
+    op = DenseOperator(A)
+    eigsh(op.to_scipy(), k=5, which="LA", tol=1e-3)
+    assert r.num_matvecs <= op.num_matvecs
+
+
+def test_restarts_when_the_basis_is_capped():
+    A = make_matrix()
+    r = eigenpairs(A, k=5, tol=1e-9, max_basis=14)
+    assert r.restarts >= 1
+    check_pairs(A, r, "LA", 1e-8)
+
+
+def test_budget_exhausted_is_a_warning_and_converged_false():
+    A = make_matrix()
+    with pytest.warns(ConvergenceWarning, match="converged=False"):
+        r = eigenpairs(A, k=5, tol=1e-12, max_iters=8)
+    assert not r.converged and not bool(r.pair_converged.all())
+
+
+def test_rank_deficient_and_repeated_eigenvalues():
+    ev = torch.zeros(30, dtype=torch.float64)
+    ev[:4] = torch.tensor([6.0, 6.0, -2.0, 1.0])
+    A = dense_with_spectrum(ev, seed=4)
+    for which in ("LA", "SA", "LM"):
+        r = eigenpairs(A, k=5, which=which, tol=1e-10)
+        check_pairs(A, r, which, 1e-8)
+
+
+def test_zero_operator():
+    A = torch.zeros(9, 9, dtype=torch.float64)
+    r = eigenpairs(A, k=3, tol=1e-6)
+    assert r.converged and torch.all(r.eigenvalues == 0) and torch.all(r.residuals == 0)
+    V = r.eigenvectors
+    assert (V.T @ V - torch.eye(3, dtype=V.dtype)).abs().max() < 1e-12
+
+
+def test_tiny_scale_loses_nothing_and_float32_works():
+    A = make_matrix()
+    r = eigenpairs(A * 1e-7, k=5, tol=1e-10)
+    check_pairs(A * 1e-7, r, "LA", 1e-8)
+    r32 = eigenpairs(DenseOperator(A.float()), k=5, tol=1e-4)
+    assert r32.eigenvectors.dtype == torch.float32 and r32.converged
+    assert (r32.eigenvalues - expected(A, 5, "LA")).abs().max() <= 1e-4 * 50
+
+
+def test_seeded_save_load_and_repr(tmp_path):
+    A = make_matrix()
+    r = eigenpairs(A, k=3, seed=3)
+    assert torch.equal(r.eigenvalues, eigenpairs(A, k=3, seed=3).eigenvalues)
+    path = r.save(tmp_path / "pairs.npz")
+    back = EigenpairsResult.load(path)
+    assert torch.equal(back.eigenvalues, r.eigenvalues) and torch.equal(back.eigenvectors, r.eigenvectors)
+    assert back.to_dict() == r.to_dict()
+    text = repr(r)
+    assert "converged=True" in text and "residual" in text
+
+
+def test_bad_input():
+    A = make_matrix()
+    n = A.shape[0]
+    with pytest.raises(ValueError, match="k must be between 1 and"):
+        eigenpairs(A, k=0)
+    with pytest.raises(ValueError, match="k must be between 1 and"):
+        eigenpairs(A, k=n)
+    with pytest.raises(ValueError, match="tol"):
+        eigenpairs(A, k=2, tol=0)
+    with pytest.raises(ValueError, match="which"):
+        eigenpairs(A, k=2, which="BE")
+    with pytest.raises(ValueError, match="max_iters"):
+        eigenpairs(A, k=2, max_iters=0)
+    with pytest.raises(ValueError, match="dimension 1"):
+        eigenpairs(torch.ones(1, 1, dtype=torch.float64), k=1)
+    with pytest.raises(ValueError, match="not symmetric"):
+        eigenpairs(torch.randn(10, 10, dtype=torch.float64), k=2)
+
+
+# ---------------------------------------------------------------- a real network's Hessian
+def small_problem():
+    torch.manual_seed(0)
+    model = MLP(hidden=(8,)).double()
+    data = digits_dataset("train", flatten=True, dtype=torch.float64, limit=64)
+    x, y = data.tensors
+    return model, nn.CrossEntropyLoss(), (x, y)
+
+
+def dense_hessian(model, loss_fn, batch) -> torch.Tensor:
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss_of(theta):
+        params, start = {}, 0
+        for name, shape in zip(names, shapes):
+            size = shape.numel()
+            params[name] = theta[start : start + size].reshape(shape)
+            start += size
+        return loss_fn(functional_call(model, params, (batch[0],)), batch[1])
+
+    return hessian(loss_of)(flat)
+
+
+@pytest.fixture(scope="module")
+def network_hessian():
+    model, loss_fn, batch = small_problem()
+    H = dense_hessian(model, loss_fn, batch)
+    op = HessianOperator(model, loss_fn, batch)
+    return op, H
+
+
+def test_network_hessian_is_indefinite(network_hessian):
+    _, H = network_hessian
+    ev = torch.linalg.eigvalsh(H)
+    assert ev.min() < -1e-3 * ev.max()  # the negative eigenvalues the PSD helpers would mask
+
+
+@pytest.mark.parametrize("which", ["LA", "SA"])
+def test_network_hessian_top5_bottom5(network_hessian, which):
+    op, H = network_hessian
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        r = eigenpairs(op, k=5, which=which, tol=1e-10)
+    check_pairs(H, r, which, 1e-8)
+
+
+def test_network_hessian_float32(network_hessian):
+    _, H = network_hessian
+    model, loss_fn, batch = small_problem()
+    model = model.float()
+    op = HessianOperator(model, loss_fn, (batch[0].float(), batch[1]))
+    r = eigenpairs(op, k=5, tol=1e-3)
+    assert r.converged and r.eigenvectors.dtype == torch.float32
+    norm = float(torch.linalg.eigvalsh(H).abs().max())
+    assert (r.eigenvalues - expected(H, 5, "LA")).abs().max() <= 1e-3 * norm
+
+
+def test_per_layer_spectrum(network_hessian):
+    model, loss_fn, batch = small_problem()
+    op = HessianOperator(model, loss_fn, batch, params="3")  # the output layer only
+    _, H = network_hessian
+    n_first = sum(p.numel() for p in model[1].parameters())
+    block = H[n_first:, n_first:]
+    r = eigenpairs(op, k=3, tol=1e-10)
+    check_pairs(block, r, "LA", 1e-8)
