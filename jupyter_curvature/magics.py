@@ -1,0 +1,461 @@
+"""The IPython extension: ``%load_ext jupyter_curvature`` and the ``%curv_*`` magics.
+
+* ``%curv_help``: every magic, its options and examples.
+* ``%%curv_train``: train a model with a live dashboard (loss, accuracy, spectral density,
+  largest eigenvalues against ``2 / lr``, statistics, events); the cell body, if any, is the
+  training step.
+* ``%curv_spectrum``: the Hessian/GGN spectral density with its band, Ritz values, top
+  eigenvalues and statistics, with broadening and log/linear controls.
+* ``%curv_stats``: the advanced statistics as tables and a per-layer view.
+* ``%curv_landscape``: the loss-landscape explorer (``jupyter_curvature.widgets.landscape``).
+
+Pattern (``reference/jupyter-practice.md`` section 1): the package's ``__init__`` imports this
+module only inside ``load_ipython_extension``; a :class:`CurvMagics` *instance* is registered
+and appended to ``shell.configurables`` so ``%config CurvMagics.widgets = "off"`` works; user
+mistakes are plain ``UsageError`` one-liners (no traceback; subclassing ``UsageError`` is
+broken, ipython#14024); re-running a cell closes the panels its previous run made (a
+``pre_run_cell`` hook keyed by ``info.cell_id``); training runs in the kernel's main thread
+and stops cleanly at a step boundary on an interrupt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.display import display
+from traitlets import CaselessStrEnum, Float
+
+from . import api
+
+__all__ = ["CurvMagics", "load_ipython_extension", "unload_ipython_extension"]
+
+HELP = """\
+jupyter_curvature magics  (each has its own help: %curv_train?  %curv_spectrum?  %curv_stats?)
+
+%%curv_train --model NAME --data NAME [options]      train with a live dashboard
+    %%curv_train --model mlp --data digits --steps 200 --lr 0.1 --spectrum-every 50 --out run
+    %%curv_train --model net --data loader --optimizer adam --lr 1e-3 --epochs 2
+    x = x.flatten(1)              # the cell body is the training step: x, y, batch, model,
+    outputs = model(x)            # loss_fn, optimizer and step are bound; it must set `loss`
+    loss = loss_fn(outputs, y)    # (and may set `outputs` for the accuracy curve)
+  Interrupt the kernel to stop at the next step boundary: the model, the optimiser and
+  the history (--out) are kept.
+
+%curv_spectrum --model NAME --data NAME [--ggn] [--iters N] [--probes N] [--top K] [--params PATTERN] [--out NAME]
+    %curv_spectrum --model run.model --data digits --top 5 --out dens
+    %curv_spectrum --model net --data loader --ggn --params classifier
+
+%curv_stats --model NAME --data NAME [--include LIST] [--probes N] [--out NAME]
+    %curv_stats --model run.model --data digits:test --out st
+
+%curv_landscape --model NAME --data NAME [...]       loss landscape along eigenvectors
+
+NAME is a variable of the notebook (a model, a DataLoader, an optimiser; dotted paths such
+as run.model work) or a built-in name: models {models}; data {datasets} (digits:test for
+the test split). Settings: %config CurvMagics.widgets = "auto" | "on" | "off";
+%config CurvMagics.interval = 0.25 (seconds between dashboard updates).
+"""
+
+
+def _options(func: Any) -> list[str]:
+    return sorted(s for s in func.parser._option_string_actions if s.startswith("--"))
+
+
+def _positive(kind: type) -> Any:
+    def check(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(text)
+        return value
+
+    check.__name__ = f"positive {kind.__name__}"
+    return check
+
+
+class _BodyError(ValueError):
+    """The training cell body broke the contract (did not set a scalar ``loss``)."""
+
+
+@magics_class
+class CurvMagics(Magics):
+    """The ``%curv_*`` magics. Settings are traitlets (``%config CurvMagics.widgets = "off"``)."""
+
+    widgets = CaselessStrEnum(
+        ["auto", "on", "off"],
+        default_value="auto",
+        help="Show ipywidgets panels: 'auto' (in a Jupyter kernel), 'on', or 'off' (text and tqdm).",
+    ).tag(config=True)
+    interval = Float(
+        0.25, help="Minimum seconds between two dashboard updates (4 per second by default)."
+    ).tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._panels: dict[Any, list[Any]] = {}
+        self._cell_key: Any = None
+        self.last_panel: Any = None
+        self.last_result: Any = None
+        if shell is not None:
+            shell.events.register("pre_run_cell", self._pre_run_cell)
+
+    # ------------------------------------------------------------------ panel lifecycle
+    def _pre_run_cell(self, info: Any) -> None:
+        cell_id = getattr(info, "cell_id", None)
+        self._cell_key = cell_id or ("raw", getattr(info, "raw_cell", None))
+        self._close_panels(self._cell_key)
+
+    def _close_panels(self, key: Any) -> None:
+        for panel in self._panels.pop(key, []):
+            try:
+                panel.close()
+            except Exception:  # an already closed or broken panel must not block the cell
+                pass
+
+    def _show(self, panel: Any, key_hint: str) -> None:
+        key = self._cell_key if self._cell_key is not None else ("direct", key_hint)
+        if self._cell_key is None:
+            self._close_panels(key)
+        self._panels.setdefault(key, []).append(panel)
+        self.last_panel = panel
+        display(panel)
+
+    def close_all(self) -> None:
+        """Close every panel the magics made (``%unload_ext`` calls this)."""
+        for key in list(self._panels):
+            self._close_panels(key)
+
+    @property
+    def use_widgets(self) -> bool:
+        if self.widgets == "auto":
+            return bool(self.shell is not None and self.shell.has_trait("kernel"))
+        return self.widgets == "on"
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def ns(self) -> dict[str, Any]:
+        return self.shell.user_ns if self.shell is not None else {}
+
+    def _parse(self, func: Any, line: str, name: str) -> Any:
+        try:
+            return func.parser.parse_argstring(line)
+        except UsageError as exc:
+            msg = str(exc)
+            if "unrecognized arguments" in msg or "ambiguous option" in msg:
+                msg += f"; valid options: {' '.join(_options(func))}"
+            raise UsageError(f"%{name}: {msg}") from None
+
+    def _call(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a resolver/API call; turn user-input errors into one-line UsageErrors."""
+        try:
+            return fn(*args, **kwargs)
+        except api.InputError as exc:
+            raise UsageError(f"%{name}: {exc}") from None
+
+    def _model_and_data(self, args: Any, name: str, batch_size: int) -> tuple[Any, Any, Any]:
+        device = self._call(name, api.resolve_device, args.device)
+        model = self._call(name, api.resolve_model, args.model, self.ns)
+        data = self._call(name, api.resolve_data, args.data, self.ns, batch_size=batch_size)
+        loss_fn = self._call(name, api.resolve_loss, args.loss, self.ns)
+        if device is not None:
+            model.to(device)
+        if getattr(args, "samples", None):
+            data = api._subset(data, args.samples)
+        return model, data, loss_fn
+
+    def _store(self, name: str | None, value: Any) -> None:
+        if name:
+            if not name.isidentifier():
+                raise UsageError(f"--out {name!r} is not a valid Python variable name")
+            self.ns[name] = value
+
+    # ------------------------------------------------------------------ %curv_help
+    @line_magic
+    def curv_help(self, line: str = "") -> None:
+        """Show every jupyter_curvature magic with examples."""
+        from . import models
+
+        print(HELP.format(models=", ".join(models.available()[:12]) + ", ...",
+                          datasets=", ".join(sorted(api.DATASETS))))
+        for func in (self.curv_train, self.curv_spectrum, self.curv_stats):
+            print(func.__func__.parser.format_help())
+
+    # ------------------------------------------------------------------ %%curv_train
+    @magic_arguments()
+    @argument("--model", required=True, help="model variable (nn.Module) or registry name, e.g. mlp")
+    @argument("--data", required=True, help="training DataLoader variable or built-in name, e.g. digits")
+    @argument("--test-data", default=None, help="test data (default: the test split of a built-in set)")
+    @argument("--optimizer", default="sgd", help="optimiser variable, or sgd | adam | adamw | kfac | swats")
+    @argument("--lr", type=_positive(float), default=None, help="learning rate (sgd 0.1, adam 1e-3)")
+    @argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
+    @argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
+    @argument("--epochs", type=_positive(int), default=None, help="epochs (default 1)")
+    @argument("--steps", type=_positive(int), default=None, help="optimisation steps (instead of --epochs)")
+    @argument("--batch-size", type=_positive(int), default=64, help="batch size of built-in data (64)")
+    @argument("--loss", default=None, help="loss variable or cross_entropy | mse | nll")
+    @argument("--spectrum-every", type=int, default=0, help="curvature spectrum every N steps (0: never)")
+    @argument("--ggn", action="store_true", help="GGN instead of the Hessian")
+    @argument("--iters", type=_positive(int), default=30, help="Lanczos steps per spectrum (30)")
+    @argument("--probes", type=_positive(int), default=2, help="SLQ probes per spectrum (2)")
+    @argument("--top", type=_positive(int), default=3, help="largest eigenvalues tracked (3)")
+    @argument("--spectrum-samples", type=_positive(int), default=256, help="training samples the curvature uses (256)")
+    @argument("--eval-every", type=_positive(int), default=None, help="test evaluation every N steps")
+    @argument("--device", default=None, help="cpu | cuda | cuda:N (moves the model)")
+    @argument("--seed", type=int, default=0, help="seed of the shuffling and of the SLQ probes")
+    @argument("--out", default=None, help="store the TrainResult (model, optimizer, history) in this variable")
+    @line_cell_magic
+    def curv_train(self, line: str, cell: str | None = None) -> Any:
+        """Train a model with a live dashboard; the cell body (optional) is the training step."""
+        name = "curv_train"
+        args = self._parse(self.curv_train, line, name)
+        if args.epochs is not None and args.steps is not None:
+            raise UsageError("%curv_train: give --epochs or --steps, not both")
+        if args.spectrum_every < 0:
+            raise UsageError("%curv_train: --spectrum-every must be >= 0")
+        device = self._call(name, api.resolve_device, args.device)
+        model = self._call(name, api.resolve_model, args.model, self.ns)
+        data = self._call(name, api.resolve_data, args.data, self.ns, batch_size=args.batch_size,
+                          shuffle=True, seed=args.seed)
+        test = self._call(name, api.resolve_test_data, args.test_data, args.data, self.ns)
+        loss_fn = self._call(name, api.resolve_loss, args.loss, self.ns)
+        if device is not None:
+            model.to(device)
+        optimizer = self._call(
+            name, api.resolve_optimizer, args.optimizer, model, self.ns, lr=args.lr,
+            momentum=args.momentum, weight_decay=args.weight_decay,
+        )
+        step_fn, restore = (None, None)
+        if cell is not None and cell.strip():
+            step_fn, restore = self._body_step(cell, line)
+        if self.use_widgets:
+            from .widgets.dashboard import TrainingDashboard
+
+            progress: Any = TrainingDashboard(f"Training {type(model).__name__}", interval=self.interval)
+            self._show(progress, f"train {line}")
+        else:
+            progress = api.TqdmProgress()
+        recorder = api.StateRecorder()
+        try:
+            result = api.train(
+                model, data, loss_fn=loss_fn, optimizer=optimizer, epochs=args.epochs,
+                steps=args.steps, step_fn=step_fn, test_data=test, eval_every=args.eval_every,
+                spectrum_every=args.spectrum_every, ggn=args.ggn, spectrum_iters=args.iters,
+                spectrum_probes=args.probes, top_k=args.top,
+                spectrum_samples=args.spectrum_samples, callbacks=[recorder, progress], seed=args.seed,
+            )
+        except api.InputError as exc:
+            raise UsageError(f"%{name}: {exc}") from None
+        except _BodyError as exc:
+            self._store(args.out, recorder.result())
+            raise UsageError(f"%{name}: {exc}") from None
+        except Exception as exc:
+            self._store(args.out, recorder.result())
+            _point_at_user_code(self.shell, exc, getattr(step_fn, "filename", None))
+            raise
+        finally:
+            if restore is not None:
+                restore()
+        self._store(args.out, result)
+        self.last_result = result
+        if result.history.status == "interrupted":
+            print(f"interrupted at step {result.history.steps_done}; the model, the optimizer"
+                  + (f" and the history (in {args.out})" if args.out else " and the history") + " are kept")
+        return None
+
+    def _body_step(self, cell: str, line: str) -> tuple[Any, Any]:
+        """Compile the cell body once; the step runs it in the user's namespace with the batch bound."""
+        shell = self.shell
+        source = shell.transform_cell(cell)
+        # line 1 of the cell is the magic line: keep the body's line numbers those of the cell
+        text = f"# %%curv_train {line}\n{source}"
+        filename = shell.compile.cache(text, shell.execution_count, raw_code=text)
+        try:
+            code = compile(text, filename, "exec")
+        except SyntaxError as exc:
+            raise UsageError(f"%%curv_train: syntax error in the cell body, line {exc.lineno}: {exc.msg}") from None
+        ns = shell.user_ns
+        bound = ("x", "y", "batch", "model", "loss_fn", "optimizer", "step", "outputs", "loss")
+        saved = {k: ns[k] for k in bound if k in ns}
+
+        def step(model: Any, x: Any, y: Any, ctx: dict[str, Any]) -> Any:
+            ns.update(x=x, y=y, batch=(x, y), model=model, loss_fn=ctx["loss_fn"],
+                      optimizer=ctx["optimizer"], step=ctx["state"].step + 1, outputs=None)
+            ns.pop("loss", None)
+            exec(code, ns)
+            loss = ns.get("loss")
+            import torch
+
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                got = "nothing" if loss is None else f"a {type(loss).__name__}"
+                raise _BodyError(f"the cell body must assign a scalar tensor to `loss` (it assigned {got})")
+            return loss.reshape(()), ns.get("outputs")
+
+        step.filename = filename  # type: ignore[attr-defined]
+
+        def restore() -> None:
+            for k in bound:
+                if k in saved:
+                    ns[k] = saved[k]
+                elif k != "loss":
+                    ns.pop(k, None)
+
+        return step, restore
+
+    # ------------------------------------------------------------------ %curv_spectrum
+    @magic_arguments()
+    @argument("--model", required=True, help="model variable or registry name")
+    @argument("--data", required=True, help="data variable or built-in name (digits, digits:test)")
+    @argument("--ggn", action="store_true", help="the GGN instead of the Hessian")
+    @argument("--iters", type=_positive(int), default=80, help="Lanczos steps per probe (80)")
+    @argument("--probes", type=_positive(int), default=4, help="SLQ probes (4)")
+    @argument("--top", type=int, default=0, help="also compute the K largest eigenpairs, certified by residuals")
+    @argument("--params", default=None, help="parameters: a module prefix (classifier), a glob (features.0.*) or re:<regex>")
+    @argument("--samples", type=_positive(int), default=None, help="use only the first N samples of the data")
+    @argument("--batch-size", type=_positive(int), default=500, help="batch size of built-in data (500)")
+    @argument("--loss", default=None, help="loss variable or cross_entropy | mse | nll")
+    @argument("--sigma", type=_positive(float), default=None, help="initial broadening (default: Papyan's)")
+    @argument("--log", action="store_true", help="start with a logarithmic density axis")
+    @argument("--seed", type=int, default=0, help="seed of the probes")
+    @argument("--device", default=None, help="cpu | cuda | cuda:N")
+    @argument("--out", default=None, help="store the SpectralDensity in this variable")
+    @argument("--out-eigen", default=None, help="store the EigenpairsResult (--top) in this variable")
+    @line_magic
+    def curv_spectrum(self, line: str) -> None:
+        """Compute and show the Hessian (or GGN) spectral density of a model on some data."""
+        name = "curv_spectrum"
+        args = self._parse(self.curv_spectrum, line, name)
+        if args.top < 0:
+            raise UsageError("%curv_spectrum: --top must be >= 0")
+        model, data, loss_fn = self._model_and_data(args, name, args.batch_size)
+        try:
+            result = api.spectrum(model, data, loss_fn=loss_fn, ggn=args.ggn, num_iters=args.iters,
+                                  num_probes=args.probes, top=args.top, params=args.params, seed=args.seed)
+        except api.InputError as exc:
+            raise UsageError(f"%{name}: {exc}") from None
+        except (ValueError, TypeError) as exc:
+            if args.params is not None and "param" in str(exc).lower():
+                raise UsageError(f"%{name}: --params {args.params!r}: {exc}") from None
+            raise
+        self._store(args.out, result.density)
+        self._store(args.out_eigen, result.eigen)
+        self.last_result = result
+        if self.use_widgets:
+            from .widgets.spectrum import SpectrumPanel
+
+            self._show(SpectrumPanel(result, sigma=args.sigma, log=args.log), f"spectrum {line}")
+        else:
+            print(f"{'GGN' if args.ggn else 'Hessian'} spectrum, n = {result.num_params}")
+            print(result.density.stats)
+            if result.eigen is not None:
+                print(result.eigen)
+
+    # ------------------------------------------------------------------ %curv_stats
+    @magic_arguments()
+    @argument("--model", required=True, help="model variable or registry name")
+    @argument("--data", required=True, help="data variable or built-in name (digits, digits:test)")
+    @argument("--include", default=",".join(api.STATS_KINDS),
+              help=f"comma-separated subset of {','.join(api.STATS_KINDS)}")
+    @argument("--ggn", action="store_true", help="curvature statistics of the GGN")
+    @argument("--probes", type=_positive(int), default=8, help="random probes of the curvature statistics (8)")
+    @argument("--batch-size", type=_positive(int), default=128, help="mini-batch size of the gradient/curvature statistics (128)")
+    @argument("--layers", default=None, help="comma-separated layers (module names or patterns) for the per-layer view")
+    @argument("--samples", type=_positive(int), default=None, help="use only the first N samples of the data")
+    @argument("--loss", default=None, help="loss variable or cross_entropy | mse | nll")
+    @argument("--seed", type=int, default=0, help="seed of the probes")
+    @argument("--device", default=None, help="cpu | cuda | cuda:N")
+    @argument("--out", default=None, help="store the StatsResult in this variable")
+    @line_magic
+    def curv_stats(self, line: str) -> None:
+        """Compute and show the advanced statistics (loss, gradients, curvature, norms, per layer)."""
+        name = "curv_stats"
+        args = self._parse(self.curv_stats, line, name)
+        include = [k.strip() for k in args.include.split(",") if k.strip()]
+        bad = [k for k in include if k not in api.STATS_KINDS]
+        if bad or not include:
+            raise UsageError(f"%{name}: --include {args.include!r}: choose from {','.join(api.STATS_KINDS)}")
+        model, data, loss_fn = self._model_and_data(args, name, args.batch_size)
+        layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
+        result = self._call(
+            name, api.statistics, model, data, loss_fn=loss_fn, include=include, ggn=args.ggn,
+            num_probes=args.probes, batch_size=args.batch_size, seed=args.seed, layers=layers,
+        )
+        self._store(args.out, result)
+        self.last_result = result
+        if self.use_widgets:
+            from .widgets.stats import StatsPanel
+
+            self._show(StatsPanel(result, title=f"Statistics of {type(model).__name__}"), f"stats {line}")
+        else:
+            print(result)
+
+    # ------------------------------------------------------------------ %curv_landscape
+    @line_magic
+    def curv_landscape(self, line: str) -> Any:
+        """The loss-landscape explorer (sliders along eigenvectors); see its own help."""
+        try:
+            from .widgets import landscape
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("jupyter_curvature.widgets.landscape",):
+                raise
+            raise UsageError(
+                "%curv_landscape: the landscape explorer is not available in this installation "
+                "(jupyter_curvature.widgets.landscape is missing)"
+            ) from None
+        return landscape.curv_landscape_magic(self.shell, line)
+
+
+def _point_at_user_code(shell: Any, exc: BaseException, filename: str | None) -> None:
+    """Make IPython show ``exc``'s traceback from the user's cell-body line down, not our frames."""
+    if shell is None or filename is None:
+        return
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+        tb = tb.tb_next
+    if tb is None:
+        return
+    user_tb = tb
+
+    def render() -> list[str]:
+        return shell.InteractiveTB.structured_traceback(type(exc), exc, user_tb, tb_offset=0)
+
+    try:
+        exc._render_traceback_ = render  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # exceptions without a __dict__ keep the full traceback
+        pass
+
+
+# --------------------------------------------------------------------------- extension
+def load_ipython_extension(ip: Any) -> None:
+    """Register :class:`CurvMagics` on ``ip`` (idempotent; called by ``%load_ext``)."""
+    existing = _instance(ip)
+    if existing is not None:
+        return
+    magics = CurvMagics(shell=ip, parent=ip)
+    ip.register_magics(magics)
+    ip.configurables.append(magics)
+
+
+def _instance(ip: Any) -> CurvMagics | None:
+    return next((c for c in getattr(ip, "configurables", []) if isinstance(c, CurvMagics)), None)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    """Remove the magics, the cell hook and every panel they opened (``%unload_ext``)."""
+    magics = _instance(ip)
+    if magics is None:
+        return
+    magics.close_all()
+    try:
+        ip.events.unregister("pre_run_cell", magics._pre_run_cell)
+    except ValueError:
+        pass
+    manager = ip.magics_manager
+    for kind in ("line", "cell"):
+        table = manager.magics[kind]
+        for key in [k for k, f in table.items() if getattr(f, "__self__", None) is magics]:
+            del table[key]
+    manager.registry.pop(type(magics).__name__, None)
+    ip.configurables.remove(magics)
+

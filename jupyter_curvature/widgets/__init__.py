@@ -1,0 +1,43 @@
+"""Jupyter panels (ipywidgets 8 + bqplot) for curvature spectra, statistics and training.
+
+Usable without the magics::
+
+    from jupyter_curvature import api
+    from jupyter_curvature.widgets import SpectrumPanel, StatsPanel, TrainingDashboard
+
+    SpectrumPanel(api.spectrum(model, data, top=5))       # a density with controls
+    dash = TrainingDashboard(); display(dash)
+    api.train(model, data, callbacks=[dash], spectrum_every=20)
+
+Every panel owns its widgets and closes them all with ``panel.close()``; every panel has a
+``to_matplotlib()`` (see :mod:`.static_plots`) for a static figure. This subpackage is the
+only place (with :mod:`jupyter_curvature.magics`) that imports ipywidgets or bqplot.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Panel": "._base",
+    "Throttle": "._base",
+    "TrainingDashboard": ".dashboard",
+    "SpectrumPanel": ".spectrum",
+    "StatsPanel": ".stats",
+    "plot_training": ".static_plots",
+    "plot_spectrum": ".static_plots",
+    "plot_stats": ".static_plots",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'jupyter_curvature.widgets' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,221 @@
+"""The panel base class: owns its widgets, closes them all, shows callback errors, throttles.
+
+Every panel of :mod:`jupyter_curvature.widgets` is a plain Python object that builds a tree
+of ipywidgets/bqplot widgets under one root box. ipywidgets keeps every widget alive in
+``ipywidgets.widgets.widget._instances`` until ``close()`` is called, and closing a bqplot
+``Figure`` leaves its marks, scales, axes and layouts alive (ipywidgets#1345; verified, see
+``reference/jupyter-practice.md`` section 2.5), so :meth:`Panel.close` walks the whole tree
+of widget-valued traits and closes every node.
+
+Exceptions raised inside ``observe``/``on_click`` callbacks are silent in Jupyter (they go
+to the kernel log). :meth:`Panel.callback` wraps a callback so that its traceback is written
+into the panel's own ``Output`` widget (``panel.errors``) and counted, never swallowed.
+
+Updates from a training loop are throttled by time (:class:`Throttle`): Jupyter Server drops
+IOPub traffic beyond 1000 messages/s or 1 MB/s, and every bqplot update re-sends whole
+arrays, so a panel pushes at most every ``interval`` seconds (0.25 s by default, 4/s).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import ipywidgets as W
+
+__all__ = ["Panel", "Throttle", "close_tree", "iter_widget_tree", "html_table"]
+
+
+class Throttle:
+    """Time-based rate limiter: :meth:`ready` is True at most once per ``interval`` seconds.
+
+    Args:
+        interval: minimum seconds between two pushes (0 disables throttling).
+        clock: a monotonic clock (injectable for tests).
+    """
+
+    def __init__(self, interval: float = 0.25, clock: Callable[[], float] = time.monotonic):
+        if interval < 0:
+            raise ValueError(f"interval must be >= 0 seconds, got {interval}")
+        self.interval = float(interval)
+        self._clock = clock
+        self._last = -float("inf")
+        self.pushes = 0  # how many times ready() said yes
+        self.skipped = 0  # how many times it said no
+
+    def ready(self, force: bool = False) -> bool:
+        """True (and restart the interval) when a push is due or ``force`` is set."""
+        now = self._clock()
+        if force or now - self._last >= self.interval:
+            self._last = now
+            self.pushes += 1
+            return True
+        self.skipped += 1
+        return False
+
+
+def _widgets_in(value: Any) -> Iterator[W.Widget]:
+    if isinstance(value, W.Widget):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _widgets_in(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _widgets_in(v)
+
+
+def iter_widget_tree(roots: Iterable[W.Widget]) -> list[W.Widget]:
+    """Every widget reachable from ``roots`` through synced traits (children, marks, scales...)."""
+    seen: dict[int, W.Widget] = {}
+    stack = list(roots)
+    while stack:
+        w = stack.pop()
+        if id(w) in seen:
+            continue
+        seen[id(w)] = w
+        for name in w.keys:  # the synced trait names
+            try:
+                value = getattr(w, name)
+            except Exception:  # a trait that cannot be read is not a child
+                continue
+            stack.extend(_widgets_in(value))
+    return list(seen.values())
+
+
+def close_tree(roots: Iterable[W.Widget]) -> int:
+    """Close every widget reachable from ``roots``; returns how many were open."""
+    nodes = iter_widget_tree(roots)
+    opened = 0
+    for w in nodes:
+        if w.comm is not None:
+            opened += 1
+        w.close()
+    return opened
+
+
+def html_table(headers: list[str], rows: list[list[Any]], title: str | None = None) -> str:
+    """A small HTML table; floats get 6 significant digits, numbers are right-aligned."""
+    import html
+
+    def cell(v: Any) -> str:
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        if v is None:
+            return "-"
+        return html.escape(str(v))
+
+    def align(v: Any) -> str:
+        return "right" if isinstance(v, (int, float)) and not isinstance(v, bool) else "left"
+
+    head = "".join(f"<th style='text-align:left;padding:0 8px'>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td style='text-align:{align(v)};padding:0 8px;font-family:monospace'>{cell(v)}</td>"
+            for v in row
+        )
+        + "</tr>"
+        for row in rows
+    )
+    cap = f"<b>{html.escape(title)}</b>" if title else ""
+    return f"{cap}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class Panel:
+    """Base class of the panels: one root widget, owned children, an error area, close().
+
+    Subclasses build their widgets in ``__init__`` (registering each with :meth:`_own` or
+    just putting them under :attr:`root`), then call :meth:`_set_root`. Display a panel with
+    ``display(panel)`` or by leaving it as the last expression of a cell.
+
+    Attributes:
+        root: the top-level ``VBox``.
+        errors: an ``Output`` that receives the traceback of any failing callback.
+        error_count: how many callback errors were shown.
+        closed: True after :meth:`close`.
+    """
+
+    def __init__(self) -> None:
+        self._owned: list[W.Widget] = []
+        self._children: list[Panel] = []
+        self.errors = self._own(W.Output(layout=W.Layout(max_height="240px", overflow="auto")))
+        self.error_count = 0
+        self.last_error: BaseException | None = None
+        self.closed = False
+        self.root: W.Box | None = None
+        self._lock = threading.RLock()  # callbacks may run on a comm subshell thread
+
+    # ownership ---------------------------------------------------------------------------
+    def _own(self, widget: Any) -> Any:
+        """Register a widget (or a child panel) so that :meth:`close` closes it."""
+        if isinstance(widget, Panel):
+            self._children.append(widget)
+        else:
+            self._owned.append(widget)
+        return widget
+
+    def _set_root(self, children: list[W.Widget], **layout: Any) -> None:
+        self.root = self._own(W.VBox([*children, self.errors], layout=W.Layout(**layout)))
+
+    def widgets(self) -> list[W.Widget]:
+        """Every widget this panel owns, its children's included (for tests and leak checks)."""
+        roots = list(self._owned)
+        for child in self._children:
+            roots.extend(child.widgets())
+        return iter_widget_tree(roots)
+
+    def close(self) -> None:
+        """Close every widget of the panel and of its child panels (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        for child in self._children:
+            child.close()
+        close_tree(self._owned)
+
+    def __enter__(self) -> Panel:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # errors ------------------------------------------------------------------------------
+    def show_error(self, exc: BaseException, where: str = "callback") -> None:
+        """Write ``exc``'s traceback into :attr:`errors` (visible in the panel)."""
+        self.error_count += 1
+        self.last_error = exc
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if not self.errors.comm and self.closed:
+            return
+        self.errors.append_stderr(f"Error in {where}:\n{text}")
+
+    def callback(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap a widget callback so that an exception shows in the panel instead of vanishing."""
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                with self._lock:
+                    return fn(*args, **kwargs)
+            except Exception as exc:  # shown, counted, and kept for tests
+                self.show_error(exc, getattr(fn, "__name__", "callback"))
+                return None
+
+        return wrapper
+
+    # display -----------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        if self.root is None:
+            return {"text/plain": repr(self)}
+        return self.root._repr_mimebundle_(**kwargs)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<{type(self).__name__} ({state})>"

@@ -1,0 +1,118 @@
+"""``StatsPanel``: the advanced statistics as readable tables and a per-layer bar chart.
+
+It shows the records of :func:`jupyter_curvature.api.statistics` (evaluation, gradient
+statistics, curvature statistics, weight norms, per-layer curvature) exactly as the engine
+prints them, one tab each, and a bar chart of one per-layer quantity (largest eigenvalue,
+trace, parameter count, weight L2 norm) chosen from a dropdown.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import bqplot as bq
+import ipywidgets as W
+import numpy as np
+
+from ._base import Panel
+
+__all__ = ["StatsPanel", "layer_quantities"]
+
+
+def layer_quantities(result: Any) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Per-layer quantities available in ``result``: ``{label: (layer names, values)}``.
+
+    From ``result.layers`` (``LayerCurvature``, the ``(all)`` row left out): ``λ max``,
+    ``trace``, ``parameters``; from ``result.norms`` (``WeightNorms``): ``weight L2``.
+    """
+    out: dict[str, tuple[list[str], np.ndarray]] = {}
+    layers = getattr(result, "layers", None)
+    if layers is not None:
+        rows = [r for r in layers.rows if r.layer != "(all)"]
+        names = [r.layer for r in rows]
+        out["λ max"] = (names, np.array([r.lambda_max for r in rows], dtype=float))
+        out["trace"] = (names, np.array([r.trace for r in rows], dtype=float))
+        out["parameters"] = (names, np.array([r.num_params for r in rows], dtype=float))
+    norms = getattr(result, "norms", None)
+    if norms is not None and norms.layers:
+        names = [r.layer for r in norms.layers]
+        vals = [np.nan if r.weight_l2 is None else r.weight_l2 for r in norms.layers]
+        out["weight L2"] = (names, np.array(vals, dtype=float))
+    return out
+
+
+class StatsPanel(Panel):
+    """Tables of statistics records and a per-layer view.
+
+    Args:
+        result: a :class:`~jupyter_curvature.api.StatsResult` (or any object with some of the
+            attributes ``evaluation``, ``gradients``, ``curvature``, ``norms``, ``layers``).
+        title: heading.
+
+    Attributes: ``tabs`` (one ``HTML`` per record), ``quantity`` (``Dropdown``), ``bars``
+    (bqplot ``Bars``), ``figure``.
+    """
+
+    TAB_NAMES = {
+        "evaluation": "Evaluation",
+        "gradients": "Gradients",
+        "curvature": "Curvature",
+        "norms": "Weight norms",
+        "layers": "Per layer",
+    }
+
+    def __init__(self, result: Any, *, title: str = "Statistics") -> None:
+        super().__init__()
+        self.result = result
+        self.heading = W.HTML(f"<b>{html.escape(title)}</b>")
+        pages, names = [], []
+        for key, label in self.TAB_NAMES.items():
+            rec = getattr(result, key, None)
+            if rec is None:
+                continue
+            pages.append(W.HTML(f"<pre style='font-size:12px;line-height:1.3'>{html.escape(str(rec))}</pre>"))
+            names.append(label)
+        self.tabs = W.Tab(children=pages, titles=names)
+        self.quantities = layer_quantities(result)
+        self.xs = bq.OrdinalScale()
+        self.ys = bq.LinearScale()
+        self.bars = bq.Bars(x=np.zeros(0), y=np.zeros(0), scales={"x": self.xs, "y": self.ys},
+                            colors=["#1f77b4"], padding=0.2)
+        self.y_axis = bq.Axis(scale=self.ys, orientation="vertical", label="", tick_format=".3g")
+        self.figure = bq.Figure(
+            marks=[self.bars],
+            axes=[bq.Axis(scale=self.xs, label="layer"), self.y_axis],
+            title="Per-layer view",
+            fig_margin={"top": 40, "bottom": 60, "left": 70, "right": 20},
+            layout=W.Layout(width="100%", height="300px"),
+        )
+        options = list(self.quantities)
+        self.quantity = W.Dropdown(options=options, value=options[0] if options else None,
+                                   description="per layer")
+        self.quantity.observe(self.callback(self._on_quantity), names=["value"])
+        children: list[W.Widget] = [self.heading, self.tabs]
+        if options:
+            children += [self.quantity, self.figure]
+            self._draw(options[0])
+        else:
+            self._own(self.quantity)
+            self._own(self.figure)
+        self._set_root(children, width="100%")
+
+    def _draw(self, label: str) -> None:
+        names, values = self.quantities[label]
+        with self.bars.hold_sync():
+            self.bars.x = np.array(names, dtype=object)
+            self.bars.y = values
+        self.y_axis.label = label
+        self.figure.title = f"{label} per layer"
+
+    def _on_quantity(self, change: dict) -> None:
+        self._draw(change["new"])
+
+    def to_matplotlib(self, **kw: Any) -> Any:
+        """The per-layer quantities as a matplotlib figure."""
+        from .static_plots import plot_stats
+
+        return plot_stats(self.result, **kw)
