@@ -1,24 +1,104 @@
-"""Summing sample-weighted partial products across ``torch.distributed`` ranks."""
+"""Summing sample-weighted partial products across ``torch.distributed`` ranks.
+
+Each rank holds a shard of the data and computes ``sum_b B_b P_b`` over its batches and its
+sample count ``N_r``; one all-reduce of ``[sum_b B_b P_b, N_r]`` gives every rank the
+full-data sum and ``N = sum_r N_r``, so the reduced product equals the single-process
+full-data product exactly, whatever the shard sizes. The user-facing helpers (sharded
+loaders, checks, launching) are in :mod:`jupyter_curvature.distributed`.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
+_local = threading.local()
+
 
 def is_distributed() -> bool:
-    """A process group with more than one rank is initialised."""
+    """A process group with more than one rank is initialised (and not inside :func:`local_only`)."""
+    if getattr(_local, "depth", 0) > 0:
+        return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Operators built with ``distributed=None`` reduce nothing inside this block.
+
+    For code that multiplies by per-rank (per-batch) operators and merges the results
+    itself, such as mini-batch statistics: without it every per-batch product would be an
+    all-reduce, wrong (it sums other ranks' batches) and a hang when ranks hold different
+    numbers of batches.
+    """
+    _local.depth = getattr(_local, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
+
+
+def backend_for(device: torch.device, group: dist.ProcessGroup | None = None) -> str:
+    """The backend that reduces tensors of ``device`` (``"cpu:gloo,cuda:nccl"`` resolved)."""
+    backend = str(dist.get_backend(group))
+    if ":" not in backend:
+        return backend
+    # a mixed backend string "cpu:gloo,cuda:nccl" maps device types to backends
+    mapping = dict(part.split(":", 1) for part in backend.split(","))
+    return mapping.get(device.type, backend)
+
+
+def check_backend_device(device: torch.device, group: dist.ProcessGroup | None = None) -> None:
+    """Raise ValueError when the process group's backend cannot reduce tensors on ``device``.
+
+    NCCL reduces CUDA tensors only; gloo reduces CPU tensors (CUDA ones only in CUDA builds,
+    through host copies); neither reduces MPS tensors.
+    """
+    backend = backend_for(device, group)
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError(
+            f"the process group uses the NCCL backend, which reduces CUDA tensors only, but the "
+            f"curvature products are on {device}; move the model to this rank's GPU "
+            "(model.to(f'cuda:{local_rank}')) or initialise the group with backend='gloo'"
+        )
+    if backend == "gloo" and device.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"the gloo backend cannot reduce tensors on {device}; move the model to the CPU "
+            "(or to CUDA with backend='nccl')"
+        )
+    if backend == "gloo" and device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("the products are on CUDA but this process sees no GPU")
 
 
 def all_reduce_sum(total: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
     """Sum ``total`` (a rank's ``sum_b w_b P_b``) and its sample ``count`` over all ranks.
 
     Both travel in one all-reduce, so the result equals the single-process full-data
-    product exactly, whatever the shard sizes (uneven shards included).
+    product exactly, whatever the shard sizes (uneven shards included). The sample count
+    travels in the product's dtype: exact for counts below ``2**53`` in float64 and
+    ``2**24`` in float32.
+
+    Raises:
+        ValueError: the backend cannot reduce tensors on ``total``'s device.
+        RuntimeError: the all-reduce failed (a rank died, or ranks disagree on the size of
+            the product: their models differ; see
+            :func:`jupyter_curvature.distributed.check_consistent_model`).
     """
+    check_backend_device(total.device)
     packed = torch.cat(
         [total.reshape(-1), torch.tensor([float(count)], dtype=total.dtype, device=total.device)]
     )
-    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    try:
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"rank {dist.get_rank()}: the all-reduce of a curvature product of {packed.numel() - 1} "
+            f"entries ({packed.dtype}, {packed.device}) failed: {err}. Another rank failed or "
+            "timed out, or the ranks' models differ (check with "
+            "jupyter_curvature.distributed.check_consistent_model(model))"
+        ) from err
     return packed[:-1].reshape(total.shape), int(round(packed[-1].item()))

@@ -1,0 +1,244 @@
+"""Spectra and statistics over sharded data, identical on every rank.
+
+The operators already sum the ranks' sample-weighted partial products in one all-reduce per
+product (:mod:`jupyter_curvature.operators._distributed`), so every rank gets the same
+full-data product, bit for bit (the backend's reduction hands every rank the same sum).
+Lanczos run on every rank from the same seed then takes the same steps on every rank:
+**every rank runs the same seeded Lanczos**, and no broadcast is needed. The functions here
+add the start-up checks (same model, shards that add up, a backend that can reduce the
+device) and check the end result for equality across ranks (one small all-reduce), so a
+divergence (a rank with other weights, a non-deterministic kernel) is an error, not a
+silently different spectrum on each rank.
+
+Mini-batch statistics need more than summed products: the spread of per-batch quantities.
+Each rank computes its batches' streaming moments and they are merged across ranks
+(:func:`~jupyter_curvature.distributed.reduce.all_reduce_moments`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..operators._distributed import check_backend_device, local_only
+from .checks import _gather, check_shards, check_signatures, count_samples, verify_identical
+from .context import get_world_size, is_initialized
+from .reduce import all_reduce_moments
+
+__all__ = [
+    "check_operator",
+    "eigenpairs",
+    "evaluate_landscape",
+    "gradient_statistics",
+    "spectral_density",
+]
+
+
+def _distributed_active() -> bool:
+    return is_initialized() and get_world_size() > 1
+
+
+def check_operator(op: Any, total: int | None = None) -> list[int] | None:
+    """Start-up checks of a sharded curvature operator (a collective: call on every rank).
+
+    * the backend can reduce tensors on the operator's device;
+    * every rank's chosen parameters have the same names, shapes and dtypes (differences
+      named);
+    * with ``total`` (the dataset size), the ranks' sample counts add up to it.
+
+    Returns:
+        Every rank's sample count when ``total`` is given, else ``None``.
+
+    Raises:
+        ValueError: a backend that cannot reduce the device.
+        DistributedMismatchError: different models, or shards that do not add up.
+    """
+    if not _distributed_active():
+        return None
+    check_backend_device(op.device)
+    signature = [(n, tuple(p.shape), str(p.dtype)) for n, p in zip(op.param_names, op.params)]
+    check_signatures(_gather(signature))
+    if total is not None:
+        return check_shards(count_samples(op.source.data), total)
+    return None
+
+
+def eigenpairs(op: Any, k: int = 5, *, total: int | None = None, atol: float = 0.0, **kwargs: Any):
+    """:func:`jupyter_curvature.spectral.eigenpairs` on a sharded operator, checked.
+
+    Runs :func:`check_operator`, then the same seeded Lanczos on every rank over the
+    reduced products, then checks that every rank got the same eigenvalues and
+    eigenvectors (to ``atol``; ``0``: bit for bit). Without a process group it is the plain
+    function.
+
+    Args:
+        op: a curvature operator whose ``data`` is this rank's shard.
+        k: number of eigenpairs.
+        total: the dataset size, to check the shards (optional).
+        atol: allowed difference between ranks.
+        **kwargs: for :func:`~jupyter_curvature.spectral.eigenpairs` (``which``, ``tol``,
+            ``seed``, ...).
+    """
+    from ..spectral.eigenpairs import eigenpairs as _eigenpairs
+
+    check_operator(op, total)
+    result = _eigenpairs(op, k, **kwargs)
+    if _distributed_active():
+        verify_identical(
+            [torch.as_tensor(result.eigenvalues), torch.as_tensor(result.eigenvectors)],
+            "the eigenpairs", atol,
+        )
+    return result
+
+
+def spectral_density(op: Any, *, total: int | None = None, atol: float = 0.0, **kwargs: Any):
+    """:func:`jupyter_curvature.spectral.spectral_density` on a sharded operator, checked.
+
+    As :func:`eigenpairs`: checks, the same seeded stochastic Lanczos quadrature on every
+    rank, and a check that the Ritz values and weights agree across ranks.
+    """
+    from .. import spectral
+
+    check_operator(op, total)
+    result = spectral.spectral_density(op, **kwargs)
+    if _distributed_active():
+        verify_identical(
+            [torch.as_tensor(result.ritz_values), torch.as_tensor(result.weights)],
+            "the spectral density", atol,
+        )
+    return result
+
+
+def gradient_statistics(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    batch_size: int = 128,
+    per_sample: bool = False,
+    *,
+    params: Any = None,
+    batchnorm: str = "eval",
+    chunk_size: int | None = None,
+    batch_layout: Any = None,
+    total: int | None = None,
+):
+    """:func:`jupyter_curvature.stats.gradient_statistics` over sharded data.
+
+    Each rank regroups its shard into batches of ``batch_size`` and computes the streaming
+    moments of its batch losses and gradients; the moments are merged across ranks
+    (:func:`~jupyter_curvature.distributed.reduce.all_reduce_moments`) and the record is
+    built from the merged ones. With :func:`~jupyter_curvature.distributed.shard_loader`
+    shards (cut at batch boundaries) the ranks' batches are exactly the single-process
+    batches, so the result equals the single-process ``gradient_statistics`` (to rounding).
+
+    Args:
+        total: the dataset size, to check the shards (optional).
+        (others as :func:`jupyter_curvature.stats.gradient_statistics`)
+    """
+    from ..stats import _common, gradients
+    from ..stats.results import GradientStatistics
+
+    if not _distributed_active():
+        return gradients.gradient_statistics(
+            model, loss_fn, data, batch_size, per_sample, params=params, batchnorm=batchnorm,
+            chunk_size=chunk_size, batch_layout=batch_layout,
+        )
+    batchnorm = _common.check_batchnorm(batchnorm)
+    reduction = _common.loss_normaliser(loss_fn)
+    if per_sample and batchnorm == "train":
+        raise ValueError(
+            "per_sample=True with batchnorm='train' would normalise every sample by its own "
+            "statistics; use batchnorm='eval'"
+        )
+    stats_batch = 1 if per_sample else _common.check_batch_size(batch_size)
+    names, values, fixed = gradients._split_params(model, params)
+    check_signatures(_gather([(n, tuple(v.shape), str(v.dtype)) for n, v in values.items()]))
+    if total is not None:
+        check_shards(count_samples(data), total)
+    device, dtype = _common.model_device_dtype(model)
+    check_backend_device(device)
+    acc = _common.accumulation_dtype(device)
+    num_params = sum(v.numel() for v in values.values())
+    setup = gradients._Setup(
+        model, loss_fn, names, values, fixed, reduction, batch_layout, device, dtype, acc
+    )
+    with _common.model_mode(model, batchnorm), local_only():
+        if per_sample:
+            chunk = chunk_size or max(1, min(1024, gradients._PER_SAMPLE_BUDGET // max(num_params, 1)))
+            grads, losses = gradients._per_sample_moments(setup, data, chunk)
+        else:
+            grads, losses = gradients._minibatch_moments(setup, data, stats_batch)
+    like_grad = torch.zeros(num_params, dtype=acc, device=device)
+    grads = all_reduce_moments(grads, like=like_grad)
+    losses = all_reduce_moments(losses, like=torch.zeros((), dtype=acc, device=device))
+    num_samples = int(round(losses.weight))
+    if losses.count < 2:
+        raise gradients.single_batch_error(num_samples, stats_batch, "gradient variance")
+    mean_sq = float((grads.mean * grads.mean).sum())
+    grad_var = float(grads.variance)
+    return GradientStatistics(
+        loss_mean=float(losses.mean),
+        loss_var=float(losses.variance),
+        grad_mean_norm_sq=mean_sq,
+        grad_var=grad_var,
+        snr=mean_sq / grad_var if grad_var > 0 else math.inf,
+        per_sample=bool(per_sample),
+        batch_size=stats_batch,
+        num_batches=losses.count,
+        num_samples=num_samples,
+        num_params=num_params,
+        batchnorm=batchnorm,
+    )
+
+
+def evaluate_landscape(evaluator: Any, coords: Any) -> dict[str, Any]:
+    """``evaluator.evaluate(coords)`` with the grid points split across ranks and gathered.
+
+    Each rank evaluates every ``world_size``-th point (its share as one call, so the
+    evaluator's batching still works) on the **full** data held by its
+    :class:`~jupyter_curvature.landscape.evaluator.LandscapeEvaluator`; the metrics are
+    gathered (one ``all_gather_object``) and returned in grid order on every rank. ``P``
+    points on ``R`` ranks cost about ``ceil(P / R)`` point evaluations per rank.
+
+    Args:
+        evaluator: anything with ``evaluate(coords) -> {metric: (P,) array}`` and
+            ``check_coords(coords) -> (P, k) tensor``.
+        coords: ``(P, k)`` grid coordinates, the same on every rank.
+
+    Returns:
+        ``{metric: (P,) numpy array}``, as ``evaluator.evaluate(coords)`` in one process.
+    """
+    import numpy as np
+
+    from .reduce import split_indices
+
+    checked = evaluator.check_coords(coords)
+    if not _distributed_active():
+        return evaluator.evaluate(checked)
+    verify_identical(checked, "the landscape grid")
+    mine = list(split_indices(len(checked)))
+    local: dict[str, Any] = {}
+    error = None
+    try:
+        if mine:
+            local = evaluator.evaluate(checked[mine])
+    except Exception as err:  # tell the others, which would wait in the gather
+        error, failure = f"{type(err).__name__}: {err}", err
+    gathered: list[Any] = [None] * get_world_size()
+    import torch.distributed as dist
+
+    dist.all_gather_object(gathered, (mine, local, error))
+    failed = [(r, e) for r, (_, _, e) in enumerate(gathered) if e is not None]
+    if failed:
+        if error is not None:
+            raise failure
+        raise RuntimeError("; ".join(f"rank {r} failed: {e}" for r, e in failed))
+    metrics = next(iter(part for _, part, _ in gathered if part), {})
+    out = {m: np.full(len(checked), np.nan) for m in metrics}
+    for idx, part, _ in gathered:
+        for m, values in part.items():
+            out[m][idx] = values
+    return out
