@@ -63,7 +63,6 @@ __all__ = [
     "LandscapeExplorer",
     "curv_landscape_magic",
     "parse_direction_spec",
-    "progressive_levels",
 ]
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -164,33 +163,6 @@ def _changed_shape_error(what: str, n_dirs: int, n_model: int) -> ValueError:
 
 # --------------------------------------------------------------------------------------
 # grids
-
-
-def progressive_levels(points: int, coarse: int = 5) -> list[np.ndarray]:
-    """Grid indices computed at each refinement level, coarse first.
-
-    Level 0 takes about ``coarse`` evenly spaced indices per axis (always both ends), each
-    later level halves the stride, the last adds every remaining index. The levels are
-    disjoint and together cover ``0 .. points-1``.
-
-    >>> [lvl.tolist() for lvl in progressive_levels(9, coarse=3)]
-    [[0, 4, 8], [2, 6], [1, 3, 5, 7]]
-    """
-    if points < 1:
-        raise ValueError(f"points must be at least 1, got {points}")
-    stride = max(1, (points - 1) // max(coarse - 1, 1))
-    seen = np.zeros(points, dtype=bool)
-    levels = []
-    while True:
-        idx = np.union1d(np.arange(0, points, stride), [points - 1])
-        new = idx[~seen[idx]]
-        seen[new] = True
-        if new.size:
-            levels.append(new)
-        if stride == 1:
-            break
-        stride = max(1, stride // 2)
-    return levels
 
 
 def _fill_nearest(z: np.ndarray, done: np.ndarray) -> np.ndarray:
@@ -552,7 +524,7 @@ class LandscapeExplorer(Panel):
             x=np.zeros(k), y=np.zeros(k), scales={"x": sx, "y": sy}, colors=_PALETTE[:k],
             default_size=70, stroke="white",
         )
-        self._ax1d_y = bq.Axis(scale=sy, orientation="vertical", label=self.metric, tick_format=".3g")
+        self._ax1d_y = bq.Axis(scale=sy, side="left", label=self.metric, tick_format=".3g")
         return self._own(
             bq.Figure(
                 marks=[self._line, self._marker1d],
@@ -575,12 +547,12 @@ class LandscapeExplorer(Panel):
             stroke="white",
         )
         self._ax2d_x = bq.Axis(scale=sx, label="")
-        self._ax2d_y = bq.Axis(scale=sy, orientation="vertical", label="")
+        self._ax2d_y = bq.Axis(scale=sy, side="left", label="")
         return self._own(
             bq.Figure(
                 marks=[self._heat, self._marker2d],
                 axes=[self._ax2d_x, self._ax2d_y,
-                      bq.ColorAxis(scale=sc, orientation="vertical", side="right", tick_format=".3g")],
+                      bq.ColorAxis(scale=sc, side="right", tick_format=".3g")],
                 title="2D map (not computed yet)",
                 layout=W.Layout(width="460px", height="400px"),
                 fig_margin={"top": 50, "bottom": 45, "left": 60, "right": 70},
@@ -892,53 +864,53 @@ class LandscapeExplorer(Panel):
     def compute_grid(self, coarse: int = 5) -> Landscape2D:
         """Evaluate the full ``points x points`` map over the pair, coarse levels first.
 
-        The other coordinates stay at their current values. Each finished level (and, at
-        most 4 times a second, each chunk) is drawn at once, missing points shown by their
-        nearest computed neighbour. A ``KeyboardInterrupt`` keeps the finished points
-        (``grid_interrupted``), then propagates. Returns the map as a
+        The map is the landscape engine's
+        (:func:`~jupyter_curvature.landscape.iter_landscape_2d` on this explorer's evaluator):
+        the plane through the current point, the other coordinates held at their values.
+        Each finished level (and, at most 4 times a second, the points in between) is drawn
+        at once, missing points shown by their nearest computed neighbour. A
+        ``KeyboardInterrupt`` keeps the finished points (``grid_interrupted``), then
+        propagates. Returns the map as a
         :class:`~jupyter_curvature.landscape.results.Landscape2D` record.
         """
+        from ..landscape.grid import iter_landscape_2d
+
         a, b = self.pair
         if a == b:
             raise ValueError("the 2D map needs two directions; this explorer has one")
         base = self.coords
-        P = self.points
-        self.grid = {m: np.full((P, P), np.nan) for m in self.metrics}
-        self.grid_done = np.zeros((P, P), dtype=bool)
+        centre = base.copy()
+        centre[[a, b]] = 0.0  # the map's axes are the absolute slider values of a and b
         self.grid_base = base
         self.grid_interrupted = False
         self.progress.value = 0
         self._fig2d.title = "2D map: computing (coarse first)…"
-        t0 = time.perf_counter()
+        gen = iter_landscape_2d(
+            self._evaluator, xs=self.ts, ys=self.ts, axes=(a, b), base=centre, coarse=coarse,
+            progress_interval=self._throttle.interval,
+        )
+        result = None
         try:
-            levels = progressive_levels(P, coarse)
-            for li, _ in enumerate(levels):
-                idx = np.concatenate(levels[: li + 1])
-                ii, jj = np.meshgrid(idx, idx, indexing="ij")
-                mask = ~self.grid_done[ii, jj]
-                ii, jj = ii[mask], jj[mask]
-                if ii.size == 0:
-                    continue
-                block = np.repeat(base[None, :], ii.size, axis=0)
-                block[:, a] = self.ts[ii]
-                block[:, b] = self.ts[jj]
-                checked = self._evaluator.check_coords(block)
-                for pos, vals in self._evaluator.iter_chunks(checked):
-                    for m in self.metrics:
-                        self.grid[m][ii[pos], jj[pos]] = vals[m]
-                    self.grid_done[ii[pos], jj[pos]] = True
-                    self.progress.value = int(self.grid_done.sum())
-                    if self._throttle.ready():
-                        self._draw_grid()
-                self._draw_grid(force=True)
+            for progress in gen:
+                if result is None:
+                    result = progress.result
+                    self.grid = {m: getattr(result, m) for m in result.metrics}
+                    self.grid_done = result.done
+                self.progress.value = progress.num_done
+                self._draw_grid()
         except KeyboardInterrupt:
             self.grid_interrupted = True
-            self._draw_grid(force=True)
-            self._fig2d.title = (f"2D map interrupted: {int(self.grid_done.sum())} of {P * P} "
-                                 "points")
+            if result is not None:
+                result.interrupted = True
+            self._draw_grid()
+            self._fig2d.title = (
+                f"2D map interrupted: {int(self.grid_done.sum())} of {self.points**2} points"
+            )
             raise
-        seconds = time.perf_counter() - t0
-        self._fig2d.title = f"2D map of {self.metric}: {P}x{P} points in {seconds:.2f} s"
+        finally:
+            gen.close()
+        seconds = 0.0 if result is None else result.meta.get("seconds", 0.0)
+        self._fig2d.title = f"2D map of {self.metric}: {self.points}x{self.points} points in {seconds:.2f} s"
         self._set_status("")
         return self.grid_result()
 

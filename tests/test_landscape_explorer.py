@@ -1,0 +1,554 @@
+"""The landscape explorer panel and %curv_landscape, headless (widget state, no browser).
+
+Independent references: a dense float64 Hessian built with ``torch.func.hessian`` (its
+eigenpairs), and brute-force evaluation (the weights ``w0 + sum c_i d_i`` written into a
+fresh copy of the model with ``vector_to_parameters``, then a plain forward pass).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, hessian
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("bqplot")
+pytest.importorskip("anywidget")
+
+import ipywidgets  # noqa: E402
+from IPython.core.error import UsageError  # noqa: E402
+
+from jupyter_curvature.data.builtin import digits_dataset  # noqa: E402
+from jupyter_curvature.landscape.directions import Directions, random_directions  # noqa: E402
+from jupyter_curvature.landscape import axis_levels, landscape_1d, landscape_2d  # noqa: E402
+from jupyter_curvature.landscape.evaluator import LandscapeEvaluator  # noqa: E402
+from jupyter_curvature.models.small import MLP  # noqa: E402
+from jupyter_curvature.widgets.landscape import (  # noqa: E402
+    LandscapeExplorer,
+    curv_landscape_magic,
+    parse_direction_spec,
+)
+
+torch.set_num_threads(1)
+POINTS = 7  # grid points per direction: small, to keep the file fast
+
+
+def _batch(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ds = digits_dataset(split, dtype=torch.float64, limit=n)
+    return ds.tensors[0], ds.tensors[1]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = MLP(hidden=(5,)).double()
+    train = _batch("train", 80)
+    test = _batch("test", 40)
+    loss_fn = nn.CrossEntropyLoss()
+    names = [n for n, _ in model.named_parameters()]
+    w0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    shapes = [p.shape for p in model.parameters()]
+
+    def loss_of(flat):
+        parts, i = {}, 0
+        for name, s in zip(names, shapes):
+            parts[name] = flat[i : i + s.numel()].reshape(s)
+            i += s.numel()
+        return loss_fn(functional_call(model, parts, (train[0],)), train[1])
+
+    H = hessian(loss_of)(w0)
+    vals, vecs = torch.linalg.eigh(H)
+    order = torch.argsort(vals, descending=True)
+    eigen = (vals[order][:4].numpy(), vecs[:, order][:, :4].contiguous())
+    return {"model": model, "train": train, "test": test, "loss_fn": loss_fn, "eigen": eigen,
+            "dense_vals": vals.numpy()}
+
+
+def _state(model: nn.Module) -> dict:
+    return {
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "buffers": {n: b.detach().clone() for n, b in model.named_buffers()},
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        "flags": [(m.training) for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+    }
+
+
+def _assert_same_state(model: nn.Module, before: dict) -> None:
+    after = _state(model)
+    for n, t in before["params"].items():
+        assert torch.equal(after["params"][n], t), f"parameter {n} changed"
+    for n, t in before["buffers"].items():
+        assert torch.equal(after["buffers"][n], t), f"buffer {n} changed"
+    for n, g in before["grads"].items():
+        ga = after["grads"][n]
+        assert (g is None and ga is None) or torch.equal(g, ga), f".grad of {n} changed"
+    assert after["flags"] == before["flags"]
+    assert after["requires_grad"] == before["requires_grad"]
+
+
+def _brute(model, directions, coords, batch, loss_fn):
+    """Loss and accuracy at w0 + sum c_i d_i: weights written into a fresh copy, plain forward."""
+    m = copy.deepcopy(model).eval()
+    w0 = torch.nn.utils.parameters_to_vector(m.parameters()).detach()
+    w = w0.clone()
+    for c, d in zip(coords, directions):
+        w = w + float(c) * d.vector.to(w.dtype)
+    torch.nn.utils.vector_to_parameters(w, m.parameters())
+    with torch.no_grad():
+        out = m(batch[0])
+        return float(loss_fn(out, batch[1])), float((out.argmax(1) == batch[1]).double().mean())
+
+
+def _explorer(setup, **kw):
+    kw.setdefault("eigen", setup["eigen"])
+    kw.setdefault("points", POINTS)
+    kw.setdefault("test_data", setup["test"])
+    return LandscapeExplorer(setup["model"], setup["train"], loss_fn=setup["loss_fn"], **kw)
+
+
+def _browser_sets(widget, **state):
+    """Simulate a message from the front end (what a drag in the browser sends)."""
+    widget._handle_msg(
+        {"content": {"data": {"method": "update", "state": state, "buffer_paths": []}},
+         "buffers": []}
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# numbers
+
+
+def test_sliders_are_labelled_with_the_dense_eigenvalues(setup):
+    ex = _explorer(setup, directions="top:2")
+    top = np.sort(setup["dense_vals"])[::-1][:2]
+    for s, lam in zip(ex.sliders, top):
+        assert f"λ={lam:.4g}" in s.description
+    assert [d.eigenvalue for d in ex.directions] == pytest.approx(top, rel=1e-12)
+    ex.close()
+
+
+def test_computed_eigen_directions_match_the_dense_hessian(setup):
+    ex = _explorer(setup, directions="bottom:1", eigen=None, tol=1e-8, canvas=False)
+    lam = np.sort(setup["dense_vals"])[0]
+    assert ex.directions[0].eigenvalue == pytest.approx(lam, abs=1e-6 * np.abs(setup["dense_vals"]).max())
+    assert f"λ={ex.directions[0].eigenvalue:.4g}" in ex.sliders[0].description
+    ex.close()
+
+
+def test_point_and_lines_equal_brute_force(setup):
+    ex = _explorer(setup, directions="top:2")
+    ex.sliders[0].value = 0.3
+    ex.sliders[1].value = -0.2
+    c = ex.coords
+    assert c.tolist() == [0.3, -0.2]
+    for split, batch in (("train", setup["train"]), ("test", setup["test"])):
+        loss, acc = _brute(setup["model"], ex.directions, c, batch, setup["loss_fn"])
+        assert ex.point_values[f"{split}_loss"] == pytest.approx(loss, rel=1e-12)
+        assert ex.point_values[f"{split}_accuracy"] == pytest.approx(acc, abs=1e-15)
+    # each 1D line passes through the current point, varying one coordinate
+    for j in range(2):
+        for t_idx in (0, 3, POINTS - 1):
+            pt = c.copy()
+            pt[j] = ex.ts[t_idx]
+            loss, _ = _brute(setup["model"], ex.directions, pt, setup["train"], setup["loss_fn"])
+            assert ex.lines["train_loss"][j, t_idx] == pytest.approx(loss, rel=1e-12)
+    # the readout shows the origin's numbers too, equal to brute force at c = 0
+    loss0, _ = _brute(setup["model"], ex.directions, [0, 0], setup["train"], setup["loss_fn"])
+    assert ex.origin_values["train_loss"] == pytest.approx(loss0, rel=1e-12)
+    assert f"{ex.point_values['train_loss']:.6g}" in ex._readout.value
+    ex.close()
+
+
+def test_explorer_numbers_equal_the_landscape_engine(setup):
+    ex = _explorer(setup, directions="top:2")
+    ex.move_to([0.4, 0.1])
+    grid = ex.compute_grid()
+    engine = LandscapeEvaluator(setup["model"], setup["loss_fn"], setup["train"], ex.directions,
+                                test_data=setup["test"], batch_points=1)
+    # the point
+    assert ex.point_values == pytest.approx(engine([0.4, 0.1]), rel=1e-12)
+    # the 2D map, at the same coordinates (the other coordinates: none here)
+    xs, ys = np.meshgrid(ex.ts, ex.ts, indexing="ij")
+    ref = engine.evaluate(np.stack([xs.ravel(), ys.ravel()], 1))
+    for m in ex.metrics:
+        np.testing.assert_allclose(getattr(grid, m).ravel(), ref[m], rtol=1e-12, atol=1e-15)
+    # the engine's grid function, called on its own
+    ref2 = landscape_2d(setup["model"], setup["loss_fn"], setup["train"], ex.directions,
+                        test_data=setup["test"], xs=ex.ts, ys=ex.ts)
+    for m in ex.metrics:
+        np.testing.assert_allclose(getattr(grid, m), getattr(ref2, m), rtol=1e-12, atol=1e-15)
+    # and its 1D lines (through the origin) equal the explorer's after a reset
+    ex.reset()
+    ref1 = landscape_1d(setup["model"], setup["loss_fn"], setup["train"], ex.directions,
+                        test_data=setup["test"], coords=ex.ts)
+    for m in ex.metrics:
+        np.testing.assert_allclose(ex.lines[m], getattr(ref1, m), rtol=1e-12, atol=1e-15)
+    ex.close()
+
+
+# ---------------------------------------------------------------------------------------
+# the model is never changed
+
+
+def test_any_sequence_of_moves_leaves_the_model_bitwise_and_does_not_drift(setup):
+    model = setup["model"]
+    before = _state(model)
+    ex = _explorer(setup, directions="top:3", pair=(0, 2))
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        action = rng.integers(4)
+        if action == 0:
+            i = int(rng.integers(3))
+            ex.sliders[i].value = float(rng.uniform(-1, 1))
+        elif action == 1:
+            _browser_sets(ex.sliders[int(rng.integers(3))], value=float(rng.uniform(-1, 1)))
+        elif action == 2:
+            _browser_sets(ex.canvas, point=[float(v) for v in rng.uniform(-1, 1, 2)])
+        else:
+            ex.reset()
+        _assert_same_state(model, before)
+    ex.move_to([0.25, -0.5, 0.75])
+    ex.compute_grid()
+    _assert_same_state(model, before)
+    # no drift: the numbers at the last point equal a fresh explorer's at that point
+    fresh = _explorer(setup, directions="top:3", canvas=False)
+    assert ex.point_values == fresh.evaluate(ex.coords)
+    assert ex.error_count == 0
+    ex.close()
+    fresh.close()
+    _assert_same_state(model, before)
+
+
+def test_apply_writes_the_point_and_undo_restores_bitwise(setup):
+    model = setup["model"]
+    before = _state(model)
+    ex = _explorer(setup, directions="top:2")
+    ex.move_to([0.5, -0.25])
+    ex.apply()
+    assert ex.applied
+    for p, w in zip(model.parameters(), ex.weights_at([0.5, -0.25])):
+        assert torch.equal(p.detach(), w)
+    loss, _ = _brute(setup["model"], ex.directions, [0, 0], setup["train"], setup["loss_fn"])
+    with torch.no_grad():
+        applied_loss = float(setup["loss_fn"](model.eval()(setup["train"][0]), setup["train"][1]))
+    model.train()
+    assert applied_loss == pytest.approx(ex.point_values["train_loss"], rel=1e-12)
+    # apply again from another point, then undo twice
+    ex.move_to([-1.0, 1.0])
+    ex.apply()
+    ex.undo()
+    for p, w in zip(model.parameters(), ex.weights_at([0.5, -0.25])):
+        assert torch.equal(p.detach(), w)
+    ex.undo()
+    _assert_same_state(model, before)
+    assert not ex.applied and ex.buttons["undo"].disabled
+    with pytest.raises(ValueError, match="nothing to undo"):
+        ex.undo()
+    # the buttons do the same, errors shown in the panel
+    ex.buttons["apply"].click()
+    assert ex.applied
+    ex.buttons["undo"].click()
+    ex.buttons["undo"].click()  # nothing to undo: shown, not raised
+    assert ex.error_count == 1 and "nothing to undo" in str(ex.last_error)
+    _assert_same_state(model, before)
+    ex.close()
+
+
+def test_closing_keeps_an_applied_point_and_leaves_an_unapplied_model(setup):
+    model = setup["model"]
+    before = _state(model)
+    n0 = len(ipywidgets.widgets.widget._instances)
+    ex = _explorer(setup, directions="top:2")
+    ex.move_to([0.2, 0.2])
+    ex.close()
+    _assert_same_state(model, before)
+    assert len(ipywidgets.widgets.widget._instances) == n0, "widgets leaked"
+    ex2 = _explorer(setup, directions="top:2")
+    ex2.move_to([0.2, 0.2])
+    ex2.apply()
+    applied = [p.detach().clone() for p in model.parameters()]
+    ex2.close()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), applied))
+    with torch.no_grad():
+        for p, t in zip(model.parameters(), before["params"].values()):
+            p.copy_(t)
+
+
+def test_errors_and_interrupts_leave_the_model_and_keep_finished_points(setup, monkeypatch):
+    model = setup["model"]
+    before = _state(model)
+    ex = _explorer(setup, directions="top:2", batch_points=1)
+    # an error in the slider path shows in the panel
+    real = ex._evaluator.__call__
+
+    def boom(*a, **k):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(type(ex._evaluator), "__call__", lambda self, c: boom())
+    ex.sliders[0].value = 0.5
+    assert ex.error_count == 1 and "evaluation failed" in str(ex.last_error)
+    monkeypatch.undo()
+    assert real  # the evaluator is intact
+    _assert_same_state(model, before)
+    # a kernel interrupt midway through the 2D map keeps what was done
+    chunks = ex._evaluator.iter_chunks
+
+    count = [0]
+
+    def interrupted(coords):
+        for item in chunks(coords):
+            if count[0] == 30:
+                raise KeyboardInterrupt
+            count[0] += len(item[0])
+            yield item
+
+    ex._evaluator.iter_chunks = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        ex.compute_grid()
+    res = ex.grid_result()
+    assert res.interrupted and 30 <= res.num_done < POINTS**2
+    assert np.isnan(res.train_loss[~res.done]).all() and np.isfinite(res.train_loss[res.done]).all()
+    _assert_same_state(model, before)
+    ex.close()
+
+
+def test_a_slider_thread_during_training_corrupts_neither(setup):
+    """Slider messages handled on another thread (ipykernel 7 subshells) while a cell trains."""
+    train = setup["train"]
+
+    def trained(explore: bool):
+        torch.manual_seed(1)
+        model = MLP(hidden=(5,)).double()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        ex = None
+        if explore:
+            ex = LandscapeExplorer(model, train, directions="random:2", points=POINTS, canvas=True)
+            origin_ref = LandscapeEvaluator(copy.deepcopy(model), nn.CrossEntropyLoss(), train,
+                                            ex.directions, batch_points=1)
+            stop = threading.Event()
+            seen: list[tuple[np.ndarray, dict]] = []
+
+            def drag():
+                rng = np.random.default_rng(0)
+                while not stop.is_set():
+                    i = int(rng.integers(2))
+                    _browser_sets(ex.sliders[i], value=float(rng.uniform(-1, 1)))
+                    seen.append((ex.coords, dict(ex.point_values)))
+
+            thread = threading.Thread(target=drag)
+            thread.start()
+        for _ in range(40):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(train[0]), train[1])
+            loss.backward()
+            opt.step()
+        if explore:
+            stop.set()
+            thread.join()
+            assert ex.error_count == 0, ex.last_error
+            assert len(seen) > 3
+            # the explorer's numbers are those at the saved origin, untouched by the training
+            c = ex.coords
+            assert ex.evaluate(c) == origin_ref(c)
+            ex.close()
+        return [p.detach().clone() for p in model.parameters()]
+
+    ref = trained(False)
+    got = trained(True)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got)), "training changed by the explorer"
+
+
+# ---------------------------------------------------------------------------------------
+# widget state
+
+
+def test_marks_hold_the_new_data_after_updates(setup):
+    ex = _explorer(setup, directions="top:2")
+    _browser_sets(ex.sliders[1], value=0.4)
+    assert ex.coords.tolist() == [0.0, 0.4]
+    np.testing.assert_array_equal(ex._line.y, ex.lines["train_loss"])
+    np.testing.assert_array_equal(ex._marker1d.x, [0.0, 0.4])
+    np.testing.assert_array_equal(ex._marker1d.y, [ex.point_values["train_loss"]] * 2)
+    assert list(ex._marker2d.x) == [0.0] and list(ex._marker2d.y) == [0.4]
+    assert ex.canvas.point == [0.0, 0.4]
+    assert ex.canvas.readout_point == [0.0, 0.4]
+    assert f"{ex.point_values['train_loss']:.5g}" in ex.canvas.readout
+    # the JS canvas: a drag in the browser moves the sliders and gets the loss back
+    _browser_sets(ex.canvas, point=[-0.6, 0.2])
+    assert [s.value for s in ex.sliders] == [-0.6, 0.2]
+    assert ex.canvas.readout_point == [-0.6, 0.2]
+    loss, _ = _brute(setup["model"], ex.directions, [-0.6, 0.2], setup["train"], setup["loss_fn"])
+    assert ex.point_values["train_loss"] == pytest.approx(loss, rel=1e-12)
+    # the 2D map lands in the heat map (rows along y) and the canvas (row-major (ny, nx))
+    ex.compute_grid()
+    np.testing.assert_array_equal(ex._heat.color, ex.grid["train_loss"].T)
+    np.testing.assert_array_equal(ex.canvas.grid(), ex.grid["train_loss"].T)
+    assert ex.progress.value == POINTS**2
+    # switching the metric redraws from stored data
+    ex._metric.value = "test_accuracy"
+    np.testing.assert_array_equal(ex._line.y, ex.lines["test_accuracy"])
+    np.testing.assert_array_equal(ex._heat.color, ex.grid["test_accuracy"].T)
+    # a slider move redraws only the lines it changed: line 1 is unchanged by moving d1
+    before = ex.lines["train_loss"][1].copy()
+    ex.sliders[1].value = 0.9
+    np.testing.assert_array_equal(ex.lines["train_loss"][1], before)
+    assert ex.error_count == 0
+    ex.close()
+
+
+def test_progressive_map_draws_coarse_first_and_equals_one_shot(setup):
+    assert np.nonzero(axis_levels(21) == 0)[0].tolist() == [0, 5, 10, 15, 20]
+    ex = _explorer(setup, directions="top:2", points=9)
+    counts = []
+    orig = ex._draw_grid
+
+    def record(force=False):
+        counts.append(int(ex.grid_done.sum()))
+        orig(force)
+
+    ex._draw_grid = record
+    ex._throttle.interval = 1e9  # only the draws at the end of each level
+    grid = ex.compute_grid(coarse=3)
+    assert counts[:3] == [9, 25, 81]  # 3x3, then 5x5, then 9x9
+    xs, ys = np.meshgrid(ex.ts, ex.ts, indexing="ij")
+    ref = ex.evaluate(np.stack([xs.ravel(), ys.ravel()], 1))
+    np.testing.assert_allclose(grid.train_loss.ravel(), ref["train_loss"], rtol=1e-12)
+    ex.close()
+
+
+def test_switching_to_random_directions_uses_filter_normalisation(setup):
+    ex = _explorer(setup, directions="top:2")
+    ex.set_kind("random")
+    assert ex.kind == "random" and ex.coords.tolist() == [0.0, 0.0]
+    assert "random 1" in ex.sliders[0].description
+    # Li et al. 2018: each filter (row) scaled to the weights' row norm; biases zero
+    for d in ex.directions:
+        i = 0
+        for p in setup["model"].parameters():
+            part = d.vector[i : i + p.numel()].reshape(p.shape)
+            i += p.numel()
+            if p.ndim == 1:
+                assert torch.count_nonzero(part) == 0
+            else:
+                torch.testing.assert_close(part.norm(dim=1), p.detach().norm(dim=1), rtol=1e-12, atol=0)
+    ex.set_kind("eigen")
+    assert "λ=" in ex.sliders[0].description
+    ex.close()
+
+
+# ---------------------------------------------------------------------------------------
+# bad input
+
+
+def test_bad_input_is_a_value_error_naming_the_remedy(setup):
+    model = setup["model"]
+    before = _state(model)
+    with pytest.raises(ValueError, match="names 5 eigen-directions but only 4 were computed"):
+        _explorer(setup, directions="top:5")
+    with pytest.raises(ValueError, match="only 4 were computed"):
+        _explorer(setup, directions="index:0,4")
+    with pytest.raises(ValueError, match="positive"):
+        _explorer(setup, distance=0)
+    with pytest.raises(ValueError, match="positive"):
+        _explorer(setup, distance=-1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        _explorer(setup, points=-3)
+    with pytest.raises(ValueError, match="unknown direction spec"):
+        _explorer(setup, directions="left:2")
+    with pytest.raises(ValueError, match="pair"):
+        _explorer(setup, directions="top:2", pair=(0, 0))
+    with pytest.raises(ValueError, match="at least 1"):
+        parse_direction_spec("random:0")
+    # directions computed for another shape of the model
+    other = MLP(hidden=(6,)).double()
+    dirs = random_directions(other, 2)
+    with pytest.raises(ValueError, match="changed shape since the directions were computed.*recompute"):
+        _explorer(setup, directions=dirs)
+    wrong_eigen = (np.array([1.0, 0.5]), torch.randn(123, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="changed shape.*recompute"):
+        _explorer(setup, directions="top:2", eigen=wrong_eigen)
+    _assert_same_state(model, before)
+
+
+def test_a_model_that_changed_shape_is_reported_and_recompute_fixes_it(setup):
+    torch.manual_seed(3)
+    model = MLP(hidden=(4,)).double()
+    ex = LandscapeExplorer(model, setup["train"], directions="random:2", points=POINTS, canvas=False)
+    model[1] = nn.Linear(64, 3).double()
+    model[3] = nn.Linear(3, 10).double()
+    with pytest.raises(ValueError, match="changed shape since the directions were computed.*recompute"):
+        ex.apply()
+    ex.recompute()
+    assert ex.directions.num_params == sum(p.numel() for p in model.parameters())
+    ex.move_to([0.1, 0.1])
+    ex.apply()
+    ex.undo()
+    ex.close()
+
+
+# ---------------------------------------------------------------------------------------
+# %curv_landscape
+
+
+class _Shell:
+    def __init__(self, **ns):
+        self.user_ns = dict(ns)
+
+
+def test_magic_builds_an_explorer_and_replaces_it_when_rerun(setup, capsys):
+    shell = _Shell(model=setup["model"], train=setup["train"], test=setup["test"],
+                   eigen=setup["eigen"])
+    line = "--model model --data train --test-data test --eigen eigen --directions index:0,2 --points 5 --range 0.5 --out ex --no-canvas"
+    assert curv_landscape_magic(shell, line) is None
+    ex = shell.user_ns["ex"]
+    assert isinstance(ex, LandscapeExplorer)
+    assert [d.index for d in ex.directions] == [0, 2]
+    assert ex.distance == 0.5 and ex.points == 5 and ex.grid_done.all()
+    curv_landscape_magic(shell, line)
+    assert ex.closed and shell.user_ns["ex"] is not ex
+    shell.user_ns["ex"].close()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--model nope --data train", "no variable named 'nope'"),
+        ("--model train --data train", "'train' is a tuple, not a torch.nn.Module"),
+        ("--model model --data train --points 1", "--points must be at least 2"),
+        ("--model model --data train --points -4", "--points must be at least 2"),
+        ("--model model --data train --range 0", "--range must be a positive number"),
+        ("--model model --data train --eigen eigen --directions top:7", "only 4 were computed"),
+        ("--model model --data train --eigen wrong --directions top:2", "changed shape"),
+        ("--model model --data train --directions sideways:2", "unknown direction spec"),
+        ("--model model --data train --colour red", "unrecognized arguments"),
+        ("--data train", "the following arguments are required: --model"),
+        ("--model model --data train --out 3x", "not a valid variable name"),
+    ],
+)
+def test_magic_user_errors_are_one_line_usage_errors(setup, line, message):
+    shell = _Shell(model=setup["model"], train=setup["train"], eigen=setup["eigen"],
+                   wrong=(np.array([1.0, 0.5]), torch.randn(9, 2, dtype=torch.float64)))
+    before = _state(setup["model"])
+    with pytest.raises(UsageError) as info:
+        curv_landscape_magic(shell, line)
+    text = str(info.value)
+    assert message in text and "\n" not in text and text.startswith("%curv_landscape")
+    _assert_same_state(setup["model"], before)
+
+
+def test_direction_specs_parse():
+    assert parse_direction_spec("top:3").count == 3
+    assert parse_direction_spec("bottom").kind == "bottom"
+    s = parse_direction_spec("index:0, 3")
+    assert s.indices == (0, 3) and s.needed == 4 and str(s) == "index:0,3"
+    assert not parse_direction_spec("random:2").is_eigen
+    for bad in ("index:", "index:1,1", "index:-1", "top:x", "random:-2"):
+        with pytest.raises(ValueError):
+            parse_direction_spec(bad)
+    assert isinstance(Directions, type)
