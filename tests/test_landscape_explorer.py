@@ -24,8 +24,8 @@ import ipywidgets  # noqa: E402
 from IPython.core.error import UsageError  # noqa: E402
 
 from jupyter_curvature.data.builtin import digits_dataset  # noqa: E402
-from jupyter_curvature.landscape.directions import Directions, random_directions  # noqa: E402
 from jupyter_curvature.landscape import axis_levels, landscape_1d, landscape_2d  # noqa: E402
+from jupyter_curvature.landscape.directions import Directions, random_directions  # noqa: E402
 from jupyter_curvature.landscape.evaluator import LandscapeEvaluator  # noqa: E402
 from jupyter_curvature.models.small import MLP  # noqa: E402
 from jupyter_curvature.widgets.landscape import (  # noqa: E402

@@ -40,7 +40,6 @@ import math
 import re
 import shlex
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
