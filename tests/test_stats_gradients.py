@@ -222,3 +222,23 @@ def test_bad_types_and_policies():
         gradient_statistics(bn_cnn(), CE, (x, y), per_sample=True, batchnorm="train")
     with pytest.raises(ValueError, match="reduction='none'"):
         gradient_statistics(tanh_mlp(), nn.CrossEntropyLoss(reduction="none"), (x, y))
+
+
+def test_high_signal_to_noise_loses_no_accuracy():
+    # nearly equal per-sample gradients (SNR ~ 1e6): E||g||^2 - ||E g||^2 would cancel most
+    # digits; the chunked float64 sums and Chan's merge keep the variance to 1e-8
+    torch.manual_seed(0)
+    x = 1 + 1e-3 * torch.randn(40, 3, dtype=torch.float64)
+    t = torch.full((40, 1), 100.0, dtype=torch.float64)
+    model = nn.Linear(3, 1).double()
+    mse = nn.MSELoss()
+    stats = gradient_statistics(model, mse, (x, t), per_sample=True, chunk_size=7)
+    _, G = per_sample_loop(model, mse, x, t)
+    gbar = G.mean(0)
+    exact = ((G - gbar) ** 2).sum(1).mean()
+    assert stats.snr > 1e5
+    assert_close(stats.grad_var, exact, rtol=1e-8, what="grad_var at high SNR")
+    mini = gradient_statistics(model, mse, (x, t), batch_size=6)
+    grads = [loop_gradient(model, mse, xb, tb)[1] for xb, tb in batches(x, t, 6)]
+    _, var = weighted_stats(grads, [len(xb) for xb, _ in batches(x, t, 6)])
+    assert_close(mini.grad_var, var, rtol=1e-8, what="mini-batch grad_var at high SNR")
