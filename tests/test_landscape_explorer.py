@@ -518,7 +518,10 @@ def test_magic_builds_an_explorer_and_replaces_it_when_rerun(setup, capsys):
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("--model nope --data train", "no variable named 'nope'"),
+        ("--model nope --data train", "'nope' is neither a variable nor a registered model"),
+        ("--model model --data nope", "'nope' is neither a variable nor a built-in dataset"),
+        ("--model model --data train --eigen nope", "'nope' is not a variable"),
+        ("--model model --data train --eigen model", "not an eigenpairs result"),
         ("--model train --data train", "'train' is a tuple, not a torch.nn.Module"),
         ("--model model --data train --points 1", "--points must be at least 2"),
         ("--model model --data train --points -4", "--points must be at least 2"),

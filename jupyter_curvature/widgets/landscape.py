@@ -1007,8 +1007,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> _Parser:
     p = _Parser(prog="%curv_landscape", add_help=False,
                 description="Explore the loss landscape along curvature eigen-directions.")
-    p.add_argument("--model", required=True, help="variable holding the nn.Module")
-    p.add_argument("--data", required=True, help="variable holding the training data")
+    p.add_argument("--model", required=True, help="model variable (dotted paths work) or registry name")
+    p.add_argument("--data", required=True, help="training data variable or built-in name (digits)")
     p.add_argument("--test-data", dest="test_data", help="variable holding test data")
     p.add_argument("--directions", default="top:2",
                    help="top:K | bottom:K | index:i,j | random:K (default top:2)")
@@ -1028,27 +1028,14 @@ def _parser() -> _Parser:
     return p
 
 
-def _lookup(shell: Any, name: str | None, what: str, check: Callable[[Any], bool] | None = None,
-            expected: str = "") -> Any:
-    if name is None:
-        return None
-    ns = shell.user_ns
-    if name not in ns:
-        raise ValueError(f"--{what}: no variable named {name!r} in the notebook")
-    value = ns[name]
-    if check is not None and not check(value):
-        raise ValueError(f"--{what}: {name!r} is a {type(value).__name__}, not {expected}")
-    return value
-
-
-def _is_data(x: Any) -> bool:
-    return hasattr(x, "__iter__") and not isinstance(x, (str, bytes, nn.Module))
-
-
 def curv_landscape_magic(shell: Any, line: str) -> LandscapeExplorer | None:
     """``%curv_landscape --model NAME --data NAME [--test-data NAME] [--directions SPEC]
     [--range R] [--points N] [--out NAME] [--loss NAME] [--eigen NAME] [--ggn]
     [--params PATTERN] [--seed S] [--no-grid] [--no-canvas]``
+
+    NAME is a notebook variable (dotted paths such as ``run.model`` work) or, as in the other
+    ``%curv_*`` magics, a built-in name (``--model mlp``, ``--data digits``; the test split
+    of built-in data is used as test data by default).
 
     Shows a :class:`LandscapeExplorer` and fills its 2D map in (coarse first). User mistakes
     raise IPython's ``UsageError`` with a one-line message. Returns ``None`` (the explorer
@@ -1063,16 +1050,25 @@ def curv_landscape_magic(shell: Any, line: str) -> LandscapeExplorer | None:
     from IPython.core.error import UsageError
     from IPython.display import display
 
+    from .. import api
+
     try:
         args = _parser().parse_args(shlex.split(line))
-        model = _lookup(shell, args.model, "model", lambda v: isinstance(v, nn.Module),
-                        "a torch.nn.Module")
-        data = _lookup(shell, args.data, "data", _is_data, "a DataLoader or iterable of batches")
-        test_data = _lookup(shell, args.test_data, "test-data", _is_data,
-                            "a DataLoader or iterable of batches")
-        loss_fn = _lookup(shell, args.loss, "loss", callable, "a callable loss")
-        eigen = _lookup(shell, args.eigen, "eigen", lambda v: hasattr(v, "eigenvalues") or (
-            isinstance(v, tuple) and len(v) == 2), "an eigenpairs result")
+        ns = shell.user_ns
+        model = api.resolve_model(args.model, ns)
+        data = api.resolve_data(args.data, ns)
+        test_data = api.resolve_test_data(args.test_data, args.data, ns)
+        loss_fn = api.resolve_loss(args.loss, ns)
+        eigen = None
+        if args.eigen is not None:
+            eigen = api.lookup(args.eigen, ns)
+            if eigen is api._MISSING:
+                raise ValueError(f"--eigen {args.eigen!r} is not a variable of the notebook")
+            if not (hasattr(eigen, "eigenvalues") or (isinstance(eigen, tuple) and len(eigen) == 2)):
+                raise ValueError(
+                    f"--eigen {args.eigen!r} is a {type(eigen).__name__}, not an eigenpairs result "
+                    "(%curv_spectrum --top K --out-eigen NAME makes one)"
+                )
         if args.out is not None and not re.fullmatch(r"[A-Za-z_]\w*", args.out):
             raise ValueError(f"--out: {args.out!r} is not a valid variable name")
         if args.points < 2:
