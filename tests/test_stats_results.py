@@ -96,7 +96,7 @@ def test_loading_the_wrong_record_type_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "module", ["evaluation", "gradients", "curvature", "norms", "layers", "results"]
+    "module", ["evaluation", "gradients", "curvature", "norms", "layers", "results", "report"]
 )
 def test_docstring_examples(module):
     mod = importlib.import_module(f"jupyter_curvature.stats.{module}")
@@ -112,3 +112,42 @@ def test_stats_import_no_jupyter_modules():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_network_statistics_combines_the_parts(tmp_path):
+    import torch
+    from _stats_reference import bn_cnn, digits
+    from torch import nn
+
+    from jupyter_curvature.stats import (
+        NetworkStatistics,
+        curvature_statistics,
+        evaluate,
+        gradient_statistics,
+        network_statistics,
+        weight_norms,
+    )
+
+    x, y = digits(48)
+    ce = nn.CrossEntropyLoss()
+    model = bn_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train, test = (x[:32], y[:32]), (x[32:], y[32:])
+    report = network_statistics(model, ce, train, test, batch_size=16, num_probes=2)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert report.train == evaluate(model, ce, train)
+    assert report.test == evaluate(model, ce, test)
+    assert report.gradients == gradient_statistics(model, ce, train, batch_size=16)
+    assert report.curvature == curvature_statistics(model, ce, train, num_probes=2, batch_size=16)
+    assert report.weights == weight_norms(model)
+    text = str(report)
+    assert (
+        "[train] Evaluation" in text and "Curvature statistics" in text and "Weight norms" in text
+    )
+    assert NetworkStatistics.load(report.save(tmp_path / "all.json")) == report
+    # the original's order: recalibrate BatchNorm on the training data first
+    recal = network_statistics(
+        model, ce, train, batch_size=16, curvature=None, recalibrate_batchnorm=True
+    )
+    assert recal.curvature is None and recal.test is None
+    assert not torch.equal(model.features[1].running_mean, before["features.1.running_mean"])

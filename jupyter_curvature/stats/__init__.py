@@ -11,6 +11,7 @@ from .evaluation import bn_update, evaluate
 from .gradients import gradient_statistics
 from .layers import layer_curvature
 from .norms import weight_norms
+from .report import network_statistics
 from .results import (
     CurvatureStatistics,
     Estimate,
@@ -18,6 +19,7 @@ from .results import (
     GradientStatistics,
     LayerCurvature,
     LayerCurvatureRow,
+    NetworkStatistics,
     ParameterNorm,
     Record,
     WeightNorms,
@@ -30,6 +32,7 @@ __all__ = [
     "GradientStatistics",
     "LayerCurvature",
     "LayerCurvatureRow",
+    "NetworkStatistics",
     "ParameterNorm",
     "Record",
     "WeightNorms",
@@ -39,5 +42,6 @@ __all__ = [
     "gradient_statistics",
     "layer_curvature",
     "make_probes",
+    "network_statistics",
     "weight_norms",
 ]

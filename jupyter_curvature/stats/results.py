@@ -459,3 +459,37 @@ class LayerCurvature(Record):
     def as_dict(self) -> dict[str, dict[str, float]]:
         """``{layer: {"lambda_max": ..., "trace": ...}}`` for quick lookups."""
         return {r.layer: {"lambda_max": r.lambda_max, "trace": r.trace} for r in self.rows}
+
+
+@dataclass
+class NetworkStatistics(Record):
+    """All the statistics of one model, as the original's ``compute_loss_stats`` reported them.
+
+    ``train`` / ``test``: evaluations; ``gradients``: loss and gradient statistics on the
+    training data; ``curvature``: curvature statistics on the training data (``None`` when
+    not asked for); ``weights``: weight norms.
+    """
+
+    title: ClassVar[str] = "Network statistics"
+
+    train: EvaluationResult
+    test: EvaluationResult | None
+    gradients: GradientStatistics
+    curvature: CurvatureStatistics | None
+    weights: WeightNorms
+
+    def __str__(self) -> str:
+        parts = [
+            ("train", self.train),
+            ("test", self.test),
+            ("", self.gradients),
+            ("", self.curvature),
+            ("", self.weights),
+        ]
+        blocks = []
+        for label, record in parts:
+            if record is None:
+                continue
+            text = str(record)
+            blocks.append(f"[{label}] {text}" if label else text)
+        return "\n\n".join(blocks)
