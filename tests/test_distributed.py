@@ -44,14 +44,17 @@ def grid_coords() -> np.ndarray:
     return np.stack(np.meshgrid(a, a, indexing="ij"), -1).reshape(-1, 2)  # 9 points
 
 
+def landscape_directions(model):
+    n = sum(p.numel() for p in model.parameters())
+    gen = torch.Generator().manual_seed(2)
+    return [torch.randn(n, generator=gen, dtype=torch.float64) * 0.3 for _ in range(2)]
+
+
 def landscape_evaluator(model, loss_fn, dataset):
     from jupyter_curvature.landscape.evaluator import LandscapeEvaluator
 
-    n = sum(p.numel() for p in model.parameters())
-    gen = torch.Generator().manual_seed(2)
-    directions = [torch.randn(n, generator=gen, dtype=torch.float64) * 0.3 for _ in range(2)]
     loader = DataLoader(dataset, batch_size=BATCH)  # the full data on every rank
-    return LandscapeEvaluator(model, loss_fn, loader, directions, batch_points=1)
+    return LandscapeEvaluator(model, loss_fn, loader, landscape_directions(model), batch_points=1)
 
 
 def compute_all(model, loss_fn, data, total=None):
@@ -63,6 +66,10 @@ def compute_all(model, loss_fn, data, total=None):
     density = jd.spectral_density(G, num_iters=12, num_probes=2, seed=0, total=total)
     stats = jd.gradient_statistics(model, loss_fn, data, batch_size=BATCH, total=total)
     surface = jd.evaluate_landscape(landscape_evaluator(model, loss_fn, data.dataset), grid_coords())
+    plane = jd.landscape_2d(
+        model, loss_fn, DataLoader(data.dataset, batch_size=BATCH), landscape_directions(model),
+        span=1.0, num_points=5, coarse=3,
+    )
     return {
         "Hv": H @ V,
         "Gv": G @ V,
@@ -73,6 +80,8 @@ def compute_all(model, loss_fn, data, total=None):
         "weights": density.weights,
         "stats": stats.to_dict() if hasattr(stats, "to_dict") else vars(stats),
         "landscape": surface,
+        "plane": {"train_loss": plane.train_loss, "train_accuracy": plane.train_accuracy,
+                  "complete": bool(plane.complete)},
     }
 
 
@@ -181,6 +190,16 @@ def test_bad_shards_and_mismatched_models_are_named(distributed_results):
         assert "rank 1 has 43 parameters" in message and "rank 0: 53" in message
         assert "0.weight: shape [4, 6]" in message
         assert result["model_ok"] == 53
+
+
+@pytest.mark.distributed
+def test_landscape_2d_with_split_points_equals_single_process(distributed_results, single_results):
+    ref = single_results["plane"]
+    assert ref["complete"] and ref["train_loss"].shape == (5, 5)
+    for rank, result in enumerate(distributed_results):
+        assert result["plane"]["complete"]
+        for metric in ("train_loss", "train_accuracy"):
+            assert_close(result["plane"][metric], ref[metric], f"landscape_2d {metric} on rank {rank}")
 
 
 # ------------------------------------------------------------------ failures stop everyone

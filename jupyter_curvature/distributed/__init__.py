@@ -31,7 +31,10 @@ from .computations import (
     eigenpairs,
     evaluate_landscape,
     gradient_statistics,
+    landscape_1d,
+    landscape_2d,
     spectral_density,
+    split_points_evaluator,
 )
 from .context import (
     DEFAULT_TIMEOUT,
@@ -70,6 +73,8 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "gradient_statistics",
+    "landscape_1d",
+    "landscape_2d",
     "init_distributed",
     "is_distributed",
     "is_initialized",
@@ -84,5 +89,6 @@ __all__ = [
     "spectral_density",
     "split_indices",
     "split_map",
+    "split_points_evaluator",
     "verify_identical",
 ]

@@ -33,6 +33,9 @@ __all__ = [
     "eigenpairs",
     "evaluate_landscape",
     "gradient_statistics",
+    "landscape_1d",
+    "landscape_2d",
+    "split_points_evaluator",
     "spectral_density",
 ]
 
@@ -194,6 +197,36 @@ def gradient_statistics(
     )
 
 
+def _gather_points(evaluate: Any, coords: torch.Tensor) -> dict[str, Any]:
+    """Evaluate every ``world_size``-th row of ``coords`` here, gather all rows on every rank."""
+    import numpy as np
+    import torch.distributed as dist
+
+    from .reduce import split_indices
+
+    mine = list(split_indices(len(coords)))
+    local: dict[str, Any] = {}
+    error = None
+    try:
+        if mine:
+            local = evaluate(coords[mine])
+    except Exception as err:  # tell the others, which would wait in the gather
+        error, failure = f"{type(err).__name__}: {err}", err
+    gathered: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(gathered, (mine, local, error))
+    failed = [(r, e) for r, (_, _, e) in enumerate(gathered) if e is not None]
+    if failed:
+        if error is not None:
+            raise failure
+        raise RuntimeError("; ".join(f"rank {r} failed: {e}" for r, e in failed))
+    metrics = next(iter(part for _, part, _ in gathered if part), {})
+    out = {m: np.full(len(coords), np.nan) for m in metrics}
+    for idx, part, _ in gathered:
+        for m, values in part.items():
+            out[m][idx] = values
+    return out
+
+
 def evaluate_landscape(evaluator: Any, coords: Any) -> dict[str, Any]:
     """``evaluator.evaluate(coords)`` with the grid points split across ranks and gathered.
 
@@ -211,34 +244,66 @@ def evaluate_landscape(evaluator: Any, coords: Any) -> dict[str, Any]:
     Returns:
         ``{metric: (P,) numpy array}``, as ``evaluator.evaluate(coords)`` in one process.
     """
-    import numpy as np
-
-    from .reduce import split_indices
-
     checked = evaluator.check_coords(coords)
     if not _distributed_active():
         return evaluator.evaluate(checked)
     verify_identical(checked, "the landscape grid")
-    mine = list(split_indices(len(checked)))
-    local: dict[str, Any] = {}
-    error = None
-    try:
-        if mine:
-            local = evaluator.evaluate(checked[mine])
-    except Exception as err:  # tell the others, which would wait in the gather
-        error, failure = f"{type(err).__name__}: {err}", err
-    gathered: list[Any] = [None] * get_world_size()
-    import torch.distributed as dist
+    return _gather_points(evaluator.evaluate, checked)
 
-    dist.all_gather_object(gathered, (mine, local, error))
-    failed = [(r, e) for r, (_, _, e) in enumerate(gathered) if e is not None]
-    if failed:
-        if error is not None:
-            raise failure
-        raise RuntimeError("; ".join(f"rank {r} failed: {e}" for r, e in failed))
-    metrics = next(iter(part for _, part, _ in gathered if part), {})
-    out = {m: np.full(len(checked), np.nan) for m in metrics}
-    for idx, part, _ in gathered:
-        for m, values in part.items():
-            out[m][idx] = values
-    return out
+
+def split_points_evaluator(*args: Any, **kwargs: Any):
+    """A :class:`~jupyter_curvature.landscape.evaluator.LandscapeEvaluator` whose points are split across ranks.
+
+    Takes the evaluator's arguments (``model, loss_fn, data, directions, test_data=...``;
+    ``data`` is the **full** data on every rank). Each chunk of points it is asked for is
+    split across ranks and gathered back, so it can be handed to
+    :func:`jupyter_curvature.landscape.landscape_1d` / ``landscape_2d`` as their first
+    argument; every rank gets the whole landscape (write it from rank 0 only).
+    """
+    from ..landscape.evaluator import LandscapeEvaluator
+
+    class SplitPointsEvaluator(LandscapeEvaluator):
+        def iter_chunks(self, coords):  # the grid driver's only entry point
+            import numpy as np
+
+            if not _distributed_active():
+                yield from super().iter_chunks(coords)
+                return
+            def evaluate(part):
+                # the parent's chunking (not self.evaluate, which would come back here)
+                out = {m: np.full(len(part), np.nan) for m in self.metrics}
+                for idx, vals in LandscapeEvaluator.iter_chunks(self, part):
+                    for m in self.metrics:
+                        out[m][idx] = vals[m]
+                return out
+
+            yield np.arange(len(coords)), _gather_points(evaluate, coords)
+
+    return SplitPointsEvaluator(*args, **kwargs)
+
+
+def _landscape(kind: str, model: Any, loss_fn: Any, data: Any, directions: Any, **kwargs: Any):
+    from .. import landscape
+    from ..landscape import grid
+
+    evaluator_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in grid._EVALUATOR_KEYS}
+    evaluator_kw = {k: v for k, v in evaluator_kw.items() if v is not None}
+    if "batch_layout" in kwargs:
+        evaluator_kw["batch_layout"] = kwargs.pop("batch_layout")
+    evaluator = split_points_evaluator(model, loss_fn, data, directions, **evaluator_kw)
+    return getattr(landscape, kind)(evaluator, **kwargs)
+
+
+def landscape_1d(model: Any, loss_fn: Any, data: Any, directions: Any, **kwargs: Any):
+    """:func:`jupyter_curvature.landscape.landscape_1d` with its points split across ranks.
+
+    ``data`` (and ``test_data``) are the full datasets on every rank; each rank evaluates
+    every ``world_size``-th point of each refinement level and all ranks get the whole
+    result. Keyword arguments as for the single-process function.
+    """
+    return _landscape("landscape_1d", model, loss_fn, data, directions, **kwargs)
+
+
+def landscape_2d(model: Any, loss_fn: Any, data: Any, directions: Any, **kwargs: Any):
+    """:func:`jupyter_curvature.landscape.landscape_2d` with its points split across ranks (see :func:`landscape_1d`)."""
+    return _landscape("landscape_2d", model, loss_fn, data, directions, **kwargs)
