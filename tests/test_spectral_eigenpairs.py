@@ -56,7 +56,17 @@ def test_dense_top5_to_1e_8(which):
     A = make_matrix()
     r = eigenpairs(DenseOperator(A), k=5, which=which, tol=1e-10)
     check_pairs(A, r, which, 1e-8)
-    assert r.num_matvecs == r.iterations + 5  # Lanczos steps + the verifying block
+    assert r.num_matvecs == r.iterations  # residuals from the stored products: no extra product
+
+
+def test_verify_by_a_final_product_agrees_with_stored_products():
+    A = make_matrix()
+    stored = eigenpairs(A, k=5, tol=1e-6)
+    prod = eigenpairs(A, k=5, tol=1e-6, verify="product")
+    assert prod.num_matvecs == prod.iterations + 5 == stored.num_matvecs + 5
+    assert torch.allclose(stored.residuals, prod.residuals, rtol=1e-6, atol=1e-12 * stored.scale)
+    est = eigenpairs(A, k=5, tol=1e-6, verify="estimate")
+    assert torch.allclose(est.residuals, stored.residuals, rtol=1e-5, atol=1e-12 * stored.scale)
 
 
 def test_default_tolerance_is_honest_and_cheaper_than_arpack():
@@ -135,6 +145,8 @@ def test_bad_input():
         eigenpairs(A, k=2, tol=0)
     with pytest.raises(ValueError, match="which"):
         eigenpairs(A, k=2, which="BE")
+    with pytest.raises(ValueError, match="verify"):
+        eigenpairs(A, k=2, verify=True)
     with pytest.raises(ValueError, match="max_iters"):
         eigenpairs(A, k=2, max_iters=0)
     with pytest.raises(ValueError, match="dimension 1"):

@@ -20,9 +20,10 @@ Algorithm (single-vector Lanczos with full reorthogonalisation, GPyTorch's
    in the orthogonal complement of the locked vectors until a restart contributes nothing to
    the wanted set, so that a repeated eigenvalue (which one Krylov space sees only once) is
    found again (the case of zero operators and rank-deficient Hessians).
-4. At the end the ``k`` vectors are multiplied once more by the operator (one ``(n, k)``
-   block) and the residuals ``||A v - lambda v||`` are recomputed from that true product;
-   ``converged`` is decided on those.
+4. The residuals ``||A v - lambda v||`` are then recomputed from true products: by linearity
+   ``A (Q s) = (A Q) s`` with the products ``A q_j`` kept during the run (no new product), or
+   (``verify="product"``) by multiplying the ``k`` vectors once more; ``converged`` is decided
+   on those, not on the estimates.
 
 Compared with deflated power iteration (PyHessian: about 100 products for 5 eigenvalues), a
 Krylov method needs a fraction of the products; compared with ARPACK (``eigsh``,
@@ -69,15 +70,16 @@ class EigenpairsResult:
         eigenvalues: ``(k,)`` float64; descending for ``"LA"``/``"LM"`` (by magnitude for
             ``"LM"``), ascending for ``"SA"``.
         eigenvectors: ``(n, k)`` unit columns, in the operator's dtype and on its device.
-        residuals: ``(k,)`` float64, ``||A v - lambda v||`` from a true product at the end
-            (or the Lanczos estimate ``|beta_m s[m-1]|`` when ``verify=False``).
+        residuals: ``(k,)`` float64, ``||A v - lambda v||`` recomputed from true products
+            (stored ones, or a final product with ``verify="product"``; the Lanczos estimate
+            ``|beta_m s[m-1]|`` with ``verify="estimate"``).
         residual_estimates: ``(k,)`` the Lanczos estimates, for comparison.
         pair_converged: ``(k,)`` bool, ``residual <= tol * scale`` for each pair.
         converged: True when every pair converged.
         scale: the spectral scale the tolerance is relative to (largest ``|Ritz value|``).
         tol: the relative tolerance asked for.
         which: ``"LA"``, ``"SA"`` or ``"LM"``.
-        num_matvecs: operator products, including the ``k`` of the final verification.
+        num_matvecs: operator products (with ``verify="product"`` including the final ``k``).
         iterations: Lanczos steps over all restarts.
         restarts: Lanczos runs after the first.
         seconds: wall time; ``product_seconds`` of it inside the operator.
@@ -237,7 +239,7 @@ def eigenpairs(
     seed: int = 0,
     *,
     max_basis: int | None = None,
-    verify: bool = True,
+    verify: str = "stored",
     basis_dtype: torch.dtype = torch.float64,
     basis_device: torch.device | str | None = None,
     warn: bool = True,
@@ -259,8 +261,11 @@ def eigenpairs(
         max_basis: most Lanczos vectors kept at once before a restart; default
             ``min(n, max(100, 4 k))``. Memory: ``max_basis`` vectors of ``n`` in
             ``basis_dtype``, plus GPyTorch's temporaries (about 2x).
-        verify: multiply the final ``k`` vectors once more (``k`` products) and report the
-            residuals of that true product (default). Otherwise the Lanczos estimates.
+        verify: how the reported residuals ``||A v - lambda v||`` are measured.
+            ``"stored"`` (default): from the products ``A q_j`` kept during Lanczos,
+            ``A v = (A Q) s`` by linearity, so no new product (memory: a second basis).
+            ``"product"``: one more ``(n, k)`` block product of the final vectors (``k``
+            products, no extra memory). ``"estimate"``: the Lanczos estimates only.
         basis_dtype: dtype of the Lanczos vectors (float64 default, for a float32 op too).
         basis_device: device of the Lanczos vectors (default: the operator's).
         warn: emit :class:`ConvergenceWarning` when the budget ends first.
@@ -282,6 +287,8 @@ def eigenpairs(
     """
     A = Operator(op)
     k, which, tol = _check_args(A, k, which, tol)
+    if verify not in ("stored", "product", "estimate"):
+        raise ValueError(f"verify must be 'stored', 'product' or 'estimate', got {verify!r}")
     n = A.n
     max_iters = check_int("max_iters", max(300, 20 * k) if max_iters is None else max_iters, 1)
     max_basis = min(n, max(100, 4 * k)) if max_basis is None else check_int("max_basis", max_basis, 1)
@@ -291,6 +298,7 @@ def eigenpairs(
     locked_vecs = torch.zeros(n, 0, dtype=basis_dtype, device=device)
     locked_vals: list[float] = []
     locked_res: list[float] = []
+    locked_true: list[float] = []
     start = start_vectors(n, 1, seed, "gaussian", basis_dtype, device)
     scale_units: float | None = None  # the internal scaling of the first run, kept after
     steps = restarts = 0
@@ -299,6 +307,7 @@ def eigenpairs(
     cand_vecs = torch.zeros(n, 0, dtype=basis_dtype, device=device)
     cand_vals: np.ndarray = np.zeros(0)
     cand_res: np.ndarray = np.zeros(0)
+    cand_true: np.ndarray = np.zeros(0)
     gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
 
     while True:
@@ -308,10 +317,12 @@ def eigenpairs(
             break
         start = _orthogonal_start(start, locked_vecs, gen)
         su = scale_units or 1.0
-        monitor = _Monitor(k, which, tol, [v / su for v in locked_vals], min(dim, max(2 * k, k + 8)))
+        # no verdict before ARPACK's default basis size ncv = max(2k + 1, 20): a smaller Krylov
+        # space can hold converged pairs that are not the k wanted ones (misconvergence)
+        monitor = _Monitor(k, which, tol, [v / su for v in locked_vals], min(dim, max(2 * k + 1, 20)))
         closure = LanczosClosure(
             A, deflate=locked_vecs, monitor=monitor, check_symmetry=restarts == 0,
-            seed=seed + restarts, scale=scale_units,
+            seed=seed + restarts, scale=scale_units, store_products=verify == "stored",
         )
         run_tridiag(closure, m, start)
         rec = closure.rec
@@ -331,9 +342,13 @@ def eigenpairs(
         ok = residual[wanted] <= tol * scale
         nl = len(locked_vals)
         new = [int(i) - nl for i in wanted if i >= nl]
-        vecs = _ritz_vectors(rec, S, new)
+        vecs, avecs = _ritz_vectors(rec, S, new)
+        true_new = (avecs * rec.scale - vecs * torch.as_tensor(theta[[j for j in new]]).to(vecs)).norm(dim=0)
+        true = np.concatenate([np.asarray(locked_true), np.full(theta.size, np.nan)])
+        true[[nl + j for j in new]] = true_new.double().numpy(force=True)
         cand_vals = values[wanted]
         cand_res = residual[wanted]
+        cand_true = true[wanted]
         cand_vecs = torch.stack(
             [locked_vecs[:, int(i)] if i < nl else vecs[:, new.index(int(i) - nl)] for i in wanted], 1
         )
@@ -351,6 +366,7 @@ def eigenpairs(
         locked_vecs = torch.cat([locked_vecs, vecs[:, keep]], 1)
         locked_vals += [float(theta[j]) for j in conv_new]
         locked_res += [float(res[j]) for j in conv_new]
+        locked_true += [float(true[nl + j]) for j in conv_new]
         rest = [c for c in range(len(new)) if c not in keep]
         start = vecs[:, rest].sum(1, keepdim=True) if rest else _random(n, gen, start)
         restarts += 1
@@ -359,11 +375,13 @@ def eigenpairs(
     values_t = torch.as_tensor(cand_vals, dtype=torch.float64)
     estimates = torch.as_tensor(cand_res, dtype=torch.float64)
     vectors = cand_vecs[:, order]
-    if verify:
+    if verify == "product":
         t1 = time.perf_counter()
         AV = A.matmat(vectors)
         product_seconds += time.perf_counter() - t1
         residuals = (AV - vectors * values_t.to(vectors)).norm(dim=0).double().cpu()
+    elif verify == "stored":
+        residuals = torch.as_tensor(cand_true, dtype=torch.float64)
     else:
         residuals = estimates.clone()
     pair_ok = residuals <= tol * scale
@@ -405,16 +423,24 @@ def _improves(theta: np.ndarray, new: list[int], locked: list[float], k: int, wh
     return any(_key(float(theta[j]), which) < _key(worst, which) - margin for j in new)
 
 
-def _ritz_vectors(rec: _Record, S: torch.Tensor, idx: list[int]) -> torch.Tensor:
-    """``Q_m S[:, idx]`` streamed over the recorded basis columns (no stacked copy)."""
+def _ritz_vectors(rec: _Record, S: torch.Tensor, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Y = Q_m S[:, idx]`` and ``A Y`` (scaled units, from the stored products), unit columns.
+
+    Streamed over the recorded columns (no stacked copy of the basis). By linearity
+    ``A (Q s) = (A Q) s``, so ``A Y`` is a true product, up to rounding, at no new cost.
+    """
     q0 = rec.inputs[0]
-    out = torch.zeros(q0.shape[0], len(idx), dtype=q0.dtype, device=q0.device)
+    Y = torch.zeros(q0.shape[0], len(idx), dtype=q0.dtype, device=q0.device)
+    AY = torch.zeros_like(Y)
     if not idx:
-        return out
+        return Y, AY
     coeffs = S[:, idx].to(q0)
     for j, q in enumerate(rec.inputs):
-        out += q[:, :1] * coeffs[j]
-    return out / out.norm(dim=0, keepdim=True)
+        Y += q[:, :1] * coeffs[j]
+        if rec.outputs:
+            AY += rec.outputs[j][:, :1] * coeffs[j]
+    norm = Y.norm(dim=0, keepdim=True)
+    return Y / norm, AY / norm
 
 
 def _random(n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:

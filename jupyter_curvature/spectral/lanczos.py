@@ -90,6 +90,7 @@ class _Record:
     """What the closure saw: inputs (basis columns), the recurrence coefficients, timings."""
 
     inputs: list[torch.Tensor] = field(default_factory=list)
+    outputs: list[torch.Tensor] = field(default_factory=list)  # A q_j (scaled), if stored
     alphas: list[torch.Tensor] = field(default_factory=list)  # (p,) float64, scaled units
     betas: list[torch.Tensor] = field(default_factory=list)  # beta_j, j >= 1: q_j . A q_{j-1}
     last_output: torch.Tensor | None = None
@@ -110,6 +111,9 @@ class LanczosClosure:
             may raise :class:`_Stop` to end the run (used by :func:`eigenpairs`).
         check_symmetry: compare ``q_0^T A q_1`` with ``q_1^T A q_0`` at step 1.
         seed: for the random vectors that replace a broken-down probe.
+        scale: a fixed internal scaling (default: ``max ||A q_0|| / SCALE_TARGET``).
+        store_products: keep every product ``A q_j`` (memory: a second basis), so that Ritz
+            vectors' residuals can be recomputed from true products without new ones.
     """
 
     def __init__(
@@ -120,8 +124,10 @@ class LanczosClosure:
         check_symmetry: bool = True,
         seed: int = 0,
         scale: float | None = None,
+        store_products: bool = False,
     ) -> None:
         self.A = A
+        self.store_products = store_products
         self.deflate = deflate
         self.monitor = monitor
         self.check_symmetry = check_symmetry
@@ -188,6 +194,8 @@ class LanczosClosure:
                 size = float(y.norm(dim=0).max())
                 rec.scale = size / SCALE_TARGET if size > 0 else 1.0
         y = y / rec.scale
+        if self.store_products:
+            rec.outputs.append(y)  # before deflation: the true product, for true residuals
         if self.deflate is not None and self.deflate.shape[1]:
             y = y - self.deflate @ (self.deflate.T @ y)
         if j == 1 and self.check_symmetry:
