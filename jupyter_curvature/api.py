@@ -23,6 +23,7 @@ Errors in the *user's input* (unknown names, wrong types, an absent GPU) raise
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -271,19 +272,16 @@ def resolve_optimizer(
         cls = torch.optim.Adam if key == "adam" else torch.optim.AdamW
         return cls(params, lr=1e-3 if lr is None else lr, weight_decay=weight_decay)
     if key in ("kfac", "swats"):
-        try:
-            from . import optim
-            cls = getattr(optim, key.upper())
-        except (ImportError, AttributeError):
-            raise InputError(f"--optimizer {key}: jupyter_curvature.optim.{key.upper()} is not available in this installation") from None
+        from .optim import create_optimizer
+
         kwargs = dict(options)
-        if lr is not None:
-            kwargs["lr"] = lr
         if weight_decay:
             kwargs["weight_decay"] = weight_decay
+        if momentum and key == "kfac":
+            kwargs["momentum"] = momentum
         try:
-            return cls(model, **kwargs) if key == "kfac" else cls(params, **kwargs)
-        except TypeError as exc:
+            return create_optimizer(key, model, lr=1e-3 if lr is None else lr, **kwargs)
+        except (TypeError, ValueError) as exc:
             raise InputError(f"--optimizer {key}: {exc}") from None
     raise InputError(
         f"--optimizer {spec!r} is neither a variable nor a known optimiser; known: {', '.join(OPTIMIZERS)}"
@@ -432,9 +430,13 @@ class TrainState:
 
 
 def current_lr(optimizer: Any) -> float:
+    """The step size of the first parameter group (SWATS after its switch: its SGD rate)."""
     groups = getattr(optimizer, "param_groups", None)
     if groups:
-        return float(groups[0].get("lr", float("nan")))
+        g = groups[0]
+        if g.get("phase") == "sgd" and g.get("sgd_lr") is not None:
+            return float(g["sgd_lr"])
+        return float(g.get("lr", float("nan")))
     return float(getattr(optimizer, "lr", float("nan")))
 
 
@@ -671,7 +673,7 @@ def train(
     state = TrainState(model, optimizer, loss_fn, history, total_steps=int(steps))
     curv_data = _to_device(_subset(batches, spectrum_samples), device) if spectrum_every else None
     ctx: dict[str, Any] = {"loss_fn": loss_fn, "optimizer": optimizer, "state": state}
-    phase = getattr(optimizer, "phase", None)
+    paused = getattr(optimizer, "paused", None)  # K-FAC: curvature products must not feed it
 
     def emit(hook: str, *args: Any) -> None:
         for cb in callbacks:
@@ -683,10 +685,14 @@ def train(
         history.events.append((state.step, text))
         emit("on_event", text)
 
+    def quiet() -> Any:
+        return paused() if paused is not None else contextlib.nullcontext()
+
     def check_curvature() -> None:
         t0 = time.perf_counter()
         op = make_operator(model, loss_fn, curv_data, ggn=ggn)
-        dens = spectral_density(op, num_iters=spectrum_iters, num_probes=spectrum_probes, seed=seed)
+        with quiet():
+            dens = spectral_density(op, num_iters=spectrum_iters, num_probes=spectrum_probes, seed=seed)
         history.curvature_seconds += time.perf_counter() - t0
         top, res = top_of_density(dens, top_k)
         history.spectrum_steps.append(state.step)
@@ -699,7 +705,8 @@ def train(
         if test_data is None:
             return
         t0 = time.perf_counter()
-        ev = evaluate(model, loss_fn, test_data, topk=(1,))
+        with quiet():
+            ev = evaluate(model, loss_fn, test_data, topk=(1,))
         history.curvature_seconds += time.perf_counter() - t0
         history.eval_steps.append(state.step)
         history.test_loss.append(float(ev.loss))
@@ -720,6 +727,10 @@ def train(
                     x, y = _to_device(batch, device)
                     optimizer.zero_grad(set_to_none=True)
                     loss, outputs = step_fn(model, x, y, ctx)
+                    if hasattr(optimizer, "wants_fisher") and optimizer.wants_fisher():
+                        if not (isinstance(outputs, torch.Tensor) and outputs.requires_grad):
+                            raise InputError("K-FAC needs the model outputs of each step: set `outputs` in the cell body")
+                        optimizer.fisher_backward(outputs)
                     loss.backward()
                     optimizer.step()
                     state.step += 1
@@ -728,10 +739,8 @@ def train(
                     history.loss.append(float(loss.detach()))
                     history.accuracy.append(_batch_accuracy(outputs, y))
                     history.lr.append(current_lr(optimizer))
-                    new_phase = getattr(optimizer, "phase", None)
-                    if new_phase != phase:
-                        event(f"optimizer switched: {phase} -> {new_phase}")
-                        phase = new_phase
+                    for ev in optimizer.pop_events() if hasattr(optimizer, "pop_events") else ():
+                        event(_describe_event(ev))
                     emit("on_step_end")
                     if spectrum_every and state.step % spectrum_every == 0:
                         check_curvature()
@@ -748,9 +757,11 @@ def train(
                 check_test()
         history.status = "finished"
     except KeyboardInterrupt:
+        _discard(optimizer)
         history.status = "interrupted"
         event(f"interrupted at step {state.step}")
     except BaseException as exc:
+        _discard(optimizer)
         history.status = "failed"
         event(f"failed at step {state.step + 1}: {type(exc).__name__}: {exc}")
         raise
@@ -759,6 +770,19 @@ def train(
         model.train()
         emit("on_train_end")
     return TrainResult(model, optimizer, loss_fn, history)
+
+
+def _discard(optimizer: Any) -> None:
+    """Drop K-FAC statistics of an aborted step (the weights were not updated)."""
+    if hasattr(optimizer, "discard_pending"):
+        optimizer.discard_pending()
+
+
+def _describe_event(ev: Any) -> str:
+    if isinstance(ev, dict) and ev.get("event") == "swats_switch":
+        return (f"SWATS switched group {ev.get('group')} from Adam to SGD "
+                f"(lr {ev.get('sgd_lr', float('nan')):.4g})")
+    return str(ev)
 
 
 # --------------------------------------------------------------------------- spectrum

@@ -97,7 +97,7 @@ class TrainingDashboard(Panel):
                                     colors=[TEST_COLOR], default_size=24)
         self.loss_fig = _figure(
             "Loss", [self.loss_lines, self.loss_test],
-            [bq.Axis(scale=xs, label="step"), bq.Axis(scale=ys, orientation="vertical", label="loss", tick_format=".3g")],
+            [bq.Axis(scale=xs, label="step"), bq.Axis(scale=ys, side="left", label="loss", tick_format=".3g")],
         )
         axs = bq.LinearScale()
         ays = bq.LinearScale(min=0.0, max=1.0)
@@ -109,7 +109,7 @@ class TrainingDashboard(Panel):
                                    colors=[TEST_COLOR], default_size=24)
         self.acc_fig = _figure(
             "Top-1 accuracy", [self.acc_lines, self.acc_test],
-            [bq.Axis(scale=axs, label="step"), bq.Axis(scale=ays, orientation="vertical", label="accuracy", tick_format=".0%")],
+            [bq.Axis(scale=axs, label="step"), bq.Axis(scale=ays, side="left", label="accuracy", tick_format=".0%")],
         )
 
         # spectral density ---------------------------------------------------------------
@@ -126,7 +126,7 @@ class TrainingDashboard(Panel):
         )
         self.density_fig = _figure(
             "Spectral density (no check yet)", [self.density_band, self.density_line],
-            [bq.Axis(scale=dxs, label="eigenvalue"), bq.Axis(scale=dys, orientation="vertical", label="density", tick_format=".2g")],
+            [bq.Axis(scale=dxs, label="eigenvalue"), bq.Axis(scale=dys, side="left", label="density", tick_format=".2g")],
         )
 
         # top eigenvalues against 2 / lr -------------------------------------------------
@@ -142,7 +142,7 @@ class TrainingDashboard(Panel):
         )
         self.top_fig = _figure(
             "Largest eigenvalues", [self.top_lines, self.threshold_line],
-            [bq.Axis(scale=txs, label="step"), bq.Axis(scale=tys, orientation="vertical", label="eigenvalue", tick_format=".3g")],
+            [bq.Axis(scale=txs, label="step"), bq.Axis(scale=tys, side="left", label="eigenvalue", tick_format=".3g")],
         )
 
         self.stats_html = W.HTML("")
@@ -156,7 +156,7 @@ class TrainingDashboard(Panel):
                 self.status,
                 W.HBox([self.progress, self.progress_text]),
                 grid,
-                W.HBox([self.stats_html, self.events_html], layout=W.Layout(gap="24px")),
+                W.HBox([self.stats_html, self.events_html], layout=W.Layout(grid_gap="24px")),
             ],
             width="100%",
         )

@@ -106,8 +106,8 @@ class SpectrumPanel(Panel):
             labels=["Ritz values (weight, right axis)"], display_legend=True,
         )
         self.x_axis = bq.Axis(scale=self.xs, label="eigenvalue", tick_format=".3g")
-        self.y_axis = bq.Axis(scale=self.ys_lin, orientation="vertical", label="density", tick_format=".2g")
-        self.w_axis = bq.Axis(scale=self.ws, orientation="vertical", side="right", label="Ritz weight", tick_format=".2f")
+        self.y_axis = bq.Axis(scale=self.ys_lin, side="left", label="density", tick_format=".2g")
+        self.w_axis = bq.Axis(scale=self.ws, side="right", label="Ritz weight", tick_format=".2f")
         self.figure = bq.Figure(
             marks=[self.stems, self.ritz_points, self.band, self.density_line],
             axes=[self.x_axis, self.y_axis, self.w_axis],
@@ -131,7 +131,7 @@ class SpectrumPanel(Panel):
             [
                 self.figure,
                 W.HBox([self.sigma_slider, self.scale_toggle]),
-                W.HBox([self.table_html, self.stats_html], layout=W.Layout(gap="32px")),
+                W.HBox([self.table_html, self.stats_html], layout=W.Layout(grid_gap="32px")),
             ],
             width="100%",
         )

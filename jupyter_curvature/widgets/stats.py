@@ -79,7 +79,7 @@ class StatsPanel(Panel):
         self.ys = bq.LinearScale()
         self.bars = bq.Bars(x=np.zeros(0), y=np.zeros(0), scales={"x": self.xs, "y": self.ys},
                             colors=["#1f77b4"], padding=0.2)
-        self.y_axis = bq.Axis(scale=self.ys, orientation="vertical", label="", tick_format=".3g")
+        self.y_axis = bq.Axis(scale=self.ys, side="left", label="", tick_format=".3g")
         self.figure = bq.Figure(
             marks=[self.bars],
             axes=[bq.Axis(scale=self.xs, label="layer"), self.y_axis],
