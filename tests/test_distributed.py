@@ -23,6 +23,7 @@ from jupyter_curvature.operators import GGNOperator, HessianOperator
 from jupyter_curvature.operators import _distributed as op_dist
 
 NUM_SAMPLES, BATCH, WORLD = 70, 16, 2
+H_DEVICE = torch.device("cpu")
 TOL = 1e-6  # the issue's bar; the observed differences are rounding (about 1e-15)
 
 
@@ -97,6 +98,8 @@ def _main_job():
     other, _, _ = make_problem(hidden=5 if jd.get_rank() == 0 else 4)
     out["model_error"] = _error(lambda: jd.check_consistent_model(other))
     out["model_ok"] = jd.check_consistent_model(model)
+    names, params = zip(*other.named_parameters())
+    out["start_error"] = _error(lambda: op_dist.check_start(list(names), list(params), H_DEVICE))
     return out
 
 
@@ -189,6 +192,8 @@ def test_bad_shards_and_mismatched_models_are_named(distributed_results):
         # rank 1's hidden layer has 4 units instead of 5: 6*4+4+4*3+3 = 43 against 53
         assert "rank 1 has 43 parameters" in message and "rank 0: 53" in message
         assert "0.weight: shape [4, 6]" in message
+        # the operators' start-up hook (proposed for EmpiricalRiskOperator) says the same
+        assert "rank 1 has 43 parameters" in result["start_error"]
         assert result["model_ok"] == 53
 
 
@@ -273,6 +278,8 @@ def test_shard_loader_rejects_padding_options_and_empty_ranks():
 
 
 def test_backend_device_errors(monkeypatch):
+    op_dist.check_backend_device(torch.device("meta"))  # no process group: nothing to reduce
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
     with pytest.raises(ValueError, match="NCCL backend, which reduces CUDA tensors only"):
         op_dist.check_backend_device(torch.device("cpu"))

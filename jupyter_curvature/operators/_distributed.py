@@ -58,6 +58,8 @@ def check_backend_device(device: torch.device, group: dist.ProcessGroup | None =
     NCCL reduces CUDA tensors only; gloo reduces CPU tensors (CUDA ones only in CUDA builds,
     through host copies); neither reduces MPS tensors.
     """
+    if not (dist.is_available() and dist.is_initialized()):
+        return  # nothing will be reduced
     backend = backend_for(device, group)
     if backend == "nccl" and device.type != "cuda":
         raise ValueError(
@@ -102,3 +104,19 @@ def all_reduce_sum(total: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
             "jupyter_curvature.distributed.check_consistent_model(model))"
         ) from err
     return packed[:-1].reshape(total.shape), int(round(packed[-1].item()))
+
+
+def check_start(names: list[str], params: list[torch.Tensor], device: torch.device) -> None:
+    """Start-up checks of a sharded operator (a collective: every rank calls it once).
+
+    The backend can reduce tensors on ``device``, and every rank chose parameters with the
+    same names, shapes and dtypes (differences named, see
+    :func:`jupyter_curvature.distributed.check_signatures`); without this a model mismatch
+    shows up as an all-reduce of different lengths (an obscure backend error or a hang).
+    """
+    from ..distributed.checks import _gather, check_signatures  # lazy: no import cycle
+
+    if not is_distributed():
+        return
+    check_backend_device(device)
+    check_signatures(_gather([(n, tuple(p.shape), str(p.dtype)) for n, p in zip(names, params)]))
