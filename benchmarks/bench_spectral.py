@@ -143,8 +143,9 @@ def main() -> None:
 
     # PyHessian
     try:
-        import pyhessian
         import importlib
+
+        import pyhessian
 
         ph = importlib.import_module("pyhessian.hessian")  # the module, not the class
 
