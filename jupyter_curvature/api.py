@@ -546,7 +546,21 @@ def _batches(data: Any) -> Iterable[Any]:
 
 
 def _subset(data: Any, max_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``max_samples`` samples of ``data`` as one batch (fixed data for the spectra)."""
+    """The first ``max_samples`` samples of ``data`` as one batch (fixed data for the spectra).
+
+    A shuffling DataLoader's generator is restored afterwards, so taking the subset does not
+    change the order in which training then sees the data.
+    """
+    gen = getattr(data, "generator", None)
+    state = gen.get_state() if isinstance(gen, torch.Generator) else None
+    try:
+        return _first_samples(data, max_samples)
+    finally:
+        if state is not None:
+            gen.set_state(state)
+
+
+def _first_samples(data: Any, max_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys, count = [], [], 0
     for x, y in _batches(data):
         xs.append(x)

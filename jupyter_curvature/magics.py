@@ -165,10 +165,14 @@ class CurvMagics(Magics):
             data = api._subset(data, args.samples)
         return model, data, loss_fn
 
+    @staticmethod
+    def _check_out(magic: str, *names: str | None) -> None:
+        for name in names:
+            if name is not None and not name.isidentifier():
+                raise UsageError(f"%{magic}: --out {name!r} is not a valid Python variable name")
+
     def _store(self, name: str | None, value: Any) -> None:
         if name:
-            if not name.isidentifier():
-                raise UsageError(f"--out {name!r} is not a valid Python variable name")
             self.ns[name] = value
 
     # ------------------------------------------------------------------ %curv_help
@@ -210,6 +214,7 @@ class CurvMagics(Magics):
         """Train a model with a live dashboard; the cell body (optional) is the training step."""
         name = "curv_train"
         args = self._parse(self.curv_train, line, name)
+        self._check_out(name, args.out)
         if args.epochs is not None and args.steps is not None:
             raise UsageError("%curv_train: give --epochs or --steps, not both")
         if args.spectrum_every < 0:
@@ -326,6 +331,7 @@ class CurvMagics(Magics):
         """Compute and show the Hessian (or GGN) spectral density of a model on some data."""
         name = "curv_spectrum"
         args = self._parse(self.curv_spectrum, line, name)
+        self._check_out(name, args.out, args.out_eigen)
         if args.top < 0:
             raise UsageError("%curv_spectrum: --top must be >= 0")
         model, data, loss_fn = self._model_and_data(args, name, args.batch_size)
@@ -371,6 +377,7 @@ class CurvMagics(Magics):
         """Compute and show the advanced statistics (loss, gradients, curvature, norms, per layer)."""
         name = "curv_stats"
         args = self._parse(self.curv_stats, line, name)
+        self._check_out(name, args.out)
         include = [k.strip() for k in args.include.split(",") if k.strip()]
         bad = [k for k in include if k not in api.STATS_KINDS]
         if bad or not include:
@@ -434,7 +441,8 @@ def load_ipython_extension(ip: Any) -> None:
         return
     magics = CurvMagics(shell=ip, parent=ip)
     ip.register_magics(magics)
-    ip.configurables.append(magics)
+    if magics not in ip.configurables:  # some IPython versions add it already
+        ip.configurables.append(magics)
 
 
 def _instance(ip: Any) -> CurvMagics | None:
@@ -457,5 +465,5 @@ def unload_ipython_extension(ip: Any) -> None:
         for key in [k for k, f in table.items() if getattr(f, "__self__", None) is magics]:
             del table[key]
     manager.registry.pop(type(magics).__name__, None)
-    ip.configurables.remove(magics)
+    ip.configurables[:] = [c for c in ip.configurables if c is not magics]
 

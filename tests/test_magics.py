@@ -1,0 +1,333 @@
+"""The magics through IPython's InteractiveShell: parsing, errors, training, interrupts, lifecycle."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from ipywidgets.widgets.widget import _instances
+from traitlets.config import Config
+
+from jupyter_curvature import api
+from jupyter_curvature.magics import CurvMagics
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+# a few small settings that keep every run here to a fraction of a second
+FAST = "--steps 4 --batch-size 32"
+
+
+@pytest.fixture(scope="module")
+def ip():
+    c = Config()
+    c.HistoryAccessor.enabled = False  # jupysql's testing shell: no sqlite history, no fd leak
+    shell = InteractiveShell.instance(config=c)
+    shell.run_line_magic("load_ext", "jupyter_curvature")
+    shell.run_line_magic("config", "CurvMagics.widgets = 'on'")
+    yield shell
+    shell.run_line_magic("unload_ext", "jupyter_curvature")
+
+
+def magics(ip) -> CurvMagics:
+    return next(c for c in ip.configurables if isinstance(c, CurvMagics))
+
+
+def run(ip, code: str):
+    """run_cell, re-raising the cell's exception (like jupysql's TestingShell)."""
+    res = ip.run_cell(code)
+    if res.error_before_exec is not None:
+        raise res.error_before_exec
+    if res.error_in_exec is not None:
+        raise res.error_in_exec
+    return res
+
+
+def usage_error(ip, magic: str, line: str) -> str:
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic(magic, line)
+    msg = str(info.value)
+    assert "\n" not in msg, f"not a one-line message: {msg!r}"
+    return msg
+
+
+# ----------------------------------------------------------------------------- extension
+def test_extension_registers_every_magic_and_help(ip, capsys):
+    line = ip.magics_manager.magics["line"]
+    for name in ("curv_help", "curv_train", "curv_spectrum", "curv_stats", "curv_landscape"):
+        assert name in line
+    assert "curv_train" in ip.magics_manager.magics["cell"]
+    ip.run_line_magic("curv_help", "")
+    out = capsys.readouterr().out
+    for name in ("%%curv_train", "%curv_spectrum", "%curv_stats", "%curv_landscape", "--spectrum-every"):
+        assert name in out
+    # each magic's own help (what `%curv_spectrum?` shows) lists its options
+    doc = ip.find_line_magic("curv_spectrum").__doc__
+    for opt in ("--ggn", "--iters", "--probes", "--top", "--params", "--out"):
+        assert opt in doc
+
+
+def test_load_is_idempotent_and_unload_removes_everything():
+    c = Config()
+    c.HistoryAccessor.enabled = False
+    shell = InteractiveShell.instance(config=c)
+    before = sum(isinstance(x, CurvMagics) for x in shell.configurables)
+    from jupyter_curvature.magics import load_ipython_extension, unload_ipython_extension
+
+    load_ipython_extension(shell)
+    load_ipython_extension(shell)
+    assert sum(isinstance(x, CurvMagics) for x in shell.configurables) == max(before, 1)
+    m = magics(shell)
+    unload_ipython_extension(shell)
+    assert "curv_spectrum" not in shell.magics_manager.magics["line"]
+    assert m._pre_run_cell not in shell.events.callbacks["pre_run_cell"]
+    load_ipython_extension(shell)  # the module fixture's shell is the same singleton
+    shell.run_line_magic("config", "CurvMagics.widgets = 'on'")
+
+
+def test_the_api_imports_no_jupyter_module():
+    """api.py is engine-side: no import of IPython, ipywidgets, bqplot, traitlets, anywidget.
+
+    (Checked on the source, not in a subprocess: importing torch there costs 15 s on the
+    shared test machine; the package-wide subprocess check belongs to the package tests.)
+    """
+    import ast
+
+    tree = ast.parse(Path(api.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"IPython", "ipywidgets", "bqplot", "traitlets", "anywidget"}
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_usage_errors_are_one_line(ip):
+    ip.user_ns.update(number=3, text="hello", net=torch.nn.Linear(64, 10))
+    msg = usage_error(ip, "curv_spectrum", "--model no_such_thing --data digits")
+    assert "neither a variable nor a registered model" in msg and "mlp" in msg
+    msg = usage_error(ip, "curv_spectrum", "--model number --data digits")
+    assert "'number' is an int, not a torch.nn.Module" in msg
+    msg = usage_error(ip, "curv_spectrum", "--model net --data text")
+    assert "'text' is a str, not a DataLoader" in msg
+    msg = usage_error(ip, "curv_spectrum", "--model net --data missing_loader")
+    assert "built-in datasets: digits" in msg
+    msg = usage_error(ip, "curv_train", "--model net --data digits --optimizer number")
+    assert "'number' is an int, not a torch.optim.Optimizer" in msg
+    msg = usage_error(ip, "curv_train", "--model net --data digits --optimizer lbfgs2")
+    assert "sgd, adam, adamw, kfac, swats" in msg
+    msg = usage_error(ip, "curv_spectrum", "--model net --data digits --bogus 3")
+    assert "unrecognized arguments: --bogus 3" in msg and "valid options:" in msg and "--probes" in msg
+    msg = usage_error(ip, "curv_train", "--model net --data digits --steps 2 --epochs 1")
+    assert "not both" in msg
+    msg = usage_error(ip, "curv_train", "--model net --data digits --lr -1")
+    assert "--lr" in msg
+    msg = usage_error(ip, "curv_stats", "--model net --data digits --include norms,bogus")
+    assert "choose from evaluation,gradients,curvature,norms,layers" in msg
+    msg = usage_error(ip, "curv_spectrum", "--data digits")
+    assert "--model" in msg
+    msg = usage_error(ip, "curv_train", "--model net --data digits --out 1bad")
+    assert "not a valid Python variable name" in msg
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_device_cuda_without_gpu(ip):
+    msg = usage_error(ip, "curv_spectrum", "--model mlp --data digits --device cuda")
+    assert "no CUDA GPU" in msg and "--device cpu" in msg
+    msg = usage_error(ip, "curv_train", "--model mlp --data digits --device cuda:1")
+    assert "no CUDA GPU" in msg
+
+
+# ----------------------------------------------------------------------------- %%curv_train
+def manual_losses(model, loader, lr, steps):
+    params = list(model.parameters())
+    out = []
+    for i, (x, y) in enumerate(loader):
+        if i == steps:
+            break
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= lr * g
+        out.append(float(loss.detach()))
+    return out
+
+
+def test_train_line_magic_matches_a_manual_loop(ip):
+    from jupyter_curvature.models import create
+
+    torch.manual_seed(0)
+    ip.user_ns["net"] = net = create("mlp")
+    reference = copy.deepcopy(net)
+    run(ip, f"%curv_train --model net --data digits {FAST} --lr 0.2 --spectrum-every 2 --iters 8 --out run")
+    r = ip.user_ns["run"]
+    assert isinstance(r, api.TrainResult) and r.model is net and r.history.status == "finished"
+    loader = api.resolve_data("digits", batch_size=32, shuffle=True, seed=0)
+    assert r.history.loss == pytest.approx(manual_losses(reference, loader, 0.2, 4), rel=1e-6)
+    assert r.history.spectrum_steps == [0, 2, 4] and len(r.history.top_eigenvalues[0]) == 3
+    dash = magics(ip).last_panel
+    assert dash.progress.value == 4 and "finished" in dash.status.value
+    # the test split of the built-in data was evaluated at the end
+    assert r.history.eval_steps[-1] == 4 and 0 <= r.history.test_accuracy[-1] <= 1
+
+
+def test_cell_body_is_the_training_step(ip):
+    from jupyter_curvature.models import create
+
+    torch.manual_seed(0)
+    ip.user_ns["net2"] = create("mlp")
+    ip.user_ns["x"] = "my x"  # the user's names come back after training
+    reference = copy.deepcopy(ip.user_ns["net2"])
+    body = "outputs = model(x)\nloss = loss_fn(outputs, y) + 0.0 * step\n"
+    run(ip, f"%%curv_train --model net2 --data digits {FAST} --lr 0.2 --out run2\n{body}")
+    h = ip.user_ns["run2"].history
+    loader = api.resolve_data("digits", batch_size=32, shuffle=True, seed=0)
+    assert h.loss == pytest.approx(manual_losses(reference, loader, 0.2, 4), rel=1e-6)
+    assert all(0 <= a <= 1 for a in h.accuracy)  # `outputs` was set: accuracy known
+    assert ip.user_ns["x"] == "my x" and "batch" not in ip.user_ns
+
+
+def test_failing_body_points_at_the_user_line_and_stops_cleanly(ip):
+    from jupyter_curvature.models import create
+
+    ip.user_ns["net3"] = net = create("mlp")
+    before = copy.deepcopy(net.state_dict())
+    body = "outputs = model(x)\nif step == 3:\n    loss = undefined_name\nloss = loss_fn(outputs, y)\n"
+    res = ip.run_cell(f"%%curv_train --model net3 --data digits {FAST} --out run3\n{body}")
+    assert isinstance(res.error_in_exec, NameError)
+    stb = res.error_in_exec._render_traceback_()
+    text = "\n".join(stb)
+    assert "undefined_name" in text and "line 4" in text  # the cell's line (the magic is line 1)
+    assert "api.py" not in text and "magics.py" not in text  # none of our frames
+    h = ip.user_ns["run3"].history
+    assert h.status == "failed" and h.steps_done == 2
+    assert h.events[-1][1].startswith("failed at step 3: NameError")
+    assert "failed at step 3" in magics(ip).last_panel.status.value
+    # two SGD steps were applied, the failing third was not
+    assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_body_without_loss_is_a_usage_error(ip):
+    with pytest.raises(UsageError, match="must assign a scalar tensor to `loss`"):
+        run(ip, f"%%curv_train --model mlp --data digits {FAST}\nz = model(x)\n")
+
+
+def test_keyboard_interrupt_stops_at_a_step_boundary(ip):
+    body = "if step == 3:\n    raise KeyboardInterrupt\nloss = loss_fn(model(x), y)\n"
+    res = run(ip, f"%%curv_train --model mlp --data digits {FAST} --out run4\n{body}")
+    assert res.success
+    h = ip.user_ns["run4"].history
+    assert h.status == "interrupted" and h.steps_done == 2 and len(h.loss) == 2
+    assert "interrupted at step 2" in magics(ip).last_panel.status.value
+
+
+def test_sigint_finishes_the_step_then_stops(ip):
+    """The kernel's Interrupt (SIGINT) lands mid-step: the step completes, then training stops."""
+    body = (
+        "import os, signal\n"
+        "if step == 2:\n    os.kill(os.getpid(), signal.SIGINT)\n"
+        "loss = loss_fn(model(x), y)\n"
+    )
+    res = run(ip, f"%%curv_train --model mlp --data digits {FAST} --out run5\n{body}")
+    assert res.success
+    h = ip.user_ns["run5"].history
+    assert h.status == "interrupted" and h.steps_done == 2 and len(h.loss) == 2
+
+
+def test_terminal_mode_uses_text_and_no_widgets(ip, capsys):
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    try:
+        n = len(_instances)
+        run(ip, f"%curv_train --model mlp --data digits {FAST} --spectrum-every 4 --iters 5")
+        run(ip, "%curv_stats --model mlp --data digits:test --include norms")
+        assert len(_instances) == n
+        captured = capsys.readouterr()
+        assert "step 4: largest hessian eigenvalues" in captured.out  # tqdm.write
+        assert "4/4" in captured.err  # the bar
+        assert "Weight norms" in captured.out
+    finally:
+        ip.run_line_magic("config", "CurvMagics.widgets = 'on'")
+
+
+# ----------------------------------------------------------------------------- %curv_spectrum / %curv_stats
+def test_spectrum_magic_stores_the_density_and_shows_a_panel(ip):
+    from reference import dense_hessian
+
+    from jupyter_curvature.data import digits_dataset
+    from jupyter_curvature.spectral import SpectralDensity
+
+    torch.manual_seed(0)
+    ip.user_ns["tiny"] = tiny = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    ds = digits_dataset("train", limit=60)
+    x, y = ds.tensors
+    y = y % 3
+    ip.user_ns["batch60"] = (x, y)
+    run(ip, "%curv_spectrum --model tiny --data batch60 --iters 195 --probes 2 --top 3 --out d --out-eigen e")
+    d, e = ip.user_ns["d"], ip.user_ns["e"]
+    assert isinstance(d, SpectralDensity) and d.n == 195
+    H = dense_hessian(tiny, torch.nn.functional.cross_entropy, x, y).double()
+    eig = torch.linalg.eigvalsh(H).flip(0)[:3]
+    torch.testing.assert_close(e.eigenvalues.double(), eig, rtol=1e-4, atol=1e-6)
+    panel = magics(ip).last_panel
+    assert [r[1] for r in panel.top_rows()] == pytest.approx(eig.tolist(), rel=1e-4)
+    run(ip, "%curv_spectrum --model tiny --data batch60 --iters 10 --probes 1 --params 1.bias --ggn --out d2")
+    assert ip.user_ns["d2"].n == 3
+
+
+def test_stats_magic(ip):
+    run(ip, "%curv_stats --model mlp --data digits:test --samples 64 --include evaluation,norms,layers --out st")
+    st = ip.user_ns["st"]
+    assert st.evaluation.num_samples == 64 and st.gradients is None
+    panel = magics(ip).last_panel
+    assert panel.tabs.titles == ("Evaluation", "Weight norms", "Per layer")
+
+
+# ----------------------------------------------------------------------------- lifecycle
+def test_rerunning_a_cell_closes_its_previous_panel(ip):
+    cell = "%curv_stats --model mlp --data digits:test --samples 32 --include norms"
+    run(ip, cell)
+    first = magics(ip).last_panel
+    n = len(_instances)
+    run(ip, cell)
+    second = magics(ip).last_panel
+    assert first is not second and first.closed and not second.closed
+    assert len(_instances) == n  # nothing accumulates
+    run(ip, "1 + 1")  # another cell leaves it alone
+    assert not second.closed
+
+
+def test_unload_closes_the_panels():
+    c = Config()
+    c.HistoryAccessor.enabled = False
+    shell = InteractiveShell.instance(config=c)
+    run(shell, "%curv_stats --model mlp --data digits:test --samples 32 --include norms")
+    panel = magics(shell).last_panel
+    shell.run_line_magic("unload_ext", "jupyter_curvature")
+    assert panel.closed
+    shell.run_line_magic("load_ext", "jupyter_curvature")
+    shell.run_line_magic("config", "CurvMagics.widgets = 'on'")
+
+
+# ----------------------------------------------------------------------------- %curv_landscape
+def test_landscape_delegates_or_says_it_is_unavailable(ip, monkeypatch):
+    calls = []
+    fake = types.ModuleType("jupyter_curvature.widgets.landscape")
+    fake.curv_landscape_magic = lambda shell, line: calls.append((shell, line)) or "ok"
+    import jupyter_curvature.widgets as widgets_pkg
+
+    monkeypatch.setitem(sys.modules, "jupyter_curvature.widgets.landscape", fake)
+    monkeypatch.setattr(widgets_pkg, "landscape", fake, raising=False)
+    assert ip.run_line_magic("curv_landscape", "--model mlp --data digits") == "ok"
+    assert calls == [(ip, "--model mlp --data digits")]
+    monkeypatch.setitem(sys.modules, "jupyter_curvature.widgets.landscape", None)
+    monkeypatch.delattr(widgets_pkg, "landscape", raising=False)
+    msg = usage_error(ip, "curv_landscape", "--model mlp")
+    assert "landscape explorer is not available" in msg
