@@ -32,16 +32,6 @@ import torch
 from torch import nn
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _browser_sets(widget, **state) -> None:
     widget._handle_msg(
         {"content": {"data": {"method": "update", "state": state, "buffer_paths": []}},
@@ -89,29 +79,28 @@ def bench(model_name: str, repeats: int) -> dict[str, float]:
 
     ex._update_point = timed_update_point
     rng = np.random.default_rng(0)
-    marker, line, drag = [], [], []
+    timings: dict[str, list[float]] = {k: [] for k in ("marker", "line", "drag", "forward", "inplace", "gradient")}
+
+    def clock(fn: Callable[[], object]) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    # interleaved: every repeat times each variant once, so all see the same machine load
     for r in range(repeats + 1):
         t0 = time.perf_counter()
         _browser_sets(ex.sliders[r % 2], value=float(rng.uniform(-1, 1)))
         t1 = time.perf_counter()
-        if r:  # the first move warms up
-            marker.append(marks[-1] - t0)
-            line.append(t1 - t0)
-        t0 = time.perf_counter()
-        _browser_sets(ex.canvas, point=[float(v) for v in rng.uniform(-1, 1, 2)])
-        if r:
-            drag.append(time.perf_counter() - t0)
+        m = marks[-1] - t0
+        d = clock(lambda: _browser_sets(ex.canvas, point=[float(v) for v in rng.uniform(-1, 1, 2)]))
+        f, i, g = clock(forward), clock(inplace_point), clock(gradient)
+        if r:  # the first round warms up
+            for key, value in zip(timings, (m, t1 - t0, d, f, i, g)):
+                timings[key].append(value)
     assert ex.error_count == 0, ex.last_error
-    out = {
-        "params": sum(p.numel() for p in model.parameters()),
-        "forward": _median_time(forward, repeats),
-        "gradient": _median_time(gradient, repeats),
-        "inplace": _median_time(inplace_point, repeats),
-        "marker": statistics.median(marker),
-        "line": statistics.median(line),
-        "drag": statistics.median(drag),
-        "strategy": ex._evaluator.strategy,
-    }
+    out: dict = {k: statistics.median(v) for k, v in timings.items()}
+    out["params"] = sum(p.numel() for p in model.parameters())
+    out["strategy"] = ex._evaluator.strategy
     ex.close()
     return out
 
