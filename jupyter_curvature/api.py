@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import signal
 import threading
 import time
@@ -82,7 +81,9 @@ def lookup(name: str, namespace: Mapping[str, Any] | None) -> Any:
     value = namespace[head]
     for attr in rest:
         if not hasattr(value, attr):
-            raise InputError(f"{head!r} has no attribute path {name!r} ({type(value).__name__} has no {attr!r})")
+            raise InputError(
+                f"{head!r} has no attribute path {name!r} ({type(value).__name__} has no {attr!r})"
+            )
         value = getattr(value, attr)
     return value
 
@@ -95,7 +96,11 @@ def _type_name(value: Any) -> str:
 
 
 def resolve_model(
-    spec: Any, namespace: Mapping[str, Any] | None = None, *, num_classes: int = 10, option: str = "--model"
+    spec: Any,
+    namespace: Mapping[str, Any] | None = None,
+    *,
+    num_classes: int = 10,
+    option: str = "--model",
 ) -> nn.Module:
     """A model from a variable holding an ``nn.Module`` or a registry name (``"mlp"``).
 
@@ -138,15 +143,21 @@ def _check_batches(value: Any, name: str, option: str) -> Any:
 
     if isinstance(value, DataLoader):
         return value
-    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, torch.Tensor) for v in value):
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, torch.Tensor) for v in value)
+    ):
         return value  # one (inputs, targets) batch
     if isinstance(value, Dataset):
         raise InputError(
             f"{option} {name!r} is {_type_name(value)} (a Dataset); wrap it in a "
             "torch.utils.data.DataLoader"
         )
-    if isinstance(value, (list, tuple)) and value and all(
-        isinstance(b, (list, tuple)) and len(b) == 2 for b in value
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(b, (list, tuple)) and len(b) == 2 for b in value)
     ):
         return value  # a list of (inputs, targets) batches
     raise InputError(
@@ -191,7 +202,9 @@ def resolve_test_data(
 ) -> Any:
     """The test data: ``spec`` if given, else the test split of a built-in training set, else None."""
     if spec is not None:
-        return resolve_data(spec, namespace, split="test", batch_size=batch_size, option="--test-data")
+        return resolve_data(
+            spec, namespace, split="test", batch_size=batch_size, option="--test-data"
+        )
     if isinstance(train_spec, str) and lookup(train_spec, namespace) is _MISSING:
         name = train_spec.partition(":")[0].lower()
         if name in DATASETS:
@@ -216,7 +229,9 @@ def resolve_loss(spec: Any = None, namespace: Mapping[str, Any] | None = None) -
     value = lookup(spec, namespace)
     if value is not _MISSING:
         if not callable(value):
-            raise InputError(f"--loss {spec!r} is {_type_name(value)}, not a callable loss function")
+            raise InputError(
+                f"--loss {spec!r} is {_type_name(value)}, not a callable loss function"
+            )
         return value
     key = spec.lower().replace("-", "_")
     if key in LOSSES:
@@ -267,7 +282,9 @@ def resolve_optimizer(
     key = spec.lower()
     params = [p for p in model.parameters() if p.requires_grad]
     if key == "sgd":
-        return torch.optim.SGD(params, lr=0.1 if lr is None else lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(
+            params, lr=0.1 if lr is None else lr, momentum=momentum, weight_decay=weight_decay
+        )
     if key in ("adam", "adamw"):
         cls = torch.optim.Adam if key == "adam" else torch.optim.AdamW
         return cls(params, lr=1e-3 if lr is None else lr, weight_decay=weight_decay)
@@ -295,12 +312,18 @@ def resolve_device(spec: str | None) -> torch.device | None:
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError):
-        raise InputError(f"--device {spec!r} is not a device name (use cpu, cuda or cuda:N)") from None
+        raise InputError(
+            f"--device {spec!r} is not a device name (use cpu, cuda or cuda:N)"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"--device {spec}: no CUDA GPU is available on this machine; use --device cpu")
+            raise InputError(
+                f"--device {spec}: no CUDA GPU is available on this machine; use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise InputError(
+                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise InputError(f"--device {spec}: MPS is not available on this machine; use --device cpu")
     return device
@@ -345,7 +368,9 @@ class TrainHistory:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python (JSON-ready); each spectrum as its ``to_dict()``."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "spectra"}
+        out = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "spectra"
+        }
         out["events"] = [list(e) for e in self.events]
         out["spectra"] = [s.to_dict() for s in self.spectra]
         return out
@@ -388,7 +413,11 @@ def _density_from_dict(cls: Any, d: dict[str, Any]) -> Any:
     kwargs = {}
     for k, v in d.items():
         if k in names:
-            kwargs[k] = torch.tensor(v, dtype=torch.float64) if k in ("ritz_values", "weights", "residuals") else v
+            kwargs[k] = (
+                torch.tensor(v, dtype=torch.float64)
+                if k in ("ritz_values", "weights", "residuals")
+                else v
+            )
     if kwargs.get("ritz_vectors") is not None:
         kwargs["ritz_vectors"] = torch.tensor(kwargs["ritz_vectors"])
     return cls(**kwargs)
@@ -483,13 +512,17 @@ class TqdmProgress(TrainCallback):
 
     def on_spectrum(self, state: TrainState) -> None:
         h = state.history
-        self.bar.write(f"step {h.spectrum_steps[-1]}: largest {h.curvature} eigenvalues "
-                       + ", ".join(f"{v:.4g}" for v in h.top_eigenvalues[-1])
-                       + f" (2/lr = {2 / state.lr:.4g})")
+        self.bar.write(
+            f"step {h.spectrum_steps[-1]}: largest {h.curvature} eigenvalues "
+            + ", ".join(f"{v:.4g}" for v in h.top_eigenvalues[-1])
+            + f" (2/lr = {2 / state.lr:.4g})"
+        )
 
     def on_evaluate(self, state: TrainState) -> None:
         h = state.history
-        self.bar.write(f"step {h.eval_steps[-1]}: test loss {h.test_loss[-1]:.4g}, accuracy {h.test_accuracy[-1]:.4f}")
+        self.bar.write(
+            f"step {h.eval_steps[-1]}: test loss {h.test_loss[-1]:.4g}, accuracy {h.test_accuracy[-1]:.4f}"
+        )
 
     def on_event(self, state: TrainState, text: str) -> None:
         if self.bar is not None:
@@ -540,7 +573,11 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 
 def _batches(data: Any) -> Iterable[Any]:
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(v, torch.Tensor) for v in data):
+    if (
+        isinstance(data, tuple)
+        and len(data) == 2
+        and all(isinstance(v, torch.Tensor) for v in data)
+    ):
         return [data]
     return data
 
@@ -587,12 +624,16 @@ def _batch_accuracy(outputs: Any, targets: Any) -> float:
 StepFn = Callable[[nn.Module, Any, Any, dict[str, Any]], tuple[torch.Tensor, Any]]
 
 
-def _default_step(model: nn.Module, x: Any, y: Any, ctx: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+def _default_step(
+    model: nn.Module, x: Any, y: Any, ctx: dict[str, Any]
+) -> tuple[torch.Tensor, Any]:
     outputs = model(x)
     return ctx["loss_fn"](outputs, y), outputs
 
 
-def make_operator(model: nn.Module, loss_fn: Any, data: Any, *, ggn: bool = False, params: Any = None):
+def make_operator(
+    model: nn.Module, loss_fn: Any, data: Any, *, ggn: bool = False, params: Any = None
+):
     """``HessianOperator`` or ``GGNOperator`` (``ggn=True``) of ``loss_fn`` over ``data``."""
     from .operators import GGNOperator, HessianOperator
 
@@ -706,7 +747,9 @@ def train(
         t0 = time.perf_counter()
         op = make_operator(model, loss_fn, curv_data, ggn=ggn)
         with quiet():
-            dens = spectral_density(op, num_iters=spectrum_iters, num_probes=spectrum_probes, seed=seed)
+            dens = spectral_density(
+                op, num_iters=spectrum_iters, num_probes=spectrum_probes, seed=seed
+            )
         history.curvature_seconds += time.perf_counter() - t0
         top, res = top_of_density(dens, top_k)
         history.spectrum_steps.append(state.step)
@@ -743,7 +786,9 @@ def train(
                     loss, outputs = step_fn(model, x, y, ctx)
                     if hasattr(optimizer, "wants_fisher") and optimizer.wants_fisher():
                         if not (isinstance(outputs, torch.Tensor) and outputs.requires_grad):
-                            raise InputError("K-FAC needs the model outputs of each step: set `outputs` in the cell body")
+                            raise InputError(
+                                "K-FAC needs the model outputs of each step: set `outputs` in the cell body"
+                            )
                         optimizer.fisher_backward(outputs)
                     loss.backward()
                     optimizer.step()
@@ -794,8 +839,10 @@ def _discard(optimizer: Any) -> None:
 
 def _describe_event(ev: Any) -> str:
     if isinstance(ev, dict) and ev.get("event") == "swats_switch":
-        return (f"SWATS switched group {ev.get('group')} from Adam to SGD "
-                f"(lr {ev.get('sgd_lr', float('nan')):.4g})")
+        return (
+            f"SWATS switched group {ev.get('group')} from Adam to SGD "
+            f"(lr {ev.get('sgd_lr', float('nan')):.4g})"
+        )
     return str(ev)
 
 
@@ -841,7 +888,9 @@ def spectrum(
     eig = None
     if top:
         if top >= op.shape[0]:
-            raise InputError(f"--top {top}: must be smaller than the number of parameters ({op.shape[0]})")
+            raise InputError(
+                f"--top {top}: must be smaller than the number of parameters ({op.shape[0]})"
+            )
         eig = eigenpairs(op, k=top, which="LA", tol=tol, seed=seed, warn=False)
     return SpectrumResult(dens, eig, "ggn" if ggn else "hessian", params, op.shape[0])
 
@@ -858,10 +907,17 @@ class StatsResult:
     layers: Any = None
 
     def records(self) -> list[Any]:
-        return [r for r in (self.evaluation, self.gradients, self.curvature, self.norms, self.layers) if r is not None]
+        return [
+            r
+            for r in (self.evaluation, self.gradients, self.curvature, self.norms, self.layers)
+            if r is not None
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (getattr(self, k).to_dict() if getattr(self, k) is not None else None) for k in ("evaluation", "gradients", "curvature", "norms", "layers")}
+        return {
+            k: (getattr(self, k).to_dict() if getattr(self, k) is not None else None)
+            for k in ("evaluation", "gradients", "curvature", "norms", "layers")
+        }
 
     def __str__(self) -> str:
         return "\n\n".join(str(r) for r in self.records())
@@ -908,14 +964,16 @@ def statistics(
         out.gradients = stats.gradient_statistics(model, loss_fn, data, batch_size=batch_size)
     if "curvature" in include:
         out.curvature = stats.curvature_statistics(
-            model, loss_fn, data, curvature=curv, num_probes=num_probes, batch_size=batch_size, seed=seed
+            model,
+            loss_fn,
+            data,
+            curvature=curv,
+            num_probes=num_probes,
+            batch_size=batch_size,
+            seed=seed,
         )
     if "norms" in include:
         out.norms = stats.weight_norms(model)
     if "layers" in include:
         out.layers = stats.layer_curvature(model, loss_fn, data, layers, curvature=curv, seed=seed)
     return out
-
-
-def _finite(values: Iterable[float]) -> list[float]:
-    return [v for v in values if math.isfinite(v)]

@@ -23,14 +23,14 @@ from __future__ import annotations
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import CaselessStrEnum, Float
 
 from . import api
 
-__all__ = ["CurvMagics", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["CurvMagics", "load_ipython_extension", "track_panel", "unload_ipython_extension"]
 
 HELP = """\
 jupyter_curvature magics  (each has its own help: %curv_train?  %curv_spectrum?  %curv_stats?)
@@ -181,34 +181,70 @@ class CurvMagics(Magics):
         """Show every jupyter_curvature magic with examples."""
         from . import models
 
-        print(HELP.format(models=", ".join(models.available()[:12]) + ", ...",
-                          datasets=", ".join(sorted(api.DATASETS))))
+        print(
+            HELP.format(
+                models=", ".join(models.available()[:12]) + ", ...",
+                datasets=", ".join(sorted(api.DATASETS)),
+            )
+        )
         for func in (self.curv_train, self.curv_spectrum, self.curv_stats):
             print(func.__func__.parser.format_help())
 
     # ------------------------------------------------------------------ %%curv_train
     @magic_arguments()
-    @argument("--model", required=True, help="model variable (nn.Module) or registry name, e.g. mlp")
-    @argument("--data", required=True, help="training DataLoader variable or built-in name, e.g. digits")
-    @argument("--test-data", default=None, help="test data (default: the test split of a built-in set)")
-    @argument("--optimizer", default="sgd", help="optimiser variable, or sgd | adam | adamw | kfac | swats")
-    @argument("--lr", type=_positive(float), default=None, help="learning rate (sgd 0.1, adam 1e-3)")
+    @argument(
+        "--model", required=True, help="model variable (nn.Module) or registry name, e.g. mlp"
+    )
+    @argument(
+        "--data", required=True, help="training DataLoader variable or built-in name, e.g. digits"
+    )
+    @argument(
+        "--test-data", default=None, help="test data (default: the test split of a built-in set)"
+    )
+    @argument(
+        "--optimizer",
+        default="sgd",
+        help="optimiser variable, or sgd | adam | adamw | kfac | swats",
+    )
+    @argument(
+        "--lr", type=_positive(float), default=None, help="learning rate (sgd 0.1, adam 1e-3)"
+    )
     @argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
     @argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
     @argument("--epochs", type=_positive(int), default=None, help="epochs (default 1)")
-    @argument("--steps", type=_positive(int), default=None, help="optimisation steps (instead of --epochs)")
-    @argument("--batch-size", type=_positive(int), default=64, help="batch size of built-in data (64)")
+    @argument(
+        "--steps",
+        type=_positive(int),
+        default=None,
+        help="optimisation steps (instead of --epochs)",
+    )
+    @argument(
+        "--batch-size", type=_positive(int), default=64, help="batch size of built-in data (64)"
+    )
     @argument("--loss", default=None, help="loss variable or cross_entropy | mse | nll")
-    @argument("--spectrum-every", type=int, default=0, help="curvature spectrum every N steps (0: never)")
+    @argument(
+        "--spectrum-every", type=int, default=0, help="curvature spectrum every N steps (0: never)"
+    )
     @argument("--ggn", action="store_true", help="GGN instead of the Hessian")
     @argument("--iters", type=_positive(int), default=30, help="Lanczos steps per spectrum (30)")
     @argument("--probes", type=_positive(int), default=2, help="SLQ probes per spectrum (2)")
     @argument("--top", type=_positive(int), default=3, help="largest eigenvalues tracked (3)")
-    @argument("--spectrum-samples", type=_positive(int), default=256, help="training samples the curvature uses (256)")
-    @argument("--eval-every", type=_positive(int), default=None, help="test evaluation every N steps")
+    @argument(
+        "--spectrum-samples",
+        type=_positive(int),
+        default=256,
+        help="training samples the curvature uses (256)",
+    )
+    @argument(
+        "--eval-every", type=_positive(int), default=None, help="test evaluation every N steps"
+    )
     @argument("--device", default=None, help="cpu | cuda | cuda:N (moves the model)")
     @argument("--seed", type=int, default=0, help="seed of the shuffling and of the SLQ probes")
-    @argument("--out", default=None, help="store the TrainResult (model, optimizer, history) in this variable")
+    @argument(
+        "--out",
+        default=None,
+        help="store the TrainResult (model, optimizer, history) in this variable",
+    )
     @line_cell_magic
     def curv_train(self, line: str, cell: str | None = None) -> Any:
         """Train a model with a live dashboard; the cell body (optional) is the training step."""
@@ -221,15 +257,28 @@ class CurvMagics(Magics):
             raise UsageError("%curv_train: --spectrum-every must be >= 0")
         device = self._call(name, api.resolve_device, args.device)
         model = self._call(name, api.resolve_model, args.model, self.ns)
-        data = self._call(name, api.resolve_data, args.data, self.ns, batch_size=args.batch_size,
-                          shuffle=True, seed=args.seed)
+        data = self._call(
+            name,
+            api.resolve_data,
+            args.data,
+            self.ns,
+            batch_size=args.batch_size,
+            shuffle=True,
+            seed=args.seed,
+        )
         test = self._call(name, api.resolve_test_data, args.test_data, args.data, self.ns)
         loss_fn = self._call(name, api.resolve_loss, args.loss, self.ns)
         if device is not None:
             model.to(device)
         optimizer = self._call(
-            name, api.resolve_optimizer, args.optimizer, model, self.ns, lr=args.lr,
-            momentum=args.momentum, weight_decay=args.weight_decay,
+            name,
+            api.resolve_optimizer,
+            args.optimizer,
+            model,
+            self.ns,
+            lr=args.lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
         )
         step_fn, restore = (None, None)
         if cell is not None and cell.strip():
@@ -237,18 +286,32 @@ class CurvMagics(Magics):
         if self.use_widgets:
             from .widgets.dashboard import TrainingDashboard
 
-            progress: Any = TrainingDashboard(f"Training {type(model).__name__}", interval=self.interval)
+            progress: Any = TrainingDashboard(
+                f"Training {type(model).__name__}", interval=self.interval
+            )
             self._show(progress, f"train {line}")
         else:
             progress = api.TqdmProgress()
         recorder = api.StateRecorder()
         try:
             result = api.train(
-                model, data, loss_fn=loss_fn, optimizer=optimizer, epochs=args.epochs,
-                steps=args.steps, step_fn=step_fn, test_data=test, eval_every=args.eval_every,
-                spectrum_every=args.spectrum_every, ggn=args.ggn, spectrum_iters=args.iters,
-                spectrum_probes=args.probes, top_k=args.top,
-                spectrum_samples=args.spectrum_samples, callbacks=[recorder, progress], seed=args.seed,
+                model,
+                data,
+                loss_fn=loss_fn,
+                optimizer=optimizer,
+                epochs=args.epochs,
+                steps=args.steps,
+                step_fn=step_fn,
+                test_data=test,
+                eval_every=args.eval_every,
+                spectrum_every=args.spectrum_every,
+                ggn=args.ggn,
+                spectrum_iters=args.iters,
+                spectrum_probes=args.probes,
+                top_k=args.top,
+                spectrum_samples=args.spectrum_samples,
+                callbacks=[recorder, progress],
+                seed=args.seed,
             )
         except api.InputError as exc:
             raise UsageError(f"%{name}: {exc}") from None
@@ -265,8 +328,11 @@ class CurvMagics(Magics):
         self._store(args.out, result)
         self.last_result = result
         if result.history.status == "interrupted":
-            print(f"interrupted at step {result.history.steps_done}; the model, the optimizer"
-                  + (f" and the history (in {args.out})" if args.out else " and the history") + " are kept")
+            print(
+                f"interrupted at step {result.history.steps_done}; the model, the optimizer"
+                + (f" and the history (in {args.out})" if args.out else " and the history")
+                + " are kept"
+            )
         return None
 
     def _body_step(self, cell: str, line: str) -> tuple[Any, Any]:
@@ -279,14 +345,24 @@ class CurvMagics(Magics):
         try:
             code = compile(text, filename, "exec")
         except SyntaxError as exc:
-            raise UsageError(f"%%curv_train: syntax error in the cell body, line {exc.lineno}: {exc.msg}") from None
+            raise UsageError(
+                f"%%curv_train: syntax error in the cell body, line {exc.lineno}: {exc.msg}"
+            ) from None
         ns = shell.user_ns
         bound = ("x", "y", "batch", "model", "loss_fn", "optimizer", "step", "outputs", "loss")
         saved = {k: ns[k] for k in bound if k in ns}
 
         def step(model: Any, x: Any, y: Any, ctx: dict[str, Any]) -> Any:
-            ns.update(x=x, y=y, batch=(x, y), model=model, loss_fn=ctx["loss_fn"],
-                      optimizer=ctx["optimizer"], step=ctx["state"].step + 1, outputs=None)
+            ns.update(
+                x=x,
+                y=y,
+                batch=(x, y),
+                model=model,
+                loss_fn=ctx["loss_fn"],
+                optimizer=ctx["optimizer"],
+                step=ctx["state"].step + 1,
+                outputs=None,
+            )
             ns.pop("loss", None)
             exec(code, ns)
             loss = ns.get("loss")
@@ -294,7 +370,9 @@ class CurvMagics(Magics):
 
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 got = "nothing" if loss is None else f"a {type(loss).__name__}"
-                raise _BodyError(f"the cell body must assign a scalar tensor to `loss` (it assigned {got})")
+                raise _BodyError(
+                    f"the cell body must assign a scalar tensor to `loss` (it assigned {got})"
+                )
             return loss.reshape(()), ns.get("outputs")
 
         step.filename = filename  # type: ignore[attr-defined]
@@ -315,17 +393,40 @@ class CurvMagics(Magics):
     @argument("--ggn", action="store_true", help="the GGN instead of the Hessian")
     @argument("--iters", type=_positive(int), default=80, help="Lanczos steps per probe (80)")
     @argument("--probes", type=_positive(int), default=4, help="SLQ probes (4)")
-    @argument("--top", type=int, default=0, help="also compute the K largest eigenpairs, certified by residuals")
-    @argument("--params", default=None, help="parameters: a module prefix (classifier), a glob (features.0.*) or re:<regex>")
-    @argument("--samples", type=_positive(int), default=None, help="use only the first N samples of the data")
-    @argument("--batch-size", type=_positive(int), default=500, help="batch size of built-in data (500)")
+    @argument(
+        "--top",
+        type=int,
+        default=0,
+        help="also compute the K largest eigenpairs, certified by residuals",
+    )
+    @argument(
+        "--params",
+        default=None,
+        help="parameters: a module prefix (classifier), a glob (features.0.*) or re:<regex>",
+    )
+    @argument(
+        "--samples",
+        type=_positive(int),
+        default=None,
+        help="use only the first N samples of the data",
+    )
+    @argument(
+        "--batch-size", type=_positive(int), default=500, help="batch size of built-in data (500)"
+    )
     @argument("--loss", default=None, help="loss variable or cross_entropy | mse | nll")
-    @argument("--sigma", type=_positive(float), default=None, help="initial broadening (default: Papyan's)")
+    @argument(
+        "--sigma",
+        type=_positive(float),
+        default=None,
+        help="initial broadening (default: Papyan's)",
+    )
     @argument("--log", action="store_true", help="start with a logarithmic density axis")
     @argument("--seed", type=int, default=0, help="seed of the probes")
     @argument("--device", default=None, help="cpu | cuda | cuda:N")
     @argument("--out", default=None, help="store the SpectralDensity in this variable")
-    @argument("--out-eigen", default=None, help="store the EigenpairsResult (--top) in this variable")
+    @argument(
+        "--out-eigen", default=None, help="store the EigenpairsResult (--top) in this variable"
+    )
     @line_magic
     def curv_spectrum(self, line: str) -> None:
         """Compute and show the Hessian (or GGN) spectral density of a model on some data."""
@@ -336,8 +437,17 @@ class CurvMagics(Magics):
             raise UsageError("%curv_spectrum: --top must be >= 0")
         model, data, loss_fn = self._model_and_data(args, name, args.batch_size)
         try:
-            result = api.spectrum(model, data, loss_fn=loss_fn, ggn=args.ggn, num_iters=args.iters,
-                                  num_probes=args.probes, top=args.top, params=args.params, seed=args.seed)
+            result = api.spectrum(
+                model,
+                data,
+                loss_fn=loss_fn,
+                ggn=args.ggn,
+                num_iters=args.iters,
+                num_probes=args.probes,
+                top=args.top,
+                params=args.params,
+                seed=args.seed,
+            )
         except api.InputError as exc:
             raise UsageError(f"%{name}: {exc}") from None
         except (ValueError, TypeError) as exc:
@@ -361,13 +471,35 @@ class CurvMagics(Magics):
     @magic_arguments()
     @argument("--model", required=True, help="model variable or registry name")
     @argument("--data", required=True, help="data variable or built-in name (digits, digits:test)")
-    @argument("--include", default=",".join(api.STATS_KINDS),
-              help=f"comma-separated subset of {','.join(api.STATS_KINDS)}")
+    @argument(
+        "--include",
+        default=",".join(api.STATS_KINDS),
+        help=f"comma-separated subset of {','.join(api.STATS_KINDS)}",
+    )
     @argument("--ggn", action="store_true", help="curvature statistics of the GGN")
-    @argument("--probes", type=_positive(int), default=8, help="random probes of the curvature statistics (8)")
-    @argument("--batch-size", type=_positive(int), default=128, help="mini-batch size of the gradient/curvature statistics (128)")
-    @argument("--layers", default=None, help="comma-separated layers (module names or patterns) for the per-layer view")
-    @argument("--samples", type=_positive(int), default=None, help="use only the first N samples of the data")
+    @argument(
+        "--probes",
+        type=_positive(int),
+        default=8,
+        help="random probes of the curvature statistics (8)",
+    )
+    @argument(
+        "--batch-size",
+        type=_positive(int),
+        default=128,
+        help="mini-batch size of the gradient/curvature statistics (128)",
+    )
+    @argument(
+        "--layers",
+        default=None,
+        help="comma-separated layers (module names or patterns) for the per-layer view",
+    )
+    @argument(
+        "--samples",
+        type=_positive(int),
+        default=None,
+        help="use only the first N samples of the data",
+    )
     @argument("--loss", default=None, help="loss variable or cross_entropy | mse | nll")
     @argument("--seed", type=int, default=0, help="seed of the probes")
     @argument("--device", default=None, help="cpu | cuda | cuda:N")
@@ -381,19 +513,32 @@ class CurvMagics(Magics):
         include = [k.strip() for k in args.include.split(",") if k.strip()]
         bad = [k for k in include if k not in api.STATS_KINDS]
         if bad or not include:
-            raise UsageError(f"%{name}: --include {args.include!r}: choose from {','.join(api.STATS_KINDS)}")
+            raise UsageError(
+                f"%{name}: --include {args.include!r}: choose from {','.join(api.STATS_KINDS)}"
+            )
         model, data, loss_fn = self._model_and_data(args, name, args.batch_size)
         layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
         result = self._call(
-            name, api.statistics, model, data, loss_fn=loss_fn, include=include, ggn=args.ggn,
-            num_probes=args.probes, batch_size=args.batch_size, seed=args.seed, layers=layers,
+            name,
+            api.statistics,
+            model,
+            data,
+            loss_fn=loss_fn,
+            include=include,
+            ggn=args.ggn,
+            num_probes=args.probes,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            layers=layers,
         )
         self._store(args.out, result)
         self.last_result = result
         if self.use_widgets:
             from .widgets.stats import StatsPanel
 
-            self._show(StatsPanel(result, title=f"Statistics of {type(model).__name__}"), f"stats {line}")
+            self._show(
+                StatsPanel(result, title=f"Statistics of {type(model).__name__}"), f"stats {line}"
+            )
         else:
             print(result)
 
@@ -445,6 +590,16 @@ def load_ipython_extension(ip: Any) -> None:
         ip.configurables.append(magics)
 
 
+def track_panel(shell: Any, panel: Any) -> None:
+    """Attach ``panel`` (anything with ``close()``) to the running cell: re-running the cell or
+    ``%unload_ext`` closes it. For magics defined elsewhere (``%curv_landscape``)."""
+    magics = _instance(shell)
+    if magics is None:
+        return
+    key = magics._cell_key if magics._cell_key is not None else ("direct", id(panel))
+    magics._panels.setdefault(key, []).append(panel)
+
+
 def _instance(ip: Any) -> CurvMagics | None:
     return next((c for c in getattr(ip, "configurables", []) if isinstance(c, CurvMagics)), None)
 
@@ -466,4 +621,3 @@ def unload_ipython_extension(ip: Any) -> None:
             del table[key]
     manager.registry.pop(type(magics).__name__, None)
     ip.configurables[:] = [c for c in ip.configurables if c is not magics]
-

@@ -64,7 +64,13 @@ def test_extension_registers_every_magic_and_help(ip, capsys):
     assert "curv_train" in ip.magics_manager.magics["cell"]
     ip.run_line_magic("curv_help", "")
     out = capsys.readouterr().out
-    for name in ("%%curv_train", "%curv_spectrum", "%curv_stats", "%curv_landscape", "--spectrum-every"):
+    for name in (
+        "%%curv_train",
+        "%curv_spectrum",
+        "%curv_stats",
+        "%curv_landscape",
+        "--spectrum-every",
+    ):
         assert name in out
     # each magic's own help (what `%curv_spectrum?` shows) lists its options
     doc = ip.find_line_magic("curv_spectrum").__doc__
@@ -124,7 +130,9 @@ def test_usage_errors_are_one_line(ip):
     msg = usage_error(ip, "curv_train", "--model net --data digits --optimizer lbfgs2")
     assert "sgd, adam, adamw, kfac, swats" in msg
     msg = usage_error(ip, "curv_spectrum", "--model net --data digits --bogus 3")
-    assert "unrecognized arguments: --bogus 3" in msg and "valid options:" in msg and "--probes" in msg
+    assert (
+        "unrecognized arguments: --bogus 3" in msg and "valid options:" in msg and "--probes" in msg
+    )
     msg = usage_error(ip, "curv_train", "--model net --data digits --steps 2 --epochs 1")
     assert "not both" in msg
     msg = usage_error(ip, "curv_train", "--model net --data digits --lr -1")
@@ -167,7 +175,10 @@ def test_train_line_magic_matches_a_manual_loop(ip):
     torch.manual_seed(0)
     ip.user_ns["net"] = net = create("mlp")
     reference = copy.deepcopy(net)
-    run(ip, f"%curv_train --model net --data digits {FAST} --lr 0.2 --spectrum-every 2 --iters 8 --out run")
+    run(
+        ip,
+        f"%curv_train --model net --data digits {FAST} --lr 0.2 --spectrum-every 2 --iters 8 --out run",
+    )
     r = ip.user_ns["run"]
     assert isinstance(r, api.TrainResult) and r.model is net and r.history.status == "finished"
     loader = api.resolve_data("digits", batch_size=32, shuffle=True, seed=0)
@@ -200,7 +211,9 @@ def test_failing_body_points_at_the_user_line_and_stops_cleanly(ip):
 
     ip.user_ns["net3"] = net = create("mlp")
     before = copy.deepcopy(net.state_dict())
-    body = "outputs = model(x)\nif step == 3:\n    loss = undefined_name\nloss = loss_fn(outputs, y)\n"
+    body = (
+        "outputs = model(x)\nif step == 3:\n    loss = undefined_name\nloss = loss_fn(outputs, y)\n"
+    )
     res = ip.run_cell(f"%%curv_train --model net3 --data digits {FAST} --out run3\n{body}")
     assert isinstance(res.error_in_exec, NameError)
     stb = res.error_in_exec._render_traceback_()
@@ -270,7 +283,10 @@ def test_spectrum_magic_stores_the_density_and_shows_a_panel(ip):
     x, y = ds.tensors
     y = y % 3
     ip.user_ns["batch60"] = (x, y)
-    run(ip, "%curv_spectrum --model tiny --data batch60 --iters 195 --probes 2 --top 3 --out d --out-eigen e")
+    run(
+        ip,
+        "%curv_spectrum --model tiny --data batch60 --iters 195 --probes 2 --top 3 --out d --out-eigen e",
+    )
     d, e = ip.user_ns["d"], ip.user_ns["e"]
     assert isinstance(d, SpectralDensity) and d.n == 195
     H = dense_hessian(tiny, torch.nn.functional.cross_entropy, x, y).double()
@@ -278,12 +294,18 @@ def test_spectrum_magic_stores_the_density_and_shows_a_panel(ip):
     torch.testing.assert_close(e.eigenvalues.double(), eig, rtol=1e-4, atol=1e-6)
     panel = magics(ip).last_panel
     assert [r[1] for r in panel.top_rows()] == pytest.approx(eig.tolist(), rel=1e-4)
-    run(ip, "%curv_spectrum --model tiny --data batch60 --iters 10 --probes 1 --params 1.bias --ggn --out d2")
+    run(
+        ip,
+        "%curv_spectrum --model tiny --data batch60 --iters 10 --probes 1 --params 1.bias --ggn --out d2",
+    )
     assert ip.user_ns["d2"].n == 3
 
 
 def test_stats_magic(ip):
-    run(ip, "%curv_stats --model mlp --data digits:test --samples 64 --include evaluation,norms,layers --out st")
+    run(
+        ip,
+        "%curv_stats --model mlp --data digits:test --samples 64 --include evaluation,norms,layers --out st",
+    )
     st = ip.user_ns["st"]
     assert st.evaluation.num_samples == 64 and st.gradients is None
     panel = magics(ip).last_panel

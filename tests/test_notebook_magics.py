@@ -16,14 +16,25 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "magics_tour.ipynb"
-MAGICS = ("%load_ext", "%curv_help", "%curv_train", "%%curv_train", "%curv_spectrum", "%curv_stats", "%curv_landscape")
+MAGICS = (
+    "%load_ext",
+    "%curv_help",
+    "%curv_train",
+    "%%curv_train",
+    "%curv_spectrum",
+    "%curv_stats",
+    "%curv_landscape",
+)
 
 
 @pytest.fixture(scope="module")
 def executed():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", store_widget_state=True,
+        nb,
+        timeout=300,
+        kernel_name="python3",
+        store_widget_state=True,
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
     )
     client.execute()  # raises CellExecutionError on an error in an untagged cell
@@ -56,7 +67,13 @@ def test_tour_uses_every_magic_and_runs_without_error(executed):
 def test_tour_built_the_panels_as_widgets(executed):
     state = executed.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     models = {m["model_name"] for m in state.values()}
-    assert {"FigureModel", "LinesModel", "IntProgressModel", "FloatLogSliderModel", "BarsModel"} <= models
+    assert {
+        "FigureModel",
+        "LinesModel",
+        "IntProgressModel",
+        "FloatLogSliderModel",
+        "BarsModel",
+    } <= models
     # the dashboard's progress bar reached the end of the 60 steps
     bars = [m["state"] for m in state.values() if m["model_name"] == "IntProgressModel"]
     assert any(b.get("value") == 60 and b.get("max") == 60 for b in bars)

@@ -40,14 +40,18 @@ def tiny_model(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
 
 
-def tiny_data(n: int = 48, batch: int = 16, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def tiny_data(
+    n: int = 48, batch: int = 16, seed: int = 1
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 4, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (n,), generator=g)
     return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
 
 
-def gaussian_density(theta: np.ndarray, tau: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
+def gaussian_density(
+    theta: np.ndarray, tau: np.ndarray, grid: np.ndarray, sigma: float
+) -> np.ndarray:
     """Mean over probes of sum_k tau_k N(t; theta_k, sigma^2), by explicit loops."""
     out = np.zeros_like(grid)
     for p in range(theta.shape[0]):
@@ -89,8 +93,9 @@ def test_downsample_keeps_ends_and_bounds_size():
 def test_panel_close_closes_every_descendant(leak_check):
     p = Panel()
     xs, ys = bq.LinearScale(), bq.LinearScale()
-    fig = bq.Figure(marks=[bq.Lines(x=[0, 1], y=[0, 1], scales={"x": xs, "y": ys})],
-                    axes=[bq.Axis(scale=xs)])
+    fig = bq.Figure(
+        marks=[bq.Lines(x=[0, 1], y=[0, 1], scales={"x": xs, "y": ys})], axes=[bq.Axis(scale=xs)]
+    )
     p._set_root([fig])
     assert len(p.widgets()) > 6  # figure, marks, scales, axes, layouts...
     p.close()
@@ -136,15 +141,30 @@ def test_dashboard_marks_hold_the_training_data(leak_check):
     reference = copy.deepcopy(model)
     dash = TrainingDashboard(interval=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    res = api.train(model, data, optimizer=opt, steps=3, test_data=data, spectrum_every=3,
-                    spectrum_iters=43, spectrum_probes=2, spectrum_samples=48, top_k=3,
-                    callbacks=[dash])
+    res = api.train(
+        model,
+        data,
+        optimizer=opt,
+        steps=3,
+        test_data=data,
+        spectrum_every=3,
+        spectrum_iters=43,
+        spectrum_probes=2,
+        spectrum_samples=48,
+        top_k=3,
+        callbacks=[dash],
+    )
     h = res.history
     assert h.status == "finished" and h.steps_done == 3
 
     # losses: the dashboard's train line against a hand-written SGD loop
     expected = manual_sgd_losses(reference, data, 0.5, 3)
-    assert_close(torch.tensor(dash.loss_lines.y[0]), torch.tensor(expected, dtype=torch.float64), rtol=1e-12, what="train loss line")
+    assert_close(
+        torch.tensor(dash.loss_lines.y[0]),
+        torch.tensor(expected, dtype=torch.float64),
+        rtol=1e-12,
+        what="train loss line",
+    )
     np.testing.assert_array_equal(dash.loss_lines.x[0], [1, 2, 3])
     # test loss: mean cross-entropy of the trained model over all the data, by hand
     x = torch.cat([b[0] for b in data])
@@ -161,8 +181,13 @@ def test_dashboard_marks_hold_the_training_data(leak_check):
     # spectrum at step 3: 43 Lanczos steps on n = 43 parameters -> exact eigenvalues
     H = dense_hessian(model, nn.functional.cross_entropy, x, y)
     eig = torch.linalg.eigvalsh(H).flip(0)
-    assert_close(torch.tensor(dash.top_lines.y[:, -1]), eig[:3], rtol=1e-7, atol=1e-9,
-                 what="largest eigenvalues at the last check")
+    assert_close(
+        torch.tensor(dash.top_lines.y[:, -1]),
+        eig[:3],
+        rtol=1e-7,
+        atol=1e-9,
+        what="largest eigenvalues at the last check",
+    )
     np.testing.assert_array_equal(dash.top_lines.x, [0, 3])
     np.testing.assert_allclose(dash.threshold_line.y, [2 / 0.5, 2 / 0.5])
     dens = h.spectra[-1]
@@ -184,8 +209,13 @@ def test_dashboard_marks_hold_the_training_data(leak_check):
 def test_dashboard_throttles_pushes(leak_check):
     data = tiny_data(n=160, batch=8)
     dash = TrainingDashboard(interval=3600.0)  # nothing due by time during the run
-    api.train(tiny_model(), data, optimizer=torch.optim.SGD(tiny_model().parameters(), lr=0.1),
-              steps=20, callbacks=[dash])
+    api.train(
+        tiny_model(),
+        data,
+        optimizer=torch.optim.SGD(tiny_model().parameters(), lr=0.1),
+        steps=20,
+        callbacks=[dash],
+    )
     # first step pushes (nothing pushed before), then only the final flush
     assert dash.pushes == 2 and dash.throttle.skipped == 19
     # the final flush still shows every step
@@ -205,8 +235,14 @@ def test_dashboard_shows_interrupt_and_failure(leak_check):
 
     model = tiny_model()
     dash = TrainingDashboard(interval=0.0)
-    res = api.train(model, data, steps=3, step_fn=step, callbacks=[dash],
-                    optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    res = api.train(
+        model,
+        data,
+        steps=3,
+        step_fn=step,
+        callbacks=[dash],
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+    )
     assert res.history.status == "interrupted" and res.history.steps_done == 2
     assert "interrupted at step 2" in dash.status.value
     assert res.history.events[-1] == (2, "interrupted at step 2")
@@ -217,8 +253,14 @@ def test_dashboard_shows_interrupt_and_failure(leak_check):
 
     dash = TrainingDashboard(interval=0.0)
     with pytest.raises(ZeroDivisionError):
-        api.train(model, data, steps=3, step_fn=bad_step, callbacks=[dash],
-                  optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+        api.train(
+            model,
+            data,
+            steps=3,
+            step_fn=bad_step,
+            callbacks=[dash],
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        )
     assert "failed at step 1" in dash.status.value
     dash.close()
 
@@ -253,18 +295,33 @@ def test_spectrum_panel_shows_density_and_top_eigenvalues(tiny_spectrum, leak_ch
     panel = SpectrumPanel(res)
     dens = res.density
     theta, tau = dens.ritz_values.numpy(), dens.weights.numpy()
-    np.testing.assert_allclose(panel.density_line.y, gaussian_density(theta, tau, panel.grid, panel.sigma),
-                               rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        panel.density_line.y,
+        gaussian_density(theta, tau, panel.grid, panel.sigma),
+        rtol=1e-10,
+        atol=1e-14,
+    )
     # stems: one per Ritz value of every probe, height = weight
     assert panel.stems.x.shape == (theta.size, 2)
     np.testing.assert_array_equal(panel.stems.y[:, 1], tau.reshape(-1))
     # the table: certified eigenpairs against the dense spectrum, residuals recomputed
     eig = torch.linalg.eigvalsh(H).flip(0)[:3]
     rows = panel.top_rows()
-    assert_close(torch.tensor([r[1] for r in rows], dtype=torch.float64), eig, rtol=1e-7, what="top eigenvalues")
+    assert_close(
+        torch.tensor([r[1] for r in rows], dtype=torch.float64),
+        eig,
+        rtol=1e-7,
+        what="top eigenvalues",
+    )
     V = res.eigen.eigenvectors
     resid = torch.linalg.norm(H @ V - V * res.eigen.eigenvalues.to(V), dim=0)
-    assert_close(torch.tensor([r[2] for r in rows], dtype=torch.float64), resid, rtol=1e-3, atol=1e-10, what="residuals")
+    assert_close(
+        torch.tensor([r[2] for r in rows], dtype=torch.float64),
+        resid,
+        rtol=1e-3,
+        atol=1e-10,
+        what="residuals",
+    )
     for r in rows:
         assert f"{r[1]:.6g}" in panel.table_html.value
     # statistics: the trace against the dense trace (exact Krylov space: Gauss quadrature exact)
@@ -282,13 +339,25 @@ def test_spectrum_panel_controls_redraw_without_recompute(tiny_spectrum, leak_ch
     new_sigma = panel.sigma * 3
     # simulate the browser moving the slider (a comm 'update' message)
     panel.sigma_slider._handle_msg(
-        {"content": {"data": {"method": "update", "state": {"value": new_sigma}, "buffer_paths": []}}, "buffers": []}
+        {
+            "content": {
+                "data": {"method": "update", "state": {"value": new_sigma}, "buffer_paths": []}
+            },
+            "buffers": [],
+        }
     )
     assert math.isclose(panel.sigma, new_sigma, rel_tol=1e-12)
-    np.testing.assert_allclose(panel.density_line.y, gaussian_density(theta, tau, panel.grid, new_sigma),
-                               rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        panel.density_line.y,
+        gaussian_density(theta, tau, panel.grid, new_sigma),
+        rtol=1e-10,
+        atol=1e-14,
+    )
     panel.scale_toggle.value = "log"
-    assert isinstance(panel.density_line.scales["y"], bq.LogScale) and panel.y_axis.scale is panel.ys_log
+    assert (
+        isinstance(panel.density_line.scales["y"], bq.LogScale)
+        and panel.y_axis.scale is panel.ys_log
+    )
     assert (np.asarray(panel.density_line.y) > 0).all()  # floored for the log axis
     panel.scale_toggle.value = "linear"
     assert panel.density_line.scales["y"] is panel.ys_lin
@@ -328,15 +397,24 @@ def test_spectrum_panel_concurrent_slider_during_training(tiny_spectrum, leak_ch
     t.start()
     model = tiny_model()
     try:
-        api.train(model, tiny_data(), steps=6, callbacks=[dash],
-                  optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+        api.train(
+            model,
+            tiny_data(),
+            steps=6,
+            callbacks=[dash],
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        )
     finally:
         stop.set()
         t.join()
     assert panel.error_count == 0 and dash.error_count == 0
     theta, tau = res.density.ritz_values.numpy(), res.density.weights.numpy()
-    np.testing.assert_allclose(panel.density_line.y, gaussian_density(theta, tau, panel.grid, panel.sigma),
-                               rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        panel.density_line.y,
+        gaussian_density(theta, tau, panel.grid, panel.sigma),
+        rtol=1e-10,
+        atol=1e-14,
+    )
     panel.close()
     dash.close()
 
@@ -370,21 +448,33 @@ def test_stats_panel_tables_and_per_layer_bars(leak_check):
 def test_static_plots_draw_the_same_data(tiny_spectrum):
     res, _ = tiny_spectrum
     model = tiny_model()
-    out = api.train(model, tiny_data(), steps=3, spectrum_every=3, spectrum_iters=10,
-                    optimizer=torch.optim.SGD(model.parameters(), lr=0.1), test_data=tiny_data())
+    out = api.train(
+        model,
+        tiny_data(),
+        steps=3,
+        spectrum_every=3,
+        spectrum_iters=10,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        test_data=tiny_data(),
+    )
     fig = plot_training(out.history)
     ax = fig.axes[0]
     np.testing.assert_array_equal(ax.lines[0].get_ydata(), out.history.loss)
     top_ax = fig.axes[3]
-    np.testing.assert_array_equal(top_ax.lines[0].get_ydata(), [t[0] for t in out.history.top_eigenvalues])
+    np.testing.assert_array_equal(
+        top_ax.lines[0].get_ydata(), [t[0] for t in out.history.top_eigenvalues]
+    )
     fig = plot_spectrum(res.density, eigen=res.eigen, sigma=0.1)
     curve = res.density.density(None, 0.1)
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), curve.density)
     assert len(fig.axes) == 2  # density and the Ritz-weight twin axis
     stats = api.statistics(model, tiny_data(), include=["norms"])
     fig = plot_stats(stats)
-    np.testing.assert_allclose([p.get_height() for p in fig.axes[0].patches],
-                               [float(torch.linalg.norm(model[i].weight)) for i in (0, 2)], rtol=1e-12)
+    np.testing.assert_allclose(
+        [p.get_height() for p in fig.axes[0].patches],
+        [float(torch.linalg.norm(model[i].weight)) for i in (0, 2)],
+        rtol=1e-12,
+    )
 
 
 def test_close_tree_counts_open_widgets(leak_check):

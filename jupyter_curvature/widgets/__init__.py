@@ -37,7 +37,9 @@ def __getattr__(name: str) -> Any:
     try:
         module = _EXPORTS[name]
     except KeyError:
-        raise AttributeError(f"module 'jupyter_curvature.widgets' has no attribute {name!r}") from None
+        raise AttributeError(
+            f"module 'jupyter_curvature.widgets' has no attribute {name!r}"
+        ) from None
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value

@@ -114,7 +114,9 @@ def html_table(headers: list[str], rows: list[list[Any]], title: str | None = No
     def align(v: Any) -> str:
         return "right" if isinstance(v, (int, float)) and not isinstance(v, bool) else "left"
 
-    head = "".join(f"<th style='text-align:left;padding:0 8px'>{html.escape(h)}</th>" for h in headers)
+    head = "".join(
+        f"<th style='text-align:left;padding:0 8px'>{html.escape(h)}</th>" for h in headers
+    )
     body = "".join(
         "<tr>"
         + "".join(
@@ -192,7 +194,7 @@ class Panel:
         self.error_count += 1
         self.last_error = exc
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        if not self.errors.comm and self.closed:
+        if self.closed:  # the Output is gone: the error is still counted and kept
             return
         self.errors.append_stderr(f"Error in {where}:\n{text}")
 

@@ -28,7 +28,16 @@ __all__ = ["TrainingDashboard", "downsample"]
 
 TRAIN_COLOR = "#1f77b4"
 TEST_COLOR = "#d62728"
-TOP_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
+TOP_COLORS = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+]
 
 
 def downsample(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +77,12 @@ class TrainingDashboard(Panel):
     """
 
     def __init__(
-        self, title: str = "Training", *, interval: float = 0.25, max_points: int = 500, progress: bool = True
+        self,
+        title: str = "Training",
+        *,
+        interval: float = 0.25,
+        max_points: int = 500,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         self.title = title
@@ -80,7 +94,9 @@ class TrainingDashboard(Panel):
         self._dirty = {"curves": False, "spectrum": False, "stats": False, "events": False}
 
         self.status = W.HTML(f"<b>{html.escape(title)}</b>: waiting")
-        self.progress = W.IntProgress(value=0, min=0, max=1, description="step", layout=W.Layout(width="50%"))
+        self.progress = W.IntProgress(
+            value=0, min=0, max=1, description="step", layout=W.Layout(width="50%")
+        )
         self.progress.layout.display = None if progress else "none"
         self.progress_text = W.Label("")
 
@@ -88,61 +104,114 @@ class TrainingDashboard(Panel):
         xs = bq.LinearScale()
         ys = bq.LinearScale()
         self.loss_lines = bq.Lines(
-            x=np.zeros((2, 0)), y=np.zeros((2, 0)), scales={"x": xs, "y": ys},
-            colors=[TRAIN_COLOR, TEST_COLOR], labels=["train (batch)", "test"],
+            x=np.zeros((2, 0)),
+            y=np.zeros((2, 0)),
+            scales={"x": xs, "y": ys},
+            colors=[TRAIN_COLOR, TEST_COLOR],
+            labels=["train (batch)", "test"],
             display_legend=True,
         )
         # the test points also get markers (they are few; the train curve is dense)
-        self.loss_test = bq.Scatter(x=np.zeros(0), y=np.zeros(0), scales={"x": xs, "y": ys},
-                                    colors=[TEST_COLOR], default_size=24)
+        self.loss_test = bq.Scatter(
+            x=np.zeros(0),
+            y=np.zeros(0),
+            scales={"x": xs, "y": ys},
+            colors=[TEST_COLOR],
+            default_size=24,
+        )
         self.loss_fig = _figure(
-            "Loss", [self.loss_lines, self.loss_test],
-            [bq.Axis(scale=xs, label="step"), bq.Axis(scale=ys, side="left", label="loss", tick_format=".3g")],
+            "Loss",
+            [self.loss_lines, self.loss_test],
+            [
+                bq.Axis(scale=xs, label="step"),
+                bq.Axis(scale=ys, side="left", label="loss", tick_format=".3g"),
+            ],
         )
         axs = bq.LinearScale()
         ays = bq.LinearScale(min=0.0, max=1.0)
         self.acc_lines = bq.Lines(
-            x=np.zeros((2, 0)), y=np.zeros((2, 0)), scales={"x": axs, "y": ays},
-            colors=[TRAIN_COLOR, TEST_COLOR], labels=["train (batch)", "test"], display_legend=True,
+            x=np.zeros((2, 0)),
+            y=np.zeros((2, 0)),
+            scales={"x": axs, "y": ays},
+            colors=[TRAIN_COLOR, TEST_COLOR],
+            labels=["train (batch)", "test"],
+            display_legend=True,
         )
-        self.acc_test = bq.Scatter(x=np.zeros(0), y=np.zeros(0), scales={"x": axs, "y": ays},
-                                   colors=[TEST_COLOR], default_size=24)
+        self.acc_test = bq.Scatter(
+            x=np.zeros(0),
+            y=np.zeros(0),
+            scales={"x": axs, "y": ays},
+            colors=[TEST_COLOR],
+            default_size=24,
+        )
         self.acc_fig = _figure(
-            "Top-1 accuracy", [self.acc_lines, self.acc_test],
-            [bq.Axis(scale=axs, label="step"), bq.Axis(scale=ays, side="left", label="accuracy", tick_format=".0%")],
+            "Top-1 accuracy",
+            [self.acc_lines, self.acc_test],
+            [
+                bq.Axis(scale=axs, label="step"),
+                bq.Axis(scale=ays, side="left", label="accuracy", tick_format=".0%"),
+            ],
         )
 
         # spectral density ---------------------------------------------------------------
         dxs = bq.LinearScale()
         dys = bq.LinearScale(min=0.0)
         self.density_band = bq.Lines(
-            x=np.zeros(0), y=np.zeros((2, 0)), scales={"x": dxs, "y": dys}, fill="between",
-            colors=["#9ecae1"], fill_colors=["#9ecae1"], fill_opacities=[0.45], stroke_width=0,
+            x=np.zeros(0),
+            y=np.zeros((2, 0)),
+            scales={"x": dxs, "y": dys},
+            fill="between",
+            colors=["#9ecae1"],
+            fill_colors=["#9ecae1"],
+            fill_opacities=[0.45],
+            stroke_width=0,
             labels=["mean ± 2 s.e. over probes"],
         )
         self.density_line = bq.Lines(
-            x=np.zeros(0), y=np.zeros(0), scales={"x": dxs, "y": dys}, colors=[TRAIN_COLOR],
+            x=np.zeros(0),
+            y=np.zeros(0),
+            scales={"x": dxs, "y": dys},
+            colors=[TRAIN_COLOR],
             labels=["density"],
         )
         self.density_fig = _figure(
-            "Spectral density (no check yet)", [self.density_band, self.density_line],
-            [bq.Axis(scale=dxs, label="eigenvalue"), bq.Axis(scale=dys, side="left", label="density", tick_format=".2g")],
+            "Spectral density (no check yet)",
+            [self.density_band, self.density_line],
+            [
+                bq.Axis(scale=dxs, label="eigenvalue"),
+                bq.Axis(scale=dys, side="left", label="density", tick_format=".2g"),
+            ],
         )
 
         # top eigenvalues against 2 / lr -------------------------------------------------
         txs = bq.LinearScale()
         tys = bq.LinearScale()
         self.top_lines = bq.Lines(
-            x=np.zeros(0), y=np.zeros((1, 0)), scales={"x": txs, "y": tys}, colors=TOP_COLORS,
-            marker="circle", marker_size=16, display_legend=True, labels=["λ1"],
+            x=np.zeros(0),
+            y=np.zeros((1, 0)),
+            scales={"x": txs, "y": tys},
+            colors=TOP_COLORS,
+            marker="circle",
+            marker_size=16,
+            display_legend=True,
+            labels=["λ1"],
         )
         self.threshold_line = bq.Lines(
-            x=np.zeros(0), y=np.zeros(0), scales={"x": txs, "y": tys}, colors=["#555555"],
-            line_style="dashed", labels=["2 / lr"], display_legend=True,
+            x=np.zeros(0),
+            y=np.zeros(0),
+            scales={"x": txs, "y": tys},
+            colors=["#555555"],
+            line_style="dashed",
+            labels=["2 / lr"],
+            display_legend=True,
         )
         self.top_fig = _figure(
-            "Largest eigenvalues", [self.top_lines, self.threshold_line],
-            [bq.Axis(scale=txs, label="step"), bq.Axis(scale=tys, side="left", label="eigenvalue", tick_format=".3g")],
+            "Largest eigenvalues",
+            [self.top_lines, self.threshold_line],
+            [
+                bq.Axis(scale=txs, label="step"),
+                bq.Axis(scale=tys, side="left", label="eigenvalue", tick_format=".3g"),
+            ],
         )
 
         self.stats_html = W.HTML("")
@@ -194,14 +263,23 @@ class TrainingDashboard(Panel):
         self._dirty = dict.fromkeys(self._dirty, True)
         self.flush()
         hist = state.history
-        word = {"finished": "finished", "interrupted": f"interrupted at step {hist.steps_done}",
-                "failed": f"failed at step {hist.steps_done + 1}"}.get(hist.status, hist.status)
-        color = {"finished": "green", "interrupted": "#b8860b", "failed": "#c00"}.get(hist.status, "black")
+        word = {
+            "finished": "finished",
+            "interrupted": f"interrupted at step {hist.steps_done}",
+            "failed": f"failed at step {hist.steps_done + 1}",
+        }.get(hist.status, hist.status)
+        color = {"finished": "green", "interrupted": "#b8860b", "failed": "#c00"}.get(
+            hist.status, "black"
+        )
         self.status.value = (
             f"<b>{html.escape(self.title)}</b>: <span style='color:{color}'>{word}</span> "
             f"after {hist.seconds:.1f} s ({hist.curvature_seconds:.1f} s in curvature and evaluation)"
         )
-        self.progress.bar_style = {"finished": "success", "interrupted": "warning", "failed": "danger"}.get(hist.status, "")
+        self.progress.bar_style = {
+            "finished": "success",
+            "interrupted": "warning",
+            "failed": "danger",
+        }.get(hist.status, "")
 
     # ------------------------------------------------------------------ drawing
     def _maybe_push(self, force: bool = False) -> None:
@@ -227,7 +305,9 @@ class TrainingDashboard(Panel):
         elapsed = time.perf_counter() - self._t0
         rate = hist.steps_done / elapsed if elapsed > 0 else 0.0
         last = f"loss {hist.loss[-1]:.4g}" if hist.loss else ""
-        self.progress_text.value = f"{hist.steps_done}/{state.total_steps}  {last}  {rate:.1f} steps/s"
+        self.progress_text.value = (
+            f"{hist.steps_done}/{state.total_steps}  {last}  {rate:.1f} steps/s"
+        )
         if self._dirty["curves"]:
             self._draw_curves(hist)
         if self._dirty["spectrum"] and hist.spectra:
@@ -236,7 +316,9 @@ class TrainingDashboard(Panel):
             self._draw_stats(hist)
         if self._dirty["events"]:
             rows = [[s, t] for s, t in hist.events[-8:]]
-            self.events_html.value = html_table(["step", "event"], rows, title="Events") if rows else ""
+            self.events_html.value = (
+                html_table(["step", "event"], rows, title="Events") if rows else ""
+            )
         self._dirty = dict.fromkeys(self._dirty, False)
 
     def _draw_curves(self, hist: Any) -> None:
@@ -304,7 +386,9 @@ class TrainingDashboard(Panel):
             ]
             if hist.lr and hist.lr[-1] > 0:
                 rows.append(["2 / lr", 2.0 / hist.lr[-1]])
-        self.stats_html.value = html_table(["quantity", "value"], rows, title="Statistics") if rows else ""
+        self.stats_html.value = (
+            html_table(["quantity", "value"], rows, title="Statistics") if rows else ""
+        )
 
     # ------------------------------------------------------------------ static version
     def to_matplotlib(self, **kw: Any) -> Any:

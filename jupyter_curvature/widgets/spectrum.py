@@ -71,7 +71,10 @@ class SpectrumPanel(Panel):
         d0 = self.density.default_sigma()
         sigma = d0 if sigma is None else float(sigma)
         name = "GGN" if curvature == "ggn" else "Hessian"
-        self.title = title or f"{name} spectral density (n = {self.density.n}, {self.density.num_probes} probes)"
+        self.title = (
+            title
+            or f"{name} spectral density (n = {self.density.n}, {self.density.num_probes} probes)"
+        )
 
         # a fixed grid wide enough for the largest sigma the slider allows
         theta = self.density.ritz_values.numpy(force=True)
@@ -87,23 +90,43 @@ class SpectrumPanel(Panel):
         self._own(self.ys_log)
         self.ws = bq.LinearScale(min=0.0)
         self.band = bq.Lines(
-            x=self.grid, y=np.zeros((2, self.grid.size)), scales={"x": self.xs, "y": self.ys_lin},
-            fill="between", colors=["#9ecae1"], fill_colors=["#9ecae1"], fill_opacities=[0.45],
-            stroke_width=0, labels=["± 2 s.e. over probes"], display_legend=True,
+            x=self.grid,
+            y=np.zeros((2, self.grid.size)),
+            scales={"x": self.xs, "y": self.ys_lin},
+            fill="between",
+            colors=["#9ecae1"],
+            fill_colors=["#9ecae1"],
+            fill_opacities=[0.45],
+            stroke_width=0,
+            labels=["± 2 s.e. over probes"],
+            display_legend=True,
         )
         self.density_line = bq.Lines(
-            x=self.grid, y=np.zeros(self.grid.size), scales={"x": self.xs, "y": self.ys_lin},
-            colors=["#1f77b4"], labels=["density"], display_legend=True,
+            x=self.grid,
+            y=np.zeros(self.grid.size),
+            scales={"x": self.xs, "y": self.ys_lin},
+            colors=["#1f77b4"],
+            labels=["density"],
+            display_legend=True,
         )
         th = theta.reshape(-1)
         w = self.density.weights.numpy(force=True).reshape(-1)
         self.stems = bq.Lines(
-            x=np.stack([th, th], 1), y=np.stack([np.zeros_like(w), w], 1),
-            scales={"x": self.xs, "y": self.ws}, colors=["#888888"], stroke_width=1, opacities=[0.6],
+            x=np.stack([th, th], 1),
+            y=np.stack([np.zeros_like(w), w], 1),
+            scales={"x": self.xs, "y": self.ws},
+            colors=["#888888"],
+            stroke_width=1,
+            opacities=[0.6],
         )
         self.ritz_points = bq.Scatter(
-            x=th, y=w, scales={"x": self.xs, "y": self.ws}, colors=["#555555"], default_size=12,
-            labels=["Ritz values (weight, right axis)"], display_legend=True,
+            x=th,
+            y=w,
+            scales={"x": self.xs, "y": self.ws},
+            colors=["#555555"],
+            default_size=12,
+            labels=["Ritz values (weight, right axis)"],
+            display_legend=True,
         )
         self.x_axis = bq.Axis(scale=self.xs, label="eigenvalue", tick_format=".3g")
         self.y_axis = bq.Axis(scale=self.ys_lin, side="left", label="density", tick_format=".2g")
@@ -117,12 +140,22 @@ class SpectrumPanel(Panel):
             legend_location="top-right",
         )
         self.sigma_slider = W.FloatLogSlider(
-            value=sigma, base=10, min=np.log10(d0) - 1.5, max=np.log10(d0) + 1.5, step=0.05,
-            description="σ (broadening)", readout_format=".3g", continuous_update=False,
+            value=sigma,
+            base=10,
+            min=np.log10(d0) - 1.5,
+            max=np.log10(d0) + 1.5,
+            step=0.05,
+            description="σ (broadening)",
+            readout_format=".3g",
+            continuous_update=False,
             style={"description_width": "initial"},
         )
-        self.scale_toggle = W.ToggleButtons(options=["linear", "log"], value="log" if log else "linear",
-                                            description="density axis", style={"description_width": "initial"})
+        self.scale_toggle = W.ToggleButtons(
+            options=["linear", "log"],
+            value="log" if log else "linear",
+            description="density axis",
+            style={"description_width": "initial"},
+        )
         self.table_html = W.HTML(self._top_table())
         self.stats_html = W.HTML(self._stats_table())
         self.sigma_slider.observe(self.callback(self._on_sigma), names=["value"])
@@ -178,7 +211,13 @@ class SpectrumPanel(Panel):
             e = self.eigen
             rel = e.relative_residuals
             return [
-                [i + 1, float(e.eigenvalues[i]), float(e.residuals[i]), float(rel[i]), bool(e.pair_converged[i])]
+                [
+                    i + 1,
+                    float(e.eigenvalues[i]),
+                    float(e.residuals[i]),
+                    float(rel[i]),
+                    bool(e.pair_converged[i]),
+                ]
                 for i in range(e.k)
             ]
         theta = self.density.ritz_values
@@ -188,18 +227,30 @@ class SpectrumPanel(Panel):
         scale = self.density.scale or 1.0
         tol = self.density.outlier_tol
         return [
-            [i + 1, float(theta[probe, j]), float(res[probe, j]), float(res[probe, j]) / scale,
-             float(res[probe, j]) / scale <= tol]
+            [
+                i + 1,
+                float(theta[probe, j]),
+                float(res[probe, j]),
+                float(res[probe, j]) / scale,
+                float(res[probe, j]) / scale <= tol,
+            ]
             for i, j in enumerate(order.tolist())
         ]
 
     def _top_table(self) -> str:
         source = (
-            "certified eigenpairs (eigenpairs, which='LA')" if self.eigen is not None
+            "certified eigenpairs (eigenpairs, which='LA')"
+            if self.eigen is not None
             else f"largest Ritz values of probe with the widest spectrum (converged: rel. residual ≤ {self.density.outlier_tol:g})"
         )
-        return html_table(["#", "eigenvalue", "residual", "rel. residual", "converged"], self.top_rows(),
-                          title="Top eigenvalues") + f"<small>{html.escape(source)}</small>"
+        return (
+            html_table(
+                ["#", "eigenvalue", "residual", "rel. residual", "converged"],
+                self.top_rows(),
+                title="Top eigenvalues",
+            )
+            + f"<small>{html.escape(source)}</small>"
+        )
 
     def stats_rows(self) -> list[list[Any]]:
         st = self.density.stats

@@ -26,10 +26,18 @@ def _figure(nrows: int, ncols: int, size: tuple[float, float]) -> tuple[Any, Any
     return fig, axes
 
 
-def _density_axes(ax: Any, density: Any, sigma: float | None, log: bool, stems: bool, label: str) -> Any:
+def _density_axes(
+    ax: Any, density: Any, sigma: float | None, log: bool, stems: bool, label: str
+) -> Any:
     curve = density.density(None, sigma)
-    ax.fill_between(curve.grid, curve.lower, curve.upper, color="#9ecae1", alpha=0.6,
-                    label="± 2 s.e. over probes")
+    ax.fill_between(
+        curve.grid,
+        curve.lower,
+        curve.upper,
+        color="#9ecae1",
+        alpha=0.6,
+        label="± 2 s.e. over probes",
+    )
     ax.plot(curve.grid, curve.density, color="#1f77b4", label="density")
     if log:
         ax.set_yscale("log")
@@ -56,15 +64,23 @@ def plot_training(history: Any, *, figsize: tuple[float, float] = (11, 7.5)) -> 
     ax[0, 1].plot(steps, history.accuracy, color="#1f77b4", label="train (batch)")
     if history.eval_steps:
         ax[0, 0].plot(history.eval_steps, history.test_loss, "o-", color="#d62728", label="test")
-        ax[0, 1].plot(history.eval_steps, history.test_accuracy, "o-", color="#d62728", label="test")
+        ax[0, 1].plot(
+            history.eval_steps, history.test_accuracy, "o-", color="#d62728", label="test"
+        )
     ax[0, 0].set(xlabel="step", ylabel="loss", title="Loss")
     ax[0, 1].set(xlabel="step", ylabel="top-1 accuracy", title="Accuracy", ylim=(0, 1))
     for a in ax[0]:
         a.legend(fontsize="small")
     name = "GGN" if history.curvature == "ggn" else "Hessian"
     if history.spectra:
-        _density_axes(ax[1, 0], history.spectra[-1], None, False, False,
-                      f"{name} spectral density at step {history.spectrum_steps[-1]}")
+        _density_axes(
+            ax[1, 0],
+            history.spectra[-1],
+            None,
+            False,
+            False,
+            f"{name} spectral density at step {history.spectrum_steps[-1]}",
+        )
         top = history.top_eigenvalues
         k = max(len(t) for t in top)
         vals = np.full((len(top), k), np.nan)
@@ -75,23 +91,40 @@ def plot_training(history: Any, *, figsize: tuple[float, float] = (11, 7.5)) -> 
         lrs = np.asarray(history.lr, dtype=float)
         if lrs.size and (lrs > 0).all():
             idx = np.clip(np.asarray(history.spectrum_steps) - 1, 0, lrs.size - 1)
-            ax[1, 1].plot(history.spectrum_steps, 2 / lrs[idx], "--", color="#555555", label="2 / lr")
+            ax[1, 1].plot(
+                history.spectrum_steps, 2 / lrs[idx], "--", color="#555555", label="2 / lr"
+            )
         ax[1, 1].legend(fontsize="small")
     else:
         for a in ax[1]:
-            a.text(0.5, 0.5, "no curvature checks\n(--spectrum-every N)", ha="center", va="center",
-                   transform=a.transAxes)
+            a.text(
+                0.5,
+                0.5,
+                "no curvature checks\n(--spectrum-every N)",
+                ha="center",
+                va="center",
+                transform=a.transAxes,
+            )
     ax[1, 1].set(xlabel="step", ylabel="eigenvalue", title=f"Largest {name} eigenvalues")
     fig.suptitle(f"Training ({history.status}, {history.steps_done} steps)")
     return fig
 
 
 def plot_spectrum(
-    density: Any, *, eigen: Any = None, sigma: float | None = None, log: bool = False,
-    title: str | None = None, figsize: tuple[float, float] = (8, 4.5),
+    density: Any,
+    *,
+    eigen: Any = None,
+    sigma: float | None = None,
+    log: bool = False,
+    title: str | None = None,
+    figsize: tuple[float, float] = (8, 4.5),
 ) -> Any:
     """A spectral density with its band and the Ritz stems; certified eigenvalues as ticks."""
-    density = getattr(density, "density", density) if not callable(getattr(density, "density", None)) else density
+    density = (
+        getattr(density, "density", density)
+        if not callable(getattr(density, "density", None))
+        else density
+    )
     fig, ax = _figure(1, 1, figsize)
     a = ax[0, 0]
     _density_axes(a, density, sigma, log, True, title or f"Spectral density (n = {density.n})")

@@ -71,14 +71,21 @@ class StatsPanel(Panel):
             rec = getattr(result, key, None)
             if rec is None:
                 continue
-            pages.append(W.HTML(f"<pre style='font-size:12px;line-height:1.3'>{html.escape(str(rec))}</pre>"))
+            pages.append(
+                W.HTML(f"<pre style='font-size:12px;line-height:1.3'>{html.escape(str(rec))}</pre>")
+            )
             names.append(label)
         self.tabs = W.Tab(children=pages, titles=names)
         self.quantities = layer_quantities(result)
         self.xs = bq.OrdinalScale()
         self.ys = bq.LinearScale()
-        self.bars = bq.Bars(x=np.zeros(0), y=np.zeros(0), scales={"x": self.xs, "y": self.ys},
-                            colors=["#1f77b4"], padding=0.2)
+        self.bars = bq.Bars(
+            x=np.zeros(0),
+            y=np.zeros(0),
+            scales={"x": self.xs, "y": self.ys},
+            colors=["#1f77b4"],
+            padding=0.2,
+        )
         self.y_axis = bq.Axis(scale=self.ys, side="left", label="", tick_format=".3g")
         self.figure = bq.Figure(
             marks=[self.bars],
@@ -88,8 +95,9 @@ class StatsPanel(Panel):
             layout=W.Layout(width="100%", height="300px"),
         )
         options = list(self.quantities)
-        self.quantity = W.Dropdown(options=options, value=options[0] if options else None,
-                                   description="per layer")
+        self.quantity = W.Dropdown(
+            options=options, value=options[0] if options else None, description="per layer"
+        )
         self.quantity.observe(self.callback(self._on_quantity), names=["value"])
         children: list[W.Widget] = [self.heading, self.tabs]
         if options:
