@@ -1,0 +1,63 @@
+"""Loss landscapes along curvature eigenvectors and other directions.
+
+>>> import jupyter_curvature as jc                                          # doctest: +SKIP
+>>> dirs = jc.landscape.eigen_directions(jc.eigenpairs(H, k=8), model=model)  # doctest: +SKIP
+>>> line = jc.landscape_1d(model, loss_fn, train, dirs, test_data=test)      # doctest: +SKIP
+>>> line.plot()                                                             # doctest: +SKIP
+
+See ``docs/landscape.md``.
+"""
+
+from .directions import (
+    ORIGINAL_POSITIONS,
+    Direction,
+    Directions,
+    as_directions,
+    checkpoint_directions,
+    eigen_directions,
+    filter_normalize,
+    original_selection,
+    random_directions,
+    user_directions,
+)
+from .evaluator import BN_MODES, LandscapeEvaluator
+from .grid import (
+    LandscapeProgress,
+    axis_levels,
+    iter_landscape_1d,
+    iter_landscape_2d,
+    landscape_1d,
+    landscape_2d,
+)
+from .perturb import Perturber, perturbed
+from .plot import plot_landscape_1d, plot_landscape_2d, plot_landscape_surface
+from .results import Landscape1D, Landscape2D, LandscapeResult
+
+__all__ = [
+    "BN_MODES",
+    "ORIGINAL_POSITIONS",
+    "Direction",
+    "Directions",
+    "Landscape1D",
+    "Landscape2D",
+    "LandscapeEvaluator",
+    "LandscapeProgress",
+    "LandscapeResult",
+    "Perturber",
+    "as_directions",
+    "axis_levels",
+    "checkpoint_directions",
+    "eigen_directions",
+    "filter_normalize",
+    "iter_landscape_1d",
+    "iter_landscape_2d",
+    "landscape_1d",
+    "landscape_2d",
+    "original_selection",
+    "perturbed",
+    "plot_landscape_1d",
+    "plot_landscape_2d",
+    "plot_landscape_surface",
+    "random_directions",
+    "user_directions",
+]
