@@ -1,0 +1,397 @@
+"""Trainer callbacks: the protocol, a progress bar, and live curvature spectra.
+
+A callback overrides any of these hooks; the :class:`~jupyter_curvature.training.Trainer`
+calls them in the thread that runs ``fit()`` (the main thread in a notebook), in order:
+
+``on_train_begin(trainer)``, then per epoch ``on_epoch_begin(trainer, epoch)``, per step
+``on_step_end(trainer, logs)`` (``logs``: ``step``, ``epoch``, ``loss``, ``accuracy``,
+``lr``, ``batch_size``), ``on_epoch_end(trainer, logs)`` (the epoch record with the test
+metrics), and at any time ``on_curvature(trainer, record)`` (a new spectrum) and
+``on_event(trainer, event)`` (SWATS switch, checkpoint, interruption); finally
+``on_train_end(trainer, logs)`` (``status``: ``"completed"``, ``"stopped"``,
+``"interrupted"`` or ``"failed"``). Hooks run between steps, so the model and optimiser
+they see are always consistent; ``trainer.stop()`` from a hook ends training after the
+current step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import Dataset
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trainer import Trainer
+
+
+class Callback:
+    """Base class: every hook does nothing."""
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        pass
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        pass
+
+    def on_step_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        pass
+
+    def on_curvature(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        pass
+
+    def on_event(self, trainer: Trainer, event: dict[str, Any]) -> None:
+        pass
+
+    def on_train_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        pass
+
+
+HOOKS = (
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_step_end",
+    "on_epoch_end",
+    "on_curvature",
+    "on_event",
+    "on_train_end",
+)
+
+
+class LambdaCallback(Callback):
+    """A callback from functions: ``LambdaCallback(on_step_end=lambda trainer, logs: ...)``."""
+
+    def __init__(self, **hooks: Callable[..., None]) -> None:
+        unknown = set(hooks) - set(HOOKS)
+        if unknown:
+            raise TypeError(f"unknown hooks {sorted(unknown)}; known: {', '.join(HOOKS)}")
+        for name, fn in hooks.items():
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+            setattr(self, name, fn)
+
+
+class ProgressBar(Callback):
+    """A tqdm progress bar over the planned steps, with the loss and one line per epoch."""
+
+    def __init__(self, **tqdm_kwargs: Any) -> None:
+        self.kwargs = tqdm_kwargs
+        self.bar: Any = None
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", **self.kwargs)
+
+    def on_step_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        parts = [f"epoch {logs['epoch']}", f"train loss {logs['train_loss']:.4g}"]
+        if logs.get("test_loss") is not None:
+            parts.append(f"test loss {logs['test_loss']:.4g}")
+        if logs.get("test_accuracy") is not None:
+            parts.append(f"test accuracy {logs['test_accuracy']:.4f}")
+        self.bar.write(", ".join(parts))
+
+    def on_curvature(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        top = record.get("top_eigenvalues")
+        if top:
+            self.bar.write(
+                f"step {record['step']}: largest {record['curvature']} eigenvalues "
+                + ", ".join(f"{v:.4g}" for v in top)
+            )
+
+    def on_event(self, trainer: Trainer, event: dict[str, Any]) -> None:
+        if self.bar is not None and event.get("event") != "checkpoint":
+            self.bar.write(describe_event(event))
+
+    def on_train_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One line for an event record."""
+    kind = event.get("event")
+    if kind == "swats_switch":
+        return (
+            f"step {event['step']}: SWATS switched group {event['group']} from Adam to SGD "
+            f"(lr {event['sgd_lr']:.4g})"
+        )
+    if kind == "checkpoint":
+        return f"step {event['step']}: checkpoint {event['path']}"
+    if kind in ("interrupted", "stopped"):
+        return f"{kind} at step {event['step']}"
+    return str(event)
+
+
+# --- live curvature --------------------------------------------------------------------------
+
+
+def default_compute(
+    model: torch.nn.Module,
+    loss_fn: Callable,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    *,
+    curvature: str,
+    num_iters: int,
+    num_probes: int,
+    seed: int,
+    params: Any,
+) -> Any:
+    """The SLQ spectral density of the Hessian (or GGN) of ``loss_fn`` on ``batch``."""
+    from ..operators import GGNOperator, HessianOperator
+    from ..spectral import spectral_density
+
+    cls = GGNOperator if curvature == "ggn" else HessianOperator
+    op = cls(model, loss_fn, batch, params=params)
+    return spectral_density(op, num_iters=num_iters, num_probes=num_probes, seed=seed)
+
+
+def summarize(result: Any, top_k: int = 3) -> dict[str, Any]:
+    """Plain numbers from a spectrum result: Ritz values and weights (per probe), the
+    largest/smallest Ritz value, the ``top_k`` largest of the probe reaching the largest
+    one, and the result's scalar statistics when it has them."""
+    out: dict[str, Any] = {}
+    ritz = getattr(result, "ritz_values", None)
+    if ritz is None and isinstance(result, dict):
+        ritz = result.get("ritz_values")
+    weights = getattr(result, "weights", None)
+    if weights is None and isinstance(result, dict):
+        weights = result.get("weights")
+    if ritz is not None:
+        theta = torch.as_tensor(ritz, dtype=torch.float64).detach().cpu()
+        if theta.ndim == 1:
+            theta = theta[None]
+        out["ritz_values"] = theta.tolist()
+        out["lambda_max"] = float(theta.max())
+        out["lambda_min"] = float(theta.min())
+        probe = int(theta.max(dim=1).values.argmax())
+        out["top_eigenvalues"] = torch.sort(theta[probe], descending=True).values[:top_k].tolist()
+    if weights is not None:
+        w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
+        out["weights"] = (w[None] if w.ndim == 1 else w).tolist()
+    stats = getattr(result, "stats", None)
+    if callable(stats):
+        stats = stats()
+    if stats is not None and hasattr(stats, "to_dict"):
+        stats = stats.to_dict()
+    if isinstance(stats, dict):
+        scalars = {
+            k: float(v)
+            for k, v in stats.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        if scalars:
+            out["stats"] = scalars
+    return out
+
+
+def _fixed_batch(source: Any, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` samples of ``source`` as one ``(inputs, targets)`` batch, fixed once.
+
+    A dataset is subsampled by ``seed`` (and read under that seed, so random
+    augmentations are drawn once and then kept); a batch is cut; an iterable of batches
+    is read until ``size`` samples are there.
+    """
+    if (
+        isinstance(source, (tuple, list))
+        and len(source) == 2
+        and all(isinstance(t, torch.Tensor) for t in source)
+    ):
+        return source[0][:size], source[1][:size]
+    if isinstance(source, Dataset) and hasattr(source, "__len__"):
+        n = len(source)
+        take = min(size, n)
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(n, generator=gen)[:take].sort().values
+        if isinstance(source, torch.utils.data.TensorDataset):
+            return source.tensors[0][idx], source.tensors[1][idx]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            items = [source[int(i)] for i in idx]
+        xs = torch.stack([torch.as_tensor(x) for x, _ in items])
+        ys = torch.stack([torch.as_tensor(y) for _, y in items])
+        return xs, ys
+    xs, ys, count = [], [], 0
+    for x, y in source:
+        xs.append(x)
+        ys.append(y)
+        count += len(x)
+        if count >= size:
+            break
+    if not xs:
+        raise ValueError("the curvature data holds no batches")
+    return torch.cat(xs)[:size], torch.cat(ys)[:size]
+
+
+class CurvatureCallback(Callback):
+    """A curvature spectrum every ``every`` steps on a fixed subsample, for live views.
+
+    The default computation is the SLQ spectral density
+    (:func:`jupyter_curvature.spectral.spectral_density`) of the Hessian or GGN
+    (:mod:`jupyter_curvature.operators`) of the training loss on ``subsample`` samples
+    drawn once from the training data. The computation never changes the training: the
+    model's weights, buffers and train/eval flags, the RNG states and K-FAC's statistics
+    are as before it (training with and without this callback gives bitwise the same
+    weights).
+
+    Each spectrum becomes a record in ``trainer.history.curvature`` (step, epoch, seconds,
+    learning rate, Ritz values and weights per probe, largest and smallest Ritz value, the
+    ``top_k`` largest, the result's scalar statistics) and is passed to every callback's
+    ``on_curvature``; the full result objects are kept in :attr:`results`.
+
+    **Cost control.** With ``max_overhead`` (default 0.1), a due spectrum is skipped when
+    the time spent on spectra plus one more would exceed that fraction of the training
+    time so far, so live spectra slow training by at most about that much; the first one
+    always runs. ``max_overhead=None`` computes strictly every ``every`` steps.
+
+    Args:
+        data: the samples to use: a dataset, one ``(inputs, targets)`` batch, or batches;
+            default the trainer's training data.
+        every: steps between spectra.
+        curvature: ``"hessian"`` or ``"ggn"``.
+        num_iters, num_probes: Lanczos steps and probe vectors of SLQ.
+        subsample: number of samples in the fixed batch.
+        seed: seeds the subsample and the probes.
+        max_overhead: budget as a fraction of training time, or ``None``.
+        at_start: also compute before the first step (and on resuming).
+        at_end: also compute after the last step (outside the budget).
+        loss_fn: the loss (default the trainer's).
+        params: parameter subset (as for the operators): per-layer spectra.
+        top_k: how many of the largest Ritz values to record.
+        compute: ``compute(model, loss_fn, batch, *, curvature, num_iters, num_probes,
+            seed, params) -> result``; replaces the default SLQ computation.
+        keep_results: keep the result objects in :attr:`results`.
+    """
+
+    def __init__(
+        self,
+        data: Any = None,
+        *,
+        every: int = 50,
+        curvature: str = "hessian",
+        num_iters: int = 20,
+        num_probes: int = 1,
+        subsample: int = 256,
+        seed: int = 0,
+        max_overhead: float | None = 0.1,
+        at_start: bool = True,
+        at_end: bool = False,
+        loss_fn: Callable | None = None,
+        params: Any = None,
+        top_k: int = 3,
+        compute: Callable[..., Any] | None = None,
+        keep_results: bool = True,
+    ) -> None:
+        for name, value in (("every", every), ("num_iters", num_iters),
+                            ("num_probes", num_probes), ("subsample", subsample), ("top_k", top_k)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if curvature not in ("hessian", "ggn"):
+            raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
+        if max_overhead is not None and not max_overhead > 0:
+            raise ValueError(f"max_overhead must be positive or None, got {max_overhead!r}")
+        if compute is not None and not callable(compute):
+            raise TypeError(f"compute must be callable, got {type(compute).__name__}")
+        self.data = data
+        self.every = every
+        self.curvature = curvature
+        self.num_iters = num_iters
+        self.num_probes = num_probes
+        self.subsample = subsample
+        self.seed = seed
+        self.max_overhead = max_overhead
+        self.at_start = at_start
+        self.at_end = at_end
+        self.loss_fn = loss_fn
+        self.params = params
+        self.top_k = top_k
+        self.compute = compute or default_compute
+        self.keep_results = keep_results
+        self.results: list[tuple[int, Any]] = []
+        self.spent = 0.0
+        self.last_cost: float | None = None
+        self.computed = 0
+        self.skipped = 0
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        source = self.data if self.data is not None else trainer.train_dataset
+        x, y = _fixed_batch(source, self.subsample, self.seed)
+        self.batch = (x.to(trainer.device), y.to(trainer.device))
+        if self.at_start and not any(
+            r.get("step") == trainer.step for r in trainer.history.curvature
+        ):
+            self.run(trainer)
+
+    def on_step_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        if logs["step"] % self.every:
+            return
+        if self.max_overhead is not None and self.computed:
+            budget = self.max_overhead * trainer.train_seconds
+            if self.spent + (self.last_cost or 0.0) > budget:
+                self.skipped += 1
+                return
+        self.run(trainer)
+
+    def on_train_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        if self.at_end and logs.get("status") in ("completed", "stopped"):
+            if not any(r.get("step") == trainer.step for r in trainer.history.curvature):
+                self.run(trainer)
+
+    def run(self, trainer: Trainer) -> dict[str, Any]:
+        """Compute one spectrum now and record it."""
+        if self.batch is None:
+            raise RuntimeError("CurvatureCallback.run needs on_train_begin first")
+        loss_fn = self.loss_fn or trainer.loss_fn
+        start = time.perf_counter()
+        with trainer.quiet():
+            result = self.compute(
+                trainer.model,
+                loss_fn,
+                self.batch,
+                curvature=self.curvature,
+                num_iters=self.num_iters,
+                num_probes=self.num_probes,
+                seed=self.seed,
+                params=self.params,
+            )
+        cost = time.perf_counter() - start
+        self.spent += cost
+        self.last_cost = cost
+        self.computed += 1
+        if self.keep_results:
+            self.results.append((trainer.step, result))
+        record = {
+            "step": trainer.step,
+            "epoch": trainer.epoch,
+            "seconds": cost,
+            "lr": trainer.lr,
+            "curvature": self.curvature,
+            "num_iters": self.num_iters,
+            "num_probes": self.num_probes,
+            "subsample": len(self.batch[1]),
+            **summarize(result, self.top_k),
+        }
+        trainer.record_curvature(record)
+        return record
+
+
+def as_callbacks(callbacks: Iterable[Any] | None) -> list[Any]:
+    """Check that each object has at least one hook (a typo would otherwise be silent)."""
+    out = []
+    for cb in callbacks or ():
+        if not any(callable(getattr(cb, h, None)) for h in HOOKS):
+            raise TypeError(
+                f"{type(cb).__name__} is not a callback: it has none of the hooks {', '.join(HOOKS)}"
+            )
+        out.append(cb)
+    return out

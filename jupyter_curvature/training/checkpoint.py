@@ -1,0 +1,188 @@
+"""Checkpoints: written atomically, read safely, checked against the model they are loaded into.
+
+* **Atomic**: :func:`atomic_save` writes to a temporary file in the same folder, flushes
+  and ``fsync``s it, then ``os.replace``s it over the target: a crash at any moment
+  leaves either the old checkpoint or the new one, never a torn file.
+* **Safe**: :func:`load_checkpoint` uses ``torch.load(weights_only=True)``, which
+  refuses to unpickle arbitrary objects; checkpoints therefore hold only tensors, numbers,
+  strings and containers of them (RNG states included).
+* **Checked**: :func:`load_model_weights` compares names and shapes first and raises
+  :class:`CheckpointMismatchError` naming the missing, unexpected and mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = "jupyter_curvature.checkpoint"
+VERSION = 1
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the model (another architecture or size)."""
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj, path)`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable (POSIX)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a readable checkpoint (truncated, or holds objects
+            that are not plain tensors and containers).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); it may be "
+            "truncated, or hold pickled objects that weights_only loading refuses"
+        ) from exc
+
+
+def model_state_from(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model's ``state_dict`` inside a checkpoint of ours, the original package's
+    (``{"state_dict": ...}``) or a plain ``state_dict``."""
+    if checkpoint.get("format") == FORMAT:
+        return checkpoint["model"]
+    if isinstance(checkpoint.get("state_dict"), dict):
+        return checkpoint["state_dict"]
+    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint
+    raise ValueError(
+        "this checkpoint holds no model weights (expected ours, a {'state_dict': ...} dict "
+        "or a plain state_dict)"
+    )
+
+
+def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str = "") -> None:
+    """Raise :class:`CheckpointMismatchError` naming every key that does not fit."""
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state]
+    unexpected = [k for k in state if k not in ours]
+    shapes = [
+        f"{k} (checkpoint {list(state[k].shape)}, model {list(ours[k].shape)})"
+        for k in ours
+        if k in state
+        and isinstance(state[k], torch.Tensor)
+        and tuple(state[k].shape) != tuple(ours[k].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+
+    def listed(keys: list[str]) -> str:
+        return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {listed(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {listed(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatches: {listed(shapes)}")
+    origin = f" (saved from {source})" if source else ""
+    raise CheckpointMismatchError(
+        f"the checkpoint{origin} does not fit {type(model).__name__}: " + "; ".join(parts)
+    )
+
+
+def load_model_weights(
+    model: nn.Module, checkpoint: str | Path | dict[str, Any], map_location: Any = None
+) -> nn.Module:
+    """Load weights into ``model`` from a checkpoint file or dict, after checking they fit.
+
+    Raises:
+        CheckpointMismatchError: another architecture (the message names the keys).
+    """
+    if not isinstance(checkpoint, dict):
+        if map_location is None:
+            p = next(model.parameters(), None)
+            map_location = p.device if p is not None else "cpu"
+        checkpoint = load_checkpoint(checkpoint, map_location=map_location)
+    state = model_state_from(checkpoint)
+    check_state_fits(model, state, str(checkpoint.get("model_class", "")))
+    model.load_state_dict(state)
+    return model
+
+
+# --- RNG states, as tensors and numbers (weights_only-safe) ----------------------------------
+
+
+def rng_state(devices: list[torch.device] | None = None) -> dict[str, Any]:
+    """The torch (CPU and CUDA), numpy and Python RNG states, in loadable form."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {
+            "version": int(py_version),
+            "internal": torch.tensor(py_internal, dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
+    }
+    cuda = sorted({d.index or 0 for d in devices or [] if d.type == "cuda"})
+    if cuda:
+        state["cuda"] = {str(i): torch.cuda.get_rng_state(i) for i in cuda}
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    npst = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate(
+        (py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss_next"])
+    )
+    for index, value in state.get("cuda", {}).items():
+        if torch.cuda.is_available() and int(index) < torch.cuda.device_count():
+            torch.cuda.set_rng_state(value.cpu(), int(index))
