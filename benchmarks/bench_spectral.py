@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--trace", action="store_true", help="print peer tracebacks")
+    ap.add_argument("--only", choices=["eigen", "density"], help="run one section")
     args = ap.parse_args()
     dev = args.device
     reps = 1 if args.quick else args.repeats
@@ -108,6 +109,35 @@ def main() -> None:
     print(f"gradient {t_grad*1e3:.2f} ms; HVP {t_hvp*1e3:.2f} ms ({t_hvp/t_grad:.2f}x gradient); "
           f"block of 4 HVPs {t_hvp4*1e3:.2f} ms ({t_hvp4/t_hvp:.2f}x one HVP)\n")
 
+    if args.only != "density":
+        top5(args, model, loss_fn, x, y, op, dev, reps, hidden)
+    if args.only != "eigen":
+        density(model, loss_fn, x, y, op, dev, reps, t_hvp, t_hvp4)
+
+
+def he_operator_factory(model, loss_fn, x, y):
+    """hessian-eigenthings' Hessian on the same batch, with a product counter (or None)."""
+    try:
+        import hessian_eigenthings as he
+    except ImportError:
+        return None
+
+    def he_operator():
+        o = he.HessianOperator(model, [(x, y)], he.supervised_loss(loss_fn))
+        o._count = 0
+        inner = o.matvec
+
+        def mv(vec):
+            o._count += 1
+            return inner(vec)
+
+        o.matvec = mv
+        return o
+
+    return he_operator
+
+
+def top5(args, model, loss_fn, x, y, op, dev, reps, hidden):
     # ---------------------------------------------------------------- reference
     m64 = MLP(hidden=hidden).to(device=dev, dtype=torch.float64)
     m64.load_state_dict({k: w.double() for k, w in model.state_dict().items()})
@@ -173,26 +203,12 @@ def main() -> None:
         rows.append(("PyHessian", None, None, None, "not installed (pip install pyhessian)"))
 
     # hessian-eigenthings
-    he_op = None
-    try:
+    he_op = he_operator_factory(model, loss_fn, x, y)
+    if he_op is not None:
         import hessian_eigenthings as he
 
-        def he_operator():
-            o = he.HessianOperator(model, [(x, y)], he.supervised_loss(loss_fn))
-            o._count = 0
-            inner = o.matvec
-
-            def mv(vec):
-                o._count += 1
-                return inner(vec)
-
-            o.matvec = mv
-            return o
-
-        he_op = he_operator
-
         def he_top():
-            o = he_operator()
+            o = he_op()
             res = he.lanczos(o, k=5, which="LA", tol=1e-3, seed=0)
             return res.eigenvalues, o._count
 
@@ -201,7 +217,7 @@ def main() -> None:
             rows.append(("hessian-eigenthings lanczos (tol 1e-3)", out[1], t_he, err(out[0]), "default Lanczos"))
         else:
             rows.append(("hessian-eigenthings lanczos", None, None, None, out))
-    except ImportError:
+    else:
         rows.append(("hessian-eigenthings", None, None, None, "not installed"))
 
     print("## Top-5 Hessian eigenvalues, relative accuracy 1e-3\n")
@@ -214,7 +230,12 @@ def main() -> None:
         print(f"| {name} | {mv} | {t:.3f} | {t/t_ours:.2f} | {mv/r.num_matvecs:.2f} | {e:.1e} | {note} |")
     print(f"\nreference top-5 (float64, tol 1e-10): {[f'{float(a):.6g}' for a in ref]}\n")
 
+
+
+
+def density(model, loss_fn, x, y, op, dev, reps, t_hvp, t_hvp4):
     # ---------------------------------------------------------------- density
+    he_op = he_operator_factory(model, loss_fn, x, y)
     drows = []
     t_d, s = timed(lambda: spectral_density(op, num_iters=80, num_probes=4), reps)
     orth_d = 1 - s.product_seconds / s.seconds

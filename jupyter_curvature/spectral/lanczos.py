@@ -220,15 +220,24 @@ def run_tridiag(closure: LanczosClosure, num_iters: int, init: torch.Tensor) -> 
         # lanczos_tridiag(max_iter=1) raises IndexError (algorithms.md 0.3): one step by hand
         closure(init / init.norm(dim=0, keepdim=True))
         return
+
+    # The p probes go to lanczos_tridiag as a batch of p single-vector runs, (p, n, 1), not as
+    # p init vectors (n, p): its reorthogonalisation multiplies and sums (k, *batch, n, vecs)
+    # temporaries over n, which is ~3-10x faster on CPU with n innermost (measured at n = 5e4,
+    # p = 4). The operator still receives one (n, p) block per step.
+    def batched(qb: torch.Tensor) -> torch.Tensor:
+        return closure(qb[..., 0].T).T.unsqueeze(-1)
+
     try:
         lanczos_tridiag(
-            closure,
+            batched,
             max_iter=num_iters,
             dtype=init.dtype,
             device=init.device,
             matrix_shape=torch.Size((n, n)),
-            init_vecs=init,
-            num_init_vecs=p,
+            batch_shape=torch.Size((p,)),
+            init_vecs=init.T.unsqueeze(-1).contiguous(),
+            num_init_vecs=1,
         )
     except _Stop:
         pass
