@@ -403,7 +403,7 @@ def test_curvature_callback_does_not_change_training(opt):
         model.train(was_training)
         return out
 
-    cb = CurvatureCallback(every=5, max_overhead=None, subsample=50, compute=compute)
+    cb = CurvatureCallback(every=5, max_overhead=None, subsample=50, compute=compute, at_start=True)
     seen = []
     watched = make(
         opt, callbacks=[cb, LambdaCallback(on_curvature=lambda t, r: seen.append(r["step"]))]
@@ -426,6 +426,8 @@ def test_curvature_budget_skips_when_over():
     class Fake:
         train_seconds = 10.0
 
+    cb.gradient_cost = 0.01  # before any spectrum: 2.5 * 20 iterations * 1 probe * 0.01 s
+    assert cb.estimated_cost() == pytest.approx(0.5)
     cb.computed, cb.spent, cb.last_cost = 1, 0.5, 0.4  # 0.9 <= 0.1 * 10: due and within budget
     ran = []
     cb.run = lambda trainer: ran.append(True)
@@ -444,7 +446,7 @@ def test_default_curvature_is_the_hessian_spectrum():
     x, y = get_dataset("digits", dtype=torch.float64, subset=30).tensors
     y = y % 3
     data = TensorDataset(x, y)
-    cb = CurvatureCallback(every=100, num_iters=n, subsample=30, max_overhead=None)
+    cb = CurvatureCallback(every=100, num_iters=n, subsample=30, max_overhead=None, at_start=True)
     trainer = Trainer(
         model, torch.optim.SGD(model.parameters(), lr=0.1), data, steps=1, callbacks=[cb]
     )

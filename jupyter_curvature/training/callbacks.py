@@ -248,10 +248,13 @@ class CurvatureCallback(Callback):
     ``top_k`` largest, the result's scalar statistics) and is passed to every callback's
     ``on_curvature``; the full result objects are kept in :attr:`results`.
 
-    **Cost control.** With ``max_overhead`` (default 0.1), a due spectrum is skipped when
+    **Cost control.** With ``max_overhead`` (default 0.15), a due spectrum is skipped when
     the time spent on spectra plus one more would exceed that fraction of the training
-    time so far, so live spectra slow training by at most about that much; the first one
-    always runs. ``max_overhead=None`` computes strictly every ``every`` steps.
+    time so far, so live spectra slow training by at most about that much. The cost of
+    the next spectrum is the last one's, or before the first one
+    ``2.5 * num_iters * num_probes`` times a gradient on the fixed batch (timed once at
+    the start; a Hessian-vector product costs about 2-2.5 gradients).
+    ``max_overhead=None`` computes strictly every ``every`` steps.
 
     Args:
         data: the samples to use: a dataset, one ``(inputs, targets)`` batch, or batches;
@@ -262,7 +265,8 @@ class CurvatureCallback(Callback):
         subsample: number of samples in the fixed batch.
         seed: seeds the subsample and the probes.
         max_overhead: budget as a fraction of training time, or ``None``.
-        at_start: also compute before the first step (and on resuming).
+        at_start: also compute before the first step (and on resuming), whatever the
+            budget (its time counts against later spectra).
         at_end: also compute after the last step (outside the budget).
         loss_fn: the loss (default the trainer's).
         params: parameter subset (as for the operators): per-layer spectra.
@@ -282,8 +286,8 @@ class CurvatureCallback(Callback):
         num_probes: int = 1,
         subsample: int = 256,
         seed: int = 0,
-        max_overhead: float | None = 0.1,
-        at_start: bool = True,
+        max_overhead: float | None = 0.15,
+        at_start: bool = False,
         at_end: bool = False,
         loss_fn: Callable | None = None,
         params: Any = None,
@@ -321,23 +325,42 @@ class CurvatureCallback(Callback):
         self.last_cost: float | None = None
         self.computed = 0
         self.skipped = 0
+        self.gradient_cost: float | None = None
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def on_train_begin(self, trainer: Trainer) -> None:
         source = self.data if self.data is not None else trainer.train_dataset
         x, y = _fixed_batch(source, self.subsample, self.seed)
         self.batch = (x.to(trainer.device), y.to(trainer.device))
+        if self.max_overhead is not None:
+            self.gradient_cost = self._time_gradient(trainer)
         if self.at_start and not any(
             r.get("step") == trainer.step for r in trainer.history.curvature
         ):
             self.run(trainer)
 
+    def _time_gradient(self, trainer: Trainer) -> float:
+        """Seconds of one forward and backward pass on the fixed batch (for the budget)."""
+        loss_fn = self.loss_fn or trainer.loss_fn
+        params = [p for p in trainer.model.parameters() if p.requires_grad]
+        with trainer.quiet():
+            start = time.perf_counter()
+            loss = loss_fn(trainer.model(self.batch[0]), self.batch[1])
+            torch.autograd.grad(loss, params, allow_unused=True)
+            return time.perf_counter() - start
+
+    def estimated_cost(self) -> float:
+        """Seconds the next spectrum is expected to take."""
+        if self.last_cost is not None:
+            return self.last_cost
+        return 2.5 * self.num_iters * self.num_probes * (self.gradient_cost or 0.0)
+
     def on_step_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
         if logs["step"] % self.every:
             return
-        if self.max_overhead is not None and self.computed:
+        if self.max_overhead is not None:
             budget = self.max_overhead * trainer.train_seconds
-            if self.spent + (self.last_cost or 0.0) > budget:
+            if self.spent + self.estimated_cost() > budget:
                 self.skipped += 1
                 return
         self.run(trainer)
