@@ -99,7 +99,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    ap.add_argument("--quick", action="store_true", help="11 x 11 grid, one repeat (a smoke run)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.points, args.repeats = 11, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -165,12 +168,46 @@ def main(argv=None) -> dict:
         "repeats": args.repeats,
         "torch": torch.__version__,
     }
-    width = max(len(k) for k in report)
-    for k, v in report.items():
-        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    print(markdown(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report
+
+
+def markdown(r: dict) -> str:
+    """The figures as a Markdown table."""
+    g = r["grid"]
+    rows = [
+        (
+            "setting",
+            f"{r['model']} ({r['num_params']} parameters), {r['train_samples']} samples "
+            f"in batches of {r['batch_size']}, BatchNorm {r['bn']}, {r['device']} "
+            f"({r['device_name']}, {r['threads']} threads), torch {r['torch']}, "
+            f"median of {r['repeats']}",
+        ),
+        ("one plain full-data forward pass", f"{1000 * r['forward_pass_seconds']:.1f} ms"),
+        (
+            f"{g} grid, auto strategy / {g.split('x')[0]}² forward passes (bar 1.1)",
+            f"{r['auto_over_limit']:.2f} ({', '.join(sorted(set(r['auto_strategy'])))})",
+        ),
+        (f"{g} grid, one point at a time / forward passes", f"{r['one_at_a_time_over_limit']:.2f}"),
+        (
+            f"{g} grid, batched x{r['batched_points']} / forward passes",
+            f"{r['batched_over_limit']:.2f}",
+        ),
+        (
+            f"batched x{r['batched_points']} / one at a time (below 1: batching pays)",
+            f"{r['batched_over_one_at_a_time']:.2f}",
+        ),
+        (
+            "coarse 5x5 picture ready, fraction of the total (bar 0.10)",
+            f"{r['coarse_5x5_fraction_auto']:.3f} (auto), "
+            f"{r['coarse_5x5_fraction_one_at_a_time']:.3f} (one at a time)",
+        ),
+    ]
+    lines = ["| figure | value |", "|---|---|"]
+    lines += [f"| {a} | {b} |" for a, b in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -246,7 +246,8 @@ def _drive(
                     flat[m][mask] = vals[m][pos]
                 done[mask] = True
                 pending += int(mask.sum())
-                if time.perf_counter() - last_report >= progress_interval:
+                level_ends = idx[-1] == len(batch) - 1  # reported just below
+                if not level_ends and time.perf_counter() - last_report >= progress_interval:
                     meta["seconds"] = time.perf_counter() - t0
                     yield LandscapeProgress(
                         result,
