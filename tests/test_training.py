@@ -511,3 +511,14 @@ def test_train_function(tmp_path):
         train("resnet7", "digits")
     with pytest.raises(ValueError, match="unknown dataset"):
         train("mlp", "svhn")
+
+
+def test_train_function_on_mnist_files_for_the_cifar_zoo(tmp_path):
+    from test_data import write_mnist
+
+    write_mnist(tmp_path, n_train=8, n_test=4)
+    trainer = train("resnet20", "mnist", root=tmp_path, data_kwargs={"rgb32": True}, steps=2,
+                    batch_size=4, optimizer="sgd")  # fmt: skip
+    assert trainer.step == 2 and trainer.model.conv1.in_channels == 3
+    trainer = train("small_cnn", "mnist", root=tmp_path, steps=1, batch_size=4, schedule=None)
+    assert trainer.model.classifier[1].in_features == 16 * 7 * 7

@@ -78,7 +78,7 @@ class History:
         """One column: a step column (``"loss"``, ...) or an epoch key (``"test_accuracy"``)."""
         if name in self.steps:
             return list(self.steps[name])
-        if self.epochs and name in self.epochs[0]:
+        if any(name in e for e in self.epochs):
             return [e.get(name) for e in self.epochs]
         raise KeyError(f"no metric {name!r}; steps: {list(self.steps)}, epochs: "
                        f"{list(self.epochs[0]) if self.epochs else []}")  # fmt: skip
@@ -902,6 +902,7 @@ def train(
     val_size: int = 0,
     subset: int | None = None,
     augment: bool | None = None,
+    data_kwargs: dict[str, Any] | None = None,
     test: bool = True,
     num_classes: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
@@ -936,6 +937,7 @@ def train(
         schedule: ``"linear"`` (default, the original's), ``"constant"``, a scheduler or a
             function ``optimizer -> scheduler``.
         root, val_size, subset, augment: dataset options (see ``get_dataset``).
+        data_kwargs: more dataset options for both splits (``rgb32=True``, ``download=True``).
         test: evaluate every epoch.
         num_classes: default from the dataset.
         model_kwargs: more model settings (``in_channels`` defaults to the data's).
@@ -958,7 +960,9 @@ def train(
         mi = model_info(model)
         name = mi.name
         kwargs = dict(model_kwargs or {})
-        channels = info.input_shape[0]
+        rgb32 = bool((data_kwargs or {}).get("rgb32"))
+        channels = 3 if rgb32 else info.input_shape[0]
+        size = 32 if rgb32 else info.input_shape[1]
         if (
             mi.input_shape[0] != channels
             and "in_channels" not in kwargs
@@ -966,21 +970,22 @@ def train(
         ):
             kwargs["in_channels"] = channels
         if mi.name == "mlp":
-            kwargs.setdefault("in_features", int(torch.tensor(info.input_shape).prod()))
+            kwargs.setdefault("in_features", channels * size * size)
         if mi.name == "small_cnn":
-            kwargs.setdefault("image_size", info.input_shape[1])
+            kwargs.setdefault("image_size", size)
         model = create(mi.name, num_classes=num_classes or info.num_classes, **kwargs)
     if device is not None:
         model.to(device)
-    data_kw: dict[str, Any] = {"root": root}
+    data_kw: dict[str, Any] = {"root": root, **(data_kwargs or {})}
     if augment is not None:
         data_kw["augment"] = augment
     train_set = get_dataset(info.name, split="train", val_size=val_size, subset=subset,
                             subset_seed=seed, **data_kw)  # fmt: skip
     test_set = None
     if test:
+        extra = {k: v for k, v in data_kw.items() if k != "augment"}
         test_set = get_dataset(
-            info.name, split="val" if val_size else "test", val_size=val_size, root=root
+            info.name, split="val" if val_size else "test", val_size=val_size, **extra
         )
     if isinstance(optimizer, str):
         key = optimizer.lower()
