@@ -84,7 +84,7 @@ class ProgressBar(Callback):
         self.bar: Any = None
 
     def on_train_begin(self, trainer: Trainer) -> None:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # not tqdm.auto: the engine never imports IPython
 
         self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", **self.kwargs)
 
