@@ -13,7 +13,9 @@ The dashboard is measured without curvature checks (``spectrum_every=0``) so tha
 cost shows; widget state is serialised (``get_state``, binary buffers) as in a kernel, but with
 no kernel the comm is ipywidgets' ``DummyComm`` and the bytes are not sent. Reported: median
 wall time over ``--repeats`` runs, the ratio to the bare loop, pushes per run and the longest
-gap between two pushes (the dashboard must refresh at least once a second).
+gap between two pushes (the dashboard must refresh at least once a second), and the share of
+the run spent inside the callback itself (timed around each hook: robust to machine noise,
+unlike the ratio of two noisy totals).
 
     python benchmarks/bench_dashboard.py            # 600 steps, 5 repeats
     python benchmarks/bench_dashboard.py --quick    # 150 steps, 3 repeats
@@ -80,6 +82,35 @@ class PushClock:
         return max((b - a for a, b in zip(stamps, stamps[1:])), default=float("nan"))
 
 
+class Timed:
+    """Delegates every hook to ``inner`` and adds up the seconds spent in it (noise-robust)."""
+
+    HOOKS = (
+        "on_train_begin",
+        "on_step_end",
+        "on_evaluate",
+        "on_spectrum",
+        "on_event",
+        "on_train_end",
+    )
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.seconds = 0.0
+        for name in self.HOOKS:
+            setattr(self, name, self._wrap(getattr(inner, name)))
+
+    def _wrap(self, fn):
+        def hook(*args):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        return hook
+
+
 def run_variant(
     kind: str, model_name: str, steps: int, batch_size: int
 ) -> tuple[float, int, float]:
@@ -87,16 +118,16 @@ def run_variant(
     from jupyter_curvature.widgets import TrainingDashboard
 
     if kind == "gradient steps only":
-        return bare_gradient_loop(model_name, steps, batch_size), 0, float("nan")
+        return bare_gradient_loop(model_name, steps, batch_size), 0, float("nan"), 0.0
     model, opt = make(model_name)
     data = loader(batch_size)
     callbacks, dash, clock = [], None, None
     if kind.startswith("dashboard"):
         dash = TrainingDashboard(interval=0.0 if "unthrottled" in kind else 0.25)
         clock = PushClock(dash)
-        callbacks = [dash]
+        callbacks = [Timed(dash)]
     elif kind == "tqdm":
-        callbacks = [api.TqdmProgress(file=io.StringIO())]
+        callbacks = [Timed(api.TqdmProgress(file=io.StringIO()))]
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         api.train(model, data, optimizer=opt, steps=steps, callbacks=callbacks, eval_every=10**9)
@@ -105,7 +136,8 @@ def run_variant(
     if dash is not None:
         pushes, gap = dash.pushes, clock.max_gap(t0)
         dash.close()
-    return seconds, pushes, gap
+    in_callbacks = sum(c.seconds for c in callbacks)
+    return seconds, pushes, gap, in_callbacks / seconds
 
 
 def main() -> None:
@@ -130,9 +162,11 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in kinds}
     pushes: dict[str, list[int]] = {k: [] for k in kinds}
     gaps: dict[str, list[float]] = {k: [] for k in kinds}
+    shares: dict[str, list[float]] = {k: [] for k in kinds}
     for _ in range(repeats):  # interleaved, so machine noise hits every variant alike
         for k in kinds:
-            s, n, g = run_variant(k, args.model, steps, args.batch_size)
+            s, n, g, f = run_variant(k, args.model, steps, args.batch_size)
+            shares[k].append(f)
             times[k].append(s)
             pushes[k].append(n)
             gaps[k].append(g)
@@ -142,15 +176,23 @@ def main() -> None:
         f"median of {repeats} (1 thread, shared noisy machine)\n"
     )
     print(
-        "| variant | median s | ms/step | ratio to bare loop | pushes | longest gap between pushes (s) |"
+        "| variant | median s | ms/step | ratio to bare loop | time inside the callback | pushes "
+        "| longest gap between pushes (s) |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for k in kinds:
         med = statistics.median(times[k])
         n = statistics.median(pushes[k]) if pushes[k] else 0
         g = max(gaps[k])
         gap = f"{g:.2f}" if g == g else "-"
-        print(f"| {k} | {med:.3f} | {1e3 * med / steps:.2f} | {med / base:.3f} | {n:.0f} | {gap} |")
+        share = (
+            f"{100 * statistics.median(shares[k]):.2f}%"
+            if shares[k] and max(shares[k]) > 0
+            else "-"
+        )
+        print(
+            f"| {k} | {med:.3f} | {1e3 * med / steps:.2f} | {med / base:.3f} | {share} | {n:.0f} | {gap} |"
+        )
 
 
 if __name__ == "__main__":
