@@ -66,33 +66,41 @@ def overhead(epochs: int, repeats: int) -> tuple[float, float, float, int, int]:
     return p, lv, lv / p, computed, skipped
 
 
-def step_costs(steps: int, repeats: int) -> dict[str, float]:
+def step_costs(steps: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median ms/step and median ratio to SGD. The optimisers take turns step by step, so
+    each ratio compares steps made under the same machine load."""
     x, y = get_dataset("digits").tensors
-    out: dict[str, float] = {}
-    for name, factory in OPTIMISERS.items():
-        times = []
-        for r in range(repeats):
+    times: dict[str, list[float]] = {name: [] for name in OPTIMISERS}
+    ratios: dict[str, list[float]] = {name: [] for name in OPTIMISERS}
+    for r in range(repeats):
+        g = torch.Generator().manual_seed(r)
+        batches = [torch.randint(0, len(x), (128,), generator=g) for _ in range(steps)]
+        runs = {}
+        for name, factory in OPTIMISERS.items():
             torch.manual_seed(r)
             model = SmallCNN()
-            opt = factory(model)
-            g = torch.Generator().manual_seed(r)
-            batches = [torch.randint(0, len(x), (128,), generator=g) for _ in range(steps)]
+            runs[name] = (model, factory(model))
 
-            def one(idx, model=model, opt=opt):
-                opt.zero_grad(set_to_none=True)
-                outputs = model(x[idx])
-                if hasattr(opt, "wants_fisher") and opt.wants_fisher():
-                    opt.fisher_backward(outputs)
-                torch.nn.functional.cross_entropy(outputs, y[idx]).backward()
-                opt.step()
+        def one(idx, model, opt):
+            opt.zero_grad(set_to_none=True)
+            outputs = model(x[idx])
+            if hasattr(opt, "wants_fisher") and opt.wants_fisher():
+                opt.fisher_backward(outputs)
+            torch.nn.functional.cross_entropy(outputs, y[idx]).backward()
+            opt.step()
 
-            one(batches[0])  # warm-up (K-FAC's first factors and inverses)
-            start = time.perf_counter()
-            for idx in batches[1:]:
-                one(idx)
-            times.append((time.perf_counter() - start) / (steps - 1))
-        out[name] = statistics.median(times)
-    return out
+        this = dict.fromkeys(OPTIMISERS, 0.0)
+        for k, idx in enumerate(batches):
+            for name, (model, opt) in runs.items():
+                start = time.perf_counter()
+                one(idx, model, opt)
+                if k:  # the first step (K-FAC's first factors and inverses) is a warm-up
+                    this[name] += time.perf_counter() - start
+        base = this[next(iter(OPTIMISERS))]
+        for name, t in this.items():
+            times[name].append(t / (steps - 1))
+            ratios[name].append(t / base)
+    return {n: (statistics.median(times[n]), statistics.median(ratios[n])) for n in OPTIMISERS}
 
 
 def epochs_to_accuracy(max_epochs: int) -> dict[str, tuple[int | None, float]]:
@@ -117,15 +125,7 @@ def epochs_to_accuracy(max_epochs: int) -> dict[str, tuple[int | None, float]]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs")
-    args = parser.parse_args()
-    repeats = 3 if args.quick else 5
-    epochs = 10 if args.quick else 30
-    torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, repeats {repeats}\n")
-
+def report_overhead(epochs: int, repeats: int) -> None:
     p, lv, ratio, computed, skipped = overhead(epochs, repeats)
     print("### Live spectra on the small CNN (default CurvatureCallback)\n")
     print(markdown_table(
@@ -133,14 +133,28 @@ def main() -> None:
         [[epochs, epochs * 12, f"{p:.2f}", f"{lv:.2f}", f"{ratio:.3f}", computed, skipped]],
     ))  # fmt: skip
 
-    costs = step_costs(60 if args.quick else 200, repeats)
-    sgd = costs[next(iter(costs))]
-    print("\n### Step cost (forward + backward + update, batch 128)\n")
-    print(markdown_table(
-        ["optimiser", "ms / step", "ratio to SGD"],
-        [[k, f"{v * 1e3:.2f}", f"{v / sgd:.2f}"] for k, v in costs.items()],
-    ))  # fmt: skip
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs")
+    parser.add_argument("--part", choices=["all", "overhead", "steps", "epochs"], default="all")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 5
+    epochs = 10 if args.quick else 30
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread, repeats {repeats}\n")
+
+    if args.part in ("all", "overhead"):
+        report_overhead(epochs, repeats)
+    if args.part in ("all", "steps"):
+        costs = step_costs(60 if args.quick else 200, repeats)
+        print("\n### Step cost (forward + backward + update, batch 128)\n")
+        print(markdown_table(
+            ["optimiser", "ms / step", "ratio to SGD (median of paired repeats)"],
+            [[k, f"{t * 1e3:.2f}", f"{ratio:.2f}"] for k, (t, ratio) in costs.items()],
+        ))  # fmt: skip
+    if args.part not in ("all", "epochs"):
+        return
     reached = epochs_to_accuracy(30)
     print(f"\n### Epochs to {TARGET:.0%} test accuracy on the digits (at most 30)\n")
     print(markdown_table(
