@@ -38,6 +38,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "curvature_statistics": ".stats",
     "weight_norms": ".stats",
     "layer_curvature": ".stats",
+    "network_statistics": ".stats",
     # landscape
     "perturbed": ".landscape",
     "Perturber": ".landscape",
@@ -52,6 +53,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "data": ".data",
     "optim": ".optim",
     "training": ".training",
+    "distributed": ".distributed",
+    "plots": ".plots",
 }
 
 _SUBPACKAGES = {
@@ -63,6 +66,8 @@ _SUBPACKAGES = {
     "data",
     "optim",
     "training",
+    "distributed",
+    "plots",
 }
 
 __all__ = sorted([*_LAZY_EXPORTS, "__version__"])

@@ -423,3 +423,41 @@ def test_public_exports():
 
     assert jc.HessianOperator is ops.HessianOperator
     assert jc.GGNOperator is ops.GGNOperator
+
+
+@pytest.mark.parametrize("name", ["mlp-ce-mean", "cnn-bn-eval-ce"])
+def test_kept_graphs_equal_fresh_products_and_follow_weight_changes(name):
+    make_model, make_loss = CASES[name]
+    model, loss_fn, data = make_model(), make_loss(), case_data(name)
+    fresh = HessianOperator(model, loss_fn, data)
+    kept = HessianOperator(model, loss_fn, data, keep_graphs=True)
+    V = torch.randn(fresh.shape[0], 3, dtype=DT)
+    for _ in range(2):  # the second product reuses the graphs
+        assert_close(kept @ V, fresh @ V, rtol=1e-12, atol=1e-14)
+    before = snapshot(model)
+    assert_same_state(model, before)
+    with torch.no_grad():  # a training step in between: the graphs must be rebuilt
+        for p in model.parameters():
+            p.add_(0.01)
+    x, y = concat(data)
+    if name.startswith("mlp"):
+        assert_close(kept @ V, dense_hessian(model, loss_fn, x, y) @ V, rtol=1e-9, atol=1e-13)
+    assert_close(kept @ V, fresh @ V, rtol=1e-12, atol=1e-14)
+    kept.release_graphs()
+    assert_close(kept @ V[:, 0], fresh @ V[:, 0], rtol=1e-12, atol=1e-14)
+
+
+def test_block_falls_back_to_columns_when_batching_fails(monkeypatch):
+    model, loss_fn, data = mlp(), nn.CrossEntropyLoss(), case_data("mlp-ce-mean")
+    op = HessianOperator(model, loss_fn, data)
+    V = torch.randn(op.shape[0], 3, dtype=DT)
+    expected = op @ V
+    real_grad = torch.autograd.grad
+
+    def no_batching(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("no batching rule")
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching)
+    assert_close(op @ V, expected, rtol=1e-12, atol=1e-14)

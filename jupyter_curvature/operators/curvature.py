@@ -22,7 +22,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from . import _params
 from ._batches import Batch, BatchLayout, BatchSource
-from ._distributed import all_reduce_sum, is_distributed
+from ._distributed import all_reduce_sum, check_start, is_distributed
 from ._model_state import check_batchnorm_policy, curvature_mode
 from .base import CurvatureOperator
 from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
@@ -82,6 +82,9 @@ class EmpiricalRiskOperator(CurvatureOperator):
         super().__init__(sum(p.numel() for p in self.params), first.dtype, first.device)
         if check:
             self._check_first_batch()
+        if self.distributed or (self.distributed is None and is_distributed()):
+            # same parameters on every rank and a backend that reduces this device: fail here
+            check_start(self.param_names, self.params, self.device)
 
     # ----------------------------------------------------------------- helpers
     def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -132,6 +135,10 @@ class EmpiricalRiskOperator(CurvatureOperator):
                 product = batch_product(batch, block)
                 total += product * batch.size if self.reduction == "mean" else product
                 count += batch.size
+        return self._finish(total, count)
+
+    def _finish(self, total: torch.Tensor, count: int) -> torch.Tensor:
+        """Sum over ranks when distributed, then divide by ``N`` for the mean."""
         if self.distributed or (self.distributed is None and is_distributed()):
             total, count = all_reduce_sum(total, count)
         if count == 0:
@@ -140,16 +147,15 @@ class EmpiricalRiskOperator(CurvatureOperator):
         return total / count if self.reduction == "mean" else total
 
 
-def _zeros_for_none(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]):
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, like)]
-
-
 class HessianOperator(EmpiricalRiskOperator):
     """The Hessian ``H = d^2 L / dw^2`` of the empirical risk, by Pearlmutter's trick.
 
     ``H v = d/dw (g(w)^T v)`` with ``g = dL/dw`` built with ``create_graph=True`` (Pearlmutter
-    1994): per batch one gradient graph, then one backward through it per column of the block,
-    so ``k`` vectors cost one forward, one gradient and ``k`` second backwards.
+    1994): per batch one gradient graph, then one vectorised backward through it for all
+    columns of the block (``is_grads_batched``), so ``k`` vectors share one forward and one
+    gradient. With ``keep_graphs=True`` the per-batch gradient graphs are built once and kept
+    across products (memory: every batch's graph; for data that fits), so each later product
+    costs only the second backward.
 
     >>> import torch
     >>> from torch import nn
@@ -160,30 +166,93 @@ class HessianOperator(EmpiricalRiskOperator):
     [[2.0, 0.0], [0.0, 8.0]]
     """
 
+    def __init__(self, model, loss_fn, data, params=None, *, keep_graphs: bool = False, **kwargs):
+        self.keep_graphs = bool(keep_graphs)
+        self._graphs: list[tuple[Batch, list[torch.Tensor | None]]] | None = None
+        self._graph_versions: list[int] | None = None
+        super().__init__(model, loss_fn, data, params, **kwargs)
+
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
+        if self.keep_graphs:
+            return self._matmat_kept(block)
         return self._accumulate(block, self._batch_hvp)
 
-    def _batch_hvp(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
+    def _gradient_graph(self, batch: Batch) -> list[torch.Tensor | None]:
+        """``dL_b/dw`` with its graph; ``None`` where the gradient is constant (zero rows of H)."""
         loss = self._loss(self.model(*batch.args), batch)
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-        # a gradient that does not require grad is constant: its rows of H are zero
-        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        return [g if g is not None and g.requires_grad else None for g in grads]
+
+    def _batch_hvp(self, batch: Batch, block: torch.Tensor, grads=None, keep: bool = False):
+        if grads is None:
+            grads = self._gradient_graph(batch)
+        live = [i for i, g in enumerate(grads) if g is not None]
+        k = block.shape[1]
+        if not live:
+            return torch.zeros_like(block)
         columns = self.unflatten(block)
+        outputs = [grads[i] for i in live]
+        try:  # all k columns in one vectorised backward through the shared graph
+            hv = torch.autograd.grad(
+                outputs,
+                self.params,
+                grad_outputs=[columns[i].movedim(-1, 0) for i in live],
+                retain_graph=keep,
+                allow_unused=True,
+                is_grads_batched=k > 1,
+            )
+            parts = [
+                torch.zeros(k, p.numel(), dtype=block.dtype, device=block.device)
+                if h is None
+                else h.reshape(k, -1)
+                if k > 1
+                else h.reshape(1, -1)
+                for h, p in zip(hv, self.params)
+            ]
+            return torch.cat(parts, dim=1).T
+        except RuntimeError:  # an operation without a batching rule: one backward per column
+            return self._batch_hvp_columns(outputs, live, columns, k, keep)
+
+    def _batch_hvp_columns(self, outputs, live, columns, k, keep):
         out = [torch.zeros_like(c) for c in columns]
-        if live:
-            k = block.shape[1]
-            for j in range(k):
-                hv = torch.autograd.grad(
-                    [grads[i] for i in live],
-                    self.params,
-                    grad_outputs=[columns[i][..., j] for i in live],
-                    retain_graph=j < k - 1,
-                    allow_unused=True,
-                )
-                for i, h in enumerate(hv):
-                    if h is not None:
-                        out[i][..., j] = h
-        return torch.cat([o.reshape(-1, block.shape[1]) for o in out])
+        for j in range(k):
+            hv = torch.autograd.grad(
+                outputs,
+                self.params,
+                grad_outputs=[columns[i][..., j] for i in live],
+                retain_graph=keep or j < k - 1,
+                allow_unused=True,
+            )
+            for i, h in enumerate(hv):
+                if h is not None:
+                    out[i][..., j] = h
+        return torch.cat([o.reshape(-1, k) for o in out])
+
+    def _matmat_kept(self, block: torch.Tensor) -> torch.Tensor:
+        """Products through gradient graphs built once and kept (``keep_graphs=True``).
+
+        Each later product costs only the second backward (PyHessian reuses one batch's graph
+        the same way). The graphs are rebuilt whenever a parameter changes in place (its
+        version counter moves), so a training step in between never gives stale products.
+        """
+        versions = [p._version for p in self.params]
+        if self._graphs is None or versions != self._graph_versions:
+            self._graphs = []
+            with self._mode():
+                for batch in self._batches():
+                    self._graphs.append((batch, self._gradient_graph(batch)))
+            self._graph_versions = versions
+        total = torch.zeros_like(block)
+        count = 0
+        for batch, grads in self._graphs:
+            product = self._batch_hvp(batch, block, grads=grads, keep=True)
+            total += product * batch.size if self.reduction == "mean" else product
+            count += batch.size
+        return self._finish(total, count)
+
+    def release_graphs(self) -> None:
+        """Free the kept gradient graphs (they are rebuilt on the next product)."""
+        self._graphs = self._graph_versions = None
 
 
 class _FunctionalOperator(EmpiricalRiskOperator):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..operators import GGNOperator, HessianOperator
+from ..operators._distributed import is_distributed
 from ..operators._batches import BatchLayout
 from ..operators._params import ParamSpec, select_parameters
 from ._common import (
@@ -139,7 +140,8 @@ def curvature_statistics(
     batchnorm = check_batchnorm(batchnorm)
     reduction = loss_normaliser(loss_fn)
     total = known_num_samples(data)
-    if total is not None:
+    sharded = is_distributed()  # each rank holds a shard: the checks are on the merged counts
+    if total is not None and not sharded:
         if batch_size > total:
             raise ValueError(
                 f"batch_size={batch_size} is larger than the dataset ({total} samples); "
@@ -166,11 +168,16 @@ def curvature_statistics(
             params=[p for _, p in chosen],
             batchnorm=batchnorm,
             check=False,
+            distributed=False,  # a per-batch product is this rank's own: never all-reduce it
         )
         product = (operator @ Z).to(acc)  # (n, k): the whole probe block through one graph
         if reduction == "sum":
             product = product / batch.size
         products.add(product, batch.size)
+    if sharded:
+        from ..distributed.reduce import all_reduce_moments
+
+        products = all_reduce_moments(products, like=torch.zeros(num_params, num_probes, dtype=acc, device=device))
     if products.count < 2:
         raise single_batch_error(int(products.weight), batch_size, "curvature variance")
 

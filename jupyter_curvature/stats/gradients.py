@@ -21,6 +21,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from ..operators._batches import BatchLayout
+from ..operators._distributed import is_distributed
 from ..operators._params import ParamSpec, select_parameters
 from ._common import (
     WeightedMoments,
@@ -132,7 +133,8 @@ def gradient_statistics(
     else:
         stats_batch = check_batch_size(batch_size)
     total = known_num_samples(data)
-    if total is not None:
+    sharded = is_distributed()  # each rank holds a shard: the checks are on the merged counts
+    if total is not None and not sharded:
         if stats_batch > total:
             raise ValueError(
                 f"batch_size={stats_batch} is larger than the dataset ({total} samples); "
@@ -154,6 +156,11 @@ def gradient_statistics(
             grads, losses = _per_sample_moments(setup, data, chunk)
         else:
             grads, losses = _minibatch_moments(setup, data, stats_batch)
+    if sharded:
+        from ..distributed.reduce import all_reduce_moments
+
+        grads = all_reduce_moments(grads, like=torch.zeros(num_params, dtype=acc, device=device))
+        losses = all_reduce_moments(losses, like=torch.zeros((), dtype=acc, device=device))
     num_samples = int(round(losses.weight))
     if losses.count < 2:
         raise single_batch_error(num_samples, stats_batch, "gradient variance")

@@ -1,0 +1,219 @@
+"""``jupyter-curvature`` (also ``python -m jupyter_curvature``): train, spectrum, stats, landscape, demo.
+
+Every subcommand writes its results (JSON, ``.npz``) and figures (PNG) to ``--out``. Models and
+datasets are chosen by name; ``digits`` (bundled with scikit-learn) is the offline default.
+Checkpoints are read with ``torch.load(weights_only=True)``. Under ``torchrun`` every rank
+computes its shard and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._version import __version__
+
+
+def _common(parser: argparse.ArgumentParser, *, model: str = "small_cnn") -> None:
+    parser.add_argument("--model", default=model, help="model name (see `jupyter-curvature list`)")
+    parser.add_argument(
+        "--data", default="digits", help="dataset name (default: the built-in digits)"
+    )
+    parser.add_argument("--data-root", default=None, help="folder holding the dataset files")
+    parser.add_argument(
+        "--download", action="store_true", help="download a missing torchvision dataset"
+    )
+    parser.add_argument("--checkpoint", default=None, help="weights to load (a .pt from `train`)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--subsample", type=int, default=None, help="use a seeded subset of the training split"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="output folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jupyter-curvature",
+        description="Curvature of neural networks: Hessian/GGN spectra, statistics, landscapes.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser(
+        "demo", help="train a small CNN on the built-in digits and report its curvature"
+    )
+    demo.add_argument("--out", type=Path, default=Path("curvature-demo"))
+    demo.add_argument("--epochs", type=int, default=8)
+    demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    demo.add_argument("--seed", type=int, default=0)
+
+    train = sub.add_parser("train", help="train a network and save checkpoints and its history")
+    _common(train)
+    train.add_argument("--optimizer", default="sgd", help="sgd, adam, kfac or swats")
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--momentum", type=float, default=0.9)
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--schedule", default="linear", help="linear (the original's) or constant")
+    train.add_argument(
+        "--spectrum-every", type=int, default=0, help="steps between live spectra (0: off)"
+    )
+    train.add_argument("--resume", default=None, help="checkpoint to resume from")
+
+    spectrum = sub.add_parser("spectrum", help="Hessian or GGN spectral density and top eigenpairs")
+    _common(spectrum)
+    spectrum.add_argument(
+        "--ggn", action="store_true", help="the Gauss-Newton matrix instead of the Hessian"
+    )
+    spectrum.add_argument("--iters", type=int, default=80)
+    spectrum.add_argument("--probes", type=int, default=4)
+    spectrum.add_argument("--top", type=int, default=5)
+    spectrum.add_argument("--tol", type=float, default=1e-3)
+    spectrum.add_argument(
+        "--params", default=None, help="only these parameters (glob or module name)"
+    )
+
+    stats = sub.add_parser("stats", help="gradient, curvature and weight statistics")
+    _common(stats)
+    stats.add_argument(
+        "--stats-batch", type=int, default=128, help="mini-batch size of the statistics"
+    )
+    stats.add_argument("--probes", type=int, default=8)
+    stats.add_argument("--per-sample", action="store_true")
+    stats.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
+
+    landscape = sub.add_parser(
+        "landscape", help="loss landscape along eigenvectors or random directions"
+    )
+    _common(landscape)
+    landscape.add_argument("--directions", default="top:2", help="top:K, bottom:K or random:K")
+    landscape.add_argument("--range", type=float, default=1.0, dest="span")
+    landscape.add_argument("--points", type=int, default=21)
+    landscape.add_argument("--no-plane", action="store_true", help="only the 1D lines")
+    landscape.add_argument("--ggn", action="store_true", help="eigenvectors of the GGN")
+
+    sub.add_parser("list", help="list the known models and datasets")
+    return parser
+
+
+def _setup(args: argparse.Namespace):
+    from .jobs import build_setup
+
+    return build_setup(
+        args.model,
+        args.data,
+        data_root=args.data_root,
+        batch_size=args.batch_size,
+        subsample=args.subsample,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        download=args.download,
+    )
+
+
+def _out(args: argparse.Namespace, default: str) -> Path:
+    return args.out if args.out is not None else Path(f"curvature-{default}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import jobs
+
+    if args.command == "list":
+        from . import data, models
+
+        print("models:  ", ", ".join(models.available()))
+        print("datasets:", ", ".join(data.available_datasets()))
+        return 0
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args.out, epochs=args.epochs, quick=args.quick, seed=args.seed)
+        return 0
+    if args.command == "train":
+        result = jobs.train_job(
+            args.model,
+            args.data,
+            _out(args, "train"),
+            optimizer=args.optimizer,
+            lr=args.lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            epochs=args.epochs,
+            schedule=args.schedule,
+            spectrum_every=args.spectrum_every,
+            resume=args.resume,
+            data_root=args.data_root,
+            batch_size=args.batch_size,
+            subsample=args.subsample,
+            device=args.device,
+            seed=args.seed,
+        )
+        print(result["summary"])
+        return 0
+    setup = _setup(args)
+    if args.command == "spectrum":
+        result = jobs.spectrum_job(
+            setup,
+            _out(args, "spectrum"),
+            curvature="ggn" if args.ggn else "hessian",
+            iters=args.iters,
+            probes=args.probes,
+            top=args.top,
+            params=args.params,
+            seed=args.seed,
+            tol=args.tol,
+        )
+        print(result["density"])
+        print(result["eigenpairs"])
+    elif args.command == "stats":
+        result = jobs.stats_job(
+            setup,
+            _out(args, "stats"),
+            batch_size=args.stats_batch,
+            probes=args.probes,
+            per_sample=args.per_sample,
+            layers=not args.no_layers,
+            seed=args.seed,
+        )
+        for value in result.values():
+            print(value, end="\n\n")
+    elif args.command == "landscape":
+        result = jobs.landscape_job(
+            setup,
+            _out(args, "landscape"),
+            directions=args.directions,
+            span=args.span,
+            points=args.points,
+            plane=not args.no_plane,
+            seed=args.seed,
+            curvature="ggn" if args.ggn else "hessian",
+        )
+        for value in result.values():
+            print(value, end="\n\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user mistakes print one line (``error: ...``) and exit with status 2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        parser.exit(2, f"jupyter-curvature {args.command}: error: {error}\n")
+    except KeyboardInterrupt:
+        print("interrupted; results written so far are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

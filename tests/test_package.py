@@ -1,0 +1,48 @@
+"""Packaging rules that other tests cannot see: the engine stays free of Jupyter imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+JUPYTER_MODULES = ("IPython", "ipywidgets", "bqplot", "traitlets", "anywidget", "ipykernel", "comm")
+ENGINE = (
+    "jupyter_curvature",
+    "jupyter_curvature.operators",
+    "jupyter_curvature.spectral",
+    "jupyter_curvature.stats",
+    "jupyter_curvature.landscape",
+    "jupyter_curvature.models",
+    "jupyter_curvature.data",
+    "jupyter_curvature.optim",
+    "jupyter_curvature.training",
+    "jupyter_curvature.distributed",
+    "jupyter_curvature.cli",
+)
+
+
+def _loaded_after(code: str) -> set[str]:
+    probe = code + "\nimport sys\nprint(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_engine_imports_no_jupyter_module():
+    imports = "\n".join(f"import {name}" for name in ENGINE)
+    loaded = _loaded_after(
+        imports + "\nimport jupyter_curvature as jc\njc.HessianOperator, jc.eigenpairs"
+    )
+    leaked = sorted(m for m in loaded if m.split(".")[0] in JUPYTER_MODULES)
+    assert not leaked, f"the engine imported Jupyter modules: {leaked}"
+
+
+def test_plain_import_is_light():
+    loaded = _loaded_after("import jupyter_curvature")
+    assert "torch" not in loaded, "import jupyter_curvature should not import torch eagerly"
+
+
+def test_lazy_attributes_resolve():
+    import jupyter_curvature as jc
+
+    for name in jc.__all__:
+        assert getattr(jc, name) is not None, name
