@@ -1,0 +1,447 @@
+"""The widgets in a real browser: JupyterLab driven end to end in headless Chromium.
+
+Two notebooks are opened in a private JupyterLab (see ``conftest.py``) and run with *Run All*:
+
+* ``notebooks/browser_checks.ipynb`` (dedicated, seconds): the ``%%curv_train`` dashboard is
+  read twice while its cell runs (a file handshake pauses the training at steps 40 and 120
+  until the test has read the page, so "while it runs" holds on any machine); the
+  ``%curv_spectrum`` panel; the ``%curv_landscape`` explorer, whose first slider is dragged
+  with the mouse and reset, and whose JS canvas is dragged with the pointer.
+* ``example.ipynb`` (the walk-through, in its default small setting: digits and a small MLP).
+
+Every check reads the page (SVG marks, HTML tables, canvas pixels) and, where a number is
+shown, compares it with the kernel's own value fetched over the notebook's kernel
+connection. Screenshots of every checked view go to ``test-artifacts/browser/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from labdriver import NotebookPage, wait_for
+
+pytestmark = pytest.mark.browser
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+RUN_TIMEOUT = float(os.environ.get("JC_BROWSER_RUN_TIMEOUT", "420"))  # seconds per notebook
+UI_TIMEOUT = 60.0  # seconds for the page to answer one interaction (kernel round trip)
+NUMBER = r"-?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
+
+# --------------------------------------------------------------------------------------
+# reading views
+
+
+JS_EXPLORER = """(root) => {
+  const html = Array.from(root.querySelectorAll('.widget-html-content'))
+      .find(e => /at point/.test(e.textContent));
+  let loss = null, where = null;
+  if (html) {
+    where = (html.querySelector('b') || {}).textContent || null;
+    for (const tr of html.querySelectorAll('tbody tr')) {
+      const td = tr.querySelectorAll('td');
+      if (td.length > 1 && td[0].textContent.trim() === 'train loss') loss = td[1].textContent.trim();
+    }
+  }
+  const sliders = Array.from(root.querySelectorAll('.widget-slider')).map(s => ({
+    label: (s.querySelector('label') || {}).textContent || '',
+    value: ((s.querySelector('.widget-readout') || {}).textContent || '').trim(),
+  }));
+  return {loss, where, sliders};
+}"""
+
+JS_CANVAS_PIXELS = """(canvas) => {
+  const ctx = canvas.getContext('2d');
+  const d = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  let coloured = 0;
+  const colours = new Set();
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i + 3] > 0 && !(d[i] > 235 && d[i + 1] > 235 && d[i + 2] > 235)) {
+      coloured++;
+      colours.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+    }
+  }
+  return {coloured, total: canvas.width * canvas.height, colours: colours.size};
+}"""
+
+JS_TABLES = """(root) => Array.from(root.querySelectorAll('.widget-html-content')).map(e => ({
+  caption: (e.querySelector('b') || {}).textContent || '',
+  rows: Array.from(e.querySelectorAll('tbody tr')).map(
+      tr => Array.from(tr.querySelectorAll('td')).map(td => td.textContent.trim())),
+}))"""
+
+
+def explorer_view(nb: NotebookPage, out) -> dict:
+    """Slider readouts, the displayed loss, and the 1D/2D marker positions of an explorer."""
+    view = out.evaluate(JS_EXPLORER)
+    view["marker1d"] = nb.figure(out, "1D curves")["dots"]
+    view["marker2d"] = nb.figure(out, "2D map")["dots"]
+    return view
+
+
+def translate(t: str) -> tuple[float, float]:
+    m = re.match(rf"translate\(({NUMBER}),\s*({NUMBER})\)", t or "")
+    assert m, f"not a finite translate(x, y): {t!r}"
+    return float(m.group(1)), float(m.group(2))
+
+
+def same_markers(a: list[str], b: list[str], tol: float = 0.5) -> bool:
+    if len(a) != len(b):
+        return False
+    return all(abs(p - q) <= tol for s, t in zip(a, b) for p, q in zip(translate(s), translate(t)))
+
+
+def settle(read, changed, what: str, timeout: float = UI_TIMEOUT) -> dict:
+    """Wait until ``changed(read())`` holds and the view stays the same for one second."""
+    last = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = read()
+        if changed(view) and view == last:
+            return view
+        last = view
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last view: {last}")
+
+
+def drag(page, box_from: tuple[float, float], box_to: tuple[float, float]) -> None:
+    page.mouse.move(*box_from)
+    page.mouse.down()
+    page.mouse.move(*box_to, steps=12)
+    page.mouse.up()
+
+
+def tables(out) -> dict[str, list[list[str]]]:
+    return {t["caption"]: t["rows"] for t in out.evaluate(JS_TABLES) if t["caption"]}
+
+
+def kernel_values(nb: NotebookPage, code: str) -> list[str]:
+    text = nb.kernel_exec(code)
+    assert "KERNEL ERROR" not in text, text
+    return text.split()
+
+
+def no_console_errors(nb: NotebookPage) -> None:
+    errors = list(dict.fromkeys(nb.console_errors))  # unique, in order
+    assert not errors, (
+        f"{len(nb.console_errors)} uncaught error(s) in the browser console of {nb.notebook} "
+        f"({len(errors)} distinct):\n  " + "\n  ".join(e[:300] for e in errors[:15])
+    )
+
+
+def line_points(fig: dict) -> list[int]:
+    return [ln["points"] for ln in fig["lines"]]
+
+
+# --------------------------------------------------------------------------------------
+# the dedicated notebook
+
+
+def _loss_points(nb: NotebookPage, out) -> int:
+    figs = [f for f in nb.figures(out) if f["title"] == "Loss"]
+    if not figs or not figs[0]["lines"]:
+        return 0
+    return figs[0]["lines"][0]["points"]  # the train curve is the first line
+
+
+def _watch_dashboard(nb: NotebookPage, lab, artifacts: Path) -> dict:
+    """Read the Loss curve of the running ``%%curv_train`` cell at the two pauses."""
+    i = nb.cell_index("%%curv_train")
+    out = nb.output(i)
+    rec: dict = {"cell": i, "error": None}
+
+    def gate(name: str) -> bool:
+        if nb.error_outputs():
+            raise AssertionError(f"a cell failed before the pause {name}: {nb.error_outputs()}")
+        return lab.gate_reached(name)
+
+    def read() -> tuple[int, str]:
+        return _loss_points(nb, out), nb.prompt(i)
+
+    try:
+        wait_for(lambda: gate("train_middle"), RUN_TIMEOUT, "the training to pause at step 40")
+        # the kernel waits at step 40; give the front end time to draw what it was sent
+        rec["first"] = wait_for(
+            lambda: (r := read())[0] > 0 and r,
+            UI_TIMEOUT,
+            "the Loss curve to show points while the cell runs (paused at step 40)",
+        )
+        nb.screenshot(out, artifacts / "checks_dashboard_running_step40.png")
+        lab.release_gate("train_middle")
+        wait_for(lambda: gate("train_end"), RUN_TIMEOUT, "the training to pause at step 120")
+        n1 = rec["first"][0]
+        rec["second"] = wait_for(
+            lambda: (r := read())[0] > n1 and r,
+            UI_TIMEOUT,
+            f"the Loss curve to grow past {n1} points while the cell runs (paused at step 120)",
+        )
+        nb.screenshot(out, artifacts / "checks_dashboard_running_step120.png")
+    except (AssertionError, TimeoutError) as exc:
+        rec["error"] = str(exc)
+        nb.screenshot(out, artifacts / "checks_dashboard_running_FAILED.png")
+    finally:
+        lab.release_all_gates()
+    return rec
+
+
+@pytest.fixture(scope="class")
+def checks(lab, browser, artifacts):
+    """browser_checks.ipynb opened and run; yields (page, what the dashboard watch saw)."""
+    name = lab.add_notebook(HERE / "notebooks" / "browser_checks.ipynb")
+    nb = NotebookPage(browser, lab, name, workspace="checks")
+    try:
+        nb.open()
+        nb.run_all()
+        live = _watch_dashboard(nb, lab, artifacts)
+        nb.wait_until_run(RUN_TIMEOUT)
+        yield nb, live
+    finally:
+        lab.release_all_gates()
+        nb.screenshot(None, artifacts / "checks_page_at_end.png")
+        nb.close()
+
+
+class TestChecksNotebook:
+    def test_cells_run_without_error_output(self, checks):
+        nb, _ = checks
+        assert nb.error_outputs() == []
+        assert nb.widget_problems() == []
+        assert nb.prompt(nb.cell_index('print("done:"')) != "[*]:"
+
+    def test_dashboard_updates_while_the_cell_runs(self, checks, artifacts):
+        nb, live = checks
+        assert live["error"] is None, (
+            live["error"]
+            + "\nconsole errors: "
+            + "; ".join(dict.fromkeys(e[:160] for e in nb.console_errors))
+        )
+        (n1, prompt1), (n2, prompt2) = live["first"], live["second"]
+        assert prompt1 == prompt2 == "[*]:", (prompt1, prompt2)  # the cell was running
+        assert 0 < n1 < n2, (n1, n2)
+
+    def test_dashboard_figures_have_data(self, checks, artifacts):
+        nb, _ = checks
+        i = nb.cell_index("%%curv_train")
+        out = nb.output(i)
+        nb.screenshot(out, artifacts / "checks_dashboard_done.png")
+        figs = {f["title"]: f for f in nb.figures(out)}
+        assert "Loss" in figs and "Top-1 accuracy" in figs, list(figs)
+        steps = int(kernel_values(nb, "print(run.history.steps_done)")[0])
+        assert steps == 120
+        for title in ("Loss", "Top-1 accuracy"):
+            points = line_points(figs[title])
+            assert points and points[0] == steps, f"{title}: train curve points {points}"
+            assert not any(ln["nan"] for ln in figs[title]["lines"]), figs[title]["lines"]
+        density = next(f for t, f in figs.items() if "spectral density" in t)
+        assert max(line_points(density), default=0) >= 100, density
+        top = next(f for t, f in figs.items() if t.startswith("Largest"))
+        # λ1, λ2 at steps 40, 80, 120 (markers) and the 2/lr line
+        assert len(top["dots"]) >= 6 and max(line_points(top)) == 3, top
+        status = out.locator(".widget-html-content").first.inner_text()
+        assert "finished" in status, status
+
+    def test_spectrum_panel_shows_density_and_table(self, checks, artifacts):
+        nb, _ = checks
+        out = nb.output(nb.cell_index("%curv_spectrum"))
+        nb.screenshot(out, artifacts / "checks_spectrum_panel.png")
+        fig = nb.figure(out, "Hessian spectral density")
+        points = line_points(fig)
+        assert max(points) >= 300, points  # the density curve on its 600-point grid
+        assert not any(ln["nan"] for ln in fig["lines"])
+        assert len(fig["dots"]) >= 2, "no Ritz values drawn"
+        tabs = tables(out)
+        top = tabs.get("Top eigenvalues")
+        assert top is not None and len(top) == 3, tabs
+        kernel = kernel_values(nb, "print(*(f'{v:.6g}' for v in eig.eigenvalues.tolist()))")
+        assert [row[1] for row in top] == kernel  # the page shows the kernel's numbers
+        summary = dict(row[:2] for row in tabs["Summary"])
+        largest = kernel_values(nb, "print(f'{dens.stats.largest:.6g}')")[0]
+        assert summary["largest eigenvalue"] == largest
+
+    def test_landscape_slider_drag_and_reset(self, checks, artifacts):
+        nb, _ = checks
+        page = nb.page
+        out = nb.output(nb.cell_index("%curv_landscape"))
+        out.scroll_into_view_if_needed()
+        read = lambda: explorer_view(nb, out)  # noqa: E731
+        first = read()
+        assert first["loss"] is not None and first["where"] == "point (0, 0)", first
+        assert [s["value"] for s in first["sliders"]] == ["0.000", "0.000"], first
+        nb.screenshot(out, artifacts / "checks_explorer_at_origin.png")
+
+        slider = out.locator(".widget-slider").filter(has_text="d0:").first
+        handle = slider.locator(".noUi-handle").first
+        track = slider.locator(".noUi-base").first
+        handle.scroll_into_view_if_needed()
+        hb, tb = handle.bounding_box(), track.bounding_box()
+        y = hb["y"] + hb["height"] / 2
+        drag(page, (hb["x"] + hb["width"] / 2, y), (tb["x"] + 0.8 * tb["width"], y))
+
+        moved = settle(
+            read,
+            lambda v: (
+                v["sliders"][0]["value"] != "0.000"
+                and v["loss"] != first["loss"]
+                and not same_markers(v["marker1d"], first["marker1d"])
+                and not same_markers(v["marker2d"], first["marker2d"])
+            ),
+            "the slider drag to move the markers and change the displayed loss",
+        )
+        nb.screenshot(out, artifacts / "checks_explorer_after_slider_drag.png")
+        value = float(moved["sliders"][0]["value"])
+        assert 0.3 < value <= 1.0, moved  # dragged to 80 % of the track: right of the middle
+        c0, c1, loss = kernel_values(
+            nb, "print(*ex.coords.tolist(), f\"{ex.point_values['train_loss']:.6g}\")"
+        )
+        # the kernel is at the slider's value (shown with 3 decimals), the other coordinate 0
+        assert abs(float(c0) - value) <= 6e-4 and float(c1) == 0.0, (c0, c1, moved)
+        assert moved["loss"] == loss  # the page shows the kernel's loss at the new point
+
+        reset = out.locator("button").filter(has_text=re.compile(r"^\s*reset\s*$")).first
+        reset.click()
+        back = settle(
+            read,
+            lambda v: (
+                [s["value"] for s in v["sliders"]] == ["0.000", "0.000"]
+                and v["loss"] == first["loss"]
+            ),
+            "reset to bring the sliders and the displayed loss back",
+        )
+        nb.screenshot(out, artifacts / "checks_explorer_after_reset.png")
+        assert back["where"] == first["where"], back
+        assert same_markers(back["marker1d"], first["marker1d"]), (back, first)
+        assert same_markers(back["marker2d"], first["marker2d"]), (back, first)
+
+    def test_canvas_renders_and_drag_reaches_the_kernel(self, checks, artifacts):
+        nb, _ = checks
+        page = nb.page
+        out = nb.output(nb.cell_index("%curv_landscape"))
+        widget = out.locator(".jc-landscape-canvas").first
+        canvas = widget.locator("canvas").first
+        readout = widget.locator(".jc-landscape-readout").first
+        canvas.scroll_into_view_if_needed()
+        nb.screenshot(widget, artifacts / "checks_canvas_before_drag.png")
+        pixels = canvas.evaluate(JS_CANVAS_PIXELS)
+        # the heat map fills the plot area: most pixels coloured, many colours
+        assert pixels["coloured"] > 0.4 * pixels["total"] and pixels["colours"] > 50, pixels
+
+        pattern = re.compile(rf"^\(({NUMBER}), ({NUMBER})\)\s+train_loss ({NUMBER})")
+        before = readout.inner_text().strip()
+        assert pattern.match(before), before
+
+        box = canvas.bounding_box()
+        start = (box["x"] + 0.45 * box["width"], box["y"] + 0.5 * box["height"])
+        end = (box["x"] + 0.6 * box["width"], box["y"] + 0.3 * box["height"])
+        drag(page, start, end)
+        text = settle(
+            lambda: {"t": readout.inner_text().strip()},
+            lambda v: v["t"] != before and pattern.match(v["t"]) is not None,
+            "the canvas readout to show the kernel's answer for the dragged point",
+        )["t"]
+        nb.screenshot(widget, artifacts / "checks_canvas_after_drag.png")
+        x, y, shown = pattern.match(text).groups()
+        assert float(x) > 0 and float(y) > 0, text  # dragged right and up from the centre
+        px, py, c0, c1, loss = kernel_values(
+            nb,
+            "print(*ex.canvas.point, *ex.coords.tolist(), "
+            "f\"{ex.point_values['train_loss']:.5g}\")",
+        )
+        # the kernel got the coordinates the canvas shows (3 significant digits there)
+        assert abs(float(px) - float(x)) <= 5e-3 * max(1, abs(float(x))), (px, text)
+        assert abs(float(py) - float(y)) <= 5e-3 * max(1, abs(float(y))), (py, text)
+        assert (float(c0), float(c1)) == (float(px), float(py))  # and moved the explorer there
+        assert shown == loss  # the readout is the kernel's value, not the grid interpolation
+        view = explorer_view(nb, out)
+        assert [s["value"] for s in view["sliders"]] == [f"{float(c0):.3f}", f"{float(c1):.3f}"]
+
+    def test_no_console_errors(self, checks):
+        nb, _ = checks
+        no_console_errors(nb)
+
+
+# --------------------------------------------------------------------------------------
+# example.ipynb
+
+
+@pytest.fixture(scope="class")
+def example(lab, browser, artifacts):
+    """example.ipynb (default small setting) opened and run to the end."""
+    name = lab.add_notebook(ROOT / "example.ipynb")
+    nb = NotebookPage(browser, lab, name, workspace="example")
+    try:
+        nb.open()
+        started = time.monotonic()
+        nb.run_all()
+        nb.wait_until_run(RUN_TIMEOUT)
+        print(f"example.ipynb ran in {time.monotonic() - started:.0f} s")
+        yield nb
+    finally:
+        nb.screenshot(None, artifacts / "example_page_at_end.png")
+        nb.close()
+
+
+class TestExampleNotebook:
+    def test_runs_without_errors(self, example):
+        nb = example
+        assert nb.error_outputs() == []
+        assert nb.widget_problems() == []
+        assert all(c["count"] is not None for c in nb.state()["cells"] if c["type"] == "code")
+
+    def test_dashboard(self, example, artifacts):
+        nb = example
+        out = nb.output(nb.cell_index("%%curv_train"))
+        nb.screenshot(out, artifacts / "example_dashboard.png")
+        figs = {f["title"]: f for f in nb.figures(out)}
+        steps = int(kernel_values(nb, "print(run.history.steps_done)")[0])
+        for title in ("Loss", "Top-1 accuracy"):
+            assert title in figs, list(figs)
+            points = line_points(figs[title])
+            assert points and points[0] == steps, f"{title}: {points} points, {steps} steps"
+            assert len(figs[title]["dots"]) >= 1, f"{title}: no test-set points"
+
+    def test_spectrum_panels(self, example, artifacts):
+        nb = example
+        for name, cell, title, var in (
+            (
+                "ggn",
+                "%curv_spectrum --model model --data curv_data --ggn",
+                "GGN spectral",
+                "ggn_eigen",
+            ),
+            (
+                "hessian",
+                "%curv_spectrum --model model --data curv_data --iters",
+                "Hessian spectral",
+                "hess_eigen",
+            ),
+        ):
+            out = nb.output(nb.cell_index(cell))
+            nb.screenshot(out, artifacts / f"example_spectrum_{name}.png")
+            fig = nb.figure(out, title)
+            assert max(line_points(fig)) >= 300 and not any(ln["nan"] for ln in fig["lines"])
+            top = tables(out)["Top eigenvalues"]
+            kernel = kernel_values(
+                nb, f"print(*(f'{{v:.6g}}' for v in {var}.eigenvalues.tolist()))"
+            )
+            assert [row[1] for row in top] == kernel
+
+    def test_explorer(self, example, artifacts):
+        nb = example
+        out = nb.output(nb.cell_index("%curv_landscape"))
+        nb.screenshot(out, artifacts / "example_explorer.png")
+        one = nb.figure(out, "1D curves")
+        assert line_points(one) == [21, 21], one  # two directions, 21 points each
+        two = nb.figure(out, "2D map of train_loss: 21x21")
+        assert two["heat"] and two["heat"][0] > 1000, two  # the heat map image is drawn
+        pixels = out.locator(".jc-landscape-canvas canvas").first.evaluate(JS_CANVAS_PIXELS)
+        assert pixels["coloured"] > 0.4 * pixels["total"], pixels
+        # the next cell moved the explorer from Python: the page follows
+        view = explorer_view(nb, out)
+        assert [s["value"] for s in view["sliders"]] == ["0.500", "-0.250"], view
+
+    def test_no_console_errors(self, example):
+        no_console_errors(example)
