@@ -210,7 +210,7 @@ class LandscapeEvaluator:
                 torch.cat([w.reshape(-1) for w in self._origin]).to(work),
                 matrix.to(self.device, work),
             )
-            self._parts = []
+            self._parts, self._origin = [], []  # the flat copy is all that is needed
         else:
             self._flat = None
             self._parts = _direction_parts(self.directions, self._tp)
@@ -338,7 +338,7 @@ class LandscapeEvaluator:
                 if mode == "vmap" and _is_oom(exc):
                     self._shrink(size)
                     continue
-                if mode == "vmap" and self._vmap_ok and not isinstance(exc, KeyboardInterrupt):
+                if mode == "vmap" and self._vmap_ok:
                     warnings.warn(
                         f"batched evaluation with torch.func.vmap failed ({type(exc).__name__}: "
                         f"{exc}); evaluating one point at a time",
@@ -349,7 +349,13 @@ class LandscapeEvaluator:
                     self._decided = ("loop", 1)
                     continue
                 raise
-            self._record(mode, size, (time.perf_counter() - t0) / size)
+            trial_sizes = {min(t, self._max_points()) for t in _TRIAL_SIZES}
+            if mode == "loop" or size in trial_sizes or self._decided == (mode, size):
+                self._record(
+                    "loop" if mode == "loop" else mode,
+                    1 if mode == "loop" else size,
+                    (time.perf_counter() - t0) / size,
+                )
             self.points_evaluated += size
             yield np.arange(i, i + size), vals
             i += size
@@ -372,40 +378,54 @@ class LandscapeEvaluator:
             torch.cuda.empty_cache()
         self._pmax = max(1, size // 2)
         if self._pmax == 1:
-            self._decided = ("loop", 1)
-        elif self._decided is not None and self._decided[0] == "vmap":
-            self._decided = ("vmap", self._pmax)
+            self._vmap_ok = False
 
     def _plan(self, remaining: int) -> tuple[str, int]:
-        if remaining == 1 and self._decided is not None:
-            return ("loop", 1)
-        if self._decided is not None:
-            mode, size = self._decided
-            if mode == "vmap":
-                size = min(size, self._max_points(), remaining)
-                if size == 1 or not self._vmap_ok:
-                    return ("loop", 1)
-            return (mode, size)
-        while self._trials:
-            mode, size = self._trials[0]
-            if mode == "vmap":
-                size = min(size, self._max_points())
-                if not self._vmap_ok or size < 2 or size > remaining or self._stop_tuning():
-                    self._trials = []
-                    break
-            self._trials.pop(0)
-            return (mode, size)
-        self._decide()
-        return self._plan(remaining)
+        """The next chunk: ``("loop", points)`` or ``("vmap", points per pass)``.
 
-    def _stop_tuning(self) -> bool:
-        """Stop trying larger batches once the last one did not beat the best so far."""
-        vm = sorted((p, t) for (m, p), t in self._timings.items() if m == "vmap")
-        if not vm:
-            return False
+        While tuning, the trials run in turn on real points: one point at a time (twice:
+        the first pays for warm-up), then batches of 8 and 32 points, and 128 if 32 was the
+        best so far. A trial larger than the points left waits for a later call (the next
+        refinement level); meanwhile the best strategy so far runs."""
+        if self._decided is None:
+            while self._trials:
+                mode, size = self._trials[0]
+                if mode == "vmap":
+                    size = min(size, self._max_points())
+                    if not self._vmap_ok or size < 2 or self._skip_trial(size):
+                        self._trials.pop(0)
+                        continue
+                    if size > remaining:
+                        return self._capped(self._best(), remaining)
+                self._trials.pop(0)
+                return (mode, size)
+            self._decided = self._best()
+        return self._capped(self._decided, remaining)
+
+    def _skip_trial(self, size: int) -> bool:
         loop = self._timings.get(("loop", 1), math.inf)
-        best_before = min([loop, *(t for _, t in vm[:-1])])
-        return vm[-1][1] > 0.9 * best_before
+        tried = {p: t for (m, p), t in self._timings.items() if m == "vmap"}
+        if size <= _TRIAL_SIZES[1]:  # 8 and 32: always worth a look, unless 8 was far slower
+            return bool(tried) and min(tried.values()) > 2 * loop
+        best = min(tried.items(), key=lambda kv: kv[1], default=(0, math.inf))
+        return best[0] != max(tried, default=0) or best[1] > loop
+
+    def _best(self) -> tuple[str, int]:
+        if not self._vmap_ok or not self._timings:
+            return ("loop", 1)
+        (mode, size), _ = min(self._timings.items(), key=lambda kv: kv[1])
+        return (mode, size)
+
+    def _capped(self, plan: tuple[str, int], remaining: int) -> tuple[str, int]:
+        mode, size = plan
+        if mode == "vmap" and self._vmap_ok:
+            size = min(size, self._max_points(), remaining)
+            if size >= 2:
+                return ("vmap", size)
+        # one at a time, a few points per chunk (about 0.25 s) to spread the bookkeeping
+        per_point = self._timings.get(("loop", 1))
+        chunk = 1 if per_point is None else int(min(16, max(1, 0.25 / max(per_point, 1e-6))))
+        return ("loop", min(chunk, remaining))
 
     def _record(self, mode: str, size: int, per_point: float) -> None:
         key = (mode, size)
@@ -413,13 +433,6 @@ class LandscapeEvaluator:
         self._timings[key] = (
             per_point if key not in self._timings else min(per_point, self._timings[key])
         )
-
-    def _decide(self) -> None:
-        if not self._timings or not self._vmap_ok:
-            self._decided = ("loop", 1)
-            return
-        (mode, size), _ = min(self._timings.items(), key=lambda kv: kv[1])
-        self._decided = (mode, size)
 
     # ---- points -------------------------------------------------------------------------
     def _points(self, coords: torch.Tensor) -> list[torch.Tensor]:
