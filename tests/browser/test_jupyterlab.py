@@ -16,6 +16,7 @@ connection. Screenshots of every checked view go to ``test-artifacts/browser/``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -47,9 +48,11 @@ JS_EXPLORER = """(root) => {
       if (td.length > 1 && td[0].textContent.trim() === 'train loss') loss = td[1].textContent.trim();
     }
   }
+  // ipywidgets writes negative readouts with a Unicode minus sign: compare in ASCII
   const sliders = Array.from(root.querySelectorAll('.widget-slider')).map(s => ({
     label: (s.querySelector('label') || {}).textContent || '',
-    value: ((s.querySelector('.widget-readout') || {}).textContent || '').trim(),
+    value: ((s.querySelector('.widget-readout') || {}).textContent || '')
+        .trim().replace('\u2212', '-'),
   }));
   return {loss, where, sliders};
 }"""
@@ -131,6 +134,14 @@ def no_console_errors(nb: NotebookPage) -> None:
         f"{len(nb.console_errors)} uncaught error(s) in the browser console of {nb.notebook} "
         f"({len(errors)} distinct):\n  " + "\n  ".join(e[:300] for e in errors[:15])
     )
+
+
+def canvas_padding() -> dict[str, float]:
+    """The canvas's plot-area margins, read from the widget's own ES module (``PAD``)."""
+    js = (ROOT / "jupyter_curvature" / "static" / "landscape_canvas.js").read_text()
+    m = re.search(r"const PAD = \{([^}]*)\}", js)
+    assert m, "landscape_canvas.js no longer defines `const PAD = {...}`: update the test"
+    return {k.strip(): float(v) for k, v in (p.split(":") for p in m.group(1).split(","))}
 
 
 def line_points(fig: dict) -> list[int]:
@@ -333,30 +344,58 @@ class TestChecksNotebook:
         before = readout.inner_text().strip()
         assert pattern.match(before), before
 
+        # the kernel records every point it is sent (or sets) from now on
+        kernel_values(
+            nb,
+            "_jc_seen = []\n"
+            "ex.canvas.observe(lambda c: _jc_seen.append(list(c['new'])), names=['point'])",
+        )
+        x0, x1, y0, y1 = (
+            float(v) for v in kernel_values(nb, "print(*ex.canvas.x_range, *ex.canvas.y_range)")
+        )
         box = canvas.bounding_box()
-        start = (box["x"] + 0.45 * box["width"], box["y"] + 0.5 * box["height"])
-        end = (box["x"] + 0.6 * box["width"], box["y"] + 0.3 * box["height"])
-        drag(page, start, end)
+        pad = canvas_padding()
+        plot_w = box["width"] - pad["left"] - pad["right"]
+        plot_h = box["height"] - pad["top"] - pad["bottom"]
+
+        def pixel(x: float, y: float) -> tuple[float, float]:
+            return (
+                box["x"] + pad["left"] + (x - x0) / (x1 - x0) * plot_w,
+                box["y"] + pad["top"] + (y1 - y) / (y1 - y0) * plot_h,
+            )
+
+        # drag from the centre to (0.31, 0.41): off the sliders' 0.02 grid on purpose
+        target = (0.31, 0.41)
+        drag(page, pixel(0.0, 0.0), pixel(*target))
         text = settle(
             lambda: {"t": readout.inner_text().strip()},
             lambda v: v["t"] != before and pattern.match(v["t"]) is not None,
             "the canvas readout to show the kernel's answer for the dragged point",
         )["t"]
         nb.screenshot(widget, artifacts / "checks_canvas_after_drag.png")
-        x, y, shown = pattern.match(text).groups()
-        assert float(x) > 0 and float(y) > 0, text  # dragged right and up from the centre
-        px, py, c0, c1, loss = kernel_values(
-            nb,
-            "print(*ex.canvas.point, *ex.coords.tolist(), "
-            "f\"{ex.point_values['train_loss']:.5g}\")",
+        x, y, shown = (float(v) if i < 2 else v for i, v in enumerate(pattern.match(text).groups()))
+        got = json.loads(
+            nb.kernel_exec(
+                "import json; print(json.dumps({'seen': _jc_seen, 'point': ex.canvas.point, "
+                "'coords': ex.coords.tolist(), 'loss': f\"{ex.point_values['train_loss']:.5g}\"}))"
+            )
         )
-        # the kernel got the coordinates the canvas shows (3 significant digits there)
-        assert abs(float(px) - float(x)) <= 5e-3 * max(1, abs(float(x))), (px, text)
-        assert abs(float(py) - float(y)) <= 5e-3 * max(1, abs(float(y))), (py, text)
-        assert (float(c0), float(c1)) == (float(px), float(py))  # and moved the explorer there
-        assert shown == loss  # the readout is the kernel's value, not the grid interpolation
+        # the kernel received the dragged coordinates (within a pixel of the pointer's place)
+        tol = 1.0 * (x1 - x0) / plot_w
+        sent = [
+            p for p in got["seen"] if abs(p[0] - target[0]) <= tol and abs(p[1] - target[1]) <= tol
+        ]
+        assert sent, f"the kernel never received a point near {target}: {got['seen']}"
+        # ... and the explorer stays where the pointer left it (no echo moves it elsewhere)
+        assert got["coords"] == sent[-1] == got["point"], (
+            f"the canvas sent {sent[-1]}, the explorer ended at {got['coords']} "
+            f"(canvas point {got['point']}); points the kernel saw: {got['seen']}"
+        )
+        # the page shows that point and the kernel's loss there (not the grid interpolation)
+        assert abs(x - got["point"][0]) <= 5e-3 and abs(y - got["point"][1]) <= 5e-3, (text, got)
+        assert shown == got["loss"], (text, got)
         view = explorer_view(nb, out)
-        assert [s["value"] for s in view["sliders"]] == [f"{float(c0):.3f}", f"{float(c1):.3f}"]
+        assert [s["value"] for s in view["sliders"]] == [f"{c:.3f}" for c in got["coords"]], view
 
     def test_no_console_errors(self, checks):
         nb, _ = checks
@@ -441,6 +480,11 @@ class TestExampleNotebook:
         assert pixels["coloured"] > 0.4 * pixels["total"], pixels
         # the next cell moved the explorer from Python: the page follows
         view = explorer_view(nb, out)
+        coords = json.loads(nb.kernel_exec("print(explorer.coords.tolist())"))
+        assert coords == [0.5, -0.25], (
+            f"after explorer.move_to([0.5, -0.25]) the kernel is at {coords}; the page shows "
+            f"{[s['value'] for s in view['sliders']]}"
+        )
         assert [s["value"] for s in view["sliders"]] == ["0.500", "-0.250"], view
 
     def test_no_console_errors(self, example):
