@@ -325,7 +325,7 @@ class NotebookPage:
     def __init__(self, browser: Any, lab: LabServer, notebook: str, workspace: str) -> None:
         self.lab = lab
         self.notebook = notebook
-        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        self.context = browser.new_context(viewport={"width": 1400, "height": 1800})
         self.context.set_default_timeout(60_000)
         self.page = self.context.new_page()
         self.console_errors: list[str] = []
