@@ -121,14 +121,22 @@ def _out(args: argparse.Namespace, default: str) -> Path:
     return args.out if args.out is not None else Path(f"curvature-{default}")
 
 
+def _say(*values: object, **kwargs) -> None:
+    """Print on the main process only (every rank computes under torchrun)."""
+    from .distributed import is_main_process
+
+    if is_main_process():
+        print(*values, **kwargs)
+
+
 def run(args: argparse.Namespace) -> int:
     from . import jobs
 
     if args.command == "list":
         from . import data, models
 
-        print("models:  ", ", ".join(models.available()))
-        print("datasets:", ", ".join(data.available_datasets()))
+        _say("models:  ", ", ".join(models.available()))
+        _say("datasets:", ", ".join(data.available_datasets()))
         return 0
     if args.command == "demo":
         from .demo import run_demo
@@ -154,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             seed=args.seed,
         )
-        print(result["summary"])
+        _say(result["summary"])
         return 0
     setup = _setup(args)
     if args.command == "spectrum":
@@ -169,8 +177,8 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             tol=args.tol,
         )
-        print(result["density"])
-        print(result["eigenpairs"])
+        _say(result["density"])
+        _say(result["eigenpairs"])
     elif args.command == "stats":
         result = jobs.stats_job(
             setup,
@@ -182,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         for value in result.values():
-            print(value, end="\n\n")
+            _say(value, end="\n\n")
     elif args.command == "landscape":
         result = jobs.landscape_job(
             setup,
@@ -195,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
             curvature="ggn" if args.ggn else "hessian",
         )
         for value in result.values():
-            print(value, end="\n\n")
+            _say(value, end="\n\n")
     return 0
 
 
@@ -206,13 +214,20 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .distributed import init_distributed
+
+    context = init_distributed()  # a no-op outside torchrun; then only rank 0 writes
     try:
+        if context.world_size > 1 and getattr(args, "device", None) == "auto":
+            args.device = str(context.device)
         return run(args)
     except (ValueError, TypeError, FileNotFoundError) as error:
         parser.exit(2, f"jupyter-curvature {args.command}: error: {error}\n")
     except KeyboardInterrupt:
         print("interrupted; results written so far are kept", file=sys.stderr)
         return 130
+    finally:
+        context.close()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -343,7 +344,11 @@ def test_a_slider_thread_during_training_corrupts_neither(setup):
 
             thread = threading.Thread(target=drag)
             thread.start()
-        for _ in range(40):
+        for step in range(40):
+            if explore:  # let the dragging thread make progress between training steps
+                deadline = time.monotonic() + 10
+                while len(seen) <= step // 8 and time.monotonic() < deadline:
+                    time.sleep(0.001)
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(train[0]), train[1])
             loss.backward()

@@ -149,10 +149,25 @@ def _terminate(context: Any) -> None:
         process.join(timeout=5)
 
 
+_PEER_FAILURE_MARKERS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Another rank failed or timed out",
+    "ProcessGroupGloo",
+    "NCCL communicator was aborted",
+)
+
+
+def _is_peer_failure(text: str) -> bool:
+    return any(marker in text for marker in _PEER_FAILURE_MARKERS)
+
+
 def _run_error(err: Exception, failures: dict[int, tuple[float, str]]) -> DistributedRunError:
     if not failures:  # died without a Python exception (a signal, os._exit)
         return DistributedRunError(f"a rank died: {err}", {})
-    ordered = sorted(failures.items(), key=lambda item: item[1][0])
+    # a rank that failed because a peer went away is a consequence, not the cause: under load
+    # its timestamp can even precede the cause's, so causes sort first, then by time
+    ordered = sorted(failures.items(), key=lambda item: (_is_peer_failure(item[1][1]), item[1][0]))
     last_lines = {r: text.strip().splitlines()[-1] for r, (_, text) in ordered}
     first = ordered[0][0]
     message = f"rank {first} failed: {last_lines[first]}"
