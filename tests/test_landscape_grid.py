@@ -400,3 +400,19 @@ def test_auto_strategy_tries_batches_on_real_points_and_keeps_the_fastest():
     slow._plan(441)
     slow._record("vmap", 8, 3.0)  # far slower: 32 is not tried
     assert slow._plan(441)[0] == "loop" and slow.strategy == "one at a time"
+
+
+def test_resume_refuses_another_grid_or_other_directions():
+    model, data = _cnn(), _images()
+    dirs = random_directions(model, 2, seed=6)
+    part = landscape_2d(
+        model, nn.CrossEntropyLoss(), data, dirs, num_points=5, callback=lambda p: False
+    )
+    with pytest.raises(ValueError, match="other xs"):
+        landscape_2d(model, nn.CrossEntropyLoss(), data, dirs, num_points=7, resume=part)
+    with pytest.raises(ValueError, match="other directions"):
+        landscape_2d(model, nn.CrossEntropyLoss(), data, dirs[::-1], num_points=5, resume=part)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        landscape_2d(
+            model, nn.CrossEntropyLoss(), data, dirs, num_points=5, resume=part, bn="recalibrate"
+        )

@@ -422,10 +422,7 @@ class LandscapeEvaluator:
             size = min(size, self._max_points(), remaining)
             if size >= 2:
                 return ("vmap", size)
-        # one at a time, a few points per chunk (about 0.25 s) to spread the bookkeeping
-        per_point = self._timings.get(("loop", 1))
-        chunk = 1 if per_point is None else int(min(16, max(1, 0.25 / max(per_point, 1e-6))))
-        return ("loop", min(chunk, remaining))
+        return ("loop", 1)  # one point per chunk: the finest interruption and progress
 
     def _record(self, mode: str, size: int, per_point: float) -> None:
         key = (mode, size)

@@ -189,6 +189,11 @@ def _check_resume(resume: LandscapeResult | None, result: LandscapeResult) -> No
             raise ValueError(f"resume was computed on other {name}; pass the same grid")
     if resume.metrics != result.metrics or resume.bn != result.bn:
         raise ValueError("resume was computed with other data or BatchNorm mode")
+    if resume.labels != result.labels or resume.eigenvalues != result.eigenvalues:
+        raise ValueError(
+            f"resume was computed along other directions ({resume.labels}, not "
+            f"{result.labels}); pass the same directions"
+        )
     for m in result.metrics:
         getattr(result, m)[...] = getattr(resume, m)
     result.done[...] = resume.done
