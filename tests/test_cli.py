@@ -1,0 +1,175 @@
+"""The command-line interface: outputs checked against independent computations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from reference import concat, dense_hessian
+from torch import nn
+
+from jupyter_curvature import jobs
+from jupyter_curvature.cli import main
+
+
+def test_list_prints_models_and_datasets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "small_cnn" in out and "digits" in out and "cifar100" in out
+
+
+def test_spectrum_top_eigenvalues_equal_dense_hessian(tmp_path, capsys):
+    args = ["--model", "mlp", "--subsample", "48", "--batch-size", "20", "--dtype", "float64"]
+    code = main(
+        [
+            "spectrum",
+            *args,
+            "--iters",
+            "30",
+            "--probes",
+            "2",
+            "--top",
+            "3",
+            "--tol",
+            "1e-9",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    summary = json.loads((tmp_path / "hessian_spectrum.json").read_text())
+    setup = jobs.build_setup("mlp", subsample=48, batch_size=20, dtype="float64", seed=0)
+    x, y = concat(setup.train)
+    x = x.double()  # loaders give float32; the engine casts inputs to the model dtype
+    exact = torch.linalg.eigvalsh(dense_hessian(setup.model, nn.CrossEntropyLoss(), x, y))
+    scale = exact.abs().max().item()
+    top = np.sort(exact.numpy())[::-1][:3]
+    assert np.allclose(summary["top_eigenvalues"], top, rtol=0, atol=1e-8 * scale)
+    assert summary["top_converged"] is True
+    assert abs(summary["stats"]["largest"] - top[0]) <= 1e-6 * scale
+    assert (tmp_path / "hessian_density.png").stat().st_size > 1000
+    assert "EigenpairsResult" in capsys.readouterr().out
+
+
+def test_landscape_centre_is_the_model_loss(tmp_path):
+    args = ["--model", "mlp", "--subsample", "40", "--dtype", "float64"]
+    assert (
+        main(
+            [
+                "landscape",
+                *args,
+                "--directions",
+                "random:1",
+                "--points",
+                "3",
+                "--no-plane",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    from jupyter_curvature.landscape.results import LandscapeResult
+
+    line = LandscapeResult.load(tmp_path / "landscape_1d.npz")
+    setup = jobs.build_setup("mlp", subsample=40, dtype="float64", seed=0)
+    x, y = concat(setup.train)
+    x = x.double()  # loaders give float32; the engine casts inputs to the model dtype
+    with torch.no_grad():
+        expected = nn.CrossEntropyLoss()(setup.model.eval()(x), y).item()
+    assert line.metric("train_loss")[0, 1] == pytest.approx(expected, rel=1e-12)
+    assert (tmp_path / "landscape_1d.png").exists()
+
+
+def test_stats_writes_the_evaluation(tmp_path):
+    args = ["--model", "mlp", "--subsample", "60", "--dtype", "float64"]
+    assert (
+        main(
+            [
+                "stats",
+                *args,
+                "--stats-batch",
+                "20",
+                "--probes",
+                "2",
+                "--no-layers",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    setup = jobs.build_setup("mlp", subsample=60, dtype="float64", seed=0)
+    x, y = concat(setup.train)
+    x = x.double()  # loaders give float32; the engine casts inputs to the model dtype
+    with torch.no_grad():
+        expected = nn.CrossEntropyLoss()(setup.model.eval()(x), y).item()
+    assert stats["train"]["loss"] == pytest.approx(expected, rel=1e-12)
+    assert stats["weights"]["l2"] == pytest.approx(
+        torch.cat([p.reshape(-1) for p in setup.model.parameters()]).norm().item(), rel=1e-12
+    )
+
+
+def test_train_then_load_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    assert (
+        main(["train", "--model", "mlp", "--epochs", "1", "--subsample", "100", "--out", str(out)])
+        == 0
+    )
+    checkpoints = sorted(out.glob("*.pt"))
+    assert checkpoints, "training wrote no checkpoint"
+    assert (out / "history.json").exists() and (out / "training.png").exists()
+    setup = jobs.build_setup("mlp", checkpoint=str(checkpoints[-1]))
+    assert isinstance(setup.model, nn.Module)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["spectrum", "--model", "no_such_net"], "no_such_net"),
+        (["spectrum", "--data", "no_such_data"], "no_such_data"),
+        (
+            ["spectrum", "--device", "cuda"]
+            if not torch.cuda.is_available()
+            else ["spectrum", "--iters", "0"],
+            "cuda" if not torch.cuda.is_available() else "num_iters",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err
+
+
+def test_checkpoint_of_another_architecture_names_the_keys(tmp_path):
+    torch.save(nn.Linear(3, 2).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(SystemExit):
+        main(["spectrum", "--model", "mlp", "--checkpoint", str(tmp_path / "other.pt")])
+    with pytest.raises(ValueError, match="missing keys"):
+        jobs.build_setup("mlp", checkpoint=str(tmp_path / "other.pt"))
+
+
+@pytest.mark.slow
+def test_demo_report_matches_its_results(tmp_path):
+    from jupyter_curvature.demo import run_demo
+
+    report = run_demo(tmp_path, epochs=1, quick=True)
+    saved = json.loads((tmp_path / "hessian_spectrum.json").read_text())
+    assert report["hessian"]["top_eigenvalues"] == saved["top_eigenvalues"]
+    assert (tmp_path / "report.md").read_text().startswith("# Curvature report")
+    for name in (
+        "hessian_density.png",
+        "ggn_density.png",
+        "landscape_1d.png",
+        "landscape_2d.png",
+        "stats.json",
+    ):
+        assert (tmp_path / name).exists(), name
+    # the GGN of cross-entropy is positive semi-definite: its smallest Ritz value is >= 0
+    assert report["ggn"]["stats"]["smallest"] >= -1e-6 * report["ggn"]["stats"]["largest"]
