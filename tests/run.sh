@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python -m pip install --quiet --disable-pip-version-check -e ".[test]"
-if [ -x tests/browser/install.sh ]; then
+if [ -f tests/browser/install.sh ]; then
   bash tests/browser/install.sh
 fi
 python -m pytest "$@"
