@@ -44,6 +44,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     "Perturber": ".landscape",
     "landscape_1d": ".landscape",
     "landscape_2d": ".landscape",
+    # training
+    "Trainer": ".training",
+    "train": ".training",
     # subpackages
     "operators": ".operators",
     "spectral": ".spectral",
@@ -55,6 +58,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     "training": ".training",
     "distributed": ".distributed",
     "plots": ".plots",
+    "api": ".api",
+    "widgets": ".widgets",
+    "magics": ".magics",
 }
 
 _SUBPACKAGES = {
@@ -68,6 +74,9 @@ _SUBPACKAGES = {
     "training",
     "distributed",
     "plots",
+    "api",
+    "widgets",
+    "magics",
 }
 
 __all__ = sorted([*_LAZY_EXPORTS, "__version__"])

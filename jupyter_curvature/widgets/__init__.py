@@ -25,6 +25,8 @@ _EXPORTS = {
     "TrainingDashboard": ".dashboard",
     "SpectrumPanel": ".spectrum",
     "StatsPanel": ".stats",
+    "LandscapeExplorer": ".landscape",
+    "LandscapeCanvas": ".landscape_canvas",
     "plot_training": ".static_plots",
     "plot_spectrum": ".static_plots",
     "plot_stats": ".static_plots",

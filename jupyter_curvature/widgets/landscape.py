@@ -1088,6 +1088,9 @@ def curv_landscape_magic(shell: Any, line: str) -> LandscapeExplorer | None:
     if args.out is not None:
         shell.user_ns[args.out] = explorer
     display(explorer)
+    from ..magics import track_panel
+
+    track_panel(shell, explorer)  # re-running the cell (or %unload_ext) closes this panel
     if args.grid and len(explorer.directions) > 1:
         explorer.compute_grid()
     return None
