@@ -160,12 +160,13 @@ def test_dashboard_marks_hold_the_training_data(leak_check):
     # losses: the dashboard's train line against a hand-written SGD loop
     expected = manual_sgd_losses(reference, data, 0.5, 3)
     assert_close(
-        torch.tensor(dash.loss_lines.y[0]),
+        torch.tensor(dash.loss_lines.y),
         torch.tensor(expected, dtype=torch.float64),
         rtol=1e-12,
         what="train loss line",
     )
-    np.testing.assert_array_equal(dash.loss_lines.x[0], [1, 2, 3])
+    np.testing.assert_array_equal(dash.loss_lines.x, [1, 2, 3])
+    np.testing.assert_array_equal(dash.loss_test_line.y, dash.loss_test.y)
     # test loss: mean cross-entropy of the trained model over all the data, by hand
     x = torch.cat([b[0] for b in data])
     y = torch.cat([b[1] for b in data])
@@ -219,7 +220,7 @@ def test_dashboard_throttles_pushes(leak_check):
     # first step pushes (nothing pushed before), then only the final flush
     assert dash.pushes == 2 and dash.throttle.skipped == 19
     # the final flush still shows every step
-    assert len(dash.loss_lines.y[0]) == 20
+    assert len(dash.loss_lines.y) == 20
     dash.close()
 
 

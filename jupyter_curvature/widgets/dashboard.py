@@ -104,12 +104,12 @@ class TrainingDashboard(Panel):
         xs = bq.LinearScale()
         ys = bq.LinearScale()
         self.loss_lines = bq.Lines(
-            x=np.zeros((2, 0)),
-            y=np.zeros((2, 0)),
-            scales={"x": xs, "y": ys},
-            colors=[TRAIN_COLOR, TEST_COLOR],
-            labels=["train (batch)", "test"],
-            display_legend=True,
+            x=np.zeros(0), y=np.zeros(0), scales={"x": xs, "y": ys}, colors=[TRAIN_COLOR],
+            labels=["train (batch)"], display_legend=True,
+        )
+        self.loss_test_line = bq.Lines(
+            x=np.zeros(0), y=np.zeros(0), scales={"x": xs, "y": ys}, colors=[TEST_COLOR],
+            labels=["test"], display_legend=True,
         )
         # the test points also get markers (they are few; the train curve is dense)
         self.loss_test = bq.Scatter(
@@ -121,7 +121,7 @@ class TrainingDashboard(Panel):
         )
         self.loss_fig = _figure(
             "Loss",
-            [self.loss_lines, self.loss_test],
+            [self.loss_lines, self.loss_test_line, self.loss_test],
             [
                 bq.Axis(scale=xs, label="step"),
                 bq.Axis(scale=ys, side="left", label="loss", tick_format=".3g"),
@@ -130,12 +130,12 @@ class TrainingDashboard(Panel):
         axs = bq.LinearScale()
         ays = bq.LinearScale(min=0.0, max=1.0)
         self.acc_lines = bq.Lines(
-            x=np.zeros((2, 0)),
-            y=np.zeros((2, 0)),
-            scales={"x": axs, "y": ays},
-            colors=[TRAIN_COLOR, TEST_COLOR],
-            labels=["train (batch)", "test"],
-            display_legend=True,
+            x=np.zeros(0), y=np.zeros(0), scales={"x": axs, "y": ays}, colors=[TRAIN_COLOR],
+            labels=["train (batch)"], display_legend=True,
+        )
+        self.acc_test_line = bq.Lines(
+            x=np.zeros(0), y=np.zeros(0), scales={"x": axs, "y": ays}, colors=[TEST_COLOR],
+            labels=["test"], display_legend=True,
         )
         self.acc_test = bq.Scatter(
             x=np.zeros(0),
@@ -146,7 +146,7 @@ class TrainingDashboard(Panel):
         )
         self.acc_fig = _figure(
             "Top-1 accuracy",
-            [self.acc_lines, self.acc_test],
+            [self.acc_lines, self.acc_test_line, self.acc_test],
             [
                 bq.Axis(scale=axs, label="step"),
                 bq.Axis(scale=ays, side="left", label="accuracy", tick_format=".0%"),
@@ -324,20 +324,16 @@ class TrainingDashboard(Panel):
     def _draw_curves(self, hist: Any) -> None:
         steps = np.asarray(hist.steps, dtype=float)
         ev = np.asarray(hist.eval_steps, dtype=float)
-        for lines, scatter, train, test in (
-            (self.loss_lines, self.loss_test, hist.loss, hist.test_loss),
-            (self.acc_lines, self.acc_test, hist.accuracy, hist.test_accuracy),
+        for lines, tline, scatter, train, test in (
+            (self.loss_lines, self.loss_test_line, self.loss_test, hist.loss, hist.test_loss),
+            (self.acc_lines, self.acc_test_line, self.acc_test, hist.accuracy, hist.test_accuracy),
         ):
             sx, sy = downsample(steps, np.asarray(train, dtype=float), self.max_points)
             tx, ty = downsample(ev, np.asarray(test, dtype=float), self.max_points)
-            # two lines of different lengths: pad the shorter with NaN (bqplot leaves a gap)
-            n = max(len(sx), len(tx))
-            X = np.full((2, n), np.nan)
-            Y = np.full((2, n), np.nan)
-            X[0, : len(sx)], Y[0, : len(sy)] = sx, sy
-            X[1, : len(tx)], Y[1, : len(ty)] = tx, ty
             with lines.hold_sync():
-                lines.x, lines.y = X, Y
+                lines.x, lines.y = sx, sy
+            with tline.hold_sync():
+                tline.x, tline.y = tx, ty
             with scatter.hold_sync():
                 scatter.x, scatter.y = tx, ty
 

@@ -456,11 +456,12 @@ class LandscapeExplorer(Panel):
             )
         )
         self._kind.observe(self.callback(self._on_kind), names=["value"])
-        step = self.distance / 50
+        # step=None: the front end would otherwise snap values set from Python (move_to, canvas
+        # drags) to its step grid and send the snapped value back, moving the point
         self.sliders = [
             self._own(
                 W.FloatSlider(
-                    value=0.0, min=-self.distance, max=self.distance, step=step,
+                    value=0.0, min=-self.distance, max=self.distance, step=None,
                     continuous_update=True, readout_format=".3f",
                     layout=W.Layout(width="460px"), style={"description_width": "150px"},
                 )
