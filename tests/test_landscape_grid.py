@@ -382,22 +382,23 @@ def test_auto_strategy_tries_batches_on_real_points_and_keeps_the_fastest():
     ev._record("loop", 1, 2.0)  # the first point pays for warm-up
     assert ev._plan(24) == ("loop", 1)
     ev._record("loop", 1, 1.0)
-    assert ev._plan(23) == ("vmap", 8)
+    assert ev._plan(23) == ("loop", 1)  # a trial of 8 waits for a call of 32 points
+    assert ev._plan(56) == ("vmap", 8)
     ev._record("vmap", 8, 0.95)
-    assert ev._plan(15) == ("vmap", 8)  # 32 does not fit: the best so far meanwhile
-    assert ev._plan(56) == ("vmap", 32)  # the next level has room for the trial
+    assert ev._plan(48) == ("vmap", 8)  # 32 needs a call of 128: the best so far meanwhile
+    assert ev._plan(208) == ("vmap", 32)
     ev._record("vmap", 32, 0.5)
-    assert ev._plan(100) == ("vmap", 32)  # 128 waits for a call with 128 points
-    assert ev._plan(300) == ("vmap", 128)
+    assert ev._plan(300) == ("vmap", 32)  # 128 waits for a call of 512 points
+    assert ev._plan(600) == ("vmap", 128)
     ev._record("vmap", 128, 0.7)  # slower than 32: 32 is kept
-    assert ev._plan(300) == ("vmap", 32) and ev.strategy == "batched x32"
+    assert ev._plan(600) == ("vmap", 32) and ev.strategy == "batched x32"
     assert ev._plan(1)[0] == "loop"  # one point is never batched
 
     slow = LandscapeEvaluator(model, nn.CrossEntropyLoss(), data, random_directions(model, 2))
     for t in (1.0, 1.0):
         slow._plan(441)
         slow._record("loop", 1, t)
-    slow._plan(441)
+    assert slow._plan(441) == ("vmap", 8)
     slow._record("vmap", 8, 3.0)  # far slower: 32 is not tried
     assert slow._plan(441)[0] == "loop" and slow.strategy == "one at a time"
 

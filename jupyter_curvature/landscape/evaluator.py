@@ -381,11 +381,12 @@ class LandscapeEvaluator:
             self._vmap_ok = False
 
     def _plan(self, remaining: int) -> tuple[str, int]:
-        """The next chunk: ``("loop", points)`` or ``("vmap", points per pass)``.
+        """The next chunk: ``("loop", 1)`` or ``("vmap", points per pass)``.
 
         While tuning, the trials run in turn on real points: one point at a time (twice:
         the first pays for warm-up), then batches of 8 and 32 points, and 128 if 32 was the
-        best so far. A trial larger than the points left waits for a later call (the next
+        best so far. A trial runs only in a call with at least four times its points (so a
+        bad trial costs little), else it waits for a later, larger call (the next
         refinement level); meanwhile the best strategy so far runs."""
         if self._decided is None:
             while self._trials:
@@ -395,7 +396,7 @@ class LandscapeEvaluator:
                     if not self._vmap_ok or size < 2 or self._skip_trial(size):
                         self._trials.pop(0)
                         continue
-                    if size > remaining:
+                    if 4 * size > remaining:  # a trial is at most a quarter of a call's points
                         return self._capped(self._best(), remaining)
                 self._trials.pop(0)
                 return (mode, size)
