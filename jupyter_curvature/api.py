@@ -670,6 +670,8 @@ def train(
     device: torch.device | str | None = None,
     callbacks: Iterable[TrainCallback] = (),
     seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data``, with test evaluations and curvature spectra along the way.
 
@@ -699,8 +701,13 @@ def train(
             each epoch, or every ``spectrum_every`` steps if set) and at the end.
         device: move the model and the batches there.
         callbacks: objects with :class:`TrainCallback` hooks (the dashboard is one).
+        checkpoint_dir: write ``checkpoint-<step>.pt`` and ``checkpoint-last.pt`` there
+            (model and optimizer state, step; atomic: a temporary file, then ``os.replace``)
+            every ``checkpoint_every`` steps (default each epoch), at the end, and when
+            interrupted, each announced as an event.
     """
     from .spectral import spectral_density
+    from .training import atomic_save
     from .stats import evaluate
 
     loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
@@ -742,6 +749,19 @@ def train(
 
     def quiet() -> Any:
         return paused() if paused is not None else contextlib.nullcontext()
+
+    every = checkpoint_every or per_epoch or steps
+
+    def checkpoint() -> None:
+        if checkpoint_dir is None or state.step == 0:
+            return
+        folder = Path(checkpoint_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                   "step": state.step, "epoch": state.epoch}
+        path = atomic_save(payload, folder / f"checkpoint-{state.step:06d}.pt")
+        atomic_save(payload, folder / "checkpoint-last.pt")
+        event(f"checkpoint {path.name}")
 
     def check_curvature() -> None:
         t0 = time.perf_counter()
@@ -805,6 +825,8 @@ def train(
                         check_curvature()
                     if state.step % eval_every == 0:
                         check_test()
+                    if checkpoint_dir is not None and state.step % every == 0:
+                        checkpoint()
                     if stop.requested:
                         raise KeyboardInterrupt
                     if state.step >= steps:
@@ -814,11 +836,14 @@ def train(
                     raise InputError("data holds no batches")
             if history.eval_steps[-1:] != [state.step]:
                 check_test()
+            if checkpoint_dir is not None and state.step % every != 0:
+                checkpoint()
         history.status = "finished"
     except KeyboardInterrupt:
         _discard(optimizer)
         history.status = "interrupted"
         event(f"interrupted at step {state.step}")
+        checkpoint()  # the finished steps are kept
     except BaseException as exc:
         _discard(optimizer)
         history.status = "failed"

@@ -241,6 +241,17 @@ class CurvMagics(Magics):
     @argument("--device", default=None, help="cpu | cuda | cuda:N (moves the model)")
     @argument("--seed", type=int, default=0, help="seed of the shuffling and of the SLQ probes")
     @argument(
+        "--checkpoint-dir",
+        default=None,
+        help="write atomic checkpoints (model, optimizer, step) to this folder",
+    )
+    @argument(
+        "--checkpoint-every",
+        type=_positive(int),
+        default=None,
+        help="steps between checkpoints (default: every epoch)",
+    )
+    @argument(
         "--out",
         default=None,
         help="store the TrainResult (model, optimizer, history) in this variable",
@@ -312,6 +323,8 @@ class CurvMagics(Magics):
                 spectrum_samples=args.spectrum_samples,
                 callbacks=[recorder, progress],
                 seed=args.seed,
+                checkpoint_dir=args.checkpoint_dir,
+                checkpoint_every=args.checkpoint_every,
             )
         except api.InputError as exc:
             raise UsageError(f"%{name}: {exc}") from None
