@@ -707,8 +707,8 @@ def train(
             interrupted, each announced as an event.
     """
     from .spectral import spectral_density
-    from .training import atomic_save
     from .stats import evaluate
+    from .training import atomic_save
 
     loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
     if device is not None:
