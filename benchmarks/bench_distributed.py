@@ -127,8 +127,10 @@ def main() -> None:
         f"{args.world_size} gloo processes (shards {[int(r['shard']) for r in ranks]}), "
         f"medians of {repeats} repeats.\n"
     )
-    print("| product | 1 process (ms) | / gradient | bare partial on shard (ms) | distributed (ms) "
-          "| distributed overhead | vs ideal split | speed-up |")
+    print(
+        "| product | 1 process (ms) | / gradient | bare partial on shard (ms) | distributed (ms) "
+        "| distributed overhead | vs ideal split | speed-up |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     worst = 0.0
     for name in ("hessian", "ggn"):

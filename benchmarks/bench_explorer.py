@@ -34,8 +34,10 @@ from torch import nn
 
 def _browser_sets(widget, **state) -> None:
     widget._handle_msg(
-        {"content": {"data": {"method": "update", "state": state, "buffer_paths": []}},
-         "buffers": []}
+        {
+            "content": {"data": {"method": "update", "state": state, "buffer_paths": []}},
+            "buffers": [],
+        }
     )
 
 
@@ -79,7 +81,9 @@ def bench(model_name: str, repeats: int) -> dict[str, float]:
 
     ex._update_point = timed_update_point
     rng = np.random.default_rng(0)
-    timings: dict[str, list[float]] = {k: [] for k in ("marker", "line", "drag", "forward", "inplace", "gradient")}
+    timings: dict[str, list[float]] = {
+        k: [] for k in ("marker", "line", "drag", "forward", "inplace", "gradient")
+    }
 
     def clock(fn: Callable[[], object]) -> float:
         t0 = time.perf_counter()
@@ -115,9 +119,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (5 if args.quick else 15)
     names = ["mlp"] if args.quick else ["mlp", "small_cnn"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {repeats} repeats "
-          "(medians; shared machine: read the ratios)\n")
-    print("| model | params | forward (1797 samples) | marker + readout | 21-point line redraw | canvas drag (2 lines) | in-place perturb + forward | marker / forward | line / 21 forwards |")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {repeats} repeats "
+        "(medians; shared machine: read the ratios)\n"
+    )
+    print(
+        "| model | params | forward (1797 samples) | marker + readout | 21-point line redraw | canvas drag (2 lines) | in-place perturb + forward | marker / forward | line / 21 forwards |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name in names:
         r = bench(name, repeats)
@@ -128,8 +136,10 @@ def main() -> None:
             f"{r['line'] / (21 * r['forward']):.2f}x |"
         )
         verdict = "meets" if r["line"] <= 0.2 and r["marker"] <= 0.1 else "MISSES"
-        print(f"\n{name}: {verdict} the bar (line <= 200 ms, marker <= 100 ms); evaluator "
-              f"strategy {r['strategy']}; gradient over 3 batches {ms(r['gradient'])}\n")
+        print(
+            f"\n{name}: {verdict} the bar (line <= 200 ms, marker <= 100 ms); evaluator "
+            f"strategy {r['strategy']}; gradient over 3 batches {ms(r['gradient'])}\n"
+        )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def methods(model, loss_fn, data):
         vs = H.unflatten(v)
         for x, y in data:
 
-            def f(*ps):
+            def f(*ps, x=x, y=y):
                 out = torch.func.functional_call(model, dict(zip(H.param_names, ps)), (x,))
                 return loss_fn(out, y)
 

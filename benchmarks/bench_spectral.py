@@ -92,8 +92,10 @@ def main() -> None:
     model, loss_fn, x, y = problem(dev, torch.float32, hidden, limit)
     op = HessianOperator(model, loss_fn, (x, y))
     n = op.shape[0]
-    print(f"# Spectral benchmark: MLP {hidden}, n = {n:,} parameters, {len(y)} samples, "
-          f"float32, {dev}, torch {torch.__version__}, median of {reps}\n")
+    print(
+        f"# Spectral benchmark: MLP {hidden}, n = {n:,} parameters, {len(y)} samples, "
+        f"float32, {dev}, torch {torch.__version__}, median of {reps}\n"
+    )
 
     # ---------------------------------------------------------------- physical limits
     def gradient():
@@ -106,8 +108,10 @@ def main() -> None:
     t_hvp, _ = timed(lambda: op @ v, max(reps, 5))
     v4 = torch.randn(n, 4, device=dev)
     t_hvp4, _ = timed(lambda: op @ v4, max(reps, 5))
-    print(f"gradient {t_grad*1e3:.2f} ms; HVP {t_hvp*1e3:.2f} ms ({t_hvp/t_grad:.2f}x gradient); "
-          f"block of 4 HVPs {t_hvp4*1e3:.2f} ms ({t_hvp4/t_hvp:.2f}x one HVP)\n")
+    print(
+        f"gradient {t_grad * 1e3:.2f} ms; HVP {t_hvp * 1e3:.2f} ms ({t_hvp / t_grad:.2f}x gradient); "
+        f"block of 4 HVPs {t_hvp4 * 1e3:.2f} ms ({t_hvp4 / t_hvp:.2f}x one HVP)\n"
+    )
 
     if args.only != "density":
         top5(args, model, loss_fn, x, y, op, dev, reps, hidden)
@@ -145,7 +149,9 @@ def top5(args, model, loss_fn, x, y, op, dev, reps, hidden):
     lam = float(ref.abs().max())
 
     def err(vals) -> float:
-        vals = torch.as_tensor(sorted([float(a) for a in vals], reverse=True)[:5], dtype=torch.float64)
+        vals = torch.as_tensor(
+            sorted([float(a) for a in vals], reverse=True)[:5], dtype=torch.float64
+        )
         return float((vals - ref.cpu()).abs().max() / lam)
 
     rows = []
@@ -156,9 +162,16 @@ def top5(args, model, loss_fn, x, y, op, dev, reps, hidden):
 
     t_ours, r = timed(ours, reps)
     orth = 1 - r.product_seconds / r.seconds
-    rows.append(("jupyter_curvature.eigenpairs", r.num_matvecs, t_ours, err(r.eigenvalues),
-                 f"certified: max rel. residual {float(r.relative_residuals.max()):.1e}; "
-                 f"orthogonalisation + tridiagonal {orth:.1%} of time"))
+    rows.append(
+        (
+            "jupyter_curvature.eigenpairs",
+            r.num_matvecs,
+            t_ours,
+            err(r.eigenvalues),
+            f"certified: max rel. residual {float(r.relative_residuals.max()):.1e}; "
+            f"orthogonalisation + tridiagonal {orth:.1%} of time",
+        )
+    )
 
     # ARPACK
     from scipy.sparse.linalg import eigsh
@@ -196,7 +209,15 @@ def top5(args, model, loss_fn, x, y, op, dev, reps, hidden):
 
         t_ph, out = peer("pyhessian", pyh, reps)
         if t_ph is not None:
-            rows.append(("PyHessian eigenvalues(top_n=5)", out[1], t_ph, err(out[0]), "deflated power iteration"))
+            rows.append(
+                (
+                    "PyHessian eigenvalues(top_n=5)",
+                    out[1],
+                    t_ph,
+                    err(out[0]),
+                    "deflated power iteration",
+                )
+            )
         else:
             rows.append(("PyHessian eigenvalues(top_n=5)", None, None, None, out))
     except ImportError:
@@ -214,23 +235,33 @@ def top5(args, model, loss_fn, x, y, op, dev, reps, hidden):
 
         t_he, out = peer("hessian-eigenthings", he_top, reps)
         if t_he is not None:
-            rows.append(("hessian-eigenthings lanczos (tol 1e-3)", out[1], t_he, err(out[0]), "default Lanczos"))
+            rows.append(
+                (
+                    "hessian-eigenthings lanczos (tol 1e-3)",
+                    out[1],
+                    t_he,
+                    err(out[0]),
+                    "default Lanczos",
+                )
+            )
         else:
             rows.append(("hessian-eigenthings lanczos", None, None, None, out))
     else:
         rows.append(("hessian-eigenthings", None, None, None, "not installed"))
 
     print("## Top-5 Hessian eigenvalues, relative accuracy 1e-3\n")
-    print("| method | products | wall time (s) | time / ours | products / ours | max error / lambda_max | note |")
+    print(
+        "| method | products | wall time (s) | time / ours | products / ours | max error / lambda_max | note |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, mv, t, e, note in rows:
         if t is None:
             print(f"| {name} | - | - | - | - | - | {note} |")
             continue
-        print(f"| {name} | {mv} | {t:.3f} | {t/t_ours:.2f} | {mv/r.num_matvecs:.2f} | {e:.1e} | {note} |")
+        print(
+            f"| {name} | {mv} | {t:.3f} | {t / t_ours:.2f} | {mv / r.num_matvecs:.2f} | {e:.1e} | {note} |"
+        )
     print(f"\nreference top-5 (float64, tol 1e-10): {[f'{float(a):.6g}' for a in ref]}\n")
-
-
 
 
 def density(model, loss_fn, x, y, op, dev, reps, t_hvp, t_hvp4):
@@ -239,22 +270,32 @@ def density(model, loss_fn, x, y, op, dev, reps, t_hvp, t_hvp4):
     drows = []
     t_d, s = timed(lambda: spectral_density(op, num_iters=80, num_probes=4), reps)
     orth_d = 1 - s.product_seconds / s.seconds
-    drows.append(("jupyter_curvature.spectral_density (4 probes, one block)", t_d,
-                  f"{s.num_matvecs} products; orthogonalisation + tridiagonal {orth_d:.1%}"))
+    drows.append(
+        (
+            "jupyter_curvature.spectral_density (4 probes, one block)",
+            t_d,
+            f"{s.num_matvecs} products; orthogonalisation + tridiagonal {orth_d:.1%}",
+        )
+    )
     t_1, _ = timed(lambda: [spectral_density(op, 80, 1, seed=i) for i in range(4)], reps)
     drows.append(("4 separate single-probe runs (ours)", t_1, "the sharing the block buys"))
     if he_op is not None:
         import hessian_eigenthings as he
 
-        t, out = peer("hessian-eigenthings density",
-                      lambda: he.spectral_density(he_op(), num_runs=4, lanczos_steps=80, seed=0), reps)
+        t, out = peer(
+            "hessian-eigenthings density",
+            lambda: he.spectral_density(he_op(), num_runs=4, lanczos_steps=80, seed=0),
+            reps,
+        )
         drows.append(("hessian-eigenthings spectral_density", t, "" if t else out))
     try:
         from curvlinops import HessianLinearOperator
         from curvlinops.papyan2020traces.spectrum import lanczos_approximate_spectrum
 
         def cl():
-            H = HessianLinearOperator(model, loss_fn, list(model.parameters()), [(x, y)], check_deterministic=False)
+            H = HessianLinearOperator(
+                model, loss_fn, list(model.parameters()), [(x, y)], check_deterministic=False
+            )
             return lanczos_approximate_spectrum(H, ncv=80, num_repeats=4)
 
         t, out = peer("curvlinops", cl, reps)
@@ -264,23 +305,38 @@ def density(model, loss_fn, x, y, op, dev, reps, t_hvp, t_hvp4):
     try:
         import pyhessian
 
-        t, out = peer("pyhessian density",
-                      lambda: pyhessian.hessian(model, loss_fn, data=(x, y), cuda=dev.startswith("cuda")).density(iter=80, n_v=4), 1)
-        drows.append(("PyHessian density(iter=80, n_v=4)", t, "" if t else f"fails on torch {torch.__version__}: {out}"))
+        t, out = peer(
+            "pyhessian density",
+            lambda: pyhessian.hessian(
+                model, loss_fn, data=(x, y), cuda=dev.startswith("cuda")
+            ).density(iter=80, n_v=4),
+            1,
+        )
+        drows.append(
+            (
+                "PyHessian density(iter=80, n_v=4)",
+                t,
+                "" if t else f"fails on torch {torch.__version__}: {out}",
+            )
+        )
     except ImportError:
         drows.append(("PyHessian density", None, "not installed"))
 
     print("## Spectral density, 80 Lanczos steps x 4 probes\n")
-    print(f"physical floor: 320 fresh HVPs = {320*t_hvp:.2f} s; 80 blocks of 4 = {80*t_hvp4:.2f} s\n")
+    print(
+        f"physical floor: 320 fresh HVPs = {320 * t_hvp:.2f} s; 80 blocks of 4 = {80 * t_hvp4:.2f} s\n"
+    )
     print("| method | wall time (s) | time / ours | note |")
     print("|---|---|---|---|")
     for name, t, note in drows:
         if t is None:
             print(f"| {name} | - | - | {note} |")
         else:
-            print(f"| {name} | {t:.3f} | {t/t_d:.2f} | {note} |")
-    print(f"\nours: {s.stats.num_outliers} outliers {[f'{v:.4g}' for v in s.stats.outliers]}, "
-          f"trace ~ {s.stats.trace:.4g} +- {s.stats.trace_stderr:.2g}, negative mass {s.stats.negative_mass:.3g}")
+            print(f"| {name} | {t:.3f} | {t / t_d:.2f} | {note} |")
+    print(
+        f"\nours: {s.stats.num_outliers} outliers {[f'{v:.4g}' for v in s.stats.outliers]}, "
+        f"trace ~ {s.stats.trace:.4g} +- {s.stats.trace_stderr:.2g}, negative mass {s.stats.negative_mass:.3g}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._version import __version__
+from ._version import __version__  # noqa: F401 (public, listed in __all__)
 
 # public name -> module that defines it (relative to this package)
 _LAZY_EXPORTS: dict[str, str] = {

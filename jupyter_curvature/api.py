@@ -757,8 +757,12 @@ def train(
             return
         folder = Path(checkpoint_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "step": state.step, "epoch": state.epoch}
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": state.step,
+            "epoch": state.epoch,
+        }
         path = atomic_save(payload, folder / f"checkpoint-{state.step:06d}.pt")
         atomic_save(payload, folder / "checkpoint-last.pt")
         event(f"checkpoint {path.name}")

@@ -62,7 +62,7 @@ def dense_empirical_fisher(model, loss_fn, x, y, params=None, reduction="mean"):
     theta, outputs = _functional(model, params)
     F = torch.zeros(theta.numel(), theta.numel(), dtype=theta.dtype)
     for n in range(len(x)):
-        g = torch.func.grad(lambda t: loss_fn(outputs(t, x[n : n + 1]), y[n : n + 1]))(theta)
+        g = torch.func.grad(lambda t, n=n: loss_fn(outputs(t, x[n : n + 1]), y[n : n + 1]))(theta)
         F += torch.outer(g, g)
     return F / len(x) if reduction == "mean" else F
 

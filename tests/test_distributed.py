@@ -66,10 +66,17 @@ def compute_all(model, loss_fn, data, total=None):
     eig = jd.eigenpairs(H, k=2, tol=1e-8, seed=0, total=total)
     density = jd.spectral_density(G, num_iters=12, num_probes=2, seed=0, total=total)
     stats = jd.gradient_statistics(model, loss_fn, data, batch_size=BATCH, total=total)
-    surface = jd.evaluate_landscape(landscape_evaluator(model, loss_fn, data.dataset), grid_coords())
+    surface = jd.evaluate_landscape(
+        landscape_evaluator(model, loss_fn, data.dataset), grid_coords()
+    )
     plane = jd.landscape_2d(
-        model, loss_fn, DataLoader(data.dataset, batch_size=BATCH), landscape_directions(model),
-        span=1.0, num_points=5, coarse=3,
+        model,
+        loss_fn,
+        DataLoader(data.dataset, batch_size=BATCH),
+        landscape_directions(model),
+        span=1.0,
+        num_points=5,
+        coarse=3,
     )
     return {
         "Hv": H @ V,
@@ -81,8 +88,11 @@ def compute_all(model, loss_fn, data, total=None):
         "weights": density.weights,
         "stats": stats.to_dict() if hasattr(stats, "to_dict") else vars(stats),
         "landscape": surface,
-        "plane": {"train_loss": plane.train_loss, "train_accuracy": plane.train_accuracy,
-                  "complete": bool(plane.complete)},
+        "plane": {
+            "train_loss": plane.train_loss,
+            "train_accuracy": plane.train_accuracy,
+            "complete": bool(plane.complete),
+        },
     }
 
 
@@ -204,7 +214,9 @@ def test_landscape_2d_with_split_points_equals_single_process(distributed_result
     for rank, result in enumerate(distributed_results):
         assert result["plane"]["complete"]
         for metric in ("train_loss", "train_accuracy"):
-            assert_close(result["plane"][metric], ref[metric], f"landscape_2d {metric} on rank {rank}")
+            assert_close(
+                result["plane"][metric], ref[metric], f"landscape_2d {metric} on rank {rank}"
+            )
 
 
 # ------------------------------------------------------------------ failures stop everyone
@@ -257,10 +269,7 @@ def test_shard_sampler_partitions_along_batches(total, world, shuffle):
     assert sorted(indices) == list(range(total))  # every sample exactly once, no padding
     # the ranks' batches, in rank order, are the single-process batches
     single = list(DataLoader(dataset, BATCH, sampler=list(shards[0].order())))
-    parts = [
-        b for r in range(world)
-        for b in DataLoader(dataset, BATCH, sampler=shards[r])
-    ]
+    parts = [b for r in range(world) for b in DataLoader(dataset, BATCH, sampler=shards[r])]
     assert len(parts) == len(single)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(parts, single))
     num_batches = [-(-len(s) // BATCH) for s in shards]

@@ -66,15 +66,23 @@ def setup():
     vals, vecs = torch.linalg.eigh(H)
     order = torch.argsort(vals, descending=True)
     eigen = (vals[order][:4].numpy(), vecs[:, order][:, :4].contiguous())
-    return {"model": model, "train": train, "test": test, "loss_fn": loss_fn, "eigen": eigen,
-            "dense_vals": vals.numpy()}
+    return {
+        "model": model,
+        "train": train,
+        "test": test,
+        "loss_fn": loss_fn,
+        "eigen": eigen,
+        "dense_vals": vals.numpy(),
+    }
 
 
 def _state(model: nn.Module) -> dict:
     return {
         "params": {n: p.detach().clone() for n, p in model.named_parameters()},
         "buffers": {n: b.detach().clone() for n, b in model.named_buffers()},
-        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        "grads": {
+            n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()
+        },
         "flags": [(m.training) for m in model.modules()],
         "requires_grad": [p.requires_grad for p in model.parameters()],
     }
@@ -116,8 +124,10 @@ def _explorer(setup, **kw):
 def _browser_sets(widget, **state):
     """Simulate a message from the front end (what a drag in the browser sends)."""
     widget._handle_msg(
-        {"content": {"data": {"method": "update", "state": state, "buffer_paths": []}},
-         "buffers": []}
+        {
+            "content": {"data": {"method": "update", "state": state, "buffer_paths": []}},
+            "buffers": [],
+        }
     )
 
 
@@ -137,7 +147,9 @@ def test_sliders_are_labelled_with_the_dense_eigenvalues(setup):
 def test_computed_eigen_directions_match_the_dense_hessian(setup):
     ex = _explorer(setup, directions="bottom:1", eigen=None, tol=1e-8, canvas=False)
     lam = np.sort(setup["dense_vals"])[0]
-    assert ex.directions[0].eigenvalue == pytest.approx(lam, abs=1e-6 * np.abs(setup["dense_vals"]).max())
+    assert ex.directions[0].eigenvalue == pytest.approx(
+        lam, abs=1e-6 * np.abs(setup["dense_vals"]).max()
+    )
     assert f"λ={ex.directions[0].eigenvalue:.4g}" in ex.sliders[0].description
     ex.close()
 
@@ -170,8 +182,14 @@ def test_explorer_numbers_equal_the_landscape_engine(setup):
     ex = _explorer(setup, directions="top:2")
     ex.move_to([0.4, 0.1])
     grid = ex.compute_grid()
-    engine = LandscapeEvaluator(setup["model"], setup["loss_fn"], setup["train"], ex.directions,
-                                test_data=setup["test"], batch_points=1)
+    engine = LandscapeEvaluator(
+        setup["model"],
+        setup["loss_fn"],
+        setup["train"],
+        ex.directions,
+        test_data=setup["test"],
+        batch_points=1,
+    )
     # the point
     assert ex.point_values == pytest.approx(engine([0.4, 0.1]), rel=1e-12)
     # the 2D map, at the same coordinates (the other coordinates: none here)
@@ -180,14 +198,27 @@ def test_explorer_numbers_equal_the_landscape_engine(setup):
     for m in ex.metrics:
         np.testing.assert_allclose(getattr(grid, m).ravel(), ref[m], rtol=1e-12, atol=1e-15)
     # the engine's grid function, called on its own
-    ref2 = landscape_2d(setup["model"], setup["loss_fn"], setup["train"], ex.directions,
-                        test_data=setup["test"], xs=ex.ts, ys=ex.ts)
+    ref2 = landscape_2d(
+        setup["model"],
+        setup["loss_fn"],
+        setup["train"],
+        ex.directions,
+        test_data=setup["test"],
+        xs=ex.ts,
+        ys=ex.ts,
+    )
     for m in ex.metrics:
         np.testing.assert_allclose(getattr(grid, m), getattr(ref2, m), rtol=1e-12, atol=1e-15)
     # and its 1D lines (through the origin) equal the explorer's after a reset
     ex.reset()
-    ref1 = landscape_1d(setup["model"], setup["loss_fn"], setup["train"], ex.directions,
-                        test_data=setup["test"], coords=ex.ts)
+    ref1 = landscape_1d(
+        setup["model"],
+        setup["loss_fn"],
+        setup["train"],
+        ex.directions,
+        test_data=setup["test"],
+        coords=ex.ts,
+    )
     for m in ex.metrics:
         np.testing.assert_allclose(ex.lines[m], getattr(ref1, m), rtol=1e-12, atol=1e-15)
     ex.close()
@@ -330,8 +361,9 @@ def test_a_slider_thread_during_training_corrupts_neither(setup):
         ex = None
         if explore:
             ex = LandscapeExplorer(model, train, directions="random:2", points=POINTS, canvas=True)
-            origin_ref = LandscapeEvaluator(copy.deepcopy(model), nn.CrossEntropyLoss(), train,
-                                            ex.directions, batch_points=1)
+            origin_ref = LandscapeEvaluator(
+                copy.deepcopy(model), nn.CrossEntropyLoss(), train, ex.directions, batch_points=1
+            )
             stop = threading.Event()
             seen: list[tuple[np.ndarray, dict]] = []
 
@@ -441,7 +473,9 @@ def test_switching_to_random_directions_uses_filter_normalisation(setup):
             if p.ndim == 1:
                 assert torch.count_nonzero(part) == 0
             else:
-                torch.testing.assert_close(part.norm(dim=1), p.detach().norm(dim=1), rtol=1e-12, atol=0)
+                torch.testing.assert_close(
+                    part.norm(dim=1), p.detach().norm(dim=1), rtol=1e-12, atol=0
+                )
     ex.set_kind("eigen")
     assert "λ=" in ex.sliders[0].description
     ex.close()
@@ -473,7 +507,9 @@ def test_bad_input_is_a_value_error_naming_the_remedy(setup):
     # directions computed for another shape of the model
     other = MLP(hidden=(6,)).double()
     dirs = random_directions(other, 2)
-    with pytest.raises(ValueError, match="changed shape since the directions were computed.*recompute"):
+    with pytest.raises(
+        ValueError, match="changed shape since the directions were computed.*recompute"
+    ):
         _explorer(setup, directions=dirs)
     wrong_eigen = (np.array([1.0, 0.5]), torch.randn(123, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="changed shape.*recompute"):
@@ -484,10 +520,14 @@ def test_bad_input_is_a_value_error_naming_the_remedy(setup):
 def test_a_model_that_changed_shape_is_reported_and_recompute_fixes_it(setup):
     torch.manual_seed(3)
     model = MLP(hidden=(4,)).double()
-    ex = LandscapeExplorer(model, setup["train"], directions="random:2", points=POINTS, canvas=False)
+    ex = LandscapeExplorer(
+        model, setup["train"], directions="random:2", points=POINTS, canvas=False
+    )
     model[1] = nn.Linear(64, 3).double()
     model[3] = nn.Linear(3, 10).double()
-    with pytest.raises(ValueError, match="changed shape since the directions were computed.*recompute"):
+    with pytest.raises(
+        ValueError, match="changed shape since the directions were computed.*recompute"
+    ):
         ex.apply()
     ex.recompute()
     assert ex.directions.num_params == sum(p.numel() for p in model.parameters())
@@ -507,8 +547,9 @@ class _Shell:
 
 
 def test_magic_builds_an_explorer_and_replaces_it_when_rerun(setup, capsys):
-    shell = _Shell(model=setup["model"], train=setup["train"], test=setup["test"],
-                   eigen=setup["eigen"])
+    shell = _Shell(
+        model=setup["model"], train=setup["train"], test=setup["test"], eigen=setup["eigen"]
+    )
     line = "--model model --data train --test-data test --eigen eigen --directions index:0,2 --points 5 --range 0.5 --out ex --no-canvas"
     assert curv_landscape_magic(shell, line) is None
     ex = shell.user_ns["ex"]
@@ -540,8 +581,12 @@ def test_magic_builds_an_explorer_and_replaces_it_when_rerun(setup, capsys):
     ],
 )
 def test_magic_user_errors_are_one_line_usage_errors(setup, line, message):
-    shell = _Shell(model=setup["model"], train=setup["train"], eigen=setup["eigen"],
-                   wrong=(np.array([1.0, 0.5]), torch.randn(9, 2, dtype=torch.float64)))
+    shell = _Shell(
+        model=setup["model"],
+        train=setup["train"],
+        eigen=setup["eigen"],
+        wrong=(np.array([1.0, 0.5]), torch.randn(9, 2, dtype=torch.float64)),
+    )
     before = _state(setup["model"])
     with pytest.raises(UsageError) as info:
         curv_landscape_magic(shell, line)

@@ -22,7 +22,7 @@ def dense_with_spectrum(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tenso
 
 def spectrum(n: int = 120) -> torch.Tensor:
     gen = torch.Generator().manual_seed(2)
-    bulk = (torch.rand(n - 4, generator=gen, dtype=torch.float64) * 3 - 1)  # [-1, 2]
+    bulk = torch.rand(n - 4, generator=gen, dtype=torch.float64) * 3 - 1  # [-1, 2]
     return torch.cat([torch.tensor([30.0, 20.0, 12.0, -9.0], dtype=torch.float64), bulk])
 
 
@@ -53,11 +53,19 @@ def test_stats_match_brute_force():
     hutch = (Z * (A @ Z)).sum(0)
     assert st.trace == pytest.approx(float(hutch.mean()), rel=1e-10)
     assert st.trace_stderr == pytest.approx(float(hutch.std() / 2), rel=1e-8)
-    assert st.largest == pytest.approx(30.0, rel=1e-10) and st.smallest == pytest.approx(-9.0, rel=1e-10)
-    neg = sum(tau[p, i] for p in range(4) for i in range(theta.shape[1]) if theta[p, i] < -1e-8 * 30) / 4
+    assert st.largest == pytest.approx(30.0, rel=1e-10) and st.smallest == pytest.approx(
+        -9.0, rel=1e-10
+    )
+    neg = (
+        sum(tau[p, i] for p in range(4) for i in range(theta.shape[1]) if theta[p, i] < -1e-8 * 30)
+        / 4
+    )
     assert st.negative_mass == pytest.approx(neg, rel=1e-12)
     assert st.negative_count == pytest.approx(n * neg, rel=1e-12)
-    logdet = sum(tau[p, i] * math.log(abs(theta[p, i])) for p in range(4) for i in range(theta.shape[1])) / 4
+    logdet = (
+        sum(tau[p, i] * math.log(abs(theta[p, i])) for p in range(4) for i in range(theta.shape[1]))
+        / 4
+    )
     assert st.log_abs_det == pytest.approx(n * logdet, rel=1e-10)
     # outliers: the separated eigenvalues, and nothing from the bulk
     assert np.allclose(sorted(st.outliers), [-9.0, 12.0, 20.0, 30.0], atol=1e-6)
@@ -79,7 +87,11 @@ def test_density_integrates_to_one_and_band():
     s = spectral_density(A, num_iters=30, num_probes=4)
     d = s.density(num_points=4000)
     assert np.trapezoid(d.density, d.grid) == pytest.approx(1.0, abs=1e-6)
-    assert d.per_probe.shape == (4, 4000) and np.all(d.lower <= d.density) and np.all(d.upper >= d.density)
+    assert (
+        d.per_probe.shape == (4, 4000)
+        and np.all(d.lower <= d.density)
+        and np.all(d.upper >= d.density)
+    )
     assert np.allclose(d.std, d.per_probe.std(0, ddof=1))
     # closed form at one point for one probe
     t, sig = 0.3, 0.2

@@ -25,7 +25,9 @@ def dense_with_spectrum(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tenso
 def make_matrix() -> torch.Tensor:
     gen = torch.Generator().manual_seed(1)
     bulk = torch.randn(114, generator=gen, dtype=torch.float64).clamp(-3, 3)
-    outl = torch.tensor([50.0, 31.0, 22.0, 16.0, 12.5, 10.0, -20.0, -14.0, -9.0, -7.5, -6.0], dtype=torch.float64)
+    outl = torch.tensor(
+        [50.0, 31.0, 22.0, 16.0, 12.5, 10.0, -20.0, -14.0, -9.0, -7.5, -6.0], dtype=torch.float64
+    )
     return dense_with_spectrum(torch.cat([outl, bulk]))
 
 
@@ -128,7 +130,9 @@ def test_seeded_save_load_and_repr(tmp_path):
     assert torch.equal(r.eigenvalues, eigenpairs(A, k=3, seed=3).eigenvalues)
     path = r.save(tmp_path / "pairs.npz")
     back = EigenpairsResult.load(path)
-    assert torch.equal(back.eigenvalues, r.eigenvalues) and torch.equal(back.eigenvectors, r.eigenvectors)
+    assert torch.equal(back.eigenvalues, r.eigenvalues) and torch.equal(
+        back.eigenvectors, r.eigenvectors
+    )
     assert back.to_dict() == r.to_dict()
     text = repr(r)
     assert "converged=True" in text and "residual" in text

@@ -19,8 +19,13 @@ def dense_with_spectrum(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tenso
 
 def spectrum(n: int = 60) -> torch.Tensor:
     bulk = torch.linspace(-4.0, 3.0, n - 6, dtype=torch.float64)
-    return torch.cat([torch.tensor([40.0, 25.0, 18.0], dtype=torch.float64), bulk,
-                      torch.tensor([-15.0, -10.0, -8.0], dtype=torch.float64)])
+    return torch.cat(
+        [
+            torch.tensor([40.0, 25.0, 18.0], dtype=torch.float64),
+            bulk,
+            torch.tensor([-15.0, -10.0, -8.0], dtype=torch.float64),
+        ]
+    )
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e-7, 1e5])
@@ -88,7 +93,9 @@ def test_rank_deficient_breakdown_and_zero_operator():
     r = lanczos(A, 30, num_probes=2)
     assert r.breakdown and r.num_steps == 4  # 3 non-zero eigenvalues and the null space
     for p in range(2):
-        assert torch.allclose(r.ritz_values[p], torch.tensor([-2.0, 0.0, 1.0, 5.0], dtype=torch.float64), atol=1e-12)
+        assert torch.allclose(
+            r.ritz_values[p], torch.tensor([-2.0, 0.0, 1.0, 5.0], dtype=torch.float64), atol=1e-12
+        )
     z = lanczos(torch.zeros(7, 7, dtype=torch.float64), 5, num_probes=3)
     assert z.breakdown and z.num_steps == 1 and torch.all(z.ritz_values == 0)
     assert torch.all(torch.isfinite(z.ritz_weights))
@@ -97,7 +104,10 @@ def test_rank_deficient_breakdown_and_zero_operator():
 def test_mixed_breakdown_probe_restarts_without_nan():
     # one Rademacher probe is an eigenvector of this operator (every entry +1), the other is not
     n = 6
-    A = torch.full((n, n), 1.0, dtype=torch.float64) + torch.diag(torch.arange(n, dtype=torch.float64)) * 0
+    A = (
+        torch.full((n, n), 1.0, dtype=torch.float64)
+        + torch.diag(torch.arange(n, dtype=torch.float64)) * 0
+    )
     A = A + torch.diag(torch.tensor([0, 0, 0, 0, 0, 0.5], dtype=torch.float64))
     A = (A + A.T) / 2
     init = torch.ones(n, 2, dtype=torch.float64)
@@ -116,7 +126,9 @@ def test_mixed_breakdown_probe_restarts_without_nan():
 
 def test_n_equals_one_and_one_step():
     r = lanczos(torch.tensor([[-3.0]], dtype=torch.float64), 10, num_probes=2)
-    assert r.num_steps == 1 and torch.allclose(r.ritz_values, torch.full((2, 1), -3.0, dtype=torch.float64), rtol=1e-15)
+    assert r.num_steps == 1 and torch.allclose(
+        r.ritz_values, torch.full((2, 1), -3.0, dtype=torch.float64), rtol=1e-15
+    )
     r1 = lanczos(dense_with_spectrum(spectrum()), 1)
     assert r1.num_steps == 1 and r1.num_matvecs == 1
 

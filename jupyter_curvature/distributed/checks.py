@@ -151,7 +151,9 @@ def check_shards(count: int | Any, total: int | None = None) -> list[int]:
         DistributedMismatchError: the counts (listed per rank) do not add up, or a rank holds
             no sample.
     """
-    local = count if isinstance(count, int) and not isinstance(count, bool) else count_samples(count)
+    local = (
+        count if isinstance(count, int) and not isinstance(count, bool) else count_samples(count)
+    )
     counts = [int(c) for c in _gather(int(local))]
     seen = sum(counts)
     per_rank = ", ".join(f"rank {r}: {c}" for r, c in enumerate(counts))

@@ -92,7 +92,8 @@ def eigenpairs(op: Any, k: int = 5, *, total: int | None = None, atol: float = 0
     if _distributed_active():
         verify_identical(
             [torch.as_tensor(result.eigenvalues), torch.as_tensor(result.eigenvectors)],
-            "the eigenpairs", atol,
+            "the eigenpairs",
+            atol,
         )
     return result
 
@@ -110,7 +111,8 @@ def spectral_density(op: Any, *, total: int | None = None, atol: float = 0.0, **
     if _distributed_active():
         verify_identical(
             [torch.as_tensor(result.ritz_values), torch.as_tensor(result.weights)],
-            "the spectral density", atol,
+            "the spectral density",
+            atol,
         )
     return result
 
@@ -146,8 +148,15 @@ def gradient_statistics(
 
     if not _distributed_active():
         return gradients.gradient_statistics(
-            model, loss_fn, data, batch_size, per_sample, params=params, batchnorm=batchnorm,
-            chunk_size=chunk_size, batch_layout=batch_layout,
+            model,
+            loss_fn,
+            data,
+            batch_size,
+            per_sample,
+            params=params,
+            batchnorm=batchnorm,
+            chunk_size=chunk_size,
+            batch_layout=batch_layout,
         )
     batchnorm = _common.check_batchnorm(batchnorm)
     reduction = _common.loss_normaliser(loss_fn)
@@ -170,7 +179,9 @@ def gradient_statistics(
     )
     with _common.model_mode(model, batchnorm), local_only():
         if per_sample:
-            chunk = chunk_size or max(1, min(1024, gradients._PER_SAMPLE_BUDGET // max(num_params, 1)))
+            chunk = chunk_size or max(
+                1, min(1024, gradients._PER_SAMPLE_BUDGET // max(num_params, 1))
+            )
             grads, losses = gradients._per_sample_moments(setup, data, chunk)
         else:
             grads, losses = gradients._minibatch_moments(setup, data, stats_batch)
@@ -269,6 +280,7 @@ def split_points_evaluator(*args: Any, **kwargs: Any):
             if not _distributed_active():
                 yield from super().iter_chunks(coords)
                 return
+
             def evaluate(part):
                 # the parent's chunking (not self.evaluate, which would come back here)
                 out = {m: np.full(len(part), np.nan) for m in self.metrics}

@@ -139,7 +139,9 @@ def launch(
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
             _terminate(context)
             raise _run_error(err, _failures(result_dir)) from None
-        return [torch.load(result_dir / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
+        return [
+            torch.load(result_dir / f"rank{r}.pt", weights_only=False) for r in range(world_size)
+        ]
 
 
 def _terminate(context: Any) -> None:

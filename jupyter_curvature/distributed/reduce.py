@@ -34,11 +34,17 @@ def _pack(moments: Any) -> torch.Tensor:
     scatter = moments.scatter
     if not isinstance(scatter, torch.Tensor):
         scatter = torch.tensor(float(scatter), dtype=torch.float64)
-    mean = mean if isinstance(mean, torch.Tensor) else torch.tensor(float(mean), dtype=torch.float64)
+    mean = (
+        mean if isinstance(mean, torch.Tensor) else torch.tensor(float(mean), dtype=torch.float64)
+    )
     head = torch.tensor([float(moments.weight), float(moments.count)], dtype=torch.float64)
     device = mean.device
     return torch.cat(
-        [head.to(device), mean.reshape(-1).to(torch.float64), scatter.reshape(-1).to(device, torch.float64)]
+        [
+            head.to(device),
+            mean.reshape(-1).to(torch.float64),
+            scatter.reshape(-1).to(device, torch.float64),
+        ]
     )
 
 
@@ -72,8 +78,9 @@ def all_reduce_moments(moments: Any, like: Any | None = None) -> Any:
         template_mean, dtype = template, template.dtype
     else:
         packed = _pack(moments)
-        template_mean, dtype = moments.mean, (
-            moments.mean.dtype if isinstance(moments.mean, torch.Tensor) else torch.float64
+        template_mean, dtype = (
+            moments.mean,
+            (moments.mean.dtype if isinstance(moments.mean, torch.Tensor) else torch.float64),
         )
     check_backend_device(packed.device)
     gathered = [torch.empty_like(packed) for _ in range(get_world_size())]
@@ -138,9 +145,7 @@ def split_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     if failed:
         if error is not None:
             raise failure
-        raise RuntimeError(
-            "split_map: " + "; ".join(f"rank {r} failed: {e}" for r, e in failed)
-        )
+        raise RuntimeError("split_map: " + "; ".join(f"rank {r} failed: {e}" for r, e in failed))
     results: dict[int, R] = {}
     for part, _ in gathered:
         results.update(part)

@@ -85,7 +85,9 @@ class ShardSampler(Sampler[int]):
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.epoch = 0
-        self.start, self.stop = shard_bounds(self.total, self.world_size, self.rank, self.batch_size)
+        self.start, self.stop = shard_bounds(
+            self.total, self.world_size, self.rank, self.batch_size
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for ``epoch`` (same permutation on every rank)."""
@@ -159,8 +161,12 @@ def shard_loader(
             )
     batch_size = _check_int("batch_size", batch_size, 1)
     sampler = ShardSampler(
-        dataset, batch_size if align else 1, rank=rank, world_size=world_size,
-        shuffle=shuffle, seed=seed,
+        dataset,
+        batch_size if align else 1,
+        rank=rank,
+        world_size=world_size,
+        shuffle=shuffle,
+        seed=seed,
     )
     blocks = -(-sampler.total // sampler.batch_size)
     if blocks < sampler.world_size:

@@ -15,7 +15,12 @@ import torch
 #: relative asymmetry |u^T A w - w^T A u| / (||A u|| ||w|| + ||A w|| ||u||) that counts as
 #: "not symmetric". Hessian products are symmetric to ~1e-15 (f64) and ~3e-7 (f32)
 #: (algorithms.md section 7); a genuinely non-symmetric operator is off by O(1).
-SYMMETRY_RTOL = {torch.float64: 1e-7, torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 5e-2}
+SYMMETRY_RTOL = {
+    torch.float64: 1e-7,
+    torch.float32: 1e-3,
+    torch.float16: 5e-2,
+    torch.bfloat16: 5e-2,
+}
 
 NAN_MESSAGE = (
     "the operator product contains NaN or inf: the loss or the model produced NaN "
@@ -36,8 +41,10 @@ class Operator:
 
             op = DenseOperator(op)
         shape = getattr(op, "shape", None)
-        if shape is None or not hasattr(op, "dtype") or not (
-            hasattr(op, "matmat") or hasattr(op, "__matmul__")
+        if (
+            shape is None
+            or not hasattr(op, "dtype")
+            or not (hasattr(op, "matmat") or hasattr(op, "__matmul__"))
         ):
             raise TypeError(
                 "op must be a curvature operator (jupyter_curvature.HessianOperator, GGNOperator, "
@@ -83,7 +90,9 @@ def check_positive(name: str, value: Any) -> float:
     return float(value)
 
 
-def symmetry_defect(q: torch.Tensor, aq: torch.Tensor, op_dtype: torch.dtype) -> tuple[float, float]:
+def symmetry_defect(
+    q: torch.Tensor, aq: torch.Tensor, op_dtype: torch.dtype
+) -> tuple[float, float]:
     """``(defect, tolerance)`` of ``q_0^T A q_1`` vs ``q_1^T A q_0`` from two Lanczos columns.
 
     ``q``, ``aq``: ``(n, 2)`` blocks of two vectors and their products, already computed by

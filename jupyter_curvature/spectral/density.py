@@ -68,7 +68,9 @@ class DensityCurve:
         return self.density + 2 * self.stderr
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
+        return {
+            k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()
+        }
 
     def __repr__(self) -> str:
         i = int(np.argmax(self.density))
@@ -221,7 +223,9 @@ class SpectralDensity:
             grid = np.linspace(lo - pad, hi + pad, num_points)
         grid = np.asarray(grid, dtype=np.float64).reshape(-1)
         z = (grid[None, :, None] - theta[:, None, :]) / sigma  # (p, g, m)
-        per_probe = (tau[:, None, :] * np.exp(-0.5 * z**2)).sum(-1) / (sigma * math.sqrt(2 * math.pi))
+        per_probe = (tau[:, None, :] * np.exp(-0.5 * z**2)).sum(-1) / (
+            sigma * math.sqrt(2 * math.pi)
+        )
         mean = per_probe.mean(0)
         std = per_probe.std(0, ddof=1) if self.num_probes > 1 else np.zeros_like(mean)
         return DensityCurve(grid, mean, std, std / math.sqrt(self.num_probes), per_probe, sigma)
@@ -327,8 +331,17 @@ class SpectralDensity:
 
 
 _SCALARS = (
-    "n", "num_iters", "num_steps", "num_matvecs", "seed", "breakdown",
-    "seconds", "product_seconds", "zero_tol", "outlier_tol", "outlier_gap",
+    "n",
+    "num_iters",
+    "num_steps",
+    "num_matvecs",
+    "seed",
+    "breakdown",
+    "seconds",
+    "product_seconds",
+    "zero_tol",
+    "outlier_tol",
+    "outlier_gap",
 )
 
 
@@ -407,8 +420,14 @@ def spectral_density(
     outlier_tol = check_positive("outlier_tol", outlier_tol)
     outlier_gap = check_positive("outlier_gap", outlier_gap)
     res = lanczos(
-        A.op, num_iters, num_probes, seed, init=init, basis_dtype=basis_dtype,
-        basis_device=basis_device, keep_basis=ritz_vectors,
+        A.op,
+        num_iters,
+        num_probes,
+        seed,
+        init=init,
+        basis_dtype=basis_dtype,
+        basis_device=basis_device,
+        keep_basis=ritz_vectors,
     )
     vecs = None
     if ritz_vectors:

@@ -220,12 +220,17 @@ def _check_args(A: Operator, k: Any, which: Any, tol: Any) -> tuple[int, str, fl
             "for a 1 x 1 operator the eigenvalue is op @ [1]"
         )
     k = check_int(
-        "k", k, 1, A.n - 1,
+        "k",
+        k,
+        1,
+        A.n - 1,
         hint=f"for all {A.n} eigenvalues use torch.linalg.eigvalsh(op.to_dense()) "
         "or spectral_density(op, num_iters=n)",
     )
     if which not in WHICH:
-        raise ValueError(f"which must be one of {WHICH} (largest/smallest algebraic, largest magnitude), got {which!r}")
+        raise ValueError(
+            f"which must be one of {WHICH} (largest/smallest algebraic, largest magnitude), got {which!r}"
+        )
     tol = check_positive("tol", tol)
     return k, which, tol
 
@@ -291,7 +296,9 @@ def eigenpairs(
         raise ValueError(f"verify must be 'stored', 'product' or 'estimate', got {verify!r}")
     n = A.n
     max_iters = check_int("max_iters", max(300, 20 * k) if max_iters is None else max_iters, 1)
-    max_basis = min(n, max(100, 4 * k)) if max_basis is None else check_int("max_basis", max_basis, 1)
+    max_basis = (
+        min(n, max(100, 4 * k)) if max_basis is None else check_int("max_basis", max_basis, 1)
+    )
     device = resolve_device(basis_device, A.device)
     t0 = time.perf_counter()
 
@@ -319,10 +326,17 @@ def eigenpairs(
         su = scale_units or 1.0
         # no verdict before ARPACK's default basis size ncv = max(2k + 1, 20): a smaller Krylov
         # space can hold converged pairs that are not the k wanted ones (misconvergence)
-        monitor = _Monitor(k, which, tol, [v / su for v in locked_vals], min(dim, max(2 * k + 1, 20)))
+        monitor = _Monitor(
+            k, which, tol, [v / su for v in locked_vals], min(dim, max(2 * k + 1, 20))
+        )
         closure = LanczosClosure(
-            A, deflate=locked_vecs, monitor=monitor, check_symmetry=restarts == 0,
-            seed=seed + restarts, scale=scale_units, store_products=verify == "stored",
+            A,
+            deflate=locked_vecs,
+            monitor=monitor,
+            check_symmetry=restarts == 0,
+            seed=seed + restarts,
+            scale=scale_units,
+            store_products=verify == "stored",
         )
         run_tridiag(closure, m, start)
         rec = closure.rec
@@ -343,18 +357,25 @@ def eigenpairs(
         nl = len(locked_vals)
         new = [int(i) - nl for i in wanted if i >= nl]
         vecs, avecs = _ritz_vectors(rec, S, new)
-        true_new = (avecs * rec.scale - vecs * torch.as_tensor(theta[[j for j in new]]).to(vecs)).norm(dim=0)
+        true_new = (
+            avecs * rec.scale - vecs * torch.as_tensor(theta[[j for j in new]]).to(vecs)
+        ).norm(dim=0)
         true = np.concatenate([np.asarray(locked_true), np.full(theta.size, np.nan)])
         true[[nl + j for j in new]] = true_new.double().numpy(force=True)
         cand_vals = values[wanted]
         cand_res = residual[wanted]
         cand_true = true[wanted]
         cand_vecs = torch.stack(
-            [locked_vecs[:, int(i)] if i < nl else vecs[:, new.index(int(i) - nl)] for i in wanted], 1
+            [locked_vecs[:, int(i)] if i < nl else vecs[:, new.index(int(i) - nl)] for i in wanted],
+            1,
         )
 
         improved = _improves(theta, new, locked_vals, k, which, tol * scale)
-        if bool(ok.all()) and wanted.size == k and not (rec.breakdown and improved and dim > len(rec.inputs)):
+        if (
+            bool(ok.all())
+            and wanted.size == k
+            and not (rec.breakdown and improved and dim > len(rec.inputs))
+        ):
             break
         if steps >= max_iters:
             break
@@ -413,7 +434,9 @@ def eigenpairs(
     return result
 
 
-def _improves(theta: np.ndarray, new: list[int], locked: list[float], k: int, which: str, margin: float) -> bool:
+def _improves(
+    theta: np.ndarray, new: list[int], locked: list[float], k: int, which: str, margin: float
+) -> bool:
     """Did this run add a wanted value beyond what the locked pairs already offered?"""
     if not new:
         return False
@@ -423,7 +446,9 @@ def _improves(theta: np.ndarray, new: list[int], locked: list[float], k: int, wh
     return any(_key(float(theta[j]), which) < _key(worst, which) - margin for j in new)
 
 
-def _ritz_vectors(rec: _Record, S: torch.Tensor, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _ritz_vectors(
+    rec: _Record, S: torch.Tensor, idx: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``Y = Q_m S[:, idx]`` and ``A Y`` (scaled units, from the stored products), unit columns.
 
     Streamed over the recorded columns (no stacked copy of the basis). By linearity

@@ -75,7 +75,9 @@ def _probes(n: int, k: int, gen: torch.Generator, distribution: str) -> torch.Te
 
 
 def _blocked(A: Operator, X: torch.Tensor, block_size: int) -> torch.Tensor:
-    return torch.cat([A.matmat(X[:, i : i + block_size]) for i in range(0, X.shape[1], block_size)], 1)
+    return torch.cat(
+        [A.matmat(X[:, i : i + block_size]) for i in range(0, X.shape[1], block_size)], 1
+    )
 
 
 def trace(
@@ -114,7 +116,9 @@ def trace(
     if distribution not in ("rademacher", "gaussian"):
         raise ValueError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
     low = 4 if method == "hutch++" else 2
-    num_matvecs = check_int("num_matvecs", num_matvecs, low, hint=f"{method} needs at least {low} products")
+    num_matvecs = check_int(
+        "num_matvecs", num_matvecs, low, hint=f"{method} needs at least {low} products"
+    )
     block_size = check_int("block_size", block_size, 1)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     n = A.n
@@ -133,7 +137,9 @@ def trace(
         G = G - Q @ (Q.T @ G)
         samples = (G * _blocked(A, G, block_size)).sum(0).double().cpu().numpy()
     est = exact + float(samples.mean())
-    stderr = float(samples.std(ddof=1) / math.sqrt(samples.size)) if samples.size > 1 else float("nan")
+    stderr = (
+        float(samples.std(ddof=1) / math.sqrt(samples.size)) if samples.size > 1 else float("nan")
+    )
     return TraceEstimate(
         estimate=est,
         stderr=stderr,

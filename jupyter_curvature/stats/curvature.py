@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..operators import GGNOperator, HessianOperator
-from ..operators._distributed import is_distributed
 from ..operators._batches import BatchLayout
+from ..operators._distributed import is_distributed
 from ..operators._params import ParamSpec, select_parameters
 from ._common import (
     WeightedMoments,
@@ -177,7 +177,9 @@ def curvature_statistics(
     if sharded:
         from ..distributed.reduce import all_reduce_moments
 
-        products = all_reduce_moments(products, like=torch.zeros(num_params, num_probes, dtype=acc, device=device))
+        products = all_reduce_moments(
+            products, like=torch.zeros(num_params, num_probes, dtype=acc, device=device)
+        )
     if products.count < 2:
         raise single_batch_error(int(products.weight), batch_size, "curvature variance")
 

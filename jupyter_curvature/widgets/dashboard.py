@@ -104,12 +104,20 @@ class TrainingDashboard(Panel):
         xs = bq.LinearScale()
         ys = bq.LinearScale()
         self.loss_lines = bq.Lines(
-            x=np.zeros(0), y=np.zeros(0), scales={"x": xs, "y": ys}, colors=[TRAIN_COLOR],
-            labels=["train (batch)"], display_legend=True,
+            x=np.zeros(0),
+            y=np.zeros(0),
+            scales={"x": xs, "y": ys},
+            colors=[TRAIN_COLOR],
+            labels=["train (batch)"],
+            display_legend=True,
         )
         self.loss_test_line = bq.Lines(
-            x=np.zeros(0), y=np.zeros(0), scales={"x": xs, "y": ys}, colors=[TEST_COLOR],
-            labels=["test"], display_legend=True,
+            x=np.zeros(0),
+            y=np.zeros(0),
+            scales={"x": xs, "y": ys},
+            colors=[TEST_COLOR],
+            labels=["test"],
+            display_legend=True,
         )
         # the test points also get markers (they are few; the train curve is dense)
         self.loss_test = bq.Scatter(
@@ -130,12 +138,20 @@ class TrainingDashboard(Panel):
         axs = bq.LinearScale()
         ays = bq.LinearScale(min=0.0, max=1.0)
         self.acc_lines = bq.Lines(
-            x=np.zeros(0), y=np.zeros(0), scales={"x": axs, "y": ays}, colors=[TRAIN_COLOR],
-            labels=["train (batch)"], display_legend=True,
+            x=np.zeros(0),
+            y=np.zeros(0),
+            scales={"x": axs, "y": ays},
+            colors=[TRAIN_COLOR],
+            labels=["train (batch)"],
+            display_legend=True,
         )
         self.acc_test_line = bq.Lines(
-            x=np.zeros(0), y=np.zeros(0), scales={"x": axs, "y": ays}, colors=[TEST_COLOR],
-            labels=["test"], display_legend=True,
+            x=np.zeros(0),
+            y=np.zeros(0),
+            scales={"x": axs, "y": ays},
+            colors=[TEST_COLOR],
+            labels=["test"],
+            display_legend=True,
         )
         self.acc_test = bq.Scatter(
             x=np.zeros(0),

@@ -65,8 +65,20 @@ __all__ = [
 ]
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
-_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
-            "#17becf", "#7f7f7f", "#bcbd22", "#393b79", "#637939"]
+_PALETTE = [
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#7f7f7f",
+    "#bcbd22",
+    "#393b79",
+    "#637939",
+]
 
 
 # --------------------------------------------------------------------------------------
@@ -112,7 +124,9 @@ def parse_direction_spec(spec: str) -> DirectionSpec:
         ValueError: an unknown kind, a count below 1, a negative or repeated index.
     """
     if not isinstance(spec, str):
-        raise TypeError(f"directions must be a spec string or Directions, got {type(spec).__name__}")
+        raise TypeError(
+            f"directions must be a spec string or Directions, got {type(spec).__name__}"
+        )
     text = spec.strip().lower()
     kind, _, arg = text.partition(":")
     if kind not in ("top", "bottom", "index", "random"):
@@ -121,7 +135,9 @@ def parse_direction_spec(spec: str) -> DirectionSpec:
         try:
             idx = tuple(int(s) for s in arg.split(",") if s.strip())
         except ValueError:
-            raise ValueError(f"direction spec {spec!r}: indices must be integers; {_SPEC_HELP}") from None
+            raise ValueError(
+                f"direction spec {spec!r}: indices must be integers; {_SPEC_HELP}"
+            ) from None
         if not idx:
             raise ValueError(f"direction spec {spec!r} names no index; {_SPEC_HELP}")
         if min(idx) < 0:
@@ -132,7 +148,9 @@ def parse_direction_spec(spec: str) -> DirectionSpec:
     try:
         count = int(arg) if arg.strip() else 2
     except ValueError:
-        raise ValueError(f"direction spec {spec!r}: the count must be an integer; {_SPEC_HELP}") from None
+        raise ValueError(
+            f"direction spec {spec!r}: the count must be an integer; {_SPEC_HELP}"
+        ) from None
     if count < 1:
         raise ValueError(f"direction spec {spec!r} asks for {count} directions; ask for at least 1")
     return DirectionSpec(kind, count)
@@ -450,8 +468,10 @@ class LandscapeExplorer(Panel):
             W.ToggleButtons(
                 options=[("eigen-directions", "eigen"), ("random (filter-normalised)", "random")],
                 value=self.kind,
-                tooltips=["eigenvectors of the curvature, unit norm",
-                          "Gaussian, filter-normalised (Li et al. 2018)"],
+                tooltips=[
+                    "eigenvectors of the curvature, unit norm",
+                    "Gaussian, filter-normalised (Li et al. 2018)",
+                ],
                 style={"button_width": "190px"},
             )
         )
@@ -461,9 +481,14 @@ class LandscapeExplorer(Panel):
         self.sliders = [
             self._own(
                 W.FloatSlider(
-                    value=0.0, min=-self.distance, max=self.distance, step=None,
-                    continuous_update=True, readout_format=".3f",
-                    layout=W.Layout(width="460px"), style={"description_width": "150px"},
+                    value=0.0,
+                    min=-self.distance,
+                    max=self.distance,
+                    step=None,
+                    continuous_update=True,
+                    readout_format=".3f",
+                    layout=W.Layout(width="460px"),
+                    style={"description_width": "150px"},
                 )
             )
             for _ in range(k)
@@ -474,9 +499,21 @@ class LandscapeExplorer(Panel):
         self._status = self._own(W.HTML())
         buttons = {
             "reset": ("reset", "back to the origin w0", self.reset),
-            "apply": ("apply to model", "write the current point into the model's weights", self.apply),
-            "undo": ("undo apply", "restore the weights the last apply overwrote (bitwise)", self.undo),
-            "grid": ("compute 2D map", "evaluate the full grid over the pair (coarse first)", self.compute_grid),
+            "apply": (
+                "apply to model",
+                "write the current point into the model's weights",
+                self.apply,
+            ),
+            "undo": (
+                "undo apply",
+                "restore the weights the last apply overwrote (bitwise)",
+                self.undo,
+            ),
+            "grid": (
+                "compute 2D map",
+                "evaluate the full grid over the pair (coarse first)",
+                self.compute_grid,
+            ),
         }
         self.buttons: dict[str, W.Button] = {}
         for key, (label, tip, fn) in buttons.items():
@@ -485,17 +522,42 @@ class LandscapeExplorer(Panel):
             self.buttons[key] = b
         self.buttons["undo"].disabled = True
         options = [(self._short_label(i), i) for i in range(k)]
-        self._pair_x = self._own(W.Dropdown(options=options, value=self.pair[0], description="map x",
-                                            layout=W.Layout(width="230px")))
-        self._pair_y = self._own(W.Dropdown(options=options, value=self.pair[1], description="map y",
-                                            layout=W.Layout(width="230px")))
+        self._pair_x = self._own(
+            W.Dropdown(
+                options=options,
+                value=self.pair[0],
+                description="map x",
+                layout=W.Layout(width="230px"),
+            )
+        )
+        self._pair_y = self._own(
+            W.Dropdown(
+                options=options,
+                value=self.pair[1],
+                description="map y",
+                layout=W.Layout(width="230px"),
+            )
+        )
         self._pair_x.observe(self.callback(self._on_pair), names=["value"])
         self._pair_y.observe(self.callback(self._on_pair), names=["value"])
-        self._metric = self._own(W.Dropdown(options=self.metrics, value=self.metric,
-                                            description="show", layout=W.Layout(width="230px")))
+        self._metric = self._own(
+            W.Dropdown(
+                options=self.metrics,
+                value=self.metric,
+                description="show",
+                layout=W.Layout(width="230px"),
+            )
+        )
         self._metric.observe(self.callback(self._on_metric), names=["value"])
-        self.progress = self._own(W.IntProgress(value=0, min=0, max=self.points**2,
-                                                description="2D map", layout=W.Layout(width="300px")))
+        self.progress = self._own(
+            W.IntProgress(
+                value=0,
+                min=0,
+                max=self.points**2,
+                description="2D map",
+                layout=W.Layout(width="300px"),
+            )
+        )
         self._fig1d = self._make_fig1d()
         self._fig2d = self._make_fig2d()
         self.canvas = self._own(LandscapeCanvas(levels=8)) if with_canvas else None
@@ -504,11 +566,20 @@ class LandscapeExplorer(Panel):
         self._throttle = Throttle(0.25)
         self._relabel()
         self._controls = self._own(
-            W.HBox([
-                W.VBox([self._kind, *self.sliders, W.HBox(list(self.buttons.values())[:3]),
-                        W.HBox([self.buttons["grid"], self.progress]), self._status]),
-                W.VBox([self._readout, self._metric, self._pair_x, self._pair_y]),
-            ])
+            W.HBox(
+                [
+                    W.VBox(
+                        [
+                            self._kind,
+                            *self.sliders,
+                            W.HBox(list(self.buttons.values())[:3]),
+                            W.HBox([self.buttons["grid"], self.progress]),
+                            self._status,
+                        ]
+                    ),
+                    W.VBox([self._readout, self._metric, self._pair_x, self._pair_y]),
+                ]
+            )
         )
         self._plots = self._own(W.HBox([self._fig1d, self._fig2d]))
 
@@ -516,21 +587,32 @@ class LandscapeExplorer(Panel):
         k = len(self.directions)
         sx, sy = bq.LinearScale(), bq.LinearScale()
         self._line = bq.Lines(
-            x=self.ts, y=np.full((k, self.points), np.nan), scales={"x": sx, "y": sy},
-            colors=_PALETTE[:k] if k <= len(_PALETTE) else _PALETTE, display_legend=True,
+            x=self.ts,
+            y=np.full((k, self.points), np.nan),
+            scales={"x": sx, "y": sy},
+            colors=_PALETTE[:k] if k <= len(_PALETTE) else _PALETTE,
+            display_legend=True,
             labels=[self._short_label(i) for i in range(k)],
         )
         self._marker1d = bq.Scatter(
-            x=np.zeros(k), y=np.zeros(k), scales={"x": sx, "y": sy}, colors=_PALETTE[:k],
-            default_size=70, stroke="white",
+            x=np.zeros(k),
+            y=np.zeros(k),
+            scales={"x": sx, "y": sy},
+            colors=_PALETTE[:k],
+            default_size=70,
+            stroke="white",
         )
         self._ax1d_y = bq.Axis(scale=sy, side="left", label=self.metric, tick_format=".3g")
         return self._own(
             bq.Figure(
                 marks=[self._line, self._marker1d],
-                axes=[bq.Axis(scale=sx, label="t (distance from w0 along each direction)"), self._ax1d_y],
+                axes=[
+                    bq.Axis(scale=sx, label="t (distance from w0 along each direction)"),
+                    self._ax1d_y,
+                ],
                 title="1D curves through the current point",
-                legend_location="top", layout=W.Layout(width="480px", height="360px"),
+                legend_location="top",
+                layout=W.Layout(width="480px", height="360px"),
                 fig_margin={"top": 50, "bottom": 45, "left": 60, "right": 20},
             )
         )
@@ -539,11 +621,17 @@ class LandscapeExplorer(Panel):
         sx, sy = bq.LinearScale(), bq.LinearScale()
         sc = bq.ColorScale(scheme="viridis")
         self._heat = bq.HeatMap(
-            x=self.ts, y=self.ts, color=np.zeros((self.points, self.points)),
+            x=self.ts,
+            y=self.ts,
+            color=np.zeros((self.points, self.points)),
             scales={"x": sx, "y": sy, "color": sc},
         )
         self._marker2d = bq.Scatter(
-            x=[0.0], y=[0.0], scales={"x": sx, "y": sy}, colors=["#e4572e"], default_size=90,
+            x=[0.0],
+            y=[0.0],
+            scales={"x": sx, "y": sy},
+            colors=["#e4572e"],
+            default_size=90,
             stroke="white",
         )
         self._ax2d_x = bq.Axis(scale=sx, label="")
@@ -551,8 +639,11 @@ class LandscapeExplorer(Panel):
         return self._own(
             bq.Figure(
                 marks=[self._heat, self._marker2d],
-                axes=[self._ax2d_x, self._ax2d_y,
-                      bq.ColorAxis(scale=sc, side="right", tick_format=".3g")],
+                axes=[
+                    self._ax2d_x,
+                    self._ax2d_y,
+                    bq.ColorAxis(scale=sc, side="right", tick_format=".3g"),
+                ],
                 title="2D map (not computed yet)",
                 layout=W.Layout(width="460px", height="400px"),
                 fig_margin={"top": 50, "bottom": 45, "left": 60, "right": 70},
@@ -583,8 +674,10 @@ class LandscapeExplorer(Panel):
                 self.canvas.x_range = [-self.distance, self.distance]
                 self.canvas.y_range = [-self.distance, self.distance]
                 self.canvas.title = f"{self.metric} over (d{a}, d{b})"
-        kind = {"eigen": f"{self.curvature} eigenvectors (unit)",
-                "random": "random, filter-normalised (Li et al. 2018)"}[self.kind]
+        kind = {
+            "eigen": f"{self.curvature} eigenvectors (unit)",
+            "random": "random, filter-normalised (Li et al. 2018)",
+        }[self.kind]
         if self._given is not None and self.kind == "eigen":
             kind = "given directions"
         self._header.value = (
@@ -629,8 +722,10 @@ class LandscapeExplorer(Panel):
         if self.grid_base is not None and any(
             j not in (a, b) and coords[j] != self.grid_base[j] for j in range(len(coords))
         ):
-            self._set_status("the 2D map was computed at other values of the remaining "
-                             "coordinates: press <i>compute 2D map</i> to redo it here")
+            self._set_status(
+                "the 2D map was computed at other values of the remaining "
+                "coordinates: press <i>compute 2D map</i> to redo it here"
+            )
         self.redraws += 1
 
     def _update_point(self, coords: np.ndarray) -> None:
@@ -750,8 +845,10 @@ class LandscapeExplorer(Panel):
         self._undo.append((saved, coords))
         _copy_all(tensors, new)  # finishes even when interrupted midway
         self.buttons["undo"].disabled = False
-        self._set_status(f"applied the point ({', '.join(f'{c:.4g}' for c in coords)}) to the "
-                         "model; <i>undo apply</i> restores the previous weights")
+        self._set_status(
+            f"applied the point ({', '.join(f'{c:.4g}' for c in coords)}) to the "
+            "model; <i>undo apply</i> restores the previous weights"
+        )
 
     def undo(self) -> None:
         """Restore, bitwise, the weights the last :meth:`apply` overwrote."""
@@ -886,7 +983,12 @@ class LandscapeExplorer(Panel):
         self.progress.value = 0
         self._fig2d.title = "2D map: computing (coarse first)…"
         gen = iter_landscape_2d(
-            self._evaluator, xs=self.ts, ys=self.ts, axes=(a, b), base=centre, coarse=coarse,
+            self._evaluator,
+            xs=self.ts,
+            ys=self.ts,
+            axes=(a, b),
+            base=centre,
+            coarse=coarse,
             progress_interval=self._throttle.interval,
         )
         result = None
@@ -910,7 +1012,9 @@ class LandscapeExplorer(Panel):
         finally:
             gen.close()
         seconds = 0.0 if result is None else result.meta.get("seconds", 0.0)
-        self._fig2d.title = f"2D map of {self.metric}: {self.points}x{self.points} points in {seconds:.2f} s"
+        self._fig2d.title = (
+            f"2D map of {self.metric}: {self.points}x{self.points} points in {seconds:.2f} s"
+        )
         self._set_status("")
         return self.grid_result()
 
@@ -923,10 +1027,13 @@ class LandscapeExplorer(Panel):
         if self.canvas is not None:
             shown = np.where(self.grid_done, self.grid[self.metric], np.nan)
             preview = z if not self.grid_done.all() else shown
-            self.canvas.set_grid(preview.T, x_range=(self.ts[0], self.ts[-1]),
-                                 y_range=(self.ts[0], self.ts[-1]))
+            self.canvas.set_grid(
+                preview.T, x_range=(self.ts[0], self.ts[-1]), y_range=(self.ts[0], self.ts[-1])
+            )
             self.canvas.status = (
-                "" if self.grid_done.all() else f"{int(self.grid_done.sum())}/{self.grid_done.size} points"
+                ""
+                if self.grid_done.all()
+                else f"{int(self.grid_done.sum())}/{self.grid_done.size} points"
             )
 
     # ---------------------------------------------------------------------------------
@@ -942,10 +1049,14 @@ class LandscapeExplorer(Panel):
         get = lambda m: self.lines[m].copy() if have and m in self.lines else None  # noqa: E731
         return Landscape1D(
             directions=self._direction_records(range(len(self.directions))),
-            bn=self.bn, reduction=self._evaluator.reduction,
-            train_loss=get("train_loss"), train_accuracy=get("train_accuracy"),
-            test_loss=get("test_loss"), test_accuracy=get("test_accuracy"),
-            coords=self.ts.copy(), meta={"through": self.coords.tolist(), **self._evaluator.info()},
+            bn=self.bn,
+            reduction=self._evaluator.reduction,
+            train_loss=get("train_loss"),
+            train_accuracy=get("train_accuracy"),
+            test_loss=get("test_loss"),
+            test_accuracy=get("test_accuracy"),
+            coords=self.ts.copy(),
+            meta={"through": self.coords.tolist(), **self._evaluator.info()},
         )
 
     def grid_result(self) -> Landscape2D:
@@ -956,14 +1067,22 @@ class LandscapeExplorer(Panel):
         a, b = self.pair
         get = lambda m: self.grid[m].copy() if m in self.grid else None  # noqa: E731
         return Landscape2D(
-            directions=self._direction_records((a, b)), bn=self.bn,
+            directions=self._direction_records((a, b)),
+            bn=self.bn,
             reduction=self._evaluator.reduction,
-            train_loss=get("train_loss"), train_accuracy=get("train_accuracy"),
-            test_loss=get("test_loss"), test_accuracy=get("test_accuracy"),
-            done=self.grid_done.copy(), interrupted=self.grid_interrupted,
-            xs=self.ts.copy(), ys=self.ts.copy(),
-            meta={"base": None if self.grid_base is None else self.grid_base.tolist(),
-                  "pair": [a, b], **self._evaluator.info()},
+            train_loss=get("train_loss"),
+            train_accuracy=get("train_accuracy"),
+            test_loss=get("test_loss"),
+            test_accuracy=get("test_accuracy"),
+            done=self.grid_done.copy(),
+            interrupted=self.grid_interrupted,
+            xs=self.ts.copy(),
+            ys=self.ts.copy(),
+            meta={
+                "base": None if self.grid_base is None else self.grid_base.tolist(),
+                "pair": [a, b],
+                **self._evaluator.info(),
+            },
         )
 
     # ---------------------------------------------------------------------------------
@@ -1006,15 +1125,24 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    p = _Parser(prog="%curv_landscape", add_help=False,
-                description="Explore the loss landscape along curvature eigen-directions.")
-    p.add_argument("--model", required=True, help="model variable (dotted paths work) or registry name")
+    p = _Parser(
+        prog="%curv_landscape",
+        add_help=False,
+        description="Explore the loss landscape along curvature eigen-directions.",
+    )
+    p.add_argument(
+        "--model", required=True, help="model variable (dotted paths work) or registry name"
+    )
     p.add_argument("--data", required=True, help="training data variable or built-in name (digits)")
     p.add_argument("--test-data", dest="test_data", help="variable holding test data")
-    p.add_argument("--directions", default="top:2",
-                   help="top:K | bottom:K | index:i,j | random:K (default top:2)")
-    p.add_argument("--range", dest="distance", type=float, default=1.0,
-                   help="sliders span [-R, R] (default 1)")
+    p.add_argument(
+        "--directions",
+        default="top:2",
+        help="top:K | bottom:K | index:i,j | random:K (default top:2)",
+    )
+    p.add_argument(
+        "--range", dest="distance", type=float, default=1.0, help="sliders span [-R, R] (default 1)"
+    )
     p.add_argument("--points", type=int, default=21, help="grid points per direction (default 21)")
     p.add_argument("--out", help="store the explorer in this variable")
     p.add_argument("--loss", help="variable holding the loss function (default CrossEntropyLoss)")
@@ -1022,10 +1150,12 @@ def _parser() -> _Parser:
     p.add_argument("--ggn", action="store_true", help="eigenvectors of the GGN, not the Hessian")
     p.add_argument("--params", help="parameter selection (glob, module prefix or re:<regex>)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-grid", dest="grid", action="store_false",
-                   help="do not compute the 2D map now")
-    p.add_argument("--no-canvas", dest="canvas", action="store_false",
-                   help="leave out the draggable JS canvas")
+    p.add_argument(
+        "--no-grid", dest="grid", action="store_false", help="do not compute the 2D map now"
+    )
+    p.add_argument(
+        "--no-canvas", dest="canvas", action="store_false", help="leave out the draggable JS canvas"
+    )
     return p
 
 
@@ -1065,7 +1195,9 @@ def curv_landscape_magic(shell: Any, line: str) -> LandscapeExplorer | None:
             eigen = api.lookup(args.eigen, ns)
             if eigen is api._MISSING:
                 raise ValueError(f"--eigen {args.eigen!r} is not a variable of the notebook")
-            if not (hasattr(eigen, "eigenvalues") or (isinstance(eigen, tuple) and len(eigen) == 2)):
+            if not (
+                hasattr(eigen, "eigenvalues") or (isinstance(eigen, tuple) and len(eigen) == 2)
+            ):
                 raise ValueError(
                     f"--eigen {args.eigen!r} is a {type(eigen).__name__}, not an eigenpairs result "
                     "(%curv_spectrum --top K --out-eigen NAME makes one)"
@@ -1079,13 +1211,24 @@ def curv_landscape_magic(shell: Any, line: str) -> LandscapeExplorer | None:
         if args.out is not None and isinstance(shell.user_ns.get(args.out), LandscapeExplorer):
             shell.user_ns[args.out].close()  # re-running the cell replaces its panel
         explorer = LandscapeExplorer(
-            model, data, loss_fn=loss_fn, test_data=test_data, directions=args.directions,
-            eigen=eigen, curvature="ggn" if args.ggn else "hessian", params=args.params,
-            distance=args.distance, points=args.points, seed=args.seed, canvas=args.canvas,
+            model,
+            data,
+            loss_fn=loss_fn,
+            test_data=test_data,
+            directions=args.directions,
+            eigen=eigen,
+            curvature="ggn" if args.ggn else "hessian",
+            params=args.params,
+            distance=args.distance,
+            points=args.points,
+            seed=args.seed,
+            canvas=args.canvas,
         )
     except (ValueError, TypeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(msg if msg.startswith("%curv_landscape") else f"%curv_landscape: {msg}") from None
+        raise UsageError(
+            msg if msg.startswith("%curv_landscape") else f"%curv_landscape: {msg}"
+        ) from None
     if args.out is not None:
         shell.user_ns[args.out] = explorer
     display(explorer)
