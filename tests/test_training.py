@@ -470,7 +470,7 @@ def test_default_curvature_is_the_hessian_spectrum():
         return nn.functional.cross_entropy(torch.func.functional_call(ref, parts, (bx,)), by)
 
     eig = torch.linalg.eigvalsh(torch.func.hessian(loss)(flat0))
-    scale = eig.abs().max()
+    scale = float(eig.abs().max())
     assert record["lambda_max"] == pytest.approx(float(eig[-1]), abs=1e-8 * scale)
     assert record["lambda_min"] == pytest.approx(float(eig[0]), abs=1e-8 * scale)
 
