@@ -449,9 +449,10 @@ def test_kept_graphs_equal_fresh_products_and_follow_weight_changes(name):
 
 def test_block_falls_back_to_columns_when_batching_fails(monkeypatch):
     model, loss_fn, data = mlp(), nn.CrossEntropyLoss(), case_data("mlp-ce-mean")
-    op = HessianOperator(model, loss_fn, data)
+    op = HessianOperator(model, loss_fn, data, vectorize=True)
     V = torch.randn(op.shape[0], 3, dtype=DT)
-    expected = op @ V
+    expected = HessianOperator(model, loss_fn, data) @ V
+    assert_close(op @ V, expected, rtol=1e-12, atol=1e-14)
     real_grad = torch.autograd.grad
 
     def no_batching(*args, **kwargs):

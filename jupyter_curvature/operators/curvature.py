@@ -151,9 +151,9 @@ class HessianOperator(EmpiricalRiskOperator):
     """The Hessian ``H = d^2 L / dw^2`` of the empirical risk, by Pearlmutter's trick.
 
     ``H v = d/dw (g(w)^T v)`` with ``g = dL/dw`` built with ``create_graph=True`` (Pearlmutter
-    1994): per batch one gradient graph, then one vectorised backward through it for all
-    columns of the block (``is_grads_batched``), so ``k`` vectors share one forward and one
-    gradient. With ``keep_graphs=True`` the per-batch gradient graphs are built once and kept
+    1994): per batch one gradient graph, then one backward through it per column of the block,
+    so ``k`` vectors share one forward and one gradient (``vectorize=True`` runs the columns as
+    one ``is_grads_batched`` backward instead; on CPU convolutions that was slower). With ``keep_graphs=True`` the per-batch gradient graphs are built once and kept
     across products (memory: every batch's graph; for data that fits), so each later product
     costs only the second backward.
 
@@ -166,8 +166,19 @@ class HessianOperator(EmpiricalRiskOperator):
     [[2.0, 0.0], [0.0, 8.0]]
     """
 
-    def __init__(self, model, loss_fn, data, params=None, *, keep_graphs: bool = False, **kwargs):
+    def __init__(
+        self,
+        model,
+        loss_fn,
+        data,
+        params=None,
+        *,
+        keep_graphs: bool = False,
+        vectorize: bool = False,
+        **kwargs,
+    ):
         self.keep_graphs = bool(keep_graphs)
+        self.vectorize = bool(vectorize)
         self._graphs: list[tuple[Batch, list[torch.Tensor | None]]] | None = None
         self._graph_versions: list[int] | None = None
         super().__init__(model, loss_fn, data, params, **kwargs)
@@ -192,6 +203,9 @@ class HessianOperator(EmpiricalRiskOperator):
             return torch.zeros_like(block)
         columns = self.unflatten(block)
         outputs = [grads[i] for i in live]
+        if not (self.vectorize and k > 1):
+            # measured faster on CPU than vmap over the backward (conv double backward)
+            return self._batch_hvp_columns(outputs, live, columns, k, keep)
         try:  # all k columns in one vectorised backward through the shared graph
             hv = torch.autograd.grad(
                 outputs,
