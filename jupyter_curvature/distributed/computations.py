@@ -17,16 +17,14 @@ Each rank computes its batches' streaming moments and they are merged across ran
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..operators._distributed import check_backend_device, local_only
+from ..operators._distributed import check_backend_device
 from .checks import _gather, check_shards, check_signatures, count_samples, verify_identical
 from .context import get_world_size, is_initialized
-from .reduce import all_reduce_moments
 
 __all__ = [
     "check_operator",
@@ -132,79 +130,37 @@ def gradient_statistics(
 ):
     """:func:`jupyter_curvature.stats.gradient_statistics` over sharded data.
 
-    Each rank regroups its shard into batches of ``batch_size`` and computes the streaming
-    moments of its batch losses and gradients; the moments are merged across ranks
-    (:func:`~jupyter_curvature.distributed.reduce.all_reduce_moments`) and the record is
-    built from the merged ones. With :func:`~jupyter_curvature.distributed.shard_loader`
-    shards (cut at batch boundaries) the ranks' batches are exactly the single-process
-    batches, so the result equals the single-process ``gradient_statistics`` (to rounding).
+    Each rank regroups its shard into batches of ``batch_size``; ``stats.gradient_statistics``
+    merges the streaming moments of all ranks by itself
+    (:func:`~jupyter_curvature.distributed.reduce.all_reduce_moments`). This wrapper adds the
+    start-up checks: the same parameters on every rank, shards that add up to ``total``, a
+    backend that can reduce the model's device. With
+    :func:`~jupyter_curvature.distributed.shard_loader` shards (cut at batch boundaries) the
+    ranks' batches are exactly the single-process batches, so the result equals the
+    single-process ``gradient_statistics`` (to rounding).
 
     Args:
         total: the dataset size, to check the shards (optional).
         (others as :func:`jupyter_curvature.stats.gradient_statistics`)
     """
     from ..stats import _common, gradients
-    from ..stats.results import GradientStatistics
 
-    if not _distributed_active():
-        return gradients.gradient_statistics(
-            model,
-            loss_fn,
-            data,
-            batch_size,
-            per_sample,
-            params=params,
-            batchnorm=batchnorm,
-            chunk_size=chunk_size,
-            batch_layout=batch_layout,
-        )
-    batchnorm = _common.check_batchnorm(batchnorm)
-    reduction = _common.loss_normaliser(loss_fn)
-    if per_sample and batchnorm == "train":
-        raise ValueError(
-            "per_sample=True with batchnorm='train' would normalise every sample by its own "
-            "statistics; use batchnorm='eval'"
-        )
-    stats_batch = 1 if per_sample else _common.check_batch_size(batch_size)
-    names, values, fixed = gradients._split_params(model, params)
-    check_signatures(_gather([(n, tuple(v.shape), str(v.dtype)) for n, v in values.items()]))
-    if total is not None:
-        check_shards(count_samples(data), total)
-    device, dtype = _common.model_device_dtype(model)
-    check_backend_device(device)
-    acc = _common.accumulation_dtype(device)
-    num_params = sum(v.numel() for v in values.values())
-    setup = gradients._Setup(
-        model, loss_fn, names, values, fixed, reduction, batch_layout, device, dtype, acc
-    )
-    with _common.model_mode(model, batchnorm), local_only():
-        if per_sample:
-            chunk = chunk_size or max(
-                1, min(1024, gradients._PER_SAMPLE_BUDGET // max(num_params, 1))
-            )
-            grads, losses = gradients._per_sample_moments(setup, data, chunk)
-        else:
-            grads, losses = gradients._minibatch_moments(setup, data, stats_batch)
-    like_grad = torch.zeros(num_params, dtype=acc, device=device)
-    grads = all_reduce_moments(grads, like=like_grad)
-    losses = all_reduce_moments(losses, like=torch.zeros((), dtype=acc, device=device))
-    num_samples = int(round(losses.weight))
-    if losses.count < 2:
-        raise gradients.single_batch_error(num_samples, stats_batch, "gradient variance")
-    mean_sq = float((grads.mean * grads.mean).sum())
-    grad_var = float(grads.variance)
-    return GradientStatistics(
-        loss_mean=float(losses.mean),
-        loss_var=float(losses.variance),
-        grad_mean_norm_sq=mean_sq,
-        grad_var=grad_var,
-        snr=mean_sq / grad_var if grad_var > 0 else math.inf,
-        per_sample=bool(per_sample),
-        batch_size=stats_batch,
-        num_batches=losses.count,
-        num_samples=num_samples,
-        num_params=num_params,
+    if _distributed_active():
+        _, values, _ = gradients._split_params(model, params)
+        check_signatures(_gather([(n, tuple(v.shape), str(v.dtype)) for n, v in values.items()]))
+        if total is not None:
+            check_shards(count_samples(data), total)
+        check_backend_device(_common.model_device_dtype(model)[0])
+    return gradients.gradient_statistics(
+        model,
+        loss_fn,
+        data,
+        batch_size,
+        per_sample,
+        params=params,
         batchnorm=batchnorm,
+        chunk_size=chunk_size,
+        batch_layout=batch_layout,
     )
 
 
