@@ -77,7 +77,11 @@ class LambdaCallback(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm progress bar over the planned steps, with the loss and one line per epoch."""
+    """A tqdm progress bar over the planned steps, with the loss and one line per epoch.
+
+    Under ``torch.distributed`` only rank 0 shows it (the figures are the same on every
+    rank: the trainer reduces them).
+    """
 
     def __init__(self, **tqdm_kwargs: Any) -> None:
         self.kwargs = tqdm_kwargs
@@ -86,7 +90,12 @@ class ProgressBar(Callback):
     def on_train_begin(self, trainer: Trainer) -> None:
         from tqdm import tqdm  # not tqdm.auto: the engine never imports IPython
 
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", **self.kwargs)
+        from ..distributed.context import is_main_process
+
+        kwargs = dict(self.kwargs)
+        if not is_main_process():
+            kwargs["disable"] = True
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", **kwargs)
 
     def on_step_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
         self.bar.update(1)
@@ -256,6 +265,17 @@ class CurvatureCallback(Callback):
     the start; a Hessian-vector product costs about 2-2.5 gradients).
     ``max_overhead=None`` computes strictly every ``every`` steps.
 
+    **Under DistributedDataParallel** (a :class:`~jupyter_curvature.training.Trainer` with
+    ``trainer.distributed``) every rank takes part: each holds its contiguous part of the
+    fixed batch (sizes within one sample), the spectrum is computed on the unwrapped model
+    (``trainer.model``, DDP's ``.module``), and the operators sum the ranks' partial
+    products, so every rank gets the same spectrum (checked, bit for bit), equal to the
+    single-process spectrum of the whole fixed batch. Whether a due spectrum is computed
+    or skipped is rank 0's budget decision, sent to every rank (ranks deciding apart would
+    wait for each other forever). ``compute=`` then gets this rank's part of the batch and
+    must be a collective computation like the default one. ``subsample`` must be at
+    least the number of ranks.
+
     Args:
         data: the samples to use: a dataset, one ``(inputs, targets)`` batch, or batches;
             default the trainer's training data.
@@ -327,10 +347,20 @@ class CurvatureCallback(Callback):
         self.skipped = 0
         self.gradient_cost: float | None = None
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.total = 0
 
     def on_train_begin(self, trainer: Trainer) -> None:
         source = self.data if self.data is not None else trainer.train_dataset
         x, y = _fixed_batch(source, self.subsample, self.seed)
+        self.total = len(y)
+        if getattr(trainer, "distributed", False):
+            world, rank = trainer._world, trainer._rank
+            if len(y) < world:
+                raise ValueError(
+                    f"the curvature batch holds {len(y)} samples for {world} ranks (a rank "
+                    f"would get none): set CurvatureCallback(subsample=) to at least {world}"
+                )
+            x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
         self.batch = (x.to(trainer.device), y.to(trainer.device))
         if self.max_overhead is not None:
             self.gradient_cost = self._time_gradient(trainer)
@@ -360,7 +390,12 @@ class CurvatureCallback(Callback):
             return
         if self.max_overhead is not None:
             budget = self.max_overhead * trainer.train_seconds
-            if self.spent + self.estimated_cost() > budget:
+            skip = self.spent + self.estimated_cost() > budget
+            if getattr(trainer, "distributed", False):
+                from .ddp import broadcast_decision
+
+                skip = broadcast_decision(skip, trainer.device)
+            if skip:
                 self.skipped += 1
                 return
         self.run(trainer)
@@ -388,6 +423,12 @@ class CurvatureCallback(Callback):
                 params=self.params,
             )
         cost = time.perf_counter() - start
+        if getattr(trainer, "distributed", False):
+            ritz = getattr(result, "ritz_values", None)
+            if isinstance(ritz, torch.Tensor):
+                from ..distributed.checks import verify_identical
+
+                verify_identical(ritz, "the live curvature spectrum")
         self.spent += cost
         self.last_cost = cost
         self.computed += 1
@@ -401,7 +442,7 @@ class CurvatureCallback(Callback):
             "curvature": self.curvature,
             "num_iters": self.num_iters,
             "num_probes": self.num_probes,
-            "subsample": len(self.batch[1]),
+            "subsample": self.total,
             **summarize(result, self.top_k),
         }
         trainer.record_curvature(record)

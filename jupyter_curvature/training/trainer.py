@@ -34,8 +34,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
 
+from . import ddp as _ddp
 from .callbacks import CurvatureCallback, ProgressBar, as_callbacks, describe_event
 from .checkpoint import (
     FORMAT,
@@ -46,6 +48,7 @@ from .checkpoint import (
     rng_state,
     set_rng_state,
 )
+from .ddp import step_split
 
 LAST = "checkpoint-last.pt"
 
@@ -144,7 +147,13 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class _Batches:
-    """Batches of a dataset in an order that depends only on ``(seed, epoch)``."""
+    """Batches of a dataset in an order that depends only on ``(seed, epoch)``.
+
+    With ``world_size > 1`` each global batch is split across the ranks
+    (:func:`~jupyter_curvature.training.ddp.step_split`) and this rank reads only its part;
+    a loader with its own distributed sampler (one with ``set_epoch``) is used as it is,
+    with ``set_epoch(epoch)`` called at the start of every epoch.
+    """
 
     def __init__(
         self,
@@ -155,7 +164,10 @@ class _Batches:
         drop_last: bool,
         num_workers: int,
         seed: int,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        self.rank, self.world_size = rank, world_size
         self.opaque: DataLoader | None = None
         self.collate_fn = None
         self.pin_memory = False
@@ -191,6 +203,24 @@ class _Batches:
             raise ValueError(
                 f"batch_size={batch_size} with drop_last leaves no batch ({n} samples)"
             )
+        if world_size > 1 and self.opaque is not None:
+            if not callable(getattr(self.opaque.sampler, "set_epoch", None)):
+                raise ValueError(
+                    "train_data is a DataLoader with a custom sampler that is not a distributed "
+                    "sampler (no set_epoch): under DistributedDataParallel every rank would "
+                    "train on the same samples; pass the Dataset (the trainer splits each "
+                    "global batch across the ranks) or a loader with a DistributedSampler"
+                )
+        elif world_size > 1:
+            last = n - (self.count - 1) * batch_size if not drop_last else batch_size
+            smallest = min(batch_size, last)
+            if smallest < world_size:
+                raise ValueError(
+                    f"batch_size={batch_size} on {n} samples leaves a batch of {smallest} "
+                    f"samples for {world_size} ranks (a rank would get none): set "
+                    "drop_last=True or a batch_size whose last batch holds at least one "
+                    "sample per rank"
+                )
 
     def order(self, epoch: int) -> list[torch.Tensor]:
         n = len(self.dataset)
@@ -205,12 +235,17 @@ class _Batches:
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
         if self.opaque is not None:
+            set_epoch = getattr(self.opaque.sampler, "set_epoch", None)
+            if self.world_size > 1 and callable(set_epoch):
+                set_epoch(epoch)
             it = iter(self.opaque)
             for _ in range(start):
                 next(it, None)
             yield from it
             return
         batches = self.order(epoch)[start:]
+        if self.world_size > 1:
+            batches = [step_split(b, self.rank, self.world_size) for b in batches]
         ds = self.dataset
         if isinstance(ds, TensorDataset) and self.num_workers == 0:
             for idx in batches:  # fast path: no per-sample indexing and collation
@@ -249,6 +284,21 @@ def _as_eval_batches(data: Any, batch_size: int) -> Iterable[Any] | None:
     return data
 
 
+def _rank_batches(batches: Iterable[Any], rank: int, world_size: int) -> Iterable[Any]:
+    """Every ``world_size``-th batch from ``rank`` (a dataset's loader reads only those)."""
+    if isinstance(batches, DataLoader) and batches.batch_size is not None:
+        if isinstance(batches.sampler, SequentialSampler) and not batches.drop_last:
+            n, b = len(batches.dataset), batches.batch_size
+            mine = [list(range(i, min(i + b, n))) for i in range(rank * b, n, world_size * b)]
+            return DataLoader(
+                batches.dataset,
+                batch_sampler=mine,
+                num_workers=batches.num_workers,
+                collate_fn=batches.collate_fn,
+            )
+    return (batch for i, batch in enumerate(batches) if i % world_size == rank)
+
+
 def _to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -257,6 +307,11 @@ def _to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {k: _to(v, device) for k, v in batch.items()}
     return batch
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def _accuracy_counts(outputs: Any, targets: Any) -> tuple[int, int] | None:
@@ -327,6 +382,29 @@ class Trainer:
         stop_on_nonfinite: a NaN/inf loss raises ``FloatingPointError`` (the model is left
             at the last finished step) instead of training on.
         model_name: a registry name stored in checkpoints (for the CLI and messages).
+        distributed: ``None`` (default): train under ``DistributedDataParallel`` when a
+            process group with more than one rank is initialised or ``model`` is a DDP
+            module; ``True``: require it; ``False``: train this rank's model alone.
+        ddp_kwargs: more ``DistributedDataParallel`` settings (``find_unused_parameters``,
+            ``broadcast_buffers``, ...) when the trainer wraps the model.
+
+    **Under DistributedDataParallel** (``torchrun``; see ``docs/training.md``) every rank
+    builds the same ``Trainer``; ``model`` is wrapped in DDP (or a DDP module is accepted
+    and ``trainer.model`` is its ``.module``), ``batch_size`` is the *global* batch and
+    each rank computes on its contiguous part of every global batch (sizes within one
+    sample), reading only those samples. Each rank's loss is weighted by its share of the
+    global batch, so the gradient DDP averages is exactly the gradient of the global
+    batch's mean loss, uneven parts included: **the weights equal those of a
+    single-process run on the same global batches** (up to rounding; models whose forward
+    pass couples samples, such as BatchNorm with batch statistics, need ``SyncBatchNorm``
+    for that). The step and epoch metrics and the evaluation are summed over the ranks, so
+    the history is the same on every rank; rank 0's BatchNorm buffers are copied to all
+    ranks after each step; only rank 0 writes checkpoints (every rank's RNG state goes
+    into them); a resumed run (any rank count; bitwise with the same one) continues from
+    rank 0's file. Ranks with different models or settings, a failure in one rank's
+    forward pass, ``stop()`` or Ctrl-C on one rank: every rank stops at the same step, with
+    an error naming the cause. K-FAC is not supported under DDP (per-rank factors would
+    make the ranks' weights drift apart).
     """
 
     def __init__(
@@ -356,7 +434,12 @@ class Trainer:
         drop_last: bool = False,
         stop_on_nonfinite: bool = True,
         model_name: str | None = None,
+        distributed: bool | None = None,
+        ddp_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        ddp_model = model if isinstance(model, DDP) else None
+        if ddp_model is not None:
+            model = ddp_model.module
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -382,7 +465,15 @@ class Trainer:
                 and not isinstance(schedule, torch.optim.lr_scheduler.LRScheduler)
             ):
                 raise ValueError(f"the optimiser's learning rate must be positive, got {lr!r}")
+        use_ddp = self._wants_ddp(distributed, ddp_model, ddp_kwargs)
+        self._rank = _ddp.get_rank() if use_ddp else 0
+        self._world = _ddp.get_world_size() if use_ddp else 1
         if device is not None:
+            if ddp_model is not None and torch.device(device) != _device_of(model):
+                raise ValueError(
+                    f"device={device} but the DistributedDataParallel model is on "
+                    f"{_device_of(model)}; move the model before wrapping it, or omit device="
+                )
             model.to(device)
         self.model = model
         self.optimizer = optimizer
@@ -394,7 +485,7 @@ class Trainer:
         self.model_name = model_name
         self._batches = _Batches(
             train_data, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-            num_workers=num_workers, seed=self.seed,
+            num_workers=num_workers, seed=self.seed, rank=self._rank, world_size=self._world,
         )  # fmt: skip
         self.train_dataset = self._batches.dataset
         self.test_data = test_data
@@ -415,6 +506,9 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every = checkpoint_every
         self.checkpoint_steps = checkpoint_steps
+        self.ddp: DDP | None = None
+        if use_ddp:
+            self._setup_ddp(ddp_model, ddp_kwargs, batch_size, shuffle, drop_last)
         self.history = History()
         # progress
         self.step = 0
@@ -430,6 +524,104 @@ class Trainer:
         self._pending_interrupt = False
 
     # --- set-up helpers --------------------------------------------------------------
+    def _wants_ddp(
+        self, distributed: bool | None, ddp_model: DDP | None, ddp_kwargs: dict[str, Any] | None
+    ) -> bool:
+        if distributed not in (None, True, False):
+            raise TypeError(f"distributed must be None, True or False, got {distributed!r}")
+        if ddp_kwargs is not None and not isinstance(ddp_kwargs, dict):
+            raise TypeError(f"ddp_kwargs must be a dict, got {type(ddp_kwargs).__name__}")
+        if distributed is False:
+            if ddp_model is not None:
+                raise ValueError(
+                    "distributed=False but model is a DistributedDataParallel module; pass "
+                    "model.module to train this rank's copy alone"
+                )
+            return False
+        group = _ddp.is_initialized()
+        if distributed is True and not group:
+            raise ValueError(
+                "distributed=True needs a torch.distributed process group: launch with "
+                "torchrun and call jupyter_curvature.distributed.init_distributed() first"
+            )
+        return ddp_model is not None or (group and (distributed or _ddp.active()))
+
+    def _setup_ddp(
+        self,
+        ddp_model: DDP | None,
+        ddp_kwargs: dict[str, Any] | None,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+    ) -> None:
+        """Checks (every rank raises the same error), then the DDP wrapper."""
+        from ..operators._distributed import check_backend_device
+
+        device = self.device
+        check_backend_device(device)
+        for obj in (self.optimizer, self.preconditioner):
+            if obj is not None and callable(getattr(obj, "wants_fisher", None)):
+                raise ValueError(
+                    f"{type(obj).__name__} (K-FAC) is not supported under "
+                    "DistributedDataParallel: each rank's factors would come from its own "
+                    "samples and the ranks' weights would drift apart; train K-FAC in one "
+                    "process (distributed=False) or use SGD, Adam or SWATS"
+                )
+        if self.preconditioner is not None:
+            raise ValueError(
+                "preconditioner= is not supported under DistributedDataParallel; pass "
+                "distributed=False to train each rank alone"
+            )
+        curvature = [
+            (
+                cb.every,
+                cb.curvature,
+                cb.num_iters,
+                cb.num_probes,
+                cb.subsample,
+                cb.seed,
+                cb.max_overhead,
+                cb.at_start,
+                cb.at_end,
+            )  # fmt: skip
+            for cb in self.callbacks
+            if isinstance(cb, CurvatureCallback)
+        ]
+        _ddp.check_same_settings(
+            self.model,
+            {
+                "len(train_data)": len(self.train_dataset),
+                "batch_size": batch_size if self._batches.opaque is None else None,
+                "shuffle": shuffle if self._batches.opaque is None else None,
+                "drop_last": drop_last if self._batches.opaque is None else None,
+                "seed": self.seed,
+                "steps per epoch": self.steps_per_epoch,
+                "epochs": self.epochs,
+                "total steps": self.total_steps,
+                "test data": self._eval_batches is not None,
+                "eval_every": self.eval_every,
+                "checkpoint_dir": self.checkpoint_dir is not None,
+                "checkpoint_every": self.checkpoint_every,
+                "checkpoint_steps": self.checkpoint_steps,
+                "optimizer": type(self.optimizer).__name__,
+                "curvature callbacks": curvature,
+            },
+        )
+        if ddp_model is None:
+            ids = [device.index] if device.type == "cuda" else None
+            ddp_model = DDP(self.model, device_ids=ids, **(ddp_kwargs or {}))
+        self.ddp = ddp_model
+
+    @property
+    def distributed(self) -> bool:
+        """Training runs under DistributedDataParallel (every rank must call ``fit`` and
+        the other collective methods: ``evaluate``, ``state_dict``, checkpoints)."""
+        return self.ddp is not None
+
+    @property
+    def _train_module(self) -> nn.Module:
+        return self.ddp if self.ddp is not None else self.model
+
     def _make_scheduler(self, schedule: Any) -> Any:
         from ..optim.schedules import ConstantSchedule, LinearSchedule
 
@@ -456,8 +648,7 @@ class Trainer:
 
     @property
     def device(self) -> torch.device:
-        p = next(self.model.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
+        return _device_of(self.model)
 
     @property
     def lr(self) -> float:
@@ -523,10 +714,16 @@ class Trainer:
     # --- evaluation ---------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, data: Any = None) -> dict[str, float]:
-        """Mean loss and accuracy over ``data`` (default the test data), in eval mode."""
+        """Mean loss and accuracy over ``data`` (default the test data), in eval mode.
+
+        Under DDP a collective: every rank evaluates every ``world_size``-th batch and the
+        sums are reduced, so every rank returns the figures of the whole ``data``.
+        """
         batches = self._eval_batches if data is None else _as_eval_batches(data, 256)
         if batches is None:
             raise ValueError("no test data to evaluate: pass test_data= or data=")
+        if self.distributed:
+            batches = _rank_batches(batches, self._rank, self._world)
         modes = [m.training for m in self.model.modules()]
         self.model.eval()
         total, correct, counted, n = 0.0, 0, 0, 0
@@ -548,6 +745,10 @@ class Trainer:
         finally:
             for m, mode in zip(self.model.modules(), modes):
                 m.training = mode
+        if self.distributed:
+            total, n, correct, counted, _ = _ddp.reduce_step(
+                total, n, correct, counted, False, self.device
+            )
         if n == 0:
             raise ValueError("the evaluation data holds no samples")
         return {"loss": total / n, "accuracy": correct / counted if counted else float("nan")}
@@ -579,7 +780,15 @@ class Trainer:
             },
             "rng": rng_state(devices),
             "history": self.history.to_dict(),
+            **self._ranks_state(devices),
         }
+
+    def _ranks_state(self, devices: list[torch.device]) -> dict[str, Any]:
+        if not self.distributed:
+            return {}
+        from ..distributed.checks import _gather
+
+        return {"world_size": self._world, "rng_ranks": _gather(rng_state(devices))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (checks the model's keys and shapes first)."""
@@ -605,31 +814,81 @@ class Trainer:
         self._sums = dict(t["sums"])
         self.train_seconds = float(t.get("train_seconds", 0.0))
         self.history = History.from_dict(state["history"])
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        if self.distributed and ranks is not None and len(ranks) == self._world:
+            set_rng_state(ranks[self._rank])  # bitwise resume with the same number of ranks
+        else:
+            set_rng_state(state["rng"])
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Write the state atomically (default ``checkpoint_dir/checkpoint-last.pt``)."""
+        """Write the state atomically (default ``checkpoint_dir/checkpoint-last.pt``).
+
+        Under DDP a collective: only rank 0 writes, every rank returns once the file is
+        complete (or raises if rank 0 could not write it).
+        """
         if path is None:
             if self.checkpoint_dir is None:
                 raise ValueError("no checkpoint path: pass path= or set checkpoint_dir")
             path = self.checkpoint_dir / LAST
-        self.last_checkpoint = atomic_save(self.state_dict(), path)
-        return self.last_checkpoint
+        return self._write([Path(path)], self.state_dict())[0]
+
+    def _write(self, paths: list[Path], state: dict[str, Any]) -> list[Path]:
+        error: BaseException | None = None
+        if self._rank == 0:
+            try:
+                for path in paths:
+                    atomic_save(state, path)
+            except BaseException as exc:  # told to every rank below, then raised
+                error = exc
+        if self.distributed:
+            (failed,) = _ddp.any_flags([error is not None], self.device)
+            if failed and error is None:
+                raise RuntimeError(
+                    f"rank 0 could not write the checkpoint {paths[0]}; see rank 0's error"
+                )
+        if error is not None:
+            raise error
+        self.last_checkpoint = paths[0]
+        return paths
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Resume from a checkpoint file (read with ``weights_only=True``)."""
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        """Resume from a checkpoint file (read with ``weights_only=True``).
+
+        Under DDP a collective: rank 0 reads the file and sends it to every rank (the other
+        ranks need not see the file system), and every rank raises rank 0's error if any.
+        """
+        self.load_state_dict(self._read(path, required=True))
+
+    def _read(self, path: str | Path, *, required: bool) -> dict[str, Any] | None:
+        """The checkpoint at ``path`` (rank 0's copy under DDP); ``None`` if it is missing
+        and not ``required``."""
+        if not self.distributed:
+            if not required and not Path(path).is_file():
+                return None
+            return load_checkpoint(path, map_location=self.device)
+        message: tuple[str, str] | None = None
+        state = None
+        if self._rank == 0:
+            try:
+                if required or Path(path).is_file():
+                    state = load_checkpoint(path, map_location="cpu")
+            except (FileNotFoundError, ValueError) as exc:
+                message = (type(exc).__name__, str(exc))
+        state, message = _ddp.broadcast_object((state, message))
+        if message is not None:
+            kind = FileNotFoundError if message[0] == "FileNotFoundError" else ValueError
+            raise kind(f"rank 0: {message[1]}")
+        return state
 
     def _checkpoint(self, epoch_file: bool = False) -> None:
         if self.checkpoint_dir is None:
             return
-        path = self.save_checkpoint()
-        self.record_event({"event": "checkpoint", "path": str(path)})
+        paths = [self.checkpoint_dir / LAST]
         if epoch_file:
-            kept = atomic_save(
-                self.state_dict(), self.checkpoint_dir / f"checkpoint-{self.epoch:05d}.pt"
-            )
-            self.record_event({"event": "checkpoint", "path": str(kept)})
+            paths.append(self.checkpoint_dir / f"checkpoint-{self.epoch:05d}.pt")
+        self._write(paths, self.state_dict())
+        for path in paths:
+            self.record_event({"event": "checkpoint", "path": str(path)})
 
     # --- interruption --------------------------------------------------------------------
     @contextlib.contextmanager
@@ -639,7 +898,8 @@ class Trainer:
             return
 
         def handler(signum, frame):
-            if self._critical:
+            # under DDP the ranks agree after each step (a lone rank leaving would hang the rest)
+            if self._critical or self.distributed:
                 self._pending_interrupt = True
             else:
                 raise KeyboardInterrupt
@@ -671,38 +931,88 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------
     def _forward(self, x: Any, y: Any) -> tuple[torch.Tensor, Any]:
+        module = self._train_module
         if self.step_fn is None:
-            outputs = self.model(x)
+            outputs = module(x)
             return self.loss_fn(outputs, y), outputs
-        result = self.step_fn(self.model, x, y)
+        result = self.step_fn(module, x, y)
         if isinstance(result, dict):
             return result["loss"], result.get("outputs")
         if isinstance(result, (tuple, list)):
             return result[0], result[1]
         return result, None
 
-    def _train_step(self, batch: Any, snapshot: Any) -> dict[str, Any]:
+    def _loss_weight(self, local: int, total: int) -> float:
+        """Factor on this rank's loss so that DDP's average of the ranks' gradients is the
+        gradient of the global batch's loss: ``world_size * b_r / b`` for a mean over the
+        samples (the default), ``world_size`` for a sum (``reduction="sum"``)."""
+        if self.step_fn is None and getattr(self.loss_fn, "reduction", "mean") == "sum":
+            return float(self._world)
+        return self._world * local / total
+
+    def _train_step(
+        self, batch: Any, snapshot: Any, fetch_error: BaseException | None = None
+    ) -> dict[str, Any]:
         start = time.perf_counter()
+        error: BaseException | None = None
+        loss_value, b, acc = float("nan"), 0, None
         try:
+            if fetch_error is not None:
+                raise fetch_error
             x, y = _to(batch, self.device) if isinstance(batch, (tuple, list)) else (batch, None)
-            self.model.train()
+            self._train_module.train()
             self.optimizer.zero_grad(set_to_none=True)
             loss, outputs = self._forward(x, y)
             if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
                 raise ValueError("the training step must give a scalar loss tensor")
             loss_value = float(loss.detach())
+            b = int(y.shape[0]) if isinstance(y, torch.Tensor) and y.ndim > 0 else 1
+            acc = _accuracy_counts(
+                outputs.detach() if isinstance(outputs, torch.Tensor) else None, y
+            )
+        except BaseException as exc:
+            if not self.distributed:
+                self._rollback(snapshot)
+                raise
+            error = exc
+        total = b
+        if self.distributed:
+            # before the backward pass: its all-reduce would wait for a rank that failed here
+            loss_sum, total, correct, counted, failed = _ddp.reduce_step(
+                loss_value * b if error is None else 0.0,
+                b if error is None else 0,
+                acc[0] if acc and error is None else 0,
+                acc[1] if acc and error is None else 0,
+                error is not None,
+                self.device,
+            )
+            if failed:
+                self._rollback(snapshot)
+                if error is not None:
+                    raise error
+                raise RuntimeError(
+                    f"rank(s) {failed} failed in step {self.step + 1}; every rank stops at step "
+                    f"{self.step} (see the failing rank's error)"
+                )
+            loss_value = loss_sum / total
+            acc = (correct, counted) if counted else None
+        try:
             if self.stop_on_nonfinite and not math.isfinite(loss_value):
                 raise FloatingPointError(
                     f"the loss became {loss_value} at step {self.step + 1} (epoch {self.epoch + 1}); "
                     f"the model and optimiser are left at step {self.step}. Lower the learning "
                     "rate (or raise the damping)."
                 )
-            for obj in (self.preconditioner, self.optimizer):
-                wants = getattr(obj, "wants_fisher", None)
-                if callable(wants) and wants():
-                    if isinstance(outputs, torch.Tensor) and outputs.requires_grad:
-                        obj.fisher_backward(outputs)
-            loss.backward()
+            if self.distributed:
+                weight = self._loss_weight(b, total)
+                (loss * weight if weight != 1.0 else loss).backward()
+            else:
+                for obj in (self.preconditioner, self.optimizer):
+                    wants = getattr(obj, "wants_fisher", None)
+                    if callable(wants) and wants():
+                        if isinstance(outputs, torch.Tensor) and outputs.requires_grad:
+                            obj.fisher_backward(outputs)
+                loss.backward()
         except BaseException:
             self._rollback(snapshot)
             raise
@@ -712,17 +1022,15 @@ class Trainer:
             if self.preconditioner is not None:
                 self.preconditioner.step()
             self.optimizer.step()
+            if self.distributed:
+                _ddp.sync_buffers(self.model)
             if self.scheduler is not None and self.schedule_interval == "step":
                 self._scheduler_step(None)
             self.step += 1
             self.batch_in_epoch += 1
-            b = int(y.shape[0]) if isinstance(y, torch.Tensor) and y.ndim > 0 else 1
-            acc = _accuracy_counts(
-                outputs.detach() if isinstance(outputs, torch.Tensor) else None, y
-            )
             s = self._sums
-            s["loss"] += loss_value * b
-            s["samples"] += b
+            s["loss"] += loss_value * total
+            s["samples"] += total
             if acc is not None:
                 s["correct"] += acc[0]
                 s["counted"] += acc[1]
@@ -733,7 +1041,7 @@ class Trainer:
                 "loss": loss_value,
                 "accuracy": acc[0] / acc[1] if acc else float("nan"),
                 "lr": lr,
-                "batch_size": b,
+                "batch_size": total,
             }
             h = self.history.steps
             for key in ("step", "epoch", "loss", "accuracy", "lr"):
@@ -747,10 +1055,24 @@ class Trainer:
         if callable(pop):
             for event in pop():
                 self.record_event(dict(event))
-        if self._pending_interrupt:
+        if self._pending_interrupt and not self.distributed:
             self._pending_interrupt = False
             raise KeyboardInterrupt
         return logs
+
+    def _agree_to_stop(self) -> None:
+        """Under DDP: every rank learns of a ``stop()`` or Ctrl-C on any rank (one small
+        all-reduce per step), so that all of them leave the loop at the same step."""
+        if not self.distributed:
+            return
+        stop, interrupt = _ddp.any_flags(
+            [self._stop.is_set(), self._pending_interrupt], self.device
+        )
+        if stop:
+            self._stop.set()
+        if interrupt:
+            self._pending_interrupt = False
+            raise KeyboardInterrupt
 
     def _scheduler_step(self, metric: float | None) -> None:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -800,10 +1122,9 @@ class Trainer:
             )
             if resume is True and self.checkpoint_dir is None:
                 raise ValueError("resume=True needs checkpoint_dir")
-            if Path(path).is_file():
-                self.load_checkpoint(path)
-            elif resume is not True:
-                raise FileNotFoundError(f"no checkpoint at {path}")
+            state = self._read(path, required=resume is not True)
+            if state is not None:
+                self.load_state_dict(state)
         self._stop.clear()
         self.interrupted = False
         self.status = "running"
@@ -848,17 +1169,21 @@ class Trainer:
             while True:
                 # the snapshot precedes the fetch: augmentations draw on the global RNG
                 snapshot = self._snapshot()
+                fetch_error = None
                 try:
                     batch = next(batches)
                 except StopIteration:
                     break
-                except BaseException:
-                    self._rollback(snapshot)
-                    raise
-                logs = self._train_step(batch, snapshot)
+                except BaseException as exc:
+                    if not self.distributed:
+                        self._rollback(snapshot)
+                        raise
+                    batch, fetch_error = None, exc  # told to the other ranks in the step
+                logs = self._train_step(batch, snapshot, fetch_error)
                 self._emit("on_step_end", logs)
                 if self.checkpoint_steps and self.step % self.checkpoint_steps == 0:
                     self._checkpoint()
+                self._agree_to_stop()
                 if self.done or self._stop.is_set():
                     break
             if self.batch_in_epoch >= self.steps_per_epoch:
@@ -947,6 +1272,12 @@ def train(
         spectrum_every: add a :class:`CurvatureCallback` with this period (settings from
             ``curvature``).
         callbacks: more callbacks; ``progress=True`` adds a tqdm bar.
+
+    Under ``torchrun`` (a process group initialised, e.g. by
+    :func:`jupyter_curvature.distributed.init_distributed`) every rank calls it with the
+    same arguments and the :class:`Trainer` trains under ``DistributedDataParallel``:
+    ``batch_size`` is the global batch, split across the ranks; rank 0 writes the
+    checkpoints and ``history.json`` and shows the progress bar.
     """
     from ..data import dataset_info, get_dataset
     from ..models import create, model_info
@@ -1004,7 +1335,7 @@ def train(
         seed=seed, num_workers=num_workers, model_name=name,
     )  # fmt: skip
     trainer.fit(resume=resume if resume is not None else None)
-    if out_dir is not None:
+    if out_dir is not None and trainer._rank == 0:
         trainer.history.save(Path(out_dir) / "history.json")
     return trainer
 
