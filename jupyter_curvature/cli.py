@@ -3,7 +3,8 @@
 Every subcommand writes its results (JSON, ``.npz``) and figures (PNG) to ``--out``. Models and
 datasets are chosen by name; ``digits`` (bundled with scikit-learn) is the offline default.
 Checkpoints are read with ``torch.load(weights_only=True)``. Under ``torchrun`` every rank
-computes its shard and only rank 0 writes.
+computes its shard and only rank 0 writes; ``train`` runs the Trainer under
+``DistributedDataParallel`` (``--batch-size`` is the global batch, split across the ranks).
 """
 
 from __future__ import annotations

@@ -343,12 +343,19 @@ def train_job(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train a zoo network; checkpoints, ``history.json`` and ``training.png`` go to ``out``."""
+    """Train a zoo network; checkpoints, ``history.json`` and ``training.png`` go to ``out``.
+
+    The model's initial weights are drawn from ``seed``. Under ``torchrun`` (a process group
+    initialised) the :class:`~jupyter_curvature.training.Trainer` trains under
+    ``DistributedDataParallel``: ``batch_size`` is the global batch, split across the
+    ranks, so the run takes the same steps as one process; only rank 0 writes.
+    """
     import matplotlib.pyplot as plt
 
     from .plots import plot_training_history
     from .training import train
 
+    torch.manual_seed(seed)
     optimizer_kwargs: dict[str, Any] = {}
     if weight_decay:
         optimizer_kwargs["weight_decay"] = weight_decay

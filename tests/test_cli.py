@@ -173,3 +173,38 @@ def test_demo_report_matches_its_results(tmp_path):
         assert (tmp_path / name).exists(), name
     # the GGN of cross-entropy is positive semi-definite: its smallest Ritz value is >= 0
     assert report["ggn"]["stats"]["smallest"] >= -1e-6 * report["ggn"]["stats"]["largest"]
+
+
+def _train_argv(out) -> list[str]:
+    return ["train", "--model", "mlp", "--epochs", "2", "--subsample", "100", "--batch-size",
+            "20", "--out", str(out)]  # fmt: skip
+
+
+def _train_on_a_rank(out: str) -> int:
+    return main(_train_argv(out))
+
+
+@pytest.mark.distributed
+def test_train_under_two_processes_takes_the_single_process_steps(tmp_path):
+    """`train` under a process group (as under torchrun) runs the DDP Trainer: the same 10
+    global batches of 20 as one process, each split 10 + 10, the same weights up to float32
+    rounding, and only rank 0 writes."""
+    import jupyter_curvature.distributed as jd
+
+    assert main(_train_argv(tmp_path / "single")) == 0
+    codes = jd.launch(_train_on_a_rank, 2, (str(tmp_path / "ddp"),), timeout=60,
+                      join_timeout=300, start_method="fork")  # fmt: skip
+    assert codes == [0, 0]
+    single = json.loads((tmp_path / "single" / "history.json").read_text())
+    ddp = json.loads((tmp_path / "ddp" / "history.json").read_text())
+    assert ddp["steps"]["step"] == single["steps"]["step"] == list(range(1, 11))
+    # float32: the two runs sum the same numbers in a different order (relative 1e-7 a step)
+    assert ddp["steps"]["loss"] == pytest.approx(single["steps"]["loss"], rel=1e-5)
+    a = torch.load(tmp_path / "single" / "checkpoint-last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "ddp" / "checkpoint-last.pt", weights_only=True)
+    assert b["world_size"] == 2
+    for key, value in a.items():
+        assert torch.allclose(b["model"][key], value, rtol=1e-5, atol=1e-6), key
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(
+        p.name for p in (tmp_path / "single").iterdir()
+    )

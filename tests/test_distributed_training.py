@@ -14,7 +14,9 @@ one module fixture runs most distributed computations in one launch.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -380,6 +382,16 @@ def _bad_input_job():
     trainer = make_trainer(step_fn=step_fn)
     out["step"] = _error(trainer.fit)
     out["after_step"] = (trainer.step, trainer.status, len(trainer.history))
+
+    # Ctrl-C reaching rank 0 alone, in the middle of step 4: both ranks end after step 4
+    def interrupt(module, x, y):
+        if jd.get_rank() == 0 and interrupted.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return nn.CrossEntropyLoss()(module(x), y)
+
+    interrupted = make_trainer(step_fn=interrupt)
+    interrupted.fit()
+    out["interrupt"] = (interrupted.step, interrupted.status, interrupted.interrupted)
     return out
 
 
@@ -415,6 +427,12 @@ def test_a_rank_failing_in_a_step_stops_every_rank_at_the_same_step(bad_input):
     assert bad_input[0]["step"].startswith("RuntimeError: rank(s) [1] failed in step 3")
     for r in bad_input:
         assert r["after_step"] == (2, "failed", 2)
+
+
+@pytest.mark.distributed
+def test_ctrl_c_on_one_rank_interrupts_every_rank_after_the_same_step(bad_input):
+    for r in bad_input:
+        assert r["interrupt"] == (4, "interrupted", True)
 
 
 # ------------------------------------------------------------------ without a process group
