@@ -46,8 +46,8 @@ def make_data():
     )
 
 
-def make_model(hidden: int = 5, batchnorm: bool = False) -> nn.Module:
-    torch.manual_seed(1)
+def make_model(hidden: int = 5, batchnorm: bool = False, seed: int = 1) -> nn.Module:
+    torch.manual_seed(seed)
     layers = [nn.Linear(6, hidden)]
     if batchnorm:
         layers.append(nn.BatchNorm1d(hidden))
@@ -392,6 +392,22 @@ def _bad_input_job():
     interrupted = make_trainer(step_fn=interrupt)
     interrupted.fit()
     out["interrupt"] = (interrupted.step, interrupted.status, interrupted.interrupted)
+
+    # a non-finite loss on rank 1 alone: every rank raises at the same step
+    def nan_on_one_rank(module, x, y):
+        loss = nn.CrossEntropyLoss()(module(x), y)
+        return loss * float("nan") if jd.get_rank() == 1 and nan.step == 1 else loss
+
+    nan = make_trainer(step_fn=nan_on_one_rank)
+    out["nan"] = _error(nan.fit)
+    out["nan_step"] = nan.step
+
+    # distributed=False under a process group: each rank alone, its spectra its own
+    alone = make_trainer(
+        make_model(seed=1 + rank), callbacks=[curvature_callback()], steps=5, distributed=False
+    )
+    alone.fit()
+    out["alone"] = (alone.distributed, alone.history.curvature[-1]["ritz_values"])
     return out
 
 
@@ -433,6 +449,25 @@ def test_a_rank_failing_in_a_step_stops_every_rank_at_the_same_step(bad_input):
 def test_ctrl_c_on_one_rank_interrupts_every_rank_after_the_same_step(bad_input):
     for r in bad_input:
         assert r["interrupt"] == (4, "interrupted", True)
+
+
+@pytest.mark.distributed
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(bad_input):
+    for r in bad_input:
+        assert r["nan"].startswith("FloatingPointError: the loss became nan at step 2")
+        assert r["nan_step"] == 1
+
+
+@pytest.mark.distributed
+def test_distributed_false_trains_each_rank_alone(bad_input):
+    for rank, r in enumerate(bad_input):
+        reference = make_trainer(
+            make_model(seed=1 + rank), callbacks=[curvature_callback()], steps=5
+        )
+        reference.fit()
+        assert r["alone"][0] is False
+        close(r["alone"][1], reference.history.curvature[-1]["ritz_values"], SPECTRUM_TOL,
+              f"spectrum of rank {rank} alone")  # fmt: skip
 
 
 # ------------------------------------------------------------------ without a process group

@@ -16,12 +16,15 @@ current step.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
+
+from ..operators._distributed import local_only
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
@@ -86,16 +89,22 @@ class ProgressBar(Callback):
     def __init__(self, **tqdm_kwargs: Any) -> None:
         self.kwargs = tqdm_kwargs
         self.bar: Any = None
+        self.shown = True
 
     def on_train_begin(self, trainer: Trainer) -> None:
         from tqdm import tqdm  # not tqdm.auto: the engine never imports IPython
 
         from ..distributed.context import is_main_process
 
+        self.shown = is_main_process()
         kwargs = dict(self.kwargs)
-        if not is_main_process():
+        if not self.shown:
             kwargs["disable"] = True
         self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", **kwargs)
+
+    def _write(self, line: str) -> None:
+        if self.bar is not None and self.shown:  # tqdm.write prints even when disabled
+            self.bar.write(line)
 
     def on_step_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
         self.bar.update(1)
@@ -107,19 +116,19 @@ class ProgressBar(Callback):
             parts.append(f"test loss {logs['test_loss']:.4g}")
         if logs.get("test_accuracy") is not None:
             parts.append(f"test accuracy {logs['test_accuracy']:.4f}")
-        self.bar.write(", ".join(parts))
+        self._write(", ".join(parts))
 
     def on_curvature(self, trainer: Trainer, record: dict[str, Any]) -> None:
         top = record.get("top_eigenvalues")
         if top:
-            self.bar.write(
+            self._write(
                 f"step {record['step']}: largest {record['curvature']} eigenvalues "
                 + ", ".join(f"{v:.4g}" for v in top)
             )
 
     def on_event(self, trainer: Trainer, event: dict[str, Any]) -> None:
-        if self.bar is not None and event.get("event") != "checkpoint":
-            self.bar.write(describe_event(event))
+        if event.get("event") != "checkpoint":
+            self._write(describe_event(event))
 
     def on_train_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
         if self.bar is not None:
@@ -354,7 +363,7 @@ class CurvatureCallback(Callback):
         x, y = _fixed_batch(source, self.subsample, self.seed)
         self.total = len(y)
         if getattr(trainer, "distributed", False):
-            world, rank = trainer._world, trainer._rank
+            world, rank = trainer.world_size, trainer.rank
             if len(y) < world:
                 raise ValueError(
                     f"the curvature batch holds {len(y)} samples for {world} ranks (a rank "
@@ -411,7 +420,11 @@ class CurvatureCallback(Callback):
             raise RuntimeError("CurvatureCallback.run needs on_train_begin first")
         loss_fn = self.loss_fn or trainer.loss_fn
         start = time.perf_counter()
-        with trainer.quiet():
+        # a rank training alone under a process group (distributed=False) must not sum its
+        # products with the other ranks' (the operators would by default)
+        distributed = getattr(trainer, "distributed", False)
+        alone = contextlib.nullcontext() if distributed else local_only()
+        with trainer.quiet(), alone:
             result = self.compute(
                 trainer.model,
                 loss_fn,

@@ -466,8 +466,9 @@ class Trainer:
             ):
                 raise ValueError(f"the optimiser's learning rate must be positive, got {lr!r}")
         use_ddp = self._wants_ddp(distributed, ddp_model, ddp_kwargs)
-        self._rank = _ddp.get_rank() if use_ddp else 0
-        self._world = _ddp.get_world_size() if use_ddp else 1
+        #: this process's rank and the number of ranks training together (0 and 1 alone)
+        self.rank = _ddp.get_rank() if use_ddp else 0
+        self.world_size = _ddp.get_world_size() if use_ddp else 1
         if device is not None:
             if ddp_model is not None and torch.device(device) != _device_of(model):
                 raise ValueError(
@@ -485,7 +486,7 @@ class Trainer:
         self.model_name = model_name
         self._batches = _Batches(
             train_data, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-            num_workers=num_workers, seed=self.seed, rank=self._rank, world_size=self._world,
+            num_workers=num_workers, seed=self.seed, rank=self.rank, world_size=self.world_size,
         )  # fmt: skip
         self.train_dataset = self._batches.dataset
         self.test_data = test_data
@@ -723,7 +724,7 @@ class Trainer:
         if batches is None:
             raise ValueError("no test data to evaluate: pass test_data= or data=")
         if self.distributed:
-            batches = _rank_batches(batches, self._rank, self._world)
+            batches = _rank_batches(batches, self.rank, self.world_size)
         modes = [m.training for m in self.model.modules()]
         self.model.eval()
         total, correct, counted, n = 0.0, 0, 0, 0
@@ -755,7 +756,10 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly (tensors, numbers, strings and containers)."""
+        """Everything needed to resume exactly (tensors, numbers, strings and containers).
+
+        Under DDP a collective (every rank's RNG state is gathered into ``rng_ranks``).
+        """
         devices = [self.device] if self.device.type == "cuda" else []
         return {
             "format": FORMAT,
@@ -788,7 +792,7 @@ class Trainer:
             return {}
         from ..distributed.checks import _gather
 
-        return {"world_size": self._world, "rng_ranks": _gather(rng_state(devices))}
+        return {"world_size": self.world_size, "rng_ranks": _gather(rng_state(devices))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (checks the model's keys and shapes first)."""
@@ -815,8 +819,8 @@ class Trainer:
         self.train_seconds = float(t.get("train_seconds", 0.0))
         self.history = History.from_dict(state["history"])
         ranks = state.get("rng_ranks")
-        if self.distributed and ranks is not None and len(ranks) == self._world:
-            set_rng_state(ranks[self._rank])  # bitwise resume with the same number of ranks
+        if self.distributed and ranks is not None and len(ranks) == self.world_size:
+            set_rng_state(ranks[self.rank])  # bitwise resume with the same number of ranks
         else:
             set_rng_state(state["rng"])
 
@@ -834,7 +838,7 @@ class Trainer:
 
     def _write(self, paths: list[Path], state: dict[str, Any]) -> list[Path]:
         error: BaseException | None = None
-        if self._rank == 0:
+        if self.rank == 0:
             try:
                 for path in paths:
                     atomic_save(state, path)
@@ -868,7 +872,7 @@ class Trainer:
             return load_checkpoint(path, map_location=self.device)
         message: tuple[str, str] | None = None
         state = None
-        if self._rank == 0:
+        if self.rank == 0:
             try:
                 if required or Path(path).is_file():
                     state = load_checkpoint(path, map_location="cpu")
@@ -898,7 +902,10 @@ class Trainer:
             return
 
         def handler(signum, frame):
-            # under DDP the ranks agree after each step (a lone rank leaving would hang the rest)
+            # under DDP the ranks agree after each step (a lone rank leaving would hang the
+            # rest); a second Ctrl-C before that forces the interrupt
+            if self.distributed and self._pending_interrupt:
+                raise KeyboardInterrupt
             if self._critical or self.distributed:
                 self._pending_interrupt = True
             else:
@@ -947,8 +954,8 @@ class Trainer:
         gradient of the global batch's loss: ``world_size * b_r / b`` for a mean over the
         samples (the default), ``world_size`` for a sum (``reduction="sum"``)."""
         if self.step_fn is None and getattr(self.loss_fn, "reduction", "mean") == "sum":
-            return float(self._world)
-        return self._world * local / total
+            return float(self.world_size)
+        return self.world_size * local / total
 
     def _train_step(
         self, batch: Any, snapshot: Any, fetch_error: BaseException | None = None
@@ -1335,7 +1342,7 @@ def train(
         seed=seed, num_workers=num_workers, model_name=name,
     )  # fmt: skip
     trainer.fit(resume=resume if resume is not None else None)
-    if out_dir is not None and trainer._rank == 0:
+    if out_dir is not None and trainer.rank == 0:
         trainer.history.save(Path(out_dir) / "history.json")
     return trainer
 
