@@ -8,6 +8,7 @@
 See ``docs/landscape.md``.
 """
 
+from ._data import subsample_data
 from .directions import (
     ORIGINAL_POSITIONS,
     Direction,
@@ -59,5 +60,6 @@ __all__ = [
     "plot_landscape_2d",
     "plot_landscape_surface",
     "random_directions",
+    "subsample_data",
     "user_directions",
 ]

@@ -100,3 +100,57 @@ class CachedBatches:
 
     def first(self) -> Batch:
         return next(iter(self))
+
+
+def subsample_data(
+    data: Any, num_samples: int, *, seed: int = 0, layout: BatchLayout | None = None
+) -> tuple[torch.Tensor, Any]:
+    """A fixed, seeded subsample of ``data`` as one ``(inputs, targets)`` batch (on the CPU
+    or wherever the data is).
+
+    The samples are those at the positions ``sorted(torch.randperm(N, generator=
+    torch.Generator().manual_seed(seed))[:num_samples])`` of the data read in order (``N``
+    samples in all); all of them when ``num_samples >= N``. The data is read twice (count,
+    then gather), so a loader that shuffles gives other samples at each call: keep the
+    returned batch.
+
+    Args:
+        data: a DataLoader, a re-iterable of ``(inputs, targets)`` batches or one batch.
+        num_samples: how many samples to keep (at least 1).
+        seed: the seed of the choice.
+        layout: ``layout(batch) -> (model_args, targets)`` for other batch layouts; the
+            model must take one tensor argument.
+
+    Raises:
+        ValueError: ``num_samples < 1``, or data without samples.
+        TypeError: batches that are not one input tensor and one target tensor.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    source = _RawSource(data, layout)
+    total = 0
+    for batch in source:
+        if len(batch.args) != 1 or not isinstance(batch.args[0], torch.Tensor):
+            raise TypeError(
+                "a subsample needs batches of one input tensor and targets; this data has "
+                f"{len(batch.args)} model argument(s) per batch"
+            )
+        if not isinstance(batch.targets, torch.Tensor):
+            raise TypeError(f"a subsample needs target tensors, got {type(batch.targets).__name__}")
+        total += batch.size
+    if total == 0:
+        raise ValueError("the data holds no samples")
+    gen = torch.Generator().manual_seed(int(seed))
+    keep = torch.randperm(total, generator=gen)[: min(num_samples, total)].sort().values
+    xs, ys, start = [], [], 0
+    for batch in source:
+        lo = int(torch.searchsorted(keep, start))
+        hi = int(torch.searchsorted(keep, start + batch.size))
+        if hi > lo:
+            rows = keep[lo:hi] - start
+            xs.append(batch.args[0][rows.to(batch.args[0].device)])
+            ys.append(batch.targets[rows.to(batch.targets.device)])
+        start += batch.size
+    if start != total:
+        raise ValueError(f"the data changed size between two passes ({total} then {start} samples)")
+    return torch.cat(xs), torch.cat(ys)

@@ -325,40 +325,59 @@ class LandscapeEvaluator:
     def iter_chunks(
         self, coords: torch.Tensor
     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """Evaluate checked ``(P, k)`` coords chunk by chunk: yields ``(indices, metrics)``."""
+        """Evaluate checked ``(P, k)`` coords chunk by chunk: yields ``(indices, metrics)``.
+
+        Thread-safe: the choice of a chunk, its evaluation and its timing happen under one
+        lock, released between chunks, so two threads (a slider and a background worker)
+        can share an evaluator and each waits at most one chunk of the other's."""
         total, i = len(coords), 0
         while i < total:
-            mode, size = self._plan(total - i)
-            chunk = coords[i : i + size]
-            t0 = time.perf_counter()
-            try:
-                with self._lock:
-                    vals = self._eval_vmap(chunk) if mode == "vmap" else self._eval_loop(chunk)
-            except Exception as exc:
-                if mode == "vmap" and _is_oom(exc):
-                    self._shrink(size)
-                    continue
-                if mode == "vmap" and self._vmap_ok:
-                    warnings.warn(
-                        f"batched evaluation with torch.func.vmap failed ({type(exc).__name__}: "
-                        f"{exc}); evaluating one point at a time",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                    self._vmap_ok = False
-                    self._decided = ("loop", 1)
-                    continue
-                raise
-            trial_sizes = {min(t, self._max_points()) for t in _TRIAL_SIZES}
-            if mode == "loop" or size in trial_sizes or self._decided == (mode, size):
-                self._record(
-                    "loop" if mode == "loop" else mode,
-                    1 if mode == "loop" else size,
-                    (time.perf_counter() - t0) / size,
-                )
-            self.points_evaluated += size
+            with self._lock:
+                done = self._chunk(coords, i, total)
+            if done is None:
+                continue
+            size, vals = done
             yield np.arange(i, i + size), vals
             i += size
+
+    def _chunk(
+        self, coords: torch.Tensor, i: int, total: int
+    ) -> tuple[int, dict[str, np.ndarray]] | None:
+        """Plan, evaluate and time the next chunk (lock held); ``None``: re-plan (shrunk)."""
+        mode, size = self._plan(total - i)
+        chunk = coords[i : i + size]
+        t0 = time.perf_counter()
+        try:
+            vals = self._eval_vmap(chunk) if mode == "vmap" else self._eval_loop(chunk)
+        except Exception as exc:
+            if mode == "vmap" and _is_oom(exc):
+                self._shrink(size)
+                return None
+            if mode == "vmap" and self._vmap_ok:
+                warnings.warn(
+                    f"batched evaluation with torch.func.vmap failed ({type(exc).__name__}: "
+                    f"{exc}); evaluating one point at a time",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._vmap_ok = False
+                self._decided = ("loop", 1)
+                return None
+            raise
+        trial_sizes = {min(t, self._max_points()) for t in _TRIAL_SIZES}
+        if mode == "loop" or size in trial_sizes or self._decided == (mode, size):
+            self._record(
+                "loop" if mode == "loop" else mode,
+                1 if mode == "loop" else size,
+                (time.perf_counter() - t0) / size,
+            )
+        self.points_evaluated += size
+        return size, vals
+
+    def seconds_per_point(self) -> float | None:
+        """The best measured time per point (of any strategy tried), or ``None`` before any."""
+        with self._lock:
+            return min(self._timings.values()) if self._timings else None
 
     # ---- strategy -----------------------------------------------------------------------
     def _trial_plan(self) -> list[tuple[str, int]]:

@@ -279,25 +279,30 @@ class Perturber:
         :class:`~jupyter_curvature.landscape.LandscapeEvaluator` (``test_data``, ``bn``,
         ``batch_points``, ...).
         """
-        from .evaluator import LandscapeEvaluator
-
         refs = (loss_fn, data, *kwargs.values())  # held, so that their ids stay theirs
         key = (id(loss_fn), id(data), *sorted((k, id(v)) for k, v in kwargs.items()))
         with self._lock:
             ev = self._evaluator[2] if self._evaluator and self._evaluator[0] == key else None
             if ev is None:
-                ev = LandscapeEvaluator(
-                    self.model,
-                    loss_fn,
-                    data,
-                    self.directions,
-                    params=self.params,
-                    origin=self.origin,
-                    state=self._state,
-                    **kwargs,
-                )
+                ev = self.new_evaluator(loss_fn, data, **kwargs)
                 self._evaluator = (key, refs, ev)  # keep one: it holds the data
             return ev
+
+    def new_evaluator(self, loss_fn: Any, data: Any, **kwargs: Any):
+        """A new :class:`~jupyter_curvature.landscape.LandscapeEvaluator` at this origin (not
+        the one :meth:`evaluator` keeps: for a second dataset, such as a subsample)."""
+        from .evaluator import LandscapeEvaluator
+
+        return LandscapeEvaluator(
+            self.model,
+            loss_fn,
+            data,
+            self.directions,
+            params=self.params,
+            origin=self.origin,
+            state=self._state,
+            **kwargs,
+        )
 
     def evaluate(self, coords: Any, loss_fn: Any, data: Any, **kwargs: Any) -> dict[str, Any]:
         """Loss and accuracy at ``coords`` (one point ``(k,)`` or several ``(P, k)``),
