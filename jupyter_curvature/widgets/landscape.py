@@ -22,6 +22,15 @@ How it stays exact and safe:
   error or a kernel interrupt leave the model as it was.
 - **Coalescing.** Slider messages that arrive while a redraw runs are merged: the next
   redraw uses the latest coordinates only.
+- **Live preview, exact after.** When a full-data line costs more than the live budget
+  (``preview="auto"`` measures it; convolutional networks on a CPU), a slider move draws the
+  changed 1D lines on a fixed, seeded subsample of the data
+  (:func:`~jupyter_curvature.landscape.subsample_data`, the engine's numbers on that
+  subsample), and a background worker replaces each with the exact full-data line once the
+  sliders have been still for ``exact_delay`` seconds. A move cancels the worker's pending
+  work after its current chunk. Exact lines are cached by their coordinates, so returning
+  to a place shows them at once. The point's loss and accuracy (the readout and markers)
+  are always the full-data numbers.
 
 Directions (``directions=``): ``"top:K"`` (the K largest eigenvalues), ``"bottom:K"`` (the K
 smallest), ``"index:i,j,..."`` (positions in an eigenpairs result), ``"random:K"``
@@ -40,6 +49,8 @@ import math
 import re
 import shlex
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..landscape._data import subsample_data
 from ..landscape.directions import Directions, as_directions, eigen_directions, random_directions
 from ..landscape.perturb import Perturber, _copy_all
 from ..landscape.results import Landscape1D, Landscape2D
@@ -79,6 +91,13 @@ _PALETTE = [
     "#393b79",
     "#637939",
 ]
+#: seconds a live 1D line may take to evaluate (the bar is 200 ms for the whole redraw, point
+#: included); ``preview="auto"`` turns the subsample preview on when a full-data line costs more
+LIVE_LINE_BUDGET = 0.1
+#: subsample sizes ``preview="auto"`` chooses from (the largest that fits the budget)
+PREVIEW_SIZES = (1024, 512, 256, 128, 64)
+#: entries of the cache of exact lines
+_CACHE_LINES = 256
 
 
 # --------------------------------------------------------------------------------------
@@ -216,6 +235,16 @@ def _check_points(points: Any) -> int:
     return int(points)
 
 
+def _check_preview(preview: Any) -> int | str | None:
+    if preview is None or preview == "auto":
+        return preview
+    if isinstance(preview, bool) or not isinstance(preview, (int, np.integer)) or preview < 1:
+        raise ValueError(
+            f"preview must be 'auto', None or a positive number of samples, got {preview!r}"
+        )
+    return int(preview)
+
+
 class LandscapeExplorer(Panel):
     """Sliders along curvature eigen-directions with live loss, accuracy, 1D curves and 2D map.
 
@@ -245,6 +274,11 @@ class LandscapeExplorer(Panel):
         tol: relative residual tolerance of computed eigenpairs.
         canvas: also show the custom JS canvas (draggable point).
         batch_points: passed to the evaluator (``"auto"``, 1, or points per batched pass).
+        preview: the live 1D lines: ``"auto"`` (on a subsample when a full-data line is
+            measured above :data:`LIVE_LINE_BUDGET`, of the largest size in
+            :data:`PREVIEW_SIZES` that fits), a number of samples (a preview on that many,
+            when the data has more), or ``None`` (always full data, computed in the slider's
+            callback). With a preview, the exact lines follow in the background.
 
     Raises:
         ValueError: a bad spec, more directions asked than computed, ``distance <= 0``,
@@ -272,6 +306,7 @@ class LandscapeExplorer(Panel):
         tol: float = 1e-3,
         canvas: bool = True,
         batch_points: int | str = "auto",
+        preview: int | str | None = "auto",
     ) -> None:
         # ---- checks first: bad input leaves nothing behind -----------------------------
         if not isinstance(model, nn.Module):
@@ -302,6 +337,11 @@ class LandscapeExplorer(Panel):
         self.tol = float(tol)
         self.metric = metric
         self._batch_points = batch_points
+        self._preview_request = _check_preview(preview)
+        self.preview_samples: int | None = None  # decided after the first (exact) lines
+        self._preview_batches: dict[tuple[str, int], tuple[torch.Tensor, Any]] = {}
+        self._preview_bp = batch_points
+        self._preview_evals: dict[str, Any] = {}
         self._eigen = eigen
         self._given = None if isinstance(directions, str) else directions
         super().__init__()
@@ -330,11 +370,26 @@ class LandscapeExplorer(Panel):
         self.grid_base: np.ndarray | None = None  # the coordinates the map was computed at
         self.grid_interrupted = False
         self.redraws = 0  # slider redraws done (for tests and benchmarks)
+        # live preview and the exact lines' background worker
+        self.line_exact = np.zeros(k, dtype=bool)  # whether line j holds full-data values
+        self.preview_lines: dict[str, np.ndarray] = {}  # the last preview values, per metric
+        self._exact_cache: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
+        self.exact_delay = 0.1  # seconds the sliders stay still before exact lines are computed
+        self._generation = 0  # bumped by every move: cancels the worker's stale work
+        self._epoch = 0  # bumped by new directions or origin: part of every cache key
+        self._cv = threading.Condition()
+        self._want: tuple[int, int, np.ndarray] | None = None
+        self._want_time = 0.0
+        self._worker: threading.Thread | None = None
+        self._worker_busy = False
+        self._stop = False
         self._build_widgets(canvas)
         self._set_root(
             [self._header, self._controls, self._plots, *([self.canvas] if self.canvas else [])]
         )
         self._refresh(set(range(k)))
+        self._decide_preview()
+        self._draw_lines()
 
     # ---------------------------------------------------------------------------------
     # engine
@@ -436,6 +491,106 @@ class LandscapeExplorer(Panel):
             batch_points=self._batch_points,
         )
         self.metrics = list(self._evaluator.metrics)
+        self._preview_evals = {}  # built again, lazily, for the new origin or directions
+
+    def _num_samples(self, source: str) -> int:
+        return self._evaluator.info()[f"{source}_samples"]
+
+    def _decide_preview(self) -> None:
+        """Turn the subsample preview on when a full-data line is too slow to be live."""
+        req = self._preview_request
+        n_train = self._num_samples("train")
+        if req is None:
+            return
+        if req == "auto":
+            per_point = self._evaluator.seconds_per_point()
+            if per_point is None or self.points * per_point <= LIVE_LINE_BUDGET:
+                return
+            # one source per preview (the one shown); the cost scales with the samples
+            per_sample = per_point / (n_train + self._num_samples("test"))
+            fits = [s for s in PREVIEW_SIZES if self.points * per_sample * s <= LIVE_LINE_BUDGET]
+            size = fits[0] if fits else PREVIEW_SIZES[-1]
+            if 2 * size > n_train:
+                return  # too little to gain over the full data
+            self.preview_samples = self._calibrate_preview(size, n_train)
+            return
+        size = int(req)
+        if size < n_train:
+            self.preview_samples = size
+
+    def _time_preview(self, size: int) -> float:
+        """Seconds of one live line on ``size`` samples (best of two, warm), with the
+        faster of one point at a time and all the line's points in one batched pass."""
+        self.preview_samples = size
+        self._preview_evals = {}
+        block = self._line_block(np.zeros(len(self.directions)), [0])
+        best, choice = math.inf, 1
+        options = [1, self.points] if self._batch_points == "auto" else [self._batch_points]
+        for bp in options:
+            self._preview_bp = bp
+            self._preview_evals = {}
+            times = []
+            for _ in range(3):  # the first pays for warm-up
+                t0 = time.perf_counter()
+                self._preview_evaluate("train", block)
+                times.append(time.perf_counter() - t0)
+            if min(times[1:]) < best:
+                best, choice = min(times[1:]), bp
+        self._preview_bp = choice
+        self._preview_evals = {}
+        return best
+
+    def _calibrate_preview(self, size: int, n_train: int) -> int:
+        """The largest size in :data:`PREVIEW_SIZES` (below half the data) whose measured
+        live line fits :data:`LIVE_LINE_BUDGET`, searched from the estimate ``size``."""
+        sizes = [s for s in PREVIEW_SIZES if 2 * s <= n_train] or [PREVIEW_SIZES[-1]]
+        i = sizes.index(size) if size in sizes else len(sizes) - 1
+        fits = self._time_preview(sizes[i]) <= LIVE_LINE_BUDGET
+        if fits:
+            while i > 0 and self._time_preview(sizes[i - 1]) <= LIVE_LINE_BUDGET:
+                i -= 1
+        else:
+            while i < len(sizes) - 1:
+                i += 1
+                if self._time_preview(sizes[i]) <= LIVE_LINE_BUDGET:
+                    break
+        if self.preview_samples != sizes[i]:
+            self._time_preview(sizes[i])  # choose the strategy for this size
+        return sizes[i]
+
+    def preview_data(self, source: str = "train") -> tuple[torch.Tensor, Any]:
+        """The fixed, seeded subsample the live lines of ``source`` ("train" or "test") are
+        evaluated on: :func:`~jupyter_curvature.landscape.subsample_data` of that data with
+        ``preview_samples`` samples and this explorer's ``seed``."""
+        if self.preview_samples is None:
+            raise ValueError("this explorer draws exact lines live (no preview)")
+        if source not in ("train", "test") or (source == "test" and self.test_data is None):
+            raise ValueError(f"source must be 'train' or 'test' (with test data), got {source!r}")
+        key = (source, self.preview_samples)
+        batch = self._preview_batches.get(key)
+        if batch is None:
+            data = self.data if source == "train" else self.test_data
+            batch = subsample_data(data, self.preview_samples, seed=self.seed)
+            self._preview_batches = {  # keep one size: the one in use
+                k: v for k, v in self._preview_batches.items() if k[1] == self.preview_samples
+            }
+            self._preview_batches[key] = batch
+        return batch
+
+    def _preview_evaluate(self, source: str, coords: np.ndarray) -> dict[str, np.ndarray]:
+        """The engine's metrics of ``source`` at ``coords`` on its preview subsample, named
+        ``{source}_loss`` / ``{source}_accuracy``; a summed loss is scaled by ``N / n``."""
+        ev = self._preview_evals.get(source)
+        if ev is None:
+            ev = self._perturber.new_evaluator(
+                self.loss_fn, self.preview_data(source), bn=self.bn, batch_points=self._preview_bp
+            )
+            self._preview_evals[source] = ev
+        vals = ev.evaluate(coords)
+        loss = vals["train_loss"]
+        if ev.reduction == "sum":
+            loss = loss * (self._num_samples(source) / len(self.preview_data(source)[1]))
+        return {f"{source}_loss": loss, f"{source}_accuracy": vals["train_accuracy"]}
 
     # ---------------------------------------------------------------------------------
     # pure evaluation (no widgets)
@@ -695,6 +850,7 @@ class LandscapeExplorer(Panel):
             with self._state_lock:
                 self._coords[i] = float(change["new"])
                 self._dirty.add(i)
+                self._generation += 1  # the worker stops after its current chunk
                 hold = self._hold > 0
             if not hold:
                 self._process()
@@ -716,6 +872,8 @@ class LandscapeExplorer(Panel):
 
     def _refresh(self, moved: set[int], coords: np.ndarray | None = None) -> None:
         coords = self.coords if coords is None else coords
+        with self._state_lock:
+            self._generation += 1
         self._update_point(coords)
         self._update_lines(coords, moved)
         a, b = self.pair
@@ -753,25 +911,187 @@ class LandscapeExplorer(Panel):
                 self.canvas.show_readout(f"{m} {y:.5g}", pt)
 
     def _update_lines(self, coords: np.ndarray, moved: set[int]) -> None:
-        """Recompute the 1D curve along each direction ``j`` whose line the move changed."""
+        """Redraw the 1D curve along each direction ``j`` whose line the move changed.
+
+        A line along ``j`` changes when any coordinate but ``j`` moved. It comes from the
+        cache of exact lines when it was computed before; else it is evaluated on the full
+        data (no preview) or on the preview subsample, and then the background worker is
+        asked for the exact line."""
         k = len(coords)
         redo = [j for j in range(k) if moved != {j} or j not in self._lines_have]
-        if not redo:
-            return
-        block = np.repeat(coords[None, :], len(redo) * self.points, axis=0)
-        for r, j in enumerate(redo):
+        fresh = []
+        for j in redo:
+            cached = self._cache_get(j, coords)
+            if cached is None:
+                fresh.append(j)
+            else:
+                self._set_line(j, cached, exact=True)
+        if fresh:
+            block = self._line_block(coords, fresh)
+            if self.preview_samples is None:
+                vals = self.evaluate(block)
+                for r, j in enumerate(fresh):
+                    line = {m: vals[m][r * self.points : (r + 1) * self.points] for m in vals}
+                    self._cache_put(j, coords, line)
+                    self._set_line(j, line, exact=True)
+            else:
+                self._preview_rows(coords, fresh)
+        self._lines_have |= set(redo)
+        if not self.line_exact.all():
+            self._request_exact(coords)
+        self._draw_lines()
+
+    def _line_block(self, coords: np.ndarray, rows: Sequence[int]) -> np.ndarray:
+        """The points of the lines along ``rows`` through ``coords``, line after line."""
+        block = np.repeat(coords[None, :], len(rows) * self.points, axis=0)
+        for r, j in enumerate(rows):
             block[r * self.points : (r + 1) * self.points, j] = self.ts
-        vals = self.evaluate(block)
+        return block
+
+    def _preview_rows(self, coords: np.ndarray, rows: Sequence[int]) -> None:
+        """Preview lines along ``rows``: the shown metric's data only, on its subsample."""
+        source = self.metric.split("_", 1)[0]
+        vals = self._preview_evaluate(source, self._line_block(coords, rows))
+        for r, j in enumerate(rows):
+            line = {m: v[r * self.points : (r + 1) * self.points] for m, v in vals.items()}
+            for m in self.metrics:
+                arr = self.preview_lines.get(m)
+                if arr is None:
+                    arr = self.preview_lines[m] = np.full((len(coords), self.points), np.nan)
+                arr[j] = line.get(m, np.nan)
+            self._set_line(j, line, exact=False)
+
+    def _set_line(self, j: int, line: dict[str, np.ndarray], exact: bool) -> None:
+        """Store line ``j`` (metrics missing from ``line`` become NaN until the exact line)."""
+        k = len(self.directions)
         for name in self.metrics:
             arr = self.lines.get(name)
-            if arr is None:
-                arr = np.full((k, self.points), np.nan)
-            arr = arr.copy()
-            for r, j in enumerate(redo):
-                arr[j] = vals[name][r * self.points : (r + 1) * self.points]
+            arr = np.full((k, self.points), np.nan) if arr is None else arr.copy()
+            arr[j] = line.get(name, np.nan)
             self.lines[name] = arr
-        self._lines_have |= set(redo)
-        self._line.y = self.lines[self.metric]
+        self.line_exact[j] = exact
+
+    def _draw_lines(self) -> None:
+        if self.metric in self.lines:
+            self._line.y = self.lines[self.metric]
+        title = "1D curves through the current point"
+        if self.preview_samples is not None:
+            n = self._num_samples(self.metric.split("_", 1)[0])
+            if self.line_exact.all():
+                title += f" (exact, {n} samples)"
+            else:
+                shown = min(self.preview_samples, n)
+                title += f": preview on {shown} of {n} samples, exact lines follow"
+        self._fig1d.title = title
+
+    # ---- the cache of exact lines -----------------------------------------------------
+
+    @staticmethod
+    def _line_key(epoch: int, j: int, coords: np.ndarray) -> tuple:
+        # the line along j depends on the other coordinates only (and on the directions)
+        return (epoch, j, *(float(c) for i, c in enumerate(coords) if i != j))
+
+    def _cache_get(
+        self, j: int, coords: np.ndarray, epoch: int | None = None
+    ) -> dict[str, np.ndarray] | None:
+        with self._cv:
+            key = self._line_key(self._epoch if epoch is None else epoch, j, coords)
+            line = self._exact_cache.get(key)
+            if line is not None:
+                self._exact_cache.move_to_end(key)
+            return line
+
+    def _cache_put(
+        self, j: int, coords: np.ndarray, line: dict[str, np.ndarray], epoch: int | None = None
+    ) -> None:
+        with self._cv:
+            key = self._line_key(self._epoch if epoch is None else epoch, j, coords)
+            self._exact_cache[key] = {m: v.copy() for m, v in line.items()}
+            while len(self._exact_cache) > _CACHE_LINES:
+                self._exact_cache.popitem(last=False)
+
+    # ---- the background worker of exact lines -----------------------------------------
+
+    def _request_exact(self, coords: np.ndarray) -> None:
+        with self._cv:
+            if self._stop:
+                return
+            self._want = (self._generation, self._epoch, coords.copy())
+            self._want_time = time.monotonic()
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._work, name="landscape-exact-lines", daemon=True
+                )
+                self._worker.start()
+            self._cv.notify_all()
+
+    def _work(self) -> None:
+        """The worker: waits for the sliders to stay still, then computes exact lines."""
+        while True:
+            with self._cv:
+                while not self._stop and self._want is None:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                gen, epoch, coords = self._want
+                wait = self._want_time + self.exact_delay - time.monotonic()
+                if wait > 0:
+                    self._cv.wait(wait)
+                    continue  # the request may have been replaced meanwhile
+                self._want = None
+                self._worker_busy = True
+            try:
+                self._compute_exact(gen, epoch, coords)
+            except Exception as exc:  # shown in the panel, like a callback's
+                self.show_error(exc, "exact 1D lines")
+            finally:
+                with self._cv:
+                    self._worker_busy = False
+                    self._cv.notify_all()
+
+    def _stale(self, gen: int) -> bool:
+        return self._stop or self._generation != gen
+
+    def _compute_exact(self, gen: int, epoch: int, coords: np.ndarray) -> None:
+        """The exact full-data lines at ``coords``, line by line, each drawn when done; gives
+        up (keeping finished lines in the cache) as soon as a move makes them stale."""
+        for j in [j for j in range(len(coords)) if not self.line_exact[j]]:
+            line = self._cache_get(j, coords, epoch)
+            if line is None:
+                ev = self._evaluator
+                if ev is None or self._stale(gen):
+                    return
+                c = ev.check_coords(self._line_block(coords, [j]))
+                out = {m: np.full(self.points, np.nan) for m in ev.metrics}
+                for idx, vals in ev.iter_chunks(c):
+                    for m in ev.metrics:
+                        out[m][idx] = vals[m]
+                    if self._stale(gen):
+                        return
+                self._cache_put(j, coords, out, epoch)
+                line = out
+            # never wait on the panel's lock while a closing thread may hold it
+            while not self._lock.acquire(timeout=0.05):
+                if self._stale(gen):
+                    return
+            try:
+                if self._stale(gen) or self.closed:
+                    return
+                self._set_line(j, line, exact=True)
+                self._draw_lines()
+            finally:
+                self._lock.release()
+
+    def wait_exact(self, timeout: float = 60.0) -> bool:
+        """Block until every 1D line holds its exact full-data values (``True``), or until
+        ``timeout`` seconds passed, the panel closed or the worker failed (``False``)."""
+        deadline = time.monotonic() + timeout
+        errors = self.error_count
+        while not self.line_exact.all():
+            if self.closed or self.error_count > errors or time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+        return True
 
     def _readout_html(self, coords: np.ndarray, vals: dict[str, float]) -> str:
         rows = []
@@ -904,6 +1224,12 @@ class LandscapeExplorer(Panel):
         self.origin_values = {}
         self.lines = {}
         self._lines_have = set()
+        self.preview_lines = {}
+        self.line_exact[:] = False
+        with self._cv:
+            self._exact_cache.clear()
+            self._epoch += 1
+            self._generation += 1
         self.grid = {}
         self.grid_done[:] = False
         self.grid_base = None
@@ -941,8 +1267,10 @@ class LandscapeExplorer(Panel):
     def _on_metric(self, change: dict) -> None:
         self.metric = change["new"]
         self._ax1d_y.label = self.metric
-        if self.metric in self.lines:
-            self._line.y = self.lines[self.metric]
+        waiting = [j for j in range(len(self.directions)) if not self.line_exact[j]]
+        if waiting:  # the previews were of the other data: preview this metric's
+            self._preview_rows(self.coords, waiting)
+        self._draw_lines()
         self._draw_grid(force=True)
         self._relabel()
         self._update_point(self.coords)
@@ -1056,7 +1384,12 @@ class LandscapeExplorer(Panel):
             test_loss=get("test_loss"),
             test_accuracy=get("test_accuracy"),
             coords=self.ts.copy(),
-            meta={"through": self.coords.tolist(), **self._evaluator.info()},
+            meta={
+                "through": self.coords.tolist(),
+                "exact": bool(self.line_exact.all()),
+                "preview_samples": self.preview_samples,
+                **self._evaluator.info(),
+            },
         )
 
     def grid_result(self) -> Landscape2D:
@@ -1101,7 +1434,13 @@ class LandscapeExplorer(Panel):
         """Close every widget. The model keeps its weights (changed only by an apply)."""
         if self.closed:
             return
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        worker = self._worker
         super().close()
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=30)  # at most one chunk of points
         self._evaluator = None  # type: ignore[assignment]  # frees the cached data
         self._perturber = None  # type: ignore[assignment]
 
