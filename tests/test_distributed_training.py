@@ -478,3 +478,35 @@ def test_without_a_process_group_the_trainer_is_local():
         make_trainer(distributed=True)
     with pytest.raises(TypeError, match="distributed must be None, True or False"):
         make_trainer(distributed="yes")
+
+
+def test_rank_parts_of_the_global_batches_make_the_single_process_batches():
+    from jupyter_curvature.training.trainer import _Batches
+
+    train_set, _ = make_data()
+    kw = dict(batch_size=BATCH, shuffle=True, drop_last=False, num_workers=0, seed=3)
+    whole = _Batches(train_set, **kw)
+    parts = [_Batches(train_set, rank=r, world_size=WORLD, **kw) for r in range(WORLD)]
+    assert whole.count == parts[0].count == parts[1].count == 5
+    for epoch in (0, 1):
+        batches = list(zip(whole.epoch(epoch), parts[0].epoch(epoch), parts[1].epoch(epoch)))
+        assert len(batches) == 5
+        for full, mine, theirs in batches:
+            assert torch.equal(torch.cat([mine[0], theirs[0]]), full[0])
+            assert torch.equal(torch.cat([mine[1], theirs[1]]), full[1])
+            assert len(mine[1]) - len(theirs[1]) in (0, 1)
+    # resuming inside an epoch starts at the same global batch on every rank
+    assert torch.equal(next(parts[1].epoch(1, start=3))[0], list(parts[1].epoch(1))[3][0])
+
+
+def test_rank_parts_need_a_sample_per_rank_and_a_distributed_sampler():
+    from jupyter_curvature.training.trainer import _Batches
+
+    train_set, _ = make_data()
+    kw = dict(shuffle=False, num_workers=0, seed=0, rank=0, world_size=3)
+    with pytest.raises(ValueError, match="leaves a batch of 1 samples for 3 ranks"):
+        _Batches(train_set, batch_size=23, drop_last=False, **kw)  # 70 = 3 x 23 + 1
+    assert _Batches(train_set, batch_size=23, drop_last=True, **kw).count == 3
+    custom = DataLoader(train_set, batch_size=10, sampler=list(range(NUM_SAMPLES)))
+    with pytest.raises(ValueError, match="custom sampler that is not a distributed sampler"):
+        _Batches(custom, batch_size=10, drop_last=False, **kw)
