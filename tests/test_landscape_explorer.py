@@ -559,6 +559,12 @@ def test_magic_builds_an_explorer_and_replaces_it_when_rerun(setup, capsys):
     curv_landscape_magic(shell, line)
     assert ex.closed and shell.user_ns["ex"] is not ex
     shell.user_ns["ex"].close()
+    for opt, want in (("--preview 32", 32), ("--preview none", None)):
+        curv_landscape_magic(
+            shell, f"--model model --data train --points 5 --no-grid --no-canvas --out p {opt}"
+        )
+        assert shell.user_ns["p"].preview_samples == want
+        shell.user_ns["p"].close()
 
 
 @pytest.mark.parametrize(
@@ -578,6 +584,8 @@ def test_magic_builds_an_explorer_and_replaces_it_when_rerun(setup, capsys):
         ("--model model --data train --colour red", "unrecognized arguments"),
         ("--data train", "the following arguments are required: --model"),
         ("--model model --data train --out 3x", "not a valid variable name"),
+        ("--model model --data train --preview lots", "--preview must be auto, none or"),
+        ("--model model --data train --preview 0", "preview must be 'auto', None or"),
     ],
 )
 def test_magic_user_errors_are_one_line_usage_errors(setup, line, message):

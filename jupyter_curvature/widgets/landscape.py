@@ -1490,6 +1490,12 @@ def _parser() -> _Parser:
     p.add_argument("--params", help="parameter selection (glob, module prefix or re:<regex>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--preview",
+        default="auto",
+        help="live 1D lines on a seeded subsample: auto (when full data is too slow), N "
+        "samples, or none (always exact)",
+    )
+    p.add_argument(
         "--no-grid", dest="grid", action="store_false", help="do not compute the 2D map now"
     )
     p.add_argument(
@@ -1501,7 +1507,7 @@ def _parser() -> _Parser:
 def curv_landscape_magic(shell: Any, line: str) -> LandscapeExplorer | None:
     """``%curv_landscape --model NAME --data NAME [--test-data NAME] [--directions SPEC]
     [--range R] [--points N] [--out NAME] [--loss NAME] [--eigen NAME] [--ggn]
-    [--params PATTERN] [--seed S] [--no-grid] [--no-canvas]``
+    [--params PATTERN] [--seed S] [--preview auto|N|none] [--no-grid] [--no-canvas]``
 
     NAME is a notebook variable (dotted paths such as ``run.model`` work) or, as in the other
     ``%curv_*`` magics, a built-in name (``--model mlp``, ``--data digits``; the test split
@@ -1545,6 +1551,16 @@ def curv_landscape_magic(shell: Any, line: str) -> LandscapeExplorer | None:
             raise ValueError(f"--out: {args.out!r} is not a valid variable name")
         if args.points < 2:
             raise ValueError(f"--points must be at least 2, got {args.points}")
+        preview: int | str | None = args.preview.strip().lower()
+        if preview in ("none", "off", "exact"):
+            preview = None
+        elif preview != "auto":
+            try:
+                preview = int(preview)
+            except ValueError:
+                raise ValueError(
+                    f"--preview must be auto, none or a number of samples, got {args.preview!r}"
+                ) from None
         if not (math.isfinite(args.distance) and args.distance > 0):
             raise ValueError(f"--range must be a positive number, got {args.distance}")
         if args.out is not None and isinstance(shell.user_ns.get(args.out), LandscapeExplorer):
@@ -1562,6 +1578,7 @@ def curv_landscape_magic(shell: Any, line: str) -> LandscapeExplorer | None:
             points=args.points,
             seed=args.seed,
             canvas=args.canvas,
+            preview=preview,
         )
     except (ValueError, TypeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
