@@ -1,53 +1,71 @@
 """Cost of one full-data Hessian / GGN product as a ratio to one full-data gradient.
 
-A small CNN (two conv blocks with BatchNorm, about 50k parameters) on CIFAR-shaped data
-(3 x 32 x 32, several batches of 128; random values, which cost the same as real images).
-Every method is timed in the same process and reported relative to the gradient, which is
-the physical floor (Pearlmutter's bound: an HVP costs a small constant times a gradient).
-Peak memory is measured per method in a fresh subprocess (ru_maxrss over the baseline).
+A small CNN (two conv blocks with BatchNorm and max-pooling, about 60k parameters) on
+CIFAR-shaped data (3 x 32 x 32, several batches of 128; random values, which cost the same as
+real images). Every method is timed in the same process, in interleaved rounds (each round
+runs every method once, so a slow spell of the shared machine hits all of them), and reported
+as the median over rounds of its time divided by the gradient's time in the same round. The
+gradient is the physical floor: Pearlmutter's bound puts a Hessian-vector product at a small
+constant times a gradient. Peak memory is measured per method in a fresh subprocess on CPU
+(ru_maxrss over the baseline) and with ``torch.cuda.max_memory_allocated`` on CUDA.
 
-    python benchmarks/bench_operators.py            # full run
-    python benchmarks/bench_operators.py --quick    # fewer batches and repeats
+    python benchmarks/bench_operators.py                  # full run, CPU, one thread
+    python benchmarks/bench_operators.py --quick          # fewer batches and rounds
+    python benchmarks/bench_operators.py --device cuda    # on a GPU (TF32 off)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.func import functional_call, grad, jvp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import markdown_table, median_time  # noqa: E402
+from _common import markdown_table  # noqa: E402
 
 from jupyter_curvature.models import SmallCNN  # noqa: E402
 from jupyter_curvature.operators import GGNOperator, HessianOperator  # noqa: E402
 
+FLOOR = "gradient (floor)"
+#: methods timed on a block of 4 vectors and reported per vector
+PER_VECTOR = {"Hessian @ 4-block, per vector": 4, "GGN @ 4-block, per vector": 4}
 
-def setup(num_batches: int, batch_size: int = 128):
+
+def setup(num_batches: int, batch_size: int = 128, device: str = "cpu"):
     torch.manual_seed(0)
-    model = SmallCNN(num_classes=10, in_channels=3, width=32, image_size=32).eval()
+    model = SmallCNN(num_classes=10, in_channels=3, width=32, image_size=32).eval().to(device)
     data = [
-        (torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,)))
+        (
+            torch.randn(batch_size, 3, 32, 32, device=device),
+            torch.randint(0, 10, (batch_size,), device=device),
+        )
         for _ in range(num_batches)
     ]
     return model, nn.CrossEntropyLoss(), data
 
 
 def methods(model, loss_fn, data):
+    """Every method as a zero-argument callable computing one full-data product (or gradient)."""
+    device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
-    v = torch.randn(n)
-    block = torch.randn(n, 4)
+    v = torch.randn(n, device=device)
+    block = torch.randn(n, 4, device=device)
     H = HessianOperator(model, loss_fn, data)
     G = GGNOperator(model, loss_fn, data)
     H_kept = HessianOperator(model, loss_fn, data, keep_graphs=True)
     H_kept @ v  # builds and keeps the per-batch gradient graphs; later products reuse them
     N = sum(len(y) for _, y in data)
+    names, vs = H.param_names, H.unflatten(v)
+    primals = tuple(p.detach() for p in params)
 
     def gradient():
         grads = [torch.zeros_like(p) for p in params]
@@ -56,32 +74,75 @@ def methods(model, loss_fn, data):
             for g, d in zip(grads, torch.autograd.grad(loss, params)):
                 g += d
 
-    def autograd_functional_hvp():  # the slow peer path (applies double backward twice)
-        vs = H.unflatten(v)
+    def batch_loss(x, y):
+        def loss(*ps):
+            return loss_fn(functional_call(model, dict(zip(names, ps)), (x,)), y)
+
+        return loss
+
+    def forward_over_reverse():  # torch.func.jvp of grad: the other exact single-vector method
+        total = [torch.zeros_like(p) for p in params]
         for x, y in data:
+            gradient_fn = grad(batch_loss(x, y), argnums=tuple(range(len(primals))))
+            _, hv = jvp(gradient_fn, primals, tuple(vs))
+            for t, h in zip(total, hv):
+                t += h * (len(y) / N)
 
-            def f(*ps, x=x, y=y):
-                out = torch.func.functional_call(model, dict(zip(H.param_names, ps)), (x,))
-                return loss_fn(out, y)
+    def autograd_functional_hvp():  # the slow peer path (applies double backward twice)
+        for x, y in data:
+            torch.autograd.functional.hvp(batch_loss(x, y), primals, tuple(vs))
 
-            torch.autograd.functional.hvp(f, tuple(p.detach() for p in params), tuple(vs))
+    def ggn_torch_func():  # the block path on one vector: vjp + vmapped jvp (recomputes the primal)
+        G._accumulate(v[:, None], G._batch_ggn_functional)
 
     return {
-        "gradient (floor)": gradient,
-        "Hessian @ v (ours, double backward)": lambda: H @ v,
-        "GGN @ v (ours, jvp + vjp)": lambda: G @ v,
+        FLOOR: gradient,
+        "Hessian @ v (double backward, the default)": lambda: H @ v,
+        "Hessian @ v (forward-over-reverse, torch.func)": forward_over_reverse,
         "Hessian @ 4-block, per vector": lambda: H @ block,
         "Hessian @ v, graphs kept (keep_graphs=True)": lambda: H_kept @ v,
+        "GGN @ v (dual numbers + one backward, the default)": lambda: G @ v,
+        "GGN @ v (torch.func vjp + jvp)": ggn_torch_func,
         "GGN @ 4-block, per vector": lambda: G @ block,
         "torch.autograd.functional.hvp": autograd_functional_hvp,
     }
 
 
-PER_VECTOR = {"Hessian @ 4-block, per vector": 4, "GGN @ 4-block, per vector": 4}
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
-def memory_of(name: str, num_batches: int) -> float:
-    """Peak RSS added by one call of method ``name``, measured in a fresh interpreter."""
+def interleaved_ratios(fns: dict, rounds: int, device: str) -> tuple[dict, dict]:
+    """Per method: median over rounds of (time / gradient time in that round), and median time."""
+    for fn in fns.values():  # warm-up: allocator, kernels, kept graphs
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) / PER_VECTOR.get(name, 1))
+    ratios = {
+        name: statistics.median(t / f for t, f in zip(ts, times[FLOOR]))
+        for name, ts in times.items()
+    }
+    return ratios, {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def memory_of(name: str, num_batches: int, device: str) -> float:
+    """Peak memory (MiB) added by one call of method ``name``."""
+    if device.startswith("cuda"):
+        model, loss_fn, data = setup(num_batches, device=device)
+        fn = methods(model, loss_fn, data)[name]
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
     code = (
         f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_operators as b, torch;"
         "from _common import extra_peak_rss_mib;"
@@ -98,27 +159,34 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    num_batches, repeats = (3, 3) if args.quick else (8, 7)
-    torch.set_num_threads(1)
-    model, loss_fn, data = setup(num_batches)
+    num_batches, rounds = (3, 3) if args.quick else (8, 9)
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    else:  # curvature in true float32: TF32 would change the products at the 1e-3 level
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    model, loss_fn, data = setup(num_batches, device=args.device)
     fns = methods(model, loss_fn, data)
     n = sum(p.numel() for p in model.parameters())
-    times = {
-        name: median_time(fn, repeats=repeats) / PER_VECTOR.get(name, 1) for name, fn in fns.items()
-    }
-    floor = times["gradient (floor)"]
+    ratios, times = interleaved_ratios(fns, rounds, args.device)
     rows, figures = [], {}
-    for name, t in times.items():
-        mem = memory_of(name, num_batches)
-        figures[name] = {"seconds": t, "ratio_to_gradient": t / floor, "extra_peak_rss_mib": mem}
-        rows.append([name, f"{t * 1e3:.1f}", f"{t / floor:.2f}x", f"{mem:.0f}"])
+    for name in fns:
+        mem = memory_of(name, num_batches, args.device)
+        figures[name] = {
+            "seconds": times[name],
+            "ratio_to_gradient": ratios[name],
+            "extra_peak_memory_mib": mem,
+        }
+        rows.append([name, f"{times[name] * 1e3:.1f}", f"{ratios[name]:.2f}x", f"{mem:.0f}"])
+    where = "1 thread" if args.device == "cpu" else torch.cuda.get_device_name(args.device)
     print(
         f"Small CNN, {n:,} parameters, {num_batches} batches x 128 CIFAR-shaped images, "
-        f"1 thread, median of {repeats}; torch {torch.__version__}\n"
+        f"{args.device} ({where}), median of {rounds} interleaved rounds; torch {torch.__version__}\n"
     )
-    print(markdown_table(["method", "ms", "vs gradient", "extra peak RSS (MiB)"], rows))
+    print(markdown_table(["method", "ms", "vs gradient", "extra peak memory (MiB)"], rows))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

@@ -224,6 +224,65 @@ def test_batchnorm_train_mode_uses_batch_statistics_per_batch(kind):
     assert (eval_product - reference).abs().max() > 1e-3  # the two policies really differ
 
 
+@pytest.mark.parametrize("batchnorm", ["eval", "train"])
+def test_ggn_single_vector_dual_numbers_match_dense_and_block_path(batchnorm):
+    """One vector goes through forward-mode dual numbers, a block through torch.func vmaps."""
+    model, loss_fn, data = bn_cnn(), nn.CrossEntropyLoss(), case_data("cnn")
+    op = GGNOperator(model, loss_fn, data, batchnorm=batchnorm)
+    v = torch.randn(op.shape[0], dtype=DT)
+    reference = torch.zeros_like(v)
+    _batch_statistics(model, batchnorm == "train")
+    for x, y in data:
+        reference += len(x) / 70 * dense_ggn(model, loss_fn, x, y) @ v
+    _batch_statistics(model, False)
+    single = op @ v
+    assert op._forward_mode_works  # the dual path really ran
+    assert_close(single, reference, rtol=1e-9, atol=1e-13)
+    block = op @ torch.stack([v, -v], dim=1)  # the vmapped path
+    assert_close(block[:, 0], single, rtol=1e-10, atol=1e-14)
+
+
+class _NoForwardMode(torch.autograd.Function):
+    """tanh as a custom Function with a (twice differentiable) backward but no jvp formula."""
+
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (y,) = ctx.saved_tensors
+        return grad_output * (1 - y * y)
+
+
+def test_ggn_falls_back_when_an_operation_has_no_forward_mode_formula():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(64, 5), nn.Linear(5, 10)
+
+        def forward(self, x):
+            return self.fc2(_NoForwardMode.apply(self.fc1(x)))
+
+    torch.manual_seed(4)
+    model, loss_fn = Net().to(DT), nn.CrossEntropyLoss()
+    data = list(digits(flatten=True))
+    op = GGNOperator(model, loss_fn, data)
+    V = torch.randn(op.shape[0], 3, dtype=DT)
+    # reference: the same network with plain tanh (torch.func's dense GGN needs forward mode)
+    plain = Net().to(DT)
+    plain.load_state_dict(model.state_dict())
+    plain.forward = lambda x: plain.fc2(torch.tanh(plain.fc1(x)))
+    dense = sum(len(x) / 70 * dense_ggn(plain, loss_fn, x, y) for x, y in data)
+    assert_close(op @ V[:, 0], dense @ V[:, 0], rtol=1e-9, atol=1e-13)
+    assert not op._forward_mode_works  # it fell back to reverse mode
+    assert_close(op @ V, dense @ V, rtol=1e-9, atol=1e-13)
+
+
 def snapshot(model):
     return {
         "state": {k: v.clone() for k, v in model.state_dict().items()},

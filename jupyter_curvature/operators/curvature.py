@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
@@ -295,6 +296,14 @@ class GGNOperator(_FunctionalOperator):
     ``J^T (H_L J V)``. ``G`` is positive semi-definite for convex losses and equals the Fisher
     for softmax cross-entropy and Gaussian MSE (Martens 2020).
 
+    A single vector takes a cheaper path: one forward with dual numbers
+    (``torch.autograd.forward_ad``) gives the outputs *and* ``J v`` while recording the reverse
+    graph of the outputs, so ``J^T`` needs no second forward (in units of a layer's forward:
+    primal 1 + tangent 2 + backward 2 = 5, against 6 for ``vjp`` + ``jvp``, which recomputes the
+    primal). Models with an operation that has no forward-mode formula (a custom
+    ``autograd.Function`` without ``jvp``) fall back to reverse mode only (the double-backward
+    trick for ``J v``), which gives the same product at a higher cost.
+
     Args:
         output_hessian: ``fn(outputs, targets, U) -> H_L U`` for losses not built in.
         (others as :class:`EmpiricalRiskOperator`)
@@ -316,7 +325,80 @@ class GGNOperator(_FunctionalOperator):
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
         return self._accumulate(block, self._batch_ggn)
 
+    _forward_mode_works = True  # False once an operation without a forward-mode formula is met
+
     def _batch_ggn(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
+        if self._forward_mode_works:
+            try:
+                if block.shape[1] == 1:
+                    return self._batch_ggn_dual(batch, block)
+                return self._batch_ggn_functional(batch, block)
+            except NotImplementedError:  # e.g. a custom autograd.Function without jvp
+                self._forward_mode_works = False
+        return self._batch_ggn_reverse(batch, block)
+
+    def _batch_ggn_dual(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
+        """``G v`` for one vector: a dual-number forward (outputs and ``J v``), one backward."""
+        primals = [p.detach().requires_grad_() for p in self.params]
+        tangents = [t[..., 0] for t in self.unflatten(block)]
+        with fwAD.dual_level():
+            duals = [fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
+            outputs, Jv = fwAD.unpack_dual(self._function(batch)(*duals))
+        if Jv is None:  # the outputs do not depend on the chosen parameters
+            Jv = torch.zeros_like(outputs)
+        self._loss(outputs.detach(), batch)  # names a batch with NaN/inf loss
+        HJv = self._output_hessian(outputs.detach(), batch.targets, Jv.unsqueeze(0))[0]
+        return self._pull_back(outputs, primals, [HJv], block)
+
+    def _batch_ggn_reverse(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
+        """``G V`` with reverse mode only, for models with an operation that has no jvp.
+
+        ``J v`` is the derivative of ``u -> (J^T u) . v`` (the double-backward trick), so only
+        backward formulas are needed: one forward, then per column two backwards for ``J v``
+        and one for ``J^T (H_L J v)``.
+        """
+        primals = [p.detach().requires_grad_() for p in self.params]
+        outputs = self._function(batch)(*primals)
+        self._loss(outputs.detach(), batch)
+        dummy = torch.zeros_like(outputs, requires_grad=True)
+        pulled = torch.autograd.grad(outputs, primals, dummy, create_graph=True, allow_unused=True)
+        live = [i for i, g in enumerate(pulled) if g is not None and g.requires_grad]
+        columns = self.unflatten(block)
+        JV = []
+        for j in range(block.shape[1]):
+            if not live:
+                JV.append(torch.zeros_like(outputs))
+                continue
+            (Jv,) = torch.autograd.grad(
+                [pulled[i] for i in live],
+                dummy,
+                grad_outputs=[columns[i][..., j] for i in live],
+                retain_graph=True,
+            )
+            JV.append(Jv)
+        HJV = self._output_hessian(outputs.detach(), batch.targets, torch.stack(JV))
+        return self._pull_back(outputs, primals, list(HJV), block)
+
+    def _pull_back(self, outputs, primals, cotangents, block) -> torch.Tensor:
+        """``[J^T u_j]_j`` as an ``(n, k)`` block, one backward per cotangent ``u_j``."""
+        k = len(cotangents)
+        result = torch.zeros_like(block)
+        for j, u in enumerate(cotangents):
+            grads = torch.autograd.grad(
+                outputs, primals, grad_outputs=u, retain_graph=j < k - 1, allow_unused=True
+            )
+            result[:, j] = torch.cat(
+                [
+                    torch.zeros(p.numel(), dtype=block.dtype, device=block.device)
+                    if g is None
+                    else g.reshape(-1)
+                    for g, p in zip(grads, primals)
+                ]
+            )
+        return result
+
+    def _batch_ggn_functional(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
+        """``G V`` for a block: ``torch.func.vjp`` once, ``jvp`` and the pullback vmapped over columns."""
         forward = self._function(batch)
         primals = self._detached_params()
         outputs, pullback = vjp(forward, *primals)
