@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from ._graphs import GraphKeeper
+
 #: relative asymmetry |u^T A w - w^T A u| / (||A u|| ||w|| + ||A w|| ||u||) that counts as
 #: "not symmetric". Hessian products are symmetric to ~1e-15 (f64) and ~3e-7 (f32)
 #: (algorithms.md section 7); a genuinely non-symmetric operator is off by O(1).
@@ -32,10 +34,12 @@ class Operator:
     """A uniform view of a curvature operator: ``CurvatureOperator``, a dense tensor, or duck type.
 
     Counts the products it does (a block ``(n, k)`` counts ``k``), converts blocks between the
-    Lanczos basis dtype/device and the operator's, and checks every product for NaN.
+    Lanczos basis dtype/device and the operator's, and checks every product for NaN. Used as a
+    context manager it keeps a Hessian's gradient graphs for the length of the ``with`` block
+    (``keep_graphs``, see :mod:`._graphs`) and leaves the operator as it found it.
     """
 
-    def __init__(self, op: Any) -> None:
+    def __init__(self, op: Any, keep_graphs: bool | None = False) -> None:
         if isinstance(op, torch.Tensor):
             from ..operators.base import DenseOperator
 
@@ -59,12 +63,19 @@ class Operator:
         self.dtype: torch.dtype = op.dtype
         self.device = torch.device(getattr(op, "device", "cpu"))
         self.num_matvecs = 0
-        self._matmat = op.matmat if hasattr(op, "matmat") else op.__matmul__
+        self.graphs = GraphKeeper(op, keep_graphs)
+
+    def __enter__(self) -> Operator:
+        self.graphs.open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.graphs.close()
 
     def matmat(self, block: torch.Tensor) -> torch.Tensor:
         """``A @ block`` for a ``(n, k)`` block in any dtype/device; returned in the block's."""
         x = block.to(dtype=self.dtype, device=self.device)
-        y = self._matmat(x)
+        y = self.graphs.product(x)
         self.num_matvecs += block.shape[1]
         if not torch.isfinite(y).all():
             raise FloatingPointError(NAN_MESSAGE)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ._checks import Operator, check_int, check_positive
-from .lanczos import lanczos
+from .lanczos import run_lanczos
 
 #: Papyan (2019) bandwidth constants: kappa and the margin added to the spectral range
 KAPPA = 1.25
@@ -391,6 +391,7 @@ def spectral_density(
     zero_tol: float = 1e-8,
     outlier_tol: float = 1e-3,
     outlier_gap: float = 0.05,
+    keep_graphs: bool | None = None,
 ) -> SpectralDensity:
     """Stochastic Lanczos quadrature with ``num_probes`` probes run as one batched Lanczos.
 
@@ -408,27 +409,32 @@ def spectral_density(
         outlier_tol: relative residual under which a Ritz value counts as converged.
         outlier_gap: a gap wider than ``outlier_gap * scale`` separates outliers from the bulk
             (default 5% of the spectral norm).
+        keep_graphs: for a ``HessianOperator``, keep each batch's gradient graph across the
+            steps, so each block product costs only the second backward (one graph serves
+            all probes). ``None`` (default): when the graphs fit in half the free memory;
+            ``True``: always; ``False``: never (see :func:`~.lanczos.lanczos`).
 
     Raises:
         ValueError: ``num_iters < 1``, ``num_probes < 1``, a non-symmetric operator.
         FloatingPointError: a product contained NaN (the loss or the model produced NaN).
     """
-    A = Operator(op)
+    A = Operator(op, keep_graphs=keep_graphs)
     num_iters = check_int("num_iters", num_iters, 1)
     num_probes = check_int("num_probes", num_probes, 1)
     zero_tol = check_positive("zero_tol", zero_tol)
     outlier_tol = check_positive("outlier_tol", outlier_tol)
     outlier_gap = check_positive("outlier_gap", outlier_gap)
-    res = lanczos(
-        A.op,
-        num_iters,
-        num_probes,
-        seed,
-        init=init,
-        basis_dtype=basis_dtype,
-        basis_device=basis_device,
-        keep_basis=ritz_vectors,
-    )
+    with A:
+        res = run_lanczos(
+            A,
+            num_iters,
+            num_probes,
+            seed,
+            init=init,
+            basis_dtype=basis_dtype,
+            basis_device=basis_device,
+            keep_basis=ritz_vectors,
+        )
     vecs = None
     if ritz_vectors:
         vecs = res.basis @ res.tridiagonal_vectors.to(res.basis)

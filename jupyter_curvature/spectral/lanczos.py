@@ -32,6 +32,9 @@ Hessian needs (algorithms.md sections 0 and 2):
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +42,7 @@ from typing import Any
 
 import torch
 from linear_operator.utils.lanczos import lanczos_tridiag
+from torch.overrides import TorchFunctionMode
 
 from ._checks import Operator, check_int, raise_if_asymmetric, resolve_device
 
@@ -47,6 +51,117 @@ from ._checks import Operator, check_int, raise_if_asymmetric, resolve_device
 SCALE_TARGET = 1e4
 #: GPyTorch's hard-coded breakdown threshold on |beta| (linear_operator 0.6.1, lanczos.py).
 GPYTORCH_BREAKDOWN = 1e-6
+
+
+#: the three basis contractions of ``lanczos_tridiag`` (linear_operator 0.6) that
+#: :class:`BasisGemv` evaluates as matrix-vector products; if its source no longer holds them,
+#: ``lanczos_tridiag`` runs untouched (correct, only slower)
+_GPYTORCH_CONTRACTIONS = (
+    "r_vec.unsqueeze(0).mul(q_mat[: k + 1]).sum(dim_dimension, keepdim=True)",
+    "q_mat[: k + 1].mul(correction).sum(0)",
+    "q_mat[: k + 1].mul(r_vec.unsqueeze(0)).sum(dim_dimension)",
+)
+
+
+@functools.cache
+def gemv_supported() -> bool:
+    """Does the installed ``lanczos_tridiag`` contract its basis the way :class:`BasisGemv` knows?"""
+    try:
+        source = inspect.getsource(lanczos_tridiag)
+    except (OSError, TypeError):
+        return False
+    return all(line in source for line in _GPYTORCH_CONTRACTIONS)
+
+
+class _Contraction:
+    """The pending product ``Q[:j] * x`` of a basis slice; ``.sum(dim)`` contracts it by GEMV.
+
+    ``Q`` is ``(j, p, n, 1)`` (a batch of ``p`` single-vector Lanczos runs). The two sums
+    GPyTorch takes of such a product are ``Q^T x`` (over ``n``, ``x`` of shape ``(1, p, n, 1)``)
+    and ``Q c`` (over ``j``, ``c`` of shape ``(j, p, 1, 1)``); each is ``p`` matrix-vector
+    products with the ``(j, n)`` rows of one probe, read once from memory, where the broadcast
+    form writes and re-reads a ``(j, p, n, 1)`` temporary. Anything else materialises the
+    product exactly as GPyTorch would have.
+    """
+
+    def __init__(self, mode: BasisGemv, basis: torch.Tensor, other: torch.Tensor) -> None:
+        self.mode, self.basis, self.other = mode, basis, other
+
+    def _product(self) -> torch.Tensor:
+        with self.mode.passthrough():
+            return torch.mul(self.basis, self.other)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._product(), name)
+
+    def sum(self, dim: int, keepdim: bool = False) -> torch.Tensor:
+        Q, x = self.basis, self.other
+        j, p, n, v = Q.shape
+        dim = dim % Q.ndim
+        if v == 1 and dim == 2 and x.shape == (1, p, n, 1):
+            out = torch.stack([torch.mv(Q[:, b, :, 0], x[0, b, :, 0]) for b in range(p)], 1)
+            return out.view(j, p, 1, 1) if keepdim else out.view(j, p, 1)
+        if v == 1 and dim == 0 and x.shape == (j, p, 1, 1):
+            out = torch.stack([torch.mv(Q[:, b, :, 0].T, x[:, b, 0, 0]) for b in range(p)])
+            return out.view(1, p, n, 1) if keepdim else out.view(p, n, 1)
+        return self._product().sum(dim, keepdim=keepdim)
+
+
+class BasisGemv(TorchFunctionMode):
+    """Run ``lanczos_tridiag`` with its basis contractions evaluated as matrix-vector products.
+
+    GPyTorch's full reorthogonalisation ``r <- r - Q (Q^T r)`` and its check ``Q^T r`` are
+    written as broadcast multiply-then-sum (``r.unsqueeze(0).mul(Q[:k+1]).sum(-2)``), which
+    materialises a ``(k+1, p, n, 1)`` temporary three times per step: memory-bound, and on
+    glibc each temporary over 32 MiB is a fresh ``mmap`` that the kernel zero-fills again.
+    Inside this mode the ``mul`` of a slice of GPyTorch's basis (recognised as the
+    ``torch.zeros`` block of shape ``(num_iter, p, n, 1)`` it allocates) returns a pending
+    :class:`_Contraction`, and the ``sum`` that follows is computed as ``p`` GEMVs: the same
+    numbers (up to summation order) from one read of the basis, no temporary. The recurrence,
+    the reorthogonalisation loop, its stopping tests and the breakdown logic stay GPyTorch's.
+    """
+
+    def __init__(self, num_iter: int, num_probes: int, n: int) -> None:
+        super().__init__()
+        self.shape = (num_iter, num_probes, n, 1)
+        self.basis: torch.Tensor | None = None
+        self._off = 0
+
+    @contextlib.contextmanager
+    def passthrough(self):
+        """Every torch call runs untouched inside (the operator's products, fallbacks)."""
+        self._off += 1
+        try:
+            yield
+        finally:
+            self._off -= 1
+
+    def _is_basis(self, t: Any) -> bool:
+        b = self.basis
+        return (
+            isinstance(t, torch.Tensor)
+            and b is not None
+            and t.ndim == 4
+            and t.shape[1:] == b.shape[1:]
+            and t.stride() == b.stride()
+            and t.data_ptr() == b.data_ptr()
+        )
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self._off:
+            return func(*args, **kwargs)
+        if func is torch.zeros and self.basis is None:
+            out = func(*args, **kwargs)
+            if tuple(out.shape) == self.shape:
+                self.basis = out
+            return out
+        if func is torch.Tensor.mul and len(args) == 2 and not kwargs:
+            if self._is_basis(args[0]):
+                return _Contraction(self, args[0], args[1])
+            if self._is_basis(args[1]):
+                return _Contraction(self, args[1], args[0])
+        return func(*args, **kwargs)
 
 
 class _Stop(Exception):
@@ -213,8 +328,14 @@ class LanczosClosure:
         return y.clone()
 
 
-def run_tridiag(closure: LanczosClosure, num_iters: int, init: torch.Tensor) -> None:
-    """Drive ``lanczos_tridiag`` with ``closure``; the results are in ``closure.rec``."""
+def run_tridiag(
+    closure: LanczosClosure, num_iters: int, init: torch.Tensor, gemv: bool = True
+) -> None:
+    """Drive ``lanczos_tridiag`` with ``closure``; the results are in ``closure.rec``.
+
+    ``gemv``: evaluate GPyTorch's basis contractions as matrix-vector products
+    (:class:`BasisGemv`; same arithmetic, no ``(k, p, n, 1)`` temporaries).
+    """
     n, p = init.shape
     if num_iters == 1 or n == 1:
         # lanczos_tridiag(max_iter=1) raises IndexError (algorithms.md 0.3): one step by hand
@@ -225,20 +346,24 @@ def run_tridiag(closure: LanczosClosure, num_iters: int, init: torch.Tensor) -> 
     # p init vectors (n, p): its reorthogonalisation multiplies and sums (k, *batch, n, vecs)
     # temporaries over n, which is ~3-10x faster on CPU with n innermost (measured at n = 5e4,
     # p = 4). The operator still receives one (n, p) block per step.
+    mode = BasisGemv(min(num_iters, n), p, n) if gemv and gemv_supported() else None
+
     def batched(qb: torch.Tensor) -> torch.Tensor:
-        return closure(qb[..., 0].T).T.unsqueeze(-1)
+        with mode.passthrough() if mode is not None else contextlib.nullcontext():
+            return closure(qb[..., 0].T).T.unsqueeze(-1)
 
     try:
-        lanczos_tridiag(
-            batched,
-            max_iter=num_iters,
-            dtype=init.dtype,
-            device=init.device,
-            matrix_shape=torch.Size((n, n)),
-            batch_shape=torch.Size((p,)),
-            init_vecs=init.T.unsqueeze(-1).contiguous(),
-            num_init_vecs=1,
-        )
+        with mode if mode is not None else contextlib.nullcontext():
+            lanczos_tridiag(
+                batched,
+                max_iter=num_iters,
+                dtype=init.dtype,
+                device=init.device,
+                matrix_shape=torch.Size((n, n)),
+                batch_shape=torch.Size((p,)),
+                init_vecs=init.T.unsqueeze(-1).contiguous(),
+                num_init_vecs=1,
+            )
     except _Stop:
         pass
     rec = closure.rec
@@ -339,6 +464,7 @@ def lanczos(
     basis_device: torch.device | str | None = None,
     keep_basis: bool = False,
     check_symmetry: bool = True,
+    keep_graphs: bool | None = None,
 ) -> LanczosResult:
     """Batched Lanczos with full reorthogonalisation on GPyTorch's ``lanczos_tridiag``.
 
@@ -359,6 +485,11 @@ def lanczos(
             defaults to the operator's device.
         keep_basis: return the ``(p, n, m)`` basis (needed for Ritz vectors).
         check_symmetry: the free step-1 probe check ``q_0^T A q_1 == q_1^T A q_0``.
+        keep_graphs: for a ``HessianOperator``, keep each batch's gradient graph across the
+            steps so that a product costs only the second backward. ``None`` (default): when
+            the graphs fit in half the free memory (counted as they are built, see
+            :mod:`._graphs`); ``True``: always; ``False``: never. The operator is left as
+            it was found.
 
     Returns:
         LanczosResult, with ``T_m`` in the operator's units (the internal scaling undone).
@@ -367,9 +498,36 @@ def lanczos(
         ValueError: ``num_iters < 1``, ``num_probes < 1``, a non-symmetric operator.
         FloatingPointError: a product contained NaN (the loss or the model produced NaN).
     """
-    A = Operator(op)
+    A = Operator(op, keep_graphs=keep_graphs)
     num_iters = check_int("num_iters", num_iters, 1)
     num_probes = check_int("num_probes", num_probes, 1)
+    with A:
+        return run_lanczos(
+            A,
+            num_iters,
+            num_probes,
+            seed,
+            init=init,
+            basis_dtype=basis_dtype,
+            basis_device=basis_device,
+            keep_basis=keep_basis,
+            check_symmetry=check_symmetry,
+        )
+
+
+def run_lanczos(
+    A: Operator,
+    num_iters: int,
+    num_probes: int,
+    seed: int,
+    *,
+    init: str | torch.Tensor,
+    basis_dtype: torch.dtype,
+    basis_device: torch.device | str | None,
+    keep_basis: bool,
+    check_symmetry: bool = True,
+) -> LanczosResult:
+    """:func:`lanczos` on an already wrapped (and opened) operator."""
     device = resolve_device(basis_device, A.device)
     init_vecs = start_vectors(A.n, num_probes, seed, init, basis_dtype, device)
     closure = LanczosClosure(A, check_symmetry=check_symmetry, seed=seed)

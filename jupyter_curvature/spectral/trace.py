@@ -89,6 +89,7 @@ def trace(
     distribution: str = "rademacher",
     block_size: int = 33,
     basis_dtype: torch.dtype = torch.float64,
+    keep_graphs: bool | None = None,
 ) -> TraceEstimate:
     """Estimate ``tr(A)`` with Hutchinson or Hutch++.
 
@@ -100,6 +101,9 @@ def trace(
         distribution: ``"rademacher"`` (lower variance, Avron & Toledo 2011) or ``"gaussian"``.
         block_size: probes multiplied together in one block.
         basis_dtype: dtype of the probes and the sketch (products run in the operator's).
+        keep_graphs: for a ``HessianOperator``, keep each batch's gradient graph across the
+            blocks (``None``: when they fit in half the free memory; see
+            :func:`~.lanczos.lanczos`).
 
     Raises:
         ValueError: unknown method or distribution, too small a budget.
@@ -110,7 +114,7 @@ def trace(
         >>> round(trace(torch.diag(torch.arange(4.0, dtype=torch.float64)), num_matvecs=12).estimate, 10)
         6.0
     """
-    A = Operator(op)
+    A = Operator(op, keep_graphs=keep_graphs)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if distribution not in ("rademacher", "gaussian"):
@@ -123,19 +127,20 @@ def trace(
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     n = A.n
     device = A.device
-    if method == "hutchinson":
-        Z = _probes(n, num_matvecs, gen, distribution).to(basis_dtype).to(device)
-        samples = (Z * _blocked(A, Z, block_size)).sum(0).double().cpu().numpy()
-        exact = 0.0
-    else:
-        s = num_matvecs // 3
-        g = num_matvecs - 2 * s
-        S = _probes(n, s, gen, distribution).to(basis_dtype).to(device)
-        Q, _ = torch.linalg.qr(_blocked(A, S, block_size))  # (n, min(n, s))
-        exact = float((Q * _blocked(A, Q, block_size)).sum())
-        G = _probes(n, g, gen, distribution).to(basis_dtype).to(device)
-        G = G - Q @ (Q.T @ G)
-        samples = (G * _blocked(A, G, block_size)).sum(0).double().cpu().numpy()
+    with A:
+        if method == "hutchinson":
+            Z = _probes(n, num_matvecs, gen, distribution).to(basis_dtype).to(device)
+            samples = (Z * _blocked(A, Z, block_size)).sum(0).double().cpu().numpy()
+            exact = 0.0
+        else:
+            s = num_matvecs // 3
+            g = num_matvecs - 2 * s
+            S = _probes(n, s, gen, distribution).to(basis_dtype).to(device)
+            Q, _ = torch.linalg.qr(_blocked(A, S, block_size))  # (n, min(n, s))
+            exact = float((Q * _blocked(A, Q, block_size)).sum())
+            G = _probes(n, g, gen, distribution).to(basis_dtype).to(device)
+            G = G - Q @ (Q.T @ G)
+            samples = (G * _blocked(A, G, block_size)).sum(0).double().cpu().numpy()
     est = exact + float(samples.mean())
     stderr = (
         float(samples.std(ddof=1) / math.sqrt(samples.size)) if samples.size > 1 else float("nan")

@@ -1,0 +1,165 @@
+"""Kept gradient graphs: Hessian products in a spectral run that cost only the second backward.
+
+A :class:`~jupyter_curvature.operators.HessianOperator` with ``keep_graphs=True`` builds each
+batch's gradient graph ``g_b(w) = dL_b/dw`` (``create_graph=True``) once and reuses it for every
+later product ``H v = d(g^T v)/dw``, so a product costs one backward through the kept graph
+instead of a forward, a gradient and that backward (algorithms.md section 1: about 1.5x a
+gradient instead of 2.6x). PyHessian keeps its one batch's graph the same way. The price is
+memory: every batch's graph at once. The operator rebuilds the graphs when a parameter changes
+in place (its version counter moves), so kept graphs never give stale products.
+
+Spectral routines turn this on for the length of one call (``keep_graphs=None``, the default)
+when the graphs fit. The bytes autograd saves while the graphs are built are counted with
+:func:`torch.autograd.graph.saved_tensors_hooks` (unique storages, the parameters' own
+excluded); when the count passes the budget (half of the free memory of the operator's device)
+the build is abandoned, the partial graphs freed, and the run goes on with a fresh graph per
+product. So the peak stays within the budget plus one batch's graph. For data that is one batch,
+a kept graph is the very graph a fresh product builds and frees: keeping it costs no extra peak.
+At the end of the call the operator is left as it was found (``keep_graphs`` restored, graphs
+the call built released).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+#: the kept graphs may use at most this fraction of the device's free memory
+GRAPH_MEMORY_FRACTION = 0.5
+#: the budget when the free memory cannot be read
+FALLBACK_BUDGET = 2 << 30
+
+
+class _GraphsTooLarge(Exception):
+    """Raised by the pack hook to abandon a graph build that passed the memory budget."""
+
+
+def free_memory(device: torch.device) -> int:
+    """Free bytes on ``device``: ``cudaMemGetInfo`` on CUDA, ``MemAvailable`` on Linux CPUs."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return FALLBACK_BUDGET * 2
+
+
+def supports_kept_graphs(op: Any) -> bool:
+    """The operator can keep its gradient graphs (a ``HessianOperator``)."""
+    return isinstance(getattr(op, "keep_graphs", None), bool) and callable(
+        getattr(op, "release_graphs", None)
+    )
+
+
+class _SavedBytes:
+    """Pack/unpack hooks that count the bytes of the distinct storages autograd saves."""
+
+    def __init__(self, budget: float, exclude: set[int]) -> None:
+        self.budget = budget
+        self.seen = set(exclude)
+        self.total = 0
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self.seen:
+            self.seen.add(key)
+            self.total += storage.nbytes()
+            if self.total > self.budget:
+                raise _GraphsTooLarge
+        return t
+
+    @staticmethod
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+class GraphKeeper:
+    """Turns an operator's kept gradient graphs on for one spectral call, within a budget.
+
+    Args:
+        op: the wrapped operator.
+        keep: ``None`` keep them when they fit (the default), ``True`` keep them whatever they
+            cost, ``False`` never (a fresh graph per product).
+
+    Attributes:
+        kept: whether products currently go through kept graphs.
+        graph_bytes: bytes autograd saved for the graphs (measured when watched), or ``None``.
+        gave_up: the graphs passed the budget and the run fell back to fresh graphs.
+    """
+
+    def __init__(self, op: Any, keep: bool | None) -> None:
+        if keep is not None and not isinstance(keep, bool):
+            raise TypeError(f"keep_graphs must be True, False or None (automatic), got {keep!r}")
+        supported = supports_kept_graphs(op)
+        if keep is True and not supported:
+            raise ValueError(
+                f"keep_graphs=True needs an operator that can keep gradient graphs "
+                f"(HessianOperator); {type(op).__name__} cannot: pass keep_graphs=None or False"
+            )
+        self.op = op
+        self.keep = keep
+        self.supported = supported
+        self.original = bool(op.keep_graphs) if supported else False
+        self.graph_bytes: int | None = None
+        self.gave_up = False
+        self.watch = False
+        self.kept = self.original
+
+    def open(self) -> None:
+        """Set the operator up for the call (see the class docstring)."""
+        if not self.supported:
+            return
+        self.original = bool(self.op.keep_graphs)
+        self.kept, self.watch = self.original, False
+        if self.keep is not None:
+            self.kept = self.keep
+        elif not self.original:
+            self.kept = self.watch = True
+        self.op.keep_graphs = self.kept
+
+    def _budget(self) -> float:
+        device = torch.device(getattr(self.op, "device", "cpu"))
+        try:
+            free = free_memory(device)
+        except (RuntimeError, ValueError):
+            return float(FALLBACK_BUDGET)
+        return GRAPH_MEMORY_FRACTION * free
+
+    def product(self, block: torch.Tensor) -> torch.Tensor:
+        """``op.matmat(block)``; the first products of a watched run count the graph memory."""
+        matmat = self.op.matmat if hasattr(self.op, "matmat") else self.op.__matmul__
+        if not self.watch:
+            return matmat(block)
+        params = getattr(self.op, "params", [])
+        counter = _SavedBytes(self._budget(), {p.untyped_storage().data_ptr() for p in params})
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+                out = matmat(block)
+        except _GraphsTooLarge:
+            self.op.release_graphs()
+            self.op.keep_graphs = self.kept = False
+            self.watch, self.gave_up = False, True
+            self.graph_bytes = counter.total
+            return matmat(block)
+        if counter.total:  # a (re)build happened in this product: its size is now known
+            self.graph_bytes = counter.total
+        return out
+
+    def close(self) -> None:
+        """Leave the operator as it was found; free the graphs this call made it keep."""
+        if not self.supported:
+            return
+        if self.kept and not self.original:
+            self.op.release_graphs()
+        self.op.keep_graphs = self.original
