@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    num_batches, rounds = (3, 3) if args.quick else (8, 9)
+    num_batches, rounds = (3, 3) if args.quick else (8, 5)
     if args.device == "cpu":
         torch.set_num_threads(1)
     else:  # curvature in true float32: TF32 would change the products at the 1e-3 level
