@@ -77,9 +77,17 @@ class Operator:
         x = block.to(dtype=self.dtype, device=self.device)
         y = self.graphs.product(x)
         self.num_matvecs += block.shape[1]
-        if not torch.isfinite(y).all():
+        if not all_finite(y):
             raise FloatingPointError(NAN_MESSAGE)
         return y.detach().to(dtype=block.dtype, device=block.device)
+
+
+def all_finite(y: torch.Tensor) -> bool:
+    """No NaN or inf in ``y``: one reduction (a NaN or inf makes the float64 sum non-finite),
+    and the elementwise test only when the sum is not finite (it may just have overflowed)."""
+    if bool(torch.isfinite(y.sum(dtype=torch.float64))):
+        return True
+    return bool(torch.isfinite(y).all())
 
 
 def check_int(name: str, value: Any, low: int, high: int | None = None, hint: str = "") -> int:

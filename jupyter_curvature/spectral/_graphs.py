@@ -115,13 +115,14 @@ class GraphKeeper:
         self.gave_up = False
         self.watch = False
         self.kept = self.original
+        self.budget: float | None = None  # bytes, read once per call
 
     def open(self) -> None:
         """Set the operator up for the call (see the class docstring)."""
         if not self.supported:
             return
         self.original = bool(self.op.keep_graphs)
-        self.kept, self.watch = self.original, False
+        self.kept, self.watch, self.budget = self.original, False, None
         if self.keep is not None:
             self.kept = self.keep
         elif not self.original:
@@ -141,8 +142,10 @@ class GraphKeeper:
         matmat = self.op.matmat if hasattr(self.op, "matmat") else self.op.__matmul__
         if not self.watch:
             return matmat(block)
+        if self.budget is None:
+            self.budget = self._budget()
         params = getattr(self.op, "params", [])
-        counter = _SavedBytes(self._budget(), {p.untyped_storage().data_ptr() for p in params})
+        counter = _SavedBytes(self.budget, {p.untyped_storage().data_ptr() for p in params})
         try:
             with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
                 out = matmat(block)

@@ -509,19 +509,19 @@ def _ritz_vectors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``Y = Q_m S[:, idx]`` and ``A Y`` (scaled units, from the stored products), unit columns.
 
-    Streamed over the recorded columns (no stacked copy of the basis). By linearity
+    One matrix product with the recorded columns (a copy of ``m`` columns). By linearity
     ``A (Q s) = (A Q) s``, so ``A Y`` is a true product, up to rounding, at no new cost.
     """
     q0 = rec.inputs[0]
-    Y = torch.zeros(q0.shape[0], len(idx), dtype=q0.dtype, device=q0.device)
-    AY = torch.zeros_like(Y)
     if not idx:
-        return Y, AY
+        Y = torch.zeros(q0.shape[0], 0, dtype=q0.dtype, device=q0.device)
+        return Y, torch.zeros_like(Y)
     coeffs = S[:, idx].to(q0)
-    for j, q in enumerate(rec.inputs):
-        Y += q[:, :1] * coeffs[j]
-        if rec.outputs:
-            AY += rec.outputs[j][:, :1] * coeffs[j]
+    Y = torch.cat([q[:, :1] for q in rec.inputs], 1) @ coeffs
+    if rec.outputs:
+        AY = torch.cat([a[:, :1] for a in rec.outputs], 1) @ coeffs
+    else:
+        AY = torch.zeros_like(Y)
     norm = Y.norm(dim=0, keepdim=True)
     return Y / norm, AY / norm
 

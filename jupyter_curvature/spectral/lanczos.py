@@ -147,20 +147,39 @@ class BasisGemv(TorchFunctionMode):
             and t.data_ptr() == b.data_ptr()
         )
 
+    @contextlib.contextmanager
+    def suspended(self):
+        """Leave the mode for a block (the operator's products run with no mode at all)."""
+        self.__exit__(None, None, None)
+        try:
+            yield
+        finally:
+            self.__enter__()
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self._off:
             return func(*args, **kwargs)
         if func is torch.zeros and self.basis is None:
-            out = func(*args, **kwargs)
-            if tuple(out.shape) == self.shape:
-                self.basis = out
-            return out
+            if tuple(args) == self.shape or (len(args) == 1 and tuple(args[0]) == self.shape):
+                # every row of the basis is written before it is read: no need to zero-fill
+                # (and touch) num_iter x p x n numbers up front
+                self.basis = torch.empty(self.shape, **kwargs)
+                return self.basis
+            return func(*args, **kwargs)
         if func is torch.Tensor.mul and len(args) == 2 and not kwargs:
             if self._is_basis(args[0]):
                 return _Contraction(self, args[0], args[1])
             if self._is_basis(args[1]):
                 return _Contraction(self, args[1], args[0])
+        if (
+            func is torch.Tensor.contiguous
+            and self.basis is not None
+            and args[0].data_ptr() == self.basis.data_ptr()
+        ):
+            # the permuted copy of the basis that lanczos_tridiag returns is discarded (the
+            # closure records the basis), so it is not made
+            return args[0]
         return func(*args, **kwargs)
 
 
@@ -287,7 +306,7 @@ class LanczosClosure:
             r = rec.last_output - rec.inputs[j - 1] * rec.alphas[j - 1].to(q)
             if j >= 2:
                 r = r - rec.inputs[j - 2] * rec.betas[j - 2].to(q)
-            finite = torch.isfinite(q).all(0)
+            finite = torch.isfinite(q.sum(0))  # unit columns: the sum cannot overflow
             beta = torch.where(finite, (torch.nan_to_num(q) * r).sum(0), 0.0)
             broken = ~finite | (beta.abs() < GPYTORCH_BREAKDOWN)
             beta = torch.where(broken, torch.zeros_like(beta), beta)
@@ -349,7 +368,7 @@ def run_tridiag(
     mode = BasisGemv(min(num_iters, n), p, n) if gemv and gemv_supported() else None
 
     def batched(qb: torch.Tensor) -> torch.Tensor:
-        with mode.passthrough() if mode is not None else contextlib.nullcontext():
+        with mode.suspended() if mode is not None else contextlib.nullcontext():
             return closure(qb[..., 0].T).T.unsqueeze(-1)
 
     try:
