@@ -23,5 +23,6 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
     echo "=== $name: exit ${PIPESTATUS[0]}"
 }
 step cuda-tests 150 python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider -rs
-step operators 80 python3 benchmarks/bench_operators.py --device cuda --json "$OUT/operators.json"
-step spectral 120 python3 benchmarks/bench_spectral.py --device cuda --json "$OUT/spectral.json"
+step operators 90 python3 benchmarks/_no_tf32.py benchmarks/bench_operators.py --device cuda --json "$OUT/operators.json"
+step spectral 150 python3 benchmarks/_no_tf32.py benchmarks/bench_spectral.py --device cuda --repeats 3 --seeds 3
+step landscape 60 python3 benchmarks/_no_tf32.py benchmarks/bench_landscape.py --device cuda --json "$OUT/landscape.json"
