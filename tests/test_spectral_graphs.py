@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 
 import numpy as np
@@ -260,3 +261,21 @@ def test_well_separated_top_k_stops_before_arpacks_basis():
     assert np.allclose(r.eigenvalues.numpy(), [50, 40, 32, 26, 21], atol=1e-3 * 50)
     true = (A @ r.eigenvectors - r.eigenvectors * r.eigenvalues).norm(dim=0)
     assert float(true.max()) <= 1e-3 * r.scale
+
+
+# ---------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("basis_device", [None, "cpu"])
+def test_cuda_kept_graphs_and_gemv_match_the_dense_reference(basis_device):
+    model, loss_fn, (x, y) = problem()
+    H = dense_hessian(model, loss_fn, x, y)
+    norm = float(torch.linalg.eigvalsh(H).abs().max())
+    op_cpu = HessianOperator(copy.deepcopy(model), loss_fn, (x, y))
+    op = HessianOperator(model.cuda(), loss_fn, (x.cuda(), y.cuda()))
+    r = eigenpairs(op, k=5, tol=1e-10, basis_device=basis_device)
+    exact = torch.linalg.eigvalsh(H).flip(0)[:5]
+    assert not differ(r.eigenvalues, exact, 1e-8 * norm), differ(r.eigenvalues, exact, 1e-8 * norm)
+    s = spectral_density(op, 40, 2, basis_device=basis_device)
+    s_cpu = spectral_density(op_cpu, 40, 2)
+    assert torch.allclose(s.ritz_values, s_cpu.ritz_values, rtol=0, atol=1e-9 * norm)
+    assert op.keep_graphs is False and graphs_of(op) is None
