@@ -89,7 +89,7 @@ def test_products_on_cuda_float32_within_float32_rounding(kind):
 def test_vector_on_the_wrong_device_is_a_clear_error():
     model = bn_cnn().to(CUDA)
     op = HessianOperator(model, nn.CrossEntropyLoss(), digits(device=CUDA))
-    with pytest.raises(ValueError, match="device"):
+    with pytest.raises(ValueError, match=r"v is on cpu but the operator lives on cuda"):
         op @ torch.zeros(op.shape[0], dtype=DT)
 
 
@@ -107,10 +107,9 @@ def test_eigenpairs_on_cuda_are_certified_and_exact(basis_device):
     top = exact.flip(0)[:5].numpy()
     scale = exact.abs().max().item()
     assert np.max(np.abs(np.asarray(result.eigenvalues) - top)) <= 1e-8 * scale
-    vectors = torch.as_tensor(np.asarray(result.eigenvectors), dtype=DT)
-    residuals = op @ vectors.to(CUDA) - vectors.to(CUDA) * torch.as_tensor(
-        np.asarray(result.eigenvalues), dtype=DT, device=CUDA
-    )
+    vectors = torch.as_tensor(result.eigenvectors, dtype=DT).to(CUDA)
+    values = torch.as_tensor(np.asarray(result.eigenvalues), dtype=DT, device=CUDA)
+    residuals = op @ vectors - vectors * values
     np.testing.assert_allclose(
         residuals.norm(dim=0).cpu().numpy(), np.asarray(result.residuals), rtol=1e-3, atol=1e-12
     )
@@ -143,7 +142,11 @@ def test_landscape_on_cuda_equals_the_cpu_landscape():
     gpu_data = [(x.to(CUDA), y.to(CUDA)) for x, y in data]
     gpu = jc.landscape_2d(model.to(CUDA), loss_fn, gpu_data, directions, span=0.5, num_points=5)
     np.testing.assert_allclose(gpu.train_loss, cpu.train_loss, rtol=1e-10)
-    np.testing.assert_array_equal(gpu.train_accuracy, cpu.train_accuracy)
+    # accuracy is a count over 70 samples: the counts agree exactly (the means may differ
+    # in the last bit through the summation order on the GPU)
+    np.testing.assert_array_equal(
+        np.rint(gpu.train_accuracy * 70), np.rint(cpu.train_accuracy * 70)
+    )
 
 
 def test_training_step_on_cuda_equals_the_cpu_step():
