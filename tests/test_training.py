@@ -291,10 +291,11 @@ def test_sigint_during_the_update_waits_for_the_step(tmp_path):
         return real_step(*a, **k)
 
     trainer.optimizer.step = step_with_signal
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when run as a background job
     trainer.fit()
     assert trainer.interrupted and trainer.step == 3 and len(trainer.history) == 3
     assert same(weights(trainer.model), weights(reference.model))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler put back
 
 
 def test_interrupt_in_a_callback_keeps_the_finished_step():
