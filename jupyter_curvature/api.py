@@ -10,8 +10,9 @@ plain Python (scripts, tests, other front ends)::
     result = api.train(model, data, steps=50, spectrum_every=25)
     result.history.loss[-1], result.history.top_eigenvalues[-1]
 
-This module adds no numerics: losses and accuracies come from the training step and from
-:func:`jupyter_curvature.stats.evaluate`, spectra from
+This module adds no numerics: :func:`train` runs the engine's
+:class:`~jupyter_curvature.training.Trainer` (losses, accuracies and test evaluations are
+its own), spectra come from
 :func:`jupyter_curvature.spectral.spectral_density` / :func:`~jupyter_curvature.spectral.eigenpairs`
 on :class:`~jupyter_curvature.operators.HessianOperator` / ``GGNOperator``, statistics from
 :mod:`jupyter_curvature.stats`. Like the engine it imports no IPython or widget library.
@@ -23,11 +24,8 @@ Errors in the *user's input* (unknown names, wrong types, an absent GPU) raise
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -431,6 +429,8 @@ class TrainResult:
     optimizer: Any
     loss_fn: Any
     history: TrainHistory
+    #: the :class:`~jupyter_curvature.training.Trainer` that ran (``trainer.fit()`` goes on)
+    trainer: Any = None
 
     @property
     def status(self) -> str:
@@ -452,10 +452,13 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     started: float = field(default_factory=time.perf_counter)
+    #: the :class:`~jupyter_curvature.training.Trainer` running the steps
+    trainer: Any = None
 
     @property
     def lr(self) -> float:
-        return current_lr(self.optimizer)
+        """The step size in force (the trainer's, which knows SWATS's phases)."""
+        return self.trainer.lr if self.trainer is not None else current_lr(self.optimizer)
 
 
 def current_lr(optimizer: Any) -> float:
@@ -533,45 +536,6 @@ class TqdmProgress(TrainCallback):
             self.bar.close()
 
 
-class _StopFlag:
-    """SIGINT during training sets a flag read at the next step boundary; a second one raises.
-
-    ipykernel's "Interrupt" sends SIGINT to the kernel process. Stopping at a step boundary
-    keeps the model and the optimiser consistent (no half-applied update).
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: Any = None
-        self._installed = False
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            try:
-                self._old = signal.signal(signal.SIGINT, self._handler)
-                self._installed = True
-            except ValueError:  # not the main interpreter thread
-                pass
-        return self
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:  # second interrupt: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._old)
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(b, device) for b in batch)
-    return batch
-
-
 def _batches(data: Any) -> Iterable[Any]:
     if (
         isinstance(data, tuple)
@@ -608,20 +572,48 @@ def _first_samples(data: Any, max_samples: int) -> tuple[torch.Tensor, torch.Ten
     return torch.cat(xs)[:max_samples], torch.cat(ys)[:max_samples]
 
 
-def _batch_accuracy(outputs: Any, targets: Any) -> float:
-    if (
-        isinstance(outputs, torch.Tensor)
-        and isinstance(targets, torch.Tensor)
-        and outputs.ndim == 2
-        and targets.ndim == 1
-        and not targets.is_floating_point()
-        and outputs.shape[0] == targets.shape[0]
-    ):
-        return float((outputs.argmax(1) == targets).double().mean())
-    return float("nan")
-
-
 StepFn = Callable[[nn.Module, Any, Any, dict[str, Any]], tuple[torch.Tensor, Any]]
+
+
+def _train_source(data: Any) -> tuple[Any, dict[str, Any]]:
+    """The training data as the :class:`~jupyter_curvature.training.Trainer` takes it.
+
+    A DataLoader is used as it is (the trainer reads its dataset, batch size and shuffling
+    and draws the order of each epoch from ``seed``); one batch or a list of tensor batches
+    becomes a ``TensorDataset`` read in the given order and batch sizes.
+    """
+    from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+    if isinstance(data, DataLoader):
+        ds = data.dataset
+        if isinstance(ds, IterableDataset) or not hasattr(ds, "__len__"):
+            raise InputError(
+                "the training DataLoader reads an iterable dataset without a length; "
+                "give a DataLoader over a map-style Dataset"
+            )
+        return data, {}
+    batches = list(_batches(data))
+    if not batches:
+        raise InputError("data holds no batches")
+    if not all(
+        isinstance(b, (list, tuple))
+        and len(b) == 2
+        and all(isinstance(t, torch.Tensor) and t.ndim > 0 for t in b)
+        for b in batches
+    ):
+        raise InputError(
+            "data must be a DataLoader, a list of (inputs, targets) tensor batches or one batch"
+        )
+    sizes = [len(b[1]) for b in batches]
+    try:
+        ds = TensorDataset(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+    except (RuntimeError, AssertionError) as exc:
+        raise InputError(f"the batches of data do not stack into one dataset: {exc}") from None
+    if all(s == sizes[0] for s in sizes[:-1]) and 0 < sizes[-1] <= sizes[0]:
+        return ds, {"batch_size": sizes[0], "shuffle": False}
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    order = [list(range(a, a + s)) for a, s in zip(starts, sizes)]
+    return DataLoader(ds, batch_sampler=order), {}
 
 
 def _default_step(
@@ -650,6 +642,149 @@ def top_of_density(density: Any, k: int) -> tuple[list[float], list[float]]:
     return theta[probe][order].tolist(), res[probe][order].tolist()
 
 
+#: the TrainHistory status of each Trainer status
+_STATUS = {"completed": "finished", "interrupted": "interrupted", "stopped": "stopped"}
+
+
+class _Bridge:
+    """A :class:`~jupyter_curvature.training.Trainer` callback that keeps the
+    :class:`TrainHistory` and calls the :class:`TrainCallback` hooks (the dashboard's).
+
+    It also runs the test evaluations (every ``eval_every`` steps, on the side: RNG states,
+    buffers and K-FAC statistics are left as they were, so they never change the training;
+    each is recorded in the trainer's history as an ``evaluation`` event, so it is in the
+    checkpoints) and gives every ``checkpoint-last.pt`` the trainer writes a numbered copy
+    ``checkpoint-<step>.pt``, announced as an event.
+    """
+
+    def __init__(
+        self,
+        state: TrainState,
+        callbacks: list[Any],
+        *,
+        test_data: Any,
+        eval_every: int | None,
+        spectrum_every: int,
+        curvature: Any,
+        top_k: int,
+    ) -> None:
+        self.state = state
+        self.callbacks = callbacks
+        self.test_data = test_data
+        self.eval_every = eval_every
+        self.spectrum_every = spectrum_every
+        self.curvature = curvature
+        self.top_k = top_k
+        self.numbered: set[int] = set()
+
+    def emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                fn(self.state, *args)
+
+    def event(self, step: int, text: str) -> None:
+        self.state.history.events.append((step, text))
+        self.emit("on_event", text)
+
+    # --- Trainer hooks ------------------------------------------------------------
+    def on_train_begin(self, trainer: Any) -> None:
+        st, h = self.state, self.state.history
+        st.trainer, st.total_steps = trainer, trainer.total_steps
+        st.step, st.epoch = trainer.step, trainer.epoch
+        if self.eval_every is None:
+            self.eval_every = self.spectrum_every or trainer.steps_per_epoch
+        if trainer.step and not h.steps:  # resumed: the finished steps come from the checkpoint
+            s = trainer.history.steps
+            h.steps, h.loss = list(s["step"]), list(s["loss"])
+            h.accuracy, h.lr = list(s["accuracy"]), list(s["lr"])
+            for ev in trainer.history.events:
+                self._record(ev, emit=False)
+            h.steps_done = trainer.step
+        self.emit("on_train_begin")
+
+    def on_epoch_begin(self, trainer: Any, epoch: int) -> None:
+        self.state.epoch = epoch
+
+    def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:
+        st, h = self.state, self.state.history
+        st.step = h.steps_done = trainer.step
+        h.steps.append(logs["step"])
+        h.loss.append(logs["loss"])
+        h.accuracy.append(logs["accuracy"])
+        h.lr.append(logs["lr"])
+        self.emit("on_step_end")
+        if self.test_data is not None and trainer.step % self.eval_every == 0:
+            self.evaluate(trainer)
+
+    def on_curvature(self, trainer: Any, record: dict[str, Any]) -> None:
+        h = self.state.history
+        step, density = self.curvature.results[-1]
+        top, res = top_of_density(density, self.top_k)
+        h.spectrum_steps.append(step)
+        h.spectra.append(density)
+        h.top_eigenvalues.append(top)
+        h.top_residuals.append(res)
+        h.curvature_seconds += record["seconds"]
+        self.emit("on_spectrum")
+
+    def on_event(self, trainer: Any, event: dict[str, Any]) -> None:
+        if event.get("event") == "checkpoint":
+            event = self._numbered_copy(trainer, event)
+            if event is None:
+                return
+        self._record(event, emit=True)
+
+    # --- helpers ------------------------------------------------------------------
+    def evaluate(self, trainer: Any) -> None:
+        """Test loss and accuracy now, recorded as an ``evaluation`` event."""
+        t0 = time.perf_counter()
+        with trainer.quiet():
+            ev = trainer.evaluate(self.test_data)
+        self.state.history.curvature_seconds += time.perf_counter() - t0
+        trainer.record_event(
+            {"event": "evaluation", "test_loss": ev["loss"], "test_accuracy": ev["accuracy"]}
+        )
+
+    def _record(self, event: dict[str, Any], *, emit: bool) -> None:
+        h, step, kind = self.state.history, event.get("step", 0), event.get("event")
+        if kind == "evaluation":
+            h.eval_steps.append(step)
+            h.test_loss.append(float(event["test_loss"]))
+            h.test_accuracy.append(float(event["test_accuracy"]))
+            if emit:
+                self.emit("on_evaluate")
+            return
+        if kind in ("interrupted", "stopped"):
+            text = f"{kind} at step {step}"
+        elif kind == "checkpoint":
+            text = f"checkpoint {Path(event['path']).name}"
+        else:
+            text = _describe_event(event)
+        if emit:
+            self.event(step, text)
+        else:
+            h.events.append((step, text))
+
+    def _numbered_copy(self, trainer: Any, event: dict[str, Any]) -> dict[str, Any] | None:
+        """Copy a fresh ``checkpoint-last.pt`` to ``checkpoint-<step>.pt`` (atomically: a
+        temporary file, then ``os.replace``); ``None`` if this step has its copy already."""
+        import os
+        import shutil
+
+        step = event["step"]
+        if step in self.numbered:
+            return None
+        self.numbered.add(step)
+        last = Path(event["path"])
+        target = last.with_name(f"checkpoint-{step:06d}.pt")
+        if trainer.rank == 0:  # under DDP only rank 0 writes files
+            tmp = last.with_name(f".{target.name}.tmp")
+            shutil.copyfile(last, tmp)
+            os.replace(tmp, target)
+        return {**event, "path": str(target)}
+
+
 def train(
     model: nn.Module,
     data: Any,
@@ -667,203 +802,141 @@ def train(
     spectrum_probes: int = 2,
     spectrum_samples: int = 256,
     top_k: int = 3,
+    max_overhead: float | None = None,
     device: torch.device | str | None = None,
     callbacks: Iterable[TrainCallback] = (),
     seed: int = 0,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
+    resume: bool | str | Path | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``data``, with test evaluations and curvature spectra along the way.
+    """Train ``model`` on ``data`` with the engine's :class:`~jupyter_curvature.training.Trainer`,
+    with test evaluations and curvature spectra along the way.
 
     One step: ``optimizer.zero_grad()``, ``loss, outputs = step_fn(model, x, y, ctx)``,
-    ``loss.backward()``, ``optimizer.step()``. The default ``step_fn`` is
-    ``loss_fn(model(x), y)``. Every ``spectrum_every`` steps (0: never) the spectral density
-    of the Hessian (GGN with ``ggn=True``) of ``loss_fn`` over a fixed subset of the training
-    data (the first ``spectrum_samples`` samples) is computed by SLQ
-    (:func:`~jupyter_curvature.spectral.spectral_density`, ``spectrum_iters`` Lanczos steps,
-    ``spectrum_probes`` probes), and its largest Ritz values are recorded: the quantity to
-    compare with the stability threshold ``2 / lr`` of gradient descent (Cohen et al., ICLR
-    2021, "edge of stability").
+    ``loss.backward()`` (K-FAC's sampled-Fisher pass first), ``optimizer.step()``. The
+    default ``step_fn`` is ``loss_fn(model(x), y)``. The trainer gives the run its
+    guarantees: the data order of each epoch is drawn from ``seed`` and the epoch, so a run
+    resumed from a checkpoint is bitwise the run without the stop (on CPU); checkpoints are
+    atomic; under ``torchrun`` it trains with DistributedDataParallel.
 
-    An interrupt (SIGINT, the kernel's Interrupt button) stops at the next step boundary,
-    with ``history.status == "interrupted"``; a second interrupt stops at once. An exception
-    from ``step_fn`` ends the run with status ``"failed"`` and propagates after the callbacks'
-    ``on_train_end``.
+    From step 0 and then every ``spectrum_every`` steps (0: never) the spectral density of
+    the Hessian (GGN with ``ggn=True``) of ``loss_fn`` on ``spectrum_samples`` training
+    samples drawn once by ``seed`` is computed by SLQ
+    (:class:`~jupyter_curvature.training.CurvatureCallback`: ``spectrum_iters`` Lanczos
+    steps, ``spectrum_probes`` probes; it never changes the training), and its ``top_k``
+    largest Ritz values are recorded: the quantity to compare with the stability threshold
+    ``2 / lr`` of gradient descent (Cohen et al., ICLR 2021, "edge of stability"). With
+    ``max_overhead`` (a fraction such as 0.15) a due spectrum is skipped when spectra would
+    take more than that share of the training time; ``None`` computes every one.
+
+    An interrupt (SIGINT, the kernel's Interrupt button) stops at once at the last finished
+    step (a step in its forward or backward pass is undone; one in its update is completed
+    first), with ``history.status == "interrupted"``. An exception from ``step_fn`` ends the
+    run with status ``"failed"`` (the failing step undone) and propagates after the
+    callbacks' ``on_train_end``.
 
     Args:
         model: the network (trained in place).
-        data: a DataLoader or re-iterable of ``(inputs, targets)`` batches, or one batch.
+        data: a DataLoader (its dataset, batch size and shuffling are used), a list of
+            ``(inputs, targets)`` tensor batches (read in order), or one batch.
         loss_fn: the criterion (default cross-entropy).
         optimizer: a ``torch.optim.Optimizer`` (default SGD, lr 0.1).
         epochs, steps: how long; ``steps`` wins; default one epoch.
-        step_fn: a custom step ``(model, x, y, ctx) -> (loss, outputs or None)``.
-        test_data: evaluated with ``stats.evaluate`` every ``eval_every`` steps (default:
-            each epoch, or every ``spectrum_every`` steps if set) and at the end.
-        device: move the model and the batches there.
+        step_fn: a custom step ``(model, x, y, ctx) -> (loss, outputs or None)``; ``ctx``
+            holds ``loss_fn``, ``optimizer`` and ``state`` (the :class:`TrainState`).
+        test_data: evaluated every ``eval_every`` steps (default: every ``spectrum_every``
+            steps if set, else each epoch) and at the end.
+        max_overhead: budget of the live spectra as a fraction of the training time.
+        device: move the model there; the batches follow.
         callbacks: objects with :class:`TrainCallback` hooks (the dashboard is one).
-        checkpoint_dir: write ``checkpoint-<step>.pt`` and ``checkpoint-last.pt`` there
-            (model and optimizer state, step; atomic: a temporary file, then ``os.replace``)
-            every ``checkpoint_every`` steps (default each epoch), at the end, and when
-            interrupted, each announced as an event.
+        seed: seeds the data order of a shuffling DataLoader, the spectrum samples and probes.
+        checkpoint_dir: the trainer's atomic checkpoints (model, optimiser, RNG states,
+            position in the data, history): ``checkpoint-last.pt`` at the end of every epoch,
+            every ``checkpoint_every`` steps, at the end and when interrupted, each with a
+            numbered copy ``checkpoint-<step>.pt`` announced as an event.
+        resume: a checkpoint path, or ``True`` for ``checkpoint_dir/checkpoint-last.pt`` (if
+            it exists), to continue from.
+
+    Raises:
+        InputError: unusable data or settings (one-line message).
     """
-    from .spectral import spectral_density
-    from .stats import evaluate
-    from .training import atomic_save
+    from .training import CurvatureCallback, Trainer
 
     loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
     if device is not None:
         model.to(device)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if optimizer is None:
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    batches = _batches(data)
-    try:
-        per_epoch = len(batches)  # type: ignore[arg-type]
-    except TypeError:
-        per_epoch = None
-    if steps is None:
-        if per_epoch is None:
-            raise InputError("data has no length: give steps= (--steps N)")
-        steps = per_epoch * (1 if epochs is None else int(epochs))
-    if steps < 1:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise InputError(
+            f"the optimiser is {_type_name(optimizer)}; training needs a torch.optim.Optimizer"
+        )
+    if steps is not None and steps < 1:
         raise InputError(f"the number of steps must be at least 1, got {steps}")
-    if eval_every is None:
-        eval_every = spectrum_every or per_epoch or steps
-    step_fn = step_fn or _default_step
-    callbacks = list(callbacks)
+    if resume is True and checkpoint_dir is None:
+        raise InputError("resuming needs the checkpoint folder (--checkpoint-dir)")
+    source, loader_kwargs = _train_source(data)
     history = TrainHistory(curvature="ggn" if ggn else "hessian")
-    state = TrainState(model, optimizer, loss_fn, history, total_steps=int(steps))
-    curv_data = _to_device(_subset(batches, spectrum_samples), device) if spectrum_every else None
-    ctx: dict[str, Any] = {"loss_fn": loss_fn, "optimizer": optimizer, "state": state}
-    paused = getattr(optimizer, "paused", None)  # K-FAC: curvature products must not feed it
+    state = TrainState(model, optimizer, loss_fn, history, total_steps=0)
+    curvature = None
+    if spectrum_every:
+        curvature = CurvatureCallback(
+            every=spectrum_every, curvature=history.curvature, num_iters=spectrum_iters,
+            num_probes=spectrum_probes, subsample=spectrum_samples, seed=seed,
+            max_overhead=max_overhead, at_start=True, top_k=top_k,
+        )  # fmt: skip
+    bridge = _Bridge(
+        state, list(callbacks), test_data=test_data, eval_every=eval_every,
+        spectrum_every=spectrum_every, curvature=curvature, top_k=top_k,
+    )  # fmt: skip
+    trainer_step = None
+    if step_fn is not None:
+        ctx: dict[str, Any] = {"loss_fn": loss_fn, "optimizer": optimizer, "state": state}
+        user_step = step_fn
 
-    def emit(hook: str, *args: Any) -> None:
-        for cb in callbacks:
-            fn = getattr(cb, hook, None)
-            if fn is not None:
-                fn(state, *args)
+        def trainer_step(module: nn.Module, x: Any, y: Any) -> tuple[torch.Tensor, Any]:
+            loss, outputs = user_step(module, x, y, ctx)
+            wants = getattr(optimizer, "wants_fisher", None)
+            if callable(wants) and wants():
+                if not (isinstance(outputs, torch.Tensor) and outputs.requires_grad):
+                    raise InputError(
+                        "K-FAC needs the model outputs of each step: set `outputs` in the cell body"
+                    )
+            return loss, outputs
 
-    def event(text: str) -> None:
-        history.events.append((state.step, text))
-        emit("on_event", text)
-
-    def quiet() -> Any:
-        return paused() if paused is not None else contextlib.nullcontext()
-
-    every = checkpoint_every or per_epoch or steps
-
-    def checkpoint() -> None:
-        if checkpoint_dir is None or state.step == 0:
-            return
-        folder = Path(checkpoint_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": state.step,
-            "epoch": state.epoch,
-        }
-        path = atomic_save(payload, folder / f"checkpoint-{state.step:06d}.pt")
-        atomic_save(payload, folder / "checkpoint-last.pt")
-        event(f"checkpoint {path.name}")
-
-    def check_curvature() -> None:
-        t0 = time.perf_counter()
-        op = make_operator(model, loss_fn, curv_data, ggn=ggn)
-        with quiet():
-            dens = spectral_density(
-                op, num_iters=spectrum_iters, num_probes=spectrum_probes, seed=seed
-            )
-        history.curvature_seconds += time.perf_counter() - t0
-        top, res = top_of_density(dens, top_k)
-        history.spectrum_steps.append(state.step)
-        history.spectra.append(dens)
-        history.top_eigenvalues.append(top)
-        history.top_residuals.append(res)
-        emit("on_spectrum")
-
-    def check_test() -> None:
-        if test_data is None:
-            return
-        t0 = time.perf_counter()
-        with quiet():
-            ev = evaluate(model, loss_fn, test_data, topk=(1,))
-        history.curvature_seconds += time.perf_counter() - t0
-        history.eval_steps.append(state.step)
-        history.test_loss.append(float(ev.loss))
-        history.test_accuracy.append(float(ev.accuracy.get("top1", float("nan"))))
-        emit("on_evaluate")
-
-    t_start = time.perf_counter()
-    emit("on_train_begin")
-    model.train()
     try:
-        with _StopFlag() as stop:
-            if spectrum_every:
-                check_curvature()
-            done = False
-            while not done:
-                state.epoch += 1
-                for batch in batches:
-                    x, y = _to_device(batch, device)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss, outputs = step_fn(model, x, y, ctx)
-                    if hasattr(optimizer, "wants_fisher") and optimizer.wants_fisher():
-                        if not (isinstance(outputs, torch.Tensor) and outputs.requires_grad):
-                            raise InputError(
-                                "K-FAC needs the model outputs of each step: set `outputs` in the cell body"
-                            )
-                        optimizer.fisher_backward(outputs)
-                    loss.backward()
-                    optimizer.step()
-                    state.step += 1
-                    history.steps_done = state.step
-                    history.steps.append(state.step)
-                    history.loss.append(float(loss.detach()))
-                    history.accuracy.append(_batch_accuracy(outputs, y))
-                    history.lr.append(current_lr(optimizer))
-                    for ev in optimizer.pop_events() if hasattr(optimizer, "pop_events") else ():
-                        event(_describe_event(ev))
-                    emit("on_step_end")
-                    if spectrum_every and state.step % spectrum_every == 0:
-                        check_curvature()
-                    if state.step % eval_every == 0:
-                        check_test()
-                    if checkpoint_dir is not None and state.step % every == 0:
-                        checkpoint()
-                    if stop.requested:
-                        raise KeyboardInterrupt
-                    if state.step >= steps:
-                        done = True
-                        break
-                if per_epoch == 0:
-                    raise InputError("data holds no batches")
-            if history.eval_steps[-1:] != [state.step]:
-                check_test()
-            if checkpoint_dir is not None and state.step % every != 0:
-                checkpoint()
-        history.status = "finished"
-    except KeyboardInterrupt:
-        _discard(optimizer)
-        history.status = "interrupted"
-        event(f"interrupted at step {state.step}")
-        checkpoint()  # the finished steps are kept
+        trainer = Trainer(
+            model, optimizer, source, loss_fn=loss_fn,
+            epochs=None if steps is not None else (1 if epochs is None else int(epochs)),
+            steps=steps, callbacks=[bridge] + ([curvature] if curvature else []),
+            checkpoint_dir=checkpoint_dir, checkpoint_steps=checkpoint_every,
+            step_fn=trainer_step, seed=seed, **loader_kwargs,
+        )  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise InputError(str(exc).splitlines()[0]) from None
+    state.trainer, state.total_steps = trainer, trainer.total_steps
+    t_start = time.perf_counter()
+    try:
+        trainer.fit(resume=resume or None)
+        history.status = _STATUS.get(trainer.status, trainer.status)
+        if (
+            history.status == "finished"
+            and test_data is not None
+            and history.eval_steps[-1:] != [trainer.step]
+        ):
+            bridge.evaluate(trainer)
     except BaseException as exc:
-        _discard(optimizer)
         history.status = "failed"
-        event(f"failed at step {state.step + 1}: {type(exc).__name__}: {exc}")
+        bridge.event(
+            trainer.step, f"failed at step {trainer.step + 1}: {type(exc).__name__}: {exc}"
+        )
         raise
     finally:
+        history.steps_done = state.step = trainer.step
         history.seconds = time.perf_counter() - t_start
-        model.train()
-        emit("on_train_end")
-    return TrainResult(model, optimizer, loss_fn, history)
-
-
-def _discard(optimizer: Any) -> None:
-    """Drop K-FAC statistics of an aborted step (the weights were not updated)."""
-    if hasattr(optimizer, "discard_pending"):
-        optimizer.discard_pending()
+        bridge.emit("on_train_end")
+    return TrainResult(model, optimizer, loss_fn, history, trainer)
 
 
 def _describe_event(ev: Any) -> str:

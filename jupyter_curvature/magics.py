@@ -15,7 +15,8 @@ and appended to ``shell.configurables`` so ``%config CurvMagics.widgets = "off"`
 mistakes are plain ``UsageError`` one-liners (no traceback; subclassing ``UsageError`` is
 broken, ipython#14024); re-running a cell closes the panels its previous run made (a
 ``pre_run_cell`` hook keyed by ``info.cell_id``); training runs in the kernel's main thread
-and stops cleanly at a step boundary on an interrupt.
+on the engine's :class:`~jupyter_curvature.training.Trainer` (through
+:func:`jupyter_curvature.api.train`) and stops cleanly at a step boundary on an interrupt.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ jupyter_curvature magics  (each has its own help: %curv_train?  %curv_spectrum? 
     x = x.flatten(1)              # the cell body is the training step: x, y, batch, model,
     outputs = model(x)            # loss_fn, optimizer and step are bound; it must set `loss`
     loss = loss_fn(outputs, y)    # (and may set `outputs` for the accuracy curve)
-  Interrupt the kernel to stop at the next step boundary: the model, the optimiser and
-  the history (--out) are kept.
+  Interrupt the kernel to stop at the last finished step: the model, the optimiser and
+  the history (--out) are kept. --checkpoint-dir DIR writes exact-resume checkpoints;
+  --resume continues from DIR/checkpoint-last.pt.
 
 %curv_spectrum --model NAME --data NAME [--ggn] [--iters N] [--probes N] [--top K] [--params PATTERN] [--out NAME]
     %curv_spectrum --model run.model --data digits --top 5 --out dens
@@ -241,15 +243,26 @@ class CurvMagics(Magics):
     @argument("--device", default=None, help="cpu | cuda | cuda:N (moves the model)")
     @argument("--seed", type=int, default=0, help="seed of the shuffling and of the SLQ probes")
     @argument(
+        "--max-overhead",
+        type=_positive(float),
+        default=None,
+        help="skip a due spectrum when spectra would exceed this share of the training time",
+    )
+    @argument(
         "--checkpoint-dir",
         default=None,
-        help="write atomic checkpoints (model, optimizer, step) to this folder",
+        help="write the trainer's atomic checkpoints (exact resume) to this folder",
     )
     @argument(
         "--checkpoint-every",
         type=_positive(int),
         default=None,
-        help="steps between checkpoints (default: every epoch)",
+        help="steps between checkpoints (besides each epoch's end)",
+    )
+    @argument(
+        "--resume",
+        action="store_true",
+        help="continue from checkpoint-last.pt in --checkpoint-dir (if there is one)",
     )
     @argument(
         "--out",
@@ -266,6 +279,8 @@ class CurvMagics(Magics):
             raise UsageError("%curv_train: give --epochs or --steps, not both")
         if args.spectrum_every < 0:
             raise UsageError("%curv_train: --spectrum-every must be >= 0")
+        if args.resume and args.checkpoint_dir is None:
+            raise UsageError("%curv_train: --resume needs --checkpoint-dir")
         device = self._call(name, api.resolve_device, args.device)
         model = self._call(name, api.resolve_model, args.model, self.ns)
         data = self._call(
@@ -325,6 +340,8 @@ class CurvMagics(Magics):
                 seed=args.seed,
                 checkpoint_dir=args.checkpoint_dir,
                 checkpoint_every=args.checkpoint_every,
+                max_overhead=args.max_overhead,
+                resume=args.resume or None,
             )
         except api.InputError as exc:
             raise UsageError(f"%{name}: {exc}") from None

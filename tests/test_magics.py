@@ -154,6 +154,18 @@ def test_device_cuda_without_gpu(ip):
 
 
 # ----------------------------------------------------------------------------- %%curv_train
+def trainer_batches(batch_size, seed=0):
+    """The digits in the order the Trainer documents for epoch 1: a permutation drawn from
+    a generator seeded by ``(seed, epoch)``, cut into batches."""
+    from jupyter_curvature.data import digits_dataset
+    from jupyter_curvature.training.trainer import _epoch_seed
+
+    x, y = digits_dataset("train").tensors
+    g = torch.Generator().manual_seed(_epoch_seed(seed, 0))
+    idx = torch.randperm(len(y), generator=g)
+    return [(x[i], y[i]) for i in idx.split(batch_size)]
+
+
 def manual_losses(model, loader, lr, steps):
     params = list(model.parameters())
     out = []
@@ -181,7 +193,7 @@ def test_train_line_magic_matches_a_manual_loop(ip):
     )
     r = ip.user_ns["run"]
     assert isinstance(r, api.TrainResult) and r.model is net and r.history.status == "finished"
-    loader = api.resolve_data("digits", batch_size=32, shuffle=True, seed=0)
+    loader = trainer_batches(32)
     assert r.history.loss == pytest.approx(manual_losses(reference, loader, 0.2, 4), rel=1e-6)
     assert r.history.spectrum_steps == [0, 2, 4] and len(r.history.top_eigenvalues[0]) == 3
     dash = magics(ip).last_panel
@@ -200,7 +212,7 @@ def test_cell_body_is_the_training_step(ip):
     body = "outputs = model(x)\nloss = loss_fn(outputs, y) + 0.0 * step\n"
     run(ip, f"%%curv_train --model net2 --data digits {FAST} --lr 0.2 --out run2\n{body}")
     h = ip.user_ns["run2"].history
-    loader = api.resolve_data("digits", batch_size=32, shuffle=True, seed=0)
+    loader = trainer_batches(32)
     assert h.loss == pytest.approx(manual_losses(reference, loader, 0.2, 4), rel=1e-6)
     assert all(0 <= a <= 1 for a in h.accuracy)  # `outputs` was set: accuracy known
     assert ip.user_ns["x"] == "my x" and "batch" not in ip.user_ns
@@ -242,17 +254,81 @@ def test_keyboard_interrupt_stops_at_a_step_boundary(ip):
     assert "interrupted at step 2" in magics(ip).last_panel.status.value
 
 
-def test_sigint_finishes_the_step_then_stops(ip):
-    """The kernel's Interrupt (SIGINT) lands mid-step: the step completes, then training stops."""
+def test_sigint_undoes_the_step_in_progress_then_stops(ip):
+    """The kernel's Interrupt (SIGINT) lands in step 2's forward pass: the Trainer undoes that
+    step and stops at step 1, the model equal to one hand-made SGD step."""
+    from jupyter_curvature.models import create
+
+    torch.manual_seed(0)
+    ip.user_ns["net5"] = net = create("mlp")
+    reference = copy.deepcopy(net)
     body = (
         "import os, signal\n"
         "if step == 2:\n    os.kill(os.getpid(), signal.SIGINT)\n"
         "loss = loss_fn(model(x), y)\n"
     )
-    res = run(ip, f"%%curv_train --model mlp --data digits {FAST} --out run5\n{body}")
+    res = run(ip, f"%%curv_train --model net5 --data digits {FAST} --lr 0.2 --out run5\n{body}")
     assert res.success
     h = ip.user_ns["run5"].history
-    assert h.status == "interrupted" and h.steps_done == 2 and len(h.loss) == 2
+    assert h.status == "interrupted" and h.steps_done == 1 and len(h.loss) == 1
+    assert h.events[-1] == (1, "interrupted at step 1")
+    manual_losses(reference, trainer_batches(32), 0.2, 1)
+    for (k, v), w in zip(net.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(v, w, rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_checkpoints_of_the_magic_resume_a_trainer_bitwise(ip, tmp_path):
+    """%%curv_train --checkpoint-dir, then a plain Trainer resumed from the step-4 file:
+    bitwise the weights of the uninterrupted 8-step run; --resume continues the same way."""
+    from jupyter_curvature.data import digits_dataset
+    from jupyter_curvature.models import create
+    from jupyter_curvature.training import Trainer
+
+    torch.manual_seed(0)
+    ip.user_ns["net6"] = net = create("mlp")
+    start = copy.deepcopy(net.state_dict())
+    folder = tmp_path / "ck"
+    run(
+        ip,
+        f"%curv_train --model net6 --data digits --steps 8 --batch-size 32 --lr 0.2 "
+        f"--momentum 0.9 --checkpoint-dir {folder} --checkpoint-every 4 --out run6",
+    )
+    texts = [t for _, t in ip.user_ns["run6"].history.events]
+    assert texts == ["checkpoint checkpoint-000004.pt", "checkpoint checkpoint-000008.pt"]
+    assert "checkpoint-000004.pt" in magics(ip).last_panel.events_html.value
+    plain = create("mlp")
+    plain.load_state_dict(start)
+    opt = torch.optim.SGD(plain.parameters(), lr=0.2, momentum=0.9)
+    trainer = Trainer(plain, opt, digits_dataset("train"), steps=8, batch_size=32, seed=0)
+    trainer.fit(resume=folder / "checkpoint-000004.pt")
+    for key, value in net.state_dict().items():
+        assert torch.equal(plain.state_dict()[key], value), key
+    # the magic itself: 4 steps, then --resume to 8
+    torch.manual_seed(0)
+    ip.user_ns["net7"] = again = create("mlp")
+    again.load_state_dict(start)
+    common = "--model net7 --data digits --batch-size 32 --lr 0.2 --momentum 0.9"
+    run(ip, f"%curv_train {common} --steps 4 --checkpoint-dir {tmp_path / 'r'}")
+    run(ip, f"%curv_train {common} --steps 8 --checkpoint-dir {tmp_path / 'r'} --resume --out r7")
+    assert ip.user_ns["r7"].history.steps == list(range(1, 9))
+    for key, value in net.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+
+
+def test_swats_switch_appears_in_the_event_log(ip):
+    """SWATS told to switch as soon as it may (step 2): the history and the dashboard log it."""
+    from jupyter_curvature.models import create
+    from jupyter_curvature.optim import SWATS
+
+    torch.manual_seed(0)
+    ip.user_ns["net8"] = net = create("mlp")
+    ip.user_ns["opt8"] = opt = SWATS(net.parameters(), lr=1e-3, switch_tol=1e9)
+    run(ip, f"%curv_train --model net8 --data digits --optimizer opt8 {FAST} --out run8")
+    events = [(s, t) for s, t in ip.user_ns["run8"].history.events if "SWATS" in t]
+    group = opt.param_groups[0]
+    assert group["phase"] == "sgd"  # switched as soon as allowed: step 2
+    assert events == [(2, f"SWATS switched group 0 from Adam to SGD (lr {group['sgd_lr']:.4g})")]
+    assert "SWATS switched group" in magics(ip).last_panel.events_html.value
 
 
 def test_terminal_mode_uses_text_and_no_widgets(ip, capsys):
