@@ -896,12 +896,20 @@ def train(
         user_step = step_fn
 
         def trainer_step(module: nn.Module, x: Any, y: Any) -> tuple[torch.Tensor, Any]:
-            loss, outputs = user_step(module, x, y, ctx)
+            calls: list[Any] = []
+            hook = module.register_forward_hook(lambda _m, _args, out: calls.append(out))
+            try:
+                loss, outputs = user_step(module, x, y, ctx)
+            finally:
+                hook.remove()
+            if outputs is None and len(calls) == 1:
+                outputs = calls[0]  # the body called the model once: those are the outputs
             wants = getattr(optimizer, "wants_fisher", None)
             if callable(wants) and wants():
                 if not (isinstance(outputs, torch.Tensor) and outputs.requires_grad):
                     raise InputError(
-                        "K-FAC needs the model outputs of each step: set `outputs` in the cell body"
+                        "K-FAC needs the model outputs of each step: the cell body called the "
+                        f"model {len(calls)} times; set `outputs` to the ones K-FAC should use"
                     )
             return loss, outputs
 

@@ -41,7 +41,7 @@ jupyter_curvature magics  (each has its own help: %curv_train?  %curv_spectrum? 
     %%curv_train --model net --data loader --optimizer adam --lr 1e-3 --epochs 2
     x = x.flatten(1)              # the cell body is the training step: x, y, batch, model,
     outputs = model(x)            # loss_fn, optimizer and step are bound; it must set `loss`
-    loss = loss_fn(outputs, y)    # (and may set `outputs` for the accuracy curve)
+    loss = loss_fn(outputs, y)    # (`outputs`: needed only when the body calls model twice)
   Interrupt the kernel to stop at the last finished step: the model, the optimiser and
   the history (--out) are kept. --checkpoint-dir DIR writes exact-resume checkpoints;
   --resume continues from DIR/checkpoint-last.pt.

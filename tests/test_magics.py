@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -429,3 +430,31 @@ def test_landscape_delegates_or_says_it_is_unavailable(ip, monkeypatch):
     monkeypatch.delattr(widgets_pkg, "landscape", raising=False)
     msg = usage_error(ip, "curv_landscape", "--model mlp")
     assert "landscape explorer is not available" in msg
+
+
+# ----------------------------------------------------------------------------- K-FAC in the cell body
+def test_kfac_takes_the_outputs_of_the_one_model_call_in_the_body(ip):
+    """The README's example: the body sets only `loss`; K-FAC samples its Fisher from the
+    outputs of the body's single model call (no fallback to the empirical Fisher)."""
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="K-FAC used the empirical Fisher")
+        run(
+            ip,
+            "%%curv_train --model mlp --data digits --optimizer kfac --lr 0.05 --steps 3 "
+            "--spectrum-every 0 --out kfac_run\nloss = loss_fn(model(x.flatten(1)), y)\n",
+        )
+    result = ip.user_ns["kfac_run"]
+    assert result.history.status == "finished" and result.history.steps_done == 3
+    assert result.optimizer.preconditioner.steps == 3  # three K-FAC steps, sampled Fisher each
+
+
+def test_kfac_with_two_model_calls_and_no_outputs_is_a_clear_error(ip):
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    body = "a = model(x.flatten(1))\nloss = loss_fn(model(x.flatten(1)), y)\n"
+    with pytest.raises(UsageError, match="called the model 2 times; set `outputs`"):
+        ip.run_cell_magic(
+            "curv_train",
+            "--model mlp --data digits --optimizer kfac --lr 0.05 --steps 2 --spectrum-every 0",
+            body,
+        )
