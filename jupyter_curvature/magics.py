@@ -142,12 +142,18 @@ class CurvMagics(Magics):
 
     def _parse(self, func: Any, line: str, name: str) -> Any:
         try:
-            return func.parser.parse_argstring(line)
+            args = func.parser.parse_argstring(line)
         except UsageError as exc:
             msg = str(exc)
             if "unrecognized arguments" in msg or "ambiguous option" in msg:
                 msg += f"; valid options: {' '.join(_options(func))}"
             raise UsageError(f"%{name}: {msg}") from None
+        # IPython splits magic lines without removing quotes: --params "classifier*" means
+        # the pattern classifier*, as it would in a shell
+        for key, value in vars(args).items():
+            if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] in "'\"":
+                setattr(args, key, value[1:-1])
+        return args
 
     def _call(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a resolver/API call; turn user-input errors into one-line UsageErrors."""

@@ -458,3 +458,14 @@ def test_kfac_with_two_model_calls_and_no_outputs_is_a_clear_error(ip):
             "--model mlp --data digits --optimizer kfac --lr 0.05 --steps 2 --spectrum-every 0",
             body,
         )
+
+
+@pytest.mark.parametrize("quoted", ['"3.*"', "'3.*'", "3.*"])
+def test_quoted_option_values_are_unquoted_as_in_a_shell(ip, quoted):
+    """`--params "3.*"` is the pattern 3.*, as in a shell (IPython keeps the quotes)."""
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    run(
+        ip,
+        f"%curv_spectrum --model mlp --data digits --params {quoted} --iters 5 --probes 1 --top 1 --out d",
+    )
+    assert ip.user_ns["d"].n == 320 + 10  # the last layer of the registry's mlp: 3.weight, 3.bias
