@@ -151,7 +151,8 @@ class CurvMagics(Magics):
         # IPython splits magic lines without removing quotes: --params "classifier*" means
         # the pattern classifier*, as it would in a shell
         for key, value in vars(args).items():
-            if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] in "'\"":
+            quoted = isinstance(value, str) and len(value) >= 2 and value[0] in "'\""
+            if quoted and value[-1] == value[0]:
                 setattr(args, key, value[1:-1])
         return args
 

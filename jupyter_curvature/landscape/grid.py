@@ -30,7 +30,7 @@ from torch import nn
 
 from ..operators._params import ParamSpec
 from .evaluator import LandscapeEvaluator
-from .results import Landscape1D, Landscape2D, LandscapeResult
+from .results import METRICS, Landscape1D, Landscape2D, LandscapeResult
 
 __all__ = [
     "LandscapeProgress",
@@ -172,10 +172,7 @@ def _base(ev: LandscapeEvaluator, base: Any) -> np.ndarray:
 
 
 def _new_metrics(ev: LandscapeEvaluator, shape: tuple[int, ...]) -> dict[str, np.ndarray | None]:
-    out: dict[str, np.ndarray | None] = {}
-    for m in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
-        out[m] = np.full(shape, np.nan) if m in ev.metrics else None
-    return out
+    return {m: np.full(shape, np.nan) if m in ev.metrics else None for m in METRICS}
 
 
 def _check_resume(resume: LandscapeResult | None, result: LandscapeResult) -> None:

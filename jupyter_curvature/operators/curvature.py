@@ -384,17 +384,10 @@ class GGNOperator(_FunctionalOperator):
         k = len(cotangents)
         result = torch.zeros_like(block)
         for j, u in enumerate(cotangents):
-            grads = torch.autograd.grad(
-                outputs, primals, grad_outputs=u, retain_graph=j < k - 1, allow_unused=True
+            grads = torch.autograd.grad(  # zeros for parameters the outputs do not use
+                outputs, primals, grad_outputs=u, retain_graph=j < k - 1, materialize_grads=True
             )
-            result[:, j] = torch.cat(
-                [
-                    torch.zeros(p.numel(), dtype=block.dtype, device=block.device)
-                    if g is None
-                    else g.reshape(-1)
-                    for g, p in zip(grads, primals)
-                ]
-            )
+            result[:, j] = self.flatten(grads)
         return result
 
     def _batch_ggn_functional(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ from torch import nn
 from ..landscape._data import subsample_data
 from ..landscape.directions import Directions, as_directions, eigen_directions, random_directions
 from ..landscape.perturb import Perturber, _copy_all
-from ..landscape.results import Landscape1D, Landscape2D
+from ..landscape.results import METRICS, Landscape1D, Landscape2D
 from ..operators._params import ParamSpec, select_parameters
 from ._base import Panel, Throttle, html_table
 from .landscape_canvas import LandscapeCanvas
@@ -76,7 +76,6 @@ __all__ = [
     "parse_direction_spec",
 ]
 
-METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 _PALETTE = [
     "#1f77b4",
     "#d62728",
@@ -102,6 +101,11 @@ _CACHE_LINES = 256
 
 # --------------------------------------------------------------------------------------
 # direction specs
+
+
+def _metric_copies(store: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
+    """Each metric's array copied out of ``store`` (``None`` for a metric not computed)."""
+    return {m: store[m].copy() if m in store else None for m in METRICS}
 
 
 @dataclass(frozen=True)
@@ -1373,16 +1377,11 @@ class LandscapeExplorer(Panel):
     def lines_result(self) -> Landscape1D:
         """The current 1D curves as a :class:`~jupyter_curvature.landscape.results.Landscape1D`
         (each line passes through the current point; ``meta["through"]`` holds it)."""
-        have = bool(self.lines)
-        get = lambda m: self.lines[m].copy() if have and m in self.lines else None  # noqa: E731
         return Landscape1D(
             directions=self._direction_records(range(len(self.directions))),
             bn=self.bn,
             reduction=self._evaluator.reduction,
-            train_loss=get("train_loss"),
-            train_accuracy=get("train_accuracy"),
-            test_loss=get("test_loss"),
-            test_accuracy=get("test_accuracy"),
+            **_metric_copies(self.lines),
             coords=self.ts.copy(),
             meta={
                 "through": self.coords.tolist(),
@@ -1398,15 +1397,11 @@ class LandscapeExplorer(Panel):
         if not self.grid:
             raise ValueError("no 2D map yet: call compute_grid() first")
         a, b = self.pair
-        get = lambda m: self.grid[m].copy() if m in self.grid else None  # noqa: E731
         return Landscape2D(
             directions=self._direction_records((a, b)),
             bn=self.bn,
             reduction=self._evaluator.reduction,
-            train_loss=get("train_loss"),
-            train_accuracy=get("train_accuracy"),
-            test_loss=get("test_loss"),
-            test_accuracy=get("test_accuracy"),
+            **_metric_copies(self.grid),
             done=self.grid_done.copy(),
             interrupted=self.grid_interrupted,
             xs=self.ts.copy(),
