@@ -100,6 +100,7 @@ class CurvMagics(Magics):
         self._cell_key: Any = None
         self.last_panel: Any = None
         self.last_result: Any = None
+        self._axis_guard: Any = None  # the hidden bqplot axis guard shown by %load_ext
         if shell is not None:
             shell.events.register("pre_run_cell", self._pre_run_cell)
 
@@ -625,6 +626,12 @@ def load_ipython_extension(ip: Any) -> None:
     ip.register_magics(magics)
     if magics not in ip.configurables:  # some IPython versions add it already
         ip.configurables.append(magics)
+    if magics.use_widgets:
+        # installed now, before any panel's figures render (see widgets/_bqplot_guard.py)
+        from .widgets._bqplot_guard import BqplotAxisGuard
+
+        magics._axis_guard = BqplotAxisGuard()
+        display(magics._axis_guard)
 
 
 def track_panel(shell: Any, panel: Any) -> None:
@@ -647,6 +654,8 @@ def unload_ipython_extension(ip: Any) -> None:
     if magics is None:
         return
     magics.close_all()
+    if magics._axis_guard is not None:
+        magics._axis_guard.close()
     try:
         ip.events.unregister("pre_run_cell", magics._pre_run_cell)
     except ValueError:

@@ -115,6 +115,37 @@ def sampler_loaders(dataset):
     ]
 
 
+def api_train_run() -> dict:
+    """``api.train`` (what ``%%curv_train`` runs): test points and spectra along the way."""
+    from jupyter_curvature import api
+
+    train_set, test_set = make_data()
+    model = make_model()
+    result = api.train(
+        model,
+        DataLoader(train_set, batch_size=BATCH),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9),
+        steps=6,
+        test_data=DataLoader(test_set, batch_size=11),
+        spectrum_every=3,
+        spectrum_iters=8,
+        spectrum_probes=2,
+        spectrum_samples=41,
+        top_k=2,
+        seed=3,
+    )
+    h = result.history
+    return {
+        "weights": weights(model),
+        "loss": list(h.loss),
+        "test_loss": list(h.test_loss),
+        "spectrum_steps": list(h.spectrum_steps),
+        "top": [list(t) for t in h.top_eigenvalues],
+        "status": h.status,
+    }
+
+
 # ------------------------------------------------------------------ the distributed job
 def _main_job(folder: str):
     rank = jd.get_rank()
@@ -183,6 +214,9 @@ def _main_job(folder: str):
     bn = make_trainer(make_model(batchnorm=True), steps=4)
     bn.fit()
     out["batchnorm"] = weights(bn.model)
+
+    # 7. api.train, the path of %%curv_train and the CLI, under torchrun
+    out["api_train"] = api_train_run()
     return out
 
 
@@ -205,7 +239,12 @@ def single():
             opt.zero_grad()
             nn.CrossEntropyLoss()(model(torch.cat([x0, x1])), torch.cat([y0, y1])).backward()
             opt.step()
-    return {"plain": plain, "steps": weights(steps.model), "sampler": weights(model)}
+    return {
+        "plain": plain,
+        "steps": weights(steps.model),
+        "sampler": weights(model),
+        "api_train": api_train_run(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +319,22 @@ def test_live_spectra_equal_single_process_and_agree_across_ranks(runs, single):
             for key in ("ritz_values", "weights"):
                 close(mine[key], theirs[key], SPECTRUM_TOL, f"{key} at step {mine['step']}")
     assert results[0]["plain"]["curvature"] == results[1]["plain"]["curvature"]  # bit for bit
+
+
+@pytest.mark.distributed
+def test_api_train_under_ddp_equals_one_process(runs, single):
+    results, _ = runs
+    ref = single["api_train"]
+    assert ref["status"] == "finished" and ref["spectrum_steps"] == [0, 3, 6], ref
+    assert len(ref["loss"]) == 6 and ref["test_loss"]
+    for r in results:
+        got = r["api_train"]
+        what = f"api.train, rank {r['rank']}"
+        assert (got["status"], got["spectrum_steps"]) == (ref["status"], ref["spectrum_steps"])
+        close_weights(got["weights"], ref["weights"], what)
+        close(got["loss"], ref["loss"], WEIGHT_TOL, f"{what}: training losses")
+        close(got["test_loss"], ref["test_loss"], WEIGHT_TOL, f"{what}: test losses")
+        close(got["top"], ref["top"], SPECTRUM_TOL, f"{what}: top Ritz values")
 
 
 @pytest.mark.distributed

@@ -97,6 +97,35 @@ def test_load_is_idempotent_and_unload_removes_everything():
     shell.run_line_magic("config", "CurvMagics.widgets = 'on'")
 
 
+def test_load_ext_shows_the_bqplot_axis_guard_and_unload_closes_it(monkeypatch):
+    import jupyter_curvature.magics as magics_module
+    from jupyter_curvature.magics import load_ipython_extension, unload_ipython_extension
+    from jupyter_curvature.widgets._bqplot_guard import BqplotAxisGuard
+
+    c = Config()
+    c.HistoryAccessor.enabled = False
+    shell = InteractiveShell.instance(config=c)
+    unload_ipython_extension(shell)
+    shown = []
+    monkeypatch.setattr(magics_module, "display", shown.append)
+    shell.config.CurvMagics.widgets = "on"  # a kernel with widgets: the guard is shown at load
+    try:
+        load_ipython_extension(shell)
+        assert len(shown) == 1 and isinstance(shown[0], BqplotAxisGuard), shown
+        guard = shown[0]
+        assert guard.comm is not None and repr(guard) == ""  # nothing to read in a text view
+        load_ipython_extension(shell)  # idempotent: one guard
+        assert len(shown) == 1
+        unload_ipython_extension(shell)
+        assert guard.comm is None
+    finally:
+        del shell.config.CurvMagics["widgets"]
+        unload_ipython_extension(shell)
+        load_ipython_extension(shell)  # the module fixture's shell is the same singleton
+        shell.run_line_magic("config", "CurvMagics.widgets = 'on'")
+    assert len(shown) == 1  # "auto" outside a kernel shows nothing
+
+
 def test_the_api_imports_no_jupyter_module():
     """api.py is engine-side: no import of IPython, ipywidgets, bqplot, traitlets, anywidget.
 

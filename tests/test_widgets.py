@@ -13,6 +13,7 @@ import math
 import threading
 
 import bqplot as bq
+import ipywidgets as W
 import numpy as np
 import pytest
 import torch
@@ -101,6 +102,29 @@ def test_panel_close_closes_every_descendant(leak_check):
     p.close()
     p.close()  # idempotent
     assert all(w.comm is None for w in p.widgets())
+
+
+def test_every_panel_root_starts_with_the_bqplot_axis_guard(tiny_spectrum, leak_check):
+    from jupyter_curvature.widgets._bqplot_guard import BqplotAxisGuard
+
+    panels = [Panel(), SpectrumPanel(tiny_spectrum[0])]
+    panels[0]._set_root([W.HTML("x")])
+    for panel in panels:
+        guard = panel.root.children[0]
+        assert isinstance(guard, BqplotAxisGuard)
+        assert guard.layout.display == "none"
+        # the view it patches is the one bqplot's Axis widgets render with
+        axis = bq.Axis(scale=bq.LinearScale())
+        assert (guard.bqplot_module, guard.bqplot_version) == (
+            axis._view_module,
+            axis._view_module_version,
+        )
+        assert guard.view_names == [axis._view_name, "ColorAxis"]
+        axis.scale.close()
+        axis.close()
+        assert "export async function guardAxisViews" in guard._esm  # the module it sends
+        panel.close()
+        assert guard.comm is None  # closed with its panel
 
 
 def test_callback_errors_are_shown_in_the_panel(leak_check):

@@ -27,6 +27,8 @@ from typing import Any
 
 import ipywidgets as W
 
+from ._bqplot_guard import BqplotAxisGuard
+
 __all__ = ["Panel", "Throttle", "close_tree", "iter_widget_tree", "html_table"]
 
 
@@ -164,7 +166,9 @@ class Panel:
         return widget
 
     def _set_root(self, children: list[W.Widget], **layout: Any) -> None:
-        self.root = self._own(W.VBox([*children, self.errors], layout=W.Layout(**layout)))
+        # the hidden guard comes first, so that it is in place before any figure renders
+        guard = BqplotAxisGuard()
+        self.root = self._own(W.VBox([guard, *children, self.errors], layout=W.Layout(**layout)))
 
     def widgets(self) -> list[W.Widget]:
         """Every widget this panel owns, its children's included (for tests and leak checks)."""

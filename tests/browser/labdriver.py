@@ -334,6 +334,33 @@ class NotebookPage:
         self.page.on("pageerror", lambda exc: self.console_errors.append(f"uncaught: {exc}"))
         self.page.on("crash", lambda _p: self.console_errors.append("the page crashed"))
         self.workspace = workspace
+        self.exception_stacks: list[str] = []
+        if os.environ.get("JC_BROWSER_EXCEPTION_STACKS"):
+            self._record_exception_stacks(os.environ["JC_BROWSER_EXCEPTION_STACKS"])
+
+    def _record_exception_stacks(self, pattern: str) -> None:
+        """Diagnostics: the stack of every exception, caught ones included, whose message
+        contains ``pattern`` (libraries such as ipywidgets catch and log only the message)."""
+        cdp = self.context.new_cdp_session(self.page)
+
+        def paused(event: dict) -> None:
+            try:
+                data = event.get("data") or {}
+                text = str(data.get("description", ""))
+                if event.get("reason") in ("exception", "promiseRejection") and pattern in text:
+                    frames = [
+                        f"{f['functionName'] or '<anonymous>'} "
+                        f"({f['url'].rsplit('/', 1)[-1]}:{f['location']['lineNumber'] + 1}:"
+                        f"{f['location']['columnNumber'] + 1})"
+                        for f in event["callFrames"][:25]
+                    ]
+                    self.exception_stacks.append(text.splitlines()[0] + "\n    " + "\n    ".join(frames))
+            finally:
+                cdp.send("Debugger.resume")
+
+        cdp.on("Debugger.paused", paused)
+        cdp.send("Debugger.enable")
+        cdp.send("Debugger.setPauseOnExceptions", {"state": "all"})
 
     def _on_console(self, msg: Any) -> None:
         text = msg.text

@@ -133,6 +133,7 @@ def no_console_errors(nb: NotebookPage) -> None:
     assert not errors, (
         f"{len(nb.console_errors)} uncaught error(s) in the browser console of {nb.notebook} "
         f"({len(errors)} distinct):\n  " + "\n  ".join(e[:300] for e in errors[:15])
+        + "".join(f"\n  stack: {s}" for s in nb.exception_stacks[:5])
     )
 
 
@@ -496,3 +497,9 @@ class TestExampleNotebook:
 
     def test_no_console_errors(self, example):
         no_console_errors(example)
+
+    def test_bqplot_axis_guard_is_installed(self, example):
+        # static/bqplot_guard.js: without it a push that lands while a figure renders throws
+        guarded = example.page.evaluate("() => document.body.dataset.jcBqplotAxisGuard")
+        why = [m for m in example.console_log if "bqplot axis guard" in m]
+        assert guarded == "Axis,ColorAxis", (guarded, why)
