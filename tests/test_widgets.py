@@ -454,7 +454,7 @@ def test_stats_panel_tables_and_per_layer_bars(leak_check):
     assert str(result.evaluation).splitlines()[0] in panel.tabs.children[0].value
     # weight L2 per layer against torch.linalg.norm
     panel.quantity.value = "weight L2"
-    expected = [float(torch.linalg.norm(model[i].weight)) for i in (0, 2)]
+    expected = [float(torch.linalg.norm(model[i].weight.detach())) for i in (0, 2)]
     np.testing.assert_allclose(panel.bars.y, expected, rtol=1e-12)
     # lambda max per layer against the dense block of the Hessian
     panel.quantity.value = "λ max"
