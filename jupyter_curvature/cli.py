@@ -26,13 +26,20 @@ def _common(parser: argparse.ArgumentParser, *, model: str = "small_cnn") -> Non
         "--download", action="store_true", help="download a missing torchvision dataset"
     )
     parser.add_argument("--checkpoint", default=None, help="weights to load (a .pt from `train`)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--batch-size", type=int, default=128, help="mini-batch size (default: %(default)s)"
+    )
     parser.add_argument(
         "--subsample", type=int, default=None, help="use a seeded subset of the training split"
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float64"],
+        help="dtype of the model and the products (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything random")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
 
 
@@ -47,18 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="train a small CNN on the built-in digits and report its curvature"
     )
-    demo.add_argument("--out", type=Path, default=Path("curvature-demo"))
-    demo.add_argument("--epochs", type=int, default=8)
+    demo.add_argument(
+        "--out", type=Path, default=Path("curvature-demo"), help="output folder (%(default)s)"
+    )
+    demo.add_argument("--epochs", type=int, default=8, help="training epochs (%(default)s)")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of everything random")
 
     train = sub.add_parser("train", help="train a network and save checkpoints and its history")
     _common(train)
     train.add_argument("--optimizer", default="sgd", help="sgd, adam, kfac or swats")
-    train.add_argument("--lr", type=float, default=None)
-    train.add_argument("--momentum", type=float, default=0.9)
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default: sgd and kfac 0.05, adam and swats 1e-3)"
+    )
+    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (%(default)s)")
+    train.add_argument(
+        "--weight-decay", type=float, default=0.0, help="L2 weight decay (%(default)s)"
+    )
+    train.add_argument("--epochs", type=int, default=10, help="training epochs (%(default)s)")
     train.add_argument("--schedule", default="linear", help="linear (the original's) or constant")
     train.add_argument(
         "--spectrum-every", type=int, default=0, help="steps between live spectra (0: off)"
@@ -70,10 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument(
         "--ggn", action="store_true", help="the Gauss-Newton matrix instead of the Hessian"
     )
-    spectrum.add_argument("--iters", type=int, default=80)
-    spectrum.add_argument("--probes", type=int, default=4)
-    spectrum.add_argument("--top", type=int, default=5)
-    spectrum.add_argument("--tol", type=float, default=1e-3)
+    spectrum.add_argument(
+        "--iters", type=int, default=80, help="Lanczos steps of the density (%(default)s)"
+    )
+    spectrum.add_argument(
+        "--probes", type=int, default=4, help="random probe vectors of the density (%(default)s)"
+    )
+    spectrum.add_argument(
+        "--top", type=int, default=5, help="certified largest eigenpairs (%(default)s)"
+    )
+    spectrum.add_argument(
+        "--tol",
+        type=float,
+        default=1e-3,
+        help="residual tolerance of the eigenpairs, relative to the largest |eigenvalue| "
+        "(%(default)s)",
+    )
     spectrum.add_argument(
         "--params", default=None, help="only these parameters (glob or module name)"
     )
@@ -83,8 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument(
         "--stats-batch", type=int, default=128, help="mini-batch size of the statistics"
     )
-    stats.add_argument("--probes", type=int, default=8)
-    stats.add_argument("--per-sample", action="store_true")
+    stats.add_argument(
+        "--probes", type=int, default=8, help="random unit probes of the curvature statistics (%(default)s)"
+    )
+    stats.add_argument(
+        "--per-sample", action="store_true", help="gradient statistics of single samples (batch size 1, vmapped)"
+    )
     stats.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
 
     landscape = sub.add_parser(
@@ -92,8 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(landscape)
     landscape.add_argument("--directions", default="top:2", help="top:K, bottom:K or random:K")
-    landscape.add_argument("--range", type=float, default=1.0, dest="span")
-    landscape.add_argument("--points", type=int, default=21)
+    landscape.add_argument(
+        "--range",
+        type=float,
+        default=1.0,
+        dest="span",
+        help="the coordinates run over [-range, range] (%(default)s)",
+    )
+    landscape.add_argument(
+        "--points", type=int, default=21, help="points per direction (%(default)s)"
+    )
     landscape.add_argument("--no-plane", action="store_true", help="only the 1D lines")
     landscape.add_argument("--ggn", action="store_true", help="eigenvectors of the GGN")
 
