@@ -22,6 +22,7 @@ pytest.importorskip("anywidget")
 
 from jupyter_curvature.data.builtin import digits_dataset  # noqa: E402
 from jupyter_curvature.landscape import LandscapeEvaluator, subsample_data  # noqa: E402
+from jupyter_curvature.landscape._data import NestedSubsamples  # noqa: E402
 from jupyter_curvature.models.small import MLP  # noqa: E402
 from jupyter_curvature.widgets.landscape import LandscapeExplorer  # noqa: E402
 
@@ -54,8 +55,8 @@ def _explorer(setup, **kw):
     kw.setdefault("preview", PREVIEW)
     kw.setdefault("canvas", False)
     kw.setdefault("loss_fn", setup["loss_fn"])
-    ex = LandscapeExplorer(setup["model"], setup["train"], **kw)
-    return ex
+    data = kw.pop("data", setup["train"])
+    return LandscapeExplorer(setup["model"], data, **kw)
 
 
 def _brute(model, directions, coords, x, y, loss_fn):
@@ -89,6 +90,52 @@ def test_subsample_takes_the_seeded_positions_across_batches():
     assert torch.equal(sx1, sx) and torch.equal(sy1, sy)
     ax, ay = subsample_data(batches, 1000)
     assert torch.equal(ax, x) and torch.equal(ay, y)
+
+
+class CountingBatches:
+    """A re-iterable of batches that counts how many times it is read."""
+
+    def __init__(self, batches):
+        self.batches, self.passes = batches, 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.batches)
+
+
+def test_nested_subsamples_are_subsample_data_for_every_size_from_one_read():
+    x, y = _batch("train", 100)
+    data = CountingBatches([(x[i : i + 30], y[i : i + 30]) for i in range(0, 100, 30)])
+    nested = NestedSubsamples(data, 40, seed=5)
+    assert data.passes == 2  # count, then gather
+    for n in (1, 7, 17, 39, 40):
+        got = nested.take(n)
+        ref = subsample_data([(x, y)], n, seed=5)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), n
+    assert data.passes == 2  # the sizes are indexed, not read
+    with pytest.raises(ValueError, match="larger max_samples"):
+        nested.take(41)
+    # a known total saves the counting pass; everything when there is less than asked
+    small = CountingBatches([(x[:10], y[:10])])
+    everything = NestedSubsamples(small, 64, total=10).take(64)
+    assert small.passes == 1 and torch.equal(everything[0], x[:10])
+    with pytest.raises(ValueError, match="changed size"):
+        NestedSubsamples(CountingBatches([(x[:10], y[:10])]), 4, total=11)
+
+
+def test_the_explorer_reads_each_source_once_for_all_preview_sizes(setup):
+    x, y = setup["train"]
+    data = CountingBatches([(x[i : i + 100], y[i : i + 100]) for i in range(0, N_TRAIN, 100)])
+    ex = _explorer(setup, data=data)
+    ex.preview_data()
+    read = data.passes
+    for size in (PREVIEW, 32, 128, PREVIEW):  # what the calibration of preview="auto" does
+        ex.preview_samples = size
+        got = ex.preview_data()
+        ref = subsample_data([(x, y)], size, seed=ex.seed)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), size
+    assert data.passes == read  # no new pass over the data for another size
+    ex.close()
 
 
 @pytest.mark.parametrize(

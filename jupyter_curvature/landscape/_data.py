@@ -112,7 +112,8 @@ def subsample_data(
     torch.Generator().manual_seed(seed))[:num_samples])`` of the data read in order (``N``
     samples in all); all of them when ``num_samples >= N``. The data is read twice (count,
     then gather), so a loader that shuffles gives other samples at each call: keep the
-    returned batch.
+    returned batch. For several sizes of the same data, :class:`NestedSubsamples` reads it
+    once.
 
     Args:
         data: a DataLoader, a re-iterable of ``(inputs, targets)`` batches or one batch.
@@ -125,29 +126,97 @@ def subsample_data(
         ValueError: ``num_samples < 1``, or data without samples.
         TypeError: batches that are not one input tensor and one target tensor.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    source = _RawSource(data, layout)
-    total = 0
-    for batch in source:
-        if len(batch.args) != 1 or not isinstance(batch.args[0], torch.Tensor):
-            raise TypeError(
-                "a subsample needs batches of one input tensor and targets; this data has "
-                f"{len(batch.args)} model argument(s) per batch"
+    return NestedSubsamples(data, num_samples, seed=seed, layout=layout).take(num_samples)
+
+
+def _check_num_samples(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class NestedSubsamples:
+    """Seeded subsamples of one dataset in any size up to ``max_samples``, from one read.
+
+    The subsample of size ``s`` is :func:`subsample_data`'s (the positions
+    ``sorted(randperm(N)[:s])``), so every smaller one is a subset of the largest: the data
+    is counted once (or not at all when ``total`` is given) and the largest subsample
+    gathered in one more pass; :meth:`take` then only indexes it. The landscape explorer
+    tries several preview sizes of the same data this way.
+
+    Args:
+        data, seed, layout: as for :func:`subsample_data`.
+        max_samples: the largest size :meth:`take` will be asked for.
+        total: the number of samples in ``data`` when already known (it is checked while
+            gathering).
+
+    Raises:
+        ValueError: ``max_samples < 1``, or data without samples.
+        TypeError: batches that are not one input tensor and one target tensor.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        max_samples: int,
+        *,
+        seed: int = 0,
+        layout: BatchLayout | None = None,
+        total: int | None = None,
+    ) -> None:
+        self.max_samples = _check_num_samples("num_samples", max_samples)
+        source = _RawSource(data, layout)
+        self.total = _count_samples(source) if total is None else int(total)
+        if self.total == 0:
+            raise ValueError("the data holds no samples")
+        gen = torch.Generator().manual_seed(int(seed))
+        self._order = torch.randperm(self.total, generator=gen)
+        self._positions = self._order[: min(self.max_samples, self.total)].sort().values
+        self._inputs, self._targets = _gather(source, self._positions, self.total)
+
+    def take(self, num_samples: int) -> tuple[torch.Tensor, Any]:
+        """The subsample of ``num_samples`` (all the data when it holds fewer)."""
+        _check_num_samples("num_samples", num_samples)
+        if num_samples > self.max_samples and self.max_samples < self.total:
+            raise ValueError(
+                f"num_samples={num_samples} is more than the {self.max_samples} gathered; "
+                "build NestedSubsamples with a larger max_samples"
             )
-        if not isinstance(batch.targets, torch.Tensor):
-            raise TypeError(f"a subsample needs target tensors, got {type(batch.targets).__name__}")
-        total += batch.size
-    if total == 0:
-        raise ValueError("the data holds no samples")
-    gen = torch.Generator().manual_seed(int(seed))
-    keep = torch.randperm(total, generator=gen)[: min(num_samples, total)].sort().values
+        if num_samples >= min(self.max_samples, self.total):
+            return self._inputs, self._targets
+        wanted = self._order[:num_samples].sort().values
+        rows = torch.searchsorted(self._positions, wanted)
+        return self._inputs[rows.to(self._inputs.device)], self._targets[
+            rows.to(self._targets.device)
+        ]
+
+
+def _one_tensor_batch(batch: Batch) -> Batch:
+    if len(batch.args) != 1 or not isinstance(batch.args[0], torch.Tensor):
+        raise TypeError(
+            "a subsample needs batches of one input tensor and targets; this data has "
+            f"{len(batch.args)} model argument(s) per batch"
+        )
+    if not isinstance(batch.targets, torch.Tensor):
+        raise TypeError(f"a subsample needs target tensors, got {type(batch.targets).__name__}")
+    return batch
+
+
+def _count_samples(source: _RawSource) -> int:
+    return sum(_one_tensor_batch(batch).size for batch in source)
+
+
+def _gather(
+    source: _RawSource, positions: torch.Tensor, total: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples at the sorted ``positions`` of the data read in order, in one pass."""
     xs, ys, start = [], [], 0
     for batch in source:
-        lo = int(torch.searchsorted(keep, start))
-        hi = int(torch.searchsorted(keep, start + batch.size))
+        _one_tensor_batch(batch)
+        lo = int(torch.searchsorted(positions, start))
+        hi = int(torch.searchsorted(positions, start + batch.size))
         if hi > lo:
-            rows = keep[lo:hi] - start
+            rows = positions[lo:hi] - start
             xs.append(batch.args[0][rows.to(batch.args[0].device)])
             ys.append(batch.targets[rows.to(batch.targets.device)])
         start += batch.size

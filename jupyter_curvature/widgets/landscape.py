@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..landscape._data import subsample_data
+from ..landscape._data import NestedSubsamples
 from ..landscape.directions import Directions, as_directions, eigen_directions, random_directions
 from ..landscape.perturb import Perturber, _copy_all
 from ..landscape.results import METRICS, Landscape1D, Landscape2D
@@ -343,7 +343,8 @@ class LandscapeExplorer(Panel):
         self._batch_points = batch_points
         self._preview_request = _check_preview(preview)
         self.preview_samples: int | None = None  # decided after the first (exact) lines
-        self._preview_batches: dict[tuple[str, int], tuple[torch.Tensor, Any]] = {}
+        # per source, every preview size from one read of the data (sizes are tried in turn)
+        self._subsamples: dict[str, NestedSubsamples] = {}
         self._preview_bp = batch_points
         self._preview_evals: dict[str, Any] = {}
         self._eigen = eigen
@@ -570,16 +571,18 @@ class LandscapeExplorer(Panel):
             raise ValueError("this explorer draws exact lines live (no preview)")
         if source not in ("train", "test") or (source == "test" and self.test_data is None):
             raise ValueError(f"source must be 'train' or 'test' (with test data), got {source!r}")
-        key = (source, self.preview_samples)
-        batch = self._preview_batches.get(key)
-        if batch is None:
-            data = self.data if source == "train" else self.test_data
-            batch = subsample_data(data, self.preview_samples, seed=self.seed)
-            self._preview_batches = {  # keep one size: the one in use
-                k: v for k, v in self._preview_batches.items() if k[1] == self.preview_samples
-            }
-            self._preview_batches[key] = batch
-        return batch
+        subsamples = self._subsamples.get(source)
+        if subsamples is None or self.preview_samples > subsamples.max_samples:
+            total = self._num_samples(source)
+            tried = [s for s in PREVIEW_SIZES if 2 * s <= total]  # what calibration may try
+            subsamples = NestedSubsamples(
+                self.data if source == "train" else self.test_data,
+                max(*tried, self.preview_samples) if tried else self.preview_samples,
+                seed=self.seed,
+                total=total,
+            )
+            self._subsamples[source] = subsamples
+        return subsamples.take(self.preview_samples)
 
     def _preview_evaluate(self, source: str, coords: np.ndarray) -> dict[str, np.ndarray]:
         """The engine's metrics of ``source`` at ``coords`` on its preview subsample, named
