@@ -20,6 +20,22 @@ def test_list_prints_models_and_datasets(capsys):
     assert "small_cnn" in out and "digits" in out and "cifar100" in out
 
 
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from jupyter_curvature.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    silent = [
+        f"{name} {'/'.join(action.option_strings)}"
+        for name, sub in commands.choices.items()
+        for action in sub._actions
+        if action.option_strings and not action.help
+    ]
+    assert not silent, f"options without help: {silent}"
+
+
 def test_spectrum_top_eigenvalues_equal_dense_hessian(tmp_path, capsys):
     args = ["--model", "mlp", "--subsample", "48", "--batch-size", "20", "--dtype", "float64"]
     code = main(
