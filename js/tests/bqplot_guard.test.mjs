@@ -92,8 +92,10 @@ test("the guard wraps once, and only the methods a prototype defines", () => {
 test("guardAxisViews loads the views from the widget manager and guards the defining class", async () => {
   const { AxisView, ColorAxisView, calls } = axisClasses();
   const m = manager({ Axis: AxisView, ColorAxis: ColorAxisView });
-  const names = await guardAxisViews(m, "bqplot", "^0.6", ["Axis", "ColorAxis"]);
+  const methods = {};
+  const names = await guardAxisViews(m, "bqplot", "^0.6", ["Axis", "ColorAxis"], [], methods);
   assert.deepEqual(names, ["Axis", "ColorAxis"]);
+  assert.deepEqual(methods, { Axis: AXIS_METHODS, ColorAxis: ["redraw_axisline"] });
   assert.deepEqual(m.loaded, [["Axis", "bqplot", "^0.6"], ["ColorAxis", "bqplot", "^0.6"]]);
   const view = new ColorAxisView();
   view.update_scales(); // inherited from the guarded Axis prototype: no axis, no call

@@ -50,8 +50,9 @@ function definingPrototype(cls) {
   return null;
 }
 
-/** Guard the view classes `names` of `module` that `manager` can load; returns those guarded. */
-export async function guardAxisViews(manager, module, version, names, problems = []) {
+/** Guard the view classes `names` of `module` that `manager` can load; returns those guarded.
+ * `methods[name]` receives the methods guarded on the class that defines them. */
+export async function guardAxisViews(manager, module, version, names, problems = [], methods = {}) {
   const guarded = [];
   for (const name of names) {
     let cls;
@@ -67,6 +68,7 @@ export async function guardAxisViews(manager, module, version, names, problems =
       continue;
     }
     guardAxisPrototype(proto);
+    methods[name] = proto[GUARDED];
     guarded.push(name);
   }
   return guarded;
@@ -76,15 +78,18 @@ export default {
   async render({ model, el }) {
     el.style.display = "none";
     const problems = [];
+    const methods = {};
     const names = await guardAxisViews(
       model.widget_manager,
       model.get("bqplot_module"),
       model.get("bqplot_version"),
       model.get("view_names"),
       problems,
+      methods,
     );
-    // for the browser tests: which views are guarded on this page, and why not
+    // for the browser tests: which views and methods are guarded on this page, and why not
     document.body.dataset.jcBqplotAxisGuard = names.join(",");
+    document.body.dataset.jcBqplotAxisGuardMethods = JSON.stringify(methods);
     if (problems.length) console.warn(`jupyter_curvature: bqplot axis guard: ${problems.join("; ")}`);
   },
 };
