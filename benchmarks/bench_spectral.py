@@ -24,7 +24,8 @@ Peers are optional (``pip install jupyter_curvature[bench]``); a missing or fail
 reported in the table with the reason.
 
 Usage: ``python benchmarks/bench_spectral.py [--quick] [--device cuda] [--repeats 3] [--seeds 3]
-[--threads 2] [--only eigen|density]``
+[--threads 2] [--only eigen|density] [--profile]`` (``--profile``: where the time of one
+density run goes, op by op, with the host-device waits)
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def main() -> None:
     ap.add_argument("--only", choices=["eigen", "density"], help="run one section")
     ap.add_argument("--seeds", type=int, default=3, help="start vectors for the top-5 section")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads for every method")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile one 80 x 4 density run of ours (torch.profiler) instead of the benchmark",
+    )
     args = ap.parse_args()
     dev = args.device
     if args.threads:
@@ -132,6 +138,9 @@ def main() -> None:
         f"block of 4 {t_kept4 * 1e3:.2f} ms\n"
     )
 
+    if args.profile:
+        profile_density(op, dev)
+        return
     if args.only != "density":
         top5(args, model, loss_fn, x, y, op, dev, reps, hidden)
     if args.only != "eigen":
@@ -281,6 +290,28 @@ def top5(args, model, loss_fn, x, y, op, dev, reps, hidden):
             f"| {note} |"
         )
     print(f"\nreference top-5 (float64, tol 1e-10): {[f'{float(a):.6g}' for a in ref]}\n")
+
+
+def profile_density(op, dev: str) -> None:
+    """Where the time of our 80 x 4 density goes: the operator's products against the
+    Lanczos work (GPyTorch's loop, its basis contractions, our bookkeeping), op by op, and
+    how often the host waits for the device (each wait ends the overlap of Python and GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    spectral_density(op, num_iters=10, num_probes=4)  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        s = spectral_density(op, num_iters=80, num_probes=4)
+    print(
+        f"density 80 x 4: {s.seconds:.3f} s, products {s.product_seconds:.3f} s, Lanczos and "
+        f"bookkeeping {s.seconds - s.product_seconds:.3f} s "
+        f"({1 - s.product_seconds / s.seconds:.1%})\n"
+    )
+    key = "self_cuda_time_total" if dev.startswith("cuda") else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=20))
+    syncs = [e for e in prof.key_averages() if "Synchronize" in e.key or "Memcpy" in e.key]
+    for e in syncs:
+        print(f"{e.key}: {e.count} calls, {e.cpu_time_total / 1e3:.1f} ms on the host")
 
 
 def density(model, loss_fn, x, y, op, dev, reps, limits):
