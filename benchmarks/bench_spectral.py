@@ -299,7 +299,9 @@ def profile_density(op, dev: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     spectral_density(op, num_iters=10, num_probes=4)  # warm-up
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith("cuda") else [])
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if dev.startswith("cuda") else []
+    )
     with profile(activities=activities) as prof:
         s = spectral_density(op, num_iters=80, num_probes=4)
     print(

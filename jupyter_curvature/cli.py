@@ -65,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(train)
     train.add_argument("--optimizer", default="sgd", help="sgd, adam, kfac or swats")
     train.add_argument(
-        "--lr", type=float, default=None, help="learning rate (default: sgd and kfac 0.05, adam and swats 1e-3)"
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: sgd and kfac 0.05, adam and swats 1e-3)",
     )
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (%(default)s)")
     train.add_argument(
@@ -109,10 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--stats-batch", type=int, default=128, help="mini-batch size of the statistics"
     )
     stats.add_argument(
-        "--probes", type=int, default=8, help="random unit probes of the curvature statistics (%(default)s)"
+        "--probes",
+        type=int,
+        default=8,
+        help="random unit probes of the curvature statistics (%(default)s)",
     )
     stats.add_argument(
-        "--per-sample", action="store_true", help="gradient statistics of single samples (batch size 1, vmapped)"
+        "--per-sample",
+        action="store_true",
+        help="gradient statistics of single samples (batch size 1, vmapped)",
     )
     stats.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
 

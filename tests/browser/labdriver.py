@@ -354,7 +354,9 @@ class NotebookPage:
                         f"{f['location']['columnNumber'] + 1})"
                         for f in event["callFrames"][:25]
                     ]
-                    self.exception_stacks.append(text.splitlines()[0] + "\n    " + "\n    ".join(frames))
+                    self.exception_stacks.append(
+                        text.splitlines()[0] + "\n    " + "\n    ".join(frames)
+                    )
             finally:
                 cdp.send("Debugger.resume")
 

@@ -132,7 +132,8 @@ def no_console_errors(nb: NotebookPage) -> None:
     errors = list(dict.fromkeys(nb.console_errors))  # unique, in order
     assert not errors, (
         f"{len(nb.console_errors)} uncaught error(s) in the browser console of {nb.notebook} "
-        f"({len(errors)} distinct):\n  " + "\n  ".join(e[:300] for e in errors[:15])
+        f"({len(errors)} distinct):\n  "
+        + "\n  ".join(e[:300] for e in errors[:15])
         + "".join(f"\n  stack: {s}" for s in nb.exception_stacks[:5])
     )
 
