@@ -87,3 +87,11 @@ def dense_hessian_by_differences(model, loss_fn, x, y, eps=1e-5):
         e[i] = eps
         columns.append((g(theta + e) - g(theta - e)) / (2 * eps))
     return torch.stack(columns, dim=1)
+
+
+def digits_batch(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` built-in digits of ``split`` as one float64 ``(inputs, targets)`` batch."""
+    from jupyter_curvature.data.builtin import digits_dataset
+
+    ds = digits_dataset(split, dtype=torch.float64, limit=n)
+    return ds.tensors[0], ds.tensors[1]

@@ -23,8 +23,8 @@ pytest.importorskip("anywidget")
 
 import ipywidgets  # noqa: E402
 from IPython.core.error import UsageError  # noqa: E402
+from reference import digits_batch  # noqa: E402
 
-from jupyter_curvature.data.builtin import digits_dataset  # noqa: E402
 from jupyter_curvature.landscape import axis_levels, landscape_1d, landscape_2d  # noqa: E402
 from jupyter_curvature.landscape.directions import Directions, random_directions  # noqa: E402
 from jupyter_curvature.landscape.evaluator import LandscapeEvaluator  # noqa: E402
@@ -39,17 +39,12 @@ torch.set_num_threads(1)
 POINTS = 7  # grid points per direction: small, to keep the file fast
 
 
-def _batch(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ds = digits_dataset(split, dtype=torch.float64, limit=n)
-    return ds.tensors[0], ds.tensors[1]
-
-
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
     model = MLP(hidden=(5,)).double()
-    train = _batch("train", 80)
-    test = _batch("test", 40)
+    train = digits_batch("train", 80)
+    test = digits_batch("test", 40)
     loss_fn = nn.CrossEntropyLoss()
     names = [n for n, _ in model.named_parameters()]
     w0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()

@@ -20,7 +20,8 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("bqplot")
 pytest.importorskip("anywidget")
 
-from jupyter_curvature.data.builtin import digits_dataset  # noqa: E402
+from reference import digits_batch  # noqa: E402
+
 from jupyter_curvature.landscape import LandscapeEvaluator, subsample_data  # noqa: E402
 from jupyter_curvature.landscape._data import NestedSubsamples  # noqa: E402
 from jupyter_curvature.models.small import MLP  # noqa: E402
@@ -32,18 +33,13 @@ PREVIEW = 64
 N_TRAIN = 300
 
 
-def _batch(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ds = digits_dataset(split, dtype=torch.float64, limit=n)
-    return ds.tensors[0], ds.tensors[1]
-
-
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
     return {
         "model": MLP(hidden=(5,)).double(),
-        "train": _batch("train", N_TRAIN),
-        "test": _batch("test", 150),
+        "train": digits_batch("train", N_TRAIN),
+        "test": digits_batch("test", 150),
         "loss_fn": nn.CrossEntropyLoss(),
     }
 
@@ -80,7 +76,7 @@ def _line_block(ex, coords, j):
 
 
 def test_subsample_takes_the_seeded_positions_across_batches():
-    x, y = _batch("train", 100)
+    x, y = digits_batch("train", 100)
     batches = [(x[i : i + 30], y[i : i + 30]) for i in range(0, 100, 30)]  # 30, 30, 30, 10
     sx, sy = subsample_data(batches, 17, seed=3)
     rows = torch.randperm(100, generator=torch.Generator().manual_seed(3))[:17].sort().values
@@ -104,7 +100,7 @@ class CountingBatches:
 
 
 def test_nested_subsamples_are_subsample_data_for_every_size_from_one_read():
-    x, y = _batch("train", 100)
+    x, y = digits_batch("train", 100)
     data = CountingBatches([(x[i : i + 30], y[i : i + 30]) for i in range(0, 100, 30)])
     nested = NestedSubsamples(data, 40, seed=5)
     assert data.passes == 2  # count, then gather

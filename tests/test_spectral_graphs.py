@@ -15,8 +15,8 @@ import importlib
 import numpy as np
 import pytest
 import torch
+from reference import dense_hessian
 from torch import nn
-from torch.func import functional_call, hessian
 
 from jupyter_curvature.data.builtin import digits_dataset
 from jupyter_curvature.models.small import MLP
@@ -51,21 +51,6 @@ def problem(batches: int = 1):
         nn.CrossEntropyLoss(),
         [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)],
     )
-
-
-def dense_hessian(model, loss_fn, x, y) -> torch.Tensor:
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def loss_of(theta):
-        params, start = {}, 0
-        for name, shape in zip(names, shapes):
-            params[name] = theta[start : start + shape.numel()].reshape(shape)
-            start += shape.numel()
-        return loss_fn(functional_call(model, params, (x,)), y)
-
-    return hessian(loss_of)(flat)
 
 
 def differ(a: torch.Tensor, b: torch.Tensor, tol: float) -> str:
