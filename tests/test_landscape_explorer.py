@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -361,21 +360,23 @@ def test_a_slider_thread_during_training_corrupts_neither(setup):
             )
             stop = threading.Event()
             seen: list[tuple[np.ndarray, dict]] = []
+            moved = threading.Condition()  # notified after each drag
 
             def drag():
                 rng = np.random.default_rng(0)
                 while not stop.is_set():
                     i = int(rng.integers(2))
                     _browser_sets(ex.sliders[i], value=float(rng.uniform(-1, 1)))
-                    seen.append((ex.coords, dict(ex.point_values)))
+                    with moved:
+                        seen.append((ex.coords, dict(ex.point_values)))
+                        moved.notify_all()
 
             thread = threading.Thread(target=drag)
             thread.start()
         for step in range(40):
             if explore:  # let the dragging thread make progress between training steps
-                deadline = time.monotonic() + 10
-                while len(seen) <= step // 8 and time.monotonic() < deadline:
-                    time.sleep(0.001)
+                with moved:  # an event, not a clock: the drags interleave on any machine
+                    assert moved.wait_for(lambda: len(seen) > step // 8, timeout=600)
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(train[0]), train[1])
             loss.backward()

@@ -10,6 +10,7 @@ data.
 from __future__ import annotations
 
 import copy
+import threading
 
 import numpy as np
 import pytest
@@ -209,6 +210,28 @@ def test_exact_lines_replace_the_preview_and_equal_the_full_data_engine(setup):
     ex.close()
     for n, p in setup["model"].named_parameters():
         assert torch.equal(p, before[n]), f"parameter {n} changed"
+
+
+def test_wait_exact_returns_only_after_the_exact_lines_are_drawn(setup, monkeypatch):
+    # The worker marks a line exact, then redraws. Hold the worker's redraw until
+    # wait_exact has returned (or for a while, if it rightly does not): a wait_exact that
+    # watched the flag instead of the redraw returned with the preview's title still shown.
+    ex = _explorer(setup)
+    ex.exact_delay = 0.0
+    returned = threading.Event()
+    draw = ex._draw_lines
+
+    def held_draw():
+        if threading.current_thread() is ex._worker and ex.line_exact.all():
+            returned.wait(timeout=2.0)
+        draw()
+
+    monkeypatch.setattr(ex, "_draw_lines", held_draw)
+    ex.move_to([0.4, 0.1])
+    assert ex.wait_exact(timeout=600)
+    returned.set()
+    assert "exact, 300 samples" in ex._fig1d.title, ex._fig1d.title
+    ex.close()
 
 
 def test_exact_lines_are_cached_by_their_coordinates(setup):

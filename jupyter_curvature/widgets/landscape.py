@@ -388,6 +388,10 @@ class LandscapeExplorer(Panel):
         self._worker: threading.Thread | None = None
         self._worker_busy = False
         self._stop = False
+        # wait_exact's event: notified after every redraw of the 1D lines, a worker error and
+        # close. It guards only the flag below and is never held while taking another lock.
+        self._lines_shown = threading.Condition()
+        self._exact_shown = False  # whether the last redraw showed every line exact
         self._build_widgets(canvas)
         self._set_root(
             [self._header, self._controls, self._plots, *([self.canvas] if self.canvas else [])]
@@ -990,6 +994,13 @@ class LandscapeExplorer(Panel):
                 shown = min(self.preview_samples, n)
                 title += f": preview on {shown} of {n} samples, exact lines follow"
         self._fig1d.title = title
+        self._notify_lines_shown(exact=bool(self.line_exact.all()))
+
+    def _notify_lines_shown(self, exact: bool | None = None) -> None:
+        with self._lines_shown:
+            if exact is not None:
+                self._exact_shown = exact
+            self._lines_shown.notify_all()
 
     # ---- the cache of exact lines -----------------------------------------------------
 
@@ -1051,6 +1062,7 @@ class LandscapeExplorer(Panel):
                 self._compute_exact(gen, epoch, coords)
             except Exception as exc:  # shown in the panel, like a callback's
                 self.show_error(exc, "exact 1D lines")
+                self._notify_lines_shown()
             finally:
                 with self._cv:
                     self._worker_busy = False
@@ -1090,15 +1102,20 @@ class LandscapeExplorer(Panel):
                 self._lock.release()
 
     def wait_exact(self, timeout: float = 60.0) -> bool:
-        """Block until every 1D line holds its exact full-data values (``True``), or until
-        ``timeout`` seconds passed, the panel closed or the worker failed (``False``)."""
-        deadline = time.monotonic() + timeout
+        """Block until the 1D lines are drawn with their exact full-data values (``True``),
+        or until ``timeout`` seconds passed, the panel closed or the worker failed (``False``).
+
+        It waits on the redraw itself, not on :attr:`line_exact`: the worker marks a line
+        exact a moment before it redraws the figure, and a caller that returned in between
+        would read the preview's title."""
         errors = self.error_count
-        while not self.line_exact.all():
-            if self.closed or self.error_count > errors or time.monotonic() > deadline:
-                return False
-            time.sleep(0.002)
-        return True
+
+        def settled() -> bool:
+            return self._exact_shown or self.closed or self.error_count > errors
+
+        with self._lines_shown:
+            self._lines_shown.wait_for(settled, timeout)
+            return self._exact_shown and not self.closed and self.error_count == errors
 
     def _readout_html(self, coords: np.ndarray, vals: dict[str, float]) -> str:
         rows = []
@@ -1437,6 +1454,7 @@ class LandscapeExplorer(Panel):
             self._cv.notify_all()
         worker = self._worker
         super().close()
+        self._notify_lines_shown()
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=30)  # at most one chunk of points
         self._evaluator = None  # type: ignore[assignment]  # frees the cached data
