@@ -12,6 +12,12 @@ matplotlib.use("Agg")
 torch.set_num_threads(int(os.environ.get("JC_TEST_THREADS", "1")))
 
 
+def pytest_report_header(config):
+    kernels = torch.backends.cpu.get_cpu_capability()
+    requested = os.environ.get("ATEN_CPU_CAPABILITY", "native")
+    return f"torch {torch.__version__}: CPU kernels {kernels} ({requested}), {torch.get_num_threads()} threads"
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="no CUDA device on this machine")

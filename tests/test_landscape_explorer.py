@@ -376,7 +376,7 @@ def test_a_slider_thread_during_training_corrupts_neither(setup):
         for step in range(40):
             if explore:  # let the dragging thread make progress between training steps
                 with moved:  # an event, not a clock: the drags interleave on any machine
-                    assert moved.wait_for(lambda: len(seen) > step // 8, timeout=600)
+                    assert moved.wait_for(lambda s=step: len(seen) > s // 8, timeout=600)
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(train[0]), train[1])
             loss.backward()
