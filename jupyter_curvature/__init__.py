@@ -44,8 +44,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     "Perturber": ".landscape",
     "landscape_1d": ".landscape",
     "landscape_2d": ".landscape",
-    # training
+    # training and files
     "Trainer": ".training",
+    "DiskFullError": "._files",
     "train": ".training",
     # subpackages
     "operators": ".operators",

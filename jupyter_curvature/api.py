@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._files import atomic_write, atomic_write_text
+
 __all__ = [
     "InputError",
     "TrainCallback",
@@ -378,8 +380,7 @@ class TrainHistory:
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".json")
-        path.write_text(json.dumps(self.to_dict()))
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | Path) -> TrainHistory:
@@ -769,7 +770,6 @@ class _Bridge:
     def _numbered_copy(self, trainer: Any, event: dict[str, Any]) -> dict[str, Any] | None:
         """Copy a fresh ``checkpoint-last.pt`` to ``checkpoint-<step>.pt`` (atomically: a
         temporary file, then ``os.replace``); ``None`` if this step has its copy already."""
-        import os
         import shutil
 
         step = event["step"]
@@ -779,9 +779,8 @@ class _Bridge:
         last = Path(event["path"])
         target = last.with_name(f"checkpoint-{step:06d}.pt")
         if trainer.rank == 0:  # under DDP only rank 0 writes files
-            tmp = last.with_name(f".{target.name}.tmp")
-            shutil.copyfile(last, tmp)
-            os.replace(tmp, target)
+            with open(last, "rb") as source:
+                atomic_write(target, lambda f: shutil.copyfileobj(source, f), what="checkpoint")
         return {**event, "path": str(target)}
 
 

@@ -2,9 +2,11 @@
 
 Every subcommand writes its results (JSON, ``.npz``) and figures (PNG) to ``--out``. Models and
 datasets are chosen by name; ``digits`` (bundled with scikit-learn) is the offline default.
-Checkpoints are read with ``torch.load(weights_only=True)``. Under ``torchrun`` every rank
-computes its shard and only rank 0 writes; ``train`` runs the Trainer under
-``DistributedDataParallel`` (``--batch-size`` is the global batch, split across the ranks).
+Checkpoints are read with ``torch.load(weights_only=True)`` (a pickle payload is refused, never
+run) and every file is written atomically. A bad checkpoint or ``--out``, or a full disk, is one
+line on stderr and exit status 2. Under ``torchrun`` every rank computes its shard and only rank
+0 writes; ``train`` runs the Trainer under ``DistributedDataParallel`` (``--batch-size`` is the
+global batch, split across the ranks).
 """
 
 from __future__ import annotations
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         if context.world_size > 1 and getattr(args, "device", None) == "auto":
             args.device = str(context.device)
         return run(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OSError) as error:  # OSError: files, folders, a full disk
         parser.exit(2, f"jupyter-curvature {args.command}: error: {error}\n")
     except KeyboardInterrupt:
         print("interrupted; results written so far are kept", file=sys.stderr)

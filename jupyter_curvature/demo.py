@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from . import jobs
+from ._files import atomic_write_text
 
 
 def run_demo(
@@ -56,8 +57,8 @@ def run_demo(
     text = _markdown(report)
     print("\n" + text)
     if jobs._is_writer():
-        (out / "report.md").write_text(text)
-        (out / "report.json").write_text(json.dumps(report, indent=2, default=jobs._jsonable))
+        atomic_write_text(out / "report.md", text)
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=jobs._jsonable))
         print(f"results, figures and the report are in {out.resolve()}")
     return report
 

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._files import atomic_write, atomic_write_text
+
 
 @dataclass
 class Setup:
@@ -107,23 +109,17 @@ def _model_kwargs(model: str, info: Any) -> dict[str, Any]:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a checkpoint safely (``weights_only=True``: tensors only, never arbitrary objects)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    elif isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"checkpoint {path} does not fit this architecture: missing keys {missing[:5]}, "
-            f"unexpected keys {unexpected[:5]}, shape mismatches {mismatched[:5]}; "
-            "check --model matches the network that was trained"
-        )
-    model.load_state_dict(state)
+    """Load a checkpoint into ``model`` with the Trainer's reader
+    (:func:`~jupyter_curvature.training.load_model_weights`: ``weights_only``, so a pickle
+    payload is refused, never run; names and shapes checked first).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a checkpoint of weights, or not of this architecture.
+    """
+    from .training import load_model_weights
+
+    load_model_weights(model, path, map_location="cpu")
 
 
 def _is_writer() -> bool:
@@ -132,12 +128,28 @@ def _is_writer() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def output_folder(out: str | os.PathLike) -> Path:
+    """``out`` as a folder, created now (on the writing rank) so that a bad ``out`` fails
+    before any computation.
+
+    Raises:
+        NotADirectoryError: ``out`` is an existing file, or lies under one.
+    """
+    out = Path(out)
+    if _is_writer():
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise NotADirectoryError(
+                f"out={out} is not a folder and cannot be made one ({exc.strerror}); "
+                "pass a folder path (it is created if missing)"
+            ) from exc
+    return out
+
+
 def _write_json(path: Path, payload: Any) -> None:
     if _is_writer():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, default=_jsonable))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(payload, indent=2, default=_jsonable))
 
 
 def _jsonable(value: Any) -> Any:
@@ -152,8 +164,8 @@ def _jsonable(value: Any) -> Any:
 
 def _save_figure(fig: Any, path: Path) -> None:
     if _is_writer():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        fmt = path.suffix.lstrip(".")
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight"))
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -179,6 +191,7 @@ def spectrum_job(
     tol: float = 1e-3,
 ) -> dict[str, Any]:
     """Spectral density (SLQ) and certified top eigenpairs of the Hessian or the GGN."""
+    out = output_folder(out)
     import matplotlib.pyplot as plt
 
     from .plots import plot_spectral_density
@@ -190,7 +203,6 @@ def spectrum_job(
     top_pairs = eigenpairs(op, k=min(top, op.shape[0] - 1), which="LA", tol=tol, seed=seed)
     seconds = time.perf_counter() - start
     if _is_writer():
-        out.mkdir(parents=True, exist_ok=True)
         density.save(out / f"{curvature}_density.npz")
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     plot_spectral_density(density, ax=ax, title=f"{curvature.upper()} spectral density")
@@ -222,6 +234,7 @@ def stats_job(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluation, gradient and curvature statistics, weight norms and the per-layer table."""
+    out = output_folder(out)
     from . import stats
 
     results: dict[str, Any] = {
@@ -271,6 +284,7 @@ def landscape_job(
     curvature: str = "hessian",
 ) -> dict[str, Any]:
     """Loss and accuracy along eigen-directions (or random ones): 1D lines and a 2D plane."""
+    out = output_folder(out)
     from . import landscape
 
     kind, _, count = directions.partition(":")
@@ -296,7 +310,6 @@ def landscape_job(
     )
     results: dict[str, Any] = {"line": line}
     if _is_writer():
-        out.mkdir(parents=True, exist_ok=True)
         line.save(out / "landscape_1d.npz")
     _save_figure(_figure_of(line.plot()), out / "landscape_1d.png")
     if plane and len(dirs) >= 2:
@@ -350,6 +363,7 @@ def train_job(
     ``DistributedDataParallel``: ``batch_size`` is the global batch, split across the
     ranks, so the run takes the same steps as one process; only rank 0 writes.
     """
+    out = output_folder(out)
     import matplotlib.pyplot as plt
 
     from .plots import plot_training_history

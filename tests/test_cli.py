@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,11 +159,80 @@ def test_train_then_load_checkpoint(tmp_path):
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys):
+    assert message in one_line_error(argv, capsys)
+
+
+def one_line_error(argv: list[str], capsys) -> str:
+    """The error ``main(argv)`` prints, checked to be one line with exit status 2."""
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert message in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+class RunsWhenUnpickled:
+    """A pickle payload: unpickling it creates ``marker`` (weights_only loading must refuse
+    it, never run it)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+SMALL_SPECTRUM = ["spectrum", "--model", "mlp", "--subsample", "40", "--iters", "5", "--probes",
+                  "1", "--top", "1"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "the file is empty"),
+        (RunsWhenUnpickled, "Unsupported global"),
+        ([1, 2, 3], "holds a list, not model weights"),
+        ({"lr": 0.1}, "holds no model weights"),
+    ],
+    ids=["empty", "pickle-payload", "list", "dict-without-weights"],
+)
+def test_a_checkpoint_that_is_not_weights_is_one_line_and_exit_code_2(
+    tmp_path, capsys, content, message
+):
+    path, marker = tmp_path / "bad.pt", tmp_path / "payload-ran"
+    if content is None:
+        path.write_bytes(b"")
+    else:
+        torch.save(content(marker) if content is RunsWhenUnpickled else content, path)
+    err = one_line_error([*SMALL_SPECTRUM, "--checkpoint", str(path)], capsys)
+    assert message in err and str(path) in err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["existing-file", "under-a-file", "under-dev-full"])
+def test_an_out_that_cannot_be_a_folder_is_one_line_and_exit_code_2(tmp_path, capsys, where):
+    (tmp_path / "a-file").write_text("kept")
+    out = {
+        "existing-file": tmp_path / "a-file",
+        "under-a-file": tmp_path / "a-file" / "results",
+        "under-dev-full": Path("/dev/full/results"),
+    }[where]
+    if where == "under-dev-full" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    err = one_line_error([*SMALL_SPECTRUM, "--out", str(out)], capsys)
+    assert f"out={out} is not a folder" in err
+    assert (tmp_path / "a-file").read_text() == "kept"
+
+
+def test_a_full_disk_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):
+    def no_room(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_room)
+    err = one_line_error([*SMALL_SPECTRUM, "--out", str(tmp_path)], capsys)
+    assert f"disk full or file too large while writing {tmp_path}" in err
+    assert list(tmp_path.iterdir()) == []  # the first file failed; no temporary file is left
 
 
 def test_checkpoint_of_another_architecture_names_the_keys(tmp_path):

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from .._files import atomic_write, atomic_write_text
 from .context import init_distributed
 
 
@@ -68,10 +69,11 @@ def _worker(
             result = fn(*args)
         finally:
             ctx.close()
-        torch.save(result, out / f"rank{local_rank}.pt")
+        atomic_write(out / f"rank{local_rank}.pt", lambda f: torch.save(result, f))
     except BaseException:
         # the time stamp orders the failures: the earliest is usually the cause
-        (out / f"rank{local_rank}.err").write_text(f"{time.time()!r}\n{traceback.format_exc()}")
+        report = f"{time.time()!r}\n{traceback.format_exc()}"
+        atomic_write_text(out / f"rank{local_rank}.err", report)
         raise
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._files import atomic_savez
 from ..operators._params import ParamSpec, flatten, select_parameters, unflatten
 
 #: positions in each sorted order that the original package took
@@ -182,9 +183,6 @@ class Directions(Sequence[Direction]):
 
     def save(self, path: str | Path) -> Path:
         """Write the vectors and their records to ``path`` (``.npz``), losslessly."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
         meta = {
             "directions": [{k: v for k, v in d.info().items() if k != "norm"} for d in self._dirs],
             "param_names": self.param_names,
@@ -194,8 +192,7 @@ class Directions(Sequence[Direction]):
         vectors = self.matrix(device="cpu")
         if vectors.dtype == torch.bfloat16:
             vectors = vectors.float()
-        np.savez(path, vectors=vectors.numpy(), meta=np.array(json.dumps(meta)))
-        return path
+        return atomic_savez(path, vectors=vectors.numpy(), meta=np.array(json.dumps(meta)))
 
     @classmethod
     def load(cls, path: str | Path) -> Directions:

@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._files import atomic_savez
+
 __all__ = ["LandscapeResult", "Landscape1D", "Landscape2D", "METRICS"]
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -151,12 +153,8 @@ class LandscapeResult:
     def save(self, path: str | Path) -> Path:
         """Write to ``path`` (``.npz`` appended if missing); :meth:`load` reads it back
         exactly."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
         record = json.dumps(self._record(), allow_nan=True)
-        np.savez(path, __record__=np.array(record), **self._arrays())
-        return path
+        return atomic_savez(path, __record__=np.array(record), **self._arrays())
 
     @classmethod
     def load(cls, path: str | Path) -> LandscapeResult:

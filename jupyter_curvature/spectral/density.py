@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._files import atomic_savez, atomic_write_text
 from ._checks import Operator, check_int, check_positive
 from .lanczos import run_lanczos
 
@@ -283,8 +284,7 @@ class SpectralDensity:
         """Save losslessly: ``.json`` (exact float repr) or ``.npz`` (arrays bit-exact)."""
         path = Path(path)
         if path.suffix == ".json":
-            path.write_text(json.dumps(self.to_dict(include_vectors=True)))
-            return path
+            return atomic_write_text(path, json.dumps(self.to_dict(include_vectors=True)))
         arrays = {
             "ritz_values": self.ritz_values.numpy(force=True),
             "weights": self.weights.numpy(force=True),
@@ -293,8 +293,7 @@ class SpectralDensity:
         }
         if self.ritz_vectors is not None:
             arrays["ritz_vectors"] = self.ritz_vectors.numpy(force=True)
-        np.savez(path, **arrays)
-        return path if path.suffix == ".npz" else path.with_suffix(path.suffix + ".npz")
+        return atomic_savez(path, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> SpectralDensity:

@@ -45,6 +45,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from .._files import atomic_savez
 from ._checks import Operator, check_int, check_positive, resolve_device
 from .lanczos import (
     LanczosClosure,
@@ -148,12 +149,11 @@ class EigenpairsResult:
 
     def save(self, path: str | Path) -> Path:
         """Save losslessly to ``.npz`` (arrays exact, scalars in a JSON header)."""
-        path = Path(path)
         meta = self.to_dict()
         for key in ("eigenvalues", "residuals", "residual_estimates", "pair_converged"):
             meta.pop(key)
         meta["vector_dtype"] = str(self.eigenvectors.dtype).replace("torch.", "")
-        np.savez(
+        return atomic_savez(
             path,
             eigenvalues=self.eigenvalues.cpu().numpy(),
             eigenvectors=self.eigenvectors.detach().cpu().numpy(),
@@ -162,7 +162,6 @@ class EigenpairsResult:
             pair_converged=self.pair_converged.cpu().numpy(),
             meta=np.array(json.dumps(meta)),
         )
-        return path if path.suffix == ".npz" else path.with_suffix(path.suffix + ".npz")
 
     @classmethod
     def load(cls, path: str | Path) -> EigenpairsResult:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .._files import atomic_write_text
+
 _REGISTRY: dict[str, type[Record]] = {}
 
 
@@ -178,7 +180,7 @@ class Record:
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".json")
-        path.write_text(self.to_json())
+        atomic_write_text(path, self.to_json())
         return path
 
     @classmethod

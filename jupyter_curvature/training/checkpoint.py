@@ -1,8 +1,9 @@
 """Checkpoints: written atomically, read safely, checked against the model they are loaded into.
 
-* **Atomic**: :func:`atomic_save` writes to a temporary file in the same folder, flushes
-  and ``fsync``s it, then ``os.replace``s it over the target: a crash at any moment
-  leaves either the old checkpoint or the new one, never a torn file.
+* **Atomic**: :func:`atomic_save` writes to a fresh temporary file in the same folder,
+  flushes and ``fsync``s it, then ``os.replace``s it over the target: a crash at any moment
+  leaves either the old checkpoint or the new one, never a torn file; a full disk raises
+  :class:`~jupyter_curvature._files.DiskFullError` and keeps the old one.
 * **Safe**: :func:`load_checkpoint` uses ``torch.load(weights_only=True)``, which
   refuses to unpickle arbitrary objects; checkpoints therefore hold only tensors, numbers,
   strings and containers of them (RNG states included).
@@ -12,14 +13,16 @@
 
 from __future__ import annotations
 
-import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from .._files import atomic_write, remove_stale_temps
 
 FORMAT = "jupyter_curvature.checkpoint"
 VERSION = 1
@@ -30,28 +33,13 @@ class CheckpointMismatchError(ValueError):
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj, path)`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable (POSIX)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
+    """``torch.save(obj, path)`` through :func:`~jupyter_curvature._files.atomic_write`: a
+    kill or a full disk leaves the previous checkpoint intact.
+
+    Raises:
+        DiskFullError: the disk is full or the file too large (``ulimit -f``).
+    """
+    return atomic_write(path, lambda f: torch.save(obj, f), what="checkpoint")
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -63,20 +51,40 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
             that are not plain tensors and containers).
     """
     path = Path(path)
+    remove_stale_temps(path)  # of a run killed while saving it
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise ValueError(
-            f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); it may be "
-            "truncated, or hold pickled objects that weights_only loading refuses"
+            f"{path} is not a readable checkpoint ({_why_unreadable(path, exc)}); it may be "
+            "truncated, or hold pickled objects (they are refused, never run: weights_only)"
         ) from exc
 
 
-def model_state_from(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    """One line from ``torch.load``'s error: its many-line advice on ``weights_only`` (which
+    suggests unsafe loading) is cut down to what the unpickler refused."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    _, refused, rest = str(exc).partition("WeightsUnpickler error:")
+    detail = " ".join((rest if refused else str(exc)).split())
+    detail = re.split(r"\.?\s*(?:Please|Check the documentation)", detail)[0]
+    return f"{type(exc).__name__}: {detail}"
+
+
+def model_state_from(
+    checkpoint: dict[str, Any], name: str = "this checkpoint"
+) -> dict[str, torch.Tensor]:
     """The model's ``state_dict`` inside a checkpoint of ours, the original package's
-    (``{"state_dict": ...}``) or a plain ``state_dict``."""
+    (``{"state_dict": ...}``) or a plain ``state_dict``; ``name`` is the checkpoint in
+    error messages."""
+    if not isinstance(checkpoint, dict):
+        raise ValueError(
+            f"{name} holds a {type(checkpoint).__name__}, not model weights (expected ours, a "
+            "{'state_dict': ...} dict or a plain state_dict)"
+        )
     if checkpoint.get("format") == FORMAT:
         return checkpoint["model"]
     if isinstance(checkpoint.get("state_dict"), dict):
@@ -84,8 +92,8 @@ def model_state_from(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return checkpoint
     raise ValueError(
-        "this checkpoint holds no model weights (expected ours, a {'state_dict': ...} dict "
-        "or a plain state_dict)"
+        f"{name} holds no model weights (expected ours, a "
+        "{'state_dict': ...} dict or a plain state_dict)"
     )
 
 
@@ -128,12 +136,14 @@ def load_model_weights(
     Raises:
         CheckpointMismatchError: another architecture (the message names the keys).
     """
+    name = "this checkpoint"
     if not isinstance(checkpoint, dict):
         if map_location is None:
             p = next(model.parameters(), None)
             map_location = p.device if p is not None else "cpu"
+        name = f"the checkpoint {checkpoint}"
         checkpoint = load_checkpoint(checkpoint, map_location=map_location)
-    state = model_state_from(checkpoint)
+    state = model_state_from(checkpoint, name)
     check_state_fits(model, state, str(checkpoint.get("model_class", "")))
     model.load_state_dict(state)
     return model

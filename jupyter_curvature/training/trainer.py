@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
 
+from .._files import atomic_write_text
 from . import ddp as _ddp
 from .callbacks import CurvatureCallback, ProgressBar, as_callbacks, describe_event
 from .checkpoint import (
@@ -106,12 +107,7 @@ class History:
 
     def save(self, path: str | Path) -> Path:
         """Write JSON (NaN written as ``NaN``, as Python's json does)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict()))
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | Path) -> History:
