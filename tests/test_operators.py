@@ -389,8 +389,12 @@ def test_error_non_scalar_loss():
 
 
 def test_error_loss_independent_of_params():
-    with pytest.raises(ValueError, match="does not depend"):
+    with pytest.raises(ValueError, match="not computed from the model outputs"):
         HessianOperator(mlp(), lambda o, y: torch.zeros((), dtype=DT), digits())
+    model = nn.Sequential(mlp(), nn.Linear(3, 3).double())  # the extra layer is never called
+    model.forward = model[0].forward
+    with pytest.raises(ValueError, match="does not depend"):
+        HessianOperator(model, nn.CrossEntropyLoss(), digits(), params="1")
 
 
 def test_error_nan_loss_names_the_batch():
