@@ -40,8 +40,8 @@ def check_finite_parameters(named: Sequence[tuple[str, torch.Tensor]]) -> None:
         if not bool(torch.isfinite(p.detach()).all()):
             bad = int((~torch.isfinite(p.detach())).sum())
             raise ValueError(
-                f"model parameter {name!r} holds {bad} NaN/inf entries: the curvature of a "
-                "non-finite model is undefined; load finite weights (a checkpoint from before "
+                f"model parameter {name!r} holds {bad} NaN/inf entries, so every loss, gradient "
+                "and curvature product would be NaN; load finite weights (a checkpoint from before "
                 "training diverged, or lower the learning rate that led here)"
             )
 
