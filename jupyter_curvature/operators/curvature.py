@@ -55,6 +55,9 @@ class EmpiricalRiskOperator(CurvatureOperator):
             more than one rank is initialised.
     """
 
+    #: whether the outputs themselves are differentiated (the GGN), so must be one tensor
+    _needs_tensor_outputs = False
+
     def __init__(
         self,
         model: nn.Module,
@@ -175,9 +178,6 @@ class EmpiricalRiskOperator(CurvatureOperator):
             [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params)]
         )
         return loss.detach(), flat.detach()
-
-    #: the GGN differentiates the outputs themselves, so they must be one tensor
-    _needs_tensor_outputs = False
 
     def _accumulate(self, block: torch.Tensor, batch_product) -> torch.Tensor:
         """``sum_b w_b P_b`` over batches, ``w_b = B_b / N`` for the mean, 1 for the sum."""
@@ -379,7 +379,7 @@ class GGNOperator(_FunctionalOperator):
         self._output_hessian = output_hessian or output_hessian_for(loss_fn)
         super().__init__(model, loss_fn, data, params, **kwargs)
 
-    _needs_tensor_outputs = True
+    _needs_tensor_outputs = True  # J and H_L are taken of one output tensor
 
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
         return self._accumulate(block, self._batch_ggn)
