@@ -88,7 +88,8 @@ def explain_forward(batch: Any, dtype: torch.dtype) -> Iterator[None]:
     """Re-raise a forward that failed on integer inputs as a TypeError naming ``data``.
 
     Integer inputs are legitimate (embedding indices), so they are diagnosed only when the
-    forward fails, not refused up front.
+    forward fails with a type error ("mat1 and mat2 must have the same dtype", "Input type
+    (torch.LongTensor) and weight type ..."), not refused up front.
     """
     try:
         yield
@@ -96,7 +97,7 @@ def explain_forward(batch: Any, dtype: torch.dtype) -> Iterator[None]:
         ints = [
             a.dtype for a in batch.args if isinstance(a, torch.Tensor) and not a.is_floating_point()
         ]
-        if not ints or not dtype.is_floating_point:
+        if not ints or not dtype.is_floating_point or "type" not in str(exc):
             raise
         raise TypeError(
             f"data: the inputs of batch {batch.index} have dtype {ints[0]} but the model computes "
