@@ -95,3 +95,30 @@ def digits_batch(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     ds = digits_dataset(split, dtype=torch.float64, limit=n)
     return ds.tensors[0], ds.tensors[1]
+
+
+def snapshot(model):
+    """Everything a curvature call must leave as it was: state, flags, ``.grad``."""
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "tracking": [getattr(m, "track_running_stats", None) for m in model.modules()],
+    }
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The bytes of ``t``: bitwise equality, NaN included (``torch.equal`` says NaN != NaN)."""
+    return t.detach().reshape(-1).contiguous().view(torch.uint8)
+
+
+def assert_same_state(model, before):
+    """Bitwise the state :func:`snapshot` recorded."""
+    after = snapshot(model)
+    for key, value in before["state"].items():
+        assert torch.equal(_bits(after["state"][key]), _bits(value)), f"{key} changed"
+    for key in ("training", "requires_grad", "tracking"):
+        assert after[key] == before[key], f"{key} changed"
+    for g0, g1 in zip(before["grad"], after["grad"]):
+        assert (g0 is None and g1 is None) or torch.equal(g0, g1), ".grad changed"

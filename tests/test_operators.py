@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from reference import (
     assert_close,
+    assert_same_state,
     concat,
     dense_empirical_fisher,
     dense_ggn,
     dense_hessian,
     dense_hessian_by_differences,
+    snapshot,
 )
 from torch import nn
 
@@ -283,26 +285,6 @@ def test_ggn_falls_back_when_an_operation_has_no_forward_mode_formula():
     assert_close(op @ V, dense @ V, rtol=1e-9, atol=1e-13)
 
 
-def snapshot(model):
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "training": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "tracking": [getattr(m, "track_running_stats", None) for m in model.modules()],
-    }
-
-
-def assert_same_state(model, before):
-    after = snapshot(model)
-    for key, value in before["state"].items():
-        assert torch.equal(after["state"][key], value), f"{key} changed"
-    for key in ("training", "requires_grad", "tracking"):
-        assert after[key] == before[key], f"{key} changed"
-    for g0, g1 in zip(before["grad"], after["grad"]):
-        assert (g0 is None and g1 is None) or torch.equal(g0, g1), ".grad changed"
-
-
 @pytest.mark.parametrize("batchnorm", ["eval", "train"])
 @pytest.mark.parametrize("op_class", [HessianOperator, GGNOperator])
 def test_model_state_is_exactly_restored(batchnorm, op_class):
@@ -389,8 +371,12 @@ def test_error_non_scalar_loss():
 
 
 def test_error_loss_independent_of_params():
-    with pytest.raises(ValueError, match="does not depend"):
+    with pytest.raises(ValueError, match="not computed from the model outputs"):
         HessianOperator(mlp(), lambda o, y: torch.zeros((), dtype=DT), digits())
+    model = nn.Sequential(mlp(), nn.Linear(3, 3).double())  # the extra layer is never called
+    model.forward = model[0].forward
+    with pytest.raises(ValueError, match="does not depend"):
+        HessianOperator(model, nn.CrossEntropyLoss(), digits(), params="1")
 
 
 def test_error_nan_loss_names_the_batch():

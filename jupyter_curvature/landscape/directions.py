@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .._files import atomic_savez
+from ..operators._inputs import check_finite_parameters
 from ..operators._params import ParamSpec, flatten, select_parameters, unflatten
 
 #: positions in each sorted order that the original package took
@@ -308,6 +309,7 @@ def as_directions(
 
 def _param_info(model: nn.Module, params: ParamSpec) -> tuple[list[str], list[nn.Parameter], int]:
     named = select_parameters(model, params)
+    check_finite_parameters(named)  # else the weight-scaled directions come out NaN
     names = [n for n, _ in named]
     tensors = [p for _, p in named]
     return names, tensors, sum(p.numel() for p in tensors)

@@ -46,6 +46,14 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ..operators._batches import BatchLayout
+from ..operators._inputs import (
+    OutputsFn,
+    check_finite_parameters,
+    explain_forward,
+    explain_loss,
+    model_outputs,
+    require_tensor_outputs,
+)
 from ..operators._params import ParamSpec, select_parameters, unflatten
 from ._data import DEFAULT_CACHE_BYTES, CachedBatches
 from .directions import Directions, as_directions
@@ -108,6 +116,8 @@ class LandscapeEvaluator:
             of top-1.
         batch_layout: ``layout(batch) -> (model_args, targets)`` for batches that are not
             ``(inputs, targets)`` pairs (as for the curvature operators).
+        outputs: ``fn(model_output) -> tensor`` for a model that returns a tuple or a dict
+            (``outputs=lambda out: out["logits"]``), as for the curvature operators.
         state: name -> tensor values for other parameters and buffers (used by
             :class:`~jupyter_curvature.landscape.Perturber` to evaluate at its snapshot).
 
@@ -134,6 +144,7 @@ class LandscapeEvaluator:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         accuracy_fn: Callable[[Any, torch.Tensor], Any] | None = None,
         batch_layout: BatchLayout | None = None,
+        outputs: OutputsFn | None = None,
         state: dict[str, torch.Tensor] | None = None,
     ) -> None:
         if not callable(loss_fn):
@@ -154,6 +165,9 @@ class LandscapeEvaluator:
             )
         named = select_parameters(model, params)
         self.param_names = [name for name, _ in named]
+        replaced = set(self.param_names) if origin is not None else set()  # origin stands in
+        check_finite_parameters([(n, p) for n, p in model.named_parameters() if n not in replaced])
+        self.outputs = outputs
         self.num_params = sum(p.numel() for _, p in named)
         self.directions: Directions = as_directions(
             directions, self.num_params, param_names=self.param_names
@@ -482,7 +496,7 @@ class LandscapeEvaluator:
 
     # ---- metrics ------------------------------------------------------------------------
     def _forward(self, args: tuple[Any, ...]) -> Any:
-        return self._template(*args)
+        return model_outputs(self._template(*args), self.outputs)
 
     def _classifies(self, out: Any, y: Any) -> bool:
         """Whether top-1 accuracy applies to one point's outputs and these targets."""
@@ -606,7 +620,7 @@ class LandscapeEvaluator:
     # ---- batched ------------------------------------------------------------------------
     def _vforward(self, sel: dict, bufs: dict, args: tuple[Any, ...]) -> torch.Tensor:
         def fwd(s: dict, b: dict, a: tuple[Any, ...]) -> Any:
-            return functional_call(self._template, (s, b), a)
+            return model_outputs(functional_call(self._template, (s, b), a), self.outputs)
 
         return vmap(fwd, in_dims=(0, 0, None))(sel, bufs, args)
 
@@ -659,18 +673,15 @@ class LandscapeEvaluator:
         leaves = [m for m in self._template.modules() if not any(True for _ in m.children())]
         handles = [m.register_forward_hook(hook) for m in leaves]
         try:
-            with torch.no_grad():
+            with torch.no_grad(), explain_forward(first, self.dtype):
                 out = self._forward(first.args)
+            with torch.no_grad(), explain_loss(out, first):
                 loss = self.loss_fn(out, first.targets)
         finally:
             for h in handles:
                 h.remove()
         self._check_loss(loss)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(
-                f"the model returned a {type(out).__name__}; the landscape needs a tensor of "
-                "outputs (wrap the model so that forward returns one)"
-            )
+        require_tensor_outputs(out, "the landscape")
         sizes.append(out.numel() * out.element_size())
         # scale to the largest batch when it is known without reading the data again
         largest = max(

@@ -135,6 +135,7 @@ _EVALUATOR_KEYS = (
     "cache_data",
     "accuracy_fn",
     "batch_layout",
+    "outputs",
 )
 
 
@@ -374,6 +375,7 @@ def iter_landscape_1d(
     cache_data: bool | str | None = None,
     accuracy_fn: Callable | None = None,
     batch_layout: Callable | None = None,
+    outputs: Callable | None = None,
 ) -> Iterator[LandscapeProgress]:
     """:func:`landscape_1d` as a generator of :class:`LandscapeProgress` reports."""
     options = {k: v for k, v in locals().items() if k in _EVALUATOR_KEYS}
@@ -420,6 +422,7 @@ def landscape_1d(
     cache_data: bool | str | None = None,
     accuracy_fn: Callable | None = None,
     batch_layout: Callable | None = None,
+    outputs: Callable | None = None,
 ) -> Landscape1D:
     """Loss and accuracy along lines ``w0 + t d_i`` through the origin, one per direction.
 
@@ -450,7 +453,7 @@ def landscape_1d(
         on_interrupt: ``"return"`` the finished points on ``KeyboardInterrupt``, or
             ``"raise"``.
         resume: a partial result of the same grid to complete.
-        batch_points, memory_budget, cache_data, accuracy_fn, batch_layout: see
+        batch_points, memory_budget, cache_data, accuracy_fn, batch_layout, outputs: see
             :class:`LandscapeEvaluator`.
 
     Returns:
@@ -576,6 +579,7 @@ def iter_landscape_2d(
     cache_data: bool | str | None = None,
     accuracy_fn: Callable | None = None,
     batch_layout: Callable | None = None,
+    outputs: Callable | None = None,
 ) -> Iterator[LandscapeProgress]:
     """:func:`landscape_2d` as a generator of :class:`LandscapeProgress` reports."""
     options = {k: v for k, v in locals().items() if k in _EVALUATOR_KEYS}
@@ -628,6 +632,7 @@ def landscape_2d(
     cache_data: bool | str | None = None,
     accuracy_fn: Callable | None = None,
     batch_layout: Callable | None = None,
+    outputs: Callable | None = None,
 ) -> Landscape2D:
     """Loss and accuracy over the plane ``w0 + x d_a + y d_b``.
 
@@ -642,7 +647,7 @@ def landscape_2d(
         base: coordinates of the plane's centre over all directions (default: the origin).
         bn, bn_data, params, origin, progressive, coarse, callback, progress_interval,
             on_interrupt, resume, batch_points, memory_budget, cache_data, accuracy_fn,
-            batch_layout: as for :func:`landscape_1d`.
+            batch_layout, outputs: as for :func:`landscape_1d`.
 
     Returns:
         :class:`Landscape2D`, metric arrays ``(len(xs), len(ys))``.

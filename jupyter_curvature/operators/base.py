@@ -6,12 +6,14 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from ._inputs import check_finite_vector
+
 
 class CurvatureOperator(ABC):
     """A symmetric ``n x n`` matrix known only through its products with vectors.
 
     Subclasses implement :meth:`_matmat` on a validated ``(n, k)`` block; the public
-    :meth:`matmat` / ``@`` check the input first (shape, dtype, device), count the
+    :meth:`matmat` / ``@`` check the input first (shape, dtype, device, NaN/inf), count the
     products in :attr:`num_matvecs`, and accept a flat vector ``(n,)`` or a block ``(n, k)``.
     """
 
@@ -63,6 +65,7 @@ class CurvatureOperator(ABC):
                 f"v is on {v.device} but the operator lives on {self.device}; "
                 f"move it with v.to('{self.device}')"
             )
+        check_finite_vector(v)
         return v if v.ndim == 2 else v.unsqueeze(1)
 
     @abstractmethod

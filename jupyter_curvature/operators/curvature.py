@@ -21,7 +21,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
-from . import _params
+from . import _inputs, _params
 from ._batches import Batch, BatchLayout, BatchSource
 from ._distributed import all_reduce_sum, check_start, is_distributed
 from ._model_state import check_batchnorm_policy, curvature_mode
@@ -41,11 +41,22 @@ class EmpiricalRiskOperator(CurvatureOperator):
         params: which parameters (see :func:`~jupyter_curvature.operators._params.select_parameters`).
         batchnorm: ``"eval"`` (running statistics; default) or ``"train"`` (batch statistics).
         batch_layout: ``fn(batch) -> (model_args, targets)`` for other batch layouts.
-        check: run the first batch once now, so bad input fails at construction.
+        check: run the first batch now (forward and gradient), so bad input fails at
+            construction rather than in the middle of a spectrum.
+        check_deterministic: with ``check``, read the first batch a second time and require the
+            same loss and gradient (to ``sqrt(eps)`` relative, see
+            :func:`~jupyter_curvature.operators._inputs.determinism_rtol`), and every pass to
+            read the same number of samples: a shuffling loader, random augmentation or
+            dropout left on would make each product another matrix. ``False`` skips this.
+        outputs: ``fn(model_output) -> tensor`` picking the tensor the loss takes from a model
+            that returns a tuple or a dict (``outputs=lambda out: out["logits"]``).
         distributed: sum the partial products of all ``torch.distributed`` ranks (each rank
             passes its own shard of the data); ``None`` does so whenever a process group with
             more than one rank is initialised.
     """
+
+    #: whether the outputs themselves are differentiated (the GGN), so must be one tensor
+    _needs_tensor_outputs = False
 
     def __init__(
         self,
@@ -57,9 +68,15 @@ class EmpiricalRiskOperator(CurvatureOperator):
         batchnorm: str = "eval",
         batch_layout: BatchLayout | None = None,
         check: bool = True,
+        check_deterministic: bool = True,
+        outputs: _inputs.OutputsFn | None = None,
         distributed: bool | None = None,
     ) -> None:
         named = _params.select_parameters(model, params)
+        if outputs is not None and not callable(outputs):
+            raise TypeError(
+                f"outputs must be a function of the model's output, got {type(outputs).__name__}"
+            )
         if not callable(loss_fn):
             raise TypeError(
                 f"loss_fn must be callable (a torch criterion), got {type(loss_fn).__name__}"
@@ -78,6 +95,8 @@ class EmpiricalRiskOperator(CurvatureOperator):
             )
         self.source = BatchSource(data, batch_layout)
         self.distributed = distributed
+        self.check_deterministic = bool(check_deterministic)
+        self.outputs = outputs
         self.num_samples: int | None = None
         first = self.params[0]
         super().__init__(sum(p.numel() for p in self.params), first.dtype, first.device)
@@ -103,8 +122,21 @@ class EmpiricalRiskOperator(CurvatureOperator):
         for batch in self.source:
             yield batch.to(self.device, self.dtype)
 
+    def _check_vector(self, v: torch.Tensor) -> torch.Tensor:
+        """The vector's checks, then the weights': a NaN in either makes every entry NaN."""
+        block = super()._check_vector(v)
+        _inputs.check_finite_parameters(self.model.named_parameters())
+        return block
+
+    def _forward(self, batch: Batch, model: Callable[..., Any] | None = None) -> Any:
+        """The outputs the loss takes: ``model`` (default the module) on the batch, then ``outputs=``."""
+        with _inputs.explain_forward(batch, self.dtype):
+            raw = (model or self.model)(*batch.args)
+        return _inputs.model_outputs(raw, self.outputs)
+
     def _loss(self, outputs: Any, batch: Batch) -> torch.Tensor:
-        loss = self.loss_fn(outputs, batch.targets)
+        with _inputs.explain_loss(outputs, batch):
+            loss = self.loss_fn(outputs, batch.targets)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise ValueError(
@@ -115,17 +147,37 @@ class EmpiricalRiskOperator(CurvatureOperator):
                 f"the loss is {loss.item()} on batch {batch.index}: the model or the data "
                 "produced NaN/inf there; check that batch and the weights"
             )
-        return loss.reshape(())
+        return loss if loss.ndim == 0 else loss.reshape(())  # a view would hide a leaf
 
     def _check_first_batch(self) -> None:
+        """Weights, first batch, outputs, loss and gradient; with ``check_deterministic`` all twice.
+
+        Costs one forward and one gradient of the first batch, two with ``check_deterministic``
+        (the determinism check reads only the first batch: shuffling, augmentation and
+        dropout all show there).
+        """
+        _inputs.check_finite_parameters(self.model.named_parameters())
         with self._mode():
-            batch = self.source.first().to(self.device, self.dtype)
-            loss = self._loss(self.model(*batch.args), batch)
-            if not loss.requires_grad:
-                raise ValueError(
-                    "the loss does not depend on the chosen parameters; check params= and that "
-                    "the model's forward uses them"
-                )
+            first = self._first_batch_loss_and_gradient()
+            if self.check_deterministic:
+                _inputs.check_same_batch(first, self._first_batch_loss_and_gradient())
+
+    def _first_batch_loss_and_gradient(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.source.first().to(self.device, self.dtype)
+        outputs = self._forward(batch)
+        if self._needs_tensor_outputs:
+            _inputs.require_tensor_outputs(outputs, type(self).__name__)
+        loss = self._loss(outputs, batch)
+        grads = (
+            torch.autograd.grad(loss, self.params, allow_unused=True)
+            if loss.requires_grad
+            else [None] * len(self.params)
+        )
+        _inputs.check_depends_on_params(loss, outputs, grads)
+        flat = self.flatten(
+            [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params)]
+        )
+        return loss.detach(), flat.detach()
 
     def _accumulate(self, block: torch.Tensor, batch_product) -> torch.Tensor:
         """``sum_b w_b P_b`` over batches, ``w_b = B_b / N`` for the mean, 1 for the sum."""
@@ -144,6 +196,8 @@ class EmpiricalRiskOperator(CurvatureOperator):
             total, count = all_reduce_sum(total, count)
         if count == 0:
             raise ValueError("data is empty: it yielded no batch; check the dataset and the loader")
+        if self.check_deterministic:
+            _inputs.check_same_count(count, self.num_samples)
         self.num_samples = count
         return total / count if self.reduction == "mean" else total
 
@@ -191,7 +245,7 @@ class HessianOperator(EmpiricalRiskOperator):
 
     def _gradient_graph(self, batch: Batch) -> list[torch.Tensor | None]:
         """``dL_b/dw`` with its graph; ``None`` where the gradient is constant (zero rows of H)."""
-        loss = self._loss(self.model(*batch.args), batch)
+        loss = self._loss(self._forward(batch), batch)
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         return [g if g is not None and g.requires_grad else None for g in grads]
 
@@ -277,7 +331,10 @@ class _FunctionalOperator(EmpiricalRiskOperator):
         names, model = self.param_names, self.model
 
         def forward(*params: torch.Tensor):
-            return functional_call(model, dict(zip(names, params)), batch.args, strict=False)
+            def call(*args: Any) -> Any:
+                return functional_call(model, dict(zip(names, params)), args, strict=False)
+
+            return self._forward(batch, call)
 
         return forward
 
@@ -321,6 +378,8 @@ class GGNOperator(_FunctionalOperator):
     ):
         self._output_hessian = output_hessian or output_hessian_for(loss_fn)
         super().__init__(model, loss_fn, data, params, **kwargs)
+
+    _needs_tensor_outputs = True  # J and H_L are taken of one output tensor
 
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
         return self._accumulate(block, self._batch_ggn)
@@ -432,19 +491,19 @@ class EmpiricalFisherOperator(_FunctionalOperator):
 
     def per_sample_gradients(self, batch: Batch) -> torch.Tensor:
         """The ``(B, n)`` matrix of per-sample gradients of one (device-placed) batch."""
-        names, model, loss_fn = self.param_names, self.model, self.loss_fn
+        names, model, loss_fn, pick = self.param_names, self.model, self.loss_fn, self.outputs
         primals = self._detached_params()
 
         def sample_loss(params, args, target):
             args = tuple(a.unsqueeze(0) for a in args)
             out = functional_call(model, dict(zip(names, params)), args, strict=False)
-            return loss_fn(out, target.unsqueeze(0))
+            return loss_fn(_inputs.model_outputs(out, pick), target.unsqueeze(0))
 
         grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(primals, batch.args, batch.targets)
         return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
 
     def _batch_fisher(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
-        self._loss(self.model(*batch.args), batch)
+        self._loss(self._forward(batch), batch)
         G = self.per_sample_gradients(batch)
         product = G.T @ (G @ block)  # sum over the batch's samples
         # _accumulate multiplies by B_b for the mean; the per-sample sum already is the total

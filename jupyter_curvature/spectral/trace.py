@@ -9,6 +9,11 @@
   trace, as in deep-network Hessians. The standard error is that of the remainder's
   Hutchinson part (the sketch part is exact given ``Q``).
 
+A budget of at least ``n`` products (the operator's dimension) buys the exact trace instead:
+``sum_i e_i^T A e_i`` over the ``n`` unit vectors, ``n`` products and no more, with standard
+error 0 and ``method="exact"`` in the result. (A larger budget could not do better, and
+drawing ``num_matvecs`` probes of length ``n`` would hold ``n x num_matvecs`` numbers.)
+
 Probes are multiplied in blocks (``block_size`` columns at once), so a Hessian shares one
 forward and one gradient graph per batch among them.
 """
@@ -36,8 +41,8 @@ class TraceEstimate:
         stderr: its standard error (sample standard deviation of the stochastic part over
             ``sqrt`` of its number of probes); ``nan`` with fewer than two probes.
         num_matvecs: operator products used.
-        method: ``"hutch++"`` or ``"hutchinson"``.
-        exact_part: Hutch++'s ``tr(Q^T A Q)`` (0 for Hutchinson).
+        method: ``"hutch++"``, ``"hutchinson"``, or ``"exact"`` when the budget reached ``n``.
+        exact_part: Hutch++'s ``tr(Q^T A Q)`` (0 for Hutchinson, the trace when exact).
         samples: the stochastic samples ``z^T A z`` (of the remainder for Hutch++, scaled so
             that ``estimate = exact_part + mean(samples)``).
         n: dimension of the operator.
@@ -80,6 +85,18 @@ def _blocked(A: Operator, X: torch.Tensor, block_size: int) -> torch.Tensor:
     )
 
 
+def _exact_trace(A: Operator, block_size: int, basis_dtype: torch.dtype) -> TraceEstimate:
+    """``sum_i e_i^T A e_i``: the diagonal, ``block_size`` unit vectors at a time."""
+    total = 0.0
+    with A:
+        for start in range(0, A.n, block_size):
+            stop = min(start + block_size, A.n)
+            E = torch.zeros(A.n, stop - start, dtype=basis_dtype, device=A.device)
+            E[torch.arange(start, stop), torch.arange(stop - start)] = 1
+            total += float(A.matmat(E)[start:stop].diagonal().sum(dtype=torch.float64))
+    return TraceEstimate(total, 0.0, A.num_matvecs, "exact", total, [], A.n)
+
+
 def trace(
     op: Any,
     method: str = "hutch++",
@@ -97,6 +114,7 @@ def trace(
         op: a curvature operator or a symmetric square tensor.
         method: ``"hutch++"`` (default) or ``"hutchinson"``.
         num_matvecs: product budget (default 99 = 3 x 33); Hutch++ needs at least 4, Hutchinson 2.
+            From ``n`` on, the trace is computed exactly with ``n`` products (see above).
         seed: seeds the probes.
         distribution: ``"rademacher"`` (lower variance, Avron & Toledo 2011) or ``"gaussian"``.
         block_size: probes multiplied together in one block.
@@ -127,6 +145,8 @@ def trace(
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     n = A.n
     device = A.device
+    if num_matvecs >= n:
+        return _exact_trace(A, block_size, basis_dtype)
     with A:
         if method == "hutchinson":
             Z = _probes(n, num_matvecs, gen, distribution).to(basis_dtype).to(device)

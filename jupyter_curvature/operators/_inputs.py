@@ -1,0 +1,195 @@
+"""Checks of what users hand to the engine: weights, vectors, batches, model outputs, losses.
+
+One place for the checks every entry point shares (the curvature operators, the spectral
+routines through them, the landscape), so that bad input fails early with a message that
+names the argument and the remedy instead of a raw torch error or a silent NaN/zero result.
+
+The determinism check (:func:`check_same_batch`) compares the first batch read twice: its
+loss and its gradient. Both are invariant under a reordering *within* the batch, so only
+what changes the matrix is caught (another batch, another augmentation, another dropout
+mask), not a harmless permutation of one full batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+#: ``outputs(model_output) -> tensor``: picks the tensor the loss takes from a model that
+#: returns a tuple or a dict (``outputs=lambda out: out["logits"]``).
+OutputsFn = Callable[[Any], torch.Tensor]
+
+DETERMINISM_REMEDY = (
+    "products need the same data and the same function on every pass: use "
+    "DataLoader(..., shuffle=False), no random transforms (augmentation), and no dropout that "
+    "stays on in eval mode (F.dropout(..., training=True)); if the difference is intended, "
+    "pass check_deterministic=False"
+)
+
+
+def check_finite_parameters(named: Sequence[tuple[str, torch.Tensor]]) -> None:
+    """ValueError naming the first parameter with a NaN or inf entry.
+
+    Weights are checked before any forward, so that a diverged model is named as such
+    instead of surfacing as a NaN loss, an all-NaN product or a NaN direction.
+    """
+    for name, p in named:
+        if not bool(torch.isfinite(p.detach()).all()):
+            bad = int((~torch.isfinite(p.detach())).sum())
+            raise ValueError(
+                f"model parameter {name!r} holds {bad} NaN/inf entries, so every loss, gradient "
+                "and curvature product would be NaN; load finite weights (a checkpoint from before "
+                "training diverged, or lower the learning rate that led here)"
+            )
+
+
+def check_finite_vector(v: torch.Tensor, name: str = "v") -> None:
+    """ValueError when ``v`` holds NaN or inf (a product would be NaN everywhere)."""
+    if not bool(torch.isfinite(v).all()):
+        bad = int((~torch.isfinite(v)).sum())
+        raise ValueError(
+            f"{name} holds {bad} NaN/inf entries, so the product would be NaN; pass a finite "
+            f"vector (torch.nan_to_num({name}) if the NaNs are placeholders)"
+        )
+
+
+def model_outputs(raw: Any, outputs: OutputsFn | None) -> Any:
+    """The model's output after the user's ``outputs=`` hook, if any."""
+    return raw if outputs is None else outputs(raw)
+
+
+def require_tensor_outputs(out: Any, who: str) -> torch.Tensor:
+    """TypeError naming ``outputs=`` when ``who`` needs a tensor but the model gave a container."""
+    if isinstance(out, torch.Tensor):
+        return out
+    raise TypeError(
+        f"the model returned {_describe(out)}, but {who} needs one tensor; {_pick(out)}"
+    )
+
+
+def _describe(out: Any) -> str:
+    if isinstance(out, dict):
+        return f"a dict with keys {sorted(map(str, out))}"
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of length {len(out)}"
+    return f"a {type(out).__name__}"
+
+
+def _pick(out: Any) -> str:
+    key = repr(next(iter(out))) if isinstance(out, dict) and out else "0"
+    return f"pass outputs=lambda out: out[{key}] to choose the tensor the loss takes"
+
+
+@contextmanager
+def explain_forward(batch: Any, dtype: torch.dtype) -> Iterator[None]:
+    """Re-raise a forward that failed on integer inputs as a TypeError naming ``data``.
+
+    Integer inputs are legitimate (embedding indices), so they are diagnosed only when the
+    forward fails with a type error ("mat1 and mat2 must have the same dtype", "Input type
+    (torch.LongTensor) and weight type ..."), not refused up front.
+    """
+    try:
+        yield
+    except (RuntimeError, TypeError) as exc:
+        ints = [
+            a.dtype for a in batch.args if isinstance(a, torch.Tensor) and not a.is_floating_point()
+        ]
+        if not ints or not dtype.is_floating_point or "type" not in str(exc):
+            raise
+        raise TypeError(
+            f"data: the inputs of batch {batch.index} have dtype {ints[0]} but the model computes "
+            f"in {dtype}, and the forward failed ({exc}); convert the inputs to floating point, "
+            "e.g. a dataset transform x.float(), or batch_layout=lambda b: ((b[0].float(),), b[1])"
+        ) from exc
+
+
+@contextmanager
+def explain_loss(out: Any, batch: Any) -> Iterator[None]:
+    """Re-raise a failed ``loss_fn(outputs, targets)`` with the cause named.
+
+    A container output (tuple/dict) is told to use ``outputs=``; outputs and targets with
+    different batch sizes are told to fix ``data``. Other errors pass through unchanged.
+    """
+    try:
+        yield
+    except (RuntimeError, TypeError, ValueError) as exc:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"loss_fn failed on the model's output, {_describe(out)} ({exc}); {_pick(out)}"
+            ) from exc
+        targets = batch.targets
+        if isinstance(targets, torch.Tensor) and out.ndim and targets.ndim:
+            if out.shape[0] != targets.shape[0]:
+                raise ValueError(
+                    f"data: batch {batch.index} gives {out.shape[0]} outputs but "
+                    f"{targets.shape[0]} targets ({exc}); each batch must pair every input with "
+                    "its target: check the dataset, or batch_layout= for another layout"
+                ) from exc
+        raise
+
+
+def check_depends_on_params(
+    loss: torch.Tensor, outputs: Any, grads: Sequence[torch.Tensor | None]
+) -> None:
+    """ValueError when the loss is not a function of the chosen parameters (zero products)."""
+    if loss.grad_fn is None and getattr(outputs, "requires_grad", False):
+        raise ValueError(
+            "loss_fn returned a tensor that is not computed from the model outputs (a fresh "
+            "leaf such as torch.tensor(loss.item(), requires_grad=True)), so every product "
+            "would be zero; compute the loss from the outputs with torch operations"
+        )
+    if not loss.requires_grad or all(g is None for g in grads):
+        raise ValueError(
+            "the loss does not depend on the chosen parameters; check params= and that "
+            "the model's forward uses them"
+        )
+
+
+def determinism_rtol(dtype: torch.dtype) -> float:
+    """``sqrt(eps)`` of ``dtype``: the relative difference two reads of a batch may show.
+
+    A fixed batch through a fixed function is bitwise reproducible on the CPU; reductions in
+    another order (GPU atomics, another thread split) differ by a few ``eps`` times the
+    condition of the sum, far below ``sqrt(eps)`` (1.5e-8 in float64, 3.5e-4 in float32).
+    Another batch, augmentation or dropout mask changes the loss by the spread of per-sample
+    losses over ``sqrt(B)`` (1e-2 and more): orders of magnitude above. A difference below
+    ``sqrt(eps)`` would also move the eigenvalues by less than that relative amount (Weyl),
+    below what Lanczos is asked to resolve.
+    """
+    return float(torch.finfo(dtype).eps) ** 0.5
+
+
+def check_same_batch(
+    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """ValueError when two reads of the first batch give another loss or gradient.
+
+    ``first``/``second``: ``(loss, flat gradient)``, both detached.
+    """
+    (loss1, grad1), (loss2, grad2) = first, second
+    rtol = determinism_rtol(loss1.dtype)
+    loss_gap = float(
+        (loss1 - loss2).abs() / torch.maximum(loss1.abs(), loss2.abs()).clamp_min(1e-300)
+    )
+    grad_gap = float(
+        (grad1 - grad2).norm() / torch.maximum(grad1.norm(), grad2.norm()).clamp_min(1e-300)
+    )
+    if loss_gap > rtol or grad_gap > rtol:
+        raise ValueError(
+            "data/model: the first batch read twice gave different results (loss "
+            f"{float(loss1):.6g} vs {float(loss2):.6g}, relative gradient difference "
+            f"{grad_gap:.2g}, tolerance {rtol:.1g}): each product would use another matrix and "
+            f"Lanczos would return nonsense. {DETERMINISM_REMEDY}"
+        )
+
+
+def check_same_count(count: int, previous: int | None) -> None:
+    """ValueError when a pass over the data read another number of samples than the last."""
+    if previous is not None and count != previous:
+        raise ValueError(
+            f"data: this pass read {count} samples, the previous one {previous}; the data "
+            f"changes between passes (a sampler that draws a random subset?). {DETERMINISM_REMEDY}"
+        )
