@@ -29,6 +29,13 @@ from .base import CurvatureOperator
 from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
 
 
+def _check_loss_fn(loss_fn: Any) -> None:
+    if not callable(loss_fn):
+        raise TypeError(
+            f"loss_fn must be callable (a torch criterion), got {type(loss_fn).__name__}"
+        )
+
+
 class EmpiricalRiskOperator(CurvatureOperator):
     """Shared machinery: parameter choice, data passes, sample weighting, validation.
 
@@ -77,10 +84,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
             raise TypeError(
                 f"outputs must be a function of the model's output, got {type(outputs).__name__}"
             )
-        if not callable(loss_fn):
-            raise TypeError(
-                f"loss_fn must be callable (a torch criterion), got {type(loss_fn).__name__}"
-            )
+        _check_loss_fn(loss_fn)
         self.model = model
         self.loss_fn = loss_fn
         self.reduction = loss_reduction(loss_fn)
@@ -376,6 +380,7 @@ class GGNOperator(_FunctionalOperator):
         output_hessian: OutputHessian | None = None,
         **kwargs,
     ):
+        _check_loss_fn(loss_fn)
         self._output_hessian = output_hessian or output_hessian_for(loss_fn)
         super().__init__(model, loss_fn, data, params, **kwargs)
 

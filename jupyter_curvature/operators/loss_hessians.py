@@ -137,7 +137,8 @@ def output_hessian_for(loss_fn: object) -> OutputHessian:
         return bce_with_logits
 
     raise ValueError(
-        f"GGNOperator does not know the output-space Hessian of {type(loss_fn).__name__}; "
+        f"loss_fn: GGNOperator does not know the output-space Hessian of "
+        f"{type(loss_fn).__name__}; "
         f"supported: {SUPPORTED_LOSSES}. Use HessianOperator for any loss, or pass "
         "output_hessian=fn with fn(outputs, targets, U) -> H_L U for a block U of shape "
         "(k, *outputs.shape)"

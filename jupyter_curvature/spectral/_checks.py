@@ -101,6 +101,11 @@ def check_int(name: str, value: Any, low: int, high: int | None = None, hint: st
     return value
 
 
+def check_seed(value: Any, name: str = "seed") -> int:
+    """A seed for ``torch.Generator.manual_seed``: an integer in ``[0, 2**63 - 1]``."""
+    return check_int(name, value, 0, 2**63 - 1, hint="seeds are non-negative integers")
+
+
 def check_positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")

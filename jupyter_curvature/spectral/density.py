@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .._files import atomic_savez, atomic_write_text
-from ._checks import Operator, check_int, check_positive
+from ._checks import Operator, check_int, check_positive, check_seed
 from .lanczos import run_lanczos
 
 #: Papyan (2019) bandwidth constants: kappa and the margin added to the spectral range
@@ -420,6 +420,7 @@ def spectral_density(
     A = Operator(op, keep_graphs=keep_graphs)
     num_iters = check_int("num_iters", num_iters, 1)
     num_probes = check_int("num_probes", num_probes, 1)
+    seed = check_seed(seed)
     zero_tol = check_positive("zero_tol", zero_tol)
     outlier_tol = check_positive("outlier_tol", outlier_tol)
     outlier_gap = check_positive("outlier_gap", outlier_gap)

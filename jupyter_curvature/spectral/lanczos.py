@@ -44,7 +44,7 @@ import torch
 from linear_operator.utils.lanczos import lanczos_tridiag
 from torch.overrides import TorchFunctionMode
 
-from ._checks import Operator, check_int, raise_if_asymmetric, resolve_device
+from ._checks import Operator, check_int, check_seed, raise_if_asymmetric, resolve_device
 
 #: the scaled operator has ``max_j ||A q_0j|| = SCALE_TARGET``, so GPyTorch's absolute
 #: breakdown threshold ``1e-6`` means ``1e-6 / SCALE_TARGET = 1e-10`` relative.
@@ -520,6 +520,7 @@ def lanczos(
     A = Operator(op, keep_graphs=keep_graphs)
     num_iters = check_int("num_iters", num_iters, 1)
     num_probes = check_int("num_probes", num_probes, 1)
+    seed = check_seed(seed)
     with A:
         return run_lanczos(
             A,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import Operator, check_int
+from ._checks import Operator, check_int, check_seed
 
 METHODS = ("hutch++", "hutchinson")
 
@@ -142,7 +142,7 @@ def trace(
         "num_matvecs", num_matvecs, low, hint=f"{method} needs at least {low} products"
     )
     block_size = check_int("block_size", block_size, 1)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    gen = torch.Generator(device="cpu").manual_seed(check_seed(seed))
     n = A.n
     device = A.device
     if num_matvecs >= n:
