@@ -9,7 +9,7 @@
 * ``%curv_stats``: the advanced statistics as tables and a per-layer view.
 * ``%curv_landscape``: the loss-landscape explorer (``jupyter_curvature.widgets.landscape``).
 
-Pattern (``reference/jupyter-practice.md`` section 1): the package's ``__init__`` imports this
+Pattern (anywidget's and jupysql's extensions): the package's ``__init__`` imports this
 module only inside ``load_ipython_extension``; a :class:`CurvMagics` *instance* is registered
 and appended to ``shell.configurables`` so ``%config CurvMagics.widgets = "off"`` works; user
 mistakes are plain ``UsageError`` one-liners (no traceback; subclassing ``UsageError`` is

@@ -3,8 +3,8 @@
 Every panel of :mod:`jupyter_curvature.widgets` is a plain Python object that builds a tree
 of ipywidgets/bqplot widgets under one root box. ipywidgets keeps every widget alive in
 ``ipywidgets.widgets.widget._instances`` until ``close()`` is called, and closing a bqplot
-``Figure`` leaves its marks, scales, axes and layouts alive (ipywidgets#1345; verified, see
-``reference/jupyter-practice.md`` section 2.5), so :meth:`Panel.close` walks the whole tree
+``Figure`` leaves its marks, scales, axes and layouts alive (ipywidgets#1345; verified by
+``tests/test_widgets.py``), so :meth:`Panel.close` walks the whole tree
 of widget-valued traits and closes every node.
 
 Exceptions raised inside ``observe``/``on_click`` callbacks are silent in Jupyter (they go

@@ -7,8 +7,8 @@ band across probes; the largest Ritz values against the step with the stability 
 
 Updates are throttled by time (:class:`Throttle`, 0.25 s by default: at most 4 pushes a
 second) and each mark's attributes change inside ``mark.hold_sync()``, so one message carries
-``x`` and ``y`` (verified in ``reference/jupyter-practice.md`` section 2.3: ``fig.hold_sync()``
-does not batch a mark's traits). Histories are downsampled to at most ``max_points`` points
+``x`` and ``y`` (``fig.hold_sync()`` does not batch a mark's traits: its children's
+messages go out one by one). Histories are downsampled to at most ``max_points`` points
 before they are sent, so an update costs the same at step 100 and at step 100 000.
 """
 

@@ -6,7 +6,7 @@ process group, kernels included) in :meth:`LabServer.stop`. :class:`NotebookPage
 notebook in one browser page through ``window.jupyterapp`` (exposed by
 ``--LabApp.expose_app_in_browser``) and records the page's console errors.
 
-Background: ``../shared/reference/jupyter-practice.md`` section 4(d).
+Background: ``docs/browser-tests.md``.
 """
 
 from __future__ import annotations
