@@ -7,7 +7,8 @@ digits, float64. Its smallest eigenvalues are clustered (-1.2e-3, -5.9e-4, -5.7e
 default basis of 100 vectors: the run must restart. Rows: the default basis within the default
 budget (300 products), the default basis with a budget of 3000, and bases of 400 and ``n``
 (no restart). Error: the largest distance to the dense eigenvalues (``eigvalsh`` of the
-operator's dense matrix), over the spectral norm. Products do not depend on the machine.
+operator's dense matrix), over the spectral norm. Products change with the machine only
+through rounding.
 
 Usage: ``python benchmarks/bench_restart.py [--seeds 3] [--hidden 32] [--threads 1]``
 """

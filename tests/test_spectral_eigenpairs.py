@@ -259,7 +259,7 @@ def test_a_close_pair_below_the_top_is_not_skipped(seed):
 #: the unrestarted run (max_basis = n). It is at least 1: the restarted basis lies in the same
 #: Krylov space K_j(A, q_0) after j products and Rayleigh-Ritz on the whole space does no worse
 #: at the ends; what a restart loses is the discarded (unwanted) directions, rebuilt in the next
-#: cycle. Measured 1.37 on clustered_end() and 1.47 on the tanh MLP below; the explicit restart
+#: cycle. Measured 1.35 on clustered_end() and 1.44 on the tanh MLP below; the explicit restart
 #: this replaced (the sum of the unconverged Ritz vectors) needed 2.0 and 2.7.
 RESTART_COST = 1.6
 
