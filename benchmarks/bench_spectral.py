@@ -47,13 +47,13 @@ from jupyter_curvature.spectral import eigenpairs, spectral_density
 warnings.filterwarnings("ignore")
 
 
-def problem(device: str, dtype: torch.dtype, hidden=(256, 128), limit=None):
+def problem(device: str, dtype: torch.dtype, hidden=(256, 128), limit=None, steps=60, lr=1e-3):
     torch.manual_seed(0)
     model = MLP(hidden=hidden).to(device=device, dtype=dtype)
     data = digits_dataset("train", flatten=True, dtype=dtype, limit=limit)
     x, y = data.tensors[0].to(device), data.tensors[1].to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(60):  # a briefly trained network: outliers separated from the bulk
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):  # by default briefly trained: outliers separated from the bulk
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()

@@ -401,13 +401,17 @@ def tridiagonal(rec: _Record) -> torch.Tensor:
     return T
 
 
+def final_residual(closure: LanczosClosure) -> torch.Tensor:
+    """``r_m = (I - Q Q^T) A q_{m-1}`` ``(n, p)``: ``beta_m q_m``, the next Lanczos vector unnormalised."""
+    return closure._project(closure.rec.last_output, closure.rec.inputs)
+
+
 def final_beta(closure: LanczosClosure) -> torch.Tensor:
     """``beta_m = ||(I - Q Q^T) A q_{m-1}||`` per probe: the residual scale of every Ritz pair."""
     rec = closure.rec
     if rec.next_beta is not None:
         return rec.next_beta.abs()
-    r = closure._project(rec.last_output, rec.inputs)
-    return r.norm(dim=0).double()
+    return final_residual(closure).norm(dim=0).double()
 
 
 @dataclass
