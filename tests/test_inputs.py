@@ -56,14 +56,62 @@ def probe(n, k=2):
 
 
 # ------------------------------------------------------------------ data that changes
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("op_class", OPERATORS, ids=lambda c: c.__name__)
-def test_shuffled_loader_is_refused(op_class):
+def test_a_reshuffling_loader_is_the_same_matrix_and_passes(op_class, dtype):
+    """The risk is a sum over samples: reshuffled batches change its rounding, not its value."""
+    model = mlp().to(dtype)
+    data = loader(TensorDataset(X.to(dtype), Y), shuffle=True)
+    op = op_class(model, nn.CrossEntropyLoss(), data)
+    reference = op_class(mlp(), nn.CrossEntropyLoss(), (X, Y))  # one batch, float64
+    V = probe(op.shape[0])
+    rtol = 1e-10 if dtype == torch.float64 else 1e-4
+    for _ in range(2):  # each pass another order
+        got = (op @ V.to(dtype)).double()
+        assert_close(got, reference @ V, rtol=rtol, atol=rtol * 1e-2, what="product")
+
+
+def test_a_reshuffling_loader_that_drops_its_last_batch_is_refused():
+    """drop_last=True with shuffling leaves out other samples on every pass."""
     model = mlp()
+    data = DataLoader(
+        TensorDataset(X, Y), batch_size=16, shuffle=True, drop_last=True,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
     raises_untouched(
         model,
         ValueError,
         "shuffle=False",
-        lambda: op_class(model, nn.CrossEntropyLoss(), loader(shuffle=True)),
+        lambda: HessianOperator(model, nn.CrossEntropyLoss(), data),
+    )
+
+
+def test_a_random_subset_of_the_same_size_is_refused():
+    model = mlp()
+    sampler = torch.utils.data.RandomSampler(
+        TensorDataset(X, Y), num_samples=24, generator=torch.Generator().manual_seed(0)
+    )
+    data = DataLoader(TensorDataset(X, Y), batch_size=8, sampler=sampler)
+    raises_untouched(
+        model, ValueError, "data", lambda: GGNOperator(model, nn.CrossEntropyLoss(), data)
+    )
+
+
+def test_batch_statistics_of_reshuffled_batches_are_refused():
+    """With batchnorm="train" each batch is normalised by its own statistics: another
+    composition of the batches is another function."""
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 10)
+    )
+    model = model.to(DT)
+    raises_untouched(
+        model,
+        ValueError,
+        "shuffle=False",
+        lambda: HessianOperator(
+            model, nn.CrossEntropyLoss(), loader(shuffle=True), batchnorm="train"
+        ),
     )
 
 
@@ -139,25 +187,18 @@ def test_one_full_batch_reshuffled_is_the_same_matrix_and_passes(dtype):
     assert_close((G @ V.to(dtype)).double(), expected, rtol=rtol, atol=rtol * 1e-2, what="G V")
 
 
-def test_opt_out_accepts_a_shuffled_loader():
-    """Shuffling alone keeps the mean loss's Hessian (no drop_last, BatchNorm in eval)."""
+def test_opt_out_accepts_random_augmentation():
     model = mlp()
-    H = HessianOperator(
-        model, nn.CrossEntropyLoss(), loader(shuffle=True), check_deterministic=False
-    )
-    V = probe(H.shape[0])
-    expected = dense_hessian(model, nn.CrossEntropyLoss(), X, Y) @ V
-    for _ in range(2):
-        assert_close(H @ V, expected, what="H V from a shuffled loader")
+    HessianOperator(model, nn.CrossEntropyLoss(), loader(RandomFlips()), check_deterministic=False)
 
 
-def test_check_costs_two_forwards_of_the_first_batch_only():
+def test_check_costs_one_forward_of_the_first_batch_and_two_passes():
     model = mlp()
     seen = []
     model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
     data = loader(batch_size=8)  # 5 batches
     for options, forwards in (
-        ({}, 2),
+        ({}, 1 + 2 * 5),
         ({"check_deterministic": False}, 1),
         ({"check": False}, 0),
     ):
@@ -167,26 +208,35 @@ def test_check_costs_two_forwards_of_the_first_batch_only():
 
 
 class ShrinkingData:
-    """Re-iterable batches: the same first batch, but every second pass one batch fewer."""
+    """Re-iterable batches: 5 batches of 8, then one batch fewer on passes from ``shrink_from`` on."""
 
-    def __init__(self):
-        self.passes = 0
+    def __init__(self, shrink_from):
+        self.passes, self.shrink_from = 0, shrink_from
 
     def __iter__(self):
         self.passes += 1
-        count = 5 if self.passes % 2 else 4
+        count = 4 if self.passes >= self.shrink_from else 5
         return iter([(X[i : i + 8], Y[i : i + 8]) for i in range(0, 8 * count, 8)])
 
 
 def test_a_pass_with_another_sample_count_is_refused():
     model = mlp()
-    H = HessianOperator(model, nn.CrossEntropyLoss(), ShrinkingData(), check_deterministic=False)
+    # construction reads the first batch (pass 1), then the data twice (passes 2 and 3)
+    raises_untouched(
+        model,
+        ValueError,
+        "two passes over the data gave different results",
+        lambda: HessianOperator(model, nn.CrossEntropyLoss(), ShrinkingData(shrink_from=3)),
+    )
+    H = HessianOperator(model, nn.CrossEntropyLoss(), ShrinkingData(shrink_from=5))
     v = probe(H.shape[0], 1)[:, 0]
+    H @ v  # pass 4: 40 samples
+    raises_untouched(model, ValueError, "data: this pass read 32 samples", lambda: H @ v)
+    H = HessianOperator(
+        model, nn.CrossEntropyLoss(), ShrinkingData(shrink_from=2), check_deterministic=False
+    )
     H @ v
     H @ v  # not checked: the user opted out
-    H = HessianOperator(model, nn.CrossEntropyLoss(), ShrinkingData())  # passes 1 and 2
-    H @ v  # pass 3: 40 samples
-    raises_untouched(model, ValueError, "data: this pass read 32 samples", lambda: H @ v)
 
 
 # --------------------------------------------------------------------------- bad input

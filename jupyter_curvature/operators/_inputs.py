@@ -4,16 +4,17 @@ One place for the checks every entry point shares (the curvature operators, the 
 routines through them, the landscape), so that bad input fails early with a message that
 names the argument and the remedy instead of a raw torch error or a silent NaN/zero result.
 
-The determinism check (:func:`check_same_batch`) compares the first batch read twice: its
-loss and its gradient. Both are invariant under a reordering *within* the batch, so only
-what changes the matrix is caught (another batch, another augmentation, another dropout
-mask), not a harmless permutation of one full batch.
+The determinism check (:func:`check_same_pass`) compares two passes over the whole data: the
+risk and its gradient. Both are sums over samples, invariant under any reordering of the
+samples (a reshuffling loader) up to rounding, so only what changes the matrix is caught
+(another augmentation, another dropout mask, another subset), not a harmless shuffle.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -149,40 +150,53 @@ def check_depends_on_params(
 
 
 def determinism_rtol(dtype: torch.dtype) -> float:
-    """``sqrt(eps)`` of ``dtype``: the relative difference two reads of a batch may show.
+    """``sqrt(eps)`` of ``dtype``: the relative rounding two passes over the data may show.
 
-    A fixed batch through a fixed function is bitwise reproducible on the CPU; reductions in
-    another order (GPU atomics, another thread split) differ by a few ``eps`` times the
-    condition of the sum, far below ``sqrt(eps)`` (1.5e-8 in float64, 3.5e-4 in float32).
-    Another batch, augmentation or dropout mask changes the loss by the spread of per-sample
-    losses over ``sqrt(B)`` (1e-2 and more): orders of magnitude above. A difference below
-    ``sqrt(eps)`` would also move the eigenvalues by less than that relative amount (Weyl),
-    below what Lanczos is asked to resolve.
+    Relative to the sum of the per-batch magnitudes (:class:`PassSums`), two passes over the
+    same samples differ by a few ``eps`` per batch, whatever the order of the batches or of
+    the samples in them: far below ``sqrt(eps)`` (1.5e-8 in float64, 3.5e-4 in float32).
+    Another augmentation, dropout mask or subset changes the risk by the spread of the
+    per-sample losses over ``sqrt(N)``: orders of magnitude above for any data set a
+    spectrum is computed on. A difference below ``sqrt(eps)`` would also move the
+    eigenvalues by less than that relative amount (Weyl), below what Lanczos resolves.
     """
     return float(torch.finfo(dtype).eps) ** 0.5
 
 
-def check_same_batch(
-    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]
-) -> None:
-    """ValueError when two reads of the first batch give another loss or gradient.
+@dataclass
+class PassSums:
+    """One pass over the data: ``sum_b w_b L_b``, ``sum_b w_b g_b`` and the magnitudes
+    ``sum_b w_b |L_b|``, ``sum_b w_b ||g_b||`` that bound their rounding."""
 
-    ``first``/``second``: ``(loss, flat gradient)``, both detached.
+    loss: float = 0.0
+    gradient: torch.Tensor | None = None
+    loss_scale: float = 0.0
+    gradient_scale: float = 0.0
+
+    def add(self, loss: torch.Tensor, gradient: torch.Tensor, weight: float) -> None:
+        g = gradient.double() * weight
+        self.gradient = g if self.gradient is None else self.gradient + g
+        self.loss += float(loss) * weight
+        self.loss_scale += abs(float(loss)) * weight
+        self.gradient_scale += float(gradient.double().norm()) * weight
+
+
+def check_same_pass(first: PassSums, second: PassSums, dtype: torch.dtype) -> None:
+    """ValueError when two passes over the data give another risk or gradient.
+
+    The differences are measured against the per-batch magnitudes, not against the totals:
+    a trained model's total gradient is far smaller than its batches' (they cancel), and
+    rounding scales with the terms of a sum, not with the sum.
     """
-    (loss1, grad1), (loss2, grad2) = first, second
-    rtol = determinism_rtol(loss1.dtype)
-    loss_gap = float(
-        (loss1 - loss2).abs() / torch.maximum(loss1.abs(), loss2.abs()).clamp_min(1e-300)
-    )
-    grad_gap = float(
-        (grad1 - grad2).norm() / torch.maximum(grad1.norm(), grad2.norm()).clamp_min(1e-300)
-    )
+    rtol = determinism_rtol(dtype)
+    loss_gap = abs(first.loss - second.loss) / max(first.loss_scale, 1e-300)
+    grad_gap = float((first.gradient - second.gradient).norm()) / max(first.gradient_scale, 1e-300)
     if loss_gap > rtol or grad_gap > rtol:
         raise ValueError(
-            "data/model: the first batch read twice gave different results (loss "
-            f"{float(loss1):.6g} vs {float(loss2):.6g}, relative gradient difference "
-            f"{grad_gap:.2g}, tolerance {rtol:.1g}): each product would use another matrix and "
-            f"Lanczos would return nonsense. {DETERMINISM_REMEDY}"
+            "data/model: two passes over the data gave different results (risk "
+            f"{first.loss:.6g} vs {second.loss:.6g}, gradient difference {grad_gap:.2g} of the "
+            f"batches' gradient norms, tolerance {rtol:.1g}): each product would use another "
+            f"matrix and Lanczos would return nonsense. {DETERMINISM_REMEDY}"
         )
 
 

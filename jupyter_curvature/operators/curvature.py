@@ -50,11 +50,13 @@ class EmpiricalRiskOperator(CurvatureOperator):
         batch_layout: ``fn(batch) -> (model_args, targets)`` for other batch layouts.
         check: run the first batch now (forward and gradient), so bad input fails at
             construction rather than in the middle of a spectrum.
-        check_deterministic: with ``check``, read the first batch a second time and require the
-            same loss and gradient (to ``sqrt(eps)`` relative, see
-            :func:`~jupyter_curvature.operators._inputs.determinism_rtol`), and every pass to
-            read the same number of samples: a shuffling loader, random augmentation or
-            dropout left on would make each product another matrix. ``False`` skips this.
+        check_deterministic: with ``check``, read the whole data twice and require the
+            same risk and gradient up to rounding (see
+            :func:`~jupyter_curvature.operators._inputs.check_same_pass`), and every pass to
+            read the same number of samples: random augmentation, dropout left on, a random
+            subset or batch statistics of reshuffled batches would make each product another
+            matrix. A loader that only reshuffles the same samples passes: the risk is a sum
+            over samples. ``False`` skips this.
         outputs: ``fn(model_output) -> tensor`` picking the tensor the loss takes from a model
             that returns a tuple or a dict (``outputs=lambda out: out["logits"]``).
         distributed: sum the partial products of all ``torch.distributed`` ranks (each rank
@@ -154,20 +156,31 @@ class EmpiricalRiskOperator(CurvatureOperator):
         return loss if loss.ndim == 0 else loss.reshape(())  # a view would hide a leaf
 
     def _check_first_batch(self) -> None:
-        """Weights, first batch, outputs, loss and gradient; with ``check_deterministic`` all twice.
+        """Weights, first batch, outputs, loss and gradient; with ``check_deterministic`` the
+        whole data, twice (:func:`~jupyter_curvature.operators._inputs.check_same_pass`).
 
-        Costs one forward and one gradient of the first batch, two with ``check_deterministic``
-        (the determinism check reads only the first batch: shuffling, augmentation and
-        dropout all show there).
+        Costs one forward and one gradient of the first batch, and with
+        ``check_deterministic`` two gradients of the whole data (a Lanczos run costs
+        hundreds of products of two to three gradients each).
         """
         _inputs.check_finite_parameters(self.model.named_parameters())
         with self._mode():
-            first = self._first_batch_loss_and_gradient()
+            self._loss_and_gradient(self.source.first().to(self.device, self.dtype))
             if self.check_deterministic:
-                _inputs.check_same_batch(first, self._first_batch_loss_and_gradient())
+                _inputs.check_same_pass(
+                    self._pass_loss_and_gradient(), self._pass_loss_and_gradient(), self.dtype
+                )
 
-    def _first_batch_loss_and_gradient(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.source.first().to(self.device, self.dtype)
+    def _pass_loss_and_gradient(self) -> _inputs.PassSums:
+        """One pass over the data: the risk and its gradient, and the sums of the per-batch
+        magnitudes that bound their rounding (weights ``w_b`` as in :meth:`_accumulate`)."""
+        sums = _inputs.PassSums()
+        for batch in self._batches():
+            loss, grad = self._loss_and_gradient(batch)
+            sums.add(loss, grad, batch.size if self.reduction == "mean" else 1)
+        return sums
+
+    def _loss_and_gradient(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = self._forward(batch)
         if self._needs_tensor_outputs:
             _inputs.require_tensor_outputs(outputs, type(self).__name__)
