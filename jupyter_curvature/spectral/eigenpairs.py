@@ -68,7 +68,7 @@ import scipy.linalg
 import torch
 
 from .._files import atomic_savez
-from ._checks import Operator, check_int, check_positive, resolve_device
+from ._checks import Operator, check_int, check_positive, check_seed, resolve_device
 from .lanczos import (
     GPYTORCH_BREAKDOWN,
     LanczosClosure,
@@ -486,6 +486,7 @@ def eigenpairs(
     """
     A = Operator(op, keep_graphs=keep_graphs)
     k, which, tol = _check_args(A, k, which, tol)
+    seed = check_seed(seed)
     if verify not in ("stored", "product", "estimate"):
         raise ValueError(f"verify must be 'stored', 'product' or 'estimate', got {verify!r}")
     n = A.n
