@@ -3,7 +3,7 @@
 from ._batches import BatchLayout, default_layout
 from ._model_state import BATCHNORM_POLICIES, curvature_mode
 from ._params import flatten, select_parameters, unflatten
-from .base import CurvatureOperator, DenseOperator
+from .base import CurvatureOperator, DenseOperator, ModelChangedError
 from .curvature import EmpiricalFisherOperator, EmpiricalRiskOperator, GGNOperator, HessianOperator
 from .loss_hessians import SUPPORTED_LOSSES, output_hessian_for
 
@@ -19,6 +19,7 @@ __all__ = [
     "EmpiricalRiskOperator",
     "GGNOperator",
     "HessianOperator",
+    "ModelChangedError",
     "SUPPORTED_LOSSES",
     "curvature_mode",
     "default_layout",

@@ -13,10 +13,17 @@ In both, the chosen parameters require gradients and all others do not (so autog
 work for them). On exit every module's ``training`` flag, every BatchNorm's
 ``track_running_stats``, every parameter's ``requires_grad`` and every buffer's values are
 exactly as before; ``.grad`` is never touched because products use ``torch.autograd.grad``.
+
+The state is the model's, not the operator's, so the block holds the model's one re-entrant
+lock (:func:`model_lock`), shared by every operator on that model: two threads never see each
+other's temporary state, and a snapshot never records another thread's temporary state as the
+one to restore.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -25,6 +32,19 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 BATCHNORM_POLICIES = ("eval", "train")
+
+# weak keys: a lock goes with its model, and the model itself stays picklable and copyable
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The one re-entrant lock of ``model``, the same object for every operator built on it."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 def check_batchnorm_policy(batchnorm: str) -> str:
@@ -41,6 +61,12 @@ def curvature_mode(
     model: nn.Module, chosen: Sequence[torch.Tensor], batchnorm: str = "eval"
 ) -> Iterator[None]:
     """Within the block the model is ready for curvature products; afterwards it is as it was."""
+    with model_lock(model), _prepared(model, chosen, batchnorm):
+        yield
+
+
+@contextmanager
+def _prepared(model: nn.Module, chosen: Sequence[torch.Tensor], batchnorm: str) -> Iterator[None]:
     training_flags = [(m, m.training) for m in model.modules()]
     tracking_flags = [
         (m, m.track_running_stats) for m in model.modules() if isinstance(m, _BatchNorm)

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 
 import torch
 
 from ._inputs import check_finite_vector
+
+
+class ModelChangedError(RuntimeError):
+    """The operator's parameters changed in place while a product (or spectral call) ran."""
+
+
+def check_unchanged(before: tuple[int, ...], after: tuple[int, ...]) -> None:
+    """Raise :class:`ModelChangedError` when parameter version counters moved."""
+    if before != after:
+        raise ModelChangedError(
+            "the operator's parameters changed in place while its products ran (an optimiser "
+            "step or load_state_dict in another thread?); the result would mix two models, so "
+            "none is given. Run them one after the other, or hold the operator's lock around "
+            "the other thread's change: `with op.lock: optimizer.step()`"
+        )
 
 
 class CurvatureOperator(ABC):
@@ -15,6 +31,10 @@ class CurvatureOperator(ABC):
     Subclasses implement :meth:`_matmat` on a validated ``(n, k)`` block; the public
     :meth:`matmat` / ``@`` check the input first (shape, dtype, device, NaN/inf), count the
     products in :attr:`num_matvecs`, and accept a flat vector ``(n,)`` or a block ``(n, k)``.
+
+    Threads: every product runs under :attr:`lock` (re-entrant), and spectral routines hold it
+    for their whole call, so one operator may be shared between threads (docs/spectral.md).
+    A product whose parameters change in place while it runs raises :class:`ModelChangedError`.
     """
 
     #: an operator is symmetric; spectral methods rely on this
@@ -25,6 +45,20 @@ class CurvatureOperator(ABC):
         self.dtype = dtype
         self.device = torch.device(device)
         self.num_matvecs = 0
+        #: held for each product; hold it to change the parameters safely from another thread
+        self.lock = self._new_lock()
+
+    def _new_lock(self) -> threading.RLock:
+        return threading.RLock()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["lock"]  # a lock neither pickles nor copies: a copy gets its own
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.lock = self._new_lock()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -39,8 +73,15 @@ class CurvatureOperator(ABC):
     def matmat(self, v: torch.Tensor) -> torch.Tensor:
         """The product with a vector ``(n,)`` or a block of vectors ``(n, k)``."""
         block = self._check_vector(v)
-        result = self._matmat(block)
-        self.num_matvecs += block.shape[1]
+        with self.lock:
+            versions = self.parameter_versions()
+            try:
+                result = self._matmat(block)
+            except RuntimeError:  # autograd's "modified by an inplace operation": name the cause
+                check_unchanged(versions, self.parameter_versions())
+                raise
+            check_unchanged(versions, self.parameter_versions())
+            self.num_matvecs += block.shape[1]
         return result[:, 0] if v.ndim == 1 else result
 
     matvec = matmat
@@ -67,6 +108,10 @@ class CurvatureOperator(ABC):
             )
         check_finite_vector(v)
         return v if v.ndim == 2 else v.unsqueeze(1)
+
+    def parameter_versions(self) -> tuple[int, ...]:
+        """Version counters of the tensors the products read; any in-place change moves one."""
+        return ()
 
     @abstractmethod
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
@@ -109,6 +154,9 @@ class DenseOperator(CurvatureOperator):
             raise ValueError(f"matrix must be square, got shape {tuple(matrix.shape)}")
         super().__init__(matrix.shape[0], matrix.dtype, matrix.device)
         self.matrix = matrix
+
+    def parameter_versions(self) -> tuple[int, ...]:
+        return (self.matrix._version,)
 
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
         return self.matrix @ block

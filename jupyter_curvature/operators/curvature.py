@@ -13,6 +13,7 @@ one gradient graph) serves all ``k`` columns.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,9 +25,14 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from . import _inputs, _params
 from ._batches import Batch, BatchLayout, BatchSource
 from ._distributed import all_reduce_sum, check_start, is_distributed
-from ._model_state import check_batchnorm_policy, curvature_mode
+from ._model_state import check_batchnorm_policy, curvature_mode, model_lock
 from .base import CurvatureOperator
 from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
+
+# forward-mode AD keeps its nesting level in process-wide globals (``_current_level`` of
+# torch.autograd.forward_ad, ``JVP_NESTING`` of torch.func.jvp): two threads inside it at once
+# fail with "Nested forward mode AD is not supported", whatever models they differentiate
+_FORWARD_AD = threading.Lock()
 
 
 def _check_loss_fn(loss_fn: Any) -> None:
@@ -116,6 +122,12 @@ class EmpiricalRiskOperator(CurvatureOperator):
     def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per-parameter tensors (in :attr:`params` order) as one flat vector."""
         return _params.flatten(tensors)
+
+    def _new_lock(self) -> threading.RLock:
+        return model_lock(self.model)  # the model's state is shared by all its operators
+
+    def parameter_versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.params)
 
     def unflatten(self, vector: torch.Tensor) -> list[torch.Tensor]:
         """A flat vector ``(n,)`` or block ``(n, k)`` as tensors shaped like :attr:`params`."""
@@ -418,7 +430,7 @@ class GGNOperator(_FunctionalOperator):
         """``G v`` for one vector: a dual-number forward (outputs and ``J v``), one backward."""
         primals = [p.detach().requires_grad_() for p in self.params]
         tangents = [t[..., 0] for t in self.unflatten(block)]
-        with fwAD.dual_level():
+        with _FORWARD_AD, fwAD.dual_level():
             duals = [fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
             outputs, Jv = fwAD.unpack_dual(self._function(batch)(*duals))
         if Jv is None:  # the outputs do not depend on the chosen parameters
@@ -478,7 +490,8 @@ class GGNOperator(_FunctionalOperator):
         def push_forward(*tangent):
             return jvp(forward, primals, tangent)[1]
 
-        JV = vmap(push_forward)(*tangents)  # (k, *outputs.shape)
+        with _FORWARD_AD:
+            JV = vmap(push_forward)(*tangents)  # (k, *outputs.shape)
         HJV = self._output_hessian(outputs.detach(), batch.targets, JV)
         columns = vmap(pullback)(HJV)  # tuple over params of (k, *p.shape)
         return torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1).T

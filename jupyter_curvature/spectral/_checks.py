@@ -7,11 +7,13 @@ such instead of surfacing later as a garbage eigenvalue.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from typing import Any
 
 import torch
 
+from ..operators.base import check_unchanged
 from ._graphs import GraphKeeper
 
 #: relative asymmetry |u^T A w - w^T A u| / (||A u|| ||w|| + ||A w|| ||u||) that counts as
@@ -37,6 +39,11 @@ class Operator:
     Lanczos basis dtype/device and the operator's, and checks every product for NaN. Used as a
     context manager it keeps a Hessian's gradient graphs for the length of the ``with`` block
     (``keep_graphs``, see :mod:`._graphs`) and leaves the operator as it found it.
+
+    The ``with`` block also holds the operator's ``lock``: a spectral call is one unit, so its
+    graphs, its ``keep_graphs`` switch and the model state belong to it alone while it runs
+    (other threads wait), and every product is checked to see the parameters of the first
+    (a change in between would mix two matrices in one Krylov space).
     """
 
     def __init__(self, op: Any, keep_graphs: bool | None = False) -> None:
@@ -64,18 +71,34 @@ class Operator:
         self.device = torch.device(getattr(op, "device", "cpu"))
         self.num_matvecs = 0
         self.graphs = GraphKeeper(op, keep_graphs)
+        self._versions: tuple[int, ...] | None = None  # the parameters' at the call's start
+        self._exit = contextlib.ExitStack()
+
+    def _parameter_versions(self) -> tuple[int, ...]:
+        versions = getattr(self.op, "parameter_versions", None)
+        return versions() if callable(versions) else ()
 
     def __enter__(self) -> Operator:
-        self.graphs.open()
+        with contextlib.ExitStack() as stack:
+            lock = getattr(self.op, "lock", None)
+            if lock is not None:
+                stack.enter_context(lock)
+            self.graphs.open()
+            stack.callback(self.graphs.close)
+            self._versions = self._parameter_versions()
+            self._exit = stack.pop_all()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.graphs.close()
+        self._versions = None
+        self._exit.close()
 
     def matmat(self, block: torch.Tensor) -> torch.Tensor:
         """``A @ block`` for a ``(n, k)`` block in any dtype/device; returned in the block's."""
         x = block.to(dtype=self.dtype, device=self.device)
         y = self.graphs.product(x)
+        if self._versions is not None:
+            check_unchanged(self._versions, self._parameter_versions())
         self.num_matvecs += block.shape[1]
         if not all_finite(y):
             raise FloatingPointError(NAN_MESSAGE)

@@ -77,7 +77,10 @@ class _SavedBytes:
             self.total += storage.nbytes()
             if self.total > self.budget:
                 raise _GraphsTooLarge
-        return t
+        # not ``t`` itself: a saved output holds its own grad_fn, and that node would then hold
+        # the output through this hook: a reference cycle inside autograd's C++ graph, which
+        # Python's collector cannot see, so each watched graph leaked after its release
+        return t.detach()
 
     @staticmethod
     def unpack(t: torch.Tensor) -> torch.Tensor:
