@@ -24,10 +24,11 @@ import torch
 OutputsFn = Callable[[Any], torch.Tensor]
 
 DETERMINISM_REMEDY = (
-    "products need the same data and the same function on every pass: use "
-    "DataLoader(..., shuffle=False), no random transforms (augmentation), and no dropout that "
-    "stays on in eval mode (F.dropout(..., training=True)); if the difference is intended, "
-    "pass check_deterministic=False"
+    "products need the same data and the same function on every pass: no random transforms "
+    "(augmentation), no random subset of the samples, no dropout that stays on in eval mode "
+    "(F.dropout(..., training=True)), and DataLoader(..., shuffle=False) where the batches "
+    "themselves matter (drop_last=True, or batchnorm='train': batch statistics); if the "
+    "difference is intended, pass check_deterministic=False"
 )
 
 
