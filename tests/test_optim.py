@@ -607,8 +607,9 @@ def test_create_optimizer():
 # The threshold sits far below the spread of the run itself, which changes with the seed and
 # with the CPU kernels' rounding (one test sample is 0.34%, and a different rounding sends
 # training down another path). Measured by benchmarks/digits_accuracy_spread.py over seeds
-# 0-5 under ATEN_CPU_CAPABILITY=default and avx2: K-FAC 0.943-0.980 (mean 0.963, sd 0.011), SGD 0.970-0.980, Adam and SWATS
-# 0.976-0.990; an AVX-512 machine gave K-FAC 0.943 at seed 0. A threshold of 0.95 failed
+# 0-5 under ATEN_CPU_CAPABILITY=default and avx2: K-FAC 0.943-0.980 (mean 0.963, sd 0.011),
+# SGD 0.970-0.980, Adam and SWATS 0.976-0.990; an AVX-512 machine gave K-FAC 0.943 at seed 0
+# (so did the default kernels here, at seed 0). A threshold of 0.95 failed
 # there; 0.90 is more than five standard deviations below K-FAC's mean, while an optimiser
 # that does not train (or diverges) stays near 0.1.
 DIGITS_ACCURACY = 0.90
