@@ -26,6 +26,7 @@ from . import _inputs, _params
 from ._batches import Batch, BatchLayout, BatchSource
 from ._distributed import all_reduce_sum, check_start, is_distributed
 from ._model_state import check_batchnorm_policy, curvature_mode, model_lock
+from ._second_order import check_twice_differentiable, twice_differentiable
 from .base import CurvatureOperator
 from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
 
@@ -272,9 +273,24 @@ class HessianOperator(EmpiricalRiskOperator):
             return self._matmat_kept(block)
         return self._accumulate(block, self._batch_hvp)
 
+    def _check_first_batch(self) -> None:
+        """The shared checks, then one Hessian product of the first batch: an operation torch
+        cannot differentiate twice is named now, not in the middle of a spectrum."""
+        super()._check_first_batch()
+        first = self.source.first().to(self.device, self.dtype)
+        with self._mode(), twice_differentiable():
+            check_twice_differentiable(
+                self.model, lambda: self._loss(self._forward(first), first), self.params
+            )
+
     def _gradient_graph(self, batch: Batch) -> list[torch.Tensor | None]:
-        """``dL_b/dw`` with its graph; ``None`` where the gradient is constant (zero rows of H)."""
-        loss = self._loss(self._forward(batch), batch)
+        """``dL_b/dw`` with its graph; ``None`` where the gradient is constant (zero rows of H).
+
+        The forward runs in :func:`twice_differentiable`, so that operations whose second
+        derivative torch lacks (``hardsigmoid``, fused attention) get one.
+        """
+        with twice_differentiable():
+            loss = self._loss(self._forward(batch), batch)
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         return [g if g is not None and g.requires_grad else None for g in grads]
 
@@ -416,6 +432,15 @@ class GGNOperator(_FunctionalOperator):
 
     _forward_mode_works = True  # False once an operation without a forward-mode formula is met
 
+    def _check_first_batch(self) -> None:
+        """The shared checks, then: no custom Function that neither mode can differentiate."""
+        super()._check_first_batch()
+        first = self.source.first().to(self.device, self.dtype)
+        with self._mode():
+            check_twice_differentiable(
+                self.model, lambda: self._loss(self._forward(first), first), self.params, False
+            )
+
     def _batch_ggn(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
         if self._forward_mode_works:
             try:
@@ -447,7 +472,8 @@ class GGNOperator(_FunctionalOperator):
         and one for ``J^T (H_L J v)``.
         """
         primals = [p.detach().requires_grad_() for p in self.params]
-        outputs = self._function(batch)(*primals)
+        with twice_differentiable():  # J v differentiates the backward graph
+            outputs = self._function(batch)(*primals)
         self._loss(outputs.detach(), batch)
         dummy = torch.zeros_like(outputs, requires_grad=True)
         pulled = torch.autograd.grad(outputs, primals, dummy, create_graph=True, allow_unused=True)
