@@ -163,27 +163,29 @@ def _needs_jvp(node: Any) -> bool:
     return _once_differentiable(node) and node._forward_cls.jvp is torch.autograd.Function.jvp
 
 
+@contextmanager
+def recorded_calls(model: nn.Module) -> Iterator[_ModuleCalls]:
+    """Within the block, forwards of ``model`` record which module made which graph node."""
+    calls = _ModuleCalls(model)
+    try:
+        yield calls
+    finally:
+        calls.remove()
+
+
 def check_twice_differentiable(
-    model: nn.Module,
-    loss_of_model: Callable[[], torch.Tensor],
-    params: list[torch.Tensor],
-    hessian: bool = True,
+    loss: torch.Tensor, params: list[torch.Tensor], calls: _ModuleCalls, hessian: bool = True
 ) -> None:
     """ValueError naming the module whose operation the operator cannot differentiate.
 
-    ``loss_of_model()`` runs the forward and the loss (in curvature mode). A custom
-    ``autograd.Function`` whose backward is ``once_differentiable`` is looked for in its graph:
-    a double backward through it fails, or silently drops the terms that pass through it when
-    the incoming gradient does not depend on the parameters. The GGN needs a double backward
-    only when the Function also has no ``jvp`` (its reverse-mode fallback); with
-    ``hessian=True`` one Hessian product with a vector of ones is then tried on that graph,
-    which names any operation whose backward torch cannot differentiate.
+    ``loss`` is the first batch's loss with its graph, built under :func:`recorded_calls`. A
+    custom ``autograd.Function`` whose backward is ``once_differentiable`` is looked for in
+    the graph: a double backward through it fails, or silently drops the terms that pass
+    through it when the incoming gradient does not depend on the parameters. The GGN needs a
+    double backward only when the Function also has no ``jvp`` (its reverse-mode fallback).
+    With ``hessian=True`` one Hessian product with a vector of ones is then tried, which
+    names any operation whose backward torch cannot differentiate.
     """
-    calls = _ModuleCalls(model)
-    try:
-        loss = loss_of_model()
-    finally:
-        calls.remove()
     is_culprit = _once_differentiable if hessian else _needs_jvp
     found = _Reach(is_culprit)
     if loss.grad_fn is not None and found(loss.grad_fn):
@@ -200,7 +202,8 @@ def _try_hessian_product(loss, params, calls: _ModuleCalls) -> None:
     if not live:
         return
     try:
-        torch.autograd.grad(live, params, [torch.ones_like(g) for g in live], allow_unused=True)
+        ones = [torch.ones_like(g) for g in live]  # the loss's graph stays for its gradient
+        torch.autograd.grad(live, params, ones, retain_graph=True, allow_unused=True)
     except RuntimeError as exc:
         missing = _MISSING_DERIVATIVE.search(str(exc))
         if missing is None:

@@ -26,7 +26,7 @@ from . import _inputs, _params
 from ._batches import Batch, BatchLayout, BatchSource
 from ._distributed import all_reduce_sum, check_start, is_distributed
 from ._model_state import check_batchnorm_policy, curvature_mode, model_lock
-from ._second_order import check_twice_differentiable, twice_differentiable
+from ._second_order import check_twice_differentiable, recorded_calls, twice_differentiable
 from .base import CurvatureOperator
 from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
 
@@ -178,11 +178,15 @@ class EmpiricalRiskOperator(CurvatureOperator):
         """
         _inputs.check_finite_parameters(self.model.named_parameters())
         with self._mode():
-            self._loss_and_gradient(self.source.first().to(self.device, self.dtype))
+            self._check_batch(self.source.first().to(self.device, self.dtype))
             if self.check_deterministic:
                 _inputs.check_same_pass(
                     self._pass_loss_and_gradient(), self._pass_loss_and_gradient(), self.dtype
                 )
+
+    def _check_batch(self, batch: Batch) -> None:
+        """The first batch's forward, loss and gradient (subclasses add their own checks)."""
+        self._loss_and_gradient(batch)
 
     def _pass_loss_and_gradient(self) -> _inputs.PassSums:
         """One pass over the data: the risk and its gradient, and the sums of the per-batch
@@ -193,11 +197,16 @@ class EmpiricalRiskOperator(CurvatureOperator):
             sums.add(loss, grad, batch.size if self.reduction == "mean" else 1)
         return sums
 
-    def _loss_and_gradient(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss_and_gradient(
+        self, batch: Batch, check_graph: Callable[[torch.Tensor], None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss and flat gradient; ``check_graph(loss)`` sees the graph first."""
         outputs = self._forward(batch)
         if self._needs_tensor_outputs:
             _inputs.require_tensor_outputs(outputs, type(self).__name__)
         loss = self._loss(outputs, batch)
+        if check_graph is not None and loss.requires_grad:
+            check_graph(loss)
         grads = (
             torch.autograd.grad(loss, self.params, allow_unused=True)
             if loss.requires_grad
@@ -273,14 +282,12 @@ class HessianOperator(EmpiricalRiskOperator):
             return self._matmat_kept(block)
         return self._accumulate(block, self._batch_hvp)
 
-    def _check_first_batch(self) -> None:
-        """The shared checks, then one Hessian product of the first batch: an operation torch
-        cannot differentiate twice is named now, not in the middle of a spectrum."""
-        super()._check_first_batch()
-        first = self.source.first().to(self.device, self.dtype)
-        with self._mode(), twice_differentiable():
-            check_twice_differentiable(
-                self.model, lambda: self._loss(self._forward(first), first), self.params
+    def _check_batch(self, batch: Batch) -> None:
+        """The shared checks, then one Hessian product of the batch: an operation torch cannot
+        differentiate twice is named now, not in the middle of a spectrum."""
+        with twice_differentiable(), recorded_calls(self.model) as calls:
+            self._loss_and_gradient(
+                batch, lambda loss: check_twice_differentiable(loss, self.params, calls)
             )
 
     def _gradient_graph(self, batch: Batch) -> list[torch.Tensor | None]:
@@ -432,13 +439,11 @@ class GGNOperator(_FunctionalOperator):
 
     _forward_mode_works = True  # False once an operation without a forward-mode formula is met
 
-    def _check_first_batch(self) -> None:
+    def _check_batch(self, batch: Batch) -> None:
         """The shared checks, then: no custom Function that neither mode can differentiate."""
-        super()._check_first_batch()
-        first = self.source.first().to(self.device, self.dtype)
-        with self._mode():
-            check_twice_differentiable(
-                self.model, lambda: self._loss(self._forward(first), first), self.params, False
+        with recorded_calls(self.model) as calls:
+            self._loss_and_gradient(
+                batch, lambda loss: check_twice_differentiable(loss, self.params, calls, False)
             )
 
     def _batch_ggn(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
