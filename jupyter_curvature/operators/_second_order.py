@@ -56,8 +56,20 @@ def _hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     return x.copy_(out) if inplace else out
 
 
-def _attention(query, key, value, *args, **kwargs) -> torch.Tensor:
-    return torch.ops.aten._scaled_dot_product_attention_math(query, key, value, *args, **kwargs)[0]
+def _attention(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` by its reference implementation (same signature)."""
+    return torch.ops.aten._scaled_dot_product_attention_math(
+        query,
+        key,
+        value,
+        attn_mask,
+        dropout_p,
+        is_causal,
+        scale=scale,
+        enable_gqa=enable_gqa,
+    )[0]
 
 
 def _multi_head_attention(*args, **kwargs):
