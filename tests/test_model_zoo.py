@@ -207,6 +207,37 @@ def test_once_differentiable_function_with_jvp_gives_the_ggn():
     assert_close(G @ v, expected, what="GGN v through a Function with jvp")
 
 
+class Doubled(torch.autograd.Function):
+    """``2 x`` with a differentiable backward and no ``jvp``: the GGN falls back to reverse mode."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
+class Times2(nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+def test_ggn_reverse_mode_fallback_through_hardsigmoid():
+    """``J v`` by the double-backward trick differentiates hardsigmoid's backward too."""
+    model = nn.Sequential(nn.Linear(3, 5), nn.Hardsigmoid(), Squared(Doubled), nn.Linear(5, 4))
+    reference = nn.Sequential(nn.Linear(3, 5), ElementaryHardsigmoid(), Times2(), nn.Linear(5, 4))
+    reference.double().load_state_dict(model.double().state_dict())
+    x, y = _batch()
+    G = jc.GGNOperator(model, nn.CrossEntropyLoss(), (x, y))
+    v = torch.randn(G.shape[0], dtype=torch.float64)
+    Gv = G @ v
+    assert not G._forward_mode_works  # the reverse-mode path really ran
+    expected = dense_ggn(reference, nn.CrossEntropyLoss(), x, y) @ v
+    assert_close(Gv, expected, what="GGN v in reverse mode through hardsigmoid")
+
+
 class RawHardsigmoid(nn.Module):
     def forward(self, x):
         return torch.ops.aten.hardsigmoid.default(x)  # below the function mode: not rerouted
