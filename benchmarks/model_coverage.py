@@ -22,6 +22,7 @@ import json
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -122,12 +123,18 @@ def _error(exc: BaseException) -> str:
 
 
 def timed(fn) -> dict:
+    """``fn()``'s seconds, or its error; the first RuntimeWarning it raised, if any."""
     start = time.perf_counter()
     try:
-        value = fn()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            value = fn()
     except Exception as exc:  # noqa: BLE001 (the sweep records every failure)
         return {"ok": False, "error": _error(exc), "trace": traceback.format_exc(limit=-3)}
     out = {"ok": True, "seconds": round(time.perf_counter() - start, 3)}
+    runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    if runtime:
+        out["warning"] = str(runtime[0].message).split(";")[0][:160]
     if value is not None:
         out["value"] = float(value)
     return out
@@ -189,7 +196,8 @@ def measure(model: nn.Module, size: int) -> dict:
 
 def cell(result: dict) -> str:
     if result.get("ok"):
-        return f"ok {result['seconds']:.2f} s"
+        note = f" (warns: {result['warning']})" if "warning" in result else ""
+        return f"ok {result['seconds']:.2f} s{note}".replace("|", "/")
     return "fails: " + result["error"].replace("|", "/")
 
 
