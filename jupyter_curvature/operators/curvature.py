@@ -26,6 +26,7 @@ from . import _inputs, _params
 from ._batches import Batch, BatchLayout, BatchSource
 from ._distributed import all_reduce_sum, check_start, is_distributed
 from ._model_state import check_batchnorm_policy, curvature_mode, model_lock
+from ._second_order import check_twice_differentiable, recorded_calls, twice_differentiable
 from .base import CurvatureOperator
 from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
 
@@ -177,11 +178,15 @@ class EmpiricalRiskOperator(CurvatureOperator):
         """
         _inputs.check_finite_parameters(self.model.named_parameters())
         with self._mode():
-            self._loss_and_gradient(self.source.first().to(self.device, self.dtype))
+            self._check_batch(self.source.first().to(self.device, self.dtype))
             if self.check_deterministic:
                 _inputs.check_same_pass(
                     self._pass_loss_and_gradient(), self._pass_loss_and_gradient(), self.dtype
                 )
+
+    def _check_batch(self, batch: Batch) -> None:
+        """The first batch's forward, loss and gradient (subclasses add their own checks)."""
+        self._loss_and_gradient(batch)
 
     def _pass_loss_and_gradient(self) -> _inputs.PassSums:
         """One pass over the data: the risk and its gradient, and the sums of the per-batch
@@ -192,11 +197,16 @@ class EmpiricalRiskOperator(CurvatureOperator):
             sums.add(loss, grad, batch.size if self.reduction == "mean" else 1)
         return sums
 
-    def _loss_and_gradient(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss_and_gradient(
+        self, batch: Batch, check_graph: Callable[[torch.Tensor], None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss and flat gradient; ``check_graph(loss)`` sees the graph first."""
         outputs = self._forward(batch)
         if self._needs_tensor_outputs:
             _inputs.require_tensor_outputs(outputs, type(self).__name__)
         loss = self._loss(outputs, batch)
+        if check_graph is not None and loss.requires_grad:
+            check_graph(loss)
         grads = (
             torch.autograd.grad(loss, self.params, allow_unused=True)
             if loss.requires_grad
@@ -272,9 +282,22 @@ class HessianOperator(EmpiricalRiskOperator):
             return self._matmat_kept(block)
         return self._accumulate(block, self._batch_hvp)
 
+    def _check_batch(self, batch: Batch) -> None:
+        """The shared checks, then one Hessian product of the batch: an operation torch cannot
+        differentiate twice is named now, not in the middle of a spectrum."""
+        with twice_differentiable(), recorded_calls(self.model) as calls:
+            self._loss_and_gradient(
+                batch, lambda loss: check_twice_differentiable(loss, self.params, calls)
+            )
+
     def _gradient_graph(self, batch: Batch) -> list[torch.Tensor | None]:
-        """``dL_b/dw`` with its graph; ``None`` where the gradient is constant (zero rows of H)."""
-        loss = self._loss(self._forward(batch), batch)
+        """``dL_b/dw`` with its graph; ``None`` where the gradient is constant (zero rows of H).
+
+        The forward runs in :func:`twice_differentiable`, so that operations whose second
+        derivative torch lacks (``hardsigmoid``, fused attention) get one.
+        """
+        with twice_differentiable():
+            loss = self._loss(self._forward(batch), batch)
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         return [g if g is not None and g.requires_grad else None for g in grads]
 
@@ -416,6 +439,13 @@ class GGNOperator(_FunctionalOperator):
 
     _forward_mode_works = True  # False once an operation without a forward-mode formula is met
 
+    def _check_batch(self, batch: Batch) -> None:
+        """The shared checks, then: no custom Function that neither mode can differentiate."""
+        with recorded_calls(self.model) as calls:
+            self._loss_and_gradient(
+                batch, lambda loss: check_twice_differentiable(loss, self.params, calls, False)
+            )
+
     def _batch_ggn(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
         if self._forward_mode_works:
             try:
@@ -447,7 +477,8 @@ class GGNOperator(_FunctionalOperator):
         and one for ``J^T (H_L J v)``.
         """
         primals = [p.detach().requires_grad_() for p in self.params]
-        outputs = self._function(batch)(*primals)
+        with twice_differentiable():  # J v differentiates the backward graph
+            outputs = self._function(batch)(*primals)
         self._loss(outputs.detach(), batch)
         dummy = torch.zeros_like(outputs, requires_grad=True)
         pulled = torch.autograd.grad(outputs, primals, dummy, create_graph=True, allow_unused=True)

@@ -1,0 +1,284 @@
+"""Curvature of the models people use: activations and attention whose second derivative torch
+lacks, custom Functions that cannot be differentiated twice, and a fast subset of the zoo sweep
+(benchmarks/model_coverage.py) against plain double backward on the same batch."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from reference import (
+    assert_close,
+    assert_same_state,
+    dense_ggn,
+    dense_hessian,
+    dense_hessian_by_differences,
+    snapshot,
+)
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+import jupyter_curvature as jc
+from jupyter_curvature.operators._second_order import twice_differentiable
+
+# ---------------------------------------------------------------- elementary references
+
+
+class ElementaryHardsigmoid(nn.Module):
+    """``clamp(x + 3, 0, 6) / 6``: torch knows every derivative of these operations."""
+
+    def forward(self, x):
+        return torch.clamp(x + 3, 0, 6) / 6
+
+
+class ElementaryHardswish(nn.Module):
+    def forward(self, x):
+        return x * torch.clamp(x + 3, 0, 6) / 6
+
+
+ACTIVATIONS = {
+    "hardsigmoid": (lambda: nn.Hardsigmoid(), ElementaryHardsigmoid),
+    "hardsigmoid_inplace": (lambda: nn.Hardsigmoid(inplace=True), ElementaryHardsigmoid),
+    "hardswish": (lambda: nn.Hardswish(), ElementaryHardswish),
+    "hardswish_inplace": (lambda: nn.Hardswish(inplace=True), ElementaryHardswish),
+}
+
+
+def _mlp(activation: nn.Module) -> nn.Module:
+    # the second linear layer makes the in-place activation act on a non-leaf, as in a network
+    return nn.Sequential(nn.Linear(3, 5), activation, nn.Linear(5, 4)).double()
+
+
+def _batch():
+    # pre-activations spread over (-3, 3) and beyond: every piece of the activations is used
+    x = 2.0 * torch.randn(7, 3, dtype=torch.float64)
+    return x, torch.randint(0, 4, (7,))
+
+
+def _swap(model: nn.Module, kind: type, make) -> nn.Module:
+    """A deep copy of ``model`` with every ``kind`` submodule replaced by ``make()``."""
+    copied = copy.deepcopy(model)
+    for name, module in list(copied.named_modules()):
+        if isinstance(module, kind):
+            parent, _, child = name.rpartition(".")
+            setattr(copied.get_submodule(parent) if parent else copied, child, make())
+    return copied
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activation_hessian_matches_elementary_network_and_differences(name):
+    make, elementary = ACTIVATIONS[name]
+    model = _mlp(make())
+    reference = _swap(model, type(model[1]), elementary)
+    x, y = _batch()
+    loss_fn = nn.CrossEntropyLoss()
+    before = snapshot(model)
+    H = jc.HessianOperator(model, loss_fn, (x, y)).to_dense()
+    assert_same_state(model, before)
+    assert_close(H, dense_hessian(reference, loss_fn, x, y), what=f"{name}: H vs torch.func")
+    by_differences = dense_hessian_by_differences(model, loss_fn, x, y)
+    assert_close(H, by_differences, rtol=1e-6, atol=1e-8, what=f"{name}: H vs differences")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fn", [F.hardsigmoid, F.hardswish])
+def test_rerouted_activations_keep_the_kernels_values_and_in_place_semantics(fn, dtype):
+    x = torch.cat([torch.linspace(-4, 4, 801, dtype=dtype), torch.randn(1000, dtype=dtype) * 3])
+    expected = fn(x)
+    with twice_differentiable():
+        out = fn(x)
+        inplace = x.clone()
+        returned = fn(inplace, inplace=True)
+    assert torch.equal(out, expected)
+    assert returned is inplace and torch.equal(inplace, expected)
+
+
+class ExplicitAttention(nn.Module):
+    """``softmax(q k^T * scale) v`` with a learned projection; ``fused=False``: the reference."""
+
+    def __init__(self, dim: int = 4, fused: bool = True) -> None:
+        super().__init__()
+        self.qkv, self.head, self.fused = nn.Linear(dim, 3 * dim), nn.Linear(dim, 3), fused
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if self.fused:
+            att = F.scaled_dot_product_attention(q, k, v, scale=0.7)
+        else:
+            att = torch.softmax(q @ k.transpose(-1, -2) * 0.7, -1) @ v
+        return self.head(att.mean(1))
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, need_weights: bool = False) -> None:
+        super().__init__()
+        self.attn, self.head = nn.MultiheadAttention(4, 2, batch_first=True), nn.Linear(4, 3)
+        self.need_weights = need_weights
+
+    def forward(self, x):
+        out, _ = self.attn(x, x, x, need_weights=self.need_weights)
+        return self.head(out.mean(1))
+
+
+@pytest.mark.parametrize("kind", ["scaled_dot_product_attention", "MultiheadAttention"])
+def test_fused_attention_hessian_matches_explicit_attention(kind):
+    """The CPU flash-attention kernel has no double backward; products use the explicit one."""
+    if kind == "MultiheadAttention":
+        model = AttentionBlock().double()
+        reference = copy.deepcopy(model)
+        reference.need_weights = True  # torch's own bmm/softmax path
+    else:
+        model = ExplicitAttention().double()
+        reference = copy.deepcopy(model)
+        reference.fused = False
+    x, y = torch.randn(3, 5, 4, dtype=torch.float64), torch.tensor([0, 2, 1])
+    loss_fn = nn.CrossEntropyLoss()
+    H = jc.HessianOperator(model, loss_fn, (x, y)).to_dense()
+    assert_close(H, dense_hessian(reference, loss_fn, x, y), rtol=1e-9, what=f"{kind}: H")
+
+
+# ---------------------------------------------------------------- custom Functions
+
+
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+class SquareWithJvp(Square):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
+        return x * x
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        (x,) = ctx.saved_tensors
+        return 2 * x * tangent
+
+
+class Squared(nn.Module):
+    def __init__(self, function=None) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, x):
+        return x * x if self.function is None else self.function.apply(x)
+
+
+def _net(function) -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.Linear(4, 4), Squared(function)), nn.Linear(4, 4)).double()  # fmt: skip
+
+
+@pytest.mark.parametrize("operator", [jc.HessianOperator, jc.GGNOperator])
+def test_once_differentiable_function_is_named_and_the_model_untouched(operator):
+    model = _net(Square)
+    model[0].train()
+    before = snapshot(model)
+    x, y = _batch()
+    with pytest.raises(
+        ValueError, match=r"module '1\.1' uses custom autograd.Function Square"
+    ) as err:
+        operator(model, nn.CrossEntropyLoss(), (x, y))
+    assert "jvp staticmethod" in str(err.value) and "once_differentiable" in str(err.value)
+    assert_same_state(model, before)
+
+
+def test_once_differentiable_function_with_jvp_gives_the_ggn():
+    """The Hessian's remedy: forward mode gives ``J v`` without differentiating the backward."""
+    model, reference = _net(SquareWithJvp), _net(None)
+    x, y = _batch()
+    G = jc.GGNOperator(model, nn.CrossEntropyLoss(), (x, y))
+    v = torch.randn(G.shape[0], dtype=torch.float64)
+    expected = dense_ggn(reference, nn.CrossEntropyLoss(), x, y) @ v
+    assert_close(G @ v, expected, what="GGN v through a Function with jvp")
+
+
+class Doubled(torch.autograd.Function):
+    """``2 x`` with a differentiable backward and no ``jvp``: the GGN falls back to reverse mode."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
+class Times2(nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+def test_ggn_reverse_mode_fallback_through_hardsigmoid():
+    """``J v`` by the double-backward trick differentiates hardsigmoid's backward too."""
+    model = nn.Sequential(nn.Linear(3, 5), nn.Hardsigmoid(), Squared(Doubled), nn.Linear(5, 4))
+    reference = nn.Sequential(nn.Linear(3, 5), ElementaryHardsigmoid(), Times2(), nn.Linear(5, 4))
+    reference.double().load_state_dict(model.double().state_dict())
+    x, y = _batch()
+    G = jc.GGNOperator(model, nn.CrossEntropyLoss(), (x, y))
+    v = torch.randn(G.shape[0], dtype=torch.float64)
+    Gv = G @ v
+    assert not G._forward_mode_works  # the reverse-mode path really ran
+    expected = dense_ggn(reference, nn.CrossEntropyLoss(), x, y) @ v
+    assert_close(Gv, expected, what="GGN v in reverse mode through hardsigmoid")
+
+
+class RawHardsigmoid(nn.Module):
+    def forward(self, x):
+        return torch.ops.aten.hardsigmoid.default(x)  # below the function mode: not rerouted
+
+
+def test_operation_without_double_backward_is_named():
+    model = nn.Sequential(nn.Linear(3, 4), RawHardsigmoid(), nn.Linear(4, 4)).double()
+    before = snapshot(model)
+    x, y = _batch()
+    with pytest.raises(ValueError, match=r"module '1' uses aten::hardsigmoid.*GGNOperator"):
+        jc.HessianOperator(model, nn.CrossEntropyLoss(), (x, y))
+    assert_same_state(model, before)
+    jc.GGNOperator(model, nn.CrossEntropyLoss(), (x, y))  # the remedy works
+
+
+# ---------------------------------------------------------------- the zoo, fast subset
+
+ZOO = ["mobilenet_v3_small", "resnet18", "shufflenet_v2_x0_5", "efficientnet_b0"]
+
+
+def _plain_hvp(model, x, y, v_list):
+    """``H v`` by torch alone on the same batch, the model in eval mode."""
+    params = list(model.parameters())
+    loss = F.cross_entropy(model.eval()(x), y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    hv = torch.autograd.grad(grads, params, v_list)
+    return torch.cat([h.reshape(-1) for h in hv])
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_torchvision_hessian_product_equals_plain_double_backward(name):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=3).double().train()
+    x, y = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([0, 2])
+    before = snapshot(model)
+    H = jc.HessianOperator(model, nn.CrossEntropyLoss(), (x, y), check_deterministic=False)
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    Hv = H @ v
+    assert_same_state(model, before)  # still in train mode: stochastic depth was off in between
+    # MobileNetV3's hardsigmoid has no double backward in torch: the reference differentiates
+    # the same network with the elementary activation
+    reference = _swap(model, nn.Hardsigmoid, ElementaryHardsigmoid)
+    expected = _plain_hvp(reference, x, y, H.unflatten(v))
+    assert_close(Hv, expected, rtol=1e-9, atol=1e-9 * float(expected.abs().max()), what=name)
