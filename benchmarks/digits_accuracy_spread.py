@@ -15,45 +15,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+from pathlib import Path
 
 import torch
-from torch import nn
 
-from jupyter_curvature.data import get_dataset
-from jupyter_curvature.models import SmallCNN
-from jupyter_curvature.optim import KFAC, SWATS
+from jupyter_curvature.optim import KFAC
 
-OPTIMIZERS = {  # the test's settings, plus K-FAC with inverses refreshed within the run
-    "sgd": lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
-    "adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-2),
-    "swats": lambda m: SWATS(m.parameters(), lr=1e-2),
-    "kfac": lambda m: KFAC(m, lr=0.05),
-    "kfac_tinv10": lambda m: KFAC(m, lr=0.05, factor_interval=1, inverse_interval=10),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_optim import DIGITS, digits_accuracy  # noqa: E402  (the test's own run)
 
-
-def accuracy(name: str, seed: int, epochs: int) -> float:
-    """The test's training loop: batches of 128 in a seeded order, then test accuracy."""
-    torch.manual_seed(seed)
-    model = SmallCNN()
-    opt = OPTIMIZERS[name](model)
-    x, y = get_dataset("digits").tensors
-    xt, yt = get_dataset("digits", split="test").tensors
-    order = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=order)
-        for i in range(0, len(x), 128):
-            idx = perm[i : i + 128]
-            opt.zero_grad()
-            out = model(x[idx])
-            if hasattr(opt, "wants_fisher") and opt.wants_fisher():
-                opt.fisher_backward(out)
-            nn.functional.cross_entropy(out, y[idx]).backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        return (model(xt).argmax(1) == yt).double().mean().item()
+OPTIMIZERS = {name: factory for name, (factory, _) in DIGITS.items()}
+# K-FAC with its inverses refreshed within the short run (96 steps < inverse_interval)
+OPTIMIZERS["kfac_tinv10"] = lambda m: KFAC(m, lr=0.05, factor_interval=1, inverse_interval=10)
 
 
 def main() -> None:
@@ -66,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     kernels = torch.backends.cpu.get_cpu_capability()
     for name in args.optimizers.split(","):
-        accs = [accuracy(name, seed, args.epochs) for seed in range(args.seeds)]
+        accs = [digits_accuracy(OPTIMIZERS[name], args.epochs, seed) for seed in range(args.seeds)]
         print(
             f"{name:12s} {kernels:8s} min {min(accs):.4f} max {max(accs):.4f} "
             f"mean {statistics.mean(accs):.4f} sd {statistics.stdev(accs):.4f}  "

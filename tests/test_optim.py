@@ -621,15 +621,15 @@ DIGITS = {
 }
 
 
-@pytest.mark.parametrize("name", list(DIGITS))
-def test_trains_the_small_cnn_on_digits(name):
-    factory, epochs = DIGITS[name]
-    torch.manual_seed(0)
+def digits_accuracy(factory, epochs: int, seed: int = 0) -> float:
+    """Test accuracy of the small CNN after ``epochs`` of batches of 128 in a seeded order
+    (also run by benchmarks/digits_accuracy_spread.py, over seeds and kernels)."""
+    torch.manual_seed(seed)
     model = SmallCNN()
     opt = factory(model)
     x, y = get_dataset("digits").tensors
     xt, yt = get_dataset("digits", split="test").tensors
-    order = torch.Generator().manual_seed(0)
+    order = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         model.train()
         perm = torch.randperm(len(x), generator=order)
@@ -643,5 +643,10 @@ def test_trains_the_small_cnn_on_digits(name):
             opt.step()
     model.eval()
     with torch.no_grad():
-        accuracy = (model(xt).argmax(1) == yt).double().mean().item()
+        return (model(xt).argmax(1) == yt).double().mean().item()
+
+
+@pytest.mark.parametrize("name", list(DIGITS))
+def test_trains_the_small_cnn_on_digits(name):
+    accuracy = digits_accuracy(*DIGITS[name])
     assert accuracy >= DIGITS_ACCURACY, (name, accuracy)
