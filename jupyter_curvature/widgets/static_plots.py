@@ -134,10 +134,30 @@ def plot_spectrum(
     return fig
 
 
+def layer_quantities(result: Any) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Per-layer quantities available in ``result``: ``{label: (layer names, values)}``.
+
+    From ``result.layers`` (``LayerCurvature``, the ``(all)`` row left out): ``λ max``,
+    ``trace``, ``parameters``; from ``result.norms`` (``WeightNorms``): ``weight L2``.
+    """
+    out: dict[str, tuple[list[str], np.ndarray]] = {}
+    layers = getattr(result, "layers", None)
+    if layers is not None:
+        rows = [r for r in layers.rows if r.layer != "(all)"]
+        names = [r.layer for r in rows]
+        out["λ max"] = (names, np.array([r.lambda_max for r in rows], dtype=float))
+        out["trace"] = (names, np.array([r.trace for r in rows], dtype=float))
+        out["parameters"] = (names, np.array([r.num_params for r in rows], dtype=float))
+    norms = getattr(result, "norms", None)
+    if norms is not None and norms.layers:
+        names = [r.layer for r in norms.layers]
+        vals = [np.nan if r.weight_l2 is None else r.weight_l2 for r in norms.layers]
+        out["weight L2"] = (names, np.array(vals, dtype=float))
+    return out
+
+
 def plot_stats(result: Any, *, figsize: tuple[float, float] = (10, 3.5)) -> Any:
     """Bar charts of every per-layer quantity of a statistics result."""
-    from .stats import layer_quantities
-
     quantities = layer_quantities(result)
     n = max(len(quantities), 1)
     fig, ax = _figure(1, n, (figsize[0], figsize[1]))

@@ -16,30 +16,9 @@ import ipywidgets as W
 import numpy as np
 
 from ._base import Panel
+from .static_plots import layer_quantities, plot_stats
 
 __all__ = ["StatsPanel", "layer_quantities"]
-
-
-def layer_quantities(result: Any) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Per-layer quantities available in ``result``: ``{label: (layer names, values)}``.
-
-    From ``result.layers`` (``LayerCurvature``, the ``(all)`` row left out): ``λ max``,
-    ``trace``, ``parameters``; from ``result.norms`` (``WeightNorms``): ``weight L2``.
-    """
-    out: dict[str, tuple[list[str], np.ndarray]] = {}
-    layers = getattr(result, "layers", None)
-    if layers is not None:
-        rows = [r for r in layers.rows if r.layer != "(all)"]
-        names = [r.layer for r in rows]
-        out["λ max"] = (names, np.array([r.lambda_max for r in rows], dtype=float))
-        out["trace"] = (names, np.array([r.trace for r in rows], dtype=float))
-        out["parameters"] = (names, np.array([r.num_params for r in rows], dtype=float))
-    norms = getattr(result, "norms", None)
-    if norms is not None and norms.layers:
-        names = [r.layer for r in norms.layers]
-        vals = [np.nan if r.weight_l2 is None else r.weight_l2 for r in norms.layers]
-        out["weight L2"] = (names, np.array(vals, dtype=float))
-    return out
 
 
 class StatsPanel(Panel):
@@ -121,6 +100,4 @@ class StatsPanel(Panel):
 
     def to_matplotlib(self, **kw: Any) -> Any:
         """The per-layer quantities as a matplotlib figure."""
-        from .static_plots import plot_stats
-
         return plot_stats(self.result, **kw)
