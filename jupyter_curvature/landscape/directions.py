@@ -179,6 +179,18 @@ class Directions(Sequence[Direction]):
         """The vectors stacked as rows, ``(k, n)``."""
         return torch.stack([d.vector.to(device=device, dtype=dtype) for d in self._dirs])
 
+    def per_tensor(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The ``(k, n)`` directions split into ``(k, *shape)`` blocks, one per tensor of
+        ``tensors`` (in parameter order), on its device, in the promoted dtype of the two."""
+        matrix = self.matrix()
+        parts = unflatten(matrix.T, tensors)  # (*shape, k)
+        return [
+            part.movedim(-1, 0)
+            .to(t.device, torch.promote_types(t.dtype, matrix.dtype))
+            .contiguous()
+            for part, t in zip(parts, tensors, strict=True)
+        ]
+
     def info(self) -> list[dict[str, Any]]:
         return [d.info() for d in self._dirs]
 

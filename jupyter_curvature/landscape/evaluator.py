@@ -57,7 +57,6 @@ from ..operators._inputs import (
 from ..operators._params import ParamSpec, select_parameters, unflatten
 from ._data import DEFAULT_CACHE_BYTES, CachedBatches
 from .directions import Directions, as_directions
-from .perturb import _direction_parts
 
 __all__ = ["LandscapeEvaluator", "BN_MODES"]
 
@@ -227,7 +226,7 @@ class LandscapeEvaluator:
             self._parts, self._origin = [], []  # the flat copy is all that is needed
         else:
             self._flat = None
-            self._parts = _direction_parts(self.directions, self._tp)
+            self._parts = self.directions.per_tensor(self._tp)
         self._bn_modules = [
             (name, m)
             for name, m in template.named_modules()

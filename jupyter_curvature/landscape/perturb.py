@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..operators._params import ParamSpec, flatten, select_parameters, unflatten
-from .directions import Directions, as_directions
+from .directions import as_directions
 
 __all__ = ["perturbed", "Perturber", "as_coords"]
 
@@ -81,16 +81,6 @@ def _point(
             acc = acc + c * d[i]
         out.append(acc.to(w0.dtype))
     return out
-
-
-def _direction_parts(directions: Directions, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Split the ``(k, n)`` directions into ``(k, *shape)`` blocks on each tensor's device."""
-    matrix = directions.matrix()
-    parts = unflatten(matrix.T, tensors)  # (*shape, k)
-    return [
-        part.movedim(-1, 0).to(t.device, _work_dtype(t, matrix)).contiguous()
-        for part, t in zip(parts, tensors, strict=True)
-    ]
 
 
 def _copy_all(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor]) -> None:
@@ -159,7 +149,7 @@ def perturbed(
     dirs = as_directions(directions, n, param_names=[name for name, _ in named])
     c = as_coords(coords, len(dirs))
     saved = [p.detach().clone() for p in tensors]
-    new = _point(saved, _direction_parts(dirs, tensors), c)
+    new = _point(saved, dirs.per_tensor(tensors), c)
     live_buffers, saved_buffers = _buffer_snapshot(model) if restore_buffers else ([], [])
     try:
         _copy_all(tensors, new)
@@ -224,7 +214,7 @@ class Perturber:
                 t.to(p.device, p.dtype).clone()
                 for t, p in zip(unflatten(origin, self._tensors), self._tensors, strict=True)
             ]
-        self._parts = _direction_parts(self.directions, self._tensors)
+        self._parts = self.directions.per_tensor(self._tensors)
         self._live_buffers, self._saved_buffers = _buffer_snapshot(model)
         selected = {id(p) for p in self._tensors}
         self._state = {
