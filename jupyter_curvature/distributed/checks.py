@@ -23,7 +23,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..operators._distributed import check_backend_device
+from ..operators._distributed import (  # the operators' start-up check uses them too
+    DistributedMismatchError,
+    _gather,
+    check_backend_device,
+    check_signatures,
+)
 from ..operators._params import ParamSpec, select_parameters
 from .context import get_rank, get_world_size, is_initialized
 
@@ -38,43 +43,8 @@ __all__ = [
 ]
 
 
-class DistributedMismatchError(ValueError):
-    """Ranks disagree on something that must be the same everywhere (model, data, result)."""
-
-
-def _gather(obj: Any) -> list[Any]:
-    if not is_initialized() or get_world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def _signature(model: nn.Module, params: ParamSpec) -> list[tuple[str, tuple[int, ...], str]]:
     return [(n, tuple(p.shape), str(p.dtype)) for n, p in select_parameters(model, params)]
-
-
-def _describe_difference(
-    ref: list[tuple[str, tuple[int, ...], str]], other: list[tuple[str, tuple[int, ...], str]]
-) -> str:
-    ref_d = {n: (s, d) for n, s, d in ref}
-    oth_d = {n: (s, d) for n, s, d in other}
-    parts = []
-    missing = [n for n in ref_d if n not in oth_d]
-    extra = [n for n in oth_d if n not in ref_d]
-    if missing:
-        parts.append(f"lacks {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if extra:
-        parts.append(f"has extra {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-    for n in ref_d:
-        if n in oth_d and oth_d[n] != ref_d[n]:
-            (s0, d0), (s1, d1) = ref_d[n], oth_d[n]
-            parts.append(f"{n}: shape {list(s1)} {d1} vs {list(s0)} {d0}")
-            if len(parts) >= 6:
-                break
-    if not parts and [n for n, _, _ in ref] != [n for n, _, _ in other]:
-        parts.append("the same parameters in a different order")
-    return "; ".join(parts)
 
 
 def check_consistent_model(model: nn.Module, params: ParamSpec = None) -> int:
@@ -94,25 +64,6 @@ def check_consistent_model(model: nn.Module, params: ParamSpec = None) -> int:
     sig = _signature(model, params)
     check_signatures(_gather(sig))
     return sum(math.prod(shape) for _, shape, _ in sig)
-
-
-def check_signatures(signatures: list[list[tuple[str, tuple[int, ...], str]]]) -> None:
-    """Raise :class:`DistributedMismatchError` unless every rank's ``(name, shape, dtype)`` list matches rank 0's."""
-    ref = signatures[0]
-    count = lambda s: sum(math.prod(shape) for _, shape, _ in s)  # noqa: E731
-    problems = [
-        f"rank {r} has {count(s)} parameters in {len(s)} tensors (rank 0: {count(ref)} in "
-        f"{len(ref)}): {_describe_difference(ref, s)}"
-        for r, s in enumerate(signatures)
-        if s != ref
-    ]
-    if problems:
-        raise DistributedMismatchError(
-            "the ranks' models differ, so their curvature products cannot be summed: "
-            + " | ".join(problems)
-            + ". Build the same architecture on every rank (same constructor arguments and "
-            "params=) and load the same weights"
-        )
 
 
 def count_samples(data: Any) -> int:

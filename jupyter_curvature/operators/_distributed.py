@@ -10,8 +10,10 @@ loaders, checks, launching) are in :mod:`jupyter_curvature.distributed`.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -106,6 +108,60 @@ def all_reduce_sum(total: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
     return packed[:-1].reshape(total.shape), int(round(packed[-1].item()))
 
 
+class DistributedMismatchError(ValueError):
+    """Ranks disagree on something that must be the same everywhere (model, data, result)."""
+
+
+def _gather(obj: Any) -> list[Any]:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _describe_difference(
+    ref: list[tuple[str, tuple[int, ...], str]], other: list[tuple[str, tuple[int, ...], str]]
+) -> str:
+    ref_d = {n: (s, d) for n, s, d in ref}
+    oth_d = {n: (s, d) for n, s, d in other}
+    parts = []
+    missing = [n for n in ref_d if n not in oth_d]
+    extra = [n for n in oth_d if n not in ref_d]
+    if missing:
+        parts.append(f"lacks {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if extra:
+        parts.append(f"has extra {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    for n in ref_d:
+        if n in oth_d and oth_d[n] != ref_d[n]:
+            (s0, d0), (s1, d1) = ref_d[n], oth_d[n]
+            parts.append(f"{n}: shape {list(s1)} {d1} vs {list(s0)} {d0}")
+            if len(parts) >= 6:
+                break
+    if not parts and [n for n, _, _ in ref] != [n for n, _, _ in other]:
+        parts.append("the same parameters in a different order")
+    return "; ".join(parts)
+
+
+def check_signatures(signatures: list[list[tuple[str, tuple[int, ...], str]]]) -> None:
+    """Raise :class:`DistributedMismatchError` unless every rank's ``(name, shape, dtype)`` list matches rank 0's."""
+    ref = signatures[0]
+    count = lambda s: sum(math.prod(shape) for _, shape, _ in s)  # noqa: E731
+    problems = [
+        f"rank {r} has {count(s)} parameters in {len(s)} tensors (rank 0: {count(ref)} in "
+        f"{len(ref)}): {_describe_difference(ref, s)}"
+        for r, s in enumerate(signatures)
+        if s != ref
+    ]
+    if problems:
+        raise DistributedMismatchError(
+            "the ranks' models differ, so their curvature products cannot be summed: "
+            + " | ".join(problems)
+            + ". Build the same architecture on every rank (same constructor arguments and "
+            "params=) and load the same weights"
+        )
+
+
 def check_start(names: list[str], params: list[torch.Tensor], device: torch.device) -> None:
     """Start-up checks of a sharded operator (a collective: every rank calls it once).
 
@@ -114,8 +170,6 @@ def check_start(names: list[str], params: list[torch.Tensor], device: torch.devi
     :func:`jupyter_curvature.distributed.check_signatures`); without this a model mismatch
     shows up as an all-reduce of different lengths (an obscure backend error or a hang).
     """
-    from ..distributed.checks import _gather, check_signatures  # lazy: no import cycle
-
     if not is_distributed():
         return
     check_backend_device(device)
