@@ -12,13 +12,20 @@ as usual (``matplotlib.use("Agg")`` for files).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .results import Landscape1D, Landscape2D
+if TYPE_CHECKING:  # results.py imports this module for its .plot(): names only, no cycle
+    from .results import Landscape1D, Landscape2D
 
 __all__ = ["plot_landscape_1d", "plot_landscape_2d", "plot_landscape_surface"]
+
+
+def _is_a(result: Any, class_name: str) -> bool:
+    """``isinstance`` by class name, so that this module need not import the results."""
+    return any(c.__name__ == class_name for c in type(result).__mro__)
+
 
 _TITLES = {
     "train_loss": "train loss",
@@ -55,7 +62,7 @@ def plot_landscape_1d(
     Without test data it is 1 x 2. One line per direction, labelled with its eigenvalue
     (or its label for other directions). Returns the figure.
     """
-    if not isinstance(result, Landscape1D):
+    if not _is_a(result, "Landscape1D"):
         raise TypeError(f"plot_landscape_1d needs a Landscape1D, got {type(result).__name__}")
     plt = _pyplot()
     splits = ["train", "test"] if result.test_loss is not None else ["train"]
@@ -126,7 +133,7 @@ def plot_landscape_2d(
     Returns:
         the axes.
     """
-    if not isinstance(result, Landscape2D):
+    if not _is_a(result, "Landscape2D"):
         raise TypeError(f"plot_landscape_2d needs a Landscape2D, got {type(result).__name__}")
     if kind not in ("both", "heatmap", "contour"):
         raise ValueError(f"kind must be 'both', 'heatmap' or 'contour', got {kind!r}")
@@ -174,7 +181,7 @@ def plot_landscape_surface(
     cmap: str = "viridis",
 ) -> Any:
     """A 3D surface of one metric over the plane; returns the (3D) axes."""
-    if not isinstance(result, Landscape2D):
+    if not _is_a(result, "Landscape2D"):
         raise TypeError(f"plot_landscape_surface needs a Landscape2D, got {type(result).__name__}")
     plt = _pyplot()
     if ax is None:
