@@ -30,6 +30,7 @@ from IPython.display import display
 from traitlets import CaselessStrEnum, Float
 
 from . import api
+from .widgets._base import track_panel  # public here too (%curv_landscape uses it)
 
 __all__ = ["CurvMagics", "load_ipython_extension", "track_panel", "unload_ipython_extension"]
 
@@ -124,6 +125,12 @@ class CurvMagics(Magics):
         self._panels.setdefault(key, []).append(panel)
         self.last_panel = panel
         display(panel)
+
+    def track_panel(self, panel: Any) -> None:
+        """Attach ``panel`` (anything with ``close()``) to the running cell: re-running the cell or
+        ``%unload_ext`` closes it."""
+        key = self._cell_key if self._cell_key is not None else ("direct", id(panel))
+        self._panels.setdefault(key, []).append(panel)
 
     def close_all(self) -> None:
         """Close every panel the magics made (``%unload_ext`` calls this)."""
@@ -632,16 +639,6 @@ def load_ipython_extension(ip: Any) -> None:
 
         magics._axis_guard = BqplotAxisGuard()
         display(magics._axis_guard)
-
-
-def track_panel(shell: Any, panel: Any) -> None:
-    """Attach ``panel`` (anything with ``close()``) to the running cell: re-running the cell or
-    ``%unload_ext`` closes it. For magics defined elsewhere (``%curv_landscape``)."""
-    magics = _instance(shell)
-    if magics is None:
-        return
-    key = magics._cell_key if magics._cell_key is not None else ("direct", id(panel))
-    magics._panels.setdefault(key, []).append(panel)
 
 
 def _instance(ip: Any) -> CurvMagics | None:

@@ -225,3 +225,17 @@ class Panel:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<{type(self).__name__} ({state})>"
+
+
+def track_panel(shell: Any, panel: Any) -> None:
+    """Attach ``panel`` to the running cell through the shell's ``CurvMagics`` (re-running the
+    cell or ``%unload_ext`` closes it); nothing without ``%load_ext jupyter_curvature``.
+
+    Found among the shell's configurables by its method, so that the widgets need not import
+    the magics module (which imports them).
+    """
+    for configurable in getattr(shell, "configurables", []):
+        track = getattr(configurable, "track_panel", None)
+        if callable(track):
+            track(panel)
+            return

@@ -66,7 +66,7 @@ from ..landscape.directions import Directions, as_directions, eigen_directions, 
 from ..landscape.perturb import Perturber, _copy_all
 from ..landscape.results import METRICS, Landscape1D, Landscape2D
 from ..operators._params import ParamSpec, select_parameters
-from ._base import Panel, Throttle, html_table
+from ._base import Panel, Throttle, html_table, track_panel
 from .landscape_canvas import LandscapeCanvas
 
 __all__ = [
@@ -1604,8 +1604,6 @@ def curv_landscape_magic(shell: Any, line: str) -> LandscapeExplorer | None:
     if args.out is not None:
         shell.user_ns[args.out] = explorer
     display(explorer)
-    from ..magics import track_panel
-
     track_panel(shell, explorer)  # re-running the cell (or %unload_ext) closes this panel
     if args.grid and len(explorer.directions) > 1:
         explorer.compute_grid()
