@@ -36,8 +36,17 @@ def check_finite_parameters(named: Sequence[tuple[str, torch.Tensor]]) -> None:
     """ValueError naming the first parameter with a NaN or inf entry.
 
     Weights are checked before any forward, so that a diverged model is named as such
-    instead of surfacing as a NaN loss, an all-NaN product or a NaN direction.
+    instead of surfacing as a NaN loss, an all-NaN product or a NaN direction. It runs
+    before every product, so the common case costs one reduction per tensor and a single
+    host sync (a NaN or inf makes the float64 total non-finite); only then is each tensor
+    looked at to name the culprit.
     """
+    named = list(named)
+    totals = [p.detach().sum(dtype=torch.float64).reshape(1) for _, p in named]
+    if not totals or bool(
+        torch.isfinite(torch.cat([t.to(totals[0].device) for t in totals]).sum())
+    ):
+        return
     for name, p in named:
         if not bool(torch.isfinite(p.detach()).all()):
             bad = int((~torch.isfinite(p.detach())).sum())
