@@ -46,7 +46,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "landscape_2d": ".landscape",
     # training and files
     "Trainer": ".training",
-    "DiskFullError": "._files",
+    "DiskFullError": ".core.files",
     "train": ".training",
     # subpackages
     "operators": ".operators",

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._files import atomic_write, atomic_write_text
+from .core.files import atomic_write, atomic_write_text
 
 __all__ = [
     "InputError",

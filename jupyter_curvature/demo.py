@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from . import jobs
-from ._files import atomic_write_text
+from .core.files import atomic_write_text
 
 
 def run_demo(

@@ -19,8 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import jupyter_curvature.distributed as jd
+from jupyter_curvature.core.distributed import primitives as op_dist
 from jupyter_curvature.operators import GGNOperator, HessianOperator
-from jupyter_curvature.operators import _distributed as op_dist
 
 NUM_SAMPLES, BATCH, WORLD = 70, 16, 2
 H_DEVICE = torch.device("cpu")

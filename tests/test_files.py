@@ -19,13 +19,13 @@ from torch import nn
 matplotlib.use("Agg")
 
 from jupyter_curvature import jobs  # noqa: E402
-from jupyter_curvature._files import (  # noqa: E402
+from jupyter_curvature.api import TrainHistory  # noqa: E402
+from jupyter_curvature.core.files import (  # noqa: E402
     DiskFullError,
     atomic_write,
     atomic_write_text,
     remove_stale_temps,
 )
-from jupyter_curvature.api import TrainHistory  # noqa: E402
 from jupyter_curvature.stats import evaluate  # noqa: E402
 from jupyter_curvature.training import History, atomic_save, load_checkpoint  # noqa: E402
 
@@ -97,7 +97,7 @@ def test_temporary_files_of_a_killed_writer_are_removed_on_the_next_save_and_on_
     # a writer killed midway (SIGKILL): told to stop only once it is inside the write
     child = run_child(
         "import sys\n"
-        "from jupyter_curvature._files import atomic_write\n"
+        "from jupyter_curvature.core.files import atomic_write\n"
         "def write(f):\n"
         "    f.write(b'partial'); f.flush(); print('writing', flush=True); sys.stdin.read()\n"
         f"atomic_write({str(path)!r}, write)\n",

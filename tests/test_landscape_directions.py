@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from jupyter_curvature.core.params import flatten, select_parameters, unflatten
 from jupyter_curvature.landscape import (
     Directions,
     as_directions,
@@ -21,7 +22,6 @@ from jupyter_curvature.landscape import (
     random_directions,
     user_directions,
 )
-from jupyter_curvature.operators._params import flatten, select_parameters, unflatten
 
 
 def _cnn() -> nn.Module:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from jupyter_curvature.core.params import flatten, select_parameters
 from jupyter_curvature.landscape import Perturber, perturbed, random_directions
-from jupyter_curvature.operators._params import flatten, select_parameters
 
 
 def _cnn(dtype=torch.float64) -> nn.Module:

@@ -20,11 +20,11 @@ from reference import assert_close, dense_ggn, dense_hessian, digits_batch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from jupyter_curvature.core import model_state as _model_state
 from jupyter_curvature.operators import (
     GGNOperator,
     HessianOperator,
     ModelChangedError,
-    _model_state,
     curvature,
     output_hessian_for,
 )

@@ -14,11 +14,13 @@ Launch with ``torchrun`` (or :func:`launch` for local processes); in the script:
 
 Curvature operators sum the ranks' partial products by themselves whenever a process group
 with more than one rank is initialised (``distributed=None``); this package adds the pieces
-around them. See ``docs/distributed.md``.
+around them. The primitives (process context, checks, reductions, sharding) live in the
+foundation layer, :mod:`jupyter_curvature.core.distributed`, so that the engine can use
+them; this package re-exports them beside the torchrun wrappers over the engine.
+See ``docs/distributed.md``.
 """
 
-from ..operators._distributed import check_backend_device, is_distributed, local_only
-from .checks import (
+from ..core.distributed.checks import (
     DistributedMismatchError,
     check_consistent_model,
     check_shards,
@@ -26,17 +28,7 @@ from .checks import (
     count_samples,
     verify_identical,
 )
-from .computations import (
-    check_operator,
-    eigenpairs,
-    evaluate_landscape,
-    gradient_statistics,
-    landscape_1d,
-    landscape_2d,
-    spectral_density,
-    split_points_evaluator,
-)
-from .context import (
+from ..core.distributed.context import (
     DEFAULT_TIMEOUT,
     DistributedContext,
     barrier,
@@ -49,9 +41,20 @@ from .context import (
     on_main_process,
     save_on_main,
 )
+from ..core.distributed.primitives import check_backend_device, is_distributed, local_only
+from ..core.distributed.reduce import all_reduce_moments, split_indices, split_map
+from ..core.distributed.sharding import ShardSampler, shard_bounds, shard_loader
+from .computations import (
+    check_operator,
+    eigenpairs,
+    evaluate_landscape,
+    gradient_statistics,
+    landscape_1d,
+    landscape_2d,
+    spectral_density,
+    split_points_evaluator,
+)
 from .launch import DistributedRunError, free_port, launch
-from .reduce import all_reduce_moments, split_indices, split_map
-from .sharding import ShardSampler, shard_bounds, shard_loader
 
 __all__ = [
     "DEFAULT_TIMEOUT",

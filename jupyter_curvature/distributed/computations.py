@@ -1,7 +1,7 @@
 """Spectra and statistics over sharded data, identical on every rank.
 
 The operators already sum the ranks' sample-weighted partial products in one all-reduce per
-product (:mod:`jupyter_curvature.operators._distributed`), so every rank gets the same
+product (:mod:`jupyter_curvature.core.distributed`), so every rank gets the same
 full-data product, bit for bit (the backend's reduction hands every rank the same sum).
 Lanczos run on every rank from the same seed then takes the same steps on every rank:
 **every rank runs the same seeded Lanczos**, and no broadcast is needed. The functions here
@@ -22,9 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..operators._distributed import check_backend_device
-from .checks import _gather, check_shards, check_signatures, count_samples, verify_identical
-from .context import get_world_size, is_initialized
+from ..core.distributed.checks import (
+    check_shards,
+    check_signatures,
+    count_samples,
+    verify_identical,
+)
+from ..core.distributed.context import get_world_size, is_initialized
+from ..core.distributed.primitives import check_backend_device, gather_objects
 
 __all__ = [
     "check_operator",
@@ -61,7 +66,7 @@ def check_operator(op: Any, total: int | None = None) -> list[int] | None:
         return None
     check_backend_device(op.device)
     signature = [(n, tuple(p.shape), str(p.dtype)) for n, p in zip(op.param_names, op.params)]
-    check_signatures(_gather(signature))
+    check_signatures(gather_objects(signature))
     if total is not None:
         return check_shards(count_samples(op.source.data), total)
     return None
@@ -147,7 +152,7 @@ def gradient_statistics(
 
     if _distributed_active():
         _, values, _ = gradients._split_params(model, params)
-        check_signatures(_gather([(n, tuple(v.shape), str(v.dtype)) for n, v in values.items()]))
+        check_signatures(gather_objects([(n, tuple(v.shape), str(v.dtype)) for n, v in values.items()]))
         if total is not None:
             check_shards(count_samples(data), total)
         check_backend_device(_common.model_device_dtype(model)[0])
@@ -169,7 +174,7 @@ def _gather_points(evaluate: Any, coords: torch.Tensor) -> dict[str, Any]:
     import numpy as np
     import torch.distributed as dist
 
-    from .reduce import split_indices
+    from ..core.distributed.reduce import split_indices
 
     mine = list(split_indices(len(coords)))
     local: dict[str, Any] = {}

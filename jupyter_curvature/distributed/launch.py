@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from .._files import atomic_write, atomic_write_text
-from .context import init_distributed
+from ..core.distributed.context import init_distributed
+from ..core.files import atomic_write, atomic_write_text
 
 
 class DistributedRunError(RuntimeError):

@@ -1,6 +1,6 @@
 """Batches for landscape evaluation: read once, moved to the model's device, reused.
 
-``data`` follows the engine's convention (:mod:`jupyter_curvature.operators._batches`): a
+``data`` follows the engine's convention (:mod:`jupyter_curvature.core.batches`): a
 ``DataLoader``, any re-iterable of ``(inputs, targets)`` batches, one such batch, or another
 layout explained by ``batch_layout``. A one-shot iterator is read once and kept.
 """
@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ..operators._batches import Batch, BatchLayout
-from ..operators._batches import BatchSource as _RawSource
+from ..core.batches import Batch, BatchLayout
+from ..core.batches import BatchSource as _RawSource
 
 #: default cap on the bytes of one dataset kept in memory (on the model's device)
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -32,7 +32,7 @@ def _nbytes(x: Any) -> int:
 class CachedBatches:
     """The batches of one dataset on ``device``, kept there if they fit in ``cache_bytes``.
 
-    Iterating yields :class:`~jupyter_curvature.operators._batches.Batch` records (``args``,
+    Iterating yields :class:`~jupyter_curvature.core.batches.Batch` records (``args``,
     ``targets``, ``size``) on ``device``, floating tensors in ``dtype``. Cached data is read
     once; larger data is streamed again at each pass (each pass still serves every point
     of a chunk).

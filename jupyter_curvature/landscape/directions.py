@@ -1,7 +1,7 @@
 """Directions in weight space along which a loss landscape is drawn.
 
 Every direction is a flat vector in the parameter order of
-:func:`jupyter_curvature.operators._params.select_parameters` (``model.named_parameters()``
+:func:`jupyter_curvature.core.params.select_parameters` (``model.named_parameters()``
 order, trainable parameters by default), the order in which the spectra module returns
 eigenvectors. A :class:`Direction` says how it was made and how it is normalised:
 
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._files import atomic_savez
-from ..operators._inputs import check_finite_parameters
-from ..operators._params import ParamSpec, flatten, select_parameters, unflatten
+from ..core.files import atomic_savez
+from ..core.inputs import check_finite_parameters
+from ..core.params import ParamSpec, flatten, select_parameters, unflatten
 
 #: positions in each sorted order that the original package took
 ORIGINAL_POSITIONS: tuple[int, ...] = (0, 1, 2, 5)

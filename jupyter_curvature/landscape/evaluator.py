@@ -45,8 +45,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..operators._batches import BatchLayout
-from ..operators._inputs import (
+from ..core.batches import BatchLayout
+from ..core.inputs import (
     OutputsFn,
     check_finite_parameters,
     explain_forward,
@@ -54,7 +54,7 @@ from ..operators._inputs import (
     model_outputs,
     require_tensor_outputs,
 )
-from ..operators._params import ParamSpec, select_parameters, unflatten
+from ..core.params import ParamSpec, select_parameters, unflatten
 from ._data import DEFAULT_CACHE_BYTES, CachedBatches
 from .directions import Directions, as_directions
 

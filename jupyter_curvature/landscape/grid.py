@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..operators._params import ParamSpec
+from ..core.params import ParamSpec
 from .evaluator import LandscapeEvaluator
 from .results import METRICS, Landscape1D, Landscape2D, LandscapeResult
 

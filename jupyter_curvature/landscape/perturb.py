@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..operators._params import ParamSpec, flatten, select_parameters, unflatten
+from ..core.params import ParamSpec, flatten, select_parameters, unflatten
 from .directions import as_directions
 
 __all__ = ["perturbed", "Perturber", "as_coords"]

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._files import atomic_savez
+from ..core.files import atomic_savez
 
 __all__ = ["LandscapeResult", "Landscape1D", "Landscape2D", "METRICS"]
 

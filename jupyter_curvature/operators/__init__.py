@@ -1,8 +1,8 @@
 """Curvature operators: exact, matrix-free products with the Hessian, the GGN and the gradient covariance."""
 
-from ._batches import BatchLayout, default_layout
-from ._model_state import BATCHNORM_POLICIES, curvature_mode
-from ._params import flatten, select_parameters, unflatten
+from ..core.batches import BatchLayout, default_layout
+from ..core.model_state import BATCHNORM_POLICIES, curvature_mode
+from ..core.params import flatten, select_parameters, unflatten
 from .base import CurvatureOperator, DenseOperator, ModelChangedError
 from .curvature import EmpiricalFisherOperator, EmpiricalRiskOperator, GGNOperator, HessianOperator
 from .loss_hessians import SUPPORTED_LOSSES, output_hessian_for

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from ._inputs import check_finite_vector
+from ..core.inputs import check_finite_vector
 
 
 class ModelChangedError(RuntimeError):

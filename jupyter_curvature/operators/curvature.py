@@ -22,10 +22,11 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
-from . import _inputs, _params
-from ._batches import Batch, BatchLayout, BatchSource
-from ._distributed import all_reduce_sum, check_start, is_distributed
-from ._model_state import check_batchnorm_policy, curvature_mode, model_lock
+from ..core import inputs as _inputs
+from ..core import params as _params
+from ..core.batches import Batch, BatchLayout, BatchSource
+from ..core.distributed.primitives import all_reduce_sum, check_start, is_distributed
+from ..core.model_state import check_batchnorm_policy, curvature_mode, model_lock
 from ._second_order import check_twice_differentiable, recorded_calls, twice_differentiable
 from .base import CurvatureOperator
 from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
@@ -52,14 +53,14 @@ class EmpiricalRiskOperator(CurvatureOperator):
         loss_fn: ``loss_fn(outputs, targets) -> scalar``, a torch criterion with reduction
             ``"mean"`` or ``"sum"``.
         data: a DataLoader, any re-iterable of ``(inputs, targets)`` batches, or one batch.
-        params: which parameters (see :func:`~jupyter_curvature.operators._params.select_parameters`).
+        params: which parameters (see :func:`~jupyter_curvature.core.params.select_parameters`).
         batchnorm: ``"eval"`` (running statistics; default) or ``"train"`` (batch statistics).
         batch_layout: ``fn(batch) -> (model_args, targets)`` for other batch layouts.
         check: run the first batch now (forward and gradient), so bad input fails at
             construction rather than in the middle of a spectrum.
         check_deterministic: with ``check``, read the whole data twice and require the
             same risk and gradient up to rounding (see
-            :func:`~jupyter_curvature.operators._inputs.check_same_pass`), and every pass to
+            :func:`~jupyter_curvature.core.inputs.check_same_pass`), and every pass to
             read the same number of samples: random augmentation, dropout left on, a random
             subset or batch statistics of reshuffled batches would make each product another
             matrix. A loader that only reshuffles the same samples passes: the risk is a sum
@@ -170,7 +171,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
 
     def _check_first_batch(self) -> None:
         """Weights, first batch, outputs, loss and gradient; with ``check_deterministic`` the
-        whole data, twice (:func:`~jupyter_curvature.operators._inputs.check_same_pass`).
+        whole data, twice (:func:`~jupyter_curvature.core.inputs.check_same_pass`).
 
         Costs one forward and one gradient of the first batch, and with
         ``check_deterministic`` two gradients of the whole data (a Lanczos run costs

@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim import Optimizer
 
-from ._validate import non_negative, positive, positive_int, unit_interval
+from ..core.validate import non_negative, positive, positive_int, unit_interval
 
 SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d)
 FISHER_TYPES = ("sampled", "type2", "empirical")

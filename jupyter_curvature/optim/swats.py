@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._validate import non_negative, positive, unit_interval
+from ..core.validate import non_negative, positive, unit_interval
 
 
 class SWATS(Optimizer):

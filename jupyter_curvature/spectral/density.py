@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._files import atomic_savez, atomic_write_text
+from ..core.files import atomic_savez, atomic_write_text
 from ._checks import Operator, check_int, check_positive, check_seed
 from .lanczos import run_lanczos
 

@@ -67,7 +67,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from .._files import atomic_savez
+from ..core.files import atomic_savez
 from ._checks import Operator, check_int, check_positive, check_seed, resolve_device
 from .lanczos import (
     GPYTORCH_BREAKDOWN,

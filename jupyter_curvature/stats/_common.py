@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..operators._batches import Batch, BatchLayout, BatchSource
+from ..core.batches import Batch, BatchLayout, BatchSource
 
 BATCHNORM_POLICIES = ("eval", "train")
 

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.batches import BatchLayout
+from ..core.distributed.primitives import is_distributed
+from ..core.params import ParamSpec, select_parameters
 from ..operators import GGNOperator, HessianOperator
-from ..operators._batches import BatchLayout
-from ..operators._distributed import is_distributed
-from ..operators._params import ParamSpec, select_parameters
 from ._common import (
     WeightedMoments,
     accumulation_dtype,
@@ -175,7 +175,7 @@ def curvature_statistics(
             product = product / batch.size
         products.add(product, batch.size)
     if sharded:
-        from ..distributed.reduce import all_reduce_moments
+        from ..core.distributed.reduce import all_reduce_moments
 
         products = all_reduce_moments(
             products, like=torch.zeros(num_params, num_probes, dtype=acc, device=device)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..operators._batches import BatchLayout
+from ..core.batches import BatchLayout
 from ._common import (
     batch_loss,
     batchnorm_modules,

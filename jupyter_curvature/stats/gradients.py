@@ -20,9 +20,9 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
-from ..operators._batches import BatchLayout
-from ..operators._distributed import is_distributed
-from ..operators._params import ParamSpec, select_parameters
+from ..core.batches import BatchLayout
+from ..core.distributed.primitives import is_distributed
+from ..core.params import ParamSpec, select_parameters
 from ._common import (
     WeightedMoments,
     accumulation_dtype,
@@ -157,7 +157,7 @@ def gradient_statistics(
         else:
             grads, losses = _minibatch_moments(setup, data, stats_batch)
     if sharded:
-        from ..distributed.reduce import all_reduce_moments
+        from ..core.distributed.reduce import all_reduce_moments
 
         grads = all_reduce_moments(grads, like=torch.zeros(num_params, dtype=acc, device=device))
         losses = all_reduce_moments(losses, like=torch.zeros((), dtype=acc, device=device))

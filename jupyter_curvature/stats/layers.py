@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.batches import BatchLayout
+from ..core.params import select_parameters
 from ..operators import CurvatureOperator, GGNOperator, HessianOperator
-from ..operators._batches import BatchLayout
-from ..operators._params import select_parameters
 from ..spectral import eigenpairs, trace
 from ._common import check_batchnorm
 from .results import LayerCurvature, LayerCurvatureRow

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from ..operators._batches import BatchLayout
+from ..core.batches import BatchLayout
 from .curvature import curvature_statistics
 from .evaluation import bn_update, evaluate
 from .gradients import gradient_statistics

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .._files import atomic_write_text
+from ..core.files import atomic_write_text
 
 _REGISTRY: dict[str, type[Record]] = {}
 

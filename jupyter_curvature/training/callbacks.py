@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset
 
-from ..operators._distributed import local_only
+from ..core.distributed.primitives import local_only
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
@@ -94,7 +94,7 @@ class ProgressBar(Callback):
     def on_train_begin(self, trainer: Trainer) -> None:
         from tqdm import tqdm  # not tqdm.auto: the engine never imports IPython
 
-        from ..distributed.context import is_main_process
+        from ..core.distributed.context import is_main_process
 
         self.shown = is_main_process()
         kwargs = dict(self.kwargs)
@@ -439,7 +439,7 @@ class CurvatureCallback(Callback):
         if getattr(trainer, "distributed", False):
             ritz = getattr(result, "ritz_values", None)
             if isinstance(ritz, torch.Tensor):
-                from ..distributed.checks import verify_identical
+                from ..core.distributed.checks import verify_identical
 
                 verify_identical(ritz, "the live curvature spectrum")
         self.spent += cost

@@ -3,7 +3,7 @@
 * **Atomic**: :func:`atomic_save` writes to a fresh temporary file in the same folder,
   flushes and ``fsync``s it, then ``os.replace``s it over the target: a crash at any moment
   leaves either the old checkpoint or the new one, never a torn file; a full disk raises
-  :class:`~jupyter_curvature._files.DiskFullError` and keeps the old one.
+  :class:`~jupyter_curvature.core.files.DiskFullError` and keeps the old one.
 * **Safe**: :func:`load_checkpoint` uses ``torch.load(weights_only=True)``, which
   refuses to unpickle arbitrary objects; checkpoints therefore hold only tensors, numbers,
   strings and containers of them (RNG states included).
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._files import atomic_write, remove_stale_temps
+from ..core.files import atomic_write, remove_stale_temps
 
 FORMAT = "jupyter_curvature.checkpoint"
 VERSION = 1
@@ -33,7 +33,7 @@ class CheckpointMismatchError(ValueError):
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj, path)`` through :func:`~jupyter_curvature._files.atomic_write`: a
+    """``torch.save(obj, path)`` through :func:`~jupyter_curvature.core.files.atomic_write`: a
     kill or a full disk leaves the previous checkpoint intact.
 
     Raises:

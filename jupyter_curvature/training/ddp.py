@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..distributed.checks import DistributedMismatchError, _gather, check_signatures
-from ..distributed.context import get_rank, get_world_size, is_initialized
-from ..operators._params import select_parameters
+from ..core.distributed.context import get_rank, get_world_size, is_initialized
+from ..core.distributed.primitives import DistributedMismatchError, check_signatures, gather_objects
+from ..core.params import select_parameters
 
 
 def active() -> bool:
@@ -125,7 +125,7 @@ def check_same_settings(model: nn.Module, settings: dict[str, Any]) -> None:
     if not active():
         return
     signature = [(n, tuple(p.shape), str(p.dtype)) for n, p in select_parameters(model, None)]
-    gathered = _gather((signature, settings))
+    gathered = gather_objects((signature, settings))
     check_signatures([sig for sig, _ in gathered])
     reference = gathered[0][1]
     problems = []

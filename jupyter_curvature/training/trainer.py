@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
 
-from .._files import atomic_write_text
+from ..core.files import atomic_write_text
 from . import ddp as _ddp
 from .callbacks import CurvatureCallback, ProgressBar, as_callbacks, describe_event
 from .checkpoint import (
@@ -552,7 +552,7 @@ class Trainer:
         drop_last: bool,
     ) -> None:
         """Checks (every rank raises the same error), then the DDP wrapper."""
-        from ..operators._distributed import check_backend_device
+        from ..core.distributed.primitives import check_backend_device
 
         device = self.device
         check_backend_device(device)
@@ -786,9 +786,9 @@ class Trainer:
     def _ranks_state(self, devices: list[torch.device]) -> dict[str, Any]:
         if not self.distributed:
             return {}
-        from ..distributed.checks import _gather
+        from ..core.distributed.primitives import gather_objects
 
-        return {"world_size": self.world_size, "rng_ranks": _gather(rng_state(devices))}
+        return {"world_size": self.world_size, "rng_ranks": gather_objects(rng_state(devices))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (checks the model's keys and shapes first)."""

@@ -61,11 +61,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.params import ParamSpec, select_parameters
 from ..landscape._data import NestedSubsamples
 from ..landscape.directions import Directions, as_directions, eigen_directions, random_directions
 from ..landscape.perturb import Perturber, _copy_all
 from ..landscape.results import METRICS, Landscape1D, Landscape2D
-from ..operators._params import ParamSpec, select_parameters
 from ._base import Panel, Throttle, html_table, track_panel
 from .landscape_canvas import LandscapeCanvas
 

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from ..operators._distributed import check_backend_device
 from .context import get_rank, get_world_size, is_initialized
+from .primitives import check_backend_device
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -126,7 +126,7 @@ def split_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
 
     ``fn`` must not itself run collectives (such as a sharded operator): different ranks
     evaluate different items, so their collectives would not match. Wrap it in
-    :func:`~jupyter_curvature.operators._distributed.local_only` if it builds operators.
+    :func:`~jupyter_curvature.core.distributed.local_only` if it builds operators.
     """
     world_size = get_world_size()
     if not is_initialized() or world_size == 1:

@@ -7,7 +7,7 @@ full-data curvature product over its shards counts some samples twice (or not at
 ``ceil(N / B)`` batches of the single-process loader (in the same order, with the same
 seeded shuffle) are dealt out as contiguous runs, as evenly as possible. Every rank then
 sees exactly batches of the single-process loader, so not only the full-data products (which
-any partition gives exactly, :mod:`jupyter_curvature.operators._distributed`) but also
+any partition gives exactly, :mod:`jupyter_curvature.core.distributed`) but also
 everything that depends on the batching (mini-batch gradient and curvature variance,
 BatchNorm with batch statistics) equals the single-process result.
 """

@@ -112,7 +112,7 @@ class DistributedMismatchError(ValueError):
     """Ranks disagree on something that must be the same everywhere (model, data, result)."""
 
 
-def _gather(obj: Any) -> list[Any]:
+def gather_objects(obj: Any) -> list[Any]:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
@@ -173,4 +173,4 @@ def check_start(names: list[str], params: list[torch.Tensor], device: torch.devi
     if not is_distributed():
         return
     check_backend_device(device)
-    check_signatures(_gather([(n, tuple(p.shape), str(p.dtype)) for n, p in zip(names, params)]))
+    check_signatures(gather_objects([(n, tuple(p.shape), str(p.dtype)) for n, p in zip(names, params)]))

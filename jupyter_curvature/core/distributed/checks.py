@@ -23,14 +23,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..operators._distributed import (  # the operators' start-up check uses them too
+from ..params import ParamSpec, select_parameters
+from .context import get_rank, get_world_size, is_initialized
+from .primitives import (  # the operators' start-up check uses them too
     DistributedMismatchError,
-    _gather,
     check_backend_device,
     check_signatures,
+    gather_objects,
 )
-from ..operators._params import ParamSpec, select_parameters
-from .context import get_rank, get_world_size, is_initialized
 
 __all__ = [
     "DistributedMismatchError",
@@ -62,7 +62,7 @@ def check_consistent_model(model: nn.Module, params: ParamSpec = None) -> int:
             rank 0's and the first differing parameters.
     """
     sig = _signature(model, params)
-    check_signatures(_gather(sig))
+    check_signatures(gather_objects(sig))
     return sum(math.prod(shape) for _, shape, _ in sig)
 
 
@@ -74,7 +74,7 @@ def count_samples(data: Any) -> int:
     """
     from torch.utils.data import DataLoader
 
-    from ..operators._batches import BatchSource
+    from ..batches import BatchSource
 
     if isinstance(data, DataLoader) and data.batch_size is not None and not data.drop_last:
         try:
@@ -105,7 +105,7 @@ def check_shards(count: int | Any, total: int | None = None) -> list[int]:
     local = (
         count if isinstance(count, int) and not isinstance(count, bool) else count_samples(count)
     )
-    counts = [int(c) for c in _gather(int(local))]
+    counts = [int(c) for c in gather_objects(int(local))]
     seen = sum(counts)
     per_rank = ", ".join(f"rank {r}: {c}" for r, c in enumerate(counts))
     if total is not None and seen != total:
