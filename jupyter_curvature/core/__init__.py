@@ -9,6 +9,7 @@
 - :mod:`.inputs`: early checks of user input (finite weights and vectors, outputs,
   deterministic passes) with errors that name the argument and the remedy.
 - :mod:`.files`: atomic writes with unpredictable temporary names.
+- :mod:`.records`: the one JSON policy (NaN -> null, arrays -> lists) and its atomic writer.
 - :mod:`.validate`: checks of scalar settings (positive, in an interval, an integer).
 
 This layer imports only torch, numpy and the standard library.
