@@ -1,6 +1,6 @@
 """Put a model in an explicit, side-effect-free state for curvature products, then restore it.
 
-Two BatchNorm policies (algorithms.md, section 1):
+Two BatchNorm policies:
 
 * ``"eval"`` (default, as PyHessian): the whole model in ``eval()`` mode; BatchNorm uses its
   running statistics and dropout is off.
