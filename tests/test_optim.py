@@ -650,3 +650,37 @@ def digits_accuracy(factory, epochs: int, seed: int = 0) -> float:
 def test_trains_the_small_cnn_on_digits(name):
     accuracy = digits_accuracy(*DIGITS[name])
     assert accuracy >= DIGITS_ACCURACY, (name, accuracy)
+
+
+def test_factor_eigh_falls_back_to_a_shift_when_lapack_fails(monkeypatch):
+    """A factor LAPACK rejects (as densenet161's rank-71, 1728 x 1728 one): eigh(F + sI) - s."""
+    from jupyter_curvature.optim import kfac
+
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(3, 40, generator=gen, dtype=torch.float64)
+    rows[:, 20:] = 0.0  # low rank, a large exactly repeated zero eigenvalue
+    factor = rows.T @ rows
+    real_eigh = torch.linalg.eigh
+    calls = []
+
+    def failing_unshifted(mat):
+        calls.append(float(mat.diagonal()[-1]))
+        if calls[-1] == 0.0:  # the unshifted factor: its last diagonal entry is exactly 0
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return real_eigh(mat)
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing_unshifted)
+    values, vectors = kfac.factor_eigh(factor, "A of layer 'x'")
+    assert len(calls) == 2 and calls[1] > 0  # the second try was shifted
+    reference = torch.from_numpy(__import__("numpy").linalg.eigvalsh(factor.numpy()))
+    torch.testing.assert_close(values, reference, rtol=0, atol=1e-10 * float(reference.max()))
+    torch.testing.assert_close(vectors @ torch.diag(values) @ vectors.T, factor, rtol=0, atol=1e-10)
+
+
+def test_factor_eigh_names_the_factor_when_nothing_helps():
+    from jupyter_curvature.optim import kfac
+
+    factor = torch.eye(4, dtype=torch.float64)
+    factor[0, 0] = float("nan")
+    with pytest.raises(torch.linalg.LinAlgError, match="A of layer 'conv'.*not finite"):
+        kfac.factor_eigh(factor, "A of layer 'conv'")

@@ -88,6 +88,43 @@ def _supported(module: nn.Module) -> bool:
     return True
 
 
+#: relative shifts tried, in order, when LAPACK's eigh fails on a factor (see factor_eigh)
+EIGH_SHIFTS = (0.0, 1e-12, 1e-9, 1e-6)
+
+
+def factor_eigh(factor: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigendecomposition of a symmetric positive semi-definite K-FAC factor, robust to LAPACK.
+
+    LAPACK's divide-and-conquer ``syevd`` (behind ``torch.linalg.eigh`` on the CPU) can fail to
+    converge on a factor of low rank with a large, exactly repeated zero eigenvalue: densenet161
+    at 32 x 32 with a batch of 2 gives a 1728 x 1728 factor ``A`` of rank 71 that it rejects.
+    A shift ``s I`` moves every eigenvalue by exactly ``s`` and keeps the eigenvectors, so
+    ``eigh(F + s I) - s`` is the decomposition of ``F``; the shifts tried are relative to
+    ``max(diag F)``, from ``1e-12`` (invisible next to any damping ``>= 1e-10``) upwards.
+    """
+    scale = float(factor.diagonal().abs().max()) if factor.numel() else 0.0
+    last: Exception | None = None
+    for relative in EIGH_SHIFTS:
+        shift = relative * scale
+        if relative and not shift:
+            break  # a zero factor: no shift can help (and eigh of zeros does not fail)
+        shifted = factor if not shift else factor + shift * torch.eye(
+            factor.shape[0], dtype=factor.dtype, device=factor.device
+        )
+        try:
+            values, vectors = torch.linalg.eigh(shifted)
+        except torch.linalg.LinAlgError as exc:
+            last = exc
+            continue
+        return values - shift, vectors
+    raise torch.linalg.LinAlgError(
+        f"K-FAC could not decompose the curvature factor {what} (shape "
+        f"{tuple(factor.shape)}, largest diagonal entry {scale:.3g}), even shifted by up to "
+        f"{EIGH_SHIFTS[-1]:g} x that entry: the factor is not finite or not symmetric; check the "
+        f"loss and the learning rate, or exclude the layer with layers=... ({last})"
+    )
+
+
 class _Layer:
     """One preconditioned layer: running factors, their eigendecompositions, pending sums."""
 
@@ -463,8 +500,8 @@ class KFACPreconditioner:
             if layer.A is None:
                 continue
             dtype = layer.A.dtype
-            dA, QA = torch.linalg.eigh(layer.A.double())
-            dG, QG = torch.linalg.eigh(layer.G.double())
+            dA, QA = factor_eigh(layer.A.double(), f"A of layer {layer.name!r}")
+            dG, QG = factor_eigh(layer.G.double(), f"G of layer {layer.name!r}")
             dA, dG = dA.clamp_(min=0.0), dG.clamp_(min=0.0)
             if self.damping_mode == "pi":
                 ta = layer.A.double().trace().item() / layer.A.shape[0]
