@@ -26,8 +26,9 @@ order torch knows:
   which computes the attention with ``bmm`` and ``softmax`` instead of the fused kernel; the
   weights are dropped, so the caller gets what it asked for.
 
-The mode is entered only while an operator builds a graph it differentiates twice; the model
-itself (modules, parameters, buffers) is never modified. ``F.hardswish`` needs nothing: torch
+The mode is entered only while an operator builds a graph it differentiates twice, and only
+for a model whose first batch called one of these operations; the model itself (modules,
+parameters, buffers) is never modified. ``F.hardswish`` needs nothing: torch
 registers the derivative of ``hardswish_backward``.
 
 A custom ``torch.autograd.Function`` whose backward is decorated with ``once_differentiable``
@@ -84,18 +85,38 @@ _ROUTES: dict[Callable[..., Any], Callable[..., Any]] = {
 
 
 class _TwiceDifferentiable(TorchFunctionMode):
+    """Routes the calls above; ``routed`` counts the calls it changed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routed = 0
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.multi_head_attention_forward and not kwargs.get("need_weights", True):
+            self.routed += 1
             return _multi_head_attention(*args, **kwargs)
-        return _ROUTES.get(func, func)(*args, **kwargs)
+        route = _ROUTES.get(func)
+        if route is None:
+            return func(*args, **kwargs)
+        self.routed += 1
+        return route(*args, **kwargs)
 
 
 @contextmanager
-def twice_differentiable() -> Iterator[None]:
-    """Within the block, the operations above build graphs that can be differentiated twice."""
-    with _TwiceDifferentiable():
-        yield
+def twice_differentiable(enabled: bool = True) -> Iterator[_TwiceDifferentiable | None]:
+    """Within the block, the operations above build graphs that can be differentiated twice.
+
+    The mode sees every torch call of the forward (about 5-10% of a small MLP's Hessian
+    product), so operators enter it only for models that need it: those whose first batch
+    routed a call through it (``mode.routed > 0``, see ``HessianOperator``). With
+    ``enabled=False`` the block does nothing and yields ``None``.
+    """
+    if not enabled:
+        yield None
+        return
+    with _TwiceDifferentiable() as mode:
+        yield mode
 
 
 _ONCE_DIFFERENTIABLE = once_differentiable(lambda ctx, *grads: grads).__code__

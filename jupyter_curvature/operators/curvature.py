@@ -261,6 +261,9 @@ class HessianOperator(EmpiricalRiskOperator):
     [[2.0, 0.0], [0.0, 8.0]]
     """
 
+    # route calls through twice_differentiable() until the first batch shows none needs it
+    _reroute = True
+
     def __init__(
         self,
         model,
@@ -286,18 +289,20 @@ class HessianOperator(EmpiricalRiskOperator):
     def _check_batch(self, batch: Batch) -> None:
         """The shared checks, then one Hessian product of the batch: an operation torch cannot
         differentiate twice is named now, not in the middle of a spectrum."""
-        with twice_differentiable(), recorded_calls(self.model) as calls:
+        with twice_differentiable() as mode, recorded_calls(self.model) as calls:
             self._loss_and_gradient(
                 batch, lambda loss: check_twice_differentiable(loss, self.params, calls)
             )
+        self._reroute = mode.routed > 0
 
     def _gradient_graph(self, batch: Batch) -> list[torch.Tensor | None]:
         """``dL_b/dw`` with its graph; ``None`` where the gradient is constant (zero rows of H).
 
-        The forward runs in :func:`twice_differentiable`, so that operations whose second
-        derivative torch lacks (``hardsigmoid``, fused attention) get one.
+        The forward runs in :func:`twice_differentiable` when the first batch needed it, so
+        that operations whose second derivative torch lacks (``hardsigmoid``, fused attention)
+        get one.
         """
-        with twice_differentiable():
+        with twice_differentiable(self._reroute):
             loss = self._loss(self._forward(batch), batch)
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         return [g if g is not None and g.requires_grad else None for g in grads]
