@@ -223,6 +223,27 @@ def test_once_differentiable_function_with_jvp_gives_the_ggn():
     assert_close(G @ v, expected, what="GGN v through a Function with jvp")
 
 
+def test_empirical_fisher_through_a_function_torch_func_refuses():
+    """A custom Function without ``setup_context`` (torch.func refuses it): per-sample
+    gradients by a loop, equal to the brute-force ``(1/N) sum g_n g_n^T`` of the same
+    network written with elementary operations."""
+    model, reference = _net(Square), _net(None)
+    x, y = _batch()
+    loss_fn = nn.CrossEntropyLoss()
+    before = snapshot(model)
+    F_op = jc.EmpiricalFisherOperator(model, loss_fn, (x, y))
+    dense = F_op.to_dense()
+    assert F_op._vmap_works is False  # the loop ran
+    assert_same_state(model, before)
+    params = list(reference.parameters())
+    rows = []
+    for i in range(len(x)):
+        grads = torch.autograd.grad(loss_fn(reference(x[i : i + 1]), y[i : i + 1]), params)
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    G = torch.stack(rows)
+    assert_close(dense, G.T @ G / len(x), what="empirical Fisher through Square.apply")
+
+
 class Doubled(torch.autograd.Function):
     """``2 x`` with a differentiable backward and no ``jvp``: the GGN falls back to reverse mode."""
 

@@ -13,6 +13,7 @@ one gradient graph) serves all ``k`` columns.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -534,6 +535,10 @@ class GGNOperator(_FunctionalOperator):
         return torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1).T
 
 
+#: torch.func's refusals of a model that plain autograd can still differentiate
+_FUNCTORCH_REFUSAL = re.compile(r"setup_context|functorch|vmap|torch\.func", re.IGNORECASE)
+
+
 class EmpiricalFisherOperator(_FunctionalOperator):
     """The gradient covariance ("empirical Fisher") ``F = (1/N) sum_n g_n g_n^T``.
 
@@ -541,8 +546,13 @@ class EmpiricalFisherOperator(_FunctionalOperator):
     for ``reduction="sum"`` the ``1/N`` is dropped). This is *not* the Fisher: it uses the true
     labels instead of the model's (Kunstner et al. 2019). Per-sample gradients come from
     ``torch.func.vmap(grad)``, so the cost per batch is one vectorised gradient; memory is
-    ``B x n`` per batch.
+    ``B x n`` per batch. A model that torch.func cannot transform (a custom
+    ``autograd.Function`` without ``setup_context``, a ``.item()`` in the forward) gets them
+    from a loop of plain ``torch.autograd.grad`` calls, one per sample: the same numbers,
+    ``B`` backward passes per batch.
     """
+
+    _vmap_works = True  # False once torch.func refused the model (then a per-sample loop)
 
     def __init__(self, model, loss_fn, data, params=None, **kwargs):
         super().__init__(model, loss_fn, data, params, **kwargs)
@@ -567,8 +577,31 @@ class EmpiricalFisherOperator(_FunctionalOperator):
             out = functional_call(model, dict(zip(names, params)), args, strict=False)
             return loss_fn(_inputs.model_outputs(out, pick), target.unsqueeze(0))
 
-        grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(primals, batch.args, batch.targets)
-        return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
+        if self._vmap_works:
+            try:
+                grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(
+                    primals, batch.args, batch.targets
+                )
+                return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
+            except RuntimeError as exc:
+                if not _FUNCTORCH_REFUSAL.search(str(exc)):
+                    raise
+                self._vmap_works = False
+        rows = []
+        for i in range(batch.size):
+            params = [p.requires_grad_() for p in self._detached_params()]
+            args = tuple(a[i] for a in batch.args)
+            loss = sample_loss(params, args, batch.targets[i])
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            rows.append(
+                torch.cat(
+                    [
+                        (torch.zeros_like(p) if g is None else g).reshape(-1)
+                        for g, p in zip(grads, params)
+                    ]
+                )
+            )
+        return torch.stack(rows)
 
     def _batch_fisher(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
         self._loss(self._forward(batch), batch)
