@@ -198,6 +198,19 @@ class Record:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+class _PerLayerFigure:
+    """``.plot()`` for the records with per-layer rows."""
+
+    def plot(self, **kwargs: Any) -> Any:
+        """Bar charts of the per-layer quantities; returns the matplotlib figure.
+
+        Drawn by :func:`jupyter_curvature.plotting.plot_stats` (``kwargs`` go to it).
+        """
+        from ..plotting import plot_stats
+
+        return plot_stats(self, **kwargs)
+
+
 def _hidden(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     """A field left out of the summary table (still in dicts and JSON)."""
     if default is dataclasses.MISSING:
@@ -336,7 +349,7 @@ class ParameterNorm:
 
 
 @dataclass
-class WeightNorms(Record):
+class WeightNorms(_PerLayerFigure, Record):
     """L2 and L-infinity norms of a model's parameters, overall and per layer.
 
     ``l2`` / ``linf`` cover every parameter concatenated (the original's
@@ -413,7 +426,7 @@ class LayerCurvatureRow:
 
 
 @dataclass
-class LayerCurvature(Record):
+class LayerCurvature(_PerLayerFigure, Record):
     """Per-layer largest eigenvalue and trace of the curvature's diagonal blocks.
 
     Each row is the block of the curvature matrix for one parameter group (the other
@@ -473,7 +486,7 @@ class LayerCurvature(Record):
 
 
 @dataclass
-class NetworkStatistics(Record):
+class NetworkStatistics(_PerLayerFigure, Record):
     """All the statistics of one model, as the original's ``compute_loss_stats`` reported them.
 
     ``train`` / ``test``: evaluations; ``gradients``: loss and gradient statistics on the
