@@ -1,16 +1,18 @@
-"""Put a model in an explicit, side-effect-free state for curvature products, then restore it.
+"""Put a model in an explicit, side-effect-free state for curvature and statistics; restore it.
 
-Two BatchNorm policies (algorithms.md, section 1):
+Two BatchNorm policies, the same for the curvature operators and for the statistics
+(:func:`model_mode`; :func:`check_batchnorm_policy`):
 
-* ``"eval"`` (default, as PyHessian): the whole model in ``eval()`` mode; BatchNorm uses its
+* ``"eval"`` (default, as PyHessian, Yao et al., "PyHessian: neural networks through the
+  lens of the Hessian", IEEE BigData 2020): the whole model in ``eval()`` mode; BatchNorm uses its
   running statistics and dropout is off.
 * ``"train"`` (as the original package's ``bn_train_mode=True``): dropout off, BatchNorm
   normalises with the statistics of each batch. Its running buffers are *not* updated:
   ``track_running_stats`` is switched off for the duration, which also keeps the products
   deterministic and free of side effects.
 
-In both, the chosen parameters require gradients and all others do not (so autograd does no
-work for them). On exit every module's ``training`` flag, every BatchNorm's
+For curvature products (:func:`curvature_mode`) the chosen parameters also require gradients
+and all others do not (so autograd does no work for them). On exit every module's ``training`` flag, every BatchNorm's
 ``track_running_stats``, every parameter's ``requires_grad`` and every buffer's values are
 exactly as before; ``.grad`` is never touched because products use ``torch.autograd.grad``.
 
