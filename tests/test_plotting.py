@@ -24,7 +24,7 @@ from jupyter_curvature.landscape import eigen_directions, landscape_1d, landscap
 from jupyter_curvature.operators import HessianOperator  # noqa: E402
 from jupyter_curvature.spectral import eigenpairs, spectral_density  # noqa: E402
 from jupyter_curvature.stats import layer_curvature, weight_norms  # noqa: E402
-from jupyter_curvature.training.trainer import History  # noqa: E402
+from jupyter_curvature.training import History  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
