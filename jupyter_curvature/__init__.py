@@ -58,7 +58,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "optim": ".optim",
     "training": ".training",
     "distributed": ".distributed",
-    "plots": ".plots",
+    "plotting": ".plotting",
+    "plots": ".plots",  # deprecated alias of plotting
     "api": ".api",
     "widgets": ".widgets",
     "magics": ".magics",
@@ -74,6 +75,7 @@ _SUBPACKAGES = {
     "optim",
     "training",
     "distributed",
+    "plotting",
     "plots",
     "api",
     "widgets",

@@ -85,6 +85,28 @@ def test_to_dict_is_plain_json(setup):
     assert setup.line.to_dict()["directions"][0]["eigenvalue"] == 4.2
 
 
+def test_saved_record_is_strict_json_and_old_files_load(setup, tmp_path):
+    result = setup.partial.copy()
+    result.meta = {"note": "x", "scale": float("nan"), "peak": float("inf")}
+    path = result.save(tmp_path / "strict")
+    with np.load(path) as f:
+        text = str(f["__record__"])
+    # the one JSON policy (core.records): no NaN/Infinity literals in the file
+    record = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert record["meta"] == {"note": "x", "scale": None, "peak": None}
+    back = LandscapeResult.load(path)
+    assert back.equals(result) and back.meta["scale"] is None
+    assert np.isnan(back.train_loss).any()  # the arrays keep their NaN
+    # a file written before the policy, with NaN literals in its record, still loads
+    from jupyter_curvature.core.files import atomic_savez
+
+    old = json.dumps({**record, "meta": {"scale": float("nan")}}, allow_nan=True)
+    assert "NaN" in old
+    path = atomic_savez(tmp_path / "old.npz", __record__=np.array(old), **result._arrays())
+    back = LandscapeResult.load(path)
+    assert np.isnan(back.meta["scale"]) and back.directions == result.directions
+
+
 def test_repr_is_readable(setup):
     text = repr(setup.line)
     assert text.startswith("Landscape1D(3 directions x 9 points")

@@ -82,9 +82,39 @@ def test_nan_survives_json(tmp_path):
         batchnorm="eval",
         per_probe={"alpha": [1.0]},
     )
-    loaded = CurvatureStatistics.load(stats.save(tmp_path / "c.json"))
+    path = stats.save(tmp_path / "c.json")
+    loaded = CurvatureStatistics.load(path)
     assert math.isnan(loaded.trace.stderr) and isinstance(loaded.trace, Estimate)
     assert loaded.per_probe == {"alpha": [1.0]}
+    # the one JSON policy: strict JSON on file (NaN -> null), NaN again on load
+    text = path.read_text()
+    assert "NaN" not in text and '"stderr": null' in text
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert stats.to_dict()["trace"]["stderr"] is None
+    assert math.isnan(Record.from_dict(stats.to_dict()).trace.stderr)
+    # files written before the policy (NaN literals) load the same
+    old = tmp_path / "old.json"
+    old.write_text(
+        json.dumps({"type": "CurvatureStatistics", **stats.to_dict()}).replace("null", "NaN")
+    )
+    back = CurvatureStatistics.load(old)
+    assert math.isnan(back.trace.stderr) and back.trace.value == 1.0 and back.num_probes == 1
+
+
+def test_optional_float_fields_keep_none(tmp_path):
+    norms = WeightNorms(
+        l2=1.0,
+        linf=0.5,
+        weights_l2=1.0,
+        weights_linf=0.5,
+        biases_l2=None,
+        biases_linf=None,
+        norm_l2=None,
+        norm_linf=None,
+        num_params=3,
+    )
+    back = WeightNorms.load(norms.save(tmp_path / "w.json"))
+    assert back == norms and back.biases_l2 is None
 
 
 def test_loading_the_wrong_record_type_is_refused(tmp_path):

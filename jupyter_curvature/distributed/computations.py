@@ -30,6 +30,8 @@ from ..core.distributed.checks import (
 )
 from ..core.distributed.context import get_world_size, is_initialized
 from ..core.distributed.primitives import check_backend_device, gather_objects
+from ..core.model_state import model_device_dtype
+from ..core.params import select_parameters
 
 __all__ = [
     "check_operator",
@@ -148,15 +150,15 @@ def gradient_statistics(
         total: the dataset size, to check the shards (optional).
         (others as :func:`jupyter_curvature.stats.gradient_statistics`)
     """
-    from ..stats import _common, gradients
+    from ..stats import gradient_statistics as _gradient_statistics
 
     if _distributed_active():
-        _, values, _ = gradients._split_params(model, params)
-        check_signatures(gather_objects([(n, tuple(v.shape), str(v.dtype)) for n, v in values.items()]))
+        chosen = select_parameters(model, params)
+        check_signatures(gather_objects([(n, tuple(p.shape), str(p.dtype)) for n, p in chosen]))
         if total is not None:
             check_shards(count_samples(data), total)
-        check_backend_device(_common.model_device_dtype(model)[0])
-    return gradients.gradient_statistics(
+        check_backend_device(model_device_dtype(model)[0])
+    return _gradient_statistics(
         model,
         loss_fn,
         data,

@@ -8,6 +8,7 @@
 See ``docs/landscape.md``.
 """
 
+from ..plotting import plot_landscape_1d, plot_landscape_2d, plot_landscape_surface  # re-exported
 from ._data import subsample_data
 from .directions import (
     ORIGINAL_POSITIONS,
@@ -31,7 +32,6 @@ from .grid import (
     landscape_2d,
 )
 from .perturb import Perturber, perturbed
-from .plot import plot_landscape_1d, plot_landscape_2d, plot_landscape_surface
 from .results import Landscape1D, Landscape2D, LandscapeResult
 
 __all__ = [

@@ -2,7 +2,8 @@
 
 Both kinds save to one ``.npz`` file (the arrays, plus their record as a JSON string) and
 load back identical, NaN included; :meth:`LandscapeResult.to_dict` gives plain JSON-able
-data (NaN -> ``None``) for front ends.
+data (NaN -> ``None``, the package's one JSON policy, :mod:`jupyter_curvature.core.records`)
+for front ends.
 
 - :class:`Landscape1D`: lines through the origin, one per direction; metric arrays have
   shape ``(k, len(coords))``: row ``i`` is ``w0 + t d_i`` for ``t`` in ``coords``.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,27 +23,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..core.files import atomic_savez
+from ..core.records import jsonable, to_json
 
 __all__ = ["LandscapeResult", "Landscape1D", "Landscape2D", "METRICS"]
 
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
-
-
-def _jsonable(x: Any) -> Any:
-    """NaN/inf -> None, numpy -> Python, recursively."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 @dataclass(repr=False, eq=False, kw_only=True)
@@ -130,30 +114,34 @@ class LandscapeResult:
         return out
 
     def _record(self) -> dict[str, Any]:
-        return json.loads(
-            json.dumps(
-                {
-                    "kind": self.kind,
-                    "directions": self.directions,
-                    "bn": self.bn,
-                    "reduction": self.reduction,
-                    "interrupted": self.interrupted,
-                    "meta": _jsonable(self.meta),
-                }
-            )
+        return jsonable(
+            {
+                "kind": self.kind,
+                "directions": self.directions,
+                "bn": self.bn,
+                "reduction": self.reduction,
+                "interrupted": self.interrupted,
+                "meta": self.meta,
+            }
         )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data: arrays as nested lists, NaN as ``None``."""
-        return _jsonable({**self._record(), **self._arrays()})
+        return jsonable({**self._record(), **self._arrays()})
 
     def to_json(self, **kwargs: Any) -> str:
+        """The JSON text of :meth:`to_dict` (``kwargs`` go to ``json.dumps``)."""
         return json.dumps(self.to_dict(), **kwargs)
 
     def save(self, path: str | Path) -> Path:
         """Write to ``path`` (``.npz`` appended if missing); :meth:`load` reads it back
-        exactly."""
-        record = json.dumps(self._record(), allow_nan=True)
+        exactly.
+
+        The arrays keep their NaN (``.npz``); the record (directions, meta) is JSON under
+        the package's one policy (:func:`jupyter_curvature.core.records.to_json`: NaN and
+        infinities as ``null``). Files written with NaN literals load as before.
+        """
+        record = to_json(self._record(), indent=None)
         return atomic_savez(path, __record__=np.array(record), **self._arrays())
 
     @classmethod
@@ -205,12 +193,17 @@ class LandscapeResult:
         return ""
 
     def plot(self, **kwargs: Any):
-        """Draw this result with matplotlib (see :mod:`jupyter_curvature.landscape.plot`)."""
-        from . import plot
+        """Draw this result with matplotlib (see :mod:`jupyter_curvature.plotting`).
+
+        A line result: :func:`~jupyter_curvature.plotting.plot_landscape_1d` (returns the
+        figure); a plane: :func:`~jupyter_curvature.plotting.plot_landscape_2d` (returns
+        the axes). ``kwargs`` go to that function.
+        """
+        from .. import plotting
 
         if isinstance(self, Landscape1D):
-            return plot.plot_landscape_1d(self, **kwargs)
-        return plot.plot_landscape_2d(self, **kwargs)
+            return plotting.plot_landscape_1d(self, **kwargs)
+        return plotting.plot_landscape_2d(self, **kwargs)
 
 
 def _fmt(x: float) -> str:

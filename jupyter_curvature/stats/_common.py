@@ -1,8 +1,11 @@
-"""Shared plumbing for the statistics: batching, BatchNorm/dropout policy, loss normalisation."""
+"""Shared plumbing for the statistics: batching, loss normalisation, streaming moments.
+
+The BatchNorm/dropout policy and the model's device and dtype come from the foundation
+(:mod:`jupyter_curvature.core.model_state`), as for the curvature operators.
+"""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,8 +13,6 @@ import torch
 from torch import nn
 
 from ..core.batches import Batch, BatchLayout, BatchSource
-
-BATCHNORM_POLICIES = ("eval", "train")
 
 #: modules whose affine parameters count as "normalisation" (reported apart from weights)
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -22,57 +23,6 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 if hasattr(nn, "RMSNorm"):
     NORM_TYPES = (*NORM_TYPES, nn.RMSNorm)
-
-
-def check_batchnorm(batchnorm: str) -> str:
-    value = getattr(batchnorm, "value", batchnorm)  # accept an Enum member too
-    if value not in BATCHNORM_POLICIES:
-        raise ValueError(
-            f"batchnorm must be 'eval' (running statistics) or 'train' (batch statistics, "
-            f"running buffers left untouched), got {batchnorm!r}"
-        )
-    return value
-
-
-def batchnorm_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@contextlib.contextmanager
-def model_mode(model: nn.Module, batchnorm: str = "eval") -> Iterator[nn.Module]:
-    """Dropout off; BatchNorm on running (``"eval"``) or batch (``"train"``) statistics.
-
-    Every module's ``training`` flag and every BatchNorm buffer is restored on exit, so a
-    ``"train"`` pass leaves the running statistics exactly as they were.
-    """
-    batchnorm = check_batchnorm(batchnorm)
-    flags = [(m, m.training) for m in model.modules()]
-    bns = batchnorm_modules(model)
-    saved = [
-        {k: v.detach().clone() for k, v in m.named_buffers(recurse=False) if v is not None}
-        for m in bns
-    ]
-    try:
-        model.eval()
-        if batchnorm == "train":
-            for m in bns:
-                m.train()
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
-        with torch.no_grad():
-            for m, buffers in zip(bns, saved, strict=True):
-                for k, v in buffers.items():
-                    getattr(m, k).copy_(v)
-
-
-def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Device and floating dtype of the model's first floating parameter (or buffer)."""
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    return torch.device("cpu"), torch.get_default_dtype()
 
 
 def accumulation_dtype(device: torch.device) -> torch.dtype:

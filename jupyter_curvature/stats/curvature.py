@@ -22,16 +22,15 @@ from torch import nn
 
 from ..core.batches import BatchLayout
 from ..core.distributed.primitives import is_distributed
+from ..core.model_state import check_batchnorm_policy, model_device_dtype
 from ..core.params import ParamSpec, select_parameters
 from ..operators import GGNOperator, HessianOperator
 from ._common import (
     WeightedMoments,
     accumulation_dtype,
     check_batch_size,
-    check_batchnorm,
     known_num_samples,
     loss_normaliser,
-    model_device_dtype,
     rebatch,
 )
 from .gradients import single_batch_error
@@ -137,7 +136,7 @@ def curvature_statistics(
             f"num_probes must be at least 1 (2 or more for standard errors), got {num_probes}"
         )
     batch_size = check_batch_size(batch_size)
-    batchnorm = check_batchnorm(batchnorm)
+    batchnorm = check_batchnorm_policy(batchnorm)
     reduction = loss_normaliser(loss_fn)
     total = known_num_samples(data)
     sharded = is_distributed()  # each rank holds a shard: the checks are on the merged counts

@@ -9,13 +9,15 @@ import torch
 from torch import nn
 
 from ..core.batches import BatchLayout
-from ._common import (
-    batch_loss,
+from ..core.model_state import (
     batchnorm_modules,
-    check_batchnorm,
-    loss_normaliser,
+    check_batchnorm_policy,
     model_device_dtype,
     model_mode,
+)
+from ._common import (
+    batch_loss,
+    loss_normaliser,
     rebatch,
 )
 from .results import EvaluationResult
@@ -59,7 +61,7 @@ def evaluate(
         >>> abs(r.loss - torch.nn.functional.cross_entropy(model(x), y).item()) < 1e-12
         True
     """
-    batchnorm = check_batchnorm(batchnorm)
+    batchnorm = check_batchnorm_policy(batchnorm)
     ks = sorted({int(k) for k in topk})
     if any(k < 1 for k in ks):
         raise ValueError(f"topk entries must be at least 1, got {tuple(topk)}")

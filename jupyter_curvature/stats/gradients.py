@@ -22,17 +22,15 @@ from torch.utils._pytree import tree_map
 
 from ..core.batches import BatchLayout
 from ..core.distributed.primitives import is_distributed
+from ..core.model_state import check_batchnorm_policy, model_device_dtype, model_mode
 from ..core.params import ParamSpec, select_parameters
 from ._common import (
     WeightedMoments,
     accumulation_dtype,
     batch_loss,
     check_batch_size,
-    check_batchnorm,
     known_num_samples,
     loss_normaliser,
-    model_device_dtype,
-    model_mode,
     rebatch,
 )
 from .results import GradientStatistics
@@ -119,7 +117,7 @@ def gradient_statistics(
         >>> s.num_batches, s.batch_size
         (2, 4)
     """
-    batchnorm = check_batchnorm(batchnorm)
+    batchnorm = check_batchnorm_policy(batchnorm)
     reduction = loss_normaliser(loss_fn)
     if per_sample:
         if batchnorm == "train":

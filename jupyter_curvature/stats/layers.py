@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from ..core.batches import BatchLayout
+from ..core.model_state import check_batchnorm_policy
 from ..core.params import select_parameters
 from ..operators import CurvatureOperator, GGNOperator, HessianOperator
 from ..spectral import eigenpairs, trace
-from ._common import check_batchnorm
 from .results import LayerCurvature, LayerCurvatureRow
 
 TRACE_METHODS = ("auto", "exact", "hutch++", "hutchinson")
@@ -128,7 +128,7 @@ def layer_curvature(
         )
     if isinstance(dense_below, bool) or not isinstance(dense_below, int) or dense_below < 1:
         raise ValueError(f"dense_below must be a positive int, got {dense_below!r}")
-    batchnorm = check_batchnorm(batchnorm)
+    batchnorm = check_batchnorm_policy(batchnorm)
     operator_type = HessianOperator if curvature == "hessian" else GGNOperator
     specs = _resolve_layers(model, layers)
     param_groups = _row_params(model, specs)

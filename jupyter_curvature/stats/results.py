@@ -1,7 +1,8 @@
 """Typed result records for the statistics: readable tables, dicts, JSON, save and load.
 
 Every record is a dataclass. ``str(record)`` is a plain-text table; ``record.to_dict()``
-and ``record.to_json()`` give plain Python / JSON (NaN for an undefined standard error);
+and ``record.to_json()`` give plain Python / JSON (``None``/``null`` for NaN, such as an
+undefined standard error: the package's one JSON policy, :mod:`jupyter_curvature.core.records`);
 ``record.save(path)`` writes JSON and ``Record.load(path)`` (or the concrete class's
 ``load``) reads it back into the same typed record.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..core.files import atomic_write_text
+from ..core.records import jsonable, to_json, write_json
 
 _REGISTRY: dict[str, type[Record]] = {}
 
@@ -59,22 +60,26 @@ def format_table(headers: list[str], rows: list[list[Any]], title: str | None = 
     return "\n".join(out)
 
 
-def _to_plain(value: Any) -> Any:
+def _plain(value: Any) -> Any:
+    """A record's fields as plain data (nested records as their fields, no ``"type"`` key);
+    every leaf through :func:`~jupyter_curvature.core.records.jsonable` (NaN -> ``None``)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {str(k): _to_plain(v) for k, v in value.items()}
+        return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
-    if hasattr(value, "tolist"):  # torch / numpy scalars and arrays
-        return value.tolist()
-    return value
+        return [_plain(v) for v in value]
+    return jsonable(value)
 
 
 def _build(tp: Any, value: Any) -> Any:
-    """Rebuild a value of annotated type ``tp`` from its plain (JSON) form."""
+    """Rebuild a value of annotated type ``tp`` from its plain (JSON) form.
+
+    ``null`` stands for NaN where the field is a ``float`` (the JSON policy of
+    :mod:`jupyter_curvature.core.records`), and for ``None`` where it is optional.
+    """
     if value is None:
-        return None
+        return math.nan if tp is float else None
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -156,12 +161,17 @@ class Record:
 
     # conversion ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain Python (dicts, lists, floats, ints, strings); a ``"type"`` key names the record."""
-        return {"type": type(self).__name__, **_to_plain(self)}
+        """Plain Python (dicts, lists, floats, ints, strings); a ``"type"`` key names the record.
+
+        The package's one JSON policy (:func:`jupyter_curvature.core.records.jsonable`): NaN
+        and infinities become ``None``; :meth:`from_dict` turns them back into NaN where the
+        field is a ``float``.
+        """
+        return {"type": type(self).__name__, **_plain(self)}
 
     def to_json(self, indent: int | None = 2) -> str:
-        """JSON text (NaN is written as ``NaN``, which Python's json reads back)."""
-        return json.dumps(self.to_dict(), indent=indent)
+        """JSON text (strict: NaN and infinities are written as ``null``)."""
+        return to_json(self.to_dict(), indent=indent)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
@@ -180,13 +190,25 @@ class Record:
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".json")
-        atomic_write_text(path, self.to_json())
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Record:
-        """Read a record saved by :meth:`save`."""
+        """Read a record saved by :meth:`save` (files with ``NaN`` literals too)."""
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+class _PerLayerFigure:
+    """``.plot()`` for the records with per-layer rows."""
+
+    def plot(self, **kwargs: Any) -> Any:
+        """Bar charts of the per-layer quantities; returns the matplotlib figure.
+
+        Drawn by :func:`jupyter_curvature.plotting.plot_stats` (``kwargs`` go to it).
+        """
+        from ..plotting import plot_stats
+
+        return plot_stats(self, **kwargs)
 
 
 def _hidden(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
@@ -327,7 +349,7 @@ class ParameterNorm:
 
 
 @dataclass
-class WeightNorms(Record):
+class WeightNorms(_PerLayerFigure, Record):
     """L2 and L-infinity norms of a model's parameters, overall and per layer.
 
     ``l2`` / ``linf`` cover every parameter concatenated (the original's
@@ -404,7 +426,7 @@ class LayerCurvatureRow:
 
 
 @dataclass
-class LayerCurvature(Record):
+class LayerCurvature(_PerLayerFigure, Record):
     """Per-layer largest eigenvalue and trace of the curvature's diagonal blocks.
 
     Each row is the block of the curvature matrix for one parameter group (the other
@@ -464,7 +486,7 @@ class LayerCurvature(Record):
 
 
 @dataclass
-class NetworkStatistics(Record):
+class NetworkStatistics(_PerLayerFigure, Record):
     """All the statistics of one model, as the original's ``compute_loss_stats`` reported them.
 
     ``train`` / ``test``: evaluations; ``gradients``: loss and gradient statistics on the

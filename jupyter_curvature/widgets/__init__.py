@@ -10,7 +10,7 @@ Usable without the magics::
     api.train(model, data, callbacks=[dash], spectrum_every=20)
 
 Every panel owns its widgets and closes them all with ``panel.close()``; every panel has a
-``to_matplotlib()`` (see :mod:`.static_plots`) for a static figure. This subpackage is the
+``to_matplotlib()`` (drawn by :mod:`jupyter_curvature.plotting`) for a static figure. This subpackage is the
 only place (with :mod:`jupyter_curvature.magics`) that imports ipywidgets or bqplot.
 """
 
@@ -27,9 +27,10 @@ _EXPORTS = {
     "StatsPanel": ".stats",
     "LandscapeExplorer": ".landscape",
     "LandscapeCanvas": ".landscape_canvas",
-    "plot_training": ".static_plots",
-    "plot_spectrum": ".static_plots",
-    "plot_stats": ".static_plots",
+    # the static figures live in the engine (jupyter_curvature.plotting); re-exported here
+    "plot_training": "..plotting",
+    "plot_spectrum": "..plotting",
+    "plot_stats": "..plotting",
 }
 
 __all__ = sorted(_EXPORTS)

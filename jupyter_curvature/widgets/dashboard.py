@@ -409,7 +409,7 @@ class TrainingDashboard(Panel):
     # ------------------------------------------------------------------ static version
     def to_matplotlib(self, **kw: Any) -> Any:
         """The same four views as a matplotlib figure (for papers, or front ends without widgets)."""
-        from .static_plots import plot_training
+        from ..plotting import plot_training
 
         if self._state is None:
             raise ValueError("the dashboard has seen no training yet")

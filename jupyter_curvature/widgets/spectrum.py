@@ -274,7 +274,7 @@ class SpectrumPanel(Panel):
 
     def to_matplotlib(self, **kw: Any) -> Any:
         """The same view as a matplotlib figure (current ``sigma`` and scale unless given)."""
-        from .static_plots import plot_spectrum
+        from ..plotting import plot_spectrum
 
         kw.setdefault("sigma", self.sigma)
         kw.setdefault("log", self.log)

@@ -15,8 +15,8 @@ import bqplot as bq
 import ipywidgets as W
 import numpy as np
 
+from ..plotting import layer_quantities, plot_stats
 from ._base import Panel
-from .static_plots import layer_quantities, plot_stats
 
 __all__ = ["StatsPanel", "layer_quantities"]
 

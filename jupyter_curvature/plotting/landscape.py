@@ -1,4 +1,4 @@
-"""Matplotlib pictures of landscape results.
+"""The landscape figures: lines, planes and surfaces of loss and accuracy.
 
 - :func:`plot_landscape_1d`: the original package's 2 x 2 figure (rows train / test,
   columns loss / accuracy), one line per direction labelled with its eigenvalue;
@@ -12,19 +12,13 @@ as usual (``matplotlib.use("Agg")`` for files).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # results.py imports this module for its .plot(): names only, no cycle
-    from .results import Landscape1D, Landscape2D
+from ._figures import is_a, pyplot_figure
 
 __all__ = ["plot_landscape_1d", "plot_landscape_2d", "plot_landscape_surface"]
-
-
-def _is_a(result: Any, class_name: str) -> bool:
-    """``isinstance`` by class name, so that this module need not import the results."""
-    return any(c.__name__ == class_name for c in type(result).__mro__)
 
 
 _TITLES = {
@@ -33,12 +27,6 @@ _TITLES = {
     "test_loss": "test loss",
     "test_accuracy": "test accuracy",
 }
-
-
-def _pyplot():
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _direction_label(info: dict[str, Any], fallback: str) -> str:
@@ -50,7 +38,7 @@ def _direction_label(info: dict[str, Any], fallback: str) -> str:
 
 
 def plot_landscape_1d(
-    result: Landscape1D,
+    result: Any,
     *,
     fig: Any = None,
     logy: bool = False,
@@ -62,12 +50,11 @@ def plot_landscape_1d(
     Without test data it is 1 x 2. One line per direction, labelled with its eigenvalue
     (or its label for other directions). Returns the figure.
     """
-    if not _is_a(result, "Landscape1D"):
+    if not is_a(result, "Landscape1D"):
         raise TypeError(f"plot_landscape_1d needs a Landscape1D, got {type(result).__name__}")
-    plt = _pyplot()
     splits = ["train", "test"] if result.test_loss is not None else ["train"]
     if fig is None:
-        fig = plt.figure(figsize=(10, 3.6 * len(splits)))
+        fig = pyplot_figure((10, 3.6 * len(splits)))
     axes = fig.subplots(len(splits), 2, squeeze=False)
     t = np.asarray(result.coords)
     for r, split in enumerate(splits):
@@ -95,19 +82,19 @@ def plot_landscape_1d(
     return fig
 
 
-def _grid(result: Landscape2D, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _grid(result: Any, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     z = result.metric(metric)
     X, Y = np.meshgrid(np.asarray(result.xs), np.asarray(result.ys), indexing="ij")
     return X, Y, z
 
 
-def _axis_labels(ax: Any, result: Landscape2D) -> None:
+def _axis_labels(ax: Any, result: Any) -> None:
     ax.set_xlabel(_direction_label(result.directions[0], "x"))
     ax.set_ylabel(_direction_label(result.directions[1], "y"))
 
 
 def plot_landscape_2d(
-    result: Landscape2D,
+    result: Any,
     metric: str = "train_loss",
     *,
     kind: str = "both",
@@ -121,7 +108,7 @@ def plot_landscape_2d(
     """Heat map and/or contours of one metric over the plane.
 
     Args:
-        result: a :class:`Landscape2D`.
+        result: a :class:`~jupyter_curvature.landscape.Landscape2D`.
         metric: ``"train_loss"``, ``"test_loss"``, ``"train_accuracy"``, ...
         kind: ``"both"`` (heat map with contour lines), ``"heatmap"`` or ``"contour"``.
         ax: axes to draw into (default: a new figure).
@@ -133,13 +120,12 @@ def plot_landscape_2d(
     Returns:
         the axes.
     """
-    if not _is_a(result, "Landscape2D"):
+    if not is_a(result, "Landscape2D"):
         raise TypeError(f"plot_landscape_2d needs a Landscape2D, got {type(result).__name__}")
     if kind not in ("both", "heatmap", "contour"):
         raise ValueError(f"kind must be 'both', 'heatmap' or 'contour', got {kind!r}")
-    plt = _pyplot()
     if ax is None:
-        _, ax = plt.subplots(figsize=(5.6, 4.6))
+        ax = pyplot_figure((5.6, 4.6)).add_subplot()
     X, Y, z = _grid(result, metric)
     if log:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -173,7 +159,7 @@ def plot_landscape_2d(
 
 
 def plot_landscape_surface(
-    result: Landscape2D,
+    result: Any,
     metric: str = "train_loss",
     *,
     ax: Any = None,
@@ -181,12 +167,10 @@ def plot_landscape_surface(
     cmap: str = "viridis",
 ) -> Any:
     """A 3D surface of one metric over the plane; returns the (3D) axes."""
-    if not _is_a(result, "Landscape2D"):
+    if not is_a(result, "Landscape2D"):
         raise TypeError(f"plot_landscape_surface needs a Landscape2D, got {type(result).__name__}")
-    plt = _pyplot()
     if ax is None:
-        fig = plt.figure(figsize=(6.4, 5.2))
-        ax = fig.add_subplot(projection="3d")
+        ax = pyplot_figure((6.4, 5.2)).add_subplot(projection="3d")
     X, Y, z = _grid(result, metric)
     if log:
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -1,0 +1,34 @@
+"""Every static matplotlib figure of the package, one function per figure.
+
+- :func:`plot_spectrum`: a spectral density with its band across probes, the Ritz values
+  as stems and certified eigenvalues as lines (:func:`plot_spectral_density` is the CLI's
+  call of it: a log axis, returning the axes);
+- :func:`plot_training`: loss and accuracy of a training run, with the curvature seen
+  while training when recorded (:func:`plot_training_history` is the CLI's call of it);
+- :func:`plot_stats`: the per-layer statistics as bar charts (:func:`layer_quantities`
+  gives their numbers);
+- :func:`plot_landscape_1d`, :func:`plot_landscape_2d`, :func:`plot_landscape_surface`:
+  loss landscapes along lines and over planes.
+
+Results draw themselves through these (``result.plot()``). This package is part of the
+engine: it imports matplotlib (when a function is called) and numpy, never a Jupyter
+package, and takes results by their attributes, not their classes. The widgets'
+``to_matplotlib()`` use the same functions.
+"""
+
+from .landscape import plot_landscape_1d, plot_landscape_2d, plot_landscape_surface
+from .spectrum import plot_spectral_density, plot_spectrum
+from .stats import layer_quantities, plot_stats
+from .training import plot_training, plot_training_history
+
+__all__ = [
+    "layer_quantities",
+    "plot_landscape_1d",
+    "plot_landscape_2d",
+    "plot_landscape_surface",
+    "plot_spectral_density",
+    "plot_spectrum",
+    "plot_stats",
+    "plot_training",
+    "plot_training_history",
+]

@@ -1,0 +1,32 @@
+"""Where new figures come from: the object API, or pyplot where a function always used it.
+
+Figures made with :func:`figure` are plain ``matplotlib.figure.Figure`` objects: no pyplot
+state is left behind, so they are safe in scripts, threads and tests whatever the backend.
+:func:`pyplot_figure` is kept for the functions that have always registered their figure
+with pyplot (the landscape figures and the CLI's spectrum figure), so that a notebook's
+inline backend keeps showing them without ``display``. matplotlib is imported on call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def figure(nrows: int, ncols: int, size: tuple[float, float]) -> tuple[Any, Any]:
+    """A new ``Figure`` (constrained layout) and its ``(nrows, ncols)`` array of axes."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def pyplot_figure(size: tuple[float, float]) -> Any:
+    """A new figure registered with pyplot (shown by a notebook's inline backend)."""
+    import matplotlib.pyplot as plt
+
+    return plt.figure(figsize=size)
+
+
+def is_a(result: Any, class_name: str) -> bool:
+    """``isinstance`` by class name, so that plotting need not import the result classes."""
+    return any(c.__name__ == class_name for c in type(result).__mro__)
