@@ -194,7 +194,7 @@ def spectrum_job(
     out = output_folder(out)
     import matplotlib.pyplot as plt
 
-    from .plots import plot_spectral_density
+    from .plotting import plot_spectral_density
     from .spectral import eigenpairs, spectral_density
 
     op = _operator(setup, curvature, setup.train, params)
@@ -366,7 +366,7 @@ def train_job(
     out = output_folder(out)
     import matplotlib.pyplot as plt
 
-    from .plots import plot_training_history
+    from .plotting import plot_training_history
     from .training import train
 
     torch.manual_seed(seed)
