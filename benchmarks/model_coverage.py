@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import math
 import time
 import traceback
 import warnings
@@ -137,6 +138,8 @@ def timed(fn) -> dict:
         out["warning"] = str(runtime[0].message).split(";")[0][:160]
     if value is not None:
         out["value"] = float(value)
+        if not math.isfinite(out["value"]):  # a product norm of NaN is a failure, not a figure
+            return {"ok": False, "error": f"not finite: the result's norm is {out['value']}"}
     return out
 
 

@@ -223,6 +223,56 @@ def test_once_differentiable_function_with_jvp_gives_the_ggn():
     assert_close(G @ v, expected, what="GGN v through a Function with jvp")
 
 
+class CosineTokens(nn.Module):
+    """Swin V2's cosine attention in miniature: ``normalize(W x)`` per token, then a head.
+    ``pad`` zero tokens are appended (a padded window), whose ``W x`` is 0 for every ``W``."""
+
+    def __init__(self, pad: int) -> None:
+        super().__init__()
+        self.pad = pad
+        self.q = nn.Linear(3, 4, bias=False)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):  # x: (B, T, 3)
+        if self.pad:
+            x = torch.cat([x, x.new_zeros(x.shape[0], self.pad, x.shape[2])], dim=1)
+        tokens = F.normalize(self.q(x), dim=-1)
+        return self.head(tokens.sum(dim=1))
+
+
+def test_normalize_of_padded_zero_tokens_has_a_finite_exact_hessian():
+    """Autograd's double backward of ``F.normalize`` at a zero row is NaN (Swin V2's padded
+    windows); rerouted, the Hessian equals that of the network without the padding (the zero
+    tokens contribute 0 whatever the weights) and central differences of the gradient."""
+    torch.manual_seed(0)
+    padded = CosineTokens(pad=2).double()
+    plain = copy.deepcopy(padded)
+    plain.pad = 0
+    x, y = torch.randn(5, 3, 3, dtype=torch.float64), torch.arange(5) % 3
+    loss_fn = nn.CrossEntropyLoss()
+    params = list(padded.parameters())
+    grads = torch.autograd.grad(loss_fn(padded(x), y), params, create_graph=True)
+    hv = torch.autograd.grad(sum(g.sum() for g in grads), params)
+    assert not all(torch.isfinite(h).all() for h in hv)  # torch alone: NaN
+    H = jc.HessianOperator(padded, loss_fn, (x, y)).to_dense()
+    assert torch.isfinite(H).all()
+    assert_close(H, dense_hessian(plain, loss_fn, x, y), what="padded vs unpadded network")
+    by_differences = dense_hessian_by_differences(padded, loss_fn, x, y)
+    assert_close(H, by_differences, rtol=1e-6, atol=1e-8, what="H vs differences")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rerouted_normalize_keeps_the_kernels_values(dtype):
+    x = torch.randn(7, 5, 4, dtype=dtype)
+    x[0, 1], x[2, :, 3] = 0.0, 1e-14  # a zero row and rows below eps along dim=1
+    for dim in (1, -1, 0):
+        for p in (2.0, 1.0):
+            expected = F.normalize(x, p=p, dim=dim)
+            with twice_differentiable():
+                got = F.normalize(x, p=p, dim=dim)
+            assert torch.equal(got, expected), (dim, p)
+
+
 def test_empirical_fisher_through_a_function_torch_func_refuses():
     """A custom Function without ``setup_context`` (torch.func refuses it): per-sample
     gradients by a loop, equal to the brute-force ``(1/N) sum g_n g_n^T`` of the same

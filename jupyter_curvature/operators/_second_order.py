@@ -22,6 +22,9 @@ order torch knows:
   into the input, as the kernel does.
 * ``scaled_dot_product_attention`` -> ``aten::_scaled_dot_product_attention_math``, torch's
   reference implementation ``softmax(q k^T * scale + mask) v`` in elementary operations.
+* ``normalize(x)`` (Swin V2's cosine attention) -> the same division with ``eps`` taken
+  directly for rows of norm ``<= eps``: autograd's second derivative of ``norm`` at a zero row
+  (a padded window's token) is NaN, although ``normalize`` is linear there.
 * ``multi_head_attention_forward(..., need_weights=False)`` runs with ``need_weights=True``,
   which computes the attention with ``bmm`` and ``softmax`` instead of the fused kernel; the
   weights are dropped, so the caller gets what it asked for.
@@ -73,6 +76,26 @@ def _attention(
     )[0]
 
 
+def _normalize(input, p=2.0, dim=1, eps=1e-12, out=None) -> torch.Tensor:
+    """``F.normalize`` with derivatives of every order at a zero row (same values, bitwise).
+
+    ``F.normalize`` divides by ``norm(x).clamp_min(eps)``: near ``x = 0`` that is the linear
+    map ``x / eps``, but autograd still differentiates ``norm`` at 0, whose second derivative
+    is ``0/0 = NaN`` (and the clamp's zero mask times NaN stays NaN). Swin V2's cosine attention
+    normalises the zero tokens of padded windows, so its Hessian came out NaN. Rows with
+    ``norm <= eps`` take ``eps`` directly; the others the same ``norm`` kernel as torch.
+    """
+    if out is not None:
+        return F.normalize(input, p, dim, eps, out)
+    with torch.no_grad():
+        kept = input.norm(p, dim, keepdim=True) > eps
+    safe = torch.where(kept, input, torch.ones_like(input))
+    denom = torch.where(
+        kept, safe.norm(p, dim, keepdim=True), torch.full_like(kept, eps, dtype=input.dtype)
+    )
+    return input / denom.expand_as(input)
+
+
 def _multi_head_attention(*args, **kwargs):
     kwargs["need_weights"] = True  # the explicit bmm/softmax path instead of the fused kernel
     return F.multi_head_attention_forward(*args, **kwargs)[0], None
@@ -81,6 +104,7 @@ def _multi_head_attention(*args, **kwargs):
 _ROUTES: dict[Callable[..., Any], Callable[..., Any]] = {
     F.hardsigmoid: _hardsigmoid,
     F.scaled_dot_product_attention: _attention,
+    F.normalize: _normalize,
 }
 
 
