@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import math
+import sys
 import time
 import traceback
 import warnings
