@@ -331,3 +331,17 @@ def test_evaluation_callback_does_not_change_the_training():
     with_eval.fit()
     assert_same_tree(state_of(plain)["model"], state_of(with_eval)["model"])
     assert len([e for e in with_eval.history.events if e["event"] == "evaluation"]) == 6
+
+
+def test_history_plot_draws_the_epoch_records():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    h = trained_history().history
+    axes = h.plot()
+    ys = [line.get_ydata() for line in axes[0].lines]
+    assert [list(y) for y in ys] == [h.metric("train_loss"), h.metric("test_loss")]
+    steps_only = History.from_dict({"steps": h.to_dict()["steps"]})
+    axes = steps_only.plot()
+    assert list(axes[0].lines[0].get_xdata()) == [1, 2, 3, 4, 5, 6]
+    assert list(axes[0].lines[0].get_ydata()) == h.loss
