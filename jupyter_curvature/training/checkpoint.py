@@ -286,7 +286,7 @@ class CheckpointState:
             set_rng_state(state["rng"])
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Write the state atomically (default ``checkpoint_dir/checkpoint-last.pt``).
+        """Write the state atomically (default ``checkpoint.dir/checkpoint-last.pt``).
 
         Under DDP a collective: only rank 0 writes, every rank returns once the file is
         complete (or raises if rank 0 could not write it).

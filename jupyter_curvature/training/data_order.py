@@ -105,6 +105,8 @@ class DataOrder:
                 )
 
     def order(self, epoch: int) -> list[torch.Tensor]:
+        """The global batches of ``epoch`` as index tensors (a permutation drawn from
+        :func:`epoch_seed` when shuffling, else ``0..n-1``, cut into batches)."""
         n = len(self.dataset)
         if self.shuffle:
             idx = torch.randperm(
@@ -116,6 +118,7 @@ class DataOrder:
         return chunks[: self.count]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        """This rank's batches of ``epoch`` from batch ``start`` on (resume inside an epoch)."""
         if self.opaque is not None:
             set_epoch = getattr(self.opaque.sampler, "set_epoch", None)
             if self.world_size > 1 and callable(set_epoch):
@@ -148,6 +151,7 @@ class DataOrder:
 
 
 def as_eval_batches(data: Any, batch_size: int) -> Iterable[Any] | None:
+    """Evaluation data (a Dataset, DataLoader, batches or one batch) as batches in order."""
     if data is None:
         return None
     if (
@@ -182,6 +186,7 @@ def rank_batches(batches: Iterable[Any], rank: int, world_size: int) -> Iterable
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
+    """A batch (tensors in tuples, lists and dicts) on ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (tuple, list)):
