@@ -48,6 +48,10 @@ _LAZY_EXPORTS: dict[str, str] = {
     "Trainer": ".training",
     "DiskFullError": ".core.files",
     "train": ".training",
+    "History": ".training",
+    "DataOptions": ".training",
+    "CheckpointOptions": ".training",
+    "DistributedOptions": ".training",
     # subpackages
     "operators": ".operators",
     "spectral": ".spectral",

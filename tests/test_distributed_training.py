@@ -26,8 +26,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import jupyter_curvature.distributed as jd
-from jupyter_curvature.training import Callback, CurvatureCallback, Trainer
-from jupyter_curvature.training import trainer as trainer_module
+from jupyter_curvature.training import (
+    Callback,
+    CheckpointOptions,
+    CurvatureCallback,
+    DataOptions,
+    DistributedOptions,
+    Trainer,
+)
+from jupyter_curvature.training import checkpoint as checkpoint_module
 
 NUM_SAMPLES, NUM_TEST, BATCH, WORLD = 70, 33, 15, 2
 STEPS = 10  # two epochs of 5 global batches
@@ -55,12 +62,13 @@ def make_model(hidden: int = 5, batchnorm: bool = False, seed: int = 1) -> nn.Mo
     return nn.Sequential(*layers).double()
 
 
-def make_trainer(model=None, callbacks=(), **kw):
+def make_trainer(model=None, callbacks=(), *, batch_size=BATCH, checkpoint_dir=None, **kw):
     model = make_model() if model is None else model
     inner = model.module if isinstance(model, DDP) else model
     train_set, test_set = make_data()
     kw.setdefault("steps", STEPS)
-    kw.setdefault("batch_size", BATCH)
+    kw["data_options"] = DataOptions(batch_size=batch_size)
+    kw["checkpoint"] = CheckpointOptions(dir=checkpoint_dir)
     opt = torch.optim.SGD(inner.parameters(), lr=0.2, momentum=0.9)
     return Trainer(model, opt, train_set, test_set, seed=3, callbacks=list(callbacks), **kw)
 
@@ -156,7 +164,7 @@ def _main_job(folder: str):
     out["distributed"] = trainer.distributed and isinstance(trainer.ddp, DDP)
     trainer.fit()
     out["plain"] = summary(trainer)
-    out["shard_sizes"] = [len(b[1]) for b in trainer._batches.epoch(0)]
+    out["shard_sizes"] = [len(b[1]) for b in trainer.data_order.epoch(0)]
 
     # 2. a DDP module made by the user is accepted
     user = make_trainer(DDP(make_model()))
@@ -166,13 +174,13 @@ def _main_job(folder: str):
 
     # 3. checkpoints by rank 0 only; stop asked on rank 1 at step 6; resume to the end
     writes: list[str] = []
-    real_save = trainer_module.atomic_save
+    real_save = checkpoint_module.atomic_save
 
     def counting_save(obj, path):
         writes.append(str(path))
         return real_save(obj, path)
 
-    trainer_module.atomic_save = counting_save
+    checkpoint_module.atomic_save = counting_save
     try:
         first = make_trainer(callbacks=[StopAt(6, rank=1)], checkpoint_dir=folder)
         first.fit()
@@ -184,7 +192,7 @@ def _main_job(folder: str):
         resumed.fit(resume=True)
         out["resumed"] = summary(resumed)
     finally:
-        trainer_module.atomic_save = real_save
+        checkpoint_module.atomic_save = real_save
     out["writes"] = writes
     uninterrupted = make_trainer()
     uninterrupted.fit()
@@ -422,7 +430,9 @@ def _bad_input_job():
     out["settings"] = _error(lambda: make_trainer(steps=STEPS + rank))
     model = make_model()
     out["kfac"] = _error(
-        lambda: Trainer(model, KFAC(model, lr=0.1), make_data()[0], batch_size=BATCH)
+        lambda: Trainer(
+            model, KFAC(model, lr=0.1), make_data()[0], data_options=DataOptions(batch_size=BATCH)
+        )
     )
     out["batch"] = _error(lambda: make_trainer(batch_size=69))
     out["subsample"] = _error(
@@ -457,10 +467,11 @@ def _bad_input_job():
     out["nan"] = _error(nan.fit)
     out["nan_step"] = nan.step
 
-    # distributed=False under a process group: each rank alone, its spectra its own
+    # DistributedOptions(enabled=False) under a process group: each rank alone, its spectra its own
     alone = make_trainer(
-        make_model(seed=1 + rank), callbacks=[curvature_callback()], steps=5, distributed=False
-    )
+        make_model(seed=1 + rank), callbacks=[curvature_callback()], steps=5,
+        distributed=DistributedOptions(enabled=False),
+    )  # fmt: skip
     alone.fit()
     out["alone"] = (alone.distributed, alone.history.curvature[-1]["ritz_values"])
     return out
@@ -529,19 +540,24 @@ def test_distributed_false_trains_each_rank_alone(bad_input):
 def test_without_a_process_group_the_trainer_is_local():
     trainer = make_trainer()
     assert not trainer.distributed and trainer.ddp is None
-    with pytest.raises(ValueError, match="distributed=True needs a torch.distributed process"):
-        make_trainer(distributed=True)
-    with pytest.raises(TypeError, match="distributed must be None, True or False"):
+    with pytest.raises(ValueError, match=r"DistributedOptions\(enabled=True\) needs a torch.distr"):
+        make_trainer(distributed=DistributedOptions(enabled=True))
+    with pytest.raises(TypeError, match="DistributedOptions.enabled must be None"):
+        DistributedOptions(enabled="yes")
+    with pytest.raises(TypeError, match=r"distributed=\.\.\.\) must be a DistributedOptions"):
         make_trainer(distributed="yes")
+    with pytest.warns(FutureWarning, match=r"DistributedOptions\(enabled=\.\.\.\)"):
+        with pytest.raises(ValueError, match=r"enabled=True\) needs a torch.distributed"):
+            make_trainer(distributed=True)  # the deprecated flat form
 
 
 def test_rank_parts_of_the_global_batches_make_the_single_process_batches():
-    from jupyter_curvature.training.trainer import _Batches
+    from jupyter_curvature.training.data_order import DataOrder
 
     train_set, _ = make_data()
     kw = dict(batch_size=BATCH, shuffle=True, drop_last=False, num_workers=0, seed=3)
-    whole = _Batches(train_set, **kw)
-    parts = [_Batches(train_set, rank=r, world_size=WORLD, **kw) for r in range(WORLD)]
+    whole = DataOrder(train_set, **kw)
+    parts = [DataOrder(train_set, rank=r, world_size=WORLD, **kw) for r in range(WORLD)]
     assert whole.count == parts[0].count == parts[1].count == 5
     for epoch in (0, 1):
         batches = list(zip(whole.epoch(epoch), parts[0].epoch(epoch), parts[1].epoch(epoch)))
@@ -555,13 +571,13 @@ def test_rank_parts_of_the_global_batches_make_the_single_process_batches():
 
 
 def test_rank_parts_need_a_sample_per_rank_and_a_distributed_sampler():
-    from jupyter_curvature.training.trainer import _Batches
+    from jupyter_curvature.training.data_order import DataOrder
 
     train_set, _ = make_data()
     kw = dict(shuffle=False, num_workers=0, seed=0, rank=0, world_size=3)
     with pytest.raises(ValueError, match="leaves a batch of 1 samples for 3 ranks"):
-        _Batches(train_set, batch_size=23, drop_last=False, **kw)  # 70 = 3 x 23 + 1
-    assert _Batches(train_set, batch_size=23, drop_last=True, **kw).count == 3
+        DataOrder(train_set, batch_size=23, drop_last=False, **kw)  # 70 = 3 x 23 + 1
+    assert DataOrder(train_set, batch_size=23, drop_last=True, **kw).count == 3
     custom = DataLoader(train_set, batch_size=10, sampler=list(range(NUM_SAMPLES)))
     with pytest.raises(ValueError, match="custom sampler that is not a distributed sampler"):
-        _Batches(custom, batch_size=10, drop_last=False, **kw)
+        DataOrder(custom, batch_size=10, drop_last=False, **kw)

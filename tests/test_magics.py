@@ -188,10 +188,10 @@ def trainer_batches(batch_size, seed=0):
     """The digits in the order the Trainer documents for epoch 1: a permutation drawn from
     a generator seeded by ``(seed, epoch)``, cut into batches."""
     from jupyter_curvature.data import digits_dataset
-    from jupyter_curvature.training.trainer import _epoch_seed
+    from jupyter_curvature.training.data_order import epoch_seed
 
     x, y = digits_dataset("train").tensors
-    g = torch.Generator().manual_seed(_epoch_seed(seed, 0))
+    g = torch.Generator().manual_seed(epoch_seed(seed, 0))
     idx = torch.randperm(len(y), generator=g)
     return [(x[i], y[i]) for i in idx.split(batch_size)]
 

@@ -18,7 +18,9 @@ from jupyter_curvature.optim import KFAC, SWATS, LinearSchedule
 from jupyter_curvature.training import (
     Callback,
     CheckpointMismatchError,
+    CheckpointOptions,
     CurvatureCallback,
+    DataOptions,
     History,
     LambdaCallback,
     Trainer,
@@ -53,12 +55,13 @@ OPTS = {
 }
 
 
-def make(opt="sgd", seed=0, **kw):
+def make(opt="sgd", seed=0, *, checkpoint_dir=None, checkpoint_every=None, **kw):
     torch.manual_seed(seed)
     model = Net()
     train_set, test_set = digits()
     kw.setdefault("epochs", 3)
-    kw.setdefault("batch_size", 64)
+    kw.setdefault("data_options", DataOptions(batch_size=64))
+    kw["checkpoint"] = CheckpointOptions(dir=checkpoint_dir, every=checkpoint_every)
     trainer = Trainer(model, OPTS[opt](model), train_set, test_set, **kw)
     return trainer
 
@@ -108,7 +111,15 @@ def test_steps_plan_with_a_torch_scheduler_per_step():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
     train_set, test_set = digits()
-    trainer = Trainer(model, opt, train_set, test_set, steps=10, batch_size=64, schedule=sched)
+    trainer = Trainer(
+        model,
+        opt,
+        train_set,
+        test_set,
+        steps=10,
+        data_options=DataOptions(batch_size=64),
+        schedule=sched,
+    )
     assert trainer.schedule_interval == "step"
     history = trainer.fit()
     assert trainer.step == 10 and len(history.epochs) == 2  # 4 batches per epoch
@@ -126,7 +137,13 @@ def test_reduce_on_plateau_gets_the_test_loss():
     sched.step = lambda metric: (seen.append(metric), original(metric))
     train_set, test_set = digits()
     history = Trainer(
-        model, opt, train_set, test_set, epochs=2, batch_size=64, schedule=sched
+        model,
+        opt,
+        train_set,
+        test_set,
+        epochs=2,
+        data_options=DataOptions(batch_size=64),
+        schedule=sched,
     ).fit()
     assert seen == [e["test_loss"] for e in history.epochs]
 
@@ -259,7 +276,13 @@ def test_interrupt_in_the_forward_pass_leaves_the_last_finished_step(tmp_path):
     train_set, test_set = digits()
     opt = OPTS["sgd"](wrapped)
     trainer = Trainer(
-        wrapped, opt, train_set, test_set, epochs=3, batch_size=64, checkpoint_dir=tmp_path
+        wrapped,
+        opt,
+        train_set,
+        test_set,
+        epochs=3,
+        data_options=DataOptions(batch_size=64),
+        checkpoint=CheckpointOptions(dir=tmp_path),
     )
     trainer.fit()
     assert trainer.interrupted and trainer.status == "interrupted" and trainer.step == 5

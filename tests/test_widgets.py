@@ -20,8 +20,10 @@ import torch
 from ipywidgets.widgets.widget import _instances
 from reference import assert_close, dense_hessian
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from jupyter_curvature import api
+from jupyter_curvature.training import CurvatureCallback, DataOptions, Trainer
 from jupyter_curvature.widgets import (
     SpectrumPanel,
     StatsPanel,
@@ -159,27 +161,30 @@ def manual_sgd_losses(model, data, lr, steps):
     return losses
 
 
+def as_dataset(batches):
+    """The list of tensor batches as one dataset read in order (batch size of the first)."""
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    return TensorDataset(x, y), DataOptions(batch_size=len(batches[0][1]), shuffle=False)
+
+
 def test_dashboard_marks_hold_the_training_data(leak_check):
     data = tiny_data()
     model = tiny_model()
     reference = copy.deepcopy(model)
     dash = TrainingDashboard(interval=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    res = api.train(
-        model,
-        data,
-        optimizer=opt,
-        steps=3,
-        test_data=data,
-        spectrum_every=3,
-        spectrum_iters=43,
-        spectrum_probes=2,
-        spectrum_samples=48,
-        top_k=3,
-        callbacks=[dash],
-    )
-    h = res.history
-    assert h.status == "finished" and h.steps_done == 3
+    curvature = CurvatureCallback(
+        every=3, num_iters=43, num_probes=2, subsample=48, top_k=3, at_start=True,
+        max_overhead=None,
+    )  # fmt: skip
+    train_set, options = as_dataset(data)
+    trainer = Trainer(
+        model, opt, train_set, data, steps=3, data_options=options,
+        callbacks=[curvature, dash],
+    )  # fmt: skip
+    trainer.fit()
+    assert trainer.status == "completed" and trainer.step == 3
 
     # losses: the dashboard's train line against a hand-written SGD loop
     expected = manual_sgd_losses(reference, data, 0.5, 3)
@@ -215,7 +220,7 @@ def test_dashboard_marks_hold_the_training_data(leak_check):
     )
     np.testing.assert_array_equal(dash.top_lines.x, [0, 3])
     np.testing.assert_allclose(dash.threshold_line.y, [2 / 0.5, 2 / 0.5])
-    dens = h.spectra[-1]
+    dens = curvature.results[-1][1]
     theta, tau = dens.ritz_values.numpy(), dens.weights.numpy()
     grid = np.asarray(dash.density_line.x)
     expected_density = gaussian_density(theta, tau, grid, dens.default_sigma())
@@ -228,19 +233,21 @@ def test_dashboard_marks_hold_the_training_data(leak_check):
         assert f"{value:.6g}" in dash.stats_html.value
     state = dash.loss_lines.get_state()  # serialisable (binary buffers)
     assert "y" in state
+    # the static version draws the same curves
+    fig = dash.to_matplotlib()
+    np.testing.assert_array_equal(fig.axes[0].lines[0].get_ydata(), trainer.history.loss)
     dash.close()
 
 
 def test_dashboard_throttles_pushes(leak_check):
     data = tiny_data(n=160, batch=8)
     dash = TrainingDashboard(interval=3600.0)  # nothing due by time during the run
-    api.train(
-        tiny_model(),
-        data,
-        optimizer=torch.optim.SGD(tiny_model().parameters(), lr=0.1),
-        steps=20,
-        callbacks=[dash],
-    )
+    model = tiny_model()
+    train_set, options = as_dataset(data)
+    Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), train_set, steps=20,
+        data_options=options, callbacks=[dash],
+    ).fit()  # fmt: skip
     # first step pushes (nothing pushed before), then only the final flush
     assert dash.pushes == 2 and dash.throttle.skipped == 19
     # the final flush still shows every step
@@ -250,9 +257,10 @@ def test_dashboard_throttles_pushes(leak_check):
 
 def test_dashboard_shows_interrupt_and_failure(leak_check):
     data = tiny_data()
+    train_set, options = as_dataset(data)
     calls = {"n": 0}
 
-    def step(model, x, y, ctx):
+    def step(model, x, y):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
@@ -260,32 +268,26 @@ def test_dashboard_shows_interrupt_and_failure(leak_check):
 
     model = tiny_model()
     dash = TrainingDashboard(interval=0.0)
-    res = api.train(
-        model,
-        data,
-        steps=3,
-        step_fn=step,
-        callbacks=[dash],
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-    )
-    assert res.history.status == "interrupted" and res.history.steps_done == 2
+    trainer = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), train_set, steps=3,
+        data_options=options, step_fn=step, callbacks=[dash],
+    )  # fmt: skip
+    trainer.fit()
+    assert trainer.status == "interrupted" and trainer.step == 2
     assert "interrupted at step 2" in dash.status.value
-    assert res.history.events[-1] == (2, "interrupted at step 2")
+    assert trainer.history.events[-1] == {"step": 2, "event": "interrupted"}
+    assert "interrupted at step 2" in dash.events_html.value
     dash.close()
 
-    def bad_step(model, x, y, ctx):
+    def bad_step(model, x, y):
         raise ZeroDivisionError("bad step")
 
     dash = TrainingDashboard(interval=0.0)
     with pytest.raises(ZeroDivisionError):
-        api.train(
-            model,
-            data,
-            steps=3,
-            step_fn=bad_step,
-            callbacks=[dash],
-            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        )
+        Trainer(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), train_set, steps=3,
+            data_options=options, step_fn=bad_step, callbacks=[dash],
+        ).fit()  # fmt: skip
     assert "failed at step 1" in dash.status.value
     dash.close()
 
@@ -294,9 +296,9 @@ def test_dashboard_drawing_error_is_shown_not_raised(leak_check):
     dash = TrainingDashboard(interval=0.0)
 
     class Broken:
-        history = None  # _push reads history.steps_done: AttributeError
+        history = None  # training_view reads history.steps: AttributeError
 
-    dash._state = Broken()
+    dash._trainer = Broken()
     dash.flush()
     assert dash.error_count == 1
     assert "dashboard update" in "".join(o.get("text", "") for o in dash.errors.outputs)
@@ -421,14 +423,12 @@ def test_spectrum_panel_concurrent_slider_during_training(tiny_spectrum, leak_ch
     t = threading.Thread(target=drag)
     t.start()
     model = tiny_model()
+    train_set, options = as_dataset(tiny_data())
     try:
-        api.train(
-            model,
-            tiny_data(),
-            steps=6,
-            callbacks=[dash],
-            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        )
+        Trainer(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), train_set, steps=6,
+            data_options=options, callbacks=[dash],
+        ).fit()  # fmt: skip
     finally:
         stop.set()
         t.join()

@@ -1,15 +1,24 @@
 """Training: the :class:`Trainer` (epochs or steps, schedules, evaluation, history, atomic
 checkpoints, exact resume, clean interruption), callbacks with live curvature spectra, and
-:func:`train`, one call from names to a trained model (the CLI's ``train``)."""
+:func:`train`, one call from names to a trained model (the CLI's ``train``).
 
+Modules: :mod:`.trainer` (the loop), :mod:`.history` (the one :class:`History` record),
+:mod:`.callbacks` (the one callback protocol), :mod:`.options` (:class:`DataOptions`,
+:class:`CheckpointOptions`, :class:`DistributedOptions`), :mod:`.data_order` (the seeded,
+resumable data order), :mod:`.atomic_step` (a step completes or is undone; Ctrl-C),
+:mod:`.checkpoint` (files and the trainer's checkpoint state), :mod:`.ddp` (DDP set-up and
+collectives), :mod:`.from_names` (:func:`train`).
+"""
+
+from .atomic_step import AtomicStep, InterruptGuard
 from .callbacks import (
     HOOKS,
     Callback,
     CurvatureCallback,
+    EvaluationCallback,
     LambdaCallback,
     ProgressBar,
     default_compute,
-    describe_event,
     summarize,
 )
 from .checkpoint import (
@@ -20,15 +29,26 @@ from .checkpoint import (
     load_model_weights,
     model_state_from,
 )
-from .trainer import DEFAULT_LR, History, Trainer, train
+from .data_order import DataOrder, epoch_seed
+from .from_names import DEFAULT_LR, train
+from .history import History, describe_event
+from .options import CheckpointOptions, DataOptions, DistributedOptions
+from .trainer import Trainer
 
 __all__ = [
     "DEFAULT_LR",
     "HOOKS",
+    "AtomicStep",
     "Callback",
     "CheckpointMismatchError",
+    "CheckpointOptions",
     "CurvatureCallback",
+    "DataOptions",
+    "DataOrder",
+    "DistributedOptions",
+    "EvaluationCallback",
     "History",
+    "InterruptGuard",
     "LambdaCallback",
     "ProgressBar",
     "Trainer",
@@ -36,6 +56,7 @@ __all__ = [
     "check_state_fits",
     "default_compute",
     "describe_event",
+    "epoch_seed",
     "load_checkpoint",
     "load_model_weights",
     "model_state_from",

@@ -12,6 +12,12 @@ metrics), and at any time ``on_curvature(trainer, record)`` (a new spectrum) and
 ``"interrupted"`` or ``"failed"``). Hooks run between steps, so the model and optimiser
 they see are always consistent; ``trainer.stop()`` from a hook ends training after the
 current step.
+
+This is the package's one callback protocol: the live dashboard
+(``jupyter_curvature.widgets.TrainingDashboard``) is an ordinary callback. The ``trainer``
+argument is the running :class:`~jupyter_curvature.training.Trainer` (its ``history``,
+``step``, ``total_steps``, ``lr``, ``status``, ``callbacks``, ...); this module does not
+import the trainer (the trainer imports it).
 """
 
 from __future__ import annotations
@@ -19,39 +25,41 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from ..core.distributed.primitives import local_only
+from .history import describe_event
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import Trainer
+#: the running :class:`~jupyter_curvature.training.Trainer` (not imported here: the trainer
+#: imports this module)
+TrainerLike = Any
 
 
 class Callback:
     """Base class: every hook does nothing."""
 
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def on_train_begin(self, trainer: TrainerLike) -> None:
         pass
 
-    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_begin(self, trainer: TrainerLike, epoch: int) -> None:
         pass
 
-    def on_step_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: TrainerLike, logs: dict[str, Any]) -> None:
         pass
 
-    def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainerLike, logs: dict[str, Any]) -> None:
         pass
 
-    def on_curvature(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_curvature(self, trainer: TrainerLike, record: dict[str, Any]) -> None:
         pass
 
-    def on_event(self, trainer: Trainer, event: dict[str, Any]) -> None:
+    def on_event(self, trainer: TrainerLike, event: dict[str, Any]) -> None:
         pass
 
-    def on_train_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+    def on_train_end(self, trainer: TrainerLike, logs: dict[str, Any]) -> None:
         pass
 
 
@@ -91,7 +99,7 @@ class ProgressBar(Callback):
         self.bar: Any = None
         self.shown = True
 
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def on_train_begin(self, trainer: TrainerLike) -> None:
         from tqdm import tqdm  # not tqdm.auto: the engine never imports IPython
 
         from ..core.distributed.context import is_main_process
@@ -106,11 +114,11 @@ class ProgressBar(Callback):
         if self.bar is not None and self.shown:  # tqdm.write prints even when disabled
             self.bar.write(line)
 
-    def on_step_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: TrainerLike, logs: dict[str, Any]) -> None:
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
 
-    def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainerLike, logs: dict[str, Any]) -> None:
         parts = [f"epoch {logs['epoch']}", f"train loss {logs['train_loss']:.4g}"]
         if logs.get("test_loss") is not None:
             parts.append(f"test loss {logs['test_loss']:.4g}")
@@ -118,7 +126,7 @@ class ProgressBar(Callback):
             parts.append(f"test accuracy {logs['test_accuracy']:.4f}")
         self._write(", ".join(parts))
 
-    def on_curvature(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_curvature(self, trainer: TrainerLike, record: dict[str, Any]) -> None:
         top = record.get("top_eigenvalues")
         if top:
             self._write(
@@ -126,28 +134,13 @@ class ProgressBar(Callback):
                 + ", ".join(f"{v:.4g}" for v in top)
             )
 
-    def on_event(self, trainer: Trainer, event: dict[str, Any]) -> None:
+    def on_event(self, trainer: TrainerLike, event: dict[str, Any]) -> None:
         if event.get("event") != "checkpoint":
             self._write(describe_event(event))
 
-    def on_train_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+    def on_train_end(self, trainer: TrainerLike, logs: dict[str, Any]) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def describe_event(event: dict[str, Any]) -> str:
-    """One line for an event record."""
-    kind = event.get("event")
-    if kind == "swats_switch":
-        return (
-            f"step {event['step']}: SWATS switched group {event['group']} from Adam to SGD "
-            f"(lr {event['sgd_lr']:.4g})"
-        )
-    if kind == "checkpoint":
-        return f"step {event['step']}: checkpoint {event['path']}"
-    if kind in ("interrupted", "stopped"):
-        return f"{kind} at step {event['step']}"
-    return str(event)
 
 
 # --- live curvature --------------------------------------------------------------------------
@@ -358,7 +351,13 @@ class CurvatureCallback(Callback):
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.total = 0
 
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def collective_settings(self) -> tuple:
+        """The settings that fix this callback's collectives under DDP (every rank must
+        have the same: :func:`~jupyter_curvature.training.ddp.setup_ddp` checks them)."""
+        return (self.every, self.curvature, self.num_iters, self.num_probes, self.subsample,
+                self.seed, self.max_overhead, self.at_start, self.at_end)  # fmt: skip
+
+    def on_train_begin(self, trainer: TrainerLike) -> None:
         source = self.data if self.data is not None else trainer.train_dataset
         x, y = _fixed_batch(source, self.subsample, self.seed)
         self.total = len(y)
@@ -378,7 +377,7 @@ class CurvatureCallback(Callback):
         ):
             self.run(trainer)
 
-    def _time_gradient(self, trainer: Trainer) -> float:
+    def _time_gradient(self, trainer: TrainerLike) -> float:
         """Seconds of one forward and backward pass on the fixed batch (for the budget)."""
         loss_fn = self.loss_fn or trainer.loss_fn
         params = [p for p in trainer.model.parameters() if p.requires_grad]
@@ -394,7 +393,7 @@ class CurvatureCallback(Callback):
             return self.last_cost
         return 2.5 * self.num_iters * self.num_probes * (self.gradient_cost or 0.0)
 
-    def on_step_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: TrainerLike, logs: dict[str, Any]) -> None:
         if logs["step"] % self.every:
             return
         if self.max_overhead is not None:
@@ -409,12 +408,12 @@ class CurvatureCallback(Callback):
                 return
         self.run(trainer)
 
-    def on_train_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+    def on_train_end(self, trainer: TrainerLike, logs: dict[str, Any]) -> None:
         if self.at_end and logs.get("status") in ("completed", "stopped"):
             if not any(r.get("step") == trainer.step for r in trainer.history.curvature):
                 self.run(trainer)
 
-    def run(self, trainer: Trainer) -> dict[str, Any]:
+    def run(self, trainer: TrainerLike) -> dict[str, Any]:
         """Compute one spectrum now and record it."""
         if self.batch is None:
             raise RuntimeError("CurvatureCallback.run needs on_train_begin first")
@@ -460,6 +459,54 @@ class CurvatureCallback(Callback):
         }
         trainer.record_curvature(record)
         return record
+
+
+class EvaluationCallback(Callback):
+    """Test loss and accuracy every ``every`` steps (the trainer itself evaluates at the end
+    of every ``eval_every`` epochs, and at the end of a steps plan).
+
+    Each evaluation runs on the side (:meth:`Trainer.quiet`: RNG states, buffers, train/eval
+    flags and K-FAC statistics are left as they were, so it never changes the training),
+    is recorded in ``trainer.history.events`` as ``{"event": "evaluation", "step",
+    "test_loss", "test_accuracy"}`` (so it is in the checkpoints and in
+    :attr:`History.eval_steps`) and passed to every callback's ``on_event``. Under DDP it
+    is a collective, like :meth:`Trainer.evaluate`.
+
+    Args:
+        data: what to evaluate (a Dataset, DataLoader, batches or one batch); default the
+            trainer's test data.
+        every: steps between evaluations.
+        at_end: also evaluate after the last step of a completed run, unless that step
+            was evaluated already.
+    """
+
+    def __init__(self, data: Any = None, *, every: int = 50, at_end: bool = True) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        self.data = data
+        self.every = every
+        self.at_end = at_end
+
+    def collective_settings(self) -> tuple:
+        """The settings that fix this callback's collectives under DDP."""
+        return ("evaluation", self.every, self.at_end)
+
+    def evaluate(self, trainer: TrainerLike) -> dict[str, Any]:
+        """Evaluate now and record it (see the class docstring)."""
+        with trainer.quiet():
+            ev = trainer.evaluate(self.data)
+        event = {"event": "evaluation", "test_loss": ev["loss"], "test_accuracy": ev["accuracy"]}
+        trainer.record_event(event)
+        return ev
+
+    def on_step_end(self, trainer: TrainerLike, logs: dict[str, Any]) -> None:
+        if logs["step"] % self.every == 0:
+            self.evaluate(trainer)
+
+    def on_train_end(self, trainer: TrainerLike, logs: dict[str, Any]) -> None:
+        if self.at_end and logs.get("status") == "completed" and trainer.step:
+            if trainer.history.eval_steps[-1:] != [trainer.step]:
+                self.evaluate(trainer)
 
 
 def as_callbacks(callbacks: Iterable[Any] | None) -> list[Any]:

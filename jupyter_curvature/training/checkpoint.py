@@ -9,6 +9,9 @@
   strings and containers of them (RNG states included).
 * **Checked**: :func:`load_model_weights` compares names and shapes first and raises
   :class:`CheckpointMismatchError` naming the missing, unexpected and mis-shaped keys.
+* **Complete**: :class:`CheckpointState`, the trainer's checkpoint side, writes everything
+  an exact resume needs (model, optimiser, preconditioner, scheduler, position in the data,
+  running epoch sums, RNG states of every rank, history) and reads it back.
 """
 
 from __future__ import annotations
@@ -23,9 +26,13 @@ import torch
 from torch import nn
 
 from ..core.files import atomic_write, remove_stale_temps
+from . import ddp as _ddp
+from .history import History
 
 FORMAT = "jupyter_curvature.checkpoint"
 VERSION = 1
+#: the file refreshed after every epoch, on stop and on interruption
+LAST = "checkpoint-last.pt"
 
 
 class CheckpointMismatchError(ValueError):
@@ -196,3 +203,156 @@ def set_rng_state(state: dict[str, Any]) -> None:
     for index, value in state.get("cuda", {}).items():
         if torch.cuda.is_available() and int(index) < torch.cuda.device_count():
             torch.cuda.set_rng_state(value.cpu(), int(index))
+
+
+# --- the trainer's checkpoint state -----------------------------------------------------------
+
+
+class CheckpointState:
+    """The checkpoint side of :class:`~jupyter_curvature.training.Trainer` (a mixin: it
+    reads and sets the trainer's model, optimiser, scheduler, progress and history).
+
+    The file format (``FORMAT``, ``VERSION``) is a dict of tensors, numbers, strings and
+    containers; under DDP rank 0 writes and reads it and sends it to every rank.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (tensors, numbers, strings and containers).
+
+        Under DDP a collective (every rank's RNG state is gathered into ``rng_ranks``).
+        """
+        devices = [self.device] if self.device.type == "cuda" else []
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "model_class": type(self.model).__name__,
+            "model_name": self.model_name,
+            "model": self.model.state_dict(),
+            "optimizer_class": type(self.optimizer).__name__,
+            "optimizer": self.optimizer.state_dict(),
+            "preconditioner": self.preconditioner.state_dict()
+            if self.preconditioner is not None
+            else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "trainer": {
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "seed": self.seed,
+                "total_steps": self.total_steps,
+                "sums": dict(self._sums),
+                "train_seconds": self.train_seconds,
+            },
+            "rng": rng_state(devices),
+            "history": self.history.to_dict(),
+            **self._ranks_state(devices),
+        }
+
+    def _ranks_state(self, devices: list[torch.device]) -> dict[str, Any]:
+        if not self.distributed:
+            return {}
+        from ..core.distributed.primitives import gather_objects
+
+        return {"world_size": self.world_size, "rng_ranks": gather_objects(rng_state(devices))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (checks the model's keys and shapes first)."""
+        if state.get("format") != FORMAT:
+            raise ValueError("not a jupyter_curvature training checkpoint (no 'format' entry)")
+        check_state_fits(
+            self.model, state["model"], state.get("model_name") or state.get("model_class", "")
+        )
+        saved_opt = state.get("optimizer_class")
+        if saved_opt and saved_opt != type(self.optimizer).__name__:
+            raise ValueError(
+                f"the checkpoint was trained with {saved_opt}, this trainer has "
+                f"{type(self.optimizer).__name__}; resume with the same optimiser"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.preconditioner is not None and state.get("preconditioner") is not None:
+            self.preconditioner.load_state_dict(state["preconditioner"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        t = state["trainer"]
+        self.step, self.epoch, self.batch_in_epoch = t["step"], t["epoch"], t["batch_in_epoch"]
+        self._sums = dict(t["sums"])
+        self.train_seconds = float(t.get("train_seconds", 0.0))
+        self.history = History.from_dict(state["history"])
+        ranks = state.get("rng_ranks")
+        if self.distributed and ranks is not None and len(ranks) == self.world_size:
+            set_rng_state(ranks[self.rank])  # bitwise resume with the same number of ranks
+        else:
+            set_rng_state(state["rng"])
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Write the state atomically (default ``checkpoint.dir/checkpoint-last.pt``).
+
+        Under DDP a collective: only rank 0 writes, every rank returns once the file is
+        complete (or raises if rank 0 could not write it).
+        """
+        if path is None:
+            if self.checkpoint.dir is None:
+                raise ValueError(
+                    "no checkpoint path: pass path= or set checkpoint=CheckpointOptions(dir=...)"
+                )
+            path = self.checkpoint.dir / LAST
+        return self._write([Path(path)], self.state_dict())[0]
+
+    def _write(self, paths: list[Path], state: dict[str, Any]) -> list[Path]:
+        error: BaseException | None = None
+        if self.rank == 0:
+            try:
+                for path in paths:
+                    atomic_save(state, path)
+            except BaseException as exc:  # told to every rank below, then raised
+                error = exc
+        if self.distributed:
+            (failed,) = _ddp.any_flags([error is not None], self.device)
+            if failed and error is None:
+                raise RuntimeError(
+                    f"rank 0 could not write the checkpoint {paths[0]}; see rank 0's error"
+                )
+        if error is not None:
+            raise error
+        self.last_checkpoint = paths[0]
+        return paths
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Resume from a checkpoint file (read with ``weights_only=True``).
+
+        Under DDP a collective: rank 0 reads the file and sends it to every rank (the other
+        ranks need not see the file system), and every rank raises rank 0's error if any.
+        """
+        self.load_state_dict(self._read(path, required=True))
+
+    def _read(self, path: str | Path, *, required: bool) -> dict[str, Any] | None:
+        """The checkpoint at ``path`` (rank 0's copy under DDP); ``None`` if it is missing
+        and not ``required``."""
+        if not self.distributed:
+            if not required and not Path(path).is_file():
+                return None
+            return load_checkpoint(path, map_location=self.device)
+        message: tuple[str, str] | None = None
+        state = None
+        if self.rank == 0:
+            try:
+                if required or Path(path).is_file():
+                    state = load_checkpoint(path, map_location="cpu")
+            except (FileNotFoundError, ValueError) as exc:
+                message = (type(exc).__name__, str(exc))
+        state, message = _ddp.broadcast_object((state, message))
+        if message is not None:
+            kind = FileNotFoundError if message[0] == "FileNotFoundError" else ValueError
+            raise kind(f"rank 0: {message[1]}")
+        return state
+
+    def _write_checkpoints(self, epoch_file: bool = False) -> None:
+        if self.checkpoint.dir is None:
+            return
+        paths = [self.checkpoint.dir / LAST]
+        if epoch_file:
+            paths.append(self.checkpoint.dir / f"checkpoint-{self.epoch:05d}.pt")
+        self._write(paths, self.state_dict())
+        for path in paths:
+            self.record_event({"event": "checkpoint", "path": str(path)})

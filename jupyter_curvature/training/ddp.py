@@ -14,6 +14,10 @@ one rank becomes an error on every rank rather than a rank waiting forever:
 * :func:`sync_buffers`: rank 0's buffers (BatchNorm running statistics) to every rank.
 * :func:`check_same_settings`: the model's parameters and the settings that fix the number
   and order of collectives are the same on every rank.
+
+and the trainer's set-up: :func:`wants_ddp` (whether to train under DDP) and
+:func:`setup_ddp` (the checks every rank makes, then the ``DistributedDataParallel``
+wrapper).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..core.distributed.context import get_rank, get_world_size, is_initialized
 from ..core.distributed.primitives import DistributedMismatchError, check_signatures, gather_objects
@@ -139,3 +144,83 @@ def check_same_settings(model: nn.Module, settings: dict[str, Any]) -> None:
             "the ranks' trainers differ in " + "; ".join(problems) + ". Build the Trainer with "
             "the same data, batch_size, plan, seed and curvature callbacks on every rank"
         )
+
+
+# --- the trainer's set-up ------------------------------------------------------------------------
+
+
+def wants_ddp(enabled: bool | None, ddp_model: DDP | None) -> bool:
+    """Whether the trainer trains under DDP: ``enabled`` is
+    :attr:`~jupyter_curvature.training.DistributedOptions.enabled`, ``ddp_model`` the DDP
+    module the trainer was given (or ``None``)."""
+    if enabled is False:
+        if ddp_model is not None:
+            raise ValueError(
+                "DistributedOptions(enabled=False) but model is a DistributedDataParallel "
+                "module; pass model.module to train this rank's copy alone"
+            )
+        return False
+    group = is_initialized()
+    if enabled is True and not group:
+        raise ValueError(
+            "DistributedOptions(enabled=True) needs a torch.distributed process group: launch "
+            "with torchrun and call jupyter_curvature.distributed.init_distributed() first"
+        )
+    return ddp_model is not None or (group and (bool(enabled) or active()))
+
+
+def setup_ddp(trainer: Any, ddp_model: DDP | None, ddp_kwargs: dict[str, Any]) -> DDP:
+    """Check that ``trainer`` can train under DDP and agrees with every rank (every rank
+    raises the same error), then return the DDP module (``ddp_model`` or a new wrapper).
+
+    A callback whose work is collective declares the settings that fix its collectives by
+    a ``collective_settings()`` method (the live curvature does); they are compared too.
+    """
+    from ..core.distributed.primitives import check_backend_device
+
+    device = trainer.device
+    check_backend_device(device)
+    for obj in (trainer.optimizer, trainer.preconditioner):
+        if obj is not None and callable(getattr(obj, "wants_fisher", None)):
+            raise ValueError(
+                f"{type(obj).__name__} (K-FAC) is not supported under "
+                "DistributedDataParallel: each rank's factors would come from its own "
+                "samples and the ranks' weights would drift apart; train K-FAC in one "
+                "process (DistributedOptions(enabled=False)) or use SGD, Adam or SWATS"
+            )
+    if trainer.preconditioner is not None:
+        raise ValueError(
+            "preconditioner= is not supported under DistributedDataParallel; pass "
+            "distributed=DistributedOptions(enabled=False) to train each rank alone"
+        )
+    collective = [
+        cb.collective_settings()
+        for cb in trainer.callbacks
+        if callable(getattr(cb, "collective_settings", None))
+    ]
+    order, data, ckpt = trainer.data_order, trainer.data_options, trainer.checkpoint
+    own = order.opaque is None  # a loader with its own sampler brings its own settings
+    check_same_settings(
+        trainer.model,
+        {
+            "len(train_data)": len(trainer.train_dataset),
+            "batch_size": data.batch_size if own else None,
+            "shuffle": data.shuffle if own else None,
+            "drop_last": data.drop_last if own else None,
+            "seed": trainer.seed,
+            "steps per epoch": trainer.steps_per_epoch,
+            "epochs": trainer.epochs,
+            "total steps": trainer.total_steps,
+            "test data": trainer.has_test_data,
+            "eval_every": trainer.eval_every,
+            "checkpoint_dir": ckpt.dir is not None,
+            "checkpoint_every": ckpt.every,
+            "checkpoint_steps": ckpt.steps,
+            "optimizer": type(trainer.optimizer).__name__,
+            "curvature callbacks": collective,
+        },
+    )
+    if ddp_model is None:
+        ids = [device.index] if device.type == "cuda" else None
+        ddp_model = DDP(trainer.model, device_ids=ids, **ddp_kwargs)
+    return ddp_model

@@ -1,4 +1,11 @@
-"""The live training dashboard of ``%%curv_train``: a :class:`TrainCallback` drawn with bqplot.
+"""The live training dashboard of ``%%curv_train``: a Trainer callback drawn with bqplot.
+
+:class:`TrainingDashboard` is an ordinary callback of
+:class:`~jupyter_curvature.training.Trainer` (the hooks of
+:class:`~jupyter_curvature.training.Callback`): pass it in ``callbacks=`` and it draws the
+trainer's :class:`~jupyter_curvature.training.History` (steps, evaluations, curvature
+records, events); the spectral densities come from the trainer's
+:class:`~jupyter_curvature.training.CurvatureCallback` (its kept ``results``).
 
 Layout (top to bottom): a status line and a progress bar; four figures (loss and accuracy
 against the step, train and test; the latest spectral density of the Hessian or GGN with its
@@ -16,15 +23,17 @@ from __future__ import annotations
 
 import html
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import bqplot as bq
 import ipywidgets as W
 import numpy as np
 
+from ..training import Callback, CurvatureCallback
 from ._base import Panel, Throttle, html_table
 
-__all__ = ["TrainingDashboard", "downsample"]
+__all__ = ["TrainingDashboard", "downsample", "training_view"]
 
 TRAIN_COLOR = "#1f77b4"
 TEST_COLOR = "#d62728"
@@ -61,12 +70,48 @@ def _figure(title: str, marks: list, axes: list, **kw: Any) -> bq.Figure:
     )
 
 
-class TrainingDashboard(Panel):
-    """Live view of a training run; pass it as a callback to :func:`jupyter_curvature.api.train`.
+#: the words of each ``Trainer.status`` on the status line, and their colours
+_WORDS = {"completed": "finished", "stopped": "stopped", "interrupted": "interrupted",
+          "failed": "failed"}  # fmt: skip
+_COLORS = {"completed": "green", "stopped": "#b8860b", "interrupted": "#b8860b", "failed": "#c00"}
+_BAR = {"completed": "success", "stopped": "warning", "interrupted": "warning", "failed": "danger"}
 
-    It reads the :class:`~jupyter_curvature.api.TrainHistory` of the :class:`TrainState` it is
-    handed; ``api.train`` runs the engine's ``Trainer`` and keeps that history through a
-    trainer callback, so the dashboard never touches the trainer itself.
+
+def training_view(trainer: Any) -> SimpleNamespace:
+    """What the dashboard and :func:`~jupyter_curvature.widgets.plot_training` draw, read
+    from a :class:`~jupyter_curvature.training.Trainer`: its history's columns and views,
+    the curvature kind, and the spectra its :class:`CurvatureCallback` kept (``spectra``
+    and ``density_steps``; empty when the callback keeps no result objects)."""
+    h = trainer.history
+    spectra: list[Any] = []
+    density_steps: list[int] = []
+    kind = h.curvature[-1].get("curvature") if h.curvature else None
+    for cb in trainer.callbacks:
+        if isinstance(cb, CurvatureCallback):
+            kind = kind or cb.curvature
+            for step, result in cb.results:
+                if callable(getattr(result, "density", None)):
+                    density_steps.append(step)
+                    spectra.append(result)
+    status = getattr(trainer, "status", "running")
+    return SimpleNamespace(
+        steps=list(h.steps["step"]), loss=h.loss, accuracy=h.accuracy, lr=h.lr,
+        eval_steps=h.eval_steps, test_loss=h.test_loss, test_accuracy=h.test_accuracy,
+        spectrum_steps=density_steps, spectra=spectra, curvature=kind or "hessian",
+        top_steps=h.spectrum_steps, top_eigenvalues=h.top_eigenvalues,
+        stats=dict(h.curvature[-1].get("stats", {})) if h.curvature else {},
+        events=[(s, t) for (s, t), e in zip(h.event_lines(), h.events)
+                if e.get("event") != "evaluation"],
+        status=_WORDS.get(status, status), steps_done=trainer.step,
+        total_steps=trainer.total_steps, curvature_seconds=h.curvature_seconds,
+    )  # fmt: skip
+
+
+class TrainingDashboard(Panel, Callback):
+    """Live view of a training run: a :class:`~jupyter_curvature.training.Trainer` callback.
+
+    >>> dash = TrainingDashboard()  # doctest: +SKIP
+    >>> Trainer(model, opt, data, callbacks=[CurvatureCallback(every=50), dash]).fit()  # doctest: +SKIP
 
     Args:
         title: shown on the status line.
@@ -93,7 +138,7 @@ class TrainingDashboard(Panel):
         self.max_points = int(max_points)
         self.throttle = Throttle(interval)
         self.pushes = 0
-        self._state: Any = None
+        self._trainer: Any = None
         self._t0 = time.perf_counter()
         self._dirty = {"curves": False, "spectrum": False, "stats": False, "events": False}
 
@@ -250,56 +295,59 @@ class TrainingDashboard(Panel):
             width="100%",
         )
 
-    # ------------------------------------------------------------------ callback hooks
-    def on_train_begin(self, state: Any) -> None:
-        self._state = state
+    # ------------------------------------------------------------------ Trainer hooks
+    def on_train_begin(self, trainer: Any) -> None:
+        self._trainer = trainer
         self._t0 = time.perf_counter()
-        self.progress.max = max(int(state.total_steps), 1)
-        self.progress.value = 0
-        self.status.value = f"<b>{html.escape(self.title)}</b>: running ({state.total_steps} steps)"
-        self.top_fig.title = f"Largest {state.history.curvature} eigenvalues"
+        self.progress.max = max(int(trainer.total_steps), 1)
+        self.progress.value = min(trainer.step, self.progress.max)
+        self.progress.bar_style = ""
+        self.status.value = (
+            f"<b>{html.escape(self.title)}</b>: running ({trainer.total_steps} steps)"
+        )
+        kind = training_view(trainer).curvature
+        self.top_fig.title = f"Largest {kind} eigenvalues"
 
-    def on_step_end(self, state: Any) -> None:
-        self._state = state
+    def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:
+        self._trainer = trainer
         self._dirty["curves"] = True
         self._maybe_push()
 
-    def on_evaluate(self, state: Any) -> None:
-        self._dirty["curves"] = True
-        self._dirty["stats"] = True
-        self._maybe_push()
+    def on_epoch_end(self, trainer: Any, logs: dict[str, Any]) -> None:
+        if logs.get("test_loss") is not None:
+            self._dirty["curves"] = self._dirty["stats"] = True
+            self._maybe_push()
 
-    def on_spectrum(self, state: Any) -> None:
-        self._state = state
-        self._dirty["spectrum"] = True
-        self._dirty["stats"] = True
+    def on_curvature(self, trainer: Any, record: dict[str, Any]) -> None:
+        self._trainer = trainer
+        self._dirty["spectrum"] = self._dirty["stats"] = True
         self._maybe_push(force=True)  # rare and expensive to compute: always show at once
 
-    def on_event(self, state: Any, text: str) -> None:
-        self._dirty["events"] = True
+    def on_event(self, trainer: Any, event: dict[str, Any]) -> None:
+        if event.get("event") == "evaluation":
+            self._dirty["curves"] = self._dirty["stats"] = True
+            self._maybe_push()
+        else:
+            self._dirty["events"] = True
 
-    def on_train_end(self, state: Any) -> None:
-        self._state = state
+    def on_train_end(self, trainer: Any, logs: dict[str, Any]) -> None:
+        self._trainer = trainer
         self._dirty = dict.fromkeys(self._dirty, True)
         self.flush()
-        hist = state.history
+        status, step = logs.get("status", trainer.status), trainer.step
         word = {
-            "finished": "finished",
-            "interrupted": f"interrupted at step {hist.steps_done}",
-            "failed": f"failed at step {hist.steps_done + 1}",
-        }.get(hist.status, hist.status)
-        color = {"finished": "green", "interrupted": "#b8860b", "failed": "#c00"}.get(
-            hist.status, "black"
-        )
+            "completed": "finished",
+            "stopped": f"stopped at step {step}",
+            "interrupted": f"interrupted at step {step}",
+            "failed": f"failed at step {step + 1}",
+        }.get(status, status)
+        color = _COLORS.get(status, "black")
+        seconds = time.perf_counter() - self._t0
         self.status.value = (
             f"<b>{html.escape(self.title)}</b>: <span style='color:{color}'>{word}</span> "
-            f"after {hist.seconds:.1f} s ({hist.curvature_seconds:.1f} s in curvature and evaluation)"
+            f"after {seconds:.1f} s ({trainer.history.curvature_seconds:.1f} s in curvature)"
         )
-        self.progress.bar_style = {
-            "finished": "success",
-            "interrupted": "warning",
-            "failed": "danger",
-        }.get(hist.status, "")
+        self.progress.bar_style = _BAR.get(status, "")
 
     # ------------------------------------------------------------------ drawing
     def _maybe_push(self, force: bool = False) -> None:
@@ -310,7 +358,7 @@ class TrainingDashboard(Panel):
 
     def flush(self) -> None:
         """Push everything that changed since the last push (ignores the throttle)."""
-        if self.closed or self._state is None:
+        if self.closed or self._trainer is None:
             return
         try:
             self._push()
@@ -318,35 +366,34 @@ class TrainingDashboard(Panel):
             self.show_error(exc, "dashboard update")
 
     def _push(self) -> None:
-        state = self._state
-        hist = state.history
+        view = training_view(self._trainer)
         self.pushes += 1
-        self.progress.value = min(hist.steps_done, self.progress.max)
+        self.progress.value = min(view.steps_done, self.progress.max)
         elapsed = time.perf_counter() - self._t0
-        rate = hist.steps_done / elapsed if elapsed > 0 else 0.0
-        last = f"loss {hist.loss[-1]:.4g}" if hist.loss else ""
+        rate = view.steps_done / elapsed if elapsed > 0 else 0.0
+        last = f"loss {view.loss[-1]:.4g}" if view.loss else ""
         self.progress_text.value = (
-            f"{hist.steps_done}/{state.total_steps}  {last}  {rate:.1f} steps/s"
+            f"{view.steps_done}/{view.total_steps}  {last}  {rate:.1f} steps/s"
         )
         if self._dirty["curves"]:
-            self._draw_curves(hist)
-        if self._dirty["spectrum"] and hist.spectra:
-            self._draw_spectrum(hist)
+            self._draw_curves(view)
+        if self._dirty["spectrum"] and view.top_steps:
+            self._draw_spectrum(view)
         if self._dirty["stats"]:
-            self._draw_stats(hist)
+            self._draw_stats(view)
         if self._dirty["events"]:
-            rows = [[s, t] for s, t in hist.events[-8:]]
+            rows = [[s, t] for s, t in view.events[-8:]]
             self.events_html.value = (
                 html_table(["step", "event"], rows, title="Events") if rows else ""
             )
         self._dirty = dict.fromkeys(self._dirty, False)
 
-    def _draw_curves(self, hist: Any) -> None:
-        steps = np.asarray(hist.steps, dtype=float)
-        ev = np.asarray(hist.eval_steps, dtype=float)
+    def _draw_curves(self, view: Any) -> None:
+        steps = np.asarray(view.steps, dtype=float)
+        ev = np.asarray(view.eval_steps, dtype=float)
         for lines, tline, scatter, train, test in (
-            (self.loss_lines, self.loss_test_line, self.loss_test, hist.loss, hist.test_loss),
-            (self.acc_lines, self.acc_test_line, self.acc_test, hist.accuracy, hist.test_accuracy),
+            (self.loss_lines, self.loss_test_line, self.loss_test, view.loss, view.test_loss),
+            (self.acc_lines, self.acc_test_line, self.acc_test, view.accuracy, view.test_accuracy),
         ):
             sx, sy = downsample(steps, np.asarray(train, dtype=float), self.max_points)
             tx, ty = downsample(ev, np.asarray(test, dtype=float), self.max_points)
@@ -357,26 +404,28 @@ class TrainingDashboard(Panel):
             with scatter.hold_sync():
                 scatter.x, scatter.y = tx, ty
 
-    def _draw_spectrum(self, hist: Any) -> None:
-        dens = hist.spectra[-1]
-        curve = dens.density()
-        with self.density_band.hold_sync():
-            self.density_band.x = curve.grid
-            self.density_band.y = np.vstack([curve.lower, curve.upper])
-        with self.density_line.hold_sync():
-            self.density_line.x = curve.grid
-            self.density_line.y = curve.density
-        self.density_fig.title = f"{hist.curvature.upper() if hist.curvature == 'ggn' else 'Hessian'} spectral density at step {hist.spectrum_steps[-1]}"
-        steps = np.asarray(hist.spectrum_steps, dtype=float)
-        k = max(len(t) for t in hist.top_eigenvalues)
-        top = np.full((k, len(steps)), np.nan)
-        for j, vals in enumerate(hist.top_eigenvalues):
-            top[: len(vals), j] = vals
-        with self.top_lines.hold_sync():
-            self.top_lines.x = steps
-            self.top_lines.y = top
-            self.top_lines.labels = [f"λ{i + 1}" for i in range(k)]
-        lrs = np.asarray(hist.lr, dtype=float)
+    def _draw_spectrum(self, view: Any) -> None:
+        name = view.curvature.upper() if view.curvature == "ggn" else "Hessian"
+        if view.spectra:
+            curve = view.spectra[-1].density()
+            with self.density_band.hold_sync():
+                self.density_band.x = curve.grid
+                self.density_band.y = np.vstack([curve.lower, curve.upper])
+            with self.density_line.hold_sync():
+                self.density_line.x = curve.grid
+                self.density_line.y = curve.density
+            self.density_fig.title = f"{name} spectral density at step {view.spectrum_steps[-1]}"
+        steps = np.asarray(view.top_steps, dtype=float)
+        k = max(len(t) for t in view.top_eigenvalues) if view.top_eigenvalues else 0
+        if k:
+            top = np.full((k, len(steps)), np.nan)
+            for j, vals in enumerate(view.top_eigenvalues):
+                top[: len(vals), j] = vals
+            with self.top_lines.hold_sync():
+                self.top_lines.x = steps
+                self.top_lines.y = top
+                self.top_lines.labels = [f"λ{i + 1}" for i in range(k)]
+        lrs = np.asarray(view.lr, dtype=float)
         if lrs.size and np.isfinite(lrs).all() and (lrs > 0).all():
             # 2/lr at each check (the learning rate in force at that step)
             idx = np.clip(steps.astype(int) - 1, 0, len(lrs) - 1)
@@ -385,23 +434,23 @@ class TrainingDashboard(Panel):
                 self.threshold_line.x = steps
                 self.threshold_line.y = thr
 
-    def _draw_stats(self, hist: Any) -> None:
+    def _draw_stats(self, view: Any) -> None:
         rows: list[list[Any]] = []
-        if hist.loss:
-            rows.append(["train loss (last batch)", hist.loss[-1]])
-        if hist.test_loss:
-            rows.append([f"test loss (step {hist.eval_steps[-1]})", hist.test_loss[-1]])
-            rows.append(["test accuracy", hist.test_accuracy[-1]])
-        if hist.spectra:
-            st = hist.spectra[-1].stats
+        if view.loss:
+            rows.append(["train loss (last batch)", view.loss[-1]])
+        if view.test_loss:
+            rows.append([f"test loss (step {view.eval_steps[-1]})", view.test_loss[-1]])
+            rows.append(["test accuracy", view.test_accuracy[-1]])
+        st = view.stats
+        if view.top_steps and st:
             rows += [
-                [f"λ max ({hist.curvature}, step {hist.spectrum_steps[-1]})", st.largest],
-                ["λ min", st.smallest],
-                ["trace", st.trace],
-                ["negative mass", st.negative_mass],
+                [f"λ max ({view.curvature}, step {view.top_steps[-1]})", st.get("largest")],
+                ["λ min", st.get("smallest")],
+                ["trace", st.get("trace")],
+                ["negative mass", st.get("negative_mass")],
             ]
-            if hist.lr and hist.lr[-1] > 0:
-                rows.append(["2 / lr", 2.0 / hist.lr[-1]])
+            if view.lr and view.lr[-1] > 0:
+                rows.append(["2 / lr", 2.0 / view.lr[-1]])
         self.stats_html.value = (
             html_table(["quantity", "value"], rows, title="Statistics") if rows else ""
         )
@@ -411,6 +460,6 @@ class TrainingDashboard(Panel):
         """The same four views as a matplotlib figure (for papers, or front ends without widgets)."""
         from ..plotting import plot_training
 
-        if self._state is None:
+        if self._trainer is None:
             raise ValueError("the dashboard has seen no training yet")
-        return plot_training(self._state.history, **kw)
+        return plot_training(training_view(self._trainer), **kw)
