@@ -194,9 +194,9 @@ class History:
 
     def plot(self, **kwargs: Any) -> Any:
         """Loss and accuracy curves, train and test, as a matplotlib figure's axes
-        (:func:`jupyter_curvature.plots.plot_training_history`): per epoch when the run
+        (:func:`jupyter_curvature.plotting.plot_training_history`): per epoch when the run
         finished epochs, else per step. ``kwargs`` go to the plotter (``axes=``)."""
-        from ..plots import plot_training_history
+        from ..plotting import plot_training_history
 
         if self.epochs:
             return plot_training_history(self.epochs, x="epoch", **kwargs)
