@@ -114,8 +114,8 @@ class History:
         """``(step, test_loss, test_accuracy)`` of every test evaluation, by step: the epoch
         records that hold test metrics and the ``evaluation`` events (one per step)."""
         found: dict[int, tuple[float, float]] = {}
-        for e in self.epochs:
-            if e.get("test_loss") is not None:
+        for e in self.epochs:  # records made by hand (or by old versions) may lack the step
+            if e.get("test_loss") is not None and e.get("step") is not None:
                 found[int(e["step"])] = (e["test_loss"], e.get("test_accuracy", float("nan")))
         for e in self.events:
             if e.get("event") == "evaluation":
