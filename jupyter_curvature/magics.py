@@ -659,7 +659,9 @@ class CurvMagics(Magics):
 
         span = alias(args.span, args.range, "--span", "--range", 1.0)
         num_points = alias(args.num_points, args.points, "--num-points", "--points", 21)
-        curvature = alias(args.curvature, "ggn" if args.ggn else None, "--curvature", "--ggn", "hessian")
+        curvature = alias(
+            args.curvature, "ggn" if args.ggn else None, "--curvature", "--ggn", "hessian"
+        )
         loss = alias(args.loss_fn, args.loss, "--loss-fn", "--loss", None)
         self._check_out(name, args.out)
         if num_points < 2:
@@ -694,8 +696,12 @@ class CurvMagics(Magics):
         if args.eigen is not None:
             eigen = api.lookup(args.eigen, self.ns)
             if eigen is api._MISSING:
-                raise UsageError(f"%{name}: --eigen {args.eigen!r} is not a variable of the notebook")
-            if not (hasattr(eigen, "eigenvalues") or (isinstance(eigen, tuple) and len(eigen) == 2)):
+                raise UsageError(
+                    f"%{name}: --eigen {args.eigen!r} is not a variable of the notebook"
+                )
+            if not (
+                hasattr(eigen, "eigenvalues") or (isinstance(eigen, tuple) and len(eigen) == 2)
+            ):
                 raise UsageError(
                     f"%{name}: --eigen {args.eigen!r} is a {type(eigen).__name__}, not an "
                     "eigenpairs result (%curv_spectrum --top K --out-eigen NAME makes one)"

@@ -676,3 +676,36 @@ def test_direction_specs_parse():
         with pytest.raises(ValueError):
             parse_direction_spec(bad)
     assert isinstance(Directions, type)
+
+
+def test_old_keywords_are_deprecated_aliases(setup):
+    with pytest.warns(DeprecationWarning, match="distance= is deprecated; use span="):
+        ex = _headless(setup, directions="random:2", num_points=5, distance=0.5)
+    assert ex.span == 0.5 and ex.distance == 0.5
+    ex.close()
+    with pytest.warns(DeprecationWarning, match="points= is deprecated; use num_points="):
+        ex = HeadlessExplorer(setup["model"], setup["train"], directions="random:2", points=5)
+    assert ex.num_points == 5 and ex.points == 5 and len(ex.ts) == 5
+    ex.close()
+
+
+def test_the_panel_draws_what_the_headless_explorer_announces(setup):
+    ex = _headless(setup, directions="top:2")
+    view = LandscapeExplorer(explorer=ex)
+    assert view.explorer is ex and view._lock is ex.lock
+    ex.move_to([0.2, -0.4])  # moved headless: the panel follows
+    np.testing.assert_array_equal(view._marker1d.x, [0.2, -0.4])
+    np.testing.assert_array_equal(view._line.y, ex.lines["train_loss"])
+    assert view.canvas.point == [0.2, -0.4]
+    ex.compute_grid()
+    np.testing.assert_array_equal(view._heat.color, ex.grid["train_loss"].T)
+    assert view.progress.value == POINTS**2 and "2D map of train_loss" in view._fig2d.title
+    ex.set_kind("random")  # new directions: sliders back to 0, relabelled, toggle synced
+    assert view._kind.value == "random" and [s.value for s in view.sliders] == [0.0, 0.0]
+    assert "random 1" in view.sliders[0].description
+    ex.set_pair((1, 0))
+    assert view._ax2d_x.label.startswith("d1")
+    with pytest.raises(ValueError, match="explorer= or the model"):
+        LandscapeExplorer(setup["model"], explorer=ex)
+    view.close()
+    assert ex.closed and view.error_count == 0

@@ -10,7 +10,7 @@ filter-normalised as in Li et al., "Visualizing the Loss Landscape of Neural Net
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from .directions import Directions, as_directions, eigen_directions, random_dire
 __all__ = [
     "DirectionSpec",
     "changed_shape_error",
+    "check_pair",
     "eigen_count",
     "eigen_length",
     "parse_direction_spec",
@@ -125,6 +126,21 @@ def changed_shape_error(what: str, n_dirs: int, n_model: int) -> ValueError:
         f"{n_dirs} entries, the model's chosen parameters {n_model}; recompute the directions "
         "(omit eigen= / --eigen to compute them afresh, or call explorer.recompute())"
     )
+
+
+def check_pair(pair: Sequence[int], k: int) -> tuple[int, int]:
+    """``pair`` as two different direction indices in ``0..k-1`` (``(0, 0)`` when ``k == 1``)."""
+    try:
+        a, b = (int(v) for v in pair)
+    except (TypeError, ValueError):
+        raise ValueError(f"pair must be two direction indices, got {pair!r}") from None
+    if k == 1:
+        return (0, 0)
+    if not (0 <= a < k and 0 <= b < k) or a == b:
+        raise ValueError(
+            f"pair must be two different direction indices in 0..{k - 1}, got {pair!r}"
+        )
+    return (a, b)
 
 
 def resolve_directions(

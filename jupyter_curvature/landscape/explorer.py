@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..core.params import ParamSpec, select_parameters
-from .direction_specs import DirectionSpec, parse_direction_spec, resolve_directions
+from .direction_specs import DirectionSpec, check_pair, parse_direction_spec, resolve_directions
 from .directions import Directions
 from .explorer_lines import ExactLines
 from .perturb import Perturber, copy_all
@@ -105,21 +105,6 @@ def _alias(value: Any, old: Any, new_name: str, old_name: str) -> Any:
         stacklevel=3,
     )
     return old
-
-
-def check_pair(pair: Sequence[int], k: int) -> tuple[int, int]:
-    """``pair`` as two different direction indices in ``0..k-1`` (``(0, 0)`` when ``k == 1``)."""
-    try:
-        a, b = (int(v) for v in pair)
-    except (TypeError, ValueError):
-        raise ValueError(f"pair must be two direction indices, got {pair!r}") from None
-    if k == 1:
-        return (0, 0)
-    if not (0 <= a < k and 0 <= b < k) or a == b:
-        raise ValueError(
-            f"pair must be two different direction indices in 0..{k - 1}, got {pair!r}"
-        )
-    return (a, b)
 
 
 class HeadlessExplorer(ExactLines):

@@ -260,12 +260,18 @@ class LandscapeExplorer(Panel):
         options = [(ex.short_label(i), i) for i in range(k)]
         self._pair_x = self._own(
             W.Dropdown(
-                options=options, value=ex.pair[0], description="map x", layout=W.Layout(width="230px")
+                options=options,
+                value=ex.pair[0],
+                description="map x",
+                layout=W.Layout(width="230px"),
             )
         )
         self._pair_y = self._own(
             W.Dropdown(
-                options=options, value=ex.pair[1], description="map y", layout=W.Layout(width="230px")
+                options=options,
+                value=ex.pair[1],
+                description="map y",
+                layout=W.Layout(width="230px"),
             )
         )
         self._pair_x.observe(self.callback(self._on_pair), names=["value"])
@@ -603,9 +609,13 @@ class LandscapeExplorer(Panel):
         if self.canvas is not None:
             shown = np.where(ex.grid_done, ex.grid[ex.metric], np.nan)
             preview = z if not ex.grid_done.all() else shown
-            self.canvas.set_grid(preview.T, x_range=(ex.ts[0], ex.ts[-1]), y_range=(ex.ts[0], ex.ts[-1]))
+            self.canvas.set_grid(
+                preview.T, x_range=(ex.ts[0], ex.ts[-1]), y_range=(ex.ts[0], ex.ts[-1])
+            )
             self.canvas.status = (
-                "" if ex.grid_done.all() else f"{int(ex.grid_done.sum())}/{ex.grid_done.size} points"
+                ""
+                if ex.grid_done.all()
+                else f"{int(ex.grid_done.sum())}/{ex.grid_done.size} points"
             )
 
     # ---------------------------------------------------------------------------------
