@@ -729,7 +729,6 @@ class CurvMagics(Magics):
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UsageError(f"%{name}: {msg}") from None
         self._store(args.out, explorer)
-        self.last_result = explorer
         self._show(explorer, f"landscape {line}")  # re-running the cell closes this panel
         if args.grid and len(explorer.directions) > 1:
             explorer.compute_grid()
