@@ -71,7 +71,7 @@ def bench(model_name: str, repeats: int, epochs: int) -> dict:
     model.eval()
     t0 = time.perf_counter()
     ex = LandscapeExplorer(
-        model, setup.train, test_data=setup.test, directions="random:2", points=21
+        model, setup.train, test_data=setup.test, directions="random:2", num_points=21
     )
     build = time.perf_counter() - t0
     xs = [x for x, _ in setup.train] + [x for x, _ in setup.test]
@@ -84,13 +84,9 @@ def bench(model_name: str, repeats: int, epochs: int) -> dict:
                 loss_fn(model(x), y)
 
     marks: list[float] = []
-    update_point = ex._update_point
-
-    def timed_update_point(coords):
-        update_point(coords)
-        marks.append(time.perf_counter())
-
-    ex._update_point = timed_update_point
+    # registered after the panel's own callback: the mark is taken once the markers and the
+    # readout are drawn
+    ex.explorer.on("point", lambda coords, values: marks.append(time.perf_counter()))
     rng = np.random.default_rng(0)
     keys = ("marker", "line", "exact", "busy", "forward", "floor")
     timings: dict[str, list[float]] = {k: [] for k in keys}
@@ -128,7 +124,7 @@ def bench(model_name: str, repeats: int, epochs: int) -> dict:
     out["preview"] = ex.preview_samples
     out["strategy"] = ex._evaluator.strategy
     out["build"] = build
-    out["samples"] = ex._num_samples("train") + ex._num_samples("test")
+    out["samples"] = ex.num_samples("train") + ex.num_samples("test")
     out["delay"] = ex.exact_delay
     ex.close()
     return out

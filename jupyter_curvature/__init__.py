@@ -44,6 +44,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "Perturber": ".landscape",
     "landscape_1d": ".landscape",
     "landscape_2d": ".landscape",
+    "HeadlessExplorer": ".landscape",
     # training and files
     "Trainer": ".training",
     "DiskFullError": ".core.files",

@@ -1,4 +1,5 @@
-"""The landscape explorer panel and %curv_landscape, headless (widget state, no browser).
+"""The landscape explorer: the headless explorer's numbers and safety (no widgets), the panel's
+widget state (no browser) and %curv_landscape.
 
 Independent references: a dense float64 Hessian built with ``torch.func.hessian`` (its
 eigenpairs), and brute-force evaluation (the weights ``w0 + sum c_i d_i`` written into a
@@ -24,15 +25,17 @@ import ipywidgets  # noqa: E402
 from IPython.core.error import UsageError  # noqa: E402
 from reference import digits_batch  # noqa: E402
 
-from jupyter_curvature.landscape import axis_levels, landscape_1d, landscape_2d  # noqa: E402
+from jupyter_curvature.landscape import (  # noqa: E402
+    HeadlessExplorer,
+    axis_levels,
+    landscape_1d,
+    landscape_2d,
+    parse_direction_spec,
+)
 from jupyter_curvature.landscape.directions import Directions, random_directions  # noqa: E402
 from jupyter_curvature.landscape.evaluator import LandscapeEvaluator  # noqa: E402
 from jupyter_curvature.models.small import MLP  # noqa: E402
-from jupyter_curvature.widgets.landscape import (  # noqa: E402
-    LandscapeExplorer,
-    curv_landscape_magic,
-    parse_direction_spec,
-)
+from jupyter_curvature.widgets.landscape import LandscapeExplorer  # noqa: E402
 
 torch.set_num_threads(1)
 POINTS = 7  # grid points per direction: small, to keep the file fast
@@ -109,10 +112,19 @@ def _brute(model, directions, coords, batch, loss_fn):
 
 
 def _explorer(setup, **kw):
+    """The panel (widgets)."""
     kw.setdefault("eigen", setup["eigen"])
-    kw.setdefault("points", POINTS)
+    kw.setdefault("num_points", POINTS)
     kw.setdefault("test_data", setup["test"])
     return LandscapeExplorer(setup["model"], setup["train"], loss_fn=setup["loss_fn"], **kw)
+
+
+def _headless(setup, **kw):
+    """The headless explorer (no widgets)."""
+    kw.setdefault("eigen", setup["eigen"])
+    kw.setdefault("num_points", POINTS)
+    kw.setdefault("test_data", setup["test"])
+    return HeadlessExplorer(setup["model"], setup["train"], loss_fn=setup["loss_fn"], **kw)
 
 
 def _browser_sets(widget, **state):
@@ -139,19 +151,25 @@ def test_sliders_are_labelled_with_the_dense_eigenvalues(setup):
 
 
 def test_computed_eigen_directions_match_the_dense_hessian(setup):
-    ex = _explorer(setup, directions="bottom:1", eigen=None, tol=1e-8, canvas=False)
+    ex = _headless(setup, directions="bottom:1", eigen=None, tol=1e-8)
     lam = np.sort(setup["dense_vals"])[0]
     assert ex.directions[0].eigenvalue == pytest.approx(
         lam, abs=1e-6 * np.abs(setup["dense_vals"]).max()
     )
-    assert f"λ={ex.directions[0].eigenvalue:.4g}" in ex.sliders[0].description
-    ex.close()
+    assert ex.short_label(0) == f"λ={ex.directions[0].eigenvalue:.4g}"
+    # the panel over it labels its slider so
+    view = LandscapeExplorer(explorer=ex, canvas=False)
+    assert f"λ={ex.directions[0].eigenvalue:.4g}" in view.sliders[0].description
+    view.close()
+    assert ex.closed
 
 
 def test_point_and_lines_equal_brute_force(setup):
-    ex = _explorer(setup, directions="top:2")
-    ex.sliders[0].value = 0.3
-    ex.sliders[1].value = -0.2
+    ex = _headless(setup, directions="top:2")
+    ex.set_coord(0, 0.3)
+    ex.drain()
+    ex.set_coord(1, -0.2)
+    ex.drain()
     c = ex.coords
     assert c.tolist() == [0.3, -0.2]
     for split, batch in (("train", setup["train"]), ("test", setup["test"])):
@@ -168,12 +186,21 @@ def test_point_and_lines_equal_brute_force(setup):
     # the readout shows the origin's numbers too, equal to brute force at c = 0
     loss0, _ = _brute(setup["model"], ex.directions, [0, 0], setup["train"], setup["loss_fn"])
     assert ex.origin_values["train_loss"] == pytest.approx(loss0, rel=1e-12)
-    assert f"{ex.point_values['train_loss']:.6g}" in ex._readout.value
     ex.close()
+    # the panel: slider moves give the same numbers, and the readout shows them
+    view = _explorer(setup, directions="top:2")
+    view.sliders[0].value = 0.3
+    view.sliders[1].value = -0.2
+    assert view.coords.tolist() == [0.3, -0.2]
+    assert view.point_values == ex.point_values
+    np.testing.assert_array_equal(view.lines["train_loss"], ex.lines["train_loss"])
+    assert f"{view.point_values['train_loss']:.6g}" in view._readout.value
+    assert f"{view.origin_values['train_loss']:.6g}" in view._readout.value
+    view.close()
 
 
 def test_explorer_numbers_equal_the_landscape_engine(setup):
-    ex = _explorer(setup, directions="top:2")
+    ex = _headless(setup, directions="top:2")
     ex.move_to([0.4, 0.1])
     grid = ex.compute_grid()
     engine = LandscapeEvaluator(
@@ -254,7 +281,9 @@ def test_any_sequence_of_moves_leaves_the_model_bitwise_and_does_not_drift(setup
 def test_apply_writes_the_point_and_undo_restores_bitwise(setup):
     model = setup["model"]
     before = _state(model)
-    ex = _explorer(setup, directions="top:2")
+    ex = _headless(setup, directions="top:2")
+    events = []
+    ex.on("status", lambda kind, detail: events.append(kind))
     ex.move_to([0.5, -0.25])
     ex.apply()
     assert ex.applied
@@ -273,13 +302,18 @@ def test_apply_writes_the_point_and_undo_restores_bitwise(setup):
         assert torch.equal(p.detach(), w)
     ex.undo()
     _assert_same_state(model, before)
-    assert not ex.applied and ex.buttons["undo"].disabled
+    assert not ex.applied and events == ["applied", "applied", "undone", "undone"]
     with pytest.raises(ValueError, match="nothing to undo"):
         ex.undo()
+    ex.close()
     # the buttons do the same, errors shown in the panel
+    ex = _explorer(setup, directions="top:2")
+    assert ex.buttons["undo"].disabled
     ex.buttons["apply"].click()
+    assert not ex.buttons["undo"].disabled
     assert ex.applied
     ex.buttons["undo"].click()
+    assert ex.buttons["undo"].disabled
     ex.buttons["undo"].click()  # nothing to undo: shown, not raised
     assert ex.error_count == 1 and "nothing to undo" in str(ex.last_error)
     _assert_same_state(model, before)
@@ -354,7 +388,9 @@ def test_a_slider_thread_during_training_corrupts_neither(setup):
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         ex = None
         if explore:
-            ex = LandscapeExplorer(model, train, directions="random:2", points=POINTS, canvas=True)
+            ex = LandscapeExplorer(
+                model, train, directions="random:2", num_points=POINTS, canvas=True
+            )
             origin_ref = LandscapeEvaluator(
                 copy.deepcopy(model), nn.CrossEntropyLoss(), train, ex.directions, batch_points=1
             )
@@ -437,7 +473,7 @@ def test_marks_hold_the_new_data_after_updates(setup):
 
 def test_progressive_map_draws_coarse_first_and_equals_one_shot(setup):
     assert np.nonzero(axis_levels(21) == 0)[0].tolist() == [0, 5, 10, 15, 20]
-    ex = _explorer(setup, directions="top:2", points=9)
+    ex = _explorer(setup, directions="top:2", num_points=9)
     counts = []
     orig = ex._draw_grid
 
@@ -481,23 +517,24 @@ def test_switching_to_random_directions_uses_filter_normalisation(setup):
 # bad input
 
 
-def test_bad_input_is_a_value_error_naming_the_remedy(setup):
+@pytest.mark.parametrize("make", [_headless, _explorer], ids=["headless", "panel"])
+def test_bad_input_is_a_value_error_naming_the_remedy(setup, make):
     model = setup["model"]
     before = _state(model)
     with pytest.raises(ValueError, match="names 5 eigen-directions but only 4 were computed"):
-        _explorer(setup, directions="top:5")
+        make(setup, directions="top:5")
     with pytest.raises(ValueError, match="only 4 were computed"):
-        _explorer(setup, directions="index:0,4")
+        make(setup, directions="index:0,4")
     with pytest.raises(ValueError, match="positive"):
-        _explorer(setup, distance=0)
+        make(setup, span=0)
     with pytest.raises(ValueError, match="positive"):
-        _explorer(setup, distance=-1.0)
+        make(setup, span=-1.0)
     with pytest.raises(ValueError, match="at least 2"):
-        _explorer(setup, points=-3)
+        make(setup, num_points=-3)
     with pytest.raises(ValueError, match="unknown direction spec"):
-        _explorer(setup, directions="left:2")
+        make(setup, directions="left:2")
     with pytest.raises(ValueError, match="pair"):
-        _explorer(setup, directions="top:2", pair=(0, 0))
+        make(setup, directions="top:2", pair=(0, 0))
     with pytest.raises(ValueError, match="at least 1"):
         parse_direction_spec("random:0")
     # directions computed for another shape of the model
@@ -506,19 +543,17 @@ def test_bad_input_is_a_value_error_naming_the_remedy(setup):
     with pytest.raises(
         ValueError, match="changed shape since the directions were computed.*recompute"
     ):
-        _explorer(setup, directions=dirs)
+        make(setup, directions=dirs)
     wrong_eigen = (np.array([1.0, 0.5]), torch.randn(123, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="changed shape.*recompute"):
-        _explorer(setup, directions="top:2", eigen=wrong_eigen)
+        make(setup, directions="top:2", eigen=wrong_eigen)
     _assert_same_state(model, before)
 
 
 def test_a_model_that_changed_shape_is_reported_and_recompute_fixes_it(setup):
     torch.manual_seed(3)
     model = MLP(hidden=(4,)).double()
-    ex = LandscapeExplorer(
-        model, setup["train"], directions="random:2", points=POINTS, canvas=False
-    )
+    ex = HeadlessExplorer(model, setup["train"], directions="random:2", num_points=POINTS)
     model[1] = nn.Linear(64, 3).double()
     model[3] = nn.Linear(3, 10).double()
     with pytest.raises(
@@ -537,30 +572,61 @@ def test_a_model_that_changed_shape_is_reported_and_recompute_fixes_it(setup):
 # %curv_landscape
 
 
-class _Shell:
-    def __init__(self, **ns):
-        self.user_ns = dict(ns)
+@pytest.fixture(scope="module")
+def ip():
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    c = Config()
+    c.HistoryAccessor.enabled = False
+    shell = InteractiveShell.instance(config=c)
+    shell.run_line_magic("load_ext", "jupyter_curvature")
+    yield shell
+    shell.run_line_magic("unload_ext", "jupyter_curvature")
 
 
-def test_magic_builds_an_explorer_and_replaces_it_when_rerun(setup, capsys):
-    shell = _Shell(
-        model=setup["model"], train=setup["train"], test=setup["test"], eigen=setup["eigen"]
-    )
-    line = "--model model --data train --test-data test --eigen eigen --directions index:0,2 --points 5 --range 0.5 --out ex --no-canvas"
-    assert curv_landscape_magic(shell, line) is None
-    ex = shell.user_ns["ex"]
+def _magic(ip, line, **ns):
+    ip.user_ns.update(ns)
+    return ip.run_line_magic("curv_landscape", line)
+
+
+def test_magic_builds_an_explorer_and_replaces_it_when_rerun(setup, ip, capsys):
+    ns = dict(model=setup["model"], train=setup["train"], test=setup["test"], eigen=setup["eigen"])
+    line = "--model model --data train --test-data test --eigen eigen --directions index:0,2 --num-points 5 --span 0.5 --out ex --no-canvas"
+    assert _magic(ip, line, **ns) is None
+    ex = ip.user_ns["ex"]
     assert isinstance(ex, LandscapeExplorer)
     assert [d.index for d in ex.directions] == [0, 2]
-    assert ex.distance == 0.5 and ex.points == 5 and ex.grid_done.all()
-    curv_landscape_magic(shell, line)
-    assert ex.closed and shell.user_ns["ex"] is not ex
-    shell.user_ns["ex"].close()
+    assert ex.span == 0.5 and ex.num_points == 5 and ex.grid_done.all()
+    _magic(ip, line)
+    assert ex.closed and ip.user_ns["ex"] is not ex
+    ip.user_ns["ex"].close()
     for opt, want in (("--preview 32", 32), ("--preview none", None)):
-        curv_landscape_magic(
-            shell, f"--model model --data train --points 5 --no-grid --no-canvas --out p {opt}"
-        )
-        assert shell.user_ns["p"].preview_samples == want
-        shell.user_ns["p"].close()
+        _magic(ip, f"--model model --data train --num-points 5 --no-grid --no-canvas --out p {opt}")
+        assert ip.user_ns["p"].preview_samples == want
+        ip.user_ns["p"].close()
+
+
+def test_magic_old_flags_are_deprecated_aliases(setup, ip):
+    ns = dict(model=setup["model"], train=setup["train"], eigen=setup["eigen"])
+    base = "--model model --data train --eigen eigen --no-grid --no-canvas --out old"
+    for old, attr, want in (
+        ("--points 5", "num_points", 5),
+        ("--range 0.5", "span", 0.5),
+        ("--ggn --directions random:2", "curvature", "ggn"),
+        ("--loss cross_entropy", "num_points", 21),
+    ):
+        flag = old.split()[0]
+        with pytest.warns(FutureWarning, match=f"{flag} is deprecated; use --"):
+            _magic(ip, f"{base} {old}", **ns)
+        assert getattr(ip.user_ns["old"], attr) == want
+        ip.user_ns["old"].close()
+    _magic(ip, f"{base} --curvature ggn --directions random:2 --loss-fn cross_entropy")
+    assert ip.user_ns["old"].curvature == "ggn"
+    ip.user_ns["old"].close()
+    with pytest.raises(UsageError, match="give --span or --range, not both"):
+        with pytest.warns(FutureWarning):
+            _magic(ip, f"{base} --span 1 --range 0.5")
 
 
 @pytest.mark.parametrize(
@@ -571,21 +637,22 @@ def test_magic_builds_an_explorer_and_replaces_it_when_rerun(setup, capsys):
         ("--model model --data train --eigen nope", "'nope' is not a variable"),
         ("--model model --data train --eigen model", "not an eigenpairs result"),
         ("--model train --data train", "'train' is a tuple, not a torch.nn.Module"),
-        ("--model model --data train --points 1", "--points must be at least 2"),
-        ("--model model --data train --points -4", "--points must be at least 2"),
-        ("--model model --data train --range 0", "--range must be a positive number"),
+        ("--model model --data train --num-points 1", "--num-points must be at least 2"),
+        ("--model model --data train --num-points -4", "--num-points must be at least 2"),
+        ("--model model --data train --span 0", "--span must be a positive number"),
         ("--model model --data train --eigen eigen --directions top:7", "only 4 were computed"),
         ("--model model --data train --eigen wrong --directions top:2", "changed shape"),
         ("--model model --data train --directions sideways:2", "unknown direction spec"),
         ("--model model --data train --colour red", "unrecognized arguments"),
+        ("--model model --data train --curvature fisher", "invalid choice"),
         ("--data train", "the following arguments are required: --model"),
-        ("--model model --data train --out 3x", "not a valid variable name"),
+        ("--model model --data train --out 3x", "not a valid Python variable name"),
         ("--model model --data train --preview lots", "--preview must be auto, none or"),
         ("--model model --data train --preview 0", "preview must be 'auto', None or"),
     ],
 )
-def test_magic_user_errors_are_one_line_usage_errors(setup, line, message):
-    shell = _Shell(
+def test_magic_user_errors_are_one_line_usage_errors(setup, ip, line, message):
+    ns = dict(
         model=setup["model"],
         train=setup["train"],
         eigen=setup["eigen"],
@@ -593,7 +660,7 @@ def test_magic_user_errors_are_one_line_usage_errors(setup, line, message):
     )
     before = _state(setup["model"])
     with pytest.raises(UsageError) as info:
-        curv_landscape_magic(shell, line)
+        _magic(ip, line, **ns)
     text = str(info.value)
     assert message in text and "\n" not in text and text.startswith("%curv_landscape")
     _assert_same_state(setup["model"], before)
@@ -609,3 +676,36 @@ def test_direction_specs_parse():
         with pytest.raises(ValueError):
             parse_direction_spec(bad)
     assert isinstance(Directions, type)
+
+
+def test_old_keywords_are_deprecated_aliases(setup):
+    with pytest.warns(DeprecationWarning, match="distance= is deprecated; use span="):
+        ex = _headless(setup, directions="random:2", num_points=5, distance=0.5)
+    assert ex.span == 0.5 and ex.distance == 0.5
+    ex.close()
+    with pytest.warns(DeprecationWarning, match="points= is deprecated; use num_points="):
+        ex = HeadlessExplorer(setup["model"], setup["train"], directions="random:2", points=5)
+    assert ex.num_points == 5 and ex.points == 5 and len(ex.ts) == 5
+    ex.close()
+
+
+def test_the_panel_draws_what_the_headless_explorer_announces(setup):
+    ex = _headless(setup, directions="top:2")
+    view = LandscapeExplorer(explorer=ex)
+    assert view.explorer is ex and view._lock is ex.lock
+    ex.move_to([0.2, -0.4])  # moved headless: the panel follows
+    np.testing.assert_array_equal(view._marker1d.x, [0.2, -0.4])
+    np.testing.assert_array_equal(view._line.y, ex.lines["train_loss"])
+    assert view.canvas.point == [0.2, -0.4]
+    ex.compute_grid()
+    np.testing.assert_array_equal(view._heat.color, ex.grid["train_loss"].T)
+    assert view.progress.value == POINTS**2 and "2D map of train_loss" in view._fig2d.title
+    ex.set_kind("random")  # new directions: sliders back to 0, relabelled, toggle synced
+    assert view._kind.value == "random" and [s.value for s in view.sliders] == [0.0, 0.0]
+    assert "random 1" in view.sliders[0].description
+    ex.set_pair((1, 0))
+    assert view._ax2d_x.label.startswith("d1")
+    with pytest.raises(ValueError, match="explorer= or the model"):
+        LandscapeExplorer(setup["model"], explorer=ex)
+    view.close()
+    assert ex.closed and view.error_count == 0

@@ -15,18 +15,16 @@ import threading
 import numpy as np
 import pytest
 import torch
+from reference import digits_batch
 from torch import nn
 
-pytest.importorskip("ipywidgets")
-pytest.importorskip("bqplot")
-pytest.importorskip("anywidget")
-
-from reference import digits_batch  # noqa: E402
-
-from jupyter_curvature.landscape import LandscapeEvaluator, subsample_data  # noqa: E402
-from jupyter_curvature.landscape._data import NestedSubsamples  # noqa: E402
-from jupyter_curvature.models.small import MLP  # noqa: E402
-from jupyter_curvature.widgets.landscape import LandscapeExplorer  # noqa: E402
+from jupyter_curvature.landscape import (
+    HeadlessExplorer,
+    LandscapeEvaluator,
+    NestedSubsamples,
+    subsample_data,
+)
+from jupyter_curvature.models.small import MLP
 
 torch.set_num_threads(1)
 POINTS = 7
@@ -46,14 +44,30 @@ def setup():
 
 
 def _explorer(setup, **kw):
-    kw.setdefault("points", POINTS)
+    """The headless explorer (no widgets)."""
+    kw.setdefault("num_points", POINTS)
     kw.setdefault("test_data", setup["test"])
     kw.setdefault("directions", "random:2")
     kw.setdefault("preview", PREVIEW)
-    kw.setdefault("canvas", False)
     kw.setdefault("loss_fn", setup["loss_fn"])
     data = kw.pop("data", setup["train"])
-    return LandscapeExplorer(setup["model"], data, **kw)
+    return HeadlessExplorer(setup["model"], data, **kw)
+
+
+def _panel(setup, **kw):
+    """The panel over a headless explorer (skipped without the widget libraries)."""
+    pytest.importorskip("ipywidgets")
+    pytest.importorskip("bqplot")
+    pytest.importorskip("anywidget")
+    from jupyter_curvature.widgets.landscape import LandscapeExplorer
+
+    return LandscapeExplorer(explorer=_explorer(setup, **kw), canvas=False)
+
+
+def _move(ex, i, value):
+    """What a slider does: record the coordinate, then redraw."""
+    ex.set_coord(i, value)
+    ex.drain()
 
 
 def _brute(model, directions, coords, x, y, loss_fn):
@@ -67,7 +81,7 @@ def _brute(model, directions, coords, x, y, loss_fn):
 
 
 def _line_block(ex, coords, j):
-    block = np.repeat(np.asarray(coords, dtype=np.float64)[None, :], ex.points, axis=0)
+    block = np.repeat(np.asarray(coords, dtype=np.float64)[None, :], ex.num_points, axis=0)
     block[:, j] = ex.ts
     return block
 
@@ -156,9 +170,8 @@ def test_preview_lines_equal_the_engine_on_the_same_subsample(setup):
     ex.exact_delay = 3600.0  # keep the preview on screen for this test
     assert ex.preview_samples == PREVIEW
     assert ex.line_exact.all()  # the first lines are computed exactly
-    ex.sliders[0].value = 0.4  # changes line 1 (along d1, through c0 = 0.4)
+    _move(ex, 0, 0.4)  # changes line 1 (along d1, through c0 = 0.4)
     assert ex.line_exact.tolist() == [True, False]
-    assert "preview on 64 of 300 samples" in ex._fig1d.title
     x, y = ex.preview_data("train")
     rows = torch.randperm(N_TRAIN, generator=torch.Generator().manual_seed(0))[:PREVIEW]
     assert torch.equal(x, setup["train"][0][rows.sort().values])
@@ -171,14 +184,13 @@ def test_preview_lines_equal_the_engine_on_the_same_subsample(setup):
         loss = _brute(setup["model"], ex.directions, [0.4, ex.ts[t_idx]], x, y, setup["loss_fn"])
         assert ex.lines["train_loss"][1, t_idx] == pytest.approx(loss, rel=1e-12)
     assert np.isnan(ex.lines["test_loss"][1]).all()  # not previewed: the exact line follows
-    np.testing.assert_array_equal(ex._line.y, ex.lines["train_loss"])
     # the point itself is always full data
     full = LandscapeEvaluator(
         setup["model"], setup["loss_fn"], setup["train"], ex.directions, test_data=setup["test"]
     )
     assert ex.point_values == pytest.approx(full([0.4, 0.0]), rel=1e-12)
     # the shown metric decides the data of the preview
-    ex._metric.value = "test_loss"
+    ex.set_metric("test_loss")
     tx, ty = ex.preview_data("test")
     test_engine = LandscapeEvaluator(setup["model"], setup["loss_fn"], (tx, ty), ex.directions)
     ref_t = test_engine.evaluate(_line_block(ex, [0.4, 0.0], 1))
@@ -187,16 +199,29 @@ def test_preview_lines_equal_the_engine_on_the_same_subsample(setup):
     ex.close()
 
 
+def test_the_panel_draws_the_preview_and_says_so(setup):
+    view = _panel(setup)
+    view.exact_delay = 3600.0
+    view.sliders[0].value = 0.4
+    assert view.line_exact.tolist() == [True, False]
+    assert "preview on 64 of 300 samples" in view._fig1d.title
+    np.testing.assert_array_equal(view._line.y, view.lines["train_loss"])
+    view._metric.value = "test_loss"
+    assert view.explorer.metric == "test_loss"
+    np.testing.assert_array_equal(view._line.y, view.lines["test_loss"])
+    assert view.error_count == 0, view.last_error
+    view.close()
+
+
 def test_exact_lines_replace_the_preview_and_equal_the_full_data_engine(setup):
     before = {n: p.detach().clone() for n, p in setup["model"].named_parameters()}
     ex = _explorer(setup)
     ex.exact_delay = 0.0
     rng = np.random.default_rng(1)
     for _ in range(6):  # quick moves: the worker's stale work is dropped
-        ex.sliders[int(rng.integers(2))].value = float(rng.uniform(-1, 1))
+        _move(ex, int(rng.integers(2)), float(rng.uniform(-1, 1)))
     ex.move_to([0.3, -0.6])
     assert ex.wait_exact(timeout=120)
-    assert "exact, 300 samples" in ex._fig1d.title
     engine = LandscapeEvaluator(
         setup["model"], setup["loss_fn"], setup["train"], ex.directions, test_data=setup["test"]
     )
@@ -204,7 +229,6 @@ def test_exact_lines_replace_the_preview_and_equal_the_full_data_engine(setup):
         ref = engine.evaluate(_line_block(ex, [0.3, -0.6], j))
         for m in ex.metrics:
             np.testing.assert_allclose(ex.lines[m][j], ref[m], rtol=1e-12, atol=1e-15)
-    np.testing.assert_array_equal(ex._line.y, ex.lines["train_loss"])
     assert ex.lines_result().meta["exact"] is True
     assert ex.error_count == 0, ex.last_error
     ex.close()
@@ -212,11 +236,45 @@ def test_exact_lines_replace_the_preview_and_equal_the_full_data_engine(setup):
         assert torch.equal(p, before[n]), f"parameter {n} changed"
 
 
-def test_wait_exact_returns_only_after_the_exact_lines_are_drawn(setup, monkeypatch):
-    # The worker marks a line exact, then redraws. Hold the worker's redraw until
+def test_the_panel_draws_the_exact_lines(setup):
+    view = _panel(setup)
+    view.exact_delay = 0.0
+    rng = np.random.default_rng(1)
+    for _ in range(6):  # quick moves: the worker's stale work is dropped
+        view.sliders[int(rng.integers(2))].value = float(rng.uniform(-1, 1))
+    view.move_to([0.3, -0.6])
+    assert view.wait_exact(timeout=120)
+    assert "exact, 300 samples" in view._fig1d.title
+    np.testing.assert_array_equal(view._line.y, view.lines["train_loss"])
+    assert view.error_count == 0, view.last_error
+    view.close()
+
+
+def test_wait_exact_returns_only_after_the_exact_lines_are_announced(setup):
+    # The worker marks a line exact, then calls the "lines" callbacks. Hold them until
     # wait_exact has returned (or for a while, if it rightly does not): a wait_exact that
-    # watched the flag instead of the redraw returned with the preview's title still shown.
+    # watched the flag instead of the announcement returned before the callbacks ran.
     ex = _explorer(setup)
+    ex.exact_delay = 0.0
+    returned = threading.Event()
+    announced = []
+
+    def held():
+        if threading.current_thread() is ex.worker and ex.line_exact.all():
+            returned.wait(timeout=2.0)
+            announced.append(True)
+
+    ex.on("lines", held)
+    ex.move_to([0.4, 0.1])
+    assert ex.wait_exact(timeout=600)
+    returned.set()
+    assert announced == [True]
+    ex.close()
+
+
+def test_wait_exact_returns_only_after_the_exact_lines_are_drawn(setup, monkeypatch):
+    # The same through the panel: its title must be the exact lines' when wait_exact returns.
+    ex = _panel(setup)
     ex.exact_delay = 0.0
     returned = threading.Event()
     draw = ex._draw_lines
@@ -237,13 +295,13 @@ def test_wait_exact_returns_only_after_the_exact_lines_are_drawn(setup, monkeypa
 def test_exact_lines_are_cached_by_their_coordinates(setup):
     ex = _explorer(setup)
     ex.exact_delay = 0.0
-    ex.sliders[0].value = 0.5
+    _move(ex, 0, 0.5)
     assert ex.wait_exact(timeout=120)
     exact = ex.lines["train_loss"].copy()
     ex.exact_delay = 3600.0
-    ex.sliders[0].value = -0.25
+    _move(ex, 0, -0.25)
     assert not ex.line_exact[1]
-    ex.sliders[0].value = 0.5  # back: line 1 at c0 = 0.5 comes from the cache, exact at once
+    _move(ex, 0, 0.5)  # back: line 1 at c0 = 0.5 comes from the cache, exact at once
     assert ex.line_exact.all()
     np.testing.assert_array_equal(ex.lines["train_loss"], exact)
     ex.close()
@@ -253,7 +311,7 @@ def test_a_summed_loss_preview_is_scaled_to_the_full_data(setup):
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     ex = _explorer(setup, loss_fn=loss_fn, test_data=None)
     ex.exact_delay = 3600.0
-    ex.sliders[1].value = 0.2
+    _move(ex, 1, 0.2)
     x, y = ex.preview_data("train")
     ref = LandscapeEvaluator(setup["model"], loss_fn, (x, y), ex.directions).evaluate(
         _line_block(ex, [0.0, 0.2], 0)
@@ -267,7 +325,7 @@ def test_a_summed_loss_preview_is_scaled_to_the_full_data(setup):
 def test_no_preview_on_small_data_or_when_asked(setup):
     ex = _explorer(setup, preview="auto")  # 300 samples of an MLP: a line is cheap
     assert ex.preview_samples is None
-    ex.sliders[0].value = 0.3
+    _move(ex, 0, 0.3)
     assert ex.line_exact.all()
     with pytest.raises(ValueError, match="no preview"):
         ex.preview_data()
@@ -282,8 +340,35 @@ def test_no_preview_on_small_data_or_when_asked(setup):
 def test_closing_while_the_worker_runs_stops_it(setup):
     ex = _explorer(setup)
     ex.exact_delay = 0.0
-    ex.sliders[0].value = 0.7
-    worker = ex._worker
+    _move(ex, 0, 0.7)
+    worker = ex.worker
     ex.close()
     assert worker is not None and not worker.is_alive()
     assert ex.error_count == 0, ex.last_error
+    view = _panel(setup)
+    view.exact_delay = 0.0
+    view.sliders[0].value = 0.7
+    worker = view._worker
+    view.close()
+    assert view.explorer.closed and worker is not None and not worker.is_alive()
+    assert view.error_count == 0, view.last_error
+
+
+def test_a_worker_error_is_reported_and_ends_wait_exact(setup, monkeypatch):
+    ex = _explorer(setup)
+    ex.exact_delay = 0.0
+    seen = []
+    ex.on("error", lambda exc, where: seen.append((str(exc), where)))
+
+    chunks = ex.evaluator.iter_chunks
+
+    def boom(coords):  # the worker's exact line fails; the point (this thread) does not
+        if threading.current_thread() is ex.worker:
+            raise RuntimeError("exact line failed")
+        return chunks(coords)
+
+    monkeypatch.setattr(ex.evaluator, "iter_chunks", boom)
+    _move(ex, 0, 0.7)
+    assert not ex.wait_exact(timeout=120)
+    assert ex.error_count == 1 and seen == [("exact line failed", "exact 1D lines")]
+    ex.close()

@@ -9,7 +9,8 @@ See ``docs/landscape.md``.
 """
 
 from ..plotting import plot_landscape_1d, plot_landscape_2d, plot_landscape_surface  # re-exported
-from ._data import subsample_data
+from ._data import NestedSubsamples, subsample_data
+from .direction_specs import DirectionSpec, parse_direction_spec
 from .directions import (
     ORIGINAL_POSITIONS,
     Direction,
@@ -23,6 +24,7 @@ from .directions import (
     user_directions,
 )
 from .evaluator import BN_MODES, LandscapeEvaluator
+from .explorer import HeadlessExplorer
 from .grid import (
     LandscapeProgress,
     axis_levels,
@@ -38,12 +40,15 @@ __all__ = [
     "BN_MODES",
     "ORIGINAL_POSITIONS",
     "Direction",
+    "DirectionSpec",
     "Directions",
+    "HeadlessExplorer",
     "Landscape1D",
     "Landscape2D",
     "LandscapeEvaluator",
     "LandscapeProgress",
     "LandscapeResult",
+    "NestedSubsamples",
     "Perturber",
     "as_directions",
     "axis_levels",
@@ -55,6 +60,7 @@ __all__ = [
     "landscape_1d",
     "landscape_2d",
     "original_selection",
+    "parse_direction_spec",
     "perturbed",
     "plot_landscape_1d",
     "plot_landscape_2d",

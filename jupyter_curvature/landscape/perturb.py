@@ -32,7 +32,7 @@ from torch import nn
 from ..core.params import ParamSpec, flatten, select_parameters, unflatten
 from .directions import as_directions
 
-__all__ = ["perturbed", "Perturber", "as_coords"]
+__all__ = ["perturbed", "Perturber", "as_coords", "copy_all"]
 
 
 def as_coords(coords: Any, k: int, *, what: str = "coords") -> torch.Tensor:
@@ -83,7 +83,7 @@ def _point(
     return out
 
 
-def _copy_all(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor]) -> None:
+def copy_all(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor]) -> None:
     """Copy ``src`` into ``dst`` under no_grad, finishing even if interrupted midway."""
     pending: BaseException | None = None
     with torch.no_grad():
@@ -152,11 +152,11 @@ def perturbed(
     new = _point(saved, dirs.per_tensor(tensors), c)
     live_buffers, saved_buffers = _buffer_snapshot(model) if restore_buffers else ([], [])
     try:
-        _copy_all(tensors, new)
+        copy_all(tensors, new)
         del new
         yield model
     finally:
-        _copy_all([*tensors, *live_buffers], [*saved, *saved_buffers])
+        copy_all([*tensors, *live_buffers], [*saved, *saved_buffers])
 
 
 class Perturber:
@@ -328,7 +328,7 @@ class Perturber:
             self._check_model()
             new = _point(self._origin, self._parts, c)
             self._moved = self._applied = True  # first: an interrupted copy is restorable
-            _copy_all(self._tensors, new)
+            copy_all(self._tensors, new)
             self._coords = c
             self._moved = bool((c != 0).any())
 
@@ -337,7 +337,7 @@ class Perturber:
     def restore(self) -> None:
         """Put the origin weights and the buffers as they were at construction back, bitwise."""
         with self._lock:
-            _copy_all([*self._tensors, *self._live_buffers], [*self._origin, *self._saved_buffers])
+            copy_all([*self._tensors, *self._live_buffers], [*self._origin, *self._saved_buffers])
             self._coords = torch.zeros_like(self._coords)
             self._moved = self._applied = False
 

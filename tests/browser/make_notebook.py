@@ -66,7 +66,7 @@ CELLS = [
         "%curv_spectrum --model model --data curv_data --iters 30 --probes 2 --top 3 --out dens --out-eigen eig"
     ),
     new_code_cell(
-        "%curv_landscape --model model --data curv_data --eigen eig --directions top:2 --range 1.0 --points 11 --out ex"
+        "%curv_landscape --model model --data curv_data --eigen eig --directions top:2 --span 1.0 --num-points 11 --out ex"
     ),
     new_code_cell(
         'print("done:", run.history.status, run.history.steps_done, "steps")  # noqa: F821'
