@@ -4,8 +4,17 @@ from ..core.batches import BatchLayout, default_layout
 from ..core.model_state import BATCHNORM_POLICIES, curvature_mode
 from ..core.params import flatten, select_parameters, unflatten
 from .base import CurvatureOperator, DenseOperator, ModelChangedError
+from .composite import (
+    CompositeOperator,
+    DeflatedOperator,
+    FunctionOperator,
+    ProjectedOperator,
+    ScaledOperator,
+    SumOperator,
+    as_operator,
+)
 from .curvature import EmpiricalFisherOperator, EmpiricalRiskOperator, GGNOperator, HessianOperator
-from .loss_hessians import SUPPORTED_LOSSES, output_hessian_for
+from .loss_hessians import SUPPORTED_LOSSES, output_hessian_for, register_output_hessian
 
 BatchNormPolicy = str  # "eval" | "train", see BATCHNORM_POLICIES
 
@@ -13,18 +22,26 @@ __all__ = [
     "BATCHNORM_POLICIES",
     "BatchLayout",
     "BatchNormPolicy",
+    "CompositeOperator",
     "CurvatureOperator",
+    "DeflatedOperator",
     "DenseOperator",
     "EmpiricalFisherOperator",
     "EmpiricalRiskOperator",
+    "FunctionOperator",
     "GGNOperator",
     "HessianOperator",
     "ModelChangedError",
+    "ProjectedOperator",
+    "ScaledOperator",
+    "SumOperator",
     "SUPPORTED_LOSSES",
+    "as_operator",
     "curvature_mode",
     "default_layout",
     "flatten",
     "output_hessian_for",
+    "register_output_hessian",
     "select_parameters",
     "unflatten",
 ]
