@@ -3,15 +3,16 @@
 from ..core.batches import BatchLayout, default_layout
 from ..core.model_state import BATCHNORM_POLICIES, curvature_mode
 from ..core.params import flatten, select_parameters, unflatten
-from .base import CurvatureOperator, DenseOperator, ModelChangedError
-from .composite import (
+from .adapters import FunctionOperator, as_operator
+from .base import (
     CompositeOperator,
+    CurvatureOperator,
     DeflatedOperator,
-    FunctionOperator,
+    DenseOperator,
+    ModelChangedError,
     ProjectedOperator,
     ScaledOperator,
     SumOperator,
-    as_operator,
 )
 from .curvature import EmpiricalFisherOperator, EmpiricalRiskOperator, GGNOperator, HessianOperator
 from .loss_hessians import SUPPORTED_LOSSES, output_hessian_for, register_output_hessian

@@ -150,7 +150,9 @@ class GraphKeeper:
             return float(FALLBACK_BUDGET)
         return GRAPH_MEMORY_FRACTION * free
 
-    def run(self, matmat: Callable[[torch.Tensor], torch.Tensor], block: torch.Tensor) -> torch.Tensor:
+    def run(
+        self, matmat: Callable[[torch.Tensor], torch.Tensor], block: torch.Tensor
+    ) -> torch.Tensor:
         """``matmat(block)``; the first products of a watched run count the graph memory."""
         if not self.watch:
             return matmat(block)

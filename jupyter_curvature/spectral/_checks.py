@@ -73,7 +73,7 @@ class Operator:
         self.n = int(self.op.shape[0])
         self.dtype: torch.dtype = self.op.dtype
         self.device = self.op.device
-        self._start = self.op.num_matvecs
+        self._count = 0
         self.keep_graphs = keep_graphs
         if keep_graphs is not None and not isinstance(keep_graphs, bool):
             raise TypeError(
@@ -92,8 +92,8 @@ class Operator:
 
     @property
     def num_matvecs(self) -> int:
-        """Products made through the operator since this view was made."""
-        return self.op.num_matvecs - self._start
+        """Products made through this view, as the operator counted them."""
+        return self._count
 
     def __enter__(self) -> Operator:
         with contextlib.ExitStack() as stack:
@@ -110,7 +110,10 @@ class Operator:
     def matmat(self, block: torch.Tensor) -> torch.Tensor:
         """``A @ block`` for a ``(n, k)`` block in any dtype/device; returned in the block's."""
         x = block.to(dtype=self.dtype, device=self.device)
-        y = self.op.matmat(x)
+        with self.op.lock:  # no other thread's products between the two readings
+            before = self.op.num_matvecs
+            y = self.op.matmat(x)
+            self._count += self.op.num_matvecs - before
         if self._versions is not None:
             check_unchanged(self._versions, self.op.parameter_versions())
         if not all_finite(y):
