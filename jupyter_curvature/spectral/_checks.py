@@ -39,8 +39,9 @@ class Operator:
     The operator is first made a :class:`~jupyter_curvature.operators.CurvatureOperator` by
     :func:`~jupyter_curvature.operators.as_operator` (a dense tensor, a duck type). Blocks are
     converted between the Lanczos basis dtype/device and the operator's, every product is
-    checked for NaN, and :attr:`num_matvecs` is the operator's own count since this view was
-    made (a block ``(n, k)`` counts ``k``). Used as a context manager it enters the operator's
+    checked for NaN, and :attr:`num_matvecs` is what the operator itself counted for the
+    products made through this view (a block ``(n, k)`` counts ``k``; a composite counts its
+    parts' products): nothing is counted twice. Used as a context manager it enters the operator's
     :meth:`~jupyter_curvature.operators.CurvatureOperator.kept_graphs` for the length of the
     ``with`` block (``keep_graphs``) and holds the operator's ``lock``: a spectral call is one
     unit, so its graphs and the model state belong to it alone while it runs (other threads
