@@ -297,10 +297,15 @@ def _scalar(name: str, value: Any) -> float:
 
 
 class _JointLock:
-    """The re-entrant locks of several operators, taken in one fixed order (no deadlock)."""
+    """The re-entrant locks of several operators, taken in one global order (no deadlock).
+
+    The order is by object id, the same for every composite, so ``H + G`` in one thread and
+    ``G + H`` in another cannot each hold one lock and wait for the other; a lock shared by
+    two parts (operators of one model share the model's lock) is taken once.
+    """
 
     def __init__(self, locks: Sequence[Any]) -> None:
-        self.locks = list(locks)
+        self.locks = sorted({id(lock): lock for lock in locks}.values(), key=id)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         taken = []
