@@ -1,10 +1,10 @@
-"""Kept gradient graphs: Hessian products in a spectral run that cost only the second backward.
+"""Kept gradient graphs: Hessian products that cost only the second backward.
 
 A :class:`~jupyter_curvature.operators.HessianOperator` with ``keep_graphs=True`` builds each
 batch's gradient graph ``g_b(w) = dL_b/dw`` (``create_graph=True``) once and reuses it for every
 later product ``H v = d(g^T v)/dw``, so a product costs one backward through the kept graph
-instead of a forward, a gradient and that backward (algorithms.md section 1: about 1.5x a
-gradient instead of 2.6x). PyHessian keeps its one batch's graph the same way. The price is
+instead of a forward, a gradient and that backward (docs/spectral.md: 1.3-2.0x a
+gradient instead of 2.4-3.4x). PyHessian keeps its one batch's graph the same way. The price is
 memory: every batch's graph at once. The operator rebuilds the graphs when a parameter changes
 in place (its version counter moves), so kept graphs never give stale products.
 
