@@ -23,6 +23,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "GGNOperator": ".operators",
     "EmpiricalFisherOperator": ".operators",
     "BatchNormPolicy": ".operators",
+    "as_operator": ".operators",
+    "register_output_hessian": ".operators",
     # spectra
     "lanczos": ".spectral",
     "eigenpairs": ".spectral",

@@ -1,16 +1,40 @@
-"""Independent dense references, built with ``torch.func`` in float64, and a reporting comparator."""
+"""The one test reference module: independent dense references, naive loops, and comparators.
+
+Everything here is deliberately naive (dense matrices built with ``torch.func`` in float64,
+Python loops over batches and samples) so that it checks the package's matrix-free,
+streaming, vectorised code by a different route.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch import nn
 from torch.func import functional_call, hessian, jacrev
 
 from jupyter_curvature.operators import flatten, select_parameters, unflatten
 
 
+# ----------------------------------------------------------------------------- comparison
 def assert_close(actual, expected, *, rtol=1e-10, atol=1e-12, what="values"):
-    """Like ``torch.testing.assert_close`` but says which entries differ and by how much."""
-    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected).to(actual)
+    """Like ``torch.testing.assert_close`` but says which entries differ and by how much.
+
+    Numbers and lists compare in float64 (a tensor ``actual`` sets the dtype of
+    ``expected``), flattened against a tensor of as many entries; two tensors must have the
+    same shape (one-element tensors compare as numbers).
+    """
+    given_as_tensors = isinstance(actual, torch.Tensor) and isinstance(expected, torch.Tensor)
+    if not isinstance(actual, torch.Tensor):
+        actual = torch.as_tensor(actual, dtype=torch.float64)
+    if isinstance(expected, torch.Tensor):
+        expected = expected.to(actual)
+    else:
+        expected = torch.as_tensor(expected, dtype=actual.dtype, device=actual.device)
+    if actual.numel() == 1 and expected.numel() == 1:  # a number against a 1-element tensor
+        actual, expected = actual.reshape(()), expected.reshape(())
+    elif not given_as_tensors and actual.numel() == expected.numel():
+        actual, expected = actual.reshape(-1), expected.reshape(-1)  # a list against a tensor
     assert actual.shape == expected.shape, (
         f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     )
@@ -41,19 +65,42 @@ def _functional(model, params):
     return theta, outputs
 
 
-def dense_hessian(model, loss_fn, x, y, params=None):
-    """``d^2 loss_fn(model(x), y) / dtheta^2`` on one batch (model assumed in eval mode)."""
+def _prepare(model, loss_fn, x, eval_mode, mean_loss):
+    """Eval mode if asked; the factor that turns a sum-reduced loss into the per-sample mean."""
+    if eval_mode:
+        model.eval()
+    summed = mean_loss and getattr(loss_fn, "reduction", "mean") == "sum"
+    return 1.0 / len(x) if summed else 1.0
+
+
+def dense_hessian(model, loss_fn, x, y, params=None, *, eval_mode=False, mean_loss=False):
+    """``d^2 loss_fn(model(x), y) / dtheta^2`` on one batch, in the model's current mode.
+
+    ``eval_mode``: put the model in eval mode first (and leave it there); ``mean_loss``: divide
+    a ``reduction="sum"`` loss by the number of samples (the statistics' per-sample mean).
+    """
+    factor = _prepare(model, loss_fn, x, eval_mode, mean_loss)
     theta, outputs = _functional(model, params)
-    return hessian(lambda t: loss_fn(outputs(t, x), y))(theta)
+    if factor == 1.0:
+        return hessian(lambda t: loss_fn(outputs(t, x), y))(theta)
+    return hessian(lambda t: loss_fn(outputs(t, x), y) * factor)(theta)
 
 
-def dense_ggn(model, loss_fn, x, y, params=None, output_loss=None):
-    """``J^T H_L J`` with ``H_L`` from ``torch.func.hessian`` of ``output_loss`` (default ``loss_fn``)."""
+def dense_ggn(
+    model, loss_fn, x, y, params=None, output_loss=None, *, eval_mode=False, mean_loss=False
+):
+    """``J^T H_L J`` with ``H_L`` from ``torch.func.hessian`` of ``output_loss`` (default ``loss_fn``).
+
+    ``eval_mode`` and ``mean_loss`` as for :func:`dense_hessian`.
+    """
+    factor = _prepare(model, loss_fn, x, eval_mode, mean_loss)
     theta, outputs = _functional(model, params)
     out = outputs(theta, x)
     J = jacrev(lambda t: outputs(t, x))(theta).reshape(out.numel(), -1)
     loss = output_loss or loss_fn
     H_L = hessian(lambda o: loss(o, y))(out).reshape(out.numel(), out.numel())
+    if factor != 1.0:
+        H_L = H_L * factor
     return J.T @ H_L @ J
 
 
@@ -122,3 +169,109 @@ def assert_same_state(model, before):
         assert after[key] == before[key], f"{key} changed"
     for g0, g1 in zip(before["grad"], after["grad"]):
         assert (g0 is None and g1 is None) or torch.equal(g0, g1), ".grad changed"
+
+
+# ----------------------------------------------------------------------------- cases
+def digits(n: int = 50, *, flatten: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` training digits in float64."""
+    from jupyter_curvature.data import digits_dataset
+
+    x, y = digits_dataset("train", limit=n, dtype=torch.float64, flatten=flatten).tensors
+    return x, y
+
+
+def tanh_mlp(seed: int = 0, hidden: tuple[int, ...] = (8,)) -> nn.Module:
+    from jupyter_curvature.models import MLP
+
+    torch.manual_seed(seed)
+    return MLP(hidden=hidden).double()
+
+
+def bn_cnn(seed: int = 0, width: int = 2) -> nn.Module:
+    """A SmallCNN with BatchNorm whose running statistics are not the defaults."""
+    from jupyter_curvature.models import SmallCNN
+
+    torch.manual_seed(seed)
+    model = SmallCNN(width=width, batch_norm=True).double()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, size: int):
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+
+# ----------------------------------------------------------------------------- flat views
+def trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for _, p in trainable(model)])
+
+
+def _unflat(model: nn.Module, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    out, start = {}, 0
+    for name, p in trainable(model):
+        out[name] = theta[start : start + p.numel()].reshape(p.shape)
+        start += p.numel()
+    return out
+
+
+def mean_loss_fn(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor):
+    """``theta -> mean loss over (x, y)`` with the model in eval mode (buffers held fixed)."""
+    model.eval()
+    reduction = getattr(loss_fn, "reduction", "mean")
+
+    def f(theta: torch.Tensor) -> torch.Tensor:
+        loss = loss_fn(functional_call(model, _unflat(model, theta), (x,)), y)
+        return loss / len(x) if reduction == "sum" else loss
+
+    return f
+
+
+# ----------------------------------------------------------------------------- loops
+def loop_gradient(model: nn.Module, loss_fn, x, y) -> tuple[float, torch.Tensor]:
+    """Mean loss and flat gradient of one batch, by plain autograd (model in eval mode)."""
+    model.eval()
+    params = [p for _, p in trainable(model)]
+    loss = loss_fn(model(x), y)
+    if getattr(loss_fn, "reduction", "mean") == "sum":
+        loss = loss / len(x)
+    g = torch.autograd.grad(loss, params)
+    return float(loss.detach()), torch.cat([t.reshape(-1) for t in g])
+
+
+def per_sample_loop(model, loss_fn, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample losses ``(N,)`` and gradients ``(N, P)`` by a Python loop over samples."""
+    losses, grads = [], []
+    for i in range(len(x)):
+        loss, g = loop_gradient(model, loss_fn, x[i : i + 1], y[i : i + 1])
+        losses.append(loss)
+        grads.append(g)
+    return torch.tensor(losses, dtype=torch.float64), torch.stack(grads)
+
+
+def weighted_stats(values: list[torch.Tensor], weights: list[float]) -> tuple[torch.Tensor, float]:
+    """Weighted mean and ``sum w ||v - mean||^2 / sum w``, the two-pass way."""
+    w = torch.tensor(weights, dtype=torch.float64)
+    V = torch.stack([v.reshape(-1).double() for v in values])
+    mean = (w[:, None] * V).sum(0) / w.sum()
+    var = float((w * ((V - mean) ** 2).sum(1)).sum() / w.sum())
+    return mean, var
+
+
+def assert_within_stderr(estimate, exact: float, k: float = 4.0, what: str = "estimate"):
+    """``|estimate.value - exact| <= k * estimate.stderr``."""
+    err = abs(estimate.value - exact)
+    assert math.isfinite(estimate.stderr) and estimate.stderr > 0, f"{what}: no standard error"
+    assert err <= k * estimate.stderr, (
+        f"{what}: {estimate.value:.6g} is {err / estimate.stderr:.2f} standard errors "
+        f"({estimate.stderr:.3g}) from the exact {exact:.6g}; the bound is {k}"
+    )

@@ -22,7 +22,8 @@ from torch import nn
 from jupyter_curvature.data.builtin import digits_dataset
 from jupyter_curvature.models.small import MLP
 from jupyter_curvature.operators import DenseOperator, GGNOperator, HessianOperator
-from jupyter_curvature.spectral import _graphs, eigenpairs, lanczos, spectral_density, trace
+from jupyter_curvature.operators import graphs as _graphs
+from jupyter_curvature.spectral import eigenpairs, lanczos, spectral_density, trace
 from jupyter_curvature.spectral._checks import Operator
 from jupyter_curvature.spectral.eigenpairs import _Monitor
 from jupyter_curvature.spectral.lanczos import (

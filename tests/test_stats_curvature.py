@@ -11,22 +11,27 @@ the tests are deterministic.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
-from _stats_reference import (
+from reference import (
     assert_close,
     assert_within_stderr,
     batches,
     bn_cnn,
-    dense_ggn,
-    dense_hessian,
     digits,
     tanh_mlp,
 )
+from reference import dense_ggn as _dense_ggn
+from reference import dense_hessian as _dense_hessian
 from torch import nn
 
 from jupyter_curvature.stats import CurvatureStatistics, curvature_statistics, make_probes
+
+# the statistics' convention: the model in eval mode, a summed loss as the per-sample mean
+dense_hessian = partial(_dense_hessian, eval_mode=True, mean_loss=True)
+dense_ggn = partial(_dense_ggn, eval_mode=True, mean_loss=True)
 
 CE = nn.CrossEntropyLoss()
 DENSE = {"hessian": dense_hessian, "ggn": dense_ggn}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _stats_reference import assert_close, batches, bn_cnn, digits, tanh_mlp
+from reference import assert_close, batches, bn_cnn, digits, tanh_mlp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 

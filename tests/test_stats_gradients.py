@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from _stats_reference import (
+from reference import (
     assert_close,
     batches,
     bn_cnn,

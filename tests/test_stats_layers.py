@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
-from _stats_reference import (
+from reference import (
     assert_close,
     assert_within_stderr,
     bn_cnn,
-    dense_ggn,
-    dense_hessian,
     digits,
     tanh_mlp,
     trainable,
 )
+from reference import dense_ggn as _dense_ggn
+from reference import dense_hessian as _dense_hessian
 from torch import nn
 
 from jupyter_curvature.stats import Estimate, LayerCurvature, layer_curvature
+
+# the statistics' convention: the model in eval mode, a summed loss as the per-sample mean
+dense_hessian = partial(_dense_hessian, eval_mode=True, mean_loss=True)
+dense_ggn = partial(_dense_ggn, eval_mode=True, mean_loss=True)
 
 CE = nn.CrossEntropyLoss()
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from _stats_reference import assert_close, bn_cnn, tanh_mlp
+from reference import assert_close, bn_cnn, tanh_mlp
 from torch import nn
 
 from jupyter_curvature.stats import WeightNorms, weight_norms

@@ -146,7 +146,7 @@ def test_stats_import_no_jupyter_modules():
 
 def test_network_statistics_combines_the_parts(tmp_path):
     import torch
-    from _stats_reference import bn_cnn, digits
+    from reference import bn_cnn, digits
     from torch import nn
 
     from jupyter_curvature.stats import (

@@ -3,9 +3,19 @@
 from ..core.batches import BatchLayout, default_layout
 from ..core.model_state import BATCHNORM_POLICIES, curvature_mode
 from ..core.params import flatten, select_parameters, unflatten
-from .base import CurvatureOperator, DenseOperator, ModelChangedError
+from .adapters import FunctionOperator, as_operator
+from .base import (
+    CompositeOperator,
+    CurvatureOperator,
+    DeflatedOperator,
+    DenseOperator,
+    ModelChangedError,
+    ProjectedOperator,
+    ScaledOperator,
+    SumOperator,
+)
 from .curvature import EmpiricalFisherOperator, EmpiricalRiskOperator, GGNOperator, HessianOperator
-from .loss_hessians import SUPPORTED_LOSSES, output_hessian_for
+from .loss_hessians import SUPPORTED_LOSSES, output_hessian_for, register_output_hessian
 
 BatchNormPolicy = str  # "eval" | "train", see BATCHNORM_POLICIES
 
@@ -13,18 +23,26 @@ __all__ = [
     "BATCHNORM_POLICIES",
     "BatchLayout",
     "BatchNormPolicy",
+    "CompositeOperator",
     "CurvatureOperator",
+    "DeflatedOperator",
     "DenseOperator",
     "EmpiricalFisherOperator",
     "EmpiricalRiskOperator",
+    "FunctionOperator",
     "GGNOperator",
     "HessianOperator",
     "ModelChangedError",
+    "ProjectedOperator",
+    "ScaledOperator",
+    "SumOperator",
     "SUPPORTED_LOSSES",
+    "as_operator",
     "curvature_mode",
     "default_layout",
     "flatten",
     "output_hessian_for",
+    "register_output_hessian",
     "select_parameters",
     "unflatten",
 ]

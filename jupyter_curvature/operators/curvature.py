@@ -143,11 +143,9 @@ class EmpiricalRiskOperator(CurvatureOperator):
         for batch in self.source:
             yield batch.to(self.device, self.dtype)
 
-    def _check_vector(self, v: torch.Tensor) -> torch.Tensor:
-        """The vector's checks, then the weights': a NaN in either makes every entry NaN."""
-        block = super()._check_vector(v)
+    def _check_state(self) -> None:
+        """The weights' check before each product: a NaN in them makes every entry NaN."""
         _inputs.check_finite_parameters(self.model.named_parameters())
-        return block
 
     def _forward(self, batch: Batch, model: Callable[..., Any] | None = None) -> Any:
         """The outputs the loss takes: ``model`` (default the module) on the batch, then ``outputs=``."""

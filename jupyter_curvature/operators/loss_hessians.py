@@ -15,11 +15,15 @@ loss's own reduction (``mean`` divides by what torch divides by):
 * ``MSELoss``: ``H u = 2 u`` (divided by the number of elements for ``mean``).
 * ``BCEWithLogitsLoss``: ``H u = w (p_w y + 1 - y) s (1 - s) u`` with ``s = sigmoid(z)``,
   elementwise weights ``w`` and ``pos_weight`` ``p_w``.
+
+The lookup is a registry from loss type to handler (:func:`register_output_hessian`), so a
+loss of your own joins these without touching this module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +32,7 @@ from torch import nn
 #: ``(outputs, targets, U) -> H_L U`` for a block ``U`` of shape ``(k, *outputs.shape)``
 OutputHessian = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: the built-in losses (more can be registered: :func:`register_output_hessian`)
 SUPPORTED_LOSSES = "CrossEntropyLoss, NLLLoss, MSELoss, BCEWithLogitsLoss"
 
 
@@ -74,72 +79,148 @@ def _reject_class_weights(loss_fn: nn.Module) -> None:
         )
 
 
+#: loss type (a module class, or a function such as ``F.cross_entropy``) -> handler
+_HANDLERS: dict[Any, Callable[[Any, str], OutputHessian]] = {}
+
+
+def register_output_hessian(loss_type: Any) -> Callable:
+    """Register the output Hessian of a loss type (used by ``GGNOperator``), as a decorator.
+
+    ``loss_type`` is a loss class (instances and their subclasses match, the closest class in
+    the method resolution order wins) or a loss function (matched by identity). The handler
+    is called as ``handler(loss_fn, reduction)`` once, when the operator is built, and returns
+    ``fn(outputs, targets, U) -> H_L U`` for a block ``U`` of shape ``(k, *outputs.shape)``,
+    honouring ``reduction`` (``"mean"`` or ``"sum"``, see :func:`loss_reduction`). This is the
+    extension point of BackPACK (Dangel, Kunstner & Hennig, ICLR 2020), which dispatches on the
+    loss module's type the same way.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> class HalfSquares(nn.Module):  # L = sum(z - y)^2 / 2: H_L = I
+        ...     reduction = "sum"
+        ...     def forward(self, z, y):
+        ...         return ((z - y) ** 2).sum() / 2
+        >>> @register_output_hessian(HalfSquares)
+        ... def _half_squares(loss_fn, reduction):
+        ...     return lambda outputs, targets, U: U
+        >>> fn = output_hessian_for(HalfSquares())
+        >>> fn(torch.zeros(1, 2), None, torch.ones(1, 1, 2)).tolist()
+        [[[1.0, 1.0]]]
+    """
+    if not (isinstance(loss_type, type) or callable(loss_type)):
+        raise TypeError(
+            f"loss_type must be a loss class or a loss function, got {type(loss_type).__name__}"
+        )
+
+    def register(handler: Callable[[Any, str], OutputHessian]) -> Callable:
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {type(handler).__name__}")
+        _HANDLERS[loss_type] = handler
+        return handler
+
+    return register
+
+
+def _handler_for(loss_fn: object) -> Callable[[Any, str], OutputHessian] | None:
+    try:
+        if loss_fn in _HANDLERS and not isinstance(loss_fn, type):
+            return _HANDLERS[loss_fn]  # a registered function
+    except TypeError:  # unhashable
+        pass
+    for cls in type(loss_fn).__mro__:
+        if cls in _HANDLERS:
+            return _HANDLERS[cls]
+    return None
+
+
+def supported_losses() -> list[str]:
+    """The names of the losses with a registered output Hessian."""
+    return [getattr(t, "__name__", repr(t)) for t in _HANDLERS]
+
+
 def output_hessian_for(loss_fn: object) -> OutputHessian:
-    """The closed-form ``H_L U`` product for ``loss_fn``.
+    """The closed-form ``H_L U`` product for ``loss_fn``, from the registry.
 
     Raises:
-        ValueError: the loss is not one whose output Hessian is known here; the message
-            names the supported ones and the remedies.
+        ValueError: no output Hessian is registered for the loss's type; the message names
+            the type, the supported losses and the remedies.
     """
-    reduction = loss_reduction(loss_fn)
+    handler = _handler_for(loss_fn)
+    if handler is None:
+        name = type(loss_fn).__name__
+        if not isinstance(loss_fn, nn.Module) and hasattr(loss_fn, "__name__"):
+            name = f"{name} {loss_fn.__name__}"
+        raise ValueError(
+            f"loss_fn: GGNOperator does not know the output-space Hessian of {name}; "
+            f"supported: {', '.join(supported_losses())}. Use HessianOperator for any loss, "
+            "pass output_hessian=fn with fn(outputs, targets, U) -> H_L U for a block U of "
+            "shape (k, *outputs.shape), or register the loss type once: "
+            "@jupyter_curvature.register_output_hessian(MyLoss) def handler(loss_fn, "
+            "reduction): return fn"
+        )
+    return handler(loss_fn, loss_reduction(loss_fn))
 
-    if isinstance(loss_fn, nn.CrossEntropyLoss) or loss_fn is F.cross_entropy:
-        if isinstance(loss_fn, nn.Module):
-            _reject_class_weights(loss_fn)
-        ignore_index = getattr(loss_fn, "ignore_index", -100)
 
-        def cross_entropy(outputs, targets, U):
-            p = torch.softmax(outputs, dim=1)
-            return _cross_entropy_hessian(p, targets, U, reduction, ignore_index)
+@register_output_hessian(nn.CrossEntropyLoss)
+@register_output_hessian(F.cross_entropy)
+def _cross_entropy_output_hessian(loss_fn: object, reduction: str) -> OutputHessian:
+    if isinstance(loss_fn, nn.Module):
+        _reject_class_weights(loss_fn)
+    ignore_index = getattr(loss_fn, "ignore_index", -100)
 
-        return cross_entropy
+    def cross_entropy(outputs, targets, U):
+        p = torch.softmax(outputs, dim=1)
+        return _cross_entropy_hessian(p, targets, U, reduction, ignore_index)
 
-    if isinstance(loss_fn, nn.NLLLoss) or loss_fn is F.nll_loss:
-        if isinstance(loss_fn, nn.Module):
-            _reject_class_weights(loss_fn)
-        ignore_index = getattr(loss_fn, "ignore_index", -100)
+    return cross_entropy
 
-        def nll(outputs, targets, U):
-            p = outputs.exp()
-            total = p.sum(dim=1)
-            if not torch.allclose(total, torch.ones_like(total), rtol=0, atol=1e-3):
-                raise ValueError(
-                    "GGNOperator with NLLLoss needs log-probabilities as model outputs (end the "
-                    "model with log_softmax), but exp(outputs) does not sum to one over dim 1; "
-                    "or use CrossEntropyLoss on logits"
-                )
-            return _cross_entropy_hessian(p, targets, U, reduction, ignore_index)
 
-        return nll
+@register_output_hessian(nn.NLLLoss)
+@register_output_hessian(F.nll_loss)
+def _nll_output_hessian(loss_fn: object, reduction: str) -> OutputHessian:
+    if isinstance(loss_fn, nn.Module):
+        _reject_class_weights(loss_fn)
+    ignore_index = getattr(loss_fn, "ignore_index", -100)
 
-    if isinstance(loss_fn, nn.MSELoss) or loss_fn is F.mse_loss:
+    def nll(outputs, targets, U):
+        p = outputs.exp()
+        total = p.sum(dim=1)
+        if not torch.allclose(total, torch.ones_like(total), rtol=0, atol=1e-3):
+            raise ValueError(
+                "GGNOperator with NLLLoss needs log-probabilities as model outputs (end the "
+                "model with log_softmax), but exp(outputs) does not sum to one over dim 1; "
+                "or use CrossEntropyLoss on logits"
+            )
+        return _cross_entropy_hessian(p, targets, U, reduction, ignore_index)
 
-        def mse(outputs, targets, U):
-            return 2 * U / outputs.numel() if reduction == "mean" else 2 * U
+    return nll
 
-        return mse
 
-    if isinstance(loss_fn, nn.BCEWithLogitsLoss) or loss_fn is F.binary_cross_entropy_with_logits:
-        weight = getattr(loss_fn, "weight", None)
-        pos_weight = getattr(loss_fn, "pos_weight", None)
+@register_output_hessian(nn.MSELoss)
+@register_output_hessian(F.mse_loss)
+def _mse_output_hessian(loss_fn: object, reduction: str) -> OutputHessian:
+    def mse(outputs, targets, U):
+        return 2 * U / outputs.numel() if reduction == "mean" else 2 * U
 
-        def bce_with_logits(outputs, targets, U):
-            s = torch.sigmoid(outputs)
-            curvature = s * (1 - s)
-            if pos_weight is not None:
-                t = targets.to(outputs.dtype)
-                curvature = curvature * (pos_weight * t + 1 - t)
-            if weight is not None:
-                curvature = curvature * weight
-            HU = curvature * U
-            return HU / outputs.numel() if reduction == "mean" else HU
+    return mse
 
-        return bce_with_logits
 
-    raise ValueError(
-        f"loss_fn: GGNOperator does not know the output-space Hessian of "
-        f"{type(loss_fn).__name__}; "
-        f"supported: {SUPPORTED_LOSSES}. Use HessianOperator for any loss, or pass "
-        "output_hessian=fn with fn(outputs, targets, U) -> H_L U for a block U of shape "
-        "(k, *outputs.shape)"
-    )
+@register_output_hessian(nn.BCEWithLogitsLoss)
+@register_output_hessian(F.binary_cross_entropy_with_logits)
+def _bce_with_logits_output_hessian(loss_fn: object, reduction: str) -> OutputHessian:
+    weight = getattr(loss_fn, "weight", None)
+    pos_weight = getattr(loss_fn, "pos_weight", None)
+
+    def bce_with_logits(outputs, targets, U):
+        s = torch.sigmoid(outputs)
+        curvature = s * (1 - s)
+        if pos_weight is not None:
+            t = targets.to(outputs.dtype)
+            curvature = curvature * (pos_weight * t + 1 - t)
+        if weight is not None:
+            curvature = curvature * weight
+        HU = curvature * U
+        return HU / outputs.numel() if reduction == "mean" else HU
+
+    return bce_with_logits

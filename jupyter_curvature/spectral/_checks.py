@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
+from ..operators import CompositeOperator, CurvatureOperator, as_operator
 from ..operators.base import check_unchanged
-from ._graphs import GraphKeeper
+from ..operators.graphs import supports_kept_graphs
 
 #: relative asymmetry |u^T A w - w^T A u| / (||A u|| ||w|| + ||A w|| ||u||) that counts as
-#: "not symmetric". Hessian products are symmetric to ~1e-15 (f64) and ~3e-7 (f32)
-#: (algorithms.md section 7); a genuinely non-symmetric operator is off by O(1).
+#: "not symmetric". Hessian products are symmetric to ~1e-15 (f64) and ~3e-7 (f32);
+#: a genuinely non-symmetric operator is off by O(1).
 SYMMETRY_RTOL = {
     torch.float64: 1e-7,
     torch.float32: 1e-3,
@@ -33,59 +34,73 @@ NAN_MESSAGE = (
 
 
 class Operator:
-    """A uniform view of a curvature operator: ``CurvatureOperator``, a dense tensor, or duck type.
+    """A spectral call's view of an operator: basis conversion, NaN check, per-call count.
 
-    Counts the products it does (a block ``(n, k)`` counts ``k``), converts blocks between the
-    Lanczos basis dtype/device and the operator's, and checks every product for NaN. Used as a
-    context manager it keeps a Hessian's gradient graphs for the length of the ``with`` block
-    (``keep_graphs``, see :mod:`._graphs`) and leaves the operator as it found it.
-
-    The ``with`` block also holds the operator's ``lock``: a spectral call is one unit, so its
-    graphs, its ``keep_graphs`` switch and the model state belong to it alone while it runs
-    (other threads wait), and every product is checked to see the parameters of the first
-    (a change in between would mix two matrices in one Krylov space).
+    The operator is first made a :class:`~jupyter_curvature.operators.CurvatureOperator` by
+    :func:`~jupyter_curvature.operators.as_operator` (a dense tensor, a duck type). Blocks are
+    converted between the Lanczos basis dtype/device and the operator's, every product is
+    checked for NaN, and :attr:`num_matvecs` is what the operator itself counted for the
+    products made through this view (a block ``(n, k)`` counts ``k``; a composite counts its
+    parts' products): nothing is counted twice. Used as a context manager it enters the operator's
+    :meth:`~jupyter_curvature.operators.CurvatureOperator.kept_graphs` for the length of the
+    ``with`` block (``keep_graphs``) and holds the operator's ``lock``: a spectral call is one
+    unit, so its graphs and the model state belong to it alone while it runs (other threads
+    wait), and every product is checked to see the parameters of the first (a change in
+    between would mix two matrices in one Krylov space).
     """
 
     def __init__(self, op: Any, keep_graphs: bool | None = False) -> None:
-        if isinstance(op, torch.Tensor):
-            from ..operators.base import DenseOperator
-
-            op = DenseOperator(op)
-        shape = getattr(op, "shape", None)
-        if (
-            shape is None
-            or not hasattr(op, "dtype")
-            or not (hasattr(op, "matmat") or hasattr(op, "__matmul__"))
-        ):
-            raise TypeError(
-                "op must be a curvature operator (jupyter_curvature.HessianOperator, GGNOperator, "
-                f"DenseOperator, ...) or a square torch.Tensor, got {type(op).__name__}"
-            )
-        if len(shape) != 2 or shape[0] != shape[1]:
-            raise ValueError(f"op must be square, got shape {tuple(shape)}")
-        if not op.dtype.is_floating_point:
+        if not isinstance(op, (torch.Tensor, CurvatureOperator)):
+            shape = getattr(op, "shape", None)
+            if (
+                shape is None
+                or not hasattr(op, "dtype")
+                or not (hasattr(op, "matmat") or hasattr(op, "__matmul__"))
+            ):
+                raise TypeError(
+                    "op must be a curvature operator (jupyter_curvature.HessianOperator, "
+                    "GGNOperator, DenseOperator, ...) or a square torch.Tensor, got "
+                    f"{type(op).__name__}"
+                )
+            if len(shape) != 2 or shape[0] != shape[1]:
+                raise ValueError(f"op must be square, got shape {tuple(shape)}")
+            if not op.dtype.is_floating_point:
+                raise TypeError(f"op must work in a floating dtype, got {op.dtype}")
+        elif isinstance(op, torch.Tensor) and (op.ndim != 2 or op.shape[0] != op.shape[1]):
+            raise ValueError(f"op must be square, got shape {tuple(op.shape)}")
+        elif isinstance(op, torch.Tensor) and not op.dtype.is_floating_point:
             raise TypeError(f"op must work in a floating dtype, got {op.dtype}")
-        self.op = op
-        self.n = int(shape[0])
-        self.dtype: torch.dtype = op.dtype
-        self.device = torch.device(getattr(op, "device", "cpu"))
-        self.num_matvecs = 0
-        self.graphs = GraphKeeper(op, keep_graphs)
+        self.op: CurvatureOperator = as_operator(op)
+        self.n = int(self.op.shape[0])
+        self.dtype: torch.dtype = self.op.dtype
+        self.device = self.op.device
+        self._count = 0
+        self.keep_graphs = keep_graphs
+        if keep_graphs is not None and not isinstance(keep_graphs, bool):
+            raise TypeError(
+                f"keep_graphs must be True, False or None (automatic), got {keep_graphs!r}"
+            )
+        if keep_graphs is True and not _can_keep_graphs(self.op):
+            raise ValueError(
+                "keep_graphs=True needs an operator that can keep gradient graphs "
+                f"(HessianOperator); {type(self.op).__name__} cannot: pass keep_graphs=None or "
+                "False"
+            )
+        #: the operator's graph keeper while the ``with`` block runs
+        self.graphs: Any = None
         self._versions: tuple[int, ...] | None = None  # the parameters' at the call's start
         self._exit = contextlib.ExitStack()
 
-    def _parameter_versions(self) -> tuple[int, ...]:
-        versions = getattr(self.op, "parameter_versions", None)
-        return versions() if callable(versions) else ()
+    @property
+    def num_matvecs(self) -> int:
+        """Products made through this view, as the operator counted them."""
+        return self._count
 
     def __enter__(self) -> Operator:
         with contextlib.ExitStack() as stack:
-            lock = getattr(self.op, "lock", None)
-            if lock is not None:
-                stack.enter_context(lock)
-            self.graphs.open()
-            stack.callback(self.graphs.close)
-            self._versions = self._parameter_versions()
+            stack.enter_context(self.op.lock)
+            self.graphs = stack.enter_context(self.op.kept_graphs(self.keep_graphs))
+            self._versions = self.op.parameter_versions()
             self._exit = stack.pop_all()
         return self
 
@@ -96,13 +111,21 @@ class Operator:
     def matmat(self, block: torch.Tensor) -> torch.Tensor:
         """``A @ block`` for a ``(n, k)`` block in any dtype/device; returned in the block's."""
         x = block.to(dtype=self.dtype, device=self.device)
-        y = self.graphs.product(x)
+        with self.op.lock:  # no other thread's products between the two readings
+            before = self.op.num_matvecs
+            y = self.op.matmat(x)
+            self._count += self.op.num_matvecs - before
         if self._versions is not None:
-            check_unchanged(self._versions, self._parameter_versions())
-        self.num_matvecs += block.shape[1]
+            check_unchanged(self._versions, self.op.parameter_versions())
         if not all_finite(y):
             raise FloatingPointError(NAN_MESSAGE)
         return y.detach().to(dtype=block.dtype, device=block.device)
+
+
+def _can_keep_graphs(op: CurvatureOperator) -> bool:
+    if isinstance(op, CompositeOperator):
+        return any(supports_kept_graphs(leaf) for leaf in op.leaves())
+    return supports_kept_graphs(op)
 
 
 def all_finite(y: torch.Tensor) -> bool:

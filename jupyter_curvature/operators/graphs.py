@@ -1,15 +1,16 @@
-"""Kept gradient graphs: Hessian products in a spectral run that cost only the second backward.
+"""Kept gradient graphs: Hessian products that cost only the second backward.
 
 A :class:`~jupyter_curvature.operators.HessianOperator` with ``keep_graphs=True`` builds each
 batch's gradient graph ``g_b(w) = dL_b/dw`` (``create_graph=True``) once and reuses it for every
 later product ``H v = d(g^T v)/dw``, so a product costs one backward through the kept graph
-instead of a forward, a gradient and that backward (algorithms.md section 1: about 1.5x a
-gradient instead of 2.6x). PyHessian keeps its one batch's graph the same way. The price is
+instead of a forward, a gradient and that backward (docs/spectral.md: 1.3-2.0x a
+gradient instead of 2.4-3.4x). PyHessian keeps its one batch's graph the same way. The price is
 memory: every batch's graph at once. The operator rebuilds the graphs when a parameter changes
 in place (its version counter moves), so kept graphs never give stale products.
 
-Spectral routines turn this on for the length of one call (``keep_graphs=None``, the default)
-when the graphs fit. The bytes autograd saves while the graphs are built are counted with
+An operator's own context ``with op.kept_graphs(keep): ...`` turns this on for the length of
+the block (spectral routines enter it for one call, ``keep_graphs=None`` by default: when the
+graphs fit; a composite operator enters it for each of its parts). The bytes autograd saves while the graphs are built are counted with
 :func:`torch.autograd.graph.saved_tensors_hooks` (unique storages, the parameters' own
 excluded); when the count passes the budget (half of the free memory of the operator's device)
 the build is abandoned, the partial graphs freed, and the run goes on with a fresh graph per
@@ -21,6 +22,7 @@ the call built released).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -88,12 +90,17 @@ class _SavedBytes:
 
 
 class GraphKeeper:
-    """Turns an operator's kept gradient graphs on for one spectral call, within a budget.
+    """Turns an operator's kept gradient graphs on for one block of products, within a budget.
+
+    Made by :meth:`~jupyter_curvature.operators.CurvatureOperator.kept_graphs`; while it is
+    open, the operator's products go through :meth:`run`.
 
     Args:
-        op: the wrapped operator.
+        op: the operator.
         keep: ``None`` keep them when they fit (the default), ``True`` keep them whatever they
             cost, ``False`` never (a fresh graph per product).
+        budget: bytes the kept graphs may use (``None``: half the free memory of the
+            operator's device, read at the first product).
 
     Attributes:
         kept: whether products currently go through kept graphs.
@@ -101,7 +108,7 @@ class GraphKeeper:
         gave_up: the graphs passed the budget and the run fell back to fresh graphs.
     """
 
-    def __init__(self, op: Any, keep: bool | None) -> None:
+    def __init__(self, op: Any, keep: bool | None, budget: float | None = None) -> None:
         if keep is not None and not isinstance(keep, bool):
             raise TypeError(f"keep_graphs must be True, False or None (automatic), got {keep!r}")
         supported = supports_kept_graphs(op)
@@ -118,6 +125,9 @@ class GraphKeeper:
         self.gave_up = False
         self.watch = False
         self.kept = self.original
+        if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
+            raise ValueError(f"budget must be a positive number of bytes or None, got {budget!r}")
+        self.fixed_budget = budget
         self.budget: float | None = None  # bytes, read once per call
 
     def open(self) -> None:
@@ -125,7 +135,7 @@ class GraphKeeper:
         if not self.supported:
             return
         self.original = bool(self.op.keep_graphs)
-        self.kept, self.watch, self.budget = self.original, False, None
+        self.kept, self.watch, self.budget = self.original, False, self.fixed_budget
         if self.keep is not None:
             self.kept = self.keep
         elif not self.original:
@@ -140,9 +150,10 @@ class GraphKeeper:
             return float(FALLBACK_BUDGET)
         return GRAPH_MEMORY_FRACTION * free
 
-    def product(self, block: torch.Tensor) -> torch.Tensor:
-        """``op.matmat(block)``; the first products of a watched run count the graph memory."""
-        matmat = self.op.matmat if hasattr(self.op, "matmat") else self.op.__matmul__
+    def run(
+        self, matmat: Callable[[torch.Tensor], torch.Tensor], block: torch.Tensor
+    ) -> torch.Tensor:
+        """``matmat(block)``; the first products of a watched run count the graph memory."""
         if not self.watch:
             return matmat(block)
         if self.budget is None:
@@ -163,7 +174,7 @@ class GraphKeeper:
         return out
 
     def close(self) -> None:
-        """Leave the operator as it was found; free the graphs this call made it keep."""
+        """Leave the operator as it was found; free the graphs this block made it keep."""
         if not self.supported:
             return
         if self.kept and not self.original:
