@@ -46,3 +46,15 @@ def test_lazy_attributes_resolve():
 
     for name in jc.__all__:
         assert getattr(jc, name) is not None, name
+
+
+def test_importing_the_engine_shows_no_dependency_warning():
+    """No FutureWarning/DeprecationWarning from a dependency reaches a notebook cell when the
+    engine is first imported (linear_operator's torch.jit.script is filtered narrowly)."""
+    imports = "\n".join(f"import {name}" for name in ENGINE)
+    done = subprocess.run(
+        [sys.executable, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning", "-c",
+         imports + "\nimport jupyter_curvature as jc\njc.spectral_density, jc.eigenpairs, jc.trace"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -36,13 +36,22 @@ import contextlib
 import functools
 import inspect
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from linear_operator.utils.lanczos import lanczos_tridiag
 from torch.overrides import TorchFunctionMode
+
+with warnings.catch_warnings():
+    # linear_operator applies torch.jit.script at import, which torch deprecates with a
+    # FutureWarning: a dependency's warning, shown in every notebook cell that first imports
+    # the spectra. Only that message is silenced, only during this import.
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+    )
+    from linear_operator.utils.lanczos import lanczos_tridiag
 
 from ._checks import Operator, check_int, check_seed, raise_if_asymmetric, resolve_device
 
