@@ -59,7 +59,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "training": ".training",
     "distributed": ".distributed",
     "plots": ".plots",
-    "api": ".api",
+    "tasks": ".tasks",
     "widgets": ".widgets",
     "magics": ".magics",
 }
@@ -75,7 +75,7 @@ _SUBPACKAGES = {
     "training",
     "distributed",
     "plots",
-    "api",
+    "tasks",
     "widgets",
     "magics",
 }
@@ -83,7 +83,19 @@ _SUBPACKAGES = {
 __all__ = sorted([*_LAZY_EXPORTS, "__version__"])
 
 
+#: deprecated module names -> (module, message)
+_DEPRECATED_MODULES: dict[str, tuple[str, str]] = {
+    "api": (".tasks", "jupyter_curvature.api is deprecated; use jupyter_curvature.tasks"),
+}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED_MODULES:
+        import warnings
+
+        module_name, message = _DEPRECATED_MODULES[name]
+        warnings.warn(message, FutureWarning, stacklevel=2)
+        return importlib.import_module(module_name, __name__)
     try:
         module_name = _LAZY_EXPORTS[name]
     except KeyError:

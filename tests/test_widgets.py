@@ -21,7 +21,7 @@ from ipywidgets.widgets.widget import _instances
 from reference import assert_close, dense_hessian
 from torch import nn
 
-from jupyter_curvature import api
+from jupyter_curvature import tasks
 from jupyter_curvature.widgets import (
     SpectrumPanel,
     StatsPanel,
@@ -165,15 +165,15 @@ def test_dashboard_marks_hold_the_training_data(leak_check):
     reference = copy.deepcopy(model)
     dash = TrainingDashboard(interval=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    res = api.train(
+    res = tasks.train(
         model,
         data,
         optimizer=opt,
         steps=3,
         test_data=data,
         spectrum_every=3,
-        spectrum_iters=43,
-        spectrum_probes=2,
+        num_iters=43,
+        num_probes=2,
         spectrum_samples=48,
         top_k=3,
         callbacks=[dash],
@@ -234,7 +234,7 @@ def test_dashboard_marks_hold_the_training_data(leak_check):
 def test_dashboard_throttles_pushes(leak_check):
     data = tiny_data(n=160, batch=8)
     dash = TrainingDashboard(interval=3600.0)  # nothing due by time during the run
-    api.train(
+    tasks.train(
         tiny_model(),
         data,
         optimizer=torch.optim.SGD(tiny_model().parameters(), lr=0.1),
@@ -260,7 +260,7 @@ def test_dashboard_shows_interrupt_and_failure(leak_check):
 
     model = tiny_model()
     dash = TrainingDashboard(interval=0.0)
-    res = api.train(
+    res = tasks.train(
         model,
         data,
         steps=3,
@@ -278,7 +278,7 @@ def test_dashboard_shows_interrupt_and_failure(leak_check):
 
     dash = TrainingDashboard(interval=0.0)
     with pytest.raises(ZeroDivisionError):
-        api.train(
+        tasks.train(
             model,
             data,
             steps=3,
@@ -308,7 +308,7 @@ def test_dashboard_drawing_error_is_shown_not_raised(leak_check):
 def tiny_spectrum():
     model = tiny_model()
     data = tiny_data()
-    res = api.spectrum(model, data, num_iters=43, num_probes=3, top=3, tol=1e-8)
+    res = tasks.spectrum(model, data, num_iters=43, num_probes=3, top_k=3, tol=1e-8)
     x = torch.cat([b[0] for b in data])
     y = torch.cat([b[1] for b in data])
     H = dense_hessian(model, nn.functional.cross_entropy, x, y)
@@ -422,7 +422,7 @@ def test_spectrum_panel_concurrent_slider_during_training(tiny_spectrum, leak_ch
     t.start()
     model = tiny_model()
     try:
-        api.train(
+        tasks.train(
             model,
             tiny_data(),
             steps=6,
@@ -448,7 +448,7 @@ def test_spectrum_panel_concurrent_slider_during_training(tiny_spectrum, leak_ch
 def test_stats_panel_tables_and_per_layer_bars(leak_check):
     model = tiny_model()
     data = tiny_data()
-    result = api.statistics(model, data, include=["evaluation", "norms", "layers"])
+    result = tasks.statistics(model, data, include=["evaluation", "norms", "layers"])
     panel = StatsPanel(result)
     assert panel.tabs.titles == ("Evaluation", "Weight norms", "Per layer")
     assert str(result.evaluation).splitlines()[0] in panel.tabs.children[0].value
@@ -473,12 +473,12 @@ def test_stats_panel_tables_and_per_layer_bars(leak_check):
 def test_static_plots_draw_the_same_data(tiny_spectrum):
     res, _ = tiny_spectrum
     model = tiny_model()
-    out = api.train(
+    out = tasks.train(
         model,
         tiny_data(),
         steps=3,
         spectrum_every=3,
-        spectrum_iters=10,
+        num_iters=10,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         test_data=tiny_data(),
     )
@@ -493,7 +493,7 @@ def test_static_plots_draw_the_same_data(tiny_spectrum):
     curve = res.density.density(None, 0.1)
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), curve.density)
     assert len(fig.axes) == 2  # density and the Ritz-weight twin axis
-    stats = api.statistics(model, tiny_data(), include=["norms"])
+    stats = tasks.statistics(model, tiny_data(), include=["norms"])
     fig = plot_stats(stats)
     np.testing.assert_allclose(
         [p.get_height() for p in fig.axes[0].patches],

@@ -119,7 +119,7 @@ def statistics(
     """The advanced statistics of :mod:`jupyter_curvature.stats` in one call.
 
     ``include`` picks from ``evaluation`` (loss and accuracy, also on ``test_data`` when
-    there is one), ``gradients`` (gradient mean, variance and signal-to-noise ratio over
+    it is given), ``gradients`` (gradient mean, variance and signal-to-noise ratio over
     mini-batches of ``batch_size``, or of single samples with ``per_sample``),
     ``curvature`` (Hutchinson-type statistics with ``num_probes`` probes: Hutchinson 1990;
     Avron & Toledo, J. ACM 2011) of each ``curvature`` (``"hessian"``, ``"ggn"`` or both as
@@ -149,7 +149,7 @@ def statistics(
     result = StatsResult()
     if "evaluation" in include:
         result.evaluation = stats.evaluate(s.model, s.loss_fn, s.data, topk=(1,))
-        if s.test_data is not None:
+        if test_data is not None:  # only when asked for: a named dataset's split is not
             result.test_evaluation = stats.evaluate(s.model, s.loss_fn, s.test_data, topk=(1,))
     if "gradients" in include:
         result.gradients = stats.gradient_statistics(

@@ -62,10 +62,10 @@ def _figure(title: str, marks: list, axes: list, **kw: Any) -> bq.Figure:
 
 
 class TrainingDashboard(Panel):
-    """Live view of a training run; pass it as a callback to :func:`jupyter_curvature.api.train`.
+    """Live view of a training run; pass it as a callback to :func:`jupyter_curvature.tasks.train`.
 
-    It reads the :class:`~jupyter_curvature.api.TrainHistory` of the :class:`TrainState` it is
-    handed; ``api.train`` runs the engine's ``Trainer`` and keeps that history through a
+    It reads the :class:`~jupyter_curvature.tasks.TrainHistory` of the :class:`TrainState` it is
+    handed; ``tasks.train`` runs the engine's ``Trainer`` and keeps that history through a
     trainer callback, so the dashboard never touches the trainer itself.
 
     Args:

@@ -1542,7 +1542,7 @@ def curv_landscape_magic(shell: Any, line: str) -> LandscapeExplorer | None:
     from IPython.core.error import UsageError
     from IPython.display import display
 
-    from .. import api
+    from ..tasks import names as api
 
     try:
         args = _parser().parse_args(shlex.split(line))
@@ -1554,7 +1554,7 @@ def curv_landscape_magic(shell: Any, line: str) -> LandscapeExplorer | None:
         eigen = None
         if args.eigen is not None:
             eigen = api.lookup(args.eigen, ns)
-            if eigen is api._MISSING:
+            if eigen is api.MISSING:
                 raise ValueError(f"--eigen {args.eigen!r} is not a variable of the notebook")
             if not (
                 hasattr(eigen, "eigenvalues") or (isinstance(eigen, tuple) and len(eigen) == 2)
