@@ -525,8 +525,12 @@ def test_deprecated_flags_print_a_note_and_give_the_new_flags_result(ip, capsys)
     ns = ip.user_ns
     assert torch.equal(ns["d_old"].ritz_values, ns["d_new"].ritz_values)
     assert torch.equal(ns["e_old"].eigenvalues, ns["e_new"].eigenvalues)
-    run(ip, f"%curv_stats {common} --include curvature --probes 3 --ggn --out st_old")
-    run(ip, f"%curv_stats {common} --include curvature --num-probes 3 --curvature ggn --out st_new")
+    run(
+        ip,
+        f"%curv_stats {common} --include curvature --batch-size 10 --probes 3 --ggn --out st_old",
+    )
+    run(
+        ip,
+        f"%curv_stats {common} --include curvature --batch-size 10 --num-probes 3 --curvature ggn --out st_new",
+    )
     assert ns["st_old"].to_dict() == ns["st_new"].to_dict()
-    msg = usage_error(ip, "curv_spectrum", f"{common} --iters 5 --num-iters 6")
-    assert "--num-iters" in msg and "--iters" in msg

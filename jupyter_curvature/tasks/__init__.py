@@ -22,7 +22,7 @@ Settings use the names of ``docs/vocabulary.md``; the old ones (``ggn=True``, ``
 """
 
 from .landscape import LandscapeTaskResult, landscape
-from .live import StateRecorder, TqdmProgress, TrainCallback, TrainHistory, TrainState
+from .live import TqdmProgress, TrainCallback, TrainHistory, TrainState
 from .names import (
     DATASETS,
     LOSSES,
@@ -42,7 +42,7 @@ from .options import ALIASES
 from .report import Report, report
 from .spectrum import CURVATURES, SpectrumResult, make_operator, spectrum
 from .stats import STATS_KINDS, StatsResult, statistics
-from .train import TrainResult, train
+from .train import StateRecorder, TrainResult, train
 
 __all__ = [
     "ALIASES",

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..core.files import atomic_write, atomic_write_text
 
-__all__ = ["LiveRecorder", "StateRecorder", "TqdmProgress", "TrainCallback", "TrainHistory",
+__all__ = ["LiveRecorder", "TqdmProgress", "TrainCallback", "TrainHistory",
            "TrainState", "current_lr", "top_of_density"]  # fmt: skip
 
 
@@ -161,27 +161,6 @@ class TrainCallback:
     def on_spectrum(self, state: TrainState) -> None: ...
     def on_event(self, state: TrainState, text: str) -> None: ...
     def on_train_end(self, state: TrainState) -> None: ...
-
-
-class StateRecorder(TrainCallback):
-    """Keeps the live :class:`TrainState`, so a caller still has the history if training raises."""
-
-    def __init__(self) -> None:
-        self.state: TrainState | None = None
-
-    def on_train_begin(self, state: TrainState) -> None:
-        self.state = state
-
-    def result(self) -> Any:
-        """The run so far as a :class:`~.train.TrainResult` (None before it started)."""
-        from .train import TrainResult
-
-        s = self.state
-        return (
-            None
-            if s is None
-            else TrainResult(s.model, s.optimizer, s.loss_fn, s.history, s.trainer)
-        )
 
 
 class TqdmProgress(TrainCallback):

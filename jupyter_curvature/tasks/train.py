@@ -22,7 +22,7 @@ from torch import nn
 
 from ..training import CurvatureCallback, Trainer
 from ..training import train as train_by_name
-from .live import STATUS, LiveRecorder, TrainHistory, TrainState, batches_of
+from .live import STATUS, LiveRecorder, TrainCallback, TrainHistory, TrainState, batches_of
 from .names import (
     MISSING,
     InputError,
@@ -37,7 +37,7 @@ from .names import (
 from .options import accepts_aliases
 from .outputs import output_folder, save_figure, save_json
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["StateRecorder", "TrainResult", "train"]
 
 
 @dataclass
@@ -103,6 +103,25 @@ class TrainResult:
         return (
             f"TrainResult(model={type(self.model).__name__}, "
             f"optimizer={type(self.optimizer).__name__}, history={self.history!r})"
+        )
+
+
+class StateRecorder(TrainCallback):
+    """Keeps the live :class:`TrainState`, so a caller still has the history if training raises."""
+
+    def __init__(self) -> None:
+        self.state: TrainState | None = None
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self.state = state
+
+    def result(self) -> Any:
+        """The run so far as a :class:`~.train.TrainResult` (None before it started)."""
+        s = self.state
+        return (
+            None
+            if s is None
+            else TrainResult(s.model, s.optimizer, s.loss_fn, s.history, s.trainer)
         )
 
 
@@ -265,14 +284,10 @@ def train(
         checkpoint_dir = out
     if steps is not None and steps < 1:
         raise InputError(f"the number of steps must be at least 1, got {steps}")
-    if (
-        _is_name(model, namespace)
-        and _is_name(data, namespace)
-        and step_fn is None
-        and not callbacks
-    ):
+    plain = step_fn is None and not callbacks and loss_fn is None
+    if plain and _is_name(model, namespace) and _is_name(data, namespace):
         return _train_named(
-            model, data, loss_fn=loss_fn, optimizer=optimizer, lr=lr, momentum=momentum,
+            model, data, optimizer=optimizer, lr=lr, momentum=momentum,
             weight_decay=weight_decay, epochs=epochs, steps=steps, batch_size=batch_size,
             schedule="linear" if schedule is None else schedule, spectrum_every=spectrum_every,
             curvature=curvature, num_iters=num_iters, num_probes=num_probes,
@@ -286,7 +301,10 @@ def train(
     dev = resolve_device(device)
     if isinstance(model, str) and lookup(model, namespace) is MISSING:
         torch.manual_seed(seed)
-    model = resolve_model(model, namespace)
+    data_name = data_spec.partition(":")[0] if _is_name(data_spec, namespace) else None
+    if data_name is not None:
+        resolve_data(data_spec, namespace)  # an unknown dataset: its InputError says what to do
+    model = resolve_model(model, namespace, data=data_name)
     data = resolve_data(data, namespace, batch_size=batch_size, shuffle=True, seed=seed)
     if test_data is not None or isinstance(data_spec, str):
         test_data = resolve_test_data(test_data, data_spec, namespace)
@@ -380,7 +398,7 @@ def _is_name(spec: Any, namespace: Any) -> bool:
     return isinstance(spec, str) and lookup(spec.partition(":")[0], namespace) is MISSING
 
 
-def _train_named(model: str, data: str, *, loss_fn: Any, optimizer: Any, lr: Any, momentum: Any,
+def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: Any,
                  weight_decay: float, epochs: Any, steps: Any, batch_size: int, schedule: Any,
                  spectrum_every: int, curvature: str, num_iters: Any, num_probes: Any,
                  spectrum_samples: int, top_k: int, max_overhead: Any, num_samples: Any,
