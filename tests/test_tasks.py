@@ -215,3 +215,15 @@ def test_train_by_names_writes_the_history_and_the_figure(tmp_path):
     back = json.loads((tmp_path / "history.json").read_text())
     assert back["steps"]["step"] == [1, 2]
     assert (tmp_path / "checkpoint-last.pt").is_file() and (tmp_path / "training.png").is_file()
+
+
+def test_the_live_history_writes_nan_as_null_and_reads_it_back(tmp_path):
+    result = tasks.train(_net(), _batches(), steps=3, spectrum_every=2, num_iters=4, num_probes=1)
+    history = result.history
+    history.loss[1] = float("nan")
+    path = history.save(tmp_path / "h.json")
+    assert not _has_nan_literal(path.read_text())
+    back = tasks.TrainHistory.load(path)
+    assert math.isnan(back.loss[1]) and back.loss[0] == history.loss[0]
+    assert back.top_eigenvalues == history.top_eigenvalues and back.steps == history.steps
+    assert back.spectra[0].ritz_values.tolist() == history.spectra[0].ritz_values.tolist()

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.files import atomic_write, atomic_write_text
+from ..core.files import atomic_write
+from ..core.records import write_json
 
 __all__ = ["LiveRecorder", "TqdmProgress", "TrainCallback", "TrainHistory",
            "TrainState", "current_lr", "top_of_density"]  # fmt: skip
@@ -74,11 +75,12 @@ class TrainHistory:
         return out
 
     def save(self, path: str | Path) -> Path:
-        """Write the history as JSON (spectra included as their dicts)."""
+        """Write the history as JSON (spectra included as their dicts) through
+        :func:`jupyter_curvature.core.records.write_json`: NaN is written as ``null``."""
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".json")
-        return atomic_write_text(path, json.dumps(self.to_dict()))
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> TrainHistory:
@@ -86,6 +88,12 @@ class TrainHistory:
         data = json.loads(Path(path).read_text())
         spectra = data.pop("spectra", [])
         data["events"] = [tuple(e) for e in data.get("events", [])]
+        for key in ("loss", "accuracy", "lr", "test_loss", "test_accuracy"):  # null: NaN
+            data[key] = [float("nan") if v is None else v for v in data.get(key, [])]
+        for key in ("top_eigenvalues", "top_residuals"):
+            data[key] = [
+                [float("nan") if v is None else v for v in row] for row in data.get(key, [])
+            ]
         hist = cls(**data)
         if spectra:
             from ..spectral import SpectralDensity
