@@ -13,8 +13,8 @@ import torch
 from reference import concat, dense_hessian
 from torch import nn
 
-from jupyter_curvature.tasks import resolve_setup
 from jupyter_curvature.cli import main
+from jupyter_curvature.tasks import resolve_setup
 
 
 def test_list_prints_models_and_datasets(capsys):

@@ -18,8 +18,6 @@ from torch import nn
 
 matplotlib.use("Agg")
 
-from jupyter_curvature.tasks import TrainHistory  # noqa: E402
-from jupyter_curvature.tasks.outputs import save_figure, save_json  # noqa: E402
 from jupyter_curvature.core.files import (  # noqa: E402
     DiskFullError,
     atomic_write,
@@ -27,6 +25,8 @@ from jupyter_curvature.core.files import (  # noqa: E402
     remove_stale_temps,
 )
 from jupyter_curvature.stats import evaluate  # noqa: E402
+from jupyter_curvature.tasks import TrainHistory  # noqa: E402
+from jupyter_curvature.tasks.outputs import save_figure, save_json  # noqa: E402
 from jupyter_curvature.training import History, atomic_save, load_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]  # the child processes import this checkout
