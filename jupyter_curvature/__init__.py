@@ -67,7 +67,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "distributed": ".distributed",
     "plotting": ".plotting",
     "plots": ".plots",  # deprecated alias of plotting
-    "api": ".api",
+    "tasks": ".tasks",
     "widgets": ".widgets",
     "magics": ".magics",
 }
@@ -84,7 +84,7 @@ _SUBPACKAGES = {
     "distributed",
     "plotting",
     "plots",
-    "api",
+    "tasks",
     "widgets",
     "magics",
 }
@@ -92,7 +92,19 @@ _SUBPACKAGES = {
 __all__ = sorted([*_LAZY_EXPORTS, "__version__"])
 
 
+#: deprecated module names -> (module, message)
+_DEPRECATED_MODULES: dict[str, tuple[str, str]] = {
+    "api": (".tasks", "jupyter_curvature.api is deprecated; use jupyter_curvature.tasks"),
+}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED_MODULES:
+        import warnings
+
+        module_name, message = _DEPRECATED_MODULES[name]
+        warnings.warn(message, FutureWarning, stacklevel=2)
+        return importlib.import_module(module_name, __name__)
     try:
         module_name = _LAZY_EXPORTS[name]
     except KeyError:

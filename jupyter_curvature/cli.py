@@ -13,9 +13,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 from ._version import __version__
+
+
+def _deprecated(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) -> None:
+    """An old flag, parsed under its old name (absent unless given) and renamed with a
+    warning by :func:`jupyter_curvature.tasks.options.task_kwargs`."""
+    parser.add_argument(
+        old, dest=old.lstrip("-").replace("-", "_"), default=argparse.SUPPRESS,
+        help=f"deprecated: use {new}", **kwargs,
+    )  # fmt: skip
 
 
 def _common(parser: argparse.ArgumentParser, *, model: str = "small_cnn") -> None:
@@ -32,8 +43,10 @@ def _common(parser: argparse.ArgumentParser, *, model: str = "small_cnn") -> Non
         "--batch-size", type=int, default=128, help="mini-batch size (default: %(default)s)"
     )
     parser.add_argument(
-        "--subsample", type=int, default=None, help="use a seeded subset of the training split"
+        "--num-samples", type=int, default=None, help="use a seeded subset of the training split"
     )
+    _deprecated(parser, "--subsample", "--num-samples", type=int)
+    parser.add_argument("--loss-fn", default=None, help="cross_entropy (default), mse or nll")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     parser.add_argument(
         "--dtype",
@@ -43,6 +56,11 @@ def _common(parser: argparse.ArgumentParser, *, model: str = "small_cnn") -> Non
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of everything random")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
+
+
+def _curvature(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--curvature", choices=["hessian", "ggn"], default="hessian", help=help)
+    _deprecated(parser, "--ggn", "--curvature ggn", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,18 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     spectrum = sub.add_parser("spectrum", help="Hessian or GGN spectral density and top eigenpairs")
     _common(spectrum)
+    _curvature(spectrum, "the curvature matrix: hessian (default) or ggn (Gauss-Newton)")
     spectrum.add_argument(
-        "--ggn", action="store_true", help="the Gauss-Newton matrix instead of the Hessian"
+        "--num-iters", type=int, default=80, help="Lanczos steps of the density (%(default)s)"
     )
+    _deprecated(spectrum, "--iters", "--num-iters", type=int)
     spectrum.add_argument(
-        "--iters", type=int, default=80, help="Lanczos steps of the density (%(default)s)"
+        "--num-probes",
+        type=int,
+        default=4,
+        help="random probe vectors of the density (%(default)s)",
     )
+    _deprecated(spectrum, "--probes", "--num-probes", type=int)
     spectrum.add_argument(
-        "--probes", type=int, default=4, help="random probe vectors of the density (%(default)s)"
+        "--top-k", type=int, default=5, help="certified largest eigenpairs (%(default)s)"
     )
-    spectrum.add_argument(
-        "--top", type=int, default=5, help="certified largest eigenpairs (%(default)s)"
-    )
+    _deprecated(spectrum, "--top", "--top-k", type=int)
     spectrum.add_argument(
         "--tol",
         type=float,
@@ -114,11 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--stats-batch", type=int, default=128, help="mini-batch size of the statistics"
     )
     stats.add_argument(
-        "--probes",
+        "--num-probes",
         type=int,
         default=8,
         help="random unit probes of the curvature statistics (%(default)s)",
     )
+    _deprecated(stats, "--probes", "--num-probes", type=int)
     stats.add_argument(
         "--per-sample",
         action="store_true",
@@ -132,37 +155,53 @@ def build_parser() -> argparse.ArgumentParser:
     _common(landscape)
     landscape.add_argument("--directions", default="top:2", help="top:K, bottom:K or random:K")
     landscape.add_argument(
-        "--range",
+        "--span",
         type=float,
         default=1.0,
-        dest="span",
-        help="the coordinates run over [-range, range] (%(default)s)",
+        help="the coordinates run over [-span, span] (%(default)s)",
     )
+    _deprecated(landscape, "--range", "--span", type=float)
     landscape.add_argument(
-        "--points", type=int, default=21, help="points per direction (%(default)s)"
+        "--num-points", type=int, default=21, help="points per direction (%(default)s)"
     )
+    _deprecated(landscape, "--points", "--num-points", type=int)
     landscape.add_argument("--no-plane", action="store_true", help="only the 1D lines")
-    landscape.add_argument("--ggn", action="store_true", help="eigenvectors of the GGN")
+    _curvature(landscape, "eigenvectors of hessian (default) or ggn")
 
     sub.add_parser("list", help="list the known models and datasets")
     return parser
 
 
-def _setup(args: argparse.Namespace):
-    from .jobs import build_setup
+#: the task keywords each command takes from its parsed flags
+_SETUP = ("model", "data", "data_root", "download", "checkpoint", "batch_size", "num_samples",
+          "loss_fn", "device", "dtype", "seed")  # fmt: skip
+_KEYWORDS = {
+    "train": ("model", "data", "data_root", "batch_size", "num_samples", "device", "seed",
+              "optimizer", "lr", "momentum", "weight_decay", "epochs", "schedule",
+              "spectrum_every", "resume", "loss_fn"),
+    "spectrum": ("curvature", "num_iters", "num_probes", "top_k", "tol", "params", "seed"),
+    "stats": ("num_probes", "per_sample", "seed"),
+    "landscape": ("directions", "span", "num_points", "curvature", "seed"),
+}  # fmt: skip
 
-    return build_setup(
-        args.model,
-        args.data,
-        data_root=args.data_root,
-        batch_size=args.batch_size,
-        subsample=args.subsample,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        dtype=args.dtype,
-        seed=args.seed,
-        download=args.download,
-    )
+
+def _keywords(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """The task keywords of ``args``; each deprecated flag warns with one line on stderr."""
+    from .tasks.options import task_kwargs
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FutureWarning)
+        kwargs = task_kwargs(args, names, where=args.command)
+    for warning in caught:
+        if is_main_process():
+            print(f"jupyter-curvature {warning.message}", file=sys.stderr)
+    return kwargs
+
+
+def is_main_process() -> bool:
+    from .distributed import is_main_process as main_process
+
+    return main_process()
 
 
 def _out(args: argparse.Namespace, default: str) -> Path:
@@ -171,14 +210,12 @@ def _out(args: argparse.Namespace, default: str) -> Path:
 
 def _say(*values: object, **kwargs) -> None:
     """Print on the main process only (every rank computes under torchrun)."""
-    from .distributed import is_main_process
-
     if is_main_process():
         print(*values, **kwargs)
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import jobs
+    from . import tasks
 
     if args.command == "list":
         from . import data, models
@@ -187,70 +224,40 @@ def run(args: argparse.Namespace) -> int:
         _say("datasets:", ", ".join(data.available_datasets()))
         return 0
     if args.command == "demo":
-        from .demo import run_demo
-
-        run_demo(args.out, epochs=args.epochs, quick=args.quick, seed=args.seed)
+        tasks.report(args.out, epochs=args.epochs, quick=args.quick, seed=args.seed)
         return 0
     if args.command == "train":
-        result = jobs.train_job(
-            args.model,
-            args.data,
-            _out(args, "train"),
-            optimizer=args.optimizer,
-            lr=args.lr,
-            momentum=args.momentum,
-            weight_decay=args.weight_decay,
-            epochs=args.epochs,
-            schedule=args.schedule,
-            spectrum_every=args.spectrum_every,
-            resume=args.resume,
-            data_root=args.data_root,
-            batch_size=args.batch_size,
-            subsample=args.subsample,
-            device=args.device,
-            seed=args.seed,
-        )
-        _say(result["summary"])
+        kwargs = _keywords(args, _KEYWORDS["train"])
+        result = tasks.train(out=_out(args, "train"), progress=True, **kwargs)
+        _say(result.trainer.history)
         return 0
-    setup = _setup(args)
+    every = _keywords(args, (*_SETUP, *_KEYWORDS[args.command]))
+    setup_kwargs = {k: every[k] for k in _SETUP if k in every}
+    kwargs = {k: every[k] for k in _KEYWORDS[args.command] if k in every}
+    out = _out(args, args.command)
+    from .tasks.outputs import output_folder
+
+    output_folder(out)  # a bad --out fails before any computation
+    setup = tasks.resolve_setup(**setup_kwargs)
+    objects = dict(loss_fn=setup.loss_fn, out=out)
     if args.command == "spectrum":
-        result = jobs.spectrum_job(
-            setup,
-            _out(args, "spectrum"),
-            curvature="ggn" if args.ggn else "hessian",
-            iters=args.iters,
-            probes=args.probes,
-            top=args.top,
-            params=args.params,
-            seed=args.seed,
-            tol=args.tol,
-        )
-        _say(result["density"])
-        _say(result["eigenpairs"])
+        result = tasks.spectrum(setup.model, setup.data, warn=True, **objects, **kwargs)
+        _say(result.density)
+        _say(result.eigen)
     elif args.command == "stats":
-        result = jobs.stats_job(
-            setup,
-            _out(args, "stats"),
-            batch_size=args.stats_batch,
-            probes=args.probes,
-            per_sample=args.per_sample,
-            layers=not args.no_layers,
-            seed=args.seed,
-        )
-        for value in result.values():
+        include = [k for k in tasks.STATS_KINDS if k != "layers" or not args.no_layers]
+        result = tasks.statistics(
+            setup.model, setup.data, test_data=setup.test_data, include=include,
+            curvature=["hessian", "ggn"], batch_size=args.stats_batch, **objects, **kwargs,
+        )  # fmt: skip
+        for value in result.records():
             _say(value, end="\n\n")
     elif args.command == "landscape":
-        result = jobs.landscape_job(
-            setup,
-            _out(args, "landscape"),
-            directions=args.directions,
-            span=args.span,
-            points=args.points,
-            plane=not args.no_plane,
-            seed=args.seed,
-            curvature="ggn" if args.ggn else "hessian",
-        )
-        for value in result.values():
+        result = tasks.landscape(
+            setup.model, setup.data, test_data=setup.test_data, plane=not args.no_plane,
+            **objects, **kwargs,
+        )  # fmt: skip
+        for value in result:
             _say(value, end="\n\n")
     return 0
 

@@ -16,11 +16,15 @@ mistakes are plain ``UsageError`` one-liners (no traceback; subclassing ``UsageE
 broken, ipython#14024); re-running a cell closes the panels its previous run made (a
 ``pre_run_cell`` hook keyed by ``info.cell_id``); training runs in the kernel's main thread
 on the engine's :class:`~jupyter_curvature.training.Trainer` (through
-:func:`jupyter_curvature.api.train`) and stops cleanly at a step boundary on an interrupt.
+:func:`jupyter_curvature.tasks.train`) and stops cleanly at a step boundary on an interrupt.
+The magics only parse their line; :func:`_keywords` maps it to task keywords (deprecated
+flags such as ``--ggn`` or ``--iters`` are renamed there and shown as a one-line note).
 """
 
 from __future__ import annotations
 
+import argparse
+import warnings
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -29,7 +33,8 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import CaselessStrEnum, Float
 
-from . import api
+from . import tasks as api
+from .tasks.options import task_kwargs
 from .widgets._base import track_panel  # public here too (%curv_landscape uses it)
 
 __all__ = ["CurvMagics", "load_ipython_extension", "track_panel", "unload_ipython_extension"]
@@ -47,11 +52,11 @@ jupyter_curvature magics  (each has its own help: %curv_train?  %curv_spectrum? 
   the history (--out) are kept. --checkpoint-dir DIR writes exact-resume checkpoints;
   --resume continues from DIR/checkpoint-last.pt.
 
-%curv_spectrum --model NAME --data NAME [--ggn] [--iters N] [--probes N] [--top K] [--params PATTERN] [--out NAME]
-    %curv_spectrum --model run.model --data digits --top 5 --out dens
-    %curv_spectrum --model net --data loader --ggn --params classifier
+%curv_spectrum --model NAME --data NAME [--curvature hessian|ggn] [--num-iters N] [--num-probes N] [--top-k K] [--params PATTERN] [--out NAME]
+    %curv_spectrum --model run.model --data digits --top-k 5 --out dens
+    %curv_spectrum --model net --data loader --curvature ggn --params classifier
 
-%curv_stats --model NAME --data NAME [--include LIST] [--probes N] [--out NAME]
+%curv_stats --model NAME --data NAME [--include LIST] [--num-probes N] [--out NAME]
     %curv_stats --model run.model --data digits:test --out st
 
 %curv_landscape --model NAME --data NAME [...]       loss landscape along eigenvectors
@@ -76,6 +81,15 @@ def _positive(kind: type) -> Any:
 
     check.__name__ = f"positive {kind.__name__}"
     return check
+
+
+def _deprecated(old: str, new: str, **kwargs: Any) -> Any:
+    """A deprecated flag: parsed under its old name (absent unless given), renamed with a
+    one-line note by :meth:`CurvMagics._keywords`."""
+    return argument(
+        old, dest=old.lstrip("-").replace("-", "_"), default=argparse.SUPPRESS,
+        help=f"deprecated: use {new}", **kwargs,
+    )  # fmt: skip
 
 
 class _BodyError(ValueError):
@@ -171,16 +185,17 @@ class CurvMagics(Magics):
         except api.InputError as exc:
             raise UsageError(f"%{name}: {exc}") from None
 
-    def _model_and_data(self, args: Any, name: str, batch_size: int) -> tuple[Any, Any, Any]:
-        device = self._call(name, api.resolve_device, args.device)
-        model = self._call(name, api.resolve_model, args.model, self.ns)
-        data = self._call(name, api.resolve_data, args.data, self.ns, batch_size=batch_size)
-        loss_fn = self._call(name, api.resolve_loss, args.loss, self.ns)
-        if device is not None:
-            model.to(device)
-        if getattr(args, "samples", None):
-            data = api._subset(data, args.samples)
-        return model, data, loss_fn
+    def _keywords(self, args: Any, name: str, names: tuple[str, ...]) -> dict[str, Any]:
+        """The task keywords of the parsed ``args``; a deprecated flag prints a one-line note."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FutureWarning)
+            try:
+                kwargs = task_kwargs(args, names, where=f"%{name}")
+            except TypeError as exc:
+                raise UsageError(str(exc)) from None
+        for warning in caught:
+            print(f"note: {warning.message}")
+        return kwargs
 
     @staticmethod
     def _check_out(magic: str, *names: str | None) -> None:
@@ -238,14 +253,26 @@ class CurvMagics(Magics):
     @argument(
         "--batch-size", type=_positive(int), default=64, help="batch size of built-in data (64)"
     )
-    @argument("--loss", default=None, help="loss variable or cross_entropy | mse | nll")
+    @argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll")
+    @_deprecated("--loss", "--loss-fn")
     @argument(
         "--spectrum-every", type=int, default=0, help="curvature spectrum every N steps (0: never)"
     )
-    @argument("--ggn", action="store_true", help="GGN instead of the Hessian")
-    @argument("--iters", type=_positive(int), default=30, help="Lanczos steps per spectrum (30)")
-    @argument("--probes", type=_positive(int), default=2, help="SLQ probes per spectrum (2)")
-    @argument("--top", type=_positive(int), default=3, help="largest eigenvalues tracked (3)")
+    @argument(
+        "--curvature",
+        choices=["hessian", "ggn"],
+        default="hessian",
+        help="hessian (default) or ggn",
+    )
+    @_deprecated("--ggn", "--curvature ggn", action="store_true")
+    @argument(
+        "--num-iters", type=_positive(int), default=30, help="Lanczos steps per spectrum (30)"
+    )
+    @_deprecated("--iters", "--num-iters", type=_positive(int))
+    @argument("--num-probes", type=_positive(int), default=2, help="SLQ probes per spectrum (2)")
+    @_deprecated("--probes", "--num-probes", type=_positive(int))
+    @argument("--top-k", type=_positive(int), default=3, help="largest eigenvalues tracked (3)")
+    @_deprecated("--top", "--top-k", type=_positive(int))
     @argument(
         "--spectrum-samples",
         type=_positive(int),
@@ -290,37 +317,15 @@ class CurvMagics(Magics):
         name = "curv_train"
         args = self._parse(self.curv_train, line, name)
         self._check_out(name, args.out)
+        kwargs = self._keywords(args, name, _TRAIN_KEYWORDS)
         if args.epochs is not None and args.steps is not None:
             raise UsageError("%curv_train: give --epochs or --steps, not both")
         if args.spectrum_every < 0:
             raise UsageError("%curv_train: --spectrum-every must be >= 0")
         if args.resume and args.checkpoint_dir is None:
             raise UsageError("%curv_train: --resume needs --checkpoint-dir")
-        device = self._call(name, api.resolve_device, args.device)
-        model = self._call(name, api.resolve_model, args.model, self.ns)
-        data = self._call(
-            name,
-            api.resolve_data,
-            args.data,
-            self.ns,
-            batch_size=args.batch_size,
-            shuffle=True,
-            seed=args.seed,
-        )
-        test = self._call(name, api.resolve_test_data, args.test_data, args.data, self.ns)
-        loss_fn = self._call(name, api.resolve_loss, args.loss, self.ns)
-        if device is not None:
-            model.to(device)
-        optimizer = self._call(
-            name,
-            api.resolve_optimizer,
-            args.optimizer,
-            model,
-            self.ns,
-            lr=args.lr,
-            momentum=args.momentum,
-            weight_decay=args.weight_decay,
-        )
+        # the model now (the dashboard's title); data, loss and optimiser in the task
+        model = self._call(name, api.resolve_model, kwargs.pop("model"), self.ns)
         step_fn, restore = (None, None)
         if cell is not None and cell.strip():
             step_fn, restore = self._body_step(cell, line)
@@ -336,28 +341,9 @@ class CurvMagics(Magics):
         recorder = api.StateRecorder()
         try:
             result = api.train(
-                model,
-                data,
-                loss_fn=loss_fn,
-                optimizer=optimizer,
-                epochs=args.epochs,
-                steps=args.steps,
-                step_fn=step_fn,
-                test_data=test,
-                eval_every=args.eval_every,
-                spectrum_every=args.spectrum_every,
-                ggn=args.ggn,
-                spectrum_iters=args.iters,
-                spectrum_probes=args.probes,
-                top_k=args.top,
-                spectrum_samples=args.spectrum_samples,
-                callbacks=[recorder, progress],
-                seed=args.seed,
-                checkpoint_dir=args.checkpoint_dir,
-                checkpoint_every=args.checkpoint_every,
-                max_overhead=args.max_overhead,
-                resume=args.resume or None,
-            )
+                model, step_fn=step_fn, callbacks=[recorder, progress],
+                resume=args.resume or None, namespace=self.ns, **kwargs,
+            )  # fmt: skip
         except api.InputError as exc:
             raise UsageError(f"%{name}: {exc}") from None
         except _BodyError as exc:
@@ -435,30 +421,46 @@ class CurvMagics(Magics):
     @magic_arguments()
     @argument("--model", required=True, help="model variable or registry name")
     @argument("--data", required=True, help="data variable or built-in name (digits, digits:test)")
-    @argument("--ggn", action="store_true", help="the GGN instead of the Hessian")
-    @argument("--iters", type=_positive(int), default=80, help="Lanczos steps per probe (80)")
-    @argument("--probes", type=_positive(int), default=4, help="SLQ probes (4)")
     @argument(
-        "--top",
+        "--curvature",
+        choices=["hessian", "ggn"],
+        default="hessian",
+        help="hessian (default) or ggn",
+    )
+    @_deprecated("--ggn", "--curvature ggn", action="store_true")
+    @argument("--num-iters", type=_positive(int), default=80, help="Lanczos steps per probe (80)")
+    @_deprecated("--iters", "--num-iters", type=_positive(int))
+    @argument("--num-probes", type=_positive(int), default=4, help="SLQ probes (4)")
+    @_deprecated("--probes", "--num-probes", type=_positive(int))
+    @argument(
+        "--top-k",
         type=int,
         default=0,
         help="also compute the K largest eigenpairs, certified by residuals",
     )
+    @_deprecated("--top", "--top-k", type=int)
     @argument(
         "--params",
         default=None,
         help="parameters: a module prefix (classifier), a glob (features.0.*) or re:<regex>",
     )
     @argument(
-        "--samples",
+        "--batchnorm", choices=["eval", "train"], default="eval",
+        help="BatchNorm mode during the products (eval)",
+    )  # fmt: skip
+    @_deprecated("--bn", "--batchnorm", choices=["eval", "train"])
+    @argument(
+        "--num-samples",
         type=_positive(int),
         default=None,
-        help="use only the first N samples of the data",
+        help="use only N samples of the data (the first N of a variable)",
     )
+    @_deprecated("--samples", "--num-samples", type=_positive(int))
     @argument(
         "--batch-size", type=_positive(int), default=500, help="batch size of built-in data (500)"
     )
-    @argument("--loss", default=None, help="loss variable or cross_entropy | mse | nll")
+    @argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll")
+    @_deprecated("--loss", "--loss-fn")
     @argument(
         "--sigma",
         type=_positive(float),
@@ -470,7 +472,7 @@ class CurvMagics(Magics):
     @argument("--device", default=None, help="cpu | cuda | cuda:N")
     @argument("--out", default=None, help="store the SpectralDensity in this variable")
     @argument(
-        "--out-eigen", default=None, help="store the EigenpairsResult (--top) in this variable"
+        "--out-eigen", default=None, help="store the EigenpairsResult (--top-k) in this variable"
     )
     @line_magic
     def curv_spectrum(self, line: str) -> None:
@@ -478,21 +480,11 @@ class CurvMagics(Magics):
         name = "curv_spectrum"
         args = self._parse(self.curv_spectrum, line, name)
         self._check_out(name, args.out, args.out_eigen)
-        if args.top < 0:
-            raise UsageError("%curv_spectrum: --top must be >= 0")
-        model, data, loss_fn = self._model_and_data(args, name, args.batch_size)
+        kwargs = self._keywords(args, name, _SPECTRUM_KEYWORDS)
+        if kwargs["top_k"] < 0:
+            raise UsageError("%curv_spectrum: --top-k must be >= 0")
         try:
-            result = api.spectrum(
-                model,
-                data,
-                loss_fn=loss_fn,
-                ggn=args.ggn,
-                num_iters=args.iters,
-                num_probes=args.probes,
-                top=args.top,
-                params=args.params,
-                seed=args.seed,
-            )
+            result = api.spectrum(namespace=self.ns, **kwargs)
         except api.InputError as exc:
             raise UsageError(f"%{name}: {exc}") from None
         except (ValueError, TypeError) as exc:
@@ -507,7 +499,9 @@ class CurvMagics(Magics):
 
             self._show(SpectrumPanel(result, sigma=args.sigma, log=args.log), f"spectrum {line}")
         else:
-            print(f"{'GGN' if args.ggn else 'Hessian'} spectrum, n = {result.num_params}")
+            print(
+                f"{'GGN' if result.curvature == 'ggn' else 'Hessian'} spectrum, n = {result.num_params}"
+            )
             print(result.density.stats)
             if result.eigen is not None:
                 print(result.eigen)
@@ -521,13 +515,18 @@ class CurvMagics(Magics):
         default=",".join(api.STATS_KINDS),
         help=f"comma-separated subset of {','.join(api.STATS_KINDS)}",
     )
-    @argument("--ggn", action="store_true", help="curvature statistics of the GGN")
     @argument(
-        "--probes",
+        "--curvature", choices=["hessian", "ggn"], default="hessian",
+        help="curvature statistics of hessian (default) or ggn",
+    )  # fmt: skip
+    @_deprecated("--ggn", "--curvature ggn", action="store_true")
+    @argument(
+        "--num-probes",
         type=_positive(int),
         default=8,
         help="random probes of the curvature statistics (8)",
     )
+    @_deprecated("--probes", "--num-probes", type=_positive(int))
     @argument(
         "--batch-size",
         type=_positive(int),
@@ -540,12 +539,14 @@ class CurvMagics(Magics):
         help="comma-separated layers (module names or patterns) for the per-layer view",
     )
     @argument(
-        "--samples",
+        "--num-samples",
         type=_positive(int),
         default=None,
-        help="use only the first N samples of the data",
+        help="use only N samples of the data (the first N of a variable)",
     )
-    @argument("--loss", default=None, help="loss variable or cross_entropy | mse | nll")
+    @_deprecated("--samples", "--num-samples", type=_positive(int))
+    @argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll")
+    @_deprecated("--loss", "--loss-fn")
     @argument("--seed", type=int, default=0, help="seed of the probes")
     @argument("--device", default=None, help="cpu | cuda | cuda:N")
     @argument("--out", default=None, help="store the StatsResult in this variable")
@@ -555,35 +556,23 @@ class CurvMagics(Magics):
         name = "curv_stats"
         args = self._parse(self.curv_stats, line, name)
         self._check_out(name, args.out)
+        kwargs = self._keywords(args, name, _STATS_KEYWORDS)
         include = [k.strip() for k in args.include.split(",") if k.strip()]
         bad = [k for k in include if k not in api.STATS_KINDS]
         if bad or not include:
             raise UsageError(
                 f"%{name}: --include {args.include!r}: choose from {','.join(api.STATS_KINDS)}"
             )
-        model, data, loss_fn = self._model_and_data(args, name, args.batch_size)
         layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
         result = self._call(
-            name,
-            api.statistics,
-            model,
-            data,
-            loss_fn=loss_fn,
-            include=include,
-            ggn=args.ggn,
-            num_probes=args.probes,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            layers=layers,
+            name, api.statistics, include=include, layers=layers, namespace=self.ns, **kwargs
         )
         self._store(args.out, result)
         self.last_result = result
         if self.use_widgets:
             from .widgets.stats import StatsPanel
 
-            self._show(
-                StatsPanel(result, title=f"Statistics of {type(model).__name__}"), f"stats {line}"
-            )
+            self._show(StatsPanel(result, title=f"Statistics of {args.model}"), f"stats {line}")
         else:
             print(result)
 
@@ -732,6 +721,17 @@ class CurvMagics(Magics):
         self._show(explorer, f"landscape {line}")  # re-running the cell closes this panel
         if args.grid and len(explorer.directions) > 1:
             explorer.compute_grid()
+
+
+#: the task keywords each magic takes from its parsed flags
+_SETUP_KEYWORDS = ("model", "data", "loss_fn", "device", "seed", "num_samples", "batch_size")
+_TRAIN_KEYWORDS = ("model", "data", "test_data", "optimizer", "lr", "momentum", "weight_decay",
+                   "epochs", "steps", "batch_size", "loss_fn", "spectrum_every", "curvature",
+                   "num_iters", "num_probes", "top_k", "spectrum_samples", "eval_every",
+                   "device", "seed", "max_overhead", "checkpoint_dir", "checkpoint_every")  # fmt: skip
+_SPECTRUM_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_iters", "num_probes", "top_k",
+                      "params", "batchnorm")  # fmt: skip
+_STATS_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_probes")
 
 
 def _point_at_user_code(shell: Any, exc: BaseException, filename: str | None) -> None:

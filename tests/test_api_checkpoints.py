@@ -1,4 +1,4 @@
-"""Checkpoints written by ``api.train`` (and so by ``%%curv_train --checkpoint-dir``): the
+"""Checkpoints written by ``tasks.train`` (and so by ``%%curv_train --checkpoint-dir``): the
 engine's Trainer checkpoints, each with a numbered copy, and bitwise-exact resume."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from jupyter_curvature import api
+from jupyter_curvature import tasks
 from jupyter_curvature.models import MLP
 from jupyter_curvature.training import Trainer
 
@@ -23,7 +23,7 @@ def _data(n=60, batch=20):
 def test_checkpoints_are_written_announced_and_load_back(tmp_path):
     model = MLP(hidden=(4,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    result = api.train(model, _data(), optimizer=optimizer, epochs=2, checkpoint_dir=tmp_path)
+    result = tasks.train(model, _data(), optimizer=optimizer, epochs=2, checkpoint_dir=tmp_path)
     names = sorted(p.name for p in tmp_path.glob("checkpoint-*.pt"))
     assert names == ["checkpoint-000003.pt", "checkpoint-000006.pt", "checkpoint-last.pt"]
     assert [text for _, text in result.history.events] == [
@@ -54,7 +54,7 @@ def test_an_interrupted_run_keeps_its_finished_steps(tmp_path):
         out = model(x)
         return nn.functional.cross_entropy(out, y), out
 
-    result = api.train(model, _data(), epochs=3, step_fn=step, checkpoint_dir=tmp_path)
+    result = tasks.train(model, _data(), epochs=3, step_fn=step, checkpoint_dir=tmp_path)
     assert result.history.status == "interrupted"
     saved = torch.load(tmp_path / "checkpoint-last.pt", weights_only=True)
     assert saved["trainer"]["step"] == 4 == result.history.steps_done
@@ -82,7 +82,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bitwise_the_uninterrupted_run(tmp
     """Dropout (the global RNG), shuffling and momentum: all restored from the checkpoint."""
     full = _net()
     start = copy.deepcopy(full.state_dict())
-    api.train(
+    tasks.train(
         full,
         _loader(),
         optimizer=torch.optim.SGD(full.parameters(), lr=0.1, momentum=0.9),
@@ -92,10 +92,10 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bitwise_the_uninterrupted_run(tmp
         seed=5,
     )
     assert (tmp_path / "a" / "checkpoint-000008.pt").is_file()  # step 8: mid epoch 2 (6 per epoch)
-    # the api, resumed from step 8
+    # the task, resumed from step 8
     again = _net()
     again.load_state_dict(start)
-    out = api.train(
+    out = tasks.train(
         again,
         _loader(),
         optimizer=torch.optim.SGD(again.parameters(), lr=0.1, momentum=0.9),
@@ -115,5 +115,5 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bitwise_the_uninterrupted_run(tmp
     )
     trainer.fit(resume=tmp_path / "a" / "checkpoint-000008.pt")
     for key, value in full.state_dict().items():
-        assert torch.equal(again.state_dict()[key], value), f"api resume: {key}"
+        assert torch.equal(again.state_dict()[key], value), f"tasks resume: {key}"
         assert torch.equal(plain.state_dict()[key], value), f"Trainer resume: {key}"

@@ -13,8 +13,8 @@ import torch
 from reference import concat, dense_hessian
 from torch import nn
 
-from jupyter_curvature import jobs
 from jupyter_curvature.cli import main
+from jupyter_curvature.tasks import resolve_setup
 
 
 def test_list_prints_models_and_datasets(capsys):
@@ -40,16 +40,16 @@ def test_every_option_of_every_command_says_what_it_does():
 
 
 def test_spectrum_top_eigenvalues_equal_dense_hessian(tmp_path, capsys):
-    args = ["--model", "mlp", "--subsample", "48", "--batch-size", "20", "--dtype", "float64"]
+    args = ["--model", "mlp", "--num-samples", "48", "--batch-size", "20", "--dtype", "float64"]
     code = main(
         [
             "spectrum",
             *args,
-            "--iters",
+            "--num-iters",
             "30",
-            "--probes",
+            "--num-probes",
             "2",
-            "--top",
+            "--top-k",
             "3",
             "--tol",
             "1e-9",
@@ -59,8 +59,8 @@ def test_spectrum_top_eigenvalues_equal_dense_hessian(tmp_path, capsys):
     )
     assert code == 0
     summary = json.loads((tmp_path / "hessian_spectrum.json").read_text())
-    setup = jobs.build_setup("mlp", subsample=48, batch_size=20, dtype="float64", seed=0)
-    x, y = concat(setup.train)
+    setup = resolve_setup("mlp", "digits", num_samples=48, batch_size=20, dtype="float64", seed=0)
+    x, y = concat(setup.data)
     x = x.double()  # loaders give float32; the engine casts inputs to the model dtype
     exact = torch.linalg.eigvalsh(dense_hessian(setup.model, nn.CrossEntropyLoss(), x, y))
     scale = exact.abs().max().item()
@@ -73,7 +73,7 @@ def test_spectrum_top_eigenvalues_equal_dense_hessian(tmp_path, capsys):
 
 
 def test_landscape_centre_is_the_model_loss(tmp_path):
-    args = ["--model", "mlp", "--subsample", "40", "--dtype", "float64"]
+    args = ["--model", "mlp", "--num-samples", "40", "--dtype", "float64"]
     assert (
         main(
             [
@@ -81,7 +81,7 @@ def test_landscape_centre_is_the_model_loss(tmp_path):
                 *args,
                 "--directions",
                 "random:1",
-                "--points",
+                "--num-points",
                 "3",
                 "--no-plane",
                 "--out",
@@ -93,8 +93,8 @@ def test_landscape_centre_is_the_model_loss(tmp_path):
     from jupyter_curvature.landscape.results import LandscapeResult
 
     line = LandscapeResult.load(tmp_path / "landscape_1d.npz")
-    setup = jobs.build_setup("mlp", subsample=40, dtype="float64", seed=0)
-    x, y = concat(setup.train)
+    setup = resolve_setup("mlp", "digits", num_samples=40, dtype="float64", seed=0)
+    x, y = concat(setup.data)
     x = x.double()  # loaders give float32; the engine casts inputs to the model dtype
     with torch.no_grad():
         expected = nn.CrossEntropyLoss()(setup.model.eval()(x), y).item()
@@ -103,7 +103,7 @@ def test_landscape_centre_is_the_model_loss(tmp_path):
 
 
 def test_stats_writes_the_evaluation(tmp_path):
-    args = ["--model", "mlp", "--subsample", "60", "--dtype", "float64"]
+    args = ["--model", "mlp", "--num-samples", "60", "--dtype", "float64"]
     assert (
         main(
             [
@@ -111,7 +111,7 @@ def test_stats_writes_the_evaluation(tmp_path):
                 *args,
                 "--stats-batch",
                 "20",
-                "--probes",
+                "--num-probes",
                 "2",
                 "--no-layers",
                 "--out",
@@ -121,13 +121,13 @@ def test_stats_writes_the_evaluation(tmp_path):
         == 0
     )
     stats = json.loads((tmp_path / "stats.json").read_text())
-    setup = jobs.build_setup("mlp", subsample=60, dtype="float64", seed=0)
-    x, y = concat(setup.train)
+    setup = resolve_setup("mlp", "digits", num_samples=60, dtype="float64", seed=0)
+    x, y = concat(setup.data)
     x = x.double()  # loaders give float32; the engine casts inputs to the model dtype
     with torch.no_grad():
         expected = nn.CrossEntropyLoss()(setup.model.eval()(x), y).item()
-    assert stats["train"]["loss"] == pytest.approx(expected, rel=1e-12)
-    assert stats["weights"]["l2"] == pytest.approx(
+    assert stats["evaluation"]["loss"] == pytest.approx(expected, rel=1e-12)
+    assert stats["norms"]["l2"] == pytest.approx(
         torch.cat([p.reshape(-1) for p in setup.model.parameters()]).norm().item(), rel=1e-12
     )
 
@@ -135,13 +135,15 @@ def test_stats_writes_the_evaluation(tmp_path):
 def test_train_then_load_checkpoint(tmp_path):
     out = tmp_path / "run"
     assert (
-        main(["train", "--model", "mlp", "--epochs", "1", "--subsample", "100", "--out", str(out)])
+        main(
+            ["train", "--model", "mlp", "--epochs", "1", "--num-samples", "100", "--out", str(out)]
+        )
         == 0
     )
     checkpoints = sorted(out.glob("*.pt"))
     assert checkpoints, "training wrote no checkpoint"
     assert (out / "history.json").exists() and (out / "training.png").exists()
-    setup = jobs.build_setup("mlp", checkpoint=str(checkpoints[-1]))
+    setup = resolve_setup("mlp", "digits", checkpoint=str(checkpoints[-1]))
     assert isinstance(setup.model, nn.Module)
 
 
@@ -153,8 +155,8 @@ def test_train_then_load_checkpoint(tmp_path):
         (
             ["spectrum", "--device", "cuda"]
             if not torch.cuda.is_available()
-            else ["spectrum", "--iters", "0"],
-            "cuda" if not torch.cuda.is_available() else "num_iters",
+            else ["spectrum", "--num-iters", "0"],
+            "cuda" if not torch.cuda.is_available() else "num-iters",
         ),
     ],
 )
@@ -183,8 +185,8 @@ class RunsWhenUnpickled:
         return (Path.touch, (self.marker,))
 
 
-SMALL_SPECTRUM = ["spectrum", "--model", "mlp", "--subsample", "40", "--iters", "5", "--probes",
-                  "1", "--top", "1"]  # fmt: skip
+SMALL_SPECTRUM = ["spectrum", "--model", "mlp", "--num-samples", "40", "--num-iters", "5", "--num-probes",
+                  "1", "--top-k", "1"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -240,14 +242,14 @@ def test_checkpoint_of_another_architecture_names_the_keys(tmp_path):
     with pytest.raises(SystemExit):
         main(["spectrum", "--model", "mlp", "--checkpoint", str(tmp_path / "other.pt")])
     with pytest.raises(ValueError, match="missing keys"):
-        jobs.build_setup("mlp", checkpoint=str(tmp_path / "other.pt"))
+        resolve_setup("mlp", "digits", checkpoint=str(tmp_path / "other.pt"))
 
 
 @pytest.mark.slow
 def test_demo_report_matches_its_results(tmp_path):
-    from jupyter_curvature.demo import run_demo
+    from jupyter_curvature.tasks import report as run_report
 
-    report = run_demo(tmp_path, epochs=1, quick=True)
+    report = run_report(tmp_path, epochs=1, quick=True)
     saved = json.loads((tmp_path / "hessian_spectrum.json").read_text())
     assert report["hessian"]["top_eigenvalues"] == saved["top_eigenvalues"]
     assert (tmp_path / "report.md").read_text().startswith("# Curvature report")
@@ -264,7 +266,7 @@ def test_demo_report_matches_its_results(tmp_path):
 
 
 def _train_argv(out) -> list[str]:
-    return ["train", "--model", "mlp", "--epochs", "2", "--subsample", "100", "--batch-size",
+    return ["train", "--model", "mlp", "--epochs", "2", "--num-samples", "100", "--batch-size",
             "20", "--out", str(out)]  # fmt: skip
 
 
@@ -296,3 +298,33 @@ def test_train_under_two_processes_takes_the_single_process_steps(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(
         p.name for p in (tmp_path / "single").iterdir()
     )
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (["--iters", "6"], ["--num-iters", "6"]),
+        (["--probes", "2"], ["--num-probes", "2"]),
+        (["--top", "2"], ["--top-k", "2"]),
+        (["--subsample", "30"], ["--num-samples", "30"]),
+        (["--ggn"], ["--curvature", "ggn"]),
+    ],
+)
+def test_a_deprecated_flag_warns_on_stderr_and_gives_the_new_flags_result(
+    tmp_path, capsys, old, new
+):
+    base = ["spectrum", "--model", "mlp", "--num-samples", "30", "--num-iters", "5",
+            "--num-probes", "1", "--top-k", "1", "--tol", "1e-6"]  # fmt: skip
+    if new[0] in base:  # the flag under test replaces the base's setting of it
+        i = base.index(new[0])
+        del base[i : i + 2]
+    assert main([*base, *new, "--out", str(tmp_path / "new")]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert main([*base, *old, "--out", str(tmp_path / "old")]) == 0
+    err = capsys.readouterr().err
+    assert f"{old[0]} is deprecated; use {new[0]}" in err and len(err.strip().splitlines()) == 1
+    curvature = "ggn" if old == ["--ggn"] else "hessian"
+    a = json.loads((tmp_path / "new" / f"{curvature}_spectrum.json").read_text())
+    b = json.loads((tmp_path / "old" / f"{curvature}_spectrum.json").read_text())
+    for key in ("top_eigenvalues", "stats", "num_parameters"):
+        assert a[key] == b[key], key

@@ -124,12 +124,12 @@ def sampler_loaders(dataset):
 
 
 def api_train_run() -> dict:
-    """``api.train`` (what ``%%curv_train`` runs): test points and spectra along the way."""
-    from jupyter_curvature import api
+    """``tasks.train`` (what ``%%curv_train`` runs): test points and spectra along the way."""
+    from jupyter_curvature import tasks
 
     train_set, test_set = make_data()
     model = make_model()
-    result = api.train(
+    result = tasks.train(
         model,
         DataLoader(train_set, batch_size=BATCH),
         loss_fn=nn.CrossEntropyLoss(),
@@ -137,8 +137,8 @@ def api_train_run() -> dict:
         steps=6,
         test_data=DataLoader(test_set, batch_size=11),
         spectrum_every=3,
-        spectrum_iters=8,
-        spectrum_probes=2,
+        num_iters=8,
+        num_probes=2,
         spectrum_samples=41,
         top_k=2,
         seed=3,
@@ -223,7 +223,7 @@ def _main_job(folder: str):
     bn.fit()
     out["batchnorm"] = weights(bn.model)
 
-    # 7. api.train, the path of %%curv_train and the CLI, under torchrun
+    # 7. tasks.train, the path of %%curv_train and the CLI, under torchrun
     out["api_train"] = api_train_run()
     return out
 
@@ -337,7 +337,7 @@ def test_api_train_under_ddp_equals_one_process(runs, single):
     assert len(ref["loss"]) == 6 and ref["test_loss"]
     for r in results:
         got = r["api_train"]
-        what = f"api.train, rank {r['rank']}"
+        what = f"tasks.train, rank {r['rank']}"
         assert (got["status"], got["spectrum_steps"]) == (ref["status"], ref["spectrum_steps"])
         close_weights(got["weights"], ref["weights"], what)
         close(got["loss"], ref["loss"], WEIGHT_TOL, f"{what}: training losses")

@@ -18,8 +18,6 @@ from torch import nn
 
 matplotlib.use("Agg")
 
-from jupyter_curvature import jobs  # noqa: E402
-from jupyter_curvature.api import TrainHistory  # noqa: E402
 from jupyter_curvature.core.files import (  # noqa: E402
     DiskFullError,
     atomic_write,
@@ -27,6 +25,8 @@ from jupyter_curvature.core.files import (  # noqa: E402
     remove_stale_temps,
 )
 from jupyter_curvature.stats import evaluate  # noqa: E402
+from jupyter_curvature.tasks import TrainHistory  # noqa: E402
+from jupyter_curvature.tasks.outputs import save_figure, save_json  # noqa: E402
 from jupyter_curvature.training import History, atomic_save, load_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]  # the child processes import this checkout
@@ -205,8 +205,8 @@ SAVERS = {
     "stats record": ("s.json", lambda p: evaluate(*_tiny()).save(p)),
     "trainer history": ("h.json", lambda p: History().save(p)),
     "train history": ("t.json", lambda p: TrainHistory().save(p)),
-    "job json": ("j.json", lambda p: jobs._write_json(p, {"a": 1})),
-    "job figure": ("f.png", lambda p: jobs._save_figure(_figure(), p)),
+    "task json": ("j.json", lambda p: save_json(p, {"a": 1})),
+    "task figure": ("f.png", lambda p: save_figure(_figure(), p)),
 }  # fmt: skip
 
 

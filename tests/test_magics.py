@@ -14,7 +14,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from ipywidgets.widgets.widget import _instances
 from traitlets.config import Config
 
-from jupyter_curvature import api
+from jupyter_curvature import tasks as api
 from jupyter_curvature.magics import CurvMagics
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -74,7 +74,7 @@ def test_extension_registers_every_magic_and_help(ip, capsys):
         assert name in out
     # each magic's own help (what `%curv_spectrum?` shows) lists its options
     doc = ip.find_line_magic("curv_spectrum").__doc__
-    for opt in ("--ggn", "--iters", "--probes", "--top", "--params", "--out"):
+    for opt in ("--curvature", "--num-iters", "--num-probes", "--top-k", "--params", "--out"):
         assert opt in doc
 
 
@@ -125,21 +125,21 @@ def test_load_ext_shows_the_bqplot_axis_guard_and_unload_closes_it(monkeypatch):
     assert len(shown) == 1  # "auto" outside a kernel shows nothing
 
 
-def test_the_api_imports_no_jupyter_module():
-    """api.py is engine-side: no import of IPython, ipywidgets, bqplot, traitlets, anywidget.
+def test_the_tasks_import_no_jupyter_module():
+    """tasks/ is engine-side: no import of IPython, ipywidgets, bqplot, traitlets, anywidget.
 
     (Checked on the source, not in a subprocess: importing torch there costs 15 s on the
     shared test machine; the package-wide subprocess check belongs to the package tests.)
     """
     import ast
 
-    tree = ast.parse(Path(api.__file__).read_text())
     imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            imported.add(node.module.split(".")[0])
+    for path in Path(api.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
     assert not imported & {"IPython", "ipywidgets", "bqplot", "traitlets", "anywidget"}
 
 
@@ -153,14 +153,16 @@ def test_usage_errors_are_one_line(ip):
     msg = usage_error(ip, "curv_spectrum", "--model net --data text")
     assert "'text' is a str, not a DataLoader" in msg
     msg = usage_error(ip, "curv_spectrum", "--model net --data missing_loader")
-    assert "built-in datasets: digits" in msg
+    assert "define a variable 'missing_loader' first" in msg and "digits" in msg
     msg = usage_error(ip, "curv_train", "--model net --data digits --optimizer number")
     assert "'number' is an int, not a torch.optim.Optimizer" in msg
     msg = usage_error(ip, "curv_train", "--model net --data digits --optimizer lbfgs2")
     assert "sgd, adam, adamw, kfac, swats" in msg
     msg = usage_error(ip, "curv_spectrum", "--model net --data digits --bogus 3")
     assert (
-        "unrecognized arguments: --bogus 3" in msg and "valid options:" in msg and "--probes" in msg
+        "unrecognized arguments: --bogus 3" in msg
+        and "valid options:" in msg
+        and "--num-probes" in msg
     )
     msg = usage_error(ip, "curv_train", "--model net --data digits --steps 2 --epochs 1")
     assert "not both" in msg
@@ -218,7 +220,7 @@ def test_train_line_magic_matches_a_manual_loop(ip):
     reference = copy.deepcopy(net)
     run(
         ip,
-        f"%curv_train --model net --data digits {FAST} --lr 0.2 --spectrum-every 2 --iters 8 --out run",
+        f"%curv_train --model net --data digits {FAST} --lr 0.2 --spectrum-every 2 --num-iters 8 --out run",
     )
     r = ip.user_ns["run"]
     assert isinstance(r, api.TrainResult) and r.model is net and r.history.status == "finished"
@@ -260,7 +262,8 @@ def test_failing_body_points_at_the_user_line_and_stops_cleanly(ip):
     stb = res.error_in_exec._render_traceback_()
     text = "\n".join(stb)
     assert "undefined_name" in text and "line 4" in text  # the cell's line (the magic is line 1)
-    assert "api.py" not in text and "magics.py" not in text  # none of our frames
+    assert "tasks/train.py" not in text and "tasks/live.py" not in text  # none of our frames
+    assert "magics.py" not in text
     h = ip.user_ns["run3"].history
     assert h.status == "failed" and h.steps_done == 2
     assert h.events[-1][1].startswith("failed at step 3: NameError")
@@ -364,7 +367,7 @@ def test_terminal_mode_uses_text_and_no_widgets(ip, capsys):
     ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
     try:
         n = len(_instances)
-        run(ip, f"%curv_train --model mlp --data digits {FAST} --spectrum-every 4 --iters 5")
+        run(ip, f"%curv_train --model mlp --data digits {FAST} --spectrum-every 4 --num-iters 5")
         run(ip, "%curv_stats --model mlp --data digits:test --include norms")
         assert len(_instances) == n
         captured = capsys.readouterr()
@@ -390,7 +393,7 @@ def test_spectrum_magic_stores_the_density_and_shows_a_panel(ip):
     ip.user_ns["batch60"] = (x, y)
     run(
         ip,
-        "%curv_spectrum --model tiny --data batch60 --iters 195 --probes 2 --top 3 --out d --out-eigen e",
+        "%curv_spectrum --model tiny --data batch60 --num-iters 195 --num-probes 2 --top-k 3 --out d --out-eigen e",
     )
     d, e = ip.user_ns["d"], ip.user_ns["e"]
     assert isinstance(d, SpectralDensity) and d.n == 195
@@ -401,7 +404,7 @@ def test_spectrum_magic_stores_the_density_and_shows_a_panel(ip):
     assert [r[1] for r in panel.top_rows()] == pytest.approx(eig.tolist(), rel=1e-4)
     run(
         ip,
-        "%curv_spectrum --model tiny --data batch60 --iters 10 --probes 1 --params 1.bias --ggn --out d2",
+        "%curv_spectrum --model tiny --data batch60 --num-iters 10 --num-probes 1 --params 1.bias --curvature ggn --out d2",
     )
     assert ip.user_ns["d2"].n == 3
 
@@ -409,7 +412,7 @@ def test_spectrum_magic_stores_the_density_and_shows_a_panel(ip):
 def test_stats_magic(ip):
     run(
         ip,
-        "%curv_stats --model mlp --data digits:test --samples 64 --include evaluation,norms,layers --out st",
+        "%curv_stats --model mlp --data digits:test --num-samples 64 --include evaluation,norms,layers --out st",
     )
     st = ip.user_ns["st"]
     assert st.evaluation.num_samples == 64 and st.gradients is None
@@ -419,7 +422,7 @@ def test_stats_magic(ip):
 
 # ----------------------------------------------------------------------------- lifecycle
 def test_rerunning_a_cell_closes_its_previous_panel(ip):
-    cell = "%curv_stats --model mlp --data digits:test --samples 32 --include norms"
+    cell = "%curv_stats --model mlp --data digits:test --num-samples 32 --include norms"
     run(ip, cell)
     first = magics(ip).last_panel
     n = len(_instances)
@@ -435,7 +438,7 @@ def test_unload_closes_the_panels():
     c = Config()
     c.HistoryAccessor.enabled = False
     shell = InteractiveShell.instance(config=c)
-    run(shell, "%curv_stats --model mlp --data digits:test --samples 32 --include norms")
+    run(shell, "%curv_stats --model mlp --data digits:test --num-samples 32 --include norms")
     panel = magics(shell).last_panel
     shell.run_line_magic("unload_ext", "jupyter_curvature")
     assert panel.closed
@@ -493,6 +496,39 @@ def test_quoted_option_values_are_unquoted_as_in_a_shell(ip, quoted):
     ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
     run(
         ip,
-        f"%curv_spectrum --model mlp --data digits --params {quoted} --iters 5 --probes 1 --top 1 --out d",
+        f"%curv_spectrum --model mlp --data digits --params {quoted} --num-iters 5 --num-probes 1 --top-k 1 --out d",
     )
     assert ip.user_ns["d"].n == 320 + 10  # the last layer of the registry's mlp: 3.weight, 3.bias
+
+
+def test_deprecated_flags_print_a_note_and_give_the_new_flags_result(ip, capsys):
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    torch.manual_seed(0)
+    ip.user_ns["tiny_old"] = torch.nn.Sequential(
+        torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)
+    )
+    ip.user_ns["batch_old"] = (torch.randn(30, 4), torch.randint(0, 2, (30,)))
+    common = "--model tiny_old --data batch_old"
+    run(ip, f"%curv_spectrum {common} --num-iters 10 --num-probes 1 --top-k 2 --curvature ggn "
+            "--num-samples 20 --loss-fn cross_entropy --out d_new --out-eigen e_new")  # fmt: skip
+    assert "deprecated" not in capsys.readouterr().out
+    run(ip, f"%curv_spectrum {common} --iters 10 --probes 1 --top 2 --ggn --samples 20 "
+            "--loss cross_entropy --out d_old --out-eigen e_old")  # fmt: skip
+    notes = [line for line in capsys.readouterr().out.splitlines() if "deprecated" in line]
+    for old, new in [("--iters", "--num-iters 10"), ("--probes", "--num-probes 1"),
+                     ("--top", "--top-k 2"), ("--ggn", "--curvature ggn"),
+                     ("--samples", "--num-samples 20"), ("--loss", "--loss-fn cross_entropy")]:  # fmt: skip
+        assert f"note: %curv_spectrum: {old} is deprecated; use {new}" in notes, notes
+    assert len(notes) == 6
+    ns = ip.user_ns
+    assert torch.equal(ns["d_old"].ritz_values, ns["d_new"].ritz_values)
+    assert torch.equal(ns["e_old"].eigenvalues, ns["e_new"].eigenvalues)
+    run(
+        ip,
+        f"%curv_stats {common} --include curvature --batch-size 10 --probes 3 --ggn --out st_old",
+    )
+    run(
+        ip,
+        f"%curv_stats {common} --include curvature --batch-size 10 --num-probes 3 --curvature ggn --out st_new",
+    )
+    assert ns["st_old"].to_dict() == ns["st_new"].to_dict()

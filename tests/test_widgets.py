@@ -22,7 +22,7 @@ from reference import assert_close, dense_hessian
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from jupyter_curvature import api
+from jupyter_curvature import tasks
 from jupyter_curvature.training import CurvatureCallback, DataOptions, Trainer
 from jupyter_curvature.widgets import (
     SpectrumPanel,
@@ -310,7 +310,7 @@ def test_dashboard_drawing_error_is_shown_not_raised(leak_check):
 def tiny_spectrum():
     model = tiny_model()
     data = tiny_data()
-    res = api.spectrum(model, data, num_iters=43, num_probes=3, top=3, tol=1e-8)
+    res = tasks.spectrum(model, data, num_iters=43, num_probes=3, top_k=3, tol=1e-8)
     x = torch.cat([b[0] for b in data])
     y = torch.cat([b[1] for b in data])
     H = dense_hessian(model, nn.functional.cross_entropy, x, y)
@@ -448,7 +448,7 @@ def test_spectrum_panel_concurrent_slider_during_training(tiny_spectrum, leak_ch
 def test_stats_panel_tables_and_per_layer_bars(leak_check):
     model = tiny_model()
     data = tiny_data()
-    result = api.statistics(model, data, include=["evaluation", "norms", "layers"])
+    result = tasks.statistics(model, data, include=["evaluation", "norms", "layers"])
     panel = StatsPanel(result)
     assert panel.tabs.titles == ("Evaluation", "Weight norms", "Per layer")
     assert str(result.evaluation).splitlines()[0] in panel.tabs.children[0].value
@@ -473,12 +473,12 @@ def test_stats_panel_tables_and_per_layer_bars(leak_check):
 def test_static_plots_draw_the_same_data(tiny_spectrum):
     res, _ = tiny_spectrum
     model = tiny_model()
-    out = api.train(
+    out = tasks.train(
         model,
         tiny_data(),
         steps=3,
         spectrum_every=3,
-        spectrum_iters=10,
+        num_iters=10,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         test_data=tiny_data(),
     )
@@ -493,7 +493,7 @@ def test_static_plots_draw_the_same_data(tiny_spectrum):
     curve = res.density.density(None, 0.1)
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), curve.density)
     assert len(fig.axes) == 2  # density and the Ritz-weight twin axis
-    stats = api.statistics(model, tiny_data(), include=["norms"])
+    stats = tasks.statistics(model, tiny_data(), include=["norms"])
     fig = plot_stats(stats)
     np.testing.assert_allclose(
         [p.get_height() for p in fig.axes[0].patches],

@@ -2,12 +2,12 @@
 
 Usable without the magics::
 
-    from jupyter_curvature import api
+    from jupyter_curvature import tasks
     from jupyter_curvature.widgets import SpectrumPanel, StatsPanel, TrainingDashboard
 
-    SpectrumPanel(api.spectrum(model, data, top=5))       # a density with controls
+    SpectrumPanel(tasks.spectrum(model, data, top_k=5))       # a density with controls
     dash = TrainingDashboard(); display(dash)
-    api.train(model, data, callbacks=[dash], spectrum_every=20)
+    tasks.train(model, data, callbacks=[dash], spectrum_every=20)
 
 Every panel owns its widgets and closes them all with ``panel.close()``; every panel has a
 ``to_matplotlib()`` (drawn by :mod:`jupyter_curvature.plotting`) for a static figure. This subpackage is the

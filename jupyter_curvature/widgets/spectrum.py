@@ -40,7 +40,7 @@ class SpectrumPanel(Panel):
     """Interactive view of a spectral density.
 
     Args:
-        result: a ``SpectralDensity`` or an :class:`~jupyter_curvature.api.SpectrumResult`.
+        result: a ``SpectralDensity`` or an :class:`~jupyter_curvature.tasks.SpectrumResult`.
         eigen: optional ``EigenpairsResult`` of the same operator (certified top eigenvalues).
         title: figure title (default names the curvature).
         sigma: initial broadening (default: the density's ``default_sigma()``).

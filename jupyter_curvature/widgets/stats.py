@@ -1,6 +1,6 @@
 """``StatsPanel``: the advanced statistics as readable tables and a per-layer bar chart.
 
-It shows the records of :func:`jupyter_curvature.api.statistics` (evaluation, gradient
+It shows the records of :func:`jupyter_curvature.tasks.statistics` (evaluation, gradient
 statistics, curvature statistics, weight norms, per-layer curvature) exactly as the engine
 prints them, one tab each, and a bar chart of one per-layer quantity (largest eigenvalue,
 trace, parameter count, weight L2 norm) chosen from a dropdown.
@@ -25,7 +25,7 @@ class StatsPanel(Panel):
     """Tables of statistics records and a per-layer view.
 
     Args:
-        result: a :class:`~jupyter_curvature.api.StatsResult` (or any object with some of the
+        result: a :class:`~jupyter_curvature.tasks.StatsResult` (or any object with some of the
             attributes ``evaluation``, ``gradients``, ``curvature``, ``norms``, ``layers``).
         title: heading.
 

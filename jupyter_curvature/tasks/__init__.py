@@ -1,0 +1,80 @@
+"""The tasks: one layer behind every front end (the ``%curv_*`` magics, the
+``jupyter-curvature`` CLI, plain Python).
+
+Each task takes objects or names (:mod:`.names`), runs the engine and returns a result with
+``.to_dict()`` (JSON-ready; written through :func:`jupyter_curvature.core.records.write_json`,
+so NaN becomes ``null``), ``.save(folder)`` and ``.plot()``::
+
+    from jupyter_curvature import tasks
+    run = tasks.train("mlp", "digits", steps=50, spectrum_every=25)
+    spec = tasks.spectrum(run.model, "digits", curvature="ggn", top_k=3)
+    spec.save("out")
+
+Settings use the names of ``docs/vocabulary.md``; the old ones (``ggn=True``, ``iters``,
+``probes``, ``top``, ``subsample`` ...) still work for one release and warn.
+
+* :func:`train` (:mod:`.train`): the engine's :class:`~jupyter_curvature.training.Trainer`,
+  with live spectra and test evaluations (:mod:`.live` keeps them for the dashboard).
+* :func:`spectrum`: SLQ spectral density and certified top eigenpairs.
+* :func:`statistics`: evaluation, gradient, curvature, norm and per-layer statistics.
+* :func:`landscape`: loss lines and planes along eigen- or random directions.
+* :func:`report`: all of them on the built-in digits (``jupyter-curvature demo``).
+"""
+
+from .landscape import LandscapeTaskResult, landscape
+from .live import TqdmProgress, TrainCallback, TrainHistory, TrainState
+from .names import (
+    DATASETS,
+    LOSSES,
+    OPTIMIZERS,
+    InputError,
+    Setup,
+    lookup,
+    resolve_data,
+    resolve_device,
+    resolve_loss,
+    resolve_model,
+    resolve_optimizer,
+    resolve_setup,
+    resolve_test_data,
+)
+from .options import ALIASES
+from .report import Report, report
+from .spectrum import CURVATURES, SpectrumResult, make_operator, spectrum
+from .stats import STATS_KINDS, StatsResult, statistics
+from .train import StateRecorder, TrainResult, train
+
+__all__ = [
+    "ALIASES",
+    "CURVATURES",
+    "DATASETS",
+    "LOSSES",
+    "OPTIMIZERS",
+    "STATS_KINDS",
+    "InputError",
+    "LandscapeTaskResult",
+    "Report",
+    "Setup",
+    "SpectrumResult",
+    "StateRecorder",
+    "StatsResult",
+    "TqdmProgress",
+    "TrainCallback",
+    "TrainHistory",
+    "TrainResult",
+    "TrainState",
+    "landscape",
+    "lookup",
+    "make_operator",
+    "report",
+    "resolve_data",
+    "resolve_device",
+    "resolve_loss",
+    "resolve_model",
+    "resolve_optimizer",
+    "resolve_setup",
+    "resolve_test_data",
+    "spectrum",
+    "statistics",
+    "train",
+]

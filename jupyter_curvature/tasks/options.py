@@ -1,0 +1,119 @@
+"""The one vocabulary of settings (``docs/vocabulary.md``) and its deprecated aliases.
+
+Every front end maps its input to task keywords here: the Python tasks take ``**deprecated``
+keywords, the CLI and the magics parse old flags into a namespace under their old names;
+:func:`rename` turns either into the new keywords, once, with a ``FutureWarning`` that names
+the new one (shown on stderr by the CLI, as a one-line note by the magics).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["ALIASES", "accepts_aliases", "flag", "rename", "task_kwargs"]
+
+
+def _ggn(value: Any) -> str:
+    return "ggn" if value else "hessian"
+
+
+#: deprecated name -> (new name, conversion of the value or None)
+ALIASES: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
+    "ggn": ("curvature", _ggn),
+    "iters": ("num_iters", None),
+    "spectrum_iters": ("num_iters", None),
+    "probes": ("num_probes", None),
+    "spectrum_probes": ("num_probes", None),
+    "top": ("top_k", None),
+    "bn": ("batchnorm", None),
+    "subsample": ("num_samples", None),
+    "subset": ("num_samples", None),
+    "samples": ("num_samples", None),
+    "spectrum_samples": ("num_samples", None),
+    "distance": ("span", None),
+    "range": ("span", None),
+    "points": ("num_points", None),
+    "loss": ("loss_fn", None),
+    "test": ("test_data", None),
+    "root": ("data_root", None),
+    "out_dir": ("out", None),
+}
+
+
+def flag(name: str) -> str:
+    """The CLI/magic flag of a Python keyword: ``num_iters`` -> ``--num-iters``."""
+    return "--" + name.replace("_", "-")
+
+
+def rename(
+    kwargs: Mapping[str, Any],
+    *,
+    where: str = "",
+    flags: bool = False,
+    allowed: set[str] | None = None,
+    stacklevel: int = 3,
+) -> dict[str, Any]:
+    """``kwargs`` with every deprecated name replaced by its new one (each warns once).
+
+    Args:
+        kwargs: keywords (or a parsed namespace's ``vars``) that may hold old names.
+        where: the task or command, for the message (``"spectrum"``).
+        flags: write the names as flags (``--iters``) in the message.
+        allowed: if given, an old name whose new one is not in it is an error.
+        stacklevel: of the warning.
+
+    Raises:
+        TypeError: an unknown keyword, or an old and a new name given together.
+    """
+    out = {k: v for k, v in kwargs.items() if k not in ALIASES}
+    for old, value in kwargs.items():
+        if old not in ALIASES:
+            continue
+        new, convert = ALIASES[old]
+        if allowed is not None and new not in allowed:
+            raise TypeError(f"{where}() got an unexpected keyword argument {old!r}")
+        shown_old, shown_new = (flag(old), flag(new)) if flags else (f"{old}=", f"{new}=")
+        if new in kwargs:
+            raise TypeError(f"{where}: give {shown_new} only ({shown_old} is its old name)")
+        converted = convert(value) if convert is not None else value
+        hint = f"{shown_new} {converted}" if flags else f"{new}={converted!r}"
+        warnings.warn(
+            f"{where + ': ' if where else ''}{shown_old} is deprecated; use {hint}",
+            FutureWarning,
+            stacklevel=stacklevel,
+        )
+        out[new] = converted
+    return out
+
+
+def task_kwargs(
+    namespace: Any, names: list[str] | tuple[str, ...], *, where: str = ""
+) -> dict[str, Any]:
+    """The task keywords of a parsed argument namespace (the CLI's and the magics').
+
+    Deprecated flags are parsed into attributes under their old names (absent when not
+    given); they are renamed here, with a warning, and win over the new flag's default.
+    """
+    values = vars(namespace)
+    old = {k: v for k, v in values.items() if k in ALIASES}
+    renamed = rename(old, where=where, flags=True, stacklevel=3)
+    out = {k: values[k] for k in names if k in values}
+    out.update({k: v for k, v in renamed.items() if k in names})
+    return out
+
+
+def accepts_aliases(fn: Callable) -> Callable:
+    """Let task ``fn`` take the deprecated keywords of its settings (each warns, then is renamed)."""
+    params = set(inspect.signature(fn).parameters)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if any(k in ALIASES and k not in params for k in kwargs):
+            kwargs = rename(kwargs, where=fn.__name__, allowed=params, stacklevel=3)
+        return fn(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,444 @@
+"""The train task: one call that trains a model with the engine's
+:class:`~jupyter_curvature.training.Trainer` (``%%curv_train``, ``jupyter-curvature train``,
+the report's first step).
+
+Models, data and optimisers may be objects or names (:mod:`.names`). With registry names
+for both the model and the data (the CLI) the dataset is the registry's (seeded subsets,
+per-epoch test evaluation, the learning-rate schedule); otherwise (the magics) the data are
+what was given, the curvature is checked every ``spectrum_every`` steps and the test data
+evaluated every ``eval_every`` steps, recorded live (:mod:`.live`) for the dashboard.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..training import CurvatureCallback, Trainer
+from ..training import train as train_by_name
+from .live import STATUS, LiveRecorder, TrainCallback, TrainHistory, TrainState, batches_of
+from .names import (
+    MISSING,
+    InputError,
+    lookup,
+    resolve_data,
+    resolve_device,
+    resolve_loss,
+    resolve_model,
+    resolve_optimizer,
+    resolve_test_data,
+)
+from .options import accepts_aliases
+from .outputs import output_folder, save_figure, save_json
+
+__all__ = ["StateRecorder", "TrainResult", "train"]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` (and ``%%curv_train --out NAME``) returns: the run's objects and history.
+
+    ``history`` is the step-by-step live :class:`~.live.TrainHistory` of a run on given data
+    (the magics), the trainer's :class:`~jupyter_curvature.training.History` of a run on
+    registry names; ``trainer.history`` is always the trainer's.
+    """
+
+    model: nn.Module
+    optimizer: Any
+    loss_fn: Any
+    history: Any
+    #: the :class:`~jupyter_curvature.training.Trainer` that ran (``trainer.fit()`` goes on)
+    trainer: Any = None
+
+    @property
+    def status(self) -> str:
+        """``"finished"``, ``"interrupted"``, ``"stopped"``, ``"failed"`` or ``"running"``."""
+        status = getattr(self.history, "status", None)
+        if status is None and self.trainer is not None:
+            status = STATUS.get(self.trainer.status, self.trainer.status)
+        return status
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status, the trainer's history and the live one (JSON-ready; NaN becomes ``null``
+        when written through :func:`jupyter_curvature.core.records.write_json`)."""
+        trainer_history = None if self.trainer is None else self.trainer.history
+        live = None if self.history is trainer_history else self.history
+        return {
+            "status": self.status,
+            "model": type(self.model).__name__,
+            "optimizer": type(self.optimizer).__name__,
+            "history": None if trainer_history is None else trainer_history.to_dict(),
+            "live_history": None if live is None else live.to_dict(),
+        }
+
+    def plot(self, axes: Any = None) -> Any:
+        """Loss and accuracy per epoch (the trainer's history); returns the axes."""
+        from ..plots import plot_training_history
+
+        if axes is None:
+            import matplotlib.pyplot as plt
+
+            _, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        plot_training_history(self.trainer.history.to_dict()["epochs"], axes=axes)
+        return axes
+
+    def save(self, out: str | Path) -> Path:
+        """``history.json`` (the trainer's history), ``train.json`` (:meth:`to_dict`) and,
+        after a finished epoch, ``training.png`` in ``out``."""
+        out = output_folder(out)
+        if self.trainer is not None:
+            save_json(out / "history.json", self.trainer.history.to_dict())
+            if self.trainer.history.epochs:
+                save_figure(self.plot(), out / "training.png")
+        save_json(out / "train.json", self.to_dict())
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainResult(model={type(self.model).__name__}, "
+            f"optimizer={type(self.optimizer).__name__}, history={self.history!r})"
+        )
+
+
+class StateRecorder(TrainCallback):
+    """Keeps the live :class:`TrainState`, so a caller still has the history if training raises."""
+
+    def __init__(self) -> None:
+        self.state: TrainState | None = None
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self.state = state
+
+    def result(self) -> Any:
+        """The run so far as a :class:`~.train.TrainResult` (None before it started)."""
+        s = self.state
+        return (
+            None
+            if s is None
+            else TrainResult(s.model, s.optimizer, s.loss_fn, s.history, s.trainer)
+        )
+
+
+StepFn = Callable[[nn.Module, Any, Any, dict[str, Any]], tuple[torch.Tensor, Any]]
+
+
+def _train_source(data: Any) -> tuple[Any, dict[str, Any]]:
+    """The training data as the :class:`~jupyter_curvature.training.Trainer` takes it.
+
+    A DataLoader is used as it is (the trainer reads its dataset, batch size and shuffling
+    and draws the order of each epoch from ``seed``); one batch or a list of tensor batches
+    becomes a ``TensorDataset`` read in the given order and batch sizes.
+    """
+    from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+    if isinstance(data, DataLoader):
+        ds = data.dataset
+        if isinstance(ds, IterableDataset) or not hasattr(ds, "__len__"):
+            raise InputError(
+                "the training DataLoader reads an iterable dataset without a length; "
+                "give a DataLoader over a map-style Dataset"
+            )
+        return data, {}
+    batches = list(batches_of(data))
+    if not batches:
+        raise InputError("data holds no batches")
+    if not all(
+        isinstance(b, (list, tuple))
+        and len(b) == 2
+        and all(isinstance(t, torch.Tensor) and t.ndim > 0 for t in b)
+        for b in batches
+    ):
+        raise InputError(
+            "data must be a DataLoader, a list of (inputs, targets) tensor batches or one batch"
+        )
+    sizes = [len(b[1]) for b in batches]
+    try:
+        ds = TensorDataset(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+    except (RuntimeError, AssertionError) as exc:
+        raise InputError(f"the batches of data do not stack into one dataset: {exc}") from None
+    if all(s == sizes[0] for s in sizes[:-1]) and 0 < sizes[-1] <= sizes[0]:
+        return ds, {"batch_size": sizes[0], "shuffle": False}
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    order = [list(range(a, a + s)) for a, s in zip(starts, sizes)]
+    return DataLoader(ds, batch_sampler=order), {}
+
+
+@accepts_aliases
+def train(
+    model: Any = "small_cnn",
+    data: Any = "digits",
+    *,
+    loss_fn: Any = None,
+    optimizer: Any = "sgd",
+    lr: float | None = None,
+    momentum: float | None = None,
+    weight_decay: float = 0.0,
+    epochs: int | None = None,
+    steps: int | None = None,
+    batch_size: int = 128,
+    schedule: Any = None,
+    step_fn: StepFn | None = None,
+    test_data: Any = None,
+    eval_every: int | None = None,
+    spectrum_every: int = 0,
+    curvature: str = "hessian",
+    num_iters: int | None = None,
+    num_probes: int | None = None,
+    spectrum_samples: int = 256,
+    top_k: int = 3,
+    max_overhead: float | None = None,
+    num_samples: int | None = None,
+    data_root: str | Path | None = None,
+    device: torch.device | str | None = None,
+    callbacks: Iterable[Any] = (),
+    seed: int = 0,
+    out: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool | str | Path | None = None,
+    progress: bool = False,
+    namespace: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``data`` with the engine's :class:`~jupyter_curvature.training.Trainer`,
+    with test evaluations and curvature spectra along the way.
+
+    One step: ``optimizer.zero_grad()``, ``loss, outputs = step_fn(model, x, y, ctx)``,
+    ``loss.backward()`` (K-FAC's sampled-Fisher pass first), ``optimizer.step()``. The
+    default ``step_fn`` is ``loss_fn(model(x), y)``. The trainer gives the run its
+    guarantees: the data order of each epoch is drawn from ``seed`` and the epoch, so a run
+    resumed from a checkpoint is bitwise the run without the stop (on CPU); checkpoints are
+    atomic; under ``torchrun`` it trains with DistributedDataParallel.
+
+    From step 0 and then every ``spectrum_every`` steps (0: never) the spectral density of
+    the ``curvature`` matrix (``"hessian"`` or ``"ggn"``) of ``loss_fn`` on
+    ``spectrum_samples`` training samples drawn once by ``seed`` is computed by SLQ
+    (:class:`~jupyter_curvature.training.CurvatureCallback`: ``num_iters`` Lanczos
+    steps, ``num_probes`` probes; it never changes the training), and its ``top_k``
+    largest Ritz values are recorded: the quantity to compare with the stability threshold
+    ``2 / lr`` of gradient descent (Cohen et al., ICLR 2021, "edge of stability"). With
+    ``max_overhead`` (a fraction such as 0.15) a due spectrum is skipped when spectra would
+    take more than that share of the training time; ``None`` computes every one.
+
+    An interrupt (SIGINT, the kernel's Interrupt button) stops at once at the last finished
+    step (a step in its forward or backward pass is undone; one in its update is completed
+    first), with ``history.status == "interrupted"``. An exception from ``step_fn`` ends the
+    run with status ``"failed"`` (the failing step undone) and propagates after the
+    callbacks' ``on_train_end``.
+
+    Args:
+        model: the network (trained in place), or a registry name (``"mlp"``) or a variable
+            of ``namespace``.
+        data: a DataLoader (its dataset, batch size and shuffling are used), a list of
+            ``(inputs, targets)`` tensor batches (read in order), one batch, or a name
+            (``"digits"``; ``"digits:test"``) or variable of ``namespace``.
+        loss_fn: the criterion (default cross-entropy) or its name.
+        optimizer: an optimiser, or a name (``sgd``, ``adam``, ``adamw``, ``kfac``,
+            ``swats``) built with ``lr``, ``momentum`` and ``weight_decay``.
+        epochs, steps: how long; default one epoch (10 epochs when both ``model`` and
+            ``data`` are registry names).
+        batch_size: of named data.
+        schedule: the learning-rate schedule (see :class:`~jupyter_curvature.training.Trainer`;
+            ``"linear"`` when both are registry names).
+        step_fn: a custom step ``(model, x, y, ctx) -> (loss, outputs or None)``; ``ctx``
+            holds ``loss_fn``, ``optimizer`` and ``state`` (the :class:`TrainState`).
+        test_data: evaluated every ``eval_every`` steps (default: every ``spectrum_every``
+            steps if set, else each epoch) and at the end.
+        curvature, num_iters, num_probes, spectrum_samples, top_k, max_overhead: the live
+            spectra (``None``: 30 steps and 2 probes; with registry names the defaults of
+            :class:`~jupyter_curvature.training.CurvatureCallback`).
+        num_samples: train on this many samples of a named dataset (drawn by the seed 0).
+        data_root: the folder of a named dataset's files.
+        device: move the model there (``"auto"``: CUDA when present); the batches follow.
+        callbacks: objects with :class:`TrainCallback` hooks (the dashboard is one).
+        seed: seeds a named model's initial weights, the data order of a shuffling
+            DataLoader, the spectrum samples and probes.
+        out: a folder for the checkpoints (unless ``checkpoint_dir``), ``history.json`` (the
+            trainer's history) and ``training.png``.
+        checkpoint_dir: the trainer's atomic checkpoints (model, optimiser, RNG states,
+            position in the data, history): ``checkpoint-last.pt`` at the end of every epoch,
+            every ``checkpoint_every`` steps, at the end and when interrupted, each with a
+            numbered copy ``checkpoint-<step>.pt`` announced as an event.
+        resume: a checkpoint path, or ``True`` for ``checkpoint_dir/checkpoint-last.pt`` (if
+            it exists), to continue from.
+        progress: a tqdm bar (registry names; the magics pass their own callbacks).
+        namespace: where names are looked up first (the magics' user namespace).
+
+    Old keywords (``ggn=True``, ``spectrum_iters``, ``spectrum_probes``, ``subset``,
+    ``root``, ``out_dir``) still work and warn.
+
+    Raises:
+        InputError: unusable names, data or settings (one-line message).
+    """
+    from .spectrum import check_curvature
+
+    check_curvature(curvature)
+    if out is not None:
+        out = output_folder(out)
+    if checkpoint_dir is None:
+        checkpoint_dir = out
+    if steps is not None and steps < 1:
+        raise InputError(f"the number of steps must be at least 1, got {steps}")
+    plain = step_fn is None and not callbacks and loss_fn is None
+    if plain and _is_name(model, namespace) and _is_name(data, namespace):
+        return _train_named(
+            model, data, optimizer=optimizer, lr=lr, momentum=momentum,
+            weight_decay=weight_decay, epochs=epochs, steps=steps, batch_size=batch_size,
+            schedule="linear" if schedule is None else schedule, spectrum_every=spectrum_every,
+            curvature=curvature, num_iters=num_iters, num_probes=num_probes,
+            spectrum_samples=spectrum_samples, top_k=top_k, max_overhead=max_overhead,
+            num_samples=num_samples, data_root=data_root, device=device, seed=seed, out=out,
+            checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+        )  # fmt: skip
+    if num_samples is not None:
+        raise InputError("num_samples needs a named dataset; give fewer batches instead")
+    data_spec = data
+    dev = resolve_device(device)
+    if isinstance(model, str) and lookup(model, namespace) is MISSING:
+        torch.manual_seed(seed)
+    data_name = data_spec.partition(":")[0] if _is_name(data_spec, namespace) else None
+    if data_name is not None:
+        resolve_data(data_spec, namespace)  # an unknown dataset: its InputError says what to do
+    model = resolve_model(model, namespace, data=data_name)
+    data = resolve_data(data, namespace, batch_size=batch_size, shuffle=True, seed=seed)
+    if test_data is not None or isinstance(data_spec, str):
+        test_data = resolve_test_data(test_data, data_spec, namespace)
+    loss_fn = resolve_loss(loss_fn, namespace)
+    if dev is not None:
+        model.to(dev)
+    optimizer = resolve_optimizer(optimizer, model, namespace, lr=lr, momentum=momentum or 0.0,
+                                  weight_decay=weight_decay)  # fmt: skip
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise InputError(
+            f"the optimiser is a {type(optimizer).__name__}; training needs a torch.optim.Optimizer"
+        )
+    if resume is True and checkpoint_dir is None:
+        raise InputError("resuming needs the checkpoint folder (--checkpoint-dir)")
+    source, loader_kwargs = _train_source(data)
+    history = TrainHistory(curvature=curvature)
+    state = TrainState(model, optimizer, loss_fn, history, total_steps=0)
+    curvature = None
+    if spectrum_every:
+        curvature = CurvatureCallback(
+            every=spectrum_every, curvature=history.curvature, num_iters=num_iters or 30,
+            num_probes=num_probes or 2, subsample=spectrum_samples, seed=seed,
+            max_overhead=max_overhead, at_start=True, top_k=top_k,
+        )  # fmt: skip
+    bridge = LiveRecorder(
+        state, list(callbacks), test_data=test_data, eval_every=eval_every,
+        spectrum_every=spectrum_every, curvature=curvature, top_k=top_k,
+    )  # fmt: skip
+    trainer_step = None
+    if step_fn is not None:
+        ctx: dict[str, Any] = {"loss_fn": loss_fn, "optimizer": optimizer, "state": state}
+        user_step = step_fn
+
+        def trainer_step(module: nn.Module, x: Any, y: Any) -> tuple[torch.Tensor, Any]:
+            calls: list[Any] = []
+            hook = module.register_forward_hook(lambda _m, _args, out: calls.append(out))
+            try:
+                loss, outputs = user_step(module, x, y, ctx)
+            finally:
+                hook.remove()
+            if outputs is None and len(calls) == 1:
+                outputs = calls[0]  # the body called the model once: those are the outputs
+            wants = getattr(optimizer, "wants_fisher", None)
+            if callable(wants) and wants():
+                if not (isinstance(outputs, torch.Tensor) and outputs.requires_grad):
+                    raise InputError(
+                        "K-FAC needs the model outputs of each step: the cell body called the "
+                        f"model {len(calls)} times; set `outputs` to the ones K-FAC should use"
+                    )
+            return loss, outputs
+
+    try:
+        trainer = Trainer(
+            model, optimizer, source, loss_fn=loss_fn,
+            epochs=None if steps is not None else (1 if epochs is None else int(epochs)),
+            steps=steps, callbacks=[bridge] + ([curvature] if curvature else []),
+            checkpoint_dir=checkpoint_dir, checkpoint_steps=checkpoint_every,
+            step_fn=trainer_step, seed=seed, schedule=schedule, **loader_kwargs,
+        )  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise InputError(str(exc).splitlines()[0]) from None
+    state.trainer, state.total_steps = trainer, trainer.total_steps
+    t_start = time.perf_counter()
+    try:
+        trainer.fit(resume=resume or None)
+        history.status = STATUS.get(trainer.status, trainer.status)
+        if (
+            history.status == "finished"
+            and test_data is not None
+            and history.eval_steps[-1:] != [trainer.step]
+        ):
+            bridge.evaluate(trainer)
+    except BaseException as exc:
+        history.status = "failed"
+        bridge.event(
+            trainer.step, f"failed at step {trainer.step + 1}: {type(exc).__name__}: {exc}"
+        )
+        raise
+    finally:
+        history.steps_done = state.step = trainer.step
+        history.seconds = time.perf_counter() - t_start
+        bridge.emit("on_train_end")
+    result = TrainResult(model, optimizer, loss_fn, history, trainer)
+    if out is not None:
+        result.save(out)
+    return result
+
+
+def _is_name(spec: Any, namespace: Any) -> bool:
+    """Whether ``spec`` is a registry name (a string that is not a variable of ``namespace``)."""
+    return isinstance(spec, str) and lookup(spec.partition(":")[0], namespace) is MISSING
+
+
+def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: Any,
+                 weight_decay: float, epochs: Any, steps: Any, batch_size: int, schedule: Any,
+                 spectrum_every: int, curvature: str, num_iters: Any, num_probes: Any,
+                 spectrum_samples: int, top_k: int, max_overhead: Any, num_samples: Any,
+                 data_root: Any, device: Any, seed: int, out: Any, checkpoint_every: Any,
+                 resume: Any, progress: bool) -> TrainResult:  # fmt: skip
+    """A registry model on a registry dataset: :func:`jupyter_curvature.training.train`
+    (seeded subsets, per-epoch test evaluation, ``history.json``), then ``training.png``."""
+    from .. import data as data_mod
+    from .. import models as models_mod
+
+    try:
+        models_mod.model_info(model)
+    except (KeyError, ValueError):
+        resolve_model(model)  # raises the InputError with the closest name
+    try:
+        data_mod.dataset_info(data)
+    except (KeyError, ValueError):
+        resolve_data(data)
+    torch.manual_seed(seed)
+    optimizer_kwargs: dict[str, Any] = {}
+    if weight_decay:
+        optimizer_kwargs["weight_decay"] = weight_decay
+    if isinstance(optimizer, str) and optimizer.lower() == "sgd":
+        optimizer_kwargs["momentum"] = 0.9 if momentum is None else momentum
+    settings = {"curvature": curvature, "top_k": top_k, "subsample": spectrum_samples}
+    for key, value in (("num_iters", num_iters), ("num_probes", num_probes),
+                       ("max_overhead", max_overhead)):  # fmt: skip
+        if value is not None:
+            settings[key] = value
+    trainer = train_by_name(
+        model, data, optimizer=optimizer, lr=lr, optimizer_kwargs=optimizer_kwargs,
+        epochs=epochs if epochs is not None or steps is not None else 10, steps=steps,
+        batch_size=batch_size, schedule=schedule, root=data_root, subset=num_samples,
+        out_dir=out, checkpoint_every=checkpoint_every, resume=resume, seed=seed,
+        device=resolve_device(device), spectrum_every=spectrum_every or None,
+        curvature=settings, progress=progress,
+    )  # fmt: skip
+    result = TrainResult(
+        trainer.model, trainer.optimizer, trainer.loss_fn, trainer.history, trainer
+    )
+    if out is not None:
+        result.save(out)
+    return result
