@@ -1,6 +1,6 @@
 """Cost of the live training dashboard: training time with and without it, as ratios.
 
-Runs the same training (``api.train``, built-in digits, SGD) several times:
+Runs the same training (``tasks.train``, built-in digits, SGD) several times:
 
 * ``no callback``: the bare loop (the baseline);
 * ``gradient steps only``: the physical limit, a hand-written ``zero_grad/forward/backward/step``
@@ -33,18 +33,18 @@ import torch
 
 
 def make(model_name: str, seed: int = 0):
-    from jupyter_curvature import api
+    from jupyter_curvature import tasks
 
     torch.manual_seed(seed)
-    model = api.resolve_model(model_name)
+    model = tasks.resolve_model(model_name)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     return model, opt
 
 
 def loader(batch_size: int):
-    from jupyter_curvature import api
+    from jupyter_curvature import tasks
 
-    return api.resolve_data("digits", batch_size=batch_size, shuffle=True, seed=0)
+    return tasks.resolve_data("digits", batch_size=batch_size, shuffle=True, seed=0)
 
 
 def bare_gradient_loop(model_name: str, steps: int, batch_size: int) -> float:
@@ -85,20 +85,14 @@ class PushClock:
 class Timed:
     """Delegates every hook to ``inner`` and adds up the seconds spent in it (noise-robust)."""
 
-    HOOKS = (
-        "on_train_begin",
-        "on_step_end",
-        "on_evaluate",
-        "on_spectrum",
-        "on_event",
-        "on_train_end",
-    )
+    from jupyter_curvature.training import HOOKS
 
     def __init__(self, inner) -> None:
         self.inner = inner
         self.seconds = 0.0
         for name in self.HOOKS:
-            setattr(self, name, self._wrap(getattr(inner, name)))
+            if callable(getattr(inner, name, None)):
+                setattr(self, name, self._wrap(getattr(inner, name)))
 
     def _wrap(self, fn):
         def hook(*args):
@@ -114,7 +108,7 @@ class Timed:
 def run_variant(
     kind: str, model_name: str, steps: int, batch_size: int
 ) -> tuple[float, int, float]:
-    from jupyter_curvature import api
+    from jupyter_curvature import tasks
     from jupyter_curvature.widgets import TrainingDashboard
 
     if kind == "gradient steps only":
@@ -127,10 +121,12 @@ def run_variant(
         clock = PushClock(dash)
         callbacks = [Timed(dash)]
     elif kind == "tqdm":
-        callbacks = [Timed(api.TqdmProgress(file=io.StringIO()))]
+        from jupyter_curvature.training import ProgressBar
+
+        callbacks = [Timed(ProgressBar(file=io.StringIO()))]
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        api.train(model, data, optimizer=opt, steps=steps, callbacks=callbacks, eval_every=10**9)
+        tasks.train(model, data, optimizer=opt, steps=steps, callbacks=callbacks, eval_every=10**9)
     seconds = time.perf_counter() - t0
     pushes, gap = 0, float("nan")
     if dash is not None:

@@ -2,7 +2,7 @@
 
 A slider message from the browser is simulated exactly as ipywidgets delivers it
 (``widget._handle_msg`` with an ``update``). Two models on the built-in digits, with the
-demo's data (``jobs.build_setup``: 1500 training and 297 test images, batches of 128):
+demo's data (``tasks.resolve_setup``: 1500 training and 297 test images, batches of 128):
 
 - **small_cnn**, the demo's model (``jupyter-curvature demo``), trained for ``--epochs``
   epochs (Adam, lr 1e-2) as the demo trains it before exploring;
@@ -60,18 +60,18 @@ def _train(model: torch.nn.Module, loader, epochs: int) -> None:
 
 
 def bench(model_name: str, repeats: int, epochs: int) -> dict:
-    from jupyter_curvature import jobs, models
+    from jupyter_curvature import models, tasks
     from jupyter_curvature.widgets.landscape import LandscapeExplorer
 
     torch.manual_seed(0)
     model = models.create(model_name, **({"hidden": (32,)} if model_name == "mlp" else {}))
-    setup = jobs.build_setup(model_name, "digits", network=model, seed=0, device="cpu")
+    setup = tasks.resolve_setup(model, "digits", device="cpu")
     if model_name == "small_cnn" and epochs:
-        _train(model, setup.train, epochs)
+        _train(model, setup.data, epochs)
     model.eval()
     t0 = time.perf_counter()
     ex = LandscapeExplorer(
-        model, setup.train, test_data=setup.test, directions="random:2", num_points=21
+        model, setup.data, test_data=setup.test_data, directions="random:2", num_points=21
     )
     build = time.perf_counter() - t0
     xs = [x for x, _ in setup.train] + [x for x, _ in setup.test]

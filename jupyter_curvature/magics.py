@@ -33,7 +33,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import CaselessStrEnum, Float
 
-from . import tasks as api
+from . import tasks
 from .tasks.options import task_kwargs
 from .widgets._base import track_panel  # public here too (%curv_landscape uses it)
 
@@ -182,7 +182,7 @@ class CurvMagics(Magics):
         """Run a resolver/API call; turn user-input errors into one-line UsageErrors."""
         try:
             return fn(*args, **kwargs)
-        except api.InputError as exc:
+        except tasks.InputError as exc:
             raise UsageError(f"%{name}: {exc}") from None
 
     def _keywords(self, args: Any, name: str, names: tuple[str, ...]) -> dict[str, Any]:
@@ -216,7 +216,7 @@ class CurvMagics(Magics):
         print(
             HELP.format(
                 models=", ".join(models.available()[:12]) + ", ...",
-                datasets=", ".join(sorted(api.DATASETS)),
+                datasets=", ".join(sorted(tasks.DATASETS)),
             )
         )
         for func in (self.curv_train, self.curv_spectrum, self.curv_stats):
@@ -325,7 +325,7 @@ class CurvMagics(Magics):
         if args.resume and args.checkpoint_dir is None:
             raise UsageError("%curv_train: --resume needs --checkpoint-dir")
         # the model now (the dashboard's title); data, loss and optimiser in the task
-        model = self._call(name, api.resolve_model, kwargs.pop("model"), self.ns)
+        model = self._call(name, tasks.resolve_model, kwargs.pop("model"), self.ns)
         step_fn, restore = (None, None)
         if cell is not None and cell.strip():
             step_fn, restore = self._body_step(cell, line)
@@ -337,14 +337,16 @@ class CurvMagics(Magics):
             )
             self._show(progress, f"train {line}")
         else:
-            progress = api.TqdmProgress()
-        recorder = api.StateRecorder()
+            from .training import ProgressBar
+
+            progress = ProgressBar()
+        recorder = tasks.StateRecorder()
         try:
-            result = api.train(
+            result = tasks.train(
                 model, step_fn=step_fn, callbacks=[recorder, progress],
                 resume=args.resume or None, namespace=self.ns, **kwargs,
             )  # fmt: skip
-        except api.InputError as exc:
+        except tasks.InputError as exc:
             raise UsageError(f"%{name}: {exc}") from None
         except _BodyError as exc:
             self._store(args.out, recorder.result())
@@ -358,9 +360,9 @@ class CurvMagics(Magics):
                 restore()
         self._store(args.out, result)
         self.last_result = result
-        if result.history.status == "interrupted":
+        if result.status == "interrupted":
             print(
-                f"interrupted at step {result.history.steps_done}; the model, the optimizer"
+                f"interrupted at step {result.trainer.step}; the model, the optimizer"
                 + (f" and the history (in {args.out})" if args.out else " and the history")
                 + " are kept"
             )
@@ -391,7 +393,7 @@ class CurvMagics(Magics):
                 model=model,
                 loss_fn=ctx["loss_fn"],
                 optimizer=ctx["optimizer"],
-                step=ctx["state"].step + 1,
+                step=ctx["trainer"].step + 1,
                 outputs=None,
             )
             ns.pop("loss", None)
@@ -484,8 +486,8 @@ class CurvMagics(Magics):
         if kwargs["top_k"] < 0:
             raise UsageError("%curv_spectrum: --top-k must be >= 0")
         try:
-            result = api.spectrum(namespace=self.ns, **kwargs)
-        except api.InputError as exc:
+            result = tasks.spectrum(namespace=self.ns, **kwargs)
+        except tasks.InputError as exc:
             raise UsageError(f"%{name}: {exc}") from None
         except (ValueError, TypeError) as exc:
             if args.params is not None and "param" in str(exc).lower():
@@ -512,8 +514,8 @@ class CurvMagics(Magics):
     @argument("--data", required=True, help="data variable or built-in name (digits, digits:test)")
     @argument(
         "--include",
-        default=",".join(api.STATS_KINDS),
-        help=f"comma-separated subset of {','.join(api.STATS_KINDS)}",
+        default=",".join(tasks.STATS_KINDS),
+        help=f"comma-separated subset of {','.join(tasks.STATS_KINDS)}",
     )
     @argument(
         "--curvature", choices=["hessian", "ggn"], default="hessian",
@@ -558,14 +560,14 @@ class CurvMagics(Magics):
         self._check_out(name, args.out)
         kwargs = self._keywords(args, name, _STATS_KEYWORDS)
         include = [k.strip() for k in args.include.split(",") if k.strip()]
-        bad = [k for k in include if k not in api.STATS_KINDS]
+        bad = [k for k in include if k not in tasks.STATS_KINDS]
         if bad or not include:
             raise UsageError(
-                f"%{name}: --include {args.include!r}: choose from {','.join(api.STATS_KINDS)}"
+                f"%{name}: --include {args.include!r}: choose from {','.join(tasks.STATS_KINDS)}"
             )
         layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
         result = self._call(
-            name, api.statistics, include=include, layers=layers, namespace=self.ns, **kwargs
+            name, tasks.statistics, include=include, layers=layers, namespace=self.ns, **kwargs
         )
         self._store(args.out, result)
         self.last_result = result
@@ -677,14 +679,14 @@ class CurvMagics(Magics):
                 f"%{name}: the landscape explorer is not available in this installation "
                 "(jupyter_curvature.widgets.landscape is missing)"
             ) from None
-        model = self._call(name, api.resolve_model, args.model, self.ns)
-        data = self._call(name, api.resolve_data, args.data, self.ns)
-        test_data = self._call(name, api.resolve_test_data, args.test_data, args.data, self.ns)
-        loss_fn = self._call(name, api.resolve_loss, loss, self.ns)
+        model = self._call(name, tasks.resolve_model, args.model, self.ns)
+        data = self._call(name, tasks.resolve_data, args.data, self.ns)
+        test_data = self._call(name, tasks.resolve_test_data, args.test_data, args.data, self.ns)
+        loss_fn = self._call(name, tasks.resolve_loss, loss, self.ns)
         eigen = None
         if args.eigen is not None:
-            eigen = api.lookup(args.eigen, self.ns)
-            if eigen is api._MISSING:
+            eigen = tasks.lookup(args.eigen, self.ns)
+            if eigen is tasks.MISSING:
                 raise UsageError(
                     f"%{name}: --eigen {args.eigen!r} is not a variable of the notebook"
                 )

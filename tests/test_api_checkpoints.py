@@ -26,7 +26,7 @@ def test_checkpoints_are_written_announced_and_load_back(tmp_path):
     result = tasks.train(model, _data(), optimizer=optimizer, epochs=2, checkpoint_dir=tmp_path)
     names = sorted(p.name for p in tmp_path.glob("checkpoint-*.pt"))
     assert names == ["checkpoint-000003.pt", "checkpoint-000006.pt", "checkpoint-last.pt"]
-    assert [text for _, text in result.history.events] == [
+    assert [text for _, text in result.history.event_lines()] == [
         "checkpoint checkpoint-000003.pt",
         "checkpoint checkpoint-000006.pt",
     ]
@@ -55,11 +55,11 @@ def test_an_interrupted_run_keeps_its_finished_steps(tmp_path):
         return nn.functional.cross_entropy(out, y), out
 
     result = tasks.train(model, _data(), epochs=3, step_fn=step, checkpoint_dir=tmp_path)
-    assert result.history.status == "interrupted"
+    assert result.status == "interrupted"
     saved = torch.load(tmp_path / "checkpoint-last.pt", weights_only=True)
-    assert saved["trainer"]["step"] == 4 == result.history.steps_done
+    assert saved["trainer"]["step"] == 4 == result.trainer.step
     assert (tmp_path / "checkpoint-000004.pt").is_file()
-    assert [t for _, t in result.history.events][-2:] == [
+    assert [t for _, t in result.history.event_lines()][-2:] == [
         "interrupted at step 4",
         "checkpoint checkpoint-000004.pt",
     ]
@@ -103,7 +103,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bitwise_the_uninterrupted_run(tmp
         seed=5,
         resume=tmp_path / "a" / "checkpoint-000008.pt",
     )
-    assert out.history.steps_done == 14 and len(out.history.loss) == 14
+    assert out.trainer.step == 14 and len(out.history.loss) == 14
     # a plain Trainer on the same data, resumed from the same file
     plain = _net()
     trainer = Trainer(

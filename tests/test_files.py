@@ -25,7 +25,6 @@ from jupyter_curvature.core.files import (  # noqa: E402
     remove_stale_temps,
 )
 from jupyter_curvature.stats import evaluate  # noqa: E402
-from jupyter_curvature.tasks import TrainHistory  # noqa: E402
 from jupyter_curvature.tasks.outputs import save_figure, save_json  # noqa: E402
 from jupyter_curvature.training import History, atomic_save, load_checkpoint  # noqa: E402
 
@@ -204,7 +203,6 @@ SAVERS = {
     "directions": ("r.npz", lambda p: _landscape_and_directions()[1].save(p)),
     "stats record": ("s.json", lambda p: evaluate(*_tiny()).save(p)),
     "trainer history": ("h.json", lambda p: History().save(p)),
-    "train history": ("t.json", lambda p: TrainHistory().save(p)),
     "task json": ("j.json", lambda p: save_json(p, {"a": 1})),
     "task figure": ("f.png", lambda p: save_figure(_figure(), p)),
 }  # fmt: skip

@@ -223,7 +223,7 @@ def test_train_line_magic_matches_a_manual_loop(ip):
         f"%curv_train --model net --data digits {FAST} --lr 0.2 --spectrum-every 2 --num-iters 8 --out run",
     )
     r = ip.user_ns["run"]
-    assert isinstance(r, api.TrainResult) and r.model is net and r.history.status == "finished"
+    assert isinstance(r, api.TrainResult) and r.model is net and r.status == "completed"
     loader = trainer_batches(32)
     assert r.history.loss == pytest.approx(manual_losses(reference, loader, 0.2, 4), rel=1e-6)
     assert r.history.spectrum_steps == [0, 2, 4] and len(r.history.top_eigenvalues[0]) == 3
@@ -264,9 +264,8 @@ def test_failing_body_points_at_the_user_line_and_stops_cleanly(ip):
     assert "undefined_name" in text and "line 4" in text  # the cell's line (the magic is line 1)
     assert "tasks/train.py" not in text and "tasks/live.py" not in text  # none of our frames
     assert "magics.py" not in text
-    h = ip.user_ns["run3"].history
-    assert h.status == "failed" and h.steps_done == 2
-    assert h.events[-1][1].startswith("failed at step 3: NameError")
+    r = ip.user_ns["run3"]
+    assert r.status == "failed" and r.trainer.step == 2 and len(r.history.loss) == 2
     assert "failed at step 3" in magics(ip).last_panel.status.value
     # two SGD steps were applied, the failing third was not
     assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
@@ -281,8 +280,8 @@ def test_keyboard_interrupt_stops_at_a_step_boundary(ip):
     body = "if step == 3:\n    raise KeyboardInterrupt\nloss = loss_fn(model(x), y)\n"
     res = run(ip, f"%%curv_train --model mlp --data digits {FAST} --out run4\n{body}")
     assert res.success
-    h = ip.user_ns["run4"].history
-    assert h.status == "interrupted" and h.steps_done == 2 and len(h.loss) == 2
+    r = ip.user_ns["run4"]
+    assert r.status == "interrupted" and r.trainer.step == 2 and len(r.history.loss) == 2
     assert "interrupted at step 2" in magics(ip).last_panel.status.value
 
 
@@ -301,9 +300,9 @@ def test_sigint_undoes_the_step_in_progress_then_stops(ip):
     )
     res = run(ip, f"%%curv_train --model net5 --data digits {FAST} --lr 0.2 --out run5\n{body}")
     assert res.success
-    h = ip.user_ns["run5"].history
-    assert h.status == "interrupted" and h.steps_done == 1 and len(h.loss) == 1
-    assert h.events[-1] == (1, "interrupted at step 1")
+    r = ip.user_ns["run5"]
+    assert r.status == "interrupted" and r.trainer.step == 1 and len(r.history.loss) == 1
+    assert r.history.event_lines()[-1] == (1, "interrupted at step 1")
     manual_losses(reference, trainer_batches(32), 0.2, 1)
     for (k, v), w in zip(net.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(v, w, rtol=1e-6, atol=1e-7, msg=k)
@@ -325,7 +324,7 @@ def test_checkpoints_of_the_magic_resume_a_trainer_bitwise(ip, tmp_path):
         f"%curv_train --model net6 --data digits --steps 8 --batch-size 32 --lr 0.2 "
         f"--momentum 0.9 --checkpoint-dir {folder} --checkpoint-every 4 --out run6",
     )
-    texts = [t for _, t in ip.user_ns["run6"].history.events]
+    texts = [t for _, t in ip.user_ns["run6"].history.event_lines() if t.startswith("checkpoint")]
     assert texts == ["checkpoint checkpoint-000004.pt", "checkpoint checkpoint-000008.pt"]
     assert "checkpoint-000004.pt" in magics(ip).last_panel.events_html.value
     plain = create("mlp")
@@ -342,7 +341,7 @@ def test_checkpoints_of_the_magic_resume_a_trainer_bitwise(ip, tmp_path):
     common = "--model net7 --data digits --batch-size 32 --lr 0.2 --momentum 0.9"
     run(ip, f"%curv_train {common} --steps 4 --checkpoint-dir {tmp_path / 'r'}")
     run(ip, f"%curv_train {common} --steps 8 --checkpoint-dir {tmp_path / 'r'} --resume --out r7")
-    assert ip.user_ns["r7"].history.steps == list(range(1, 9))
+    assert ip.user_ns["r7"].history.steps["step"] == list(range(1, 9))
     for key, value in net.state_dict().items():
         assert torch.equal(again.state_dict()[key], value), key
 
@@ -356,7 +355,7 @@ def test_swats_switch_appears_in_the_event_log(ip):
     ip.user_ns["net8"] = net = create("mlp")
     ip.user_ns["opt8"] = opt = SWATS(net.parameters(), lr=1e-3, switch_tol=1e9)
     run(ip, f"%curv_train --model net8 --data digits --optimizer opt8 {FAST} --out run8")
-    events = [(s, t) for s, t in ip.user_ns["run8"].history.events if "SWATS" in t]
+    events = [(s, t) for s, t in ip.user_ns["run8"].history.event_lines() if "SWATS" in t]
     group = opt.param_groups[0]
     assert group["phase"] == "sgd"  # switched as soon as allowed: step 2
     assert events == [(2, f"SWATS switched group 0 from Adam to SGD (lr {group['sgd_lr']:.4g})")]
@@ -475,7 +474,7 @@ def test_kfac_takes_the_outputs_of_the_one_model_call_in_the_body(ip):
             "--spectrum-every 0 --out kfac_run\nloss = loss_fn(model(x.flatten(1)), y)\n",
         )
     result = ip.user_ns["kfac_run"]
-    assert result.history.status == "finished" and result.history.steps_done == 3
+    assert result.status == "completed" and result.trainer.step == 3
     assert result.optimizer.preconditioner.steps == 3  # three K-FAC steps, sampled Fisher each
 
 

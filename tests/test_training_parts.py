@@ -309,7 +309,7 @@ def test_history_views_match_the_records():
     assert math.isclose(h.test_loss[-1], float(nn.functional.cross_entropy(out, test.tensors[1])),
                         rel_tol=1e-12)  # fmt: skip
     lines = h.event_lines()
-    assert (2, f"step 2: test loss {evals[2]['test_loss']:.4g}, "
+    assert (2, f"test loss {evals[2]['test_loss']:.4g}, "
                f"accuracy {evals[2]['test_accuracy']:.4f}") in lines  # fmt: skip
 
 

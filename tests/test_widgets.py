@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from jupyter_curvature import tasks
-from jupyter_curvature.training import CurvatureCallback, DataOptions, Trainer
+from jupyter_curvature.training import CurvatureCallback, DataOptions, Trainer, training_view
 from jupyter_curvature.widgets import (
     SpectrumPanel,
     StatsPanel,
@@ -482,12 +482,13 @@ def test_static_plots_draw_the_same_data(tiny_spectrum):
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         test_data=tiny_data(),
     )
-    fig = plot_training(out.history)
+    view = training_view(out.trainer)
+    fig = plot_training(view)
     ax = fig.axes[0]
     np.testing.assert_array_equal(ax.lines[0].get_ydata(), out.history.loss)
     top_ax = fig.axes[3]
     np.testing.assert_array_equal(
-        top_ax.lines[0].get_ydata(), [t[0] for t in out.history.top_eigenvalues]
+        top_ax.lines[0].get_ydata(), [t[0] for t in view.top_eigenvalues]
     )
     fig = plot_spectrum(res.density, eigen=res.eigen, sigma=0.1)
     curve = res.density.density(None, 0.1)

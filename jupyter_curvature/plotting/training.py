@@ -2,8 +2,8 @@
 
 One figure for every kind of history:
 
-- a per-step history with curvature checks (``TrainHistory``, what the live dashboard
-  shows: ``steps``, ``loss``, ``accuracy``, ``eval_steps``, ``test_loss``,
+- a per-step view with curvature checks (``training_view(trainer)`` of
+  :mod:`jupyter_curvature.training`, what the live dashboard shows: ``steps``, ``loss``, ``accuracy``, ``eval_steps``, ``test_loss``,
   ``test_accuracy``, ``spectrum_steps``, ``spectra``, ``top_eigenvalues``, ``lr``): a
   2 x 2 figure, loss and accuracy against the step (mini-batch values and test
   evaluations) over the latest spectral density and the largest eigenvalues against the
@@ -104,12 +104,13 @@ def _draw_curvature(ax_density: Any, ax_top: Any, history: Any) -> None:
         values = np.full((len(top), k), np.nan)
         for j, t in enumerate(top):
             values[j, : len(t)] = t
+        top_steps = getattr(history, "top_steps", history.spectrum_steps)
         for i in range(k):
-            ax_top.plot(history.spectrum_steps, values[:, i], "o-", label=f"λ{i + 1}")
+            ax_top.plot(top_steps, values[:, i], "o-", label=f"λ{i + 1}")
         lrs = np.asarray(history.lr, dtype=float)
         if lrs.size and (lrs > 0).all():
-            idx = np.clip(np.asarray(history.spectrum_steps) - 1, 0, lrs.size - 1)
-            ax_top.plot(history.spectrum_steps, 2 / lrs[idx], "--", color="#555555", label="2 / lr")
+            idx = np.clip(np.asarray(top_steps) - 1, 0, lrs.size - 1)
+            ax_top.plot(top_steps, 2 / lrs[idx], "--", color="#555555", label="2 / lr")
         ax_top.legend(fontsize="small")
     else:
         for ax in (ax_density, ax_top):
@@ -134,7 +135,7 @@ def plot_training(
     """Loss, accuracy and (when recorded) curvature of a training run as one figure.
 
     Args:
-        history: a per-step history with curvature checks (``TrainHistory``), a trainer's
+        history: a per-step view with curvature checks (``training_view(trainer)``), a trainer's
             ``History`` (its per-epoch records are drawn), a list of per-epoch records or a
             mapping of metric name to values (see the module docstring).
         x: the record key on the horizontal axis of per-epoch records (default ``"epoch"``;

@@ -14,7 +14,7 @@ Settings use the names of ``docs/vocabulary.md``; the old ones (``ggn=True``, ``
 ``probes``, ``top``, ``subsample`` ...) still work for one release and warn.
 
 * :func:`train` (:mod:`.train`): the engine's :class:`~jupyter_curvature.training.Trainer`,
-  with live spectra and test evaluations (:mod:`.live` keeps them for the dashboard).
+  with live spectra and test evaluations as its callbacks (the dashboard is one more).
 * :func:`spectrum`: SLQ spectral density and certified top eigenpairs.
 * :func:`statistics`: evaluation, gradient, curvature, norm and per-layer statistics.
 * :func:`landscape`: loss lines and planes along eigen- or random directions.
@@ -22,10 +22,10 @@ Settings use the names of ``docs/vocabulary.md``; the old ones (``ggn=True``, ``
 """
 
 from .landscape import LandscapeTaskResult, landscape
-from .live import TqdmProgress, TrainCallback, TrainHistory, TrainState
 from .names import (
     DATASETS,
     LOSSES,
+    MISSING,
     OPTIMIZERS,
     InputError,
     Setup,
@@ -49,6 +49,7 @@ __all__ = [
     "CURVATURES",
     "DATASETS",
     "LOSSES",
+    "MISSING",
     "OPTIMIZERS",
     "STATS_KINDS",
     "InputError",
@@ -58,11 +59,7 @@ __all__ = [
     "SpectrumResult",
     "StateRecorder",
     "StatsResult",
-    "TqdmProgress",
-    "TrainCallback",
-    "TrainHistory",
     "TrainResult",
-    "TrainState",
     "landscape",
     "lookup",
     "make_operator",

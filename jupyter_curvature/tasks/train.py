@@ -11,7 +11,6 @@ evaluated every ``eval_every`` steps, recorded live (:mod:`.live`) for the dashb
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..training import CurvatureCallback, Trainer
+from ..training import (
+    Callback,
+    CheckpointOptions,
+    CurvatureCallback,
+    DataOptions,
+    EvaluationCallback,
+    Trainer,
+    training_view,
+)
 from ..training import train as train_by_name
-from .live import STATUS, LiveRecorder, TrainCallback, TrainHistory, TrainState, batches_of
 from .names import (
     MISSING,
     InputError,
@@ -42,87 +48,84 @@ __all__ = ["StateRecorder", "TrainResult", "train"]
 
 @dataclass
 class TrainResult:
-    """What :func:`train` (and ``%%curv_train --out NAME``) returns: the run's objects and history.
+    """What :func:`train` (and ``%%curv_train --out NAME``) returns: the run's objects.
 
-    ``history`` is the step-by-step live :class:`~.live.TrainHistory` of a run on given data
-    (the magics), the trainer's :class:`~jupyter_curvature.training.History` of a run on
-    registry names; ``trainer.history`` is always the trainer's.
+    ``history`` is the trainer's :class:`~jupyter_curvature.training.History` (steps,
+    epochs, evaluations, curvature checks, events); ``trainer`` the
+    :class:`~jupyter_curvature.training.Trainer` that ran (``trainer.fit()`` goes on).
     """
 
     model: nn.Module
     optimizer: Any
     loss_fn: Any
-    history: Any
-    #: the :class:`~jupyter_curvature.training.Trainer` that ran (``trainer.fit()`` goes on)
-    trainer: Any = None
+    trainer: Any
+
+    @property
+    def history(self) -> Any:
+        """The trainer's :class:`~jupyter_curvature.training.History`."""
+        return self.trainer.history
 
     @property
     def status(self) -> str:
-        """``"finished"``, ``"interrupted"``, ``"stopped"``, ``"failed"`` or ``"running"``."""
-        status = getattr(self.history, "status", None)
-        if status is None and self.trainer is not None:
-            status = STATUS.get(self.trainer.status, self.trainer.status)
-        return status
+        """``"completed"``, ``"interrupted"``, ``"stopped"``, ``"failed"`` or ``"running"``."""
+        return getattr(self.trainer, "status", "running")
+
+    @property
+    def spectra(self) -> list[Any]:
+        """The :class:`~jupyter_curvature.spectral.SpectralDensity` of each curvature check."""
+        return training_view(self.trainer).spectra
 
     def to_dict(self) -> dict[str, Any]:
-        """The status, the trainer's history and the live one (JSON-ready; NaN becomes ``null``
-        when written through :func:`jupyter_curvature.core.records.write_json`)."""
-        trainer_history = None if self.trainer is None else self.trainer.history
-        live = None if self.history is trainer_history else self.history
+        """The status and the trainer's history (JSON-ready; NaN becomes ``null`` when written
+        through :func:`jupyter_curvature.core.records.write_json`)."""
         return {
             "status": self.status,
             "model": type(self.model).__name__,
             "optimizer": type(self.optimizer).__name__,
-            "history": None if trainer_history is None else trainer_history.to_dict(),
-            "live_history": None if live is None else live.to_dict(),
+            "history": self.history.to_dict(),
         }
 
     def plot(self, axes: Any = None) -> Any:
-        """Loss and accuracy per epoch (the trainer's history); returns the axes."""
-        from ..plots import plot_training_history
+        """The training figure (:func:`jupyter_curvature.plotting.plot_training`): per step
+        with the curvature checks when there were any, else per epoch; returns the figure."""
+        from ..plotting import plot_training
 
-        if axes is None:
-            import matplotlib.pyplot as plt
-
-            _, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-        plot_training_history(self.trainer.history.to_dict()["epochs"], axes=axes)
-        return axes
+        view = training_view(self.trainer)
+        if view.spectra or not self.history.epochs:
+            return plot_training(view, axes=axes)
+        return plot_training(self.history, axes=axes)
 
     def save(self, out: str | Path) -> Path:
         """``history.json`` (the trainer's history), ``train.json`` (:meth:`to_dict`) and,
-        after a finished epoch, ``training.png`` in ``out``."""
+        once a step was taken, ``training.png`` in ``out``."""
         out = output_folder(out)
-        if self.trainer is not None:
-            save_json(out / "history.json", self.trainer.history.to_dict())
-            if self.trainer.history.epochs:
-                save_figure(self.plot(), out / "training.png")
+        save_json(out / "history.json", self.history.to_dict())
+        if self.trainer.step:
+            save_figure(self.plot(), out / "training.png")
         save_json(out / "train.json", self.to_dict())
         return out
 
     def __repr__(self) -> str:
         return (
             f"TrainResult(model={type(self.model).__name__}, "
-            f"optimizer={type(self.optimizer).__name__}, history={self.history!r})"
+            f"optimizer={type(self.optimizer).__name__}, status={self.status!r}, "
+            f"steps={getattr(self.trainer, 'step', 0)})"
         )
 
 
-class StateRecorder(TrainCallback):
-    """Keeps the live :class:`TrainState`, so a caller still has the history if training raises."""
+class StateRecorder(Callback):
+    """Keeps the running trainer, so a caller still has the run if training raises."""
 
     def __init__(self) -> None:
-        self.state: TrainState | None = None
+        self.trainer: Any = None
 
-    def on_train_begin(self, state: TrainState) -> None:
-        self.state = state
+    def on_train_begin(self, trainer: Any) -> None:
+        self.trainer = trainer
 
-    def result(self) -> Any:
-        """The run so far as a :class:`~.train.TrainResult` (None before it started)."""
-        s = self.state
-        return (
-            None
-            if s is None
-            else TrainResult(s.model, s.optimizer, s.loss_fn, s.history, s.trainer)
-        )
+    def result(self) -> TrainResult | None:
+        """The run so far as a :class:`TrainResult` (``None`` before it started)."""
+        t = self.trainer
+        return None if t is None else TrainResult(t.model, t.optimizer, t.loss_fn, t)
 
 
 StepFn = Callable[[nn.Module, Any, Any, dict[str, Any]], tuple[torch.Tensor, Any]]
@@ -145,7 +148,7 @@ def _train_source(data: Any) -> tuple[Any, dict[str, Any]]:
                 "give a DataLoader over a map-style Dataset"
             )
         return data, {}
-    batches = list(batches_of(data))
+    batches = [data] if _is_one_batch(data) else list(data)
     if not batches:
         raise InputError("data holds no batches")
     if not all(
@@ -227,7 +230,7 @@ def train(
 
     An interrupt (SIGINT, the kernel's Interrupt button) stops at once at the last finished
     step (a step in its forward or backward pass is undone; one in its update is completed
-    first), with ``history.status == "interrupted"``. An exception from ``step_fn`` ends the
+    first), with ``result.status == "interrupted"``. An exception from ``step_fn`` ends the
     run with status ``"failed"`` (the failing step undone) and propagates after the
     callbacks' ``on_train_end``.
 
@@ -246,7 +249,7 @@ def train(
         schedule: the learning-rate schedule (see :class:`~jupyter_curvature.training.Trainer`;
             ``"linear"`` when both are registry names).
         step_fn: a custom step ``(model, x, y, ctx) -> (loss, outputs or None)``; ``ctx``
-            holds ``loss_fn``, ``optimizer`` and ``state`` (the :class:`TrainState`).
+            holds ``loss_fn``, ``optimizer`` and ``trainer`` (the running Trainer).
         test_data: evaluated every ``eval_every`` steps (default: every ``spectrum_every``
             steps if set, else each epoch) and at the end.
         curvature, num_iters, num_probes, spectrum_samples, top_k, max_overhead: the live
@@ -255,7 +258,8 @@ def train(
         num_samples: train on this many samples of a named dataset (drawn by the seed 0).
         data_root: the folder of a named dataset's files.
         device: move the model there (``"auto"``: CUDA when present); the batches follow.
-        callbacks: objects with :class:`TrainCallback` hooks (the dashboard is one).
+        callbacks: Trainer callbacks (:class:`~jupyter_curvature.training.Callback` hooks;
+            the live dashboard is one), called after the curvature and evaluation ones.
         seed: seeds a named model's initial weights, the data order of a shuffling
             DataLoader, the spectrum samples and probes.
         out: a folder for the checkpoints (unless ``checkpoint_dir``), ``history.json`` (the
@@ -320,77 +324,70 @@ def train(
     if resume is True and checkpoint_dir is None:
         raise InputError("resuming needs the checkpoint folder (--checkpoint-dir)")
     source, loader_kwargs = _train_source(data)
-    history = TrainHistory(curvature=curvature)
-    state = TrainState(model, optimizer, loss_fn, history, total_steps=0)
-    curvature = None
+    checks: list[Any] = []
     if spectrum_every:
-        curvature = CurvatureCallback(
-            every=spectrum_every, curvature=history.curvature, num_iters=num_iters or 30,
+        checks.append(CurvatureCallback(
+            every=spectrum_every, curvature=curvature, num_iters=num_iters or 30,
             num_probes=num_probes or 2, subsample=spectrum_samples, seed=seed,
             max_overhead=max_overhead, at_start=True, top_k=top_k,
-        )  # fmt: skip
-    bridge = LiveRecorder(
-        state, list(callbacks), test_data=test_data, eval_every=eval_every,
-        spectrum_every=spectrum_every, curvature=curvature, top_k=top_k,
-    )  # fmt: skip
-    trainer_step = None
-    if step_fn is not None:
-        ctx: dict[str, Any] = {"loss_fn": loss_fn, "optimizer": optimizer, "state": state}
-        user_step = step_fn
-
-        def trainer_step(module: nn.Module, x: Any, y: Any) -> tuple[torch.Tensor, Any]:
-            calls: list[Any] = []
-            hook = module.register_forward_hook(lambda _m, _args, out: calls.append(out))
-            try:
-                loss, outputs = user_step(module, x, y, ctx)
-            finally:
-                hook.remove()
-            if outputs is None and len(calls) == 1:
-                outputs = calls[0]  # the body called the model once: those are the outputs
-            wants = getattr(optimizer, "wants_fisher", None)
-            if callable(wants) and wants():
-                if not (isinstance(outputs, torch.Tensor) and outputs.requires_grad):
-                    raise InputError(
-                        "K-FAC needs the model outputs of each step: the cell body called the "
-                        f"model {len(calls)} times; set `outputs` to the ones K-FAC should use"
-                    )
-            return loss, outputs
-
+        ))  # fmt: skip
+    ctx: dict[str, Any] = {"loss_fn": loss_fn, "optimizer": optimizer, "trainer": None}
+    trainer_step = None if step_fn is None else _cell_step(step_fn, ctx, optimizer)
     try:
         trainer = Trainer(
             model, optimizer, source, loss_fn=loss_fn,
             epochs=None if steps is not None else (1 if epochs is None else int(epochs)),
-            steps=steps, callbacks=[bridge] + ([curvature] if curvature else []),
-            checkpoint_dir=checkpoint_dir, checkpoint_steps=checkpoint_every,
-            step_fn=trainer_step, seed=seed, schedule=schedule, **loader_kwargs,
+            steps=steps, callbacks=checks, checkpoint=CheckpointOptions(
+                checkpoint_dir, steps=checkpoint_every, keep_steps=True),
+            step_fn=trainer_step, seed=seed,
+            schedule=schedule,
+            data_options=DataOptions(**loader_kwargs) if loader_kwargs else None,
         )  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise InputError(str(exc).splitlines()[0]) from None
-    state.trainer, state.total_steps = trainer, trainer.total_steps
-    t_start = time.perf_counter()
-    try:
-        trainer.fit(resume=resume or None)
-        history.status = STATUS.get(trainer.status, trainer.status)
-        if (
-            history.status == "finished"
-            and test_data is not None
-            and history.eval_steps[-1:] != [trainer.step]
-        ):
-            bridge.evaluate(trainer)
-    except BaseException as exc:
-        history.status = "failed"
-        bridge.event(
-            trainer.step, f"failed at step {trainer.step + 1}: {type(exc).__name__}: {exc}"
-        )
-        raise
-    finally:
-        history.steps_done = state.step = trainer.step
-        history.seconds = time.perf_counter() - t_start
-        bridge.emit("on_train_end")
-    result = TrainResult(model, optimizer, loss_fn, history, trainer)
+    if test_data is not None:
+        every = eval_every or spectrum_every or trainer.steps_per_epoch
+        trainer.callbacks.append(EvaluationCallback(test_data, every=max(1, int(every))))
+    trainer.callbacks.extend(callbacks)
+    ctx["trainer"] = trainer
+    trainer.fit(resume=resume or None)
+    result = TrainResult(model, optimizer, loss_fn, trainer)
     if out is not None:
         result.save(out)
     return result
+
+
+def _cell_step(step_fn: StepFn, ctx: dict[str, Any], optimizer: Any):
+    """The Trainer's ``step_fn`` from a user step ``(model, x, y, ctx) -> (loss, outputs)``:
+    the outputs, when not returned, are those of the body's one call of the model."""
+
+    def trainer_step(module: nn.Module, x: Any, y: Any) -> tuple[torch.Tensor, Any]:
+        calls: list[Any] = []
+        hook = module.register_forward_hook(lambda _m, _args, out: calls.append(out))
+        try:
+            loss, outputs = step_fn(module, x, y, ctx)
+        finally:
+            hook.remove()
+        if outputs is None and len(calls) == 1:
+            outputs = calls[0]  # the body called the model once: those are the outputs
+        wants = getattr(optimizer, "wants_fisher", None)
+        if callable(wants) and wants():
+            if not (isinstance(outputs, torch.Tensor) and outputs.requires_grad):
+                raise InputError(
+                    "K-FAC needs the model outputs of each step: the cell body called the "
+                    f"model {len(calls)} times; set `outputs` to the ones K-FAC should use"
+                )
+        return loss, outputs
+
+    return trainer_step
+
+
+def _is_one_batch(data: Any) -> bool:
+    return (
+        isinstance(data, tuple)
+        and len(data) == 2
+        and all(isinstance(v, torch.Tensor) for v in data)
+    )
 
 
 def _is_name(spec: Any, namespace: Any) -> bool:
@@ -436,9 +433,7 @@ def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: An
         device=resolve_device(device), spectrum_every=spectrum_every or None,
         curvature=settings, progress=progress,
     )  # fmt: skip
-    result = TrainResult(
-        trainer.model, trainer.optimizer, trainer.loss_fn, trainer.history, trainer
-    )
+    result = TrainResult(trainer.model, trainer.optimizer, trainer.loss_fn, trainer)
     if out is not None:
         result.save(out)
     return result

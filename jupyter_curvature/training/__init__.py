@@ -34,6 +34,7 @@ from .from_names import DEFAULT_LR, train
 from .history import History, describe_event
 from .options import CheckpointOptions, DataOptions, DistributedOptions
 from .trainer import Trainer
+from .view import training_view
 
 __all__ = [
     "DEFAULT_LR",
@@ -62,4 +63,5 @@ __all__ = [
     "model_state_from",
     "summarize",
     "train",
+    "training_view",
 ]

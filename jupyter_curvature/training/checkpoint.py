@@ -351,8 +351,16 @@ class CheckpointState:
         if self.checkpoint.dir is None:
             return
         paths = [self.checkpoint.dir / LAST]
+        announced = list(paths)
+        if self.checkpoint.keep_steps:
+            numbered = self.checkpoint.dir / f"checkpoint-{self.step:06d}.pt"
+            paths.append(numbered)
+            # announced in place of the last; once per step (an epoch's end may also be due)
+            announced = [] if numbered in self._kept_checkpoints else [numbered]
+            self._kept_checkpoints.add(numbered)
         if epoch_file:
             paths.append(self.checkpoint.dir / f"checkpoint-{self.epoch:05d}.pt")
+            announced.append(paths[-1])
         self._write(paths, self.state_dict())
-        for path in paths:
+        for path in announced:
             self.record_event({"event": "checkpoint", "path": str(path)})

@@ -33,22 +33,24 @@ _FLOAT_KEYS = frozenset(
 )  # fmt: skip
 
 
-def describe_event(event: dict[str, Any]) -> str:
-    """One line for an event record (SWATS switch, checkpoint, stop, evaluation)."""
+def describe_event(event: dict[str, Any], with_step: bool = True) -> str:
+    """One line for an event record (SWATS switch, checkpoint, stop, evaluation); without
+    ``with_step`` no ``"step N: "`` prefix and checkpoints by file name (the dashboard's log)."""
     kind = event.get("event")
+    prefix = f"step {event.get('step', 0)}: " if with_step else ""
     if kind == "swats_switch":
         return (
-            f"step {event['step']}: SWATS switched group {event['group']} from Adam to SGD "
+            f"{prefix}SWATS switched group {event['group']} from Adam to SGD "
             f"(lr {event['sgd_lr']:.4g})"
         )
     if kind == "checkpoint":
-        return f"step {event['step']}: checkpoint {event['path']}"
+        path = event["path"] if with_step else Path(event["path"]).name
+        return f"{prefix}checkpoint {path}"
     if kind in ("interrupted", "stopped"):
         return f"{kind} at step {event['step']}"
     if kind == "evaluation":
         return (
-            f"step {event['step']}: test loss {event['test_loss']:.4g}, "
-            f"accuracy {event['test_accuracy']:.4f}"
+            f"{prefix}test loss {event['test_loss']:.4g}, accuracy {event['test_accuracy']:.4f}"
         )
     return str(event)
 
@@ -153,8 +155,8 @@ class History:
         return float(sum(r.get("seconds", 0.0) or 0.0 for r in self.curvature))
 
     def event_lines(self) -> list[tuple[int, str]]:
-        """``(step, text)`` for every event (:func:`describe_event`)."""
-        return [(int(e.get("step", 0)), describe_event(e)) for e in self.events]
+        """``(step, text)`` for every event (:func:`describe_event`, without the step)."""
+        return [(int(e.get("step", 0)), describe_event(e, with_step=False)) for e in self.events]
 
     # --- records ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

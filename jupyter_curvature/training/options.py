@@ -89,11 +89,15 @@ class CheckpointOptions:
             writes none.
         every: epochs between kept epoch checkpoints (``None``: only the last).
         steps: also refresh ``checkpoint-last.pt`` every so many steps (``None``: not).
+        keep_steps: keep a numbered copy ``checkpoint-<step>.pt`` (six digits) of every
+            ``checkpoint-last.pt`` written, announced in its place (what ``%%curv_train
+            --checkpoint-dir`` does, so any checkpoint of the run can be resumed).
     """
 
     dir: str | Path | None = None
     every: int | None = None
     steps: int | None = None
+    keep_steps: bool = False
 
     def __post_init__(self) -> None:
         if self.dir is not None:

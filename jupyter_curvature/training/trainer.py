@@ -193,6 +193,7 @@ class Trainer(CheckpointState):
         #: how a Dataset is read, where checkpoints go, whether to train under DDP
         self.data_options: DataOptions = options["data_options"]
         self.checkpoint: CheckpointOptions = options["checkpoint"]
+        self._kept_checkpoints: set[Path] = set()  # numbered copies written (keep_steps)
         self.distributed_options: DistributedOptions = options["distributed"]
         ddp_model = model if isinstance(model, DDP) else None
         if ddp_model is not None:

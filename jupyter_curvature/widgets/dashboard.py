@@ -23,20 +23,24 @@ from __future__ import annotations
 
 import html
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import bqplot as bq
 import ipywidgets as W
 import numpy as np
 
-from ..training import Callback, CurvatureCallback
+from ..training import Callback
+from ..training.view import training_view
 from ._base import Panel, Throttle, html_table
 
 __all__ = ["TrainingDashboard", "downsample", "training_view"]
 
 TRAIN_COLOR = "#1f77b4"
 TEST_COLOR = "#d62728"
+#: the colours of each ``Trainer.status`` on the status line and the progress bar
+_COLORS = {"completed": "green", "stopped": "#b8860b", "interrupted": "#b8860b", "failed": "#c00"}
+_BAR = {"completed": "success", "stopped": "warning", "interrupted": "warning", "failed": "danger"}
+
 TOP_COLORS = [
     "#1f77b4",
     "#ff7f0e",
@@ -68,43 +72,6 @@ def _figure(title: str, marks: list, axes: list, **kw: Any) -> bq.Figure:
         legend_location="top-right",
         **kw,
     )
-
-
-#: the words of each ``Trainer.status`` on the status line, and their colours
-_WORDS = {"completed": "finished", "stopped": "stopped", "interrupted": "interrupted",
-          "failed": "failed"}  # fmt: skip
-_COLORS = {"completed": "green", "stopped": "#b8860b", "interrupted": "#b8860b", "failed": "#c00"}
-_BAR = {"completed": "success", "stopped": "warning", "interrupted": "warning", "failed": "danger"}
-
-
-def training_view(trainer: Any) -> SimpleNamespace:
-    """What the dashboard and :func:`~jupyter_curvature.widgets.plot_training` draw, read
-    from a :class:`~jupyter_curvature.training.Trainer`: its history's columns and views,
-    the curvature kind, and the spectra its :class:`CurvatureCallback` kept (``spectra``
-    and ``density_steps``; empty when the callback keeps no result objects)."""
-    h = trainer.history
-    spectra: list[Any] = []
-    density_steps: list[int] = []
-    kind = h.curvature[-1].get("curvature") if h.curvature else None
-    for cb in trainer.callbacks:
-        if isinstance(cb, CurvatureCallback):
-            kind = kind or cb.curvature
-            for step, result in cb.results:
-                if callable(getattr(result, "density", None)):
-                    density_steps.append(step)
-                    spectra.append(result)
-    status = getattr(trainer, "status", "running")
-    return SimpleNamespace(
-        steps=list(h.steps["step"]), loss=h.loss, accuracy=h.accuracy, lr=h.lr,
-        eval_steps=h.eval_steps, test_loss=h.test_loss, test_accuracy=h.test_accuracy,
-        spectrum_steps=density_steps, spectra=spectra, curvature=kind or "hessian",
-        top_steps=h.spectrum_steps, top_eigenvalues=h.top_eigenvalues,
-        stats=dict(h.curvature[-1].get("stats", {})) if h.curvature else {},
-        events=[(s, t) for (s, t), e in zip(h.event_lines(), h.events)
-                if e.get("event") != "evaluation"],
-        status=_WORDS.get(status, status), steps_done=trainer.step,
-        total_steps=trainer.total_steps, curvature_seconds=h.curvature_seconds,
-    )  # fmt: skip
 
 
 class TrainingDashboard(Panel, Callback):

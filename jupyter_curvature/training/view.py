@@ -1,0 +1,47 @@
+"""What a training run looks like step by step, read from a Trainer: the one source of the
+live dashboard (:mod:`jupyter_curvature.widgets.dashboard`), the static training figure
+(:func:`jupyter_curvature.plotting.plot_training`) and the task results' ``.plot()``.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from .callbacks import CurvatureCallback
+
+__all__ = ["training_view"]
+
+#: the words of each ``Trainer.status`` on the status line
+_WORDS = {"completed": "finished", "stopped": "stopped", "interrupted": "interrupted",
+          "failed": "failed"}  # fmt: skip
+
+
+def training_view(trainer: Any) -> SimpleNamespace:
+    """What the dashboard and :func:`~jupyter_curvature.plotting.plot_training` draw, read
+    from a :class:`~jupyter_curvature.training.Trainer`: its history's columns and views,
+    the curvature kind, and the spectra its :class:`CurvatureCallback` kept (``spectra``
+    and ``density_steps``; empty when the callback keeps no result objects)."""
+    h = trainer.history
+    spectra: list[Any] = []
+    density_steps: list[int] = []
+    kind = h.curvature[-1].get("curvature") if h.curvature else None
+    for cb in trainer.callbacks:
+        if isinstance(cb, CurvatureCallback):
+            kind = kind or cb.curvature
+            for step, result in cb.results:
+                if callable(getattr(result, "density", None)):
+                    density_steps.append(step)
+                    spectra.append(result)
+    status = getattr(trainer, "status", "running")
+    return SimpleNamespace(
+        steps=list(h.steps["step"]), loss=h.loss, accuracy=h.accuracy, lr=h.lr,
+        eval_steps=h.eval_steps, test_loss=h.test_loss, test_accuracy=h.test_accuracy,
+        spectrum_steps=density_steps, spectra=spectra, curvature=kind or "hessian",
+        top_steps=h.spectrum_steps, top_eigenvalues=h.top_eigenvalues,
+        stats=dict(h.curvature[-1].get("stats", {})) if h.curvature else {},
+        events=[(s, t) for (s, t), e in zip(h.event_lines(), h.events)
+                if e.get("event") != "evaluation"],
+        status=_WORDS.get(status, status), steps_done=trainer.step,
+        total_steps=trainer.total_steps, curvature_seconds=h.curvature_seconds,
+    )  # fmt: skip
