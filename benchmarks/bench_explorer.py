@@ -74,9 +74,9 @@ def bench(model_name: str, repeats: int, epochs: int) -> dict:
         model, setup.data, test_data=setup.test_data, directions="random:2", num_points=21
     )
     build = time.perf_counter() - t0
-    xs = [x for x, _ in setup.train] + [x for x, _ in setup.test]
+    xs = [x for x, _ in setup.data] + [x for x, _ in setup.test_data]
     loss_fn = setup.loss_fn
-    ys = [y for _, y in setup.train] + [y for _, y in setup.test]
+    ys = [y for _, y in setup.data] + [y for _, y in setup.test_data]
 
     def forward() -> None:
         with torch.inference_mode():

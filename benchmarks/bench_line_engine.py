@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import markdown_table  # noqa: E402
 
-from jupyter_curvature import jobs, landscape, models  # noqa: E402
+from jupyter_curvature import landscape, models, tasks  # noqa: E402
 
 
 def main() -> None:
@@ -37,11 +37,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = models.create("small_cnn").eval()
-    setup = jobs.build_setup("small_cnn", "digits", network=model, seed=0, device=args.device)
+    setup = tasks.resolve_setup(model, "digits", device=args.device)
     model = setup.model.eval()
     dev = args.device
-    train = [(x.to(dev), y.to(dev)) for x, y in setup.train]
-    test = [(x.to(dev), y.to(dev)) for x, y in setup.test]
+    train = [(x.to(dev), y.to(dev)) for x, y in setup.data]
+    test = [(x.to(dev), y.to(dev)) for x, y in setup.test_data]
     batches = train + test
     directions = landscape.random_directions(model, 1, seed=0)
 
