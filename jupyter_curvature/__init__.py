@@ -48,6 +48,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "Trainer": ".training",
     "DiskFullError": ".core.files",
     "train": ".training",
+    # integrations (Lightning, Hugging Face, TensorBoard and W&B are imported only on use)
+    "track": ".integrations",
     # subpackages
     "operators": ".operators",
     "spectral": ".spectral",
@@ -58,6 +60,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "optim": ".optim",
     "training": ".training",
     "distributed": ".distributed",
+    "integrations": ".integrations",
     "plotting": ".plotting",
     "plots": ".plots",  # deprecated alias of plotting
     "api": ".api",
@@ -75,6 +78,7 @@ _SUBPACKAGES = {
     "optim",
     "training",
     "distributed",
+    "integrations",
     "plotting",
     "plots",
     "api",
