@@ -267,35 +267,53 @@ def test_wandb_offline_run_holds_the_logged_values(tmp_path, monkeypatch):
     logger = WandbLogger(project="curvature-test", dir=str(tmp_path))
     tracker = _short_tracked_run([logger])
     assert wandb.run is None  # the logger's own run was finished by close()
-    (summary_path,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "files" / "wandb-summary.json"))
-    summary = json.loads(open(summary_path).read())
-    last = tracker.history[-1]
-    assert summary["curvature/step"] == 4
-    assert summary["curvature/lambda_1"] == pytest.approx(last["top_eigenvalues"][0])
-    assert summary["curvature/trace"] == pytest.approx(last["trace"])
-    assert summary["curvature/two_over_lr"] == pytest.approx(20.0)
-    assert summary["curvature/ritz_values"]["_type"] == "histogram"
-    assert summary["curvature/density"]["_type"] == "image-file"
-    # the whole history, from the run's transaction log
-    from wandb.sdk.internal import datastore
-
-    (run_file,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "*.wandb"))
-    store = datastore.DataStore()
-    store.open_for_scan(run_file)
-    from wandb.proto import wandb_internal_pb2
-
-    rows = []
-    while (data := store.scan_data()) is not None:
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(data)
-        if rec.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                         for item in rec.history.item})  # fmt: skip
+    (run_file,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
+    rows = _wandb_history(run_file)
     logged = [r for r in rows if "curvature/lambda_1" in r]
     assert [r["curvature/step"] for r in logged] == [2, 4]
     for row, record in zip(logged, tracker.history):
         assert row["curvature/lambda_1"] == pytest.approx(record["top_eigenvalues"][0])
+        assert row["curvature/lambda_2"] == pytest.approx(record["top_eigenvalues"][1])
+        assert row["curvature/trace"] == pytest.approx(record["trace"])
         assert row["curvature/negative_mass"] == pytest.approx(record["negative_mass"])
+        assert row["curvature/two_over_lr"] == pytest.approx(20.0)
+        assert row["curvature/ritz_values/_type"] == "histogram"
+        assert sum(row["curvature/ritz_values/values"]) == 2 * 8
+        assert row["curvature/density/_type"] == "image-file"
+    images = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "files" / "media" / "images" / "**" / "*.png"), recursive=True)  # fmt: skip
+    assert len(images) == 2
+
+
+def _wandb_history(path):
+    """The history rows of an offline W&B run, read from its transaction log (``run-*.wandb``:
+    a LevelDB-style log of 32 KiB blocks, records with a 7-byte header ``crc32, length, type``
+    after a 7-byte file header, each record a ``wandb_internal_pb2.Record``)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    raw = open(path, "rb").read()
+    assert raw[:4] == b":W&B"
+    rows, pos, block, chunk = [], 7, 32768, b""
+    while pos + 7 <= len(raw):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        if length == 0 and kind == 0:  # zero padding to the end of the block
+            pos += left
+            continue
+        chunk += raw[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            chunk = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({"/".join([i.key] if i.key else list(i.nested_key)): json.loads(i.value_json)
+                             for i in record.history.item})  # fmt: skip
+    return rows
 
 
 # --- Lightning -----------------------------------------------------------------------------
@@ -322,8 +340,10 @@ def _lightning_module(pl, loss_attr=True):
     return Module()
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_lightning_callback_equals_engine(tmp_path, accumulate):
+@pytest.mark.parametrize("accumulate, precision", [(1, "32-true"), (2, "bf16-mixed")])
+def test_lightning_callback_equals_engine(tmp_path, accumulate, precision):
+    """With gradient accumulation a step is checked once; under mixed precision the checks
+    run in float32 outside autocast, equal to the engine's on the float32 weights."""
     pl = pytest.importorskip("lightning.pytorch")
     from jupyter_curvature.integrations.lightning import CurvatureCallback
 
@@ -336,8 +356,9 @@ def test_lightning_callback_equals_engine(tmp_path, accumulate):
                            top_k=2, loggers=[snap])  # fmt: skip
     trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
-                         accumulate_grad_batches=accumulate, accelerator="cpu",
-                         default_root_dir=tmp_path)  # fmt: skip
+                         accumulate_grad_batches=accumulate, precision=precision,
+                         accelerator="cpu",
+                         default_root_dir=tmp_path, callbacks=[cb])  # fmt: skip
     trainer.fit(module, loader)
     history = cb.tracker.history
     assert [r["step"] for r in history] == [2, 4]
@@ -387,9 +408,9 @@ def _tiny_bert(transformers, seed=0):
     torch.manual_seed(seed)
     config = transformers.BertConfig(
         vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=24, max_position_embeddings=16, num_labels=3,
+        intermediate_size=24, max_position_embeddings=16, num_labels=3, attn_implementation="eager",
     )  # fmt: skip
-    return transformers.BertForSequenceClassification(config, attn_implementation="eager")
+    return transformers.BertForSequenceClassification(config)
 
 
 def _text_batches(n=32, length=6, seed=2):
