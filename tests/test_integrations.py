@@ -8,7 +8,6 @@ import copy
 import glob
 import importlib
 import json
-import os
 import sys
 
 import pytest
@@ -177,6 +176,18 @@ def test_tracker_budget_save_and_bad_input(tmp_path):
 
 
 # --- missing packages ----------------------------------------------------------------------
+
+
+def test_importing_the_package_imports_no_optional_package():
+    import subprocess
+
+    code = (
+        "import sys, jupyter_curvature as jc; jc.track; import jupyter_curvature.integrations; "
+        "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'transformers', "
+        "'tensorboard', 'wandb') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def _fresh_integrations(monkeypatch, blocked):
@@ -478,3 +489,27 @@ def test_huggingface_bad_input():
                 batch_layout=jc.integrations.checks.keyword_layout())  # fmt: skip
     with pytest.raises(TypeError, match="outputs="):
         pick_logits({"hidden": torch.zeros(1)})
+
+
+def test_lightning_callback_logs_to_the_trainers_tensorboard(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from jupyter_curvature.integrations.lightning import CurvatureCallback
+
+    x, y = toy_data(32, torch.float32)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    cb = CurvatureCallback((x[:8], y[:8]), every=2, max_overhead=None, num_iters=4, num_probes=1,
+                           top_k=1, trainer_logger=True)  # fmt: skip
+    logger = LightningTensorBoard(str(tmp_path), name="run", version=0)
+    pl.Trainer(max_steps=2, logger=logger, enable_checkpointing=False, accelerator="cpu",
+               enable_progress_bar=False, enable_model_summary=False, callbacks=[cb]).fit(
+        _lightning_module(pl), loader
+    )  # fmt: skip
+    acc = EventAccumulator(logger.log_dir)
+    acc.Reload()
+    (event,) = acc.Scalars("curvature/lambda_1")
+    assert event.step == 2
+    assert event.value == pytest.approx(cb.tracker.history[0]["lambda_max"], rel=1e-6)

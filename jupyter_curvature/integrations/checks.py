@@ -39,6 +39,7 @@ from ..core.params import select_parameters
 __all__ = [
     "CheckResult",
     "KeywordModel",
+    "count_samples",
     "curvature_check",
     "curvature_operator",
     "fixed_batches",
@@ -109,6 +110,11 @@ def _size(batch: Any) -> int:
         if isinstance(v, (tuple, list, dict)):
             return _size(v)
     raise TypeError(f"cannot tell the number of samples of a {type(batch).__name__} batch")
+
+
+def count_samples(batches: list[Any]) -> int:
+    """Samples in a list of raw batches (the first dimension of each batch's first tensor)."""
+    return sum(_size(b) for b in batches)
 
 
 def _cut(batch: Any, n: int) -> Any:
@@ -319,7 +325,7 @@ def curvature_check(
     stats = density.stats
     record: dict[str, Any] = {
         "curvature": curvature,
-        "num_samples": int(op.num_samples or sum(_size(b) for b in batches)),
+        "num_samples": int(op.num_samples or count_samples(batches)),
         "n": int(op.shape[0]),
     }
     summary = summarize(density, top_k=max(top_k, 1))

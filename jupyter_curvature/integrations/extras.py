@@ -24,5 +24,5 @@ def require(module: str) -> Any:
         top = module.split(".")[0]
         extra = _EXTRAS.get(top, top)
         raise ImportError(
-            f"this needs the {top!r} package: pip install \"jupyter_curvature[{extra}]\""
+            f'this needs the {top!r} package: pip install "jupyter_curvature[{extra}]"'
         ) from exc

@@ -26,6 +26,7 @@ from .extras import require
 
 __all__ = ["TensorBoardLogger", "WandbLogger", "scalars"]
 
+
 def scalars(record: dict[str, Any]) -> dict[str, float]:
     """The scalar values of a check record, by name (without prefix)."""
     out: dict[str, float] = {}

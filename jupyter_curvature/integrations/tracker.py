@@ -21,7 +21,13 @@ from torch import nn
 
 from ..core.records import write_json
 from ..training.checkpoint import rng_state, set_rng_state
-from .checks import CheckResult, curvature_check, curvature_operator, fixed_batches
+from .checks import (
+    CheckResult,
+    count_samples,
+    curvature_check,
+    curvature_operator,
+    fixed_batches,
+)
 
 __all__ = ["Tracker", "track"]
 
@@ -156,6 +162,7 @@ class Tracker:
         self.batch_layout = batch_layout
         self.keep_results = keep_results
         self.batches = fixed_batches(data, num_samples, seed)
+        self.num_samples = count_samples(self.batches)
         self.history: list[dict[str, Any]] = []
         self.results: list[tuple[int, CheckResult]] = []
         self.computed = 0
@@ -282,8 +289,7 @@ class Tracker:
                 "tol": self.tol,
                 "num_iters": self.num_iters,
                 "num_probes": self.num_probes,
-                "num_samples": sum(r.get("num_samples", 0) for r in self.history[:1])
-                or None,
+                "num_samples": self.num_samples,
                 "seed": self.seed,
                 "max_overhead": self.max_overhead,
                 "trace_matvecs": self.trace_matvecs,
@@ -342,7 +348,9 @@ class _Untouched:
             raise RuntimeError("a curvature check changed the model's weights (a bug: report it)")
 
 
-def track(model: nn.Module, loss_fn: Callable, data: Any, *, every: int = 50, **kwargs: Any) -> Tracker:
+def track(
+    model: nn.Module, loss_fn: Callable, data: Any, *, every: int = 50, **kwargs: Any
+) -> Tracker:
     """A :class:`Tracker` for a plain training loop: call ``tracker.step()`` after each
     optimiser step; every ``every`` steps it checks the curvature (certified top-k
     eigenvalues, SLQ density, trace, ``lambda_max`` against ``2/lr``) on the fixed ``data``.
