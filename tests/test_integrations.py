@@ -9,6 +9,7 @@ import glob
 import importlib
 import json
 import sys
+import time
 
 import pytest
 import torch
@@ -276,10 +277,15 @@ def test_wandb_offline_run_holds_the_logged_values(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
     logger = WandbLogger(project="curvature-test", dir=str(tmp_path))
+    logger.log_scalars({"train/loss": 1.5}, 3)  # training metrics, on their own step metric
     tracker = _short_tracked_run([logger])
     assert wandb.run is None  # the logger's own run was finished by close()
     (run_file,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
-    rows = _wandb_history(run_file)
+    # wandb-core, a separate process, may still be writing the log when finish() returns
+    deadline = time.monotonic() + 30
+    while len(rows := _wandb_history(run_file)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert {"train/loss": 1.5, "trainer/step": 3}.items() <= rows[0].items()
     logged = [r for r in rows if "curvature/lambda_1" in r]
     assert [r["curvature/step"] for r in logged] == [2, 4]
     for row, record in zip(logged, tracker.history):
@@ -315,6 +321,8 @@ def _wandb_history(path):
         if length == 0 and kind == 0:  # zero padding to the end of the block
             pos += left
             continue
+        if pos + 7 + length > len(raw):
+            break  # a record still being written
         chunk += raw[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last piece of one
@@ -513,3 +521,36 @@ def test_lightning_callback_logs_to_the_trainers_tensorboard(tmp_path):
     (event,) = acc.Scalars("curvature/lambda_1")
     assert event.step == 2
     assert event.value == pytest.approx(cb.tracker.history[0]["lambda_max"], rel=1e-6)
+
+
+def test_package_trainer_logged_to_tensorboard(tmp_path):
+    """What ``train --tensorboard DIR`` does: the Trainer's metrics and curvature records."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from jupyter_curvature.integrations import tensorboard_callback
+    from jupyter_curvature.training import CurvatureCallback
+
+    model = mlp(torch.float32)
+    x, y = toy_data(32, torch.float32)
+    live = CurvatureCallback(every=2, num_iters=6, max_overhead=None)
+    trainer = jc.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                         torch.utils.data.TensorDataset(x, y), steps=4, batch_size=8,
+                         callbacks=[live, tensorboard_callback(tmp_path / "tb")])  # fmt: skip
+    trainer.fit()
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    losses = acc.Scalars("train/loss")
+    assert [e.step for e in losses] == [1, 2, 3, 4]
+    assert acc.Scalars("epoch/train_loss")[-1].step == 4
+    records = trainer.history.curvature
+    assert [r["step"] for r in records] == [2, 4]
+    lam = acc.Scalars("curvature/lambda_1")
+    trace = acc.Scalars("curvature/trace")
+    two = acc.Scalars("curvature/two_over_lr")
+    for r, a, t, w in zip(records, lam, trace, two):
+        assert a.step == r["step"]
+        assert a.value == pytest.approx(r["top_eigenvalues"][0], rel=1e-6)
+        assert t.value == pytest.approx(r["stats"]["trace"], rel=1e-6)
+        assert w.value == pytest.approx(20.0)
+    assert len(acc.Images("curvature/density")) == 2

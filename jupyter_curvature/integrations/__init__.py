@@ -7,6 +7,8 @@
 - :mod:`jupyter_curvature.integrations.huggingface`: a ``transformers.TrainerCallback``
   (``[hf]``);
 - :class:`TensorBoardLogger` (``[tensorboard]``) and :class:`WandbLogger` (``[wandb]``);
+- :class:`LoggingCallback` / :func:`tensorboard_callback`: the package's own ``Trainer``
+  logged to them (the CLI's ``train --tensorboard DIR``);
 - :func:`curvature_check`: the one check they all run (certified top-k eigenpairs, SLQ
   density, trace, ``lambda_max`` against ``2/lr``).
 
@@ -24,6 +26,7 @@ from typing import Any
 from .checks import CheckResult, curvature_check, fixed_batches, pick_logits
 from .loggers import TensorBoardLogger, WandbLogger
 from .tracker import Tracker, track
+from .trainer_logging import LoggingCallback, tensorboard_callback
 
 _LAZY = {
     "LightningCurvatureCallback": (".lightning", "CurvatureCallback"),
@@ -34,12 +37,14 @@ __all__ = [
     "CheckResult",
     "HFCurvatureCallback",
     "LightningCurvatureCallback",
+    "LoggingCallback",
     "TensorBoardLogger",
     "Tracker",
     "WandbLogger",
     "curvature_check",
     "fixed_batches",
     "pick_logits",
+    "tensorboard_callback",
     "track",
 ]
 

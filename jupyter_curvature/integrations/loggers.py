@@ -28,10 +28,23 @@ __all__ = ["TensorBoardLogger", "WandbLogger", "scalars"]
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
-    """The scalar values of a check record, by name (without prefix)."""
+    """The scalar values of a check record, by name (without prefix).
+
+    Takes the records of :func:`~jupyter_curvature.integrations.checks.curvature_check` and
+    those of the package ``Trainer``'s
+    :class:`~jupyter_curvature.training.CurvatureCallback` (trace and negative mass under
+    ``stats``; ``2/lr`` from ``lr``).
+    """
     out: dict[str, float] = {}
     for i, value in enumerate(record.get("top_eigenvalues") or (), start=1):
         out[f"lambda_{i}"] = float(value)
+    stats = record.get("stats") or {}
+    lr = record.get("lr")
+    derived = {}
+    if isinstance(lr, (int, float)) and lr > 0:
+        derived["two_over_lr"] = 2.0 / lr
+        if isinstance(record.get("lambda_max"), (int, float)):
+            derived["sharpness_ratio"] = record["lambda_max"] * lr / 2.0
     for key in (
         "lambda_max",
         "lambda_min",
@@ -41,7 +54,7 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
         "sharpness_ratio",
         "seconds",
     ):
-        value = record.get(key)
+        value = record.get(key, stats.get(key, derived.get(key)))
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value)
     return out
@@ -51,16 +64,15 @@ def _ritz(record: dict[str, Any]) -> list[float]:
     return [float(v) for row in record.get("ritz_values") or () for v in row]
 
 
-def _figure(result: Any) -> Any:
-    """The density figure of a check, or ``None`` when there is no density."""
-    density = getattr(result, "density", None)
-    if density is None:
+def _figure(record: dict[str, Any], result: Any) -> Any:
+    """The density figure of a check (a :class:`CheckResult` or a ``SpectralDensity``), or
+    ``None`` when there is no density."""
+    if getattr(result, "density", None) is None:
         return None
     from ..plotting import plot_spectrum
 
-    step = result.record.get("step")
-    title = f"{result.record.get('curvature', 'hessian')} spectral density, step {step}"
-    return plot_spectrum(density, eigen=getattr(result, "eigen", None), title=title)
+    title = f"{record.get('curvature', 'hessian')} spectral density, step {record.get('step')}"
+    return plot_spectrum(result, eigen=getattr(result, "eigen", None), title=title)
 
 
 class TensorBoardLogger:
@@ -108,10 +120,15 @@ class TensorBoardLogger:
 
             self.writer.add_histogram(self.prefix + "ritz_values", np.asarray(ritz), step)
         if self.image and result is not None:
-            fig = _figure(result)
+            fig = _figure(record, result)
             if fig is not None:
                 self.writer.add_figure(self.prefix + "density", fig, step, close=False)
         self.writer.flush()
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        """Plain scalars (training metrics) under their own names."""
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
 
     def close(self) -> None:
         if self.owned:
@@ -157,6 +174,8 @@ class WandbLogger:
         self.histogram = histogram
         self.image = image
         run.define_metric(prefix + "step")
+        run.define_metric("trainer/step")
+        self._groups: set[str] = set()
         run.define_metric(prefix + "*", step_metric=prefix + "step")
 
     def log(self, record: dict[str, Any], result: Any = None) -> None:
@@ -166,10 +185,17 @@ class WandbLogger:
         if self.histogram and ritz:
             data[self.prefix + "ritz_values"] = self.wandb.Histogram(ritz)
         if self.image and result is not None:
-            fig = _figure(result)
+            fig = _figure(record, result)
             if fig is not None:
                 data[self.prefix + "density"] = self.wandb.Image(_png(fig))
         self.run.log(data)
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        """Plain scalars (training metrics), with ``trainer/step`` as their step metric."""
+        for group in {name.split("/")[0] for name in values} - self._groups:
+            self.run.define_metric(f"{group}/*", step_metric="trainer/step")
+            self._groups.add(group)
+        self.run.log({"trainer/step": int(step), **values})
 
     def close(self) -> None:
         if self.owned:
