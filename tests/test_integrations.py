@@ -452,8 +452,12 @@ class _Features(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
 
 
-def test_huggingface_callback_equals_engine(tmp_path):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_huggingface_callback_equals_engine(tmp_path, bf16):
+    """With gradient accumulation (a step checked once) and under bf16 autocast (checks in
+    float32, equal to the engine's on the float32 weights)."""
     transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # the Trainer needs it
     from jupyter_curvature.integrations.huggingface import CurvatureCallback
 
     model = _tiny_bert(transformers)
@@ -467,7 +471,7 @@ def test_huggingface_callback_equals_engine(tmp_path):
         output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4,
         gradient_accumulation_steps=2, learning_rate=0.05, lr_scheduler_type="constant",
         report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
-        disable_tqdm=True, seed=0,
+        disable_tqdm=True, seed=0, bf16=bf16,
     )  # fmt: skip
     transformers.Trainer(model=model, args=args, train_dataset=train, callbacks=[cb]).train()
     history = cb.tracker.history

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "curvature_check",
     "curvature_operator",
     "fixed_batches",
+    "full_precision",
     "keyword_layout",
     "pick_logits",
 ]
@@ -225,6 +227,24 @@ def curvature_operator(
     )
 
 
+@contextmanager
+def full_precision(model: nn.Module) -> Iterator[None]:
+    """Within the block the model runs in its weights' precision: autocast is off, and a
+    forward that Hugging Face Accelerate wrapped in autocast for mixed precision (it keeps
+    the original as ``model._original_forward``) is the original again; restored on exit."""
+    patched = "forward" in vars(model) and callable(getattr(model, "_original_forward", None))
+    saved = vars(model).get("forward")
+    device_type = next(model.parameters()).device.type
+    try:
+        if patched:
+            model.forward = model._original_forward
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    finally:
+        if patched:
+            model.forward = saved
+
+
 @dataclass
 class CheckResult:
     """One check: the plain record and the result objects it came from.
@@ -271,7 +291,7 @@ def curvature_check(
 ) -> CheckResult:
     """One curvature check of ``model`` on the fixed ``batches``.
 
-    Runs in full precision (autocast off) and changes nothing in the model: the operators
+    Runs in full precision (:func:`full_precision`) and changes nothing in the model: the operators
     restore train/eval flags, buffers and ``requires_grad``, and never touch weights or
     ``.grad`` (callers restore the RNG states, see
     :class:`~jupyter_curvature.integrations.tracker.Tracker`).
@@ -297,8 +317,7 @@ def curvature_check(
     from ..training import summarize
 
     start = time.perf_counter()
-    device_type = next(model.parameters()).device.type
-    with torch.autocast(device_type=device_type, enabled=False):
+    with full_precision(model):
         op = curvature_operator(
             model,
             loss_fn,

@@ -45,7 +45,9 @@ class CurvatureCallback(transformers.TrainerCallback):
     ``model(**batch).loss`` itself is not supported.
 
     Mixed precision (``fp16=True``/``bf16=True``: float32 weights under autocast) is
-    handled: the checks run in float32 outside autocast. Half-precision weights are refused
+    handled: the checks run in float32 outside autocast, calling the model's original forward
+    (Accelerate wraps it in autocast; see
+    :func:`~jupyter_curvature.integrations.checks.full_precision`). Half-precision weights are refused
     with a clear error. Only the main process (``state.is_world_process_zero``) checks.
 
     Args:

@@ -27,6 +27,7 @@ from .checks import (
     curvature_check,
     curvature_operator,
     fixed_batches,
+    full_precision,
 )
 
 __all__ = ["Tracker", "track"]
@@ -192,7 +193,7 @@ class Tracker:
         Builds the operator once (its construction checks the set: first batch, twice the
         whole set), so bad input fails here, not at the first check.
         """
-        with self._untouched():
+        with self._untouched(), full_precision(self.model):
             start = time.perf_counter()
             curvature_operator(
                 self.model,
