@@ -465,7 +465,8 @@ def test_huggingface_callback_equals_engine(tmp_path, bf16):
     train = _Features(ids, mask, labels)
     curv = {"input_ids": ids[:8], "attention_mask": mask[:8], "labels": labels[:8]}
     snap = Snapshot(model)
-    cb = CurvatureCallback(curv, every=2, max_overhead=None, num_iters=8, num_probes=1,
+    # a tokenizer collator's BatchEncoding (a Mapping, not a dict) works as a dict
+    cb = CurvatureCallback(transformers.BatchEncoding(curv), every=2, max_overhead=None, num_iters=8, num_probes=1,
                            top_k=1, loggers=[snap])  # fmt: skip
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4,

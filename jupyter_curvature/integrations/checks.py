@@ -25,7 +25,7 @@ loss takes ``outputs.logits`` (see :func:`pick_logits`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +60,7 @@ def pick_logits(out: Any) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
     logits = getattr(out, "logits", None)
-    if logits is None and isinstance(out, dict):
+    if logits is None and isinstance(out, Mapping):
         logits = out.get("logits")
     if isinstance(logits, torch.Tensor):
         return logits
@@ -89,8 +89,8 @@ def keyword_layout(labels: str = "labels") -> Callable[[Any], tuple[tuple[Any, .
     """A ``batch_layout``: a dict batch as ``((inputs without labels,), batch[labels])``."""
 
     def layout(batch: Any) -> tuple[tuple[Any, ...], Any]:
-        if not isinstance(batch, dict) or labels not in batch:
-            keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        if not isinstance(batch, Mapping) or labels not in batch:
+            keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
             raise TypeError(
                 f"a keyword batch must be a dict with a {labels!r} key, got {keys}; curvature "
                 "needs the targets: add the labels to the curvature data"
@@ -103,15 +103,18 @@ def keyword_layout(labels: str = "labels") -> Callable[[Any], tuple[tuple[Any, .
 
 def _size(batch: Any) -> int:
     """Samples in a raw batch: the first dimension of its first tensor."""
-    values = batch.values() if isinstance(batch, dict) else batch
+    values = batch.values() if isinstance(batch, Mapping) else batch
     if isinstance(values, torch.Tensor):
         return int(values.shape[0])
     for v in values:
         if isinstance(v, torch.Tensor) and v.ndim > 0:
             return int(v.shape[0])
-        if isinstance(v, (tuple, list, dict)):
+        if isinstance(v, (tuple, list, Mapping)):
             return _size(v)
-    raise TypeError(f"cannot tell the number of samples of a {type(batch).__name__} batch")
+    raise TypeError(
+        f"cannot tell the number of samples of a {type(batch).__name__} batch (no tensor with a "
+        "batch dimension): pass collated batches, e.g. collate_fn([dataset[i] for i in range(64)])"
+    )
 
 
 def count_samples(batches: list[Any]) -> int:
@@ -123,7 +126,7 @@ def _cut(batch: Any, n: int) -> Any:
     """The first ``n`` samples of a raw batch (tensors cut on dim 0, nested alike)."""
     if isinstance(batch, torch.Tensor):
         return batch[:n] if batch.ndim > 0 else batch
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         return {k: _cut(v, n) for k, v in batch.items()}
     if isinstance(batch, (tuple, list)):
         return type(batch)(_cut(v, n) for v in batch)
@@ -146,7 +149,7 @@ def fixed_batches(data: Any, num_samples: int | None = None, seed: int = 0) -> l
     """
     if num_samples is not None and (isinstance(num_samples, bool) or num_samples < 1):
         raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}")
-    if is_single_batch(data) or isinstance(data, dict):
+    if is_single_batch(data) or isinstance(data, Mapping):
         batches = [data]
     elif isinstance(data, Dataset) and hasattr(data, "__len__") and hasattr(data, "__getitem__"):
         n = len(data) if num_samples is None else min(num_samples, len(data))
@@ -211,7 +214,7 @@ def curvature_operator(
     chosen = [p for _, p in select_parameters(model, params)]
     net: nn.Module = model
     first = batches[0]
-    if batch_layout is None and isinstance(first, dict) and "labels" in first:
+    if batch_layout is None and isinstance(first, Mapping) and "labels" in first:
         net, batch_layout = KeywordModel(model), keyword_layout("labels")
     data = batches[0] if len(batches) == 1 and is_single_batch(batches[0]) else batches
     cls = GGNOperator if curvature == "ggn" else HessianOperator
