@@ -98,17 +98,22 @@ class TensorBoardLogger:
         if (log_dir is None) == (writer is None):
             raise ValueError("give exactly one of log_dir= (a folder) or writer= (a SummaryWriter)")
         if writer is None:
-            require("tensorboard")
-            writer = importlib.import_module("torch.utils.tensorboard").SummaryWriter(
-                log_dir=str(log_dir)
-            )
-            self.owned = True
-        else:
-            self.owned = False
-        self.writer = writer
+            require("tensorboard")  # fail now, not at the first check
+        self.log_dir = None if log_dir is None else Path(log_dir)
+        self.owned = writer is None
+        self._writer = writer
         self.prefix = prefix
         self.histogram = histogram
         self.image = image
+
+    @property
+    def writer(self) -> Any:
+        """The ``SummaryWriter``; a new one is made on first use (so a logger that never
+        logs, e.g. on a non-main rank, writes no event file)."""
+        if self._writer is None:
+            tb = importlib.import_module("torch.utils.tensorboard")
+            self._writer = tb.SummaryWriter(log_dir=str(self.log_dir))
+        return self._writer
 
     def log(self, record: dict[str, Any], result: Any = None) -> None:
         step = int(record.get("step", 0))
@@ -131,10 +136,12 @@ class TensorBoardLogger:
             self.writer.add_scalar(name, value, step)
 
     def close(self) -> None:
+        if self._writer is None:
+            return
         if self.owned:
-            self.writer.close()
+            self._writer.close()
         else:
-            self.writer.flush()
+            self._writer.flush()
 
 
 class WandbLogger:

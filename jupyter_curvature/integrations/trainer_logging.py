@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..core.distributed.context import is_main_process
 from ..training import Callback, CurvatureCallback
 from .loggers import TensorBoardLogger
 
@@ -42,6 +43,10 @@ class LoggingCallback(Callback):
             :class:`~jupyter_curvature.integrations.WandbLogger`); closed at the end of
             training.
         every: log the per-step metrics every this many steps.
+
+    Under ``torch.distributed`` only the main process logs (the figures are the same on
+    every rank: the trainer reduces them), and with a lazily made
+    :class:`~jupyter_curvature.integrations.TensorBoardLogger` the other ranks write no file.
     """
 
     def __init__(self, *loggers: Any, every: int = 1) -> None:
@@ -51,21 +56,29 @@ class LoggingCallback(Callback):
             raise ValueError(f"every must be a positive integer, got {every!r}")
         self.loggers = list(loggers)
         self.every = every
+        self.active = True
+
+    def on_train_begin(self, trainer: Any) -> None:
+        self.active = is_main_process()
 
     def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:
-        if logs["step"] % self.every:
+        if not self.active or logs["step"] % self.every:
             return
         values = _finite({f"train/{k}": logs.get(k) for k in ("loss", "accuracy", "lr")})
         for logger in self.loggers:
             logger.log_scalars(values, logs["step"])
 
     def on_epoch_end(self, trainer: Any, logs: dict[str, Any]) -> None:
+        if not self.active:
+            return
         keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
         values = _finite({f"epoch/{k}": logs.get(k) for k in keys})
         for logger in self.loggers:
             logger.log_scalars(values, logs["step"])
 
     def on_curvature(self, trainer: Any, record: dict[str, Any]) -> None:
+        if not self.active:
+            return
         result = None
         for cb in getattr(trainer, "callbacks", ()):
             if isinstance(cb, CurvatureCallback) and cb.results:
