@@ -192,6 +192,8 @@ def test_importing_the_package_imports_no_optional_package():
 
 
 def _fresh_integrations(monkeypatch, blocked):
+    # the fresh import rebinds jupyter_curvature.integrations: restore it afterwards too
+    monkeypatch.setattr(jc, "integrations", jc.integrations)
     for name in blocked:
         monkeypatch.setitem(sys.modules, name, None)
     for name in list(sys.modules):
