@@ -55,6 +55,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "DataOptions": ".training",
     "CheckpointOptions": ".training",
     "DistributedOptions": ".training",
+    # integrations (Lightning, Hugging Face, TensorBoard and W&B are imported only on use)
+    "track": ".integrations",
     # subpackages
     "operators": ".operators",
     "spectral": ".spectral",
@@ -65,6 +67,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "optim": ".optim",
     "training": ".training",
     "distributed": ".distributed",
+    "integrations": ".integrations",
     "plotting": ".plotting",
     "plots": ".plots",  # deprecated alias of plotting
     "tasks": ".tasks",
@@ -82,6 +85,7 @@ _SUBPACKAGES = {
     "optim",
     "training",
     "distributed",
+    "integrations",
     "plotting",
     "plots",
     "tasks",
