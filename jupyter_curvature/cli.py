@@ -99,7 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--spectrum-every", type=int, default=0, help="steps between live spectra (0: off)"
     )
+    train.add_argument(
+        "--max-overhead",
+        type=float,
+        default=None,
+        help="skip a due spectrum when spectra would exceed this share of the training time "
+        "(default: compute every one)",
+    )
     train.add_argument("--resume", default=None, help="checkpoint to resume from")
+    train.add_argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        help="write TensorBoard event files (metrics and curvature checks) to DIR",
+    )
 
     spectrum = sub.add_parser("spectrum", help="Hessian or GGN spectral density and top eigenpairs")
     _common(spectrum)
@@ -178,7 +191,7 @@ _SETUP = ("model", "data", "data_root", "download", "checkpoint", "batch_size", 
 _KEYWORDS = {
     "train": ("model", "data", "data_root", "batch_size", "num_samples", "device", "seed",
               "optimizer", "lr", "momentum", "weight_decay", "epochs", "schedule",
-              "spectrum_every", "resume", "loss_fn"),
+              "spectrum_every", "max_overhead", "resume", "loss_fn", "tensorboard"),
     "spectrum": ("curvature", "num_iters", "num_probes", "top_k", "tol", "params", "seed"),
     "stats": ("num_probes", "per_sample", "seed"),
     "landscape": ("directions", "span", "num_points", "curvature", "seed"),

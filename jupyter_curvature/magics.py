@@ -285,6 +285,12 @@ class CurvMagics(Magics):
     @argument("--device", default=None, help="cpu | cuda | cuda:N (moves the model)")
     @argument("--seed", type=int, default=0, help="seed of the shuffling and of the SLQ probes")
     @argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        help="write TensorBoard event files (metrics and curvature checks) to DIR",
+    )
+    @argument(
         "--max-overhead",
         type=_positive(float),
         default=None,
@@ -730,7 +736,8 @@ _SETUP_KEYWORDS = ("model", "data", "loss_fn", "device", "seed", "num_samples", 
 _TRAIN_KEYWORDS = ("model", "data", "test_data", "optimizer", "lr", "momentum", "weight_decay",
                    "epochs", "steps", "batch_size", "loss_fn", "spectrum_every", "curvature",
                    "num_iters", "num_probes", "top_k", "spectrum_samples", "eval_every",
-                   "device", "seed", "max_overhead", "checkpoint_dir", "checkpoint_every")  # fmt: skip
+                   "device", "seed", "max_overhead", "checkpoint_dir", "checkpoint_every",
+                   "tensorboard")  # fmt: skip
 _SPECTRUM_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_iters", "num_probes", "top_k",
                       "params", "batchnorm")  # fmt: skip
 _STATS_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_probes")

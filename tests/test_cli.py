@@ -328,3 +328,27 @@ def test_a_deprecated_flag_warns_on_stderr_and_gives_the_new_flags_result(
     b = json.loads((tmp_path / "old" / f"{curvature}_spectrum.json").read_text())
     for key in ("top_eigenvalues", "stats", "num_parameters"):
         assert a[key] == b[key], key
+
+
+def test_train_writes_tensorboard_event_files_with_the_history(tmp_path):
+    """``train --tensorboard DIR``: the per-step losses and each curvature check are in the
+    event files, equal to the run's own history (read back with tensorboard's reader)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb, out = tmp_path / "tb", tmp_path / "run"
+    argv = ["train", "--model", "mlp", "--epochs", "1", "--num-samples", "64",
+            "--batch-size", "16", "--spectrum-every", "2", "--out", str(out),
+            "--tensorboard", str(tb)]  # fmt: skip
+    assert main(argv) == 0
+    history = json.loads((out / "history.json").read_text())
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    losses = acc.Scalars("train/loss")
+    assert [e.step for e in losses] == history["steps"]["step"]
+    assert [e.value for e in losses] == pytest.approx(history["steps"]["loss"], rel=1e-6)
+    checks = acc.Scalars("curvature/lambda_1")
+    assert [e.step for e in checks] == [r["step"] for r in history["curvature"]]
+    assert [e.value for e in checks] == pytest.approx(
+        [r["top_eigenvalues"][0] for r in history["curvature"]], rel=1e-6
+    )

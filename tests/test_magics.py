@@ -531,3 +531,15 @@ def test_deprecated_flags_print_a_note_and_give_the_new_flags_result(ip, capsys)
         f"%curv_stats {common} --include curvature --batch-size 10 --num-probes 3 --curvature ggn --out st_new",
     )
     assert ns["st_old"].to_dict() == ns["st_new"].to_dict()
+
+
+def test_train_magic_logs_to_tensorboard(ip, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(ip, f"%curv_train --model mlp --data digits {FAST} --tensorboard {tmp_path} --out tbrun")
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    losses = acc.Scalars("train/loss")
+    assert [e.step for e in losses] == [1, 2, 3, 4]
+    assert [e.value for e in losses] == pytest.approx(ip.user_ns["tbrun"].history.loss, rel=1e-6)

@@ -200,6 +200,7 @@ def train(
     data_root: str | Path | None = None,
     device: torch.device | str | None = None,
     callbacks: Iterable[Any] = (),
+    tensorboard: str | Path | None = None,
     seed: int = 0,
     out: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
@@ -271,6 +272,9 @@ def train(
         resume: a checkpoint path, or ``True`` for ``checkpoint_dir/checkpoint-last.pt`` (if
             it exists), to continue from.
         progress: a tqdm bar (registry names; the magics pass their own callbacks).
+        tensorboard: a folder for TensorBoard event files (training metrics and each live
+            curvature check; :func:`jupyter_curvature.integrations.tensorboard_callback`,
+            needs ``pip install "jupyter_curvature[tensorboard]"``).
         namespace: where names are looked up first (the magics' user namespace).
 
     Old keywords (``ggn=True``, ``spectrum_iters``, ``spectrum_probes``, ``subset``,
@@ -289,6 +293,7 @@ def train(
     if steps is not None and steps < 1:
         raise InputError(f"the number of steps must be at least 1, got {steps}")
     plain = step_fn is None and not callbacks and loss_fn is None
+    callbacks = list(callbacks) + _loggers(tensorboard)
     if plain and _is_name(model, namespace) and _is_name(data, namespace):
         return _train_named(
             model, data, optimizer=optimizer, lr=lr, momentum=momentum,
@@ -298,6 +303,7 @@ def train(
             spectrum_samples=spectrum_samples, top_k=top_k, max_overhead=max_overhead,
             num_samples=num_samples, data_root=data_root, device=device, seed=seed, out=out,
             checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+            callbacks=callbacks,
         )  # fmt: skip
     if num_samples is not None:
         raise InputError("num_samples needs a named dataset; give fewer batches instead")
@@ -382,6 +388,18 @@ def _cell_step(step_fn: StepFn, ctx: dict[str, Any], optimizer: Any):
     return trainer_step
 
 
+def _loggers(tensorboard: str | Path | None) -> list[Any]:
+    """The logging callbacks asked for (TensorBoard), or a one-line error naming the extra."""
+    if tensorboard is None:
+        return []
+    from ..integrations import tensorboard_callback
+
+    try:
+        return [tensorboard_callback(tensorboard)]
+    except ImportError as exc:
+        raise InputError(str(exc).splitlines()[0]) from None
+
+
 def _is_one_batch(data: Any) -> bool:
     return (
         isinstance(data, tuple)
@@ -400,7 +418,7 @@ def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: An
                  spectrum_every: int, curvature: str, num_iters: Any, num_probes: Any,
                  spectrum_samples: int, top_k: int, max_overhead: Any, num_samples: Any,
                  data_root: Any, device: Any, seed: int, out: Any, checkpoint_every: Any,
-                 resume: Any, progress: bool) -> TrainResult:  # fmt: skip
+                 resume: Any, progress: bool, callbacks: list[Any]) -> TrainResult:  # fmt: skip
     """A registry model on a registry dataset: :func:`jupyter_curvature.training.train`
     (seeded subsets, per-epoch test evaluation, ``history.json``), then ``training.png``."""
     from .. import data as data_mod
@@ -420,9 +438,10 @@ def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: An
         optimizer_kwargs["weight_decay"] = weight_decay
     if isinstance(optimizer, str) and optimizer.lower() == "sgd":
         optimizer_kwargs["momentum"] = 0.9 if momentum is None else momentum
-    settings = {"curvature": curvature, "top_k": top_k, "subsample": spectrum_samples}
-    for key, value in (("num_iters", num_iters), ("num_probes", num_probes),
-                       ("max_overhead", max_overhead)):  # fmt: skip
+    # max_overhead=None: every check, as on the other path (not the callback's own default)
+    settings = {"curvature": curvature, "top_k": top_k, "subsample": spectrum_samples,
+                "max_overhead": max_overhead}  # fmt: skip
+    for key, value in (("num_iters", num_iters), ("num_probes", num_probes)):
         if value is not None:
             settings[key] = value
     trainer = train_by_name(
@@ -431,7 +450,7 @@ def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: An
         batch_size=batch_size, schedule=schedule, root=data_root, subset=num_samples,
         out_dir=out, checkpoint_every=checkpoint_every, resume=resume, seed=seed,
         device=resolve_device(device), spectrum_every=spectrum_every or None,
-        curvature=settings, progress=progress,
+        curvature=settings, progress=progress, callbacks=callbacks,
     )  # fmt: skip
     result = TrainResult(trainer.model, trainer.optimizer, trainer.loss_fn, trainer)
     if out is not None:
