@@ -60,7 +60,7 @@ def test_tour_uses_every_magic_and_runs_without_error(executed):
     last = executed.cells[-1]
     text = "".join(o.get("text", "") for o in last.outputs)
     status, steps, spectra, n, converged = text.split()
-    assert (status, steps, spectra, n, converged) == ("finished", "60", "4", "2410", "True")
+    assert (status, steps, spectra, n, converged) == ("completed", "60", "4", "2410", "True")
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ CELLS = [
         "%curv_landscape --model model --data curv_data --eigen eig --directions top:2 --span 1.0 --num-points 11 --out ex"
     ),
     new_code_cell(
-        'print("done:", run.history.status, run.history.steps_done, "steps")  # noqa: F821'
+        'print("done:", run.status, run.trainer.step, "steps")  # noqa: F821'
     ),
 ]
 

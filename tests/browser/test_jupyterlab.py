@@ -243,7 +243,7 @@ class TestChecksNotebook:
         nb.screenshot(out, artifacts / "checks_dashboard_done.png")
         figs = {f["title"]: f for f in nb.figures(out)}
         assert "Loss" in figs and "Top-1 accuracy" in figs, list(figs)
-        steps = int(kernel_values(nb, "print(run.history.steps_done)")[0])
+        steps = int(kernel_values(nb, "print(run.trainer.step)")[0])
         assert steps == 120
         for title in ("Loss", "Top-1 accuracy"):
             points = line_points(figs[title])
@@ -444,7 +444,7 @@ class TestExampleNotebook:
         out = nb.output(nb.cell_index("%%curv_train"))
         nb.screenshot(out, artifacts / "example_dashboard.png")
         figs = {f["title"]: f for f in nb.figures(out)}
-        steps = int(kernel_values(nb, "print(run.history.steps_done)")[0])
+        steps = int(kernel_values(nb, "print(run.trainer.step)")[0])
         for title in ("Loss", "Top-1 accuracy"):
             assert title in figs, list(figs)
             points = line_points(figs[title])
