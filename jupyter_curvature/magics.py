@@ -1,5 +1,8 @@
 """The IPython extension: ``%load_ext jupyter_curvature`` and the ``%curv_*`` magics.
 
+(About 730 lines, over the package's 700: one ``Magics`` class whose five magics share its
+argument machinery; a third of it is flag declarations and help text.)
+
 * ``%curv_help``: every magic, its options and examples.
 * ``%%curv_train``: train a model with a live dashboard (loss, accuracy, spectral density,
   largest eigenvalues against ``2 / lr``, statistics, events); the cell body, if any, is the
@@ -34,6 +37,7 @@ from IPython.display import display
 from traitlets import CaselessStrEnum, Float
 
 from . import tasks
+from .cell_step import CellBodyError, cell_step, point_at_user_code
 from .tasks.options import task_kwargs
 from .widgets._base import track_panel  # public here too (%curv_landscape uses it)
 
@@ -90,10 +94,6 @@ def _deprecated(old: str, new: str, **kwargs: Any) -> Any:
         old, dest=old.lstrip("-").replace("-", "_"), default=argparse.SUPPRESS,
         help=f"deprecated: use {new}", **kwargs,
     )  # fmt: skip
-
-
-class _BodyError(ValueError):
-    """The training cell body broke the contract (did not set a scalar ``loss``)."""
 
 
 @magics_class
@@ -334,7 +334,7 @@ class CurvMagics(Magics):
         model = self._call(name, tasks.resolve_model, kwargs.pop("model"), self.ns)
         step_fn, restore = (None, None)
         if cell is not None and cell.strip():
-            step_fn, restore = self._body_step(cell, line)
+            step_fn, restore = cell_step(self.shell, cell, line)
         if self.use_widgets:
             from .widgets.dashboard import TrainingDashboard
 
@@ -354,12 +354,12 @@ class CurvMagics(Magics):
             )  # fmt: skip
         except tasks.InputError as exc:
             raise UsageError(f"%{name}: {exc}") from None
-        except _BodyError as exc:
+        except CellBodyError as exc:
             self._store(args.out, recorder.result())
             raise UsageError(f"%{name}: {exc}") from None
         except Exception as exc:
             self._store(args.out, recorder.result())
-            _point_at_user_code(self.shell, exc, getattr(step_fn, "filename", None))
+            point_at_user_code(self.shell, exc, getattr(step_fn, "filename", None))
             raise
         finally:
             if restore is not None:
@@ -373,57 +373,6 @@ class CurvMagics(Magics):
                 + " are kept"
             )
         return None
-
-    def _body_step(self, cell: str, line: str) -> tuple[Any, Any]:
-        """Compile the cell body once; the step runs it in the user's namespace with the batch bound."""
-        shell = self.shell
-        source = shell.transform_cell(cell)
-        # line 1 of the cell is the magic line: keep the body's line numbers those of the cell
-        text = f"# %%curv_train {line}\n{source}"
-        filename = shell.compile.cache(text, shell.execution_count, raw_code=text)
-        try:
-            code = compile(text, filename, "exec")
-        except SyntaxError as exc:
-            raise UsageError(
-                f"%%curv_train: syntax error in the cell body, line {exc.lineno}: {exc.msg}"
-            ) from None
-        ns = shell.user_ns
-        bound = ("x", "y", "batch", "model", "loss_fn", "optimizer", "step", "outputs", "loss")
-        saved = {k: ns[k] for k in bound if k in ns}
-
-        def step(model: Any, x: Any, y: Any, ctx: dict[str, Any]) -> Any:
-            ns.update(
-                x=x,
-                y=y,
-                batch=(x, y),
-                model=model,
-                loss_fn=ctx["loss_fn"],
-                optimizer=ctx["optimizer"],
-                step=ctx["trainer"].step + 1,
-                outputs=None,
-            )
-            ns.pop("loss", None)
-            exec(code, ns)
-            loss = ns.get("loss")
-            import torch
-
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                got = "nothing" if loss is None else f"a {type(loss).__name__}"
-                raise _BodyError(
-                    f"the cell body must assign a scalar tensor to `loss` (it assigned {got})"
-                )
-            return loss.reshape(()), ns.get("outputs")
-
-        step.filename = filename  # type: ignore[attr-defined]
-
-        def restore() -> None:
-            for k in bound:
-                if k in saved:
-                    ns[k] = saved[k]
-                elif k != "loss":
-                    ns.pop(k, None)
-
-        return step, restore
 
     # ------------------------------------------------------------------ %curv_spectrum
     @magic_arguments()
@@ -741,26 +690,6 @@ _TRAIN_KEYWORDS = ("model", "data", "test_data", "optimizer", "lr", "momentum", 
 _SPECTRUM_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_iters", "num_probes", "top_k",
                       "params", "batchnorm")  # fmt: skip
 _STATS_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_probes")
-
-
-def _point_at_user_code(shell: Any, exc: BaseException, filename: str | None) -> None:
-    """Make IPython show ``exc``'s traceback from the user's cell-body line down, not our frames."""
-    if shell is None or filename is None:
-        return
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
-        tb = tb.tb_next
-    if tb is None:
-        return
-    user_tb = tb
-
-    def render() -> list[str]:
-        return shell.InteractiveTB.structured_traceback(type(exc), exc, user_tb, tb_offset=0)
-
-    try:
-        exc._render_traceback_ = render  # type: ignore[attr-defined]
-    except (AttributeError, TypeError):  # exceptions without a __dict__ keep the full traceback
-        pass
 
 
 # --------------------------------------------------------------------------- extension
