@@ -1,6 +1,9 @@
 """K-FAC: Kronecker-factored approximate curvature (Martens & Grosse 2015), with KFC for
 convolutions (Grosse & Martens 2016) and KL clipping (Ba, Grosse & Martens 2017).
 
+(About 800 lines, over the package's 700: one paper's preconditioner and the optimiser
+that wraps it, read together against the paper's equations.)
+
 For a layer with weights ``W`` (``out x in``, the bias appended as a last column) the
 Fisher block is approximated by a Kronecker product :math:`F \\approx A \\otimes G`:
 
