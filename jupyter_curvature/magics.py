@@ -96,6 +96,17 @@ def _deprecated(old: str, new: str, **kwargs: Any) -> Any:
     )  # fmt: skip
 
 
+def _curvature_flags(func: Any) -> Any:
+    """``--curvature hessian|ggn`` and its deprecated spelling ``--ggn`` (every magic alike)."""
+    func = _deprecated("--ggn", "--curvature ggn", action="store_true")(func)
+    return argument(
+        "--curvature",
+        choices=["hessian", "ggn"],
+        default="hessian",
+        help="hessian (default) or ggn",
+    )(func)
+
+
 @magics_class
 class CurvMagics(Magics):
     """The ``%curv_*`` magics. Settings are traitlets (``%config CurvMagics.widgets = "off"``)."""
@@ -258,13 +269,7 @@ class CurvMagics(Magics):
     @argument(
         "--spectrum-every", type=int, default=0, help="curvature spectrum every N steps (0: never)"
     )
-    @argument(
-        "--curvature",
-        choices=["hessian", "ggn"],
-        default="hessian",
-        help="hessian (default) or ggn",
-    )
-    @_deprecated("--ggn", "--curvature ggn", action="store_true")
+    @_curvature_flags
     @argument(
         "--num-iters", type=_positive(int), default=30, help="Lanczos steps per spectrum (30)"
     )
@@ -378,13 +383,7 @@ class CurvMagics(Magics):
     @magic_arguments()
     @argument("--model", required=True, help="model variable or registry name")
     @argument("--data", required=True, help="data variable or built-in name (digits, digits:test)")
-    @argument(
-        "--curvature",
-        choices=["hessian", "ggn"],
-        default="hessian",
-        help="hessian (default) or ggn",
-    )
-    @_deprecated("--ggn", "--curvature ggn", action="store_true")
+    @_curvature_flags
     @argument("--num-iters", type=_positive(int), default=80, help="Lanczos steps per probe (80)")
     @_deprecated("--iters", "--num-iters", type=_positive(int))
     @argument("--num-probes", type=_positive(int), default=4, help="SLQ probes (4)")
