@@ -1,7 +1,7 @@
 """Matrix-free curvature of the empirical risk: Hessian, generalised Gauss-Newton, empirical Fisher.
 
 Every operator here is the curvature of ``loss_fn`` applied to *all* of ``data`` as if it were
-one batch (DESIGN.md). With ``reduction="mean"`` that is the mean over all ``N`` samples, so a
+one batch (the definition of ``docs/operators.md``). With ``reduction="mean"`` that is the mean over all ``N`` samples, so a
 batch ``b`` of ``B_b`` samples enters with weight ``B_b / N`` (a short last batch counts by its
 size); with ``reduction="sum"`` batches are simply added. ``N`` is counted during the pass, so no
 extra pass over the data is needed.

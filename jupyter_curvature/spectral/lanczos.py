@@ -12,7 +12,7 @@ the Gauss quadrature weights of stochastic Lanczos quadrature (Golub & Meurant 2
 
 The recurrence and the full reorthogonalisation are GPyTorch's
 (:func:`linear_operator.utils.lanczos.lanczos_tridiag`). Around it this module adds what a
-Hessian needs (algorithms.md sections 0 and 2):
+Hessian needs (measured in ``docs/spectral.md``):
 
 * the tridiagonal is diagonalised here with ``torch.linalg.eigh`` in float64, never with
   ``lanczos_tridiag_to_diag`` (which replaces negative Ritz values by 1);
@@ -25,7 +25,7 @@ Hessian needs (algorithms.md sections 0 and 2):
 * ``k`` probes run as one batched process: the operator always sees the whole ``(n, k)``
   block, so a Hessian shares one forward and one gradient graph per batch among the probes;
 * the basis is float64 by default whatever the operator's dtype (CPU float32 norms drift for
-  ``n >= 1e6``, algorithms.md 0.4), and may live on another device than the operator;
+  ``n >= 1e6``: sums of a million float32 terms lose digits), and may live on another device than the operator;
 * products are checked for NaN, and symmetry is checked for free at step 1
   (``q_0^T A q_1 = q_1^T A q_0``).
 """
@@ -366,7 +366,7 @@ def run_tridiag(
     """
     n, p = init.shape
     if num_iters == 1 or n == 1:
-        # lanczos_tridiag(max_iter=1) raises IndexError (algorithms.md 0.3): one step by hand
+        # lanczos_tridiag(max_iter=1) raises IndexError (linear_operator 0.6): one step by hand
         closure(init / init.norm(dim=0, keepdim=True))
         return
 
