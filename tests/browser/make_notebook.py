@@ -53,7 +53,7 @@ CELLS = [
     ),
     new_code_cell("%load_ext jupyter_curvature"),
     new_code_cell(
-        "%%curv_train --model model --data digits --steps 120 --lr 0.1 --spectrum-every 40 --iters 12 --probes 1 --top 2 --spectrum-samples 128 --out run\n"
+        "%%curv_train --model model --data digits --steps 120 --lr 0.1 --spectrum-every 40 --num-iters 12 --num-probes 1 --top-k 2 --spectrum-samples 128 --out run\n"
         "if step == 40:\n"
         '    gate("train_middle")\n'
         "if step == 120:\n"
@@ -63,7 +63,7 @@ CELLS = [
         "loss = loss_fn(outputs, y)"
     ),
     new_code_cell(
-        "%curv_spectrum --model model --data curv_data --iters 30 --probes 2 --top 3 --out dens --out-eigen eig"
+        "%curv_spectrum --model model --data curv_data --num-iters 30 --num-probes 2 --top-k 3 --out dens --out-eigen eig"
     ),
     new_code_cell(
         "%curv_landscape --model model --data curv_data --eigen eig --directions top:2 --span 1.0 --num-points 11 --out ex"

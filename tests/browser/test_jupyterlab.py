@@ -456,13 +456,13 @@ class TestExampleNotebook:
         for name, cell, title, var in (
             (
                 "ggn",
-                "%curv_spectrum --model model --data curv_data --ggn",
+                "%curv_spectrum --model model --data curv_data --curvature ggn",
                 "GGN spectral",
                 "ggn_eigen",
             ),
             (
                 "hessian",
-                "%curv_spectrum --model model --data curv_data --iters",
+                "%curv_spectrum --model model --data curv_data --num-iters",
                 "Hessian spectral",
                 "hess_eigen",
             ),
