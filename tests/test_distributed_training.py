@@ -150,7 +150,7 @@ def api_train_run() -> dict:
         "test_loss": list(h.test_loss),
         "spectrum_steps": list(h.spectrum_steps),
         "top": [list(t) for t in h.top_eigenvalues],
-        "status": h.status,
+        "status": result.status,
     }
 
 
@@ -333,7 +333,7 @@ def test_live_spectra_equal_single_process_and_agree_across_ranks(runs, single):
 def test_api_train_under_ddp_equals_one_process(runs, single):
     results, _ = runs
     ref = single["api_train"]
-    assert ref["status"] == "finished" and ref["spectrum_steps"] == [0, 3, 6], ref
+    assert ref["status"] == "completed" and ref["spectrum_steps"] == [0, 3, 6], ref
     assert len(ref["loss"]) == 6 and ref["test_loss"]
     for r in results:
         got = r["api_train"]
