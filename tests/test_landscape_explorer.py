@@ -633,7 +633,7 @@ def test_magic_old_flags_are_deprecated_aliases(setup, ip):
     ("line", "message"),
     [
         ("--model nope --data train", "'nope' is neither a variable nor a registered model"),
-        ("--model model --data nope", "'nope' is neither a variable nor a built-in dataset"),
+        ("--model model --data nope", "'nope' is neither a variable nor a known dataset"),
         ("--model model --data train --eigen nope", "'nope' is not a variable"),
         ("--model model --data train --eigen model", "not an eigenpairs result"),
         ("--model train --data train", "'train' is a tuple, not a torch.nn.Module"),
