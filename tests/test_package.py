@@ -50,11 +50,15 @@ def test_lazy_attributes_resolve():
 
 def test_importing_the_engine_shows_no_dependency_warning():
     """No FutureWarning/DeprecationWarning from a dependency reaches a notebook cell when the
-    engine is first imported (linear_operator's torch.jit.script is filtered narrowly)."""
+    engine is first imported and its first products run (linear_operator's and torch's own
+    forward-AD decompositions' torch.jit.script warnings are filtered narrowly)."""
     imports = "\n".join(f"import {name}" for name in ENGINE)
     done = subprocess.run(
         [sys.executable, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning", "-c",
-         imports + "\nimport jupyter_curvature as jc\njc.spectral_density, jc.eigenpairs, jc.trace"],
+         imports + "\nimport jupyter_curvature as jc\njc.spectral_density, jc.eigenpairs, jc.trace"
+         + "\nimport torch\nnet = torch.nn.Linear(3, 2)\nx, y = torch.randn(4, 3), torch.arange(4) % 2"
+         + "\nfor Op in (jc.HessianOperator, jc.GGNOperator, jc.EmpiricalFisherOperator):"
+         + "\n    Op(net, torch.nn.CrossEntropyLoss(), (x, y)) @ torch.ones(8)"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

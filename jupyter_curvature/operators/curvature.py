@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +37,20 @@ from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
 # torch.autograd.forward_ad, ``JVP_NESTING`` of torch.func.jvp): two threads inside it at once
 # fail with "Nested forward mode AD is not supported", whatever models they differentiate
 _FORWARD_AD = threading.Lock()
+
+
+def _load_forward_ad() -> None:
+    """Import torch's forward-AD decompositions now, without their warning in a notebook cell.
+
+    The first ``fwAD.make_dual`` imports ``torch._decomp.decompositions_for_jvp``, which
+    compiles them with ``torch.jit.script``, deprecated with a FutureWarning: torch's warning,
+    not the user's. Only that message is silenced, only during this import (a no-op after it).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+        )
+        from torch._decomp import decompositions_for_jvp  # noqa: F401
 
 
 def _check_loss_fn(loss_fn: Any) -> None:
@@ -435,6 +450,7 @@ class GGNOperator(_FunctionalOperator):
     ):
         _check_loss_fn(loss_fn)
         self._output_hessian = output_hessian or output_hessian_for(loss_fn)
+        _load_forward_ad()  # before the first dual number: its warning is torch's
         super().__init__(model, loss_fn, data, params, **kwargs)
 
     _needs_tensor_outputs = True  # J and H_L are taken of one output tensor
