@@ -230,5 +230,3 @@ def test_the_trainers_history_writes_nan_as_null_and_reads_it_back(tmp_path):
     assert math.isnan(back.loss[1]) and back.loss[0] == history.loss[0]
     assert back.top_eigenvalues == history.top_eigenvalues
     assert back.steps["step"] == history.steps["step"] and len(result.spectra) == 2
-
-

@@ -487,9 +487,7 @@ def test_static_plots_draw_the_same_data(tiny_spectrum):
     ax = fig.axes[0]
     np.testing.assert_array_equal(ax.lines[0].get_ydata(), out.history.loss)
     top_ax = fig.axes[3]
-    np.testing.assert_array_equal(
-        top_ax.lines[0].get_ydata(), [t[0] for t in view.top_eigenvalues]
-    )
+    np.testing.assert_array_equal(top_ax.lines[0].get_ydata(), [t[0] for t in view.top_eigenvalues])
     fig = plot_spectrum(res.density, eigen=res.eigen, sigma=0.1)
     curve = res.density.density(None, 0.1)
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), curve.density)

@@ -111,8 +111,11 @@ def factor_eigh(factor: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Te
         shift = relative * scale
         if relative and not shift:
             break  # a zero factor: no shift can help (and eigh of zeros does not fail)
-        shifted = factor if not shift else factor + shift * torch.eye(
-            factor.shape[0], dtype=factor.dtype, device=factor.device
+        shifted = (
+            factor
+            if not shift
+            else factor
+            + shift * torch.eye(factor.shape[0], dtype=factor.dtype, device=factor.device)
         )
         try:
             values, vectors = torch.linalg.eigh(shifted)

@@ -49,9 +49,7 @@ def describe_event(event: dict[str, Any], with_step: bool = True) -> str:
     if kind in ("interrupted", "stopped"):
         return f"{kind} at step {event['step']}"
     if kind == "evaluation":
-        return (
-            f"{prefix}test loss {event['test_loss']:.4g}, accuracy {event['test_accuracy']:.4f}"
-        )
+        return f"{prefix}test loss {event['test_loss']:.4g}, accuracy {event['test_accuracy']:.4f}"
     return str(event)
 
 

@@ -68,9 +68,7 @@ CELLS = [
     new_code_cell(
         "%curv_landscape --model model --data curv_data --eigen eig --directions top:2 --span 1.0 --num-points 11 --out ex"
     ),
-    new_code_cell(
-        'print("done:", run.status, run.trainer.step, "steps")  # noqa: F821'
-    ),
+    new_code_cell('print("done:", run.status, run.trainer.step, "steps")  # noqa: F821'),
 ]
 
 

@@ -173,4 +173,6 @@ def check_start(names: list[str], params: list[torch.Tensor], device: torch.devi
     if not is_distributed():
         return
     check_backend_device(device)
-    check_signatures(gather_objects([(n, tuple(p.shape), str(p.dtype)) for n, p in zip(names, params)]))
+    check_signatures(
+        gather_objects([(n, tuple(p.shape), str(p.dtype)) for n, p in zip(names, params)])
+    )
