@@ -2,14 +2,13 @@
 
 The body is compiled once (with the cell's own line numbers, the magic line being line 1)
 and run in the notebook's namespace for every step with the batch bound; an exception in it
-is shown from the user's line down, without the package's frames.
+is shown from the user's line down, without the package's frames. Only ``magics`` imports
+this module; like it, it imports IPython only inside the function that needs it.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from IPython.core.error import UsageError
 
 __all__ = ["CellBodyError", "cell_step", "point_at_user_code"]
 
@@ -20,6 +19,8 @@ class CellBodyError(ValueError):
 
 def cell_step(shell: Any, cell: str, line: str) -> tuple[Any, Any]:
     """Compile the cell body once; the step runs it in the user's namespace with the batch bound."""
+    from IPython.core.error import UsageError  # only the magics call this: IPython is loaded
+
     source = shell.transform_cell(cell)
     # line 1 of the cell is the magic line: keep the body's line numbers those of the cell
     text = f"# %%curv_train {line}\n{source}"
