@@ -13,6 +13,7 @@ one gradient graph) serves all ``k`` columns.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import warnings
@@ -39,12 +40,13 @@ from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
 _FORWARD_AD = threading.Lock()
 
 
+@functools.cache  # once per process: catch_warnings swaps the global filters
 def _load_forward_ad() -> None:
     """Import torch's forward-AD decompositions now, without their warning in a notebook cell.
 
     The first ``fwAD.make_dual`` imports ``torch._decomp.decompositions_for_jvp``, which
     compiles them with ``torch.jit.script``, deprecated with a FutureWarning: torch's warning,
-    not the user's. Only that message is silenced, only during this import (a no-op after it).
+    not the user's. Only that message is silenced, only during this import, done once.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings(

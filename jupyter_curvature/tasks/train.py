@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.batches import is_single_batch
 from ..training import (
     Callback,
     CheckpointOptions,
@@ -148,7 +149,7 @@ def _train_source(data: Any) -> tuple[Any, dict[str, Any]]:
                 "give a DataLoader over a map-style Dataset"
             )
         return data, {}
-    batches = [data] if _is_one_batch(data) else list(data)
+    batches = [data] if is_single_batch(data) else list(data)
     if not batches:
         raise InputError("data holds no batches")
     if not all(
@@ -398,14 +399,6 @@ def _loggers(tensorboard: str | Path | None) -> list[Any]:
         return [tensorboard_callback(tensorboard)]
     except ImportError as exc:
         raise InputError(str(exc).splitlines()[0]) from None
-
-
-def _is_one_batch(data: Any) -> bool:
-    return (
-        isinstance(data, tuple)
-        and len(data) == 2
-        and all(isinstance(v, torch.Tensor) for v in data)
-    )
 
 
 def _is_name(spec: Any, namespace: Any) -> bool:
