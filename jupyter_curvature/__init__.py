@@ -50,7 +50,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     # training and files
     "Trainer": ".training",
     "DiskFullError": ".core.files",
-    "train": ".training",
+    "train": ".tasks",  # the train task: names or objects -> TrainResult
+    "TrainResult": ".tasks",
     "History": ".training",
     "DataOptions": ".training",
     "CheckpointOptions": ".training",

@@ -22,7 +22,7 @@ from ._version import __version__
 
 def _deprecated(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) -> None:
     """An old flag, parsed under its old name (absent unless given) and renamed with a
-    warning by :func:`jupyter_curvature.tasks.options.task_kwargs`."""
+    warning by :func:`jupyter_curvature.core.vocabulary.task_kwargs`."""
     parser.add_argument(
         old, dest=old.lstrip("-").replace("-", "_"), default=argparse.SUPPRESS,
         help=f"deprecated: use {new}", **kwargs,
@@ -200,7 +200,7 @@ _KEYWORDS = {
 
 def _keywords(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
     """The task keywords of ``args``; each deprecated flag warns with one line on stderr."""
-    from .tasks.options import task_kwargs
+    from .core.vocabulary import task_kwargs
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FutureWarning)

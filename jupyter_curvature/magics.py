@@ -38,7 +38,7 @@ from traitlets import CaselessStrEnum, Float
 
 from . import tasks
 from .cell_step import CellBodyError, cell_step, point_at_user_code
-from .tasks.options import task_kwargs
+from .core.vocabulary import task_kwargs
 from .widgets._base import track_panel  # public here too (%curv_landscape uses it)
 
 __all__ = ["CurvMagics", "load_ipython_extension", "track_panel", "unload_ipython_extension"]

@@ -131,13 +131,13 @@ def test_digits_default_and_val_split():
 
 
 def test_seeded_subsets():
-    a = get_dataset("digits", subset=100, subset_seed=3)
-    b = get_dataset("digits", subset=100, subset_seed=3)
-    c = get_dataset("digits", subset=100, subset_seed=4)
+    a = get_dataset("digits", num_samples=100, seed=3)
+    b = get_dataset("digits", num_samples=100, seed=3)
+    c = get_dataset("digits", num_samples=100, seed=4)
     assert torch.equal(a.tensors[0], b.tensors[0])
     assert not torch.equal(a.tensors[0], c.tensors[0])
     with pytest.raises(ValueError, match="larger than the split"):
-        get_dataset("digits", split="test", subset=1000)
+        get_dataset("digits", split="test", num_samples=1000)
 
 
 def test_digits_augmentation_shifts_within_padding():

@@ -75,7 +75,9 @@ def make_trainer(model=None, callbacks=(), *, batch_size=BATCH, checkpoint_dir=N
 
 def curvature_callback(**kw):
     kw.setdefault("max_overhead", None)
-    return CurvatureCallback(every=5, num_iters=8, num_probes=2, subsample=41, at_end=True, **kw)
+    return CurvatureCallback(
+        every=5, num_iters=8, num_probes=2, spectrum_samples=41, at_end=True, **kw
+    )
 
 
 def weights(model: nn.Module) -> list[torch.Tensor]:
@@ -92,7 +94,7 @@ def summary(trainer: Trainer) -> dict:
         ],
         "events": [e for e in trainer.history.events if e["event"] != "checkpoint"],
         "curvature": [
-            {k: c[k] for k in ("step", "ritz_values", "weights", "subsample")}
+            {k: c[k] for k in ("step", "ritz_values", "weights", "spectrum_samples")}
             for c in trainer.history.curvature
         ],
         "step": trainer.step,
@@ -323,7 +325,7 @@ def test_live_spectra_equal_single_process_and_agree_across_ranks(runs, single):
         got = r["plain"]["curvature"]
         assert [c["step"] for c in got] == [5, 10]
         for mine, theirs in zip(got, ref):
-            assert mine["subsample"] == theirs["subsample"] == 41
+            assert mine["spectrum_samples"] == theirs["spectrum_samples"] == 41
             for key in ("ritz_values", "weights"):
                 close(mine[key], theirs[key], SPECTRUM_TOL, f"{key} at step {mine['step']}")
     assert results[0]["plain"]["curvature"] == results[1]["plain"]["curvature"]  # bit for bit
@@ -436,7 +438,7 @@ def _bad_input_job():
     )
     out["batch"] = _error(lambda: make_trainer(batch_size=69))
     out["subsample"] = _error(
-        lambda: make_trainer(callbacks=[CurvatureCallback(subsample=1)], steps=1).fit()
+        lambda: make_trainer(callbacks=[CurvatureCallback(spectrum_samples=1)], steps=1).fit()
     )
 
     def step_fn(module, x, y):

@@ -136,6 +136,27 @@ def test_deprecated_train_keywords():
     assert old.history.top_eigenvalues == new.history.top_eigenvalues
 
 
+def test_the_engine_takes_the_table_names_and_its_old_ones_warn():
+    """The engine's last old spellings (docs/vocabulary.md) are aliases of the table's names."""
+    import jupyter_curvature as jc
+    from jupyter_curvature.data import get_dataset, get_loader
+    from jupyter_curvature.training import CurvatureCallback
+
+    assert jc.train is tasks.train
+    new = get_dataset("digits", num_samples=40, seed=2).tensors
+    with pytest.warns(FutureWarning, match="get_dataset: subset= is deprecated; use num_samples"):
+        old = get_dataset("digits", subset=40, subset_seed=2).tensors
+    assert all(torch.equal(a, b) for a, b in zip(old, new))
+    with pytest.warns(FutureWarning, match="subset_seed= is deprecated; use seed=2"):
+        loader = get_loader("digits", batch_size=40, shuffle=False, num_samples=40, subset_seed=2)
+    assert torch.equal(next(iter(loader))[0], new[0])
+    with pytest.warns(FutureWarning, match="CurvatureCallback: subsample= is deprecated"):
+        callback = CurvatureCallback(subsample=64)
+    assert callback.spectrum_samples == 64
+    with pytest.raises(TypeError, match="give spectrum_samples= only"):
+        CurvatureCallback(subsample=64, spectrum_samples=32)
+
+
 def test_the_api_module_is_a_deprecated_alias_of_tasks():
     import jupyter_curvature
 

@@ -26,6 +26,7 @@ from jupyter_curvature.training import (
     Trainer,
     load_checkpoint,
     load_model_weights,
+    named_trainer,
     train,
 )
 
@@ -43,8 +44,8 @@ class Net(nn.Module):
 
 
 def digits(n=240, augment=True):
-    train_set = get_dataset("digits", subset=n, augment=augment)
-    test_set = get_dataset("digits", split="test", subset=100)
+    train_set = get_dataset("digits", num_samples=n, augment=augment)
+    test_set = get_dataset("digits", split="test", num_samples=100)
     return train_set, test_set
 
 
@@ -427,7 +428,9 @@ def test_curvature_callback_does_not_change_training(opt):
         model.train(was_training)
         return out
 
-    cb = CurvatureCallback(every=5, max_overhead=None, subsample=50, compute=compute, at_start=True)
+    cb = CurvatureCallback(
+        every=5, max_overhead=None, spectrum_samples=50, compute=compute, at_start=True
+    )
     seen = []
     watched = make(
         opt, callbacks=[cb, LambdaCallback(on_curvature=lambda t, r: seen.append(r["step"]))]
@@ -440,7 +443,7 @@ def test_curvature_callback_does_not_change_training(opt):
     assert all(torch.equal(b[0], batches[0][0]) for b in batches)  # a fixed subsample
     record = watched.history.curvature[1]
     assert record["lambda_max"] == 3.0 and record["lambda_min"] == -0.5
-    assert record["top_eigenvalues"] == [3.0, 1.0, -0.5] and record["subsample"] == 50
+    assert record["top_eigenvalues"] == [3.0, 1.0, -0.5] and record["spectrum_samples"] == 50
     assert record["lr"] == watched.history.metric("lr")[4]
 
 
@@ -467,10 +470,12 @@ def test_default_curvature_is_the_hessian_spectrum():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2), nn.Tanh(), nn.Linear(2, 3)).double()
     n = sum(p.numel() for p in model.parameters())
-    x, y = get_dataset("digits", dtype=torch.float64, subset=30).tensors
+    x, y = get_dataset("digits", dtype=torch.float64, num_samples=30).tensors
     y = y % 3
     data = TensorDataset(x, y)
-    cb = CurvatureCallback(every=100, num_iters=n, subsample=30, max_overhead=None, at_start=True)
+    cb = CurvatureCallback(
+        every=100, num_iters=n, spectrum_samples=30, max_overhead=None, at_start=True
+    )
     trainer = Trainer(
         model, torch.optim.SGD(model.parameters(), lr=0.1), data, steps=1, callbacks=[cb]
     )
@@ -508,41 +513,50 @@ def test_curvature_callback_bad_input():
         CurvatureCallback(max_overhead=0)
 
 
-# ---- train(): one call for the CLI -------------------------------------------------------------------
+# ---- named_trainer(): a trainer from names (the train task runs it) ---------------------------
 
 
-def test_train_function(tmp_path):
-    trainer = train(
-        "mlp", "digits", optimizer="kfac", epochs=2, subset=256, out_dir=tmp_path, seed=1
-    )
+def test_named_trainer(tmp_path):
+    def run(**kw):
+        trainer = named_trainer("mlp", "digits", optimizer="kfac", epochs=2, num_samples=256,
+                                checkpoint_dir=tmp_path, seed=1)  # fmt: skip
+        trainer.fit(**kw)
+        return trainer
+
+    trainer = run()
     assert trainer.status == "completed" and trainer.step == 4
-    assert (tmp_path / "checkpoint-last.pt").is_file() and (tmp_path / "history.json").is_file()
-    assert History.load(tmp_path / "history.json").to_dict() == trainer.history.to_dict()
     state = load_checkpoint(tmp_path / "checkpoint-last.pt")
     assert state["model_name"] == "mlp" and state["optimizer_class"] == "KFAC"
-    again = train(
-        "mlp",
-        "digits",
-        optimizer="kfac",
-        epochs=2,
-        subset=256,
-        out_dir=tmp_path,
-        seed=1,
-        resume=True,
-    )
+    again = run(resume=True)
     assert again.step == 4 and same(weights(again.model), weights(trainer.model))
     with pytest.raises(ValueError, match="unknown model"):
-        train("resnet7", "digits")
+        named_trainer("resnet7", "digits")
     with pytest.raises(ValueError, match="unknown dataset"):
-        train("mlp", "svhn")
+        named_trainer("mlp", "svhn")
+
+
+def test_deprecated_train_warns_and_trains_as_before(tmp_path):
+    """``training.train`` (the old one-call form, old keywords) still fits and saves the history."""
+    torch.manual_seed(0)  # the model's initial weights
+    with pytest.warns(FutureWarning, match="jupyter_curvature.train"):
+        trainer = train("mlp", "digits", optimizer="kfac", epochs=2, subset=256,
+                        out_dir=tmp_path, seed=1)  # fmt: skip
+    assert History.load(tmp_path / "history.json").to_dict() == trainer.history.to_dict()
+    torch.manual_seed(0)
+    fresh = named_trainer("mlp", "digits", optimizer="kfac", epochs=2, num_samples=256, seed=1)
+    fresh.fit()
+    assert same(weights(fresh.model), weights(trainer.model))
 
 
 def test_train_function_on_mnist_files_for_the_cifar_zoo(tmp_path):
     from test_data import write_mnist
 
     write_mnist(tmp_path, n_train=8, n_test=4)
-    trainer = train("resnet20", "mnist", root=tmp_path, data_kwargs={"rgb32": True}, steps=2,
-                    batch_size=4, optimizer="sgd")  # fmt: skip
+    trainer = named_trainer("resnet20", "mnist", data_root=tmp_path, data_kwargs={"rgb32": True},
+                            steps=2, batch_size=4, optimizer="sgd")  # fmt: skip
+    trainer.fit()
     assert trainer.step == 2 and trainer.model.conv1.in_channels == 3
-    trainer = train("small_cnn", "mnist", root=tmp_path, steps=1, batch_size=4, schedule=None)
+    trainer = named_trainer("small_cnn", "mnist", data_root=tmp_path, steps=1, batch_size=4,
+                            schedule=None)  # fmt: skip
+    trainer.fit()
     assert trainer.model.classifier[1].in_features == 16 * 7 * 7

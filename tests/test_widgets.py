@@ -175,7 +175,7 @@ def test_dashboard_marks_hold_the_training_data(leak_check):
     dash = TrainingDashboard(interval=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     curvature = CurvatureCallback(
-        every=3, num_iters=43, num_probes=2, subsample=48, top_k=3, at_start=True,
+        every=3, num_iters=43, num_probes=2, spectrum_samples=48, top_k=3, at_start=True,
         max_overhead=None,
     )  # fmt: skip
     train_set, options = as_dataset(data)

@@ -6,8 +6,8 @@ CIFAR-10/100, MNIST and FashionMNIST are read with torchvision from a local fold
 
 Splits: ``"train"`` and ``"test"``; with ``val_size=N`` the last ``N`` training images
 (the original package's convention, 5000 for CIFAR) become ``"val"`` and leave
-``"train"``. Validation images never get the training augmentation. ``subset=n`` keeps
-``n`` images of the split drawn without replacement by ``subset_seed``.
+``"train"``. Validation images never get the training augmentation. ``num_samples=n``
+keeps ``n`` images of the split drawn without replacement by ``seed``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ..core.vocabulary import accepts_aliases
 from .builtin import digits_dataset
 from .transforms import Normalization, image_transform, resolve_stats
 from .vision import ImageNet32, cifar, default_root, mnist_like
@@ -113,9 +114,9 @@ def seeded_subset(dataset: Dataset, size: int, seed: int = 0) -> Dataset:
     """``size`` items of ``dataset`` drawn without replacement, reproducibly by ``seed``."""
     n = len(dataset)
     if not isinstance(size, int) or size < 1:
-        raise ValueError(f"subset must be a positive number of samples, got {size!r}")
+        raise ValueError(f"num_samples must be a positive number of samples, got {size!r}")
     if size > n:
-        raise ValueError(f"subset={size} is larger than the split ({n} samples)")
+        raise ValueError(f"num_samples={size} is larger than the split ({n} samples)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
     return _take(dataset, order.sort().values)
 
@@ -156,6 +157,7 @@ def _builder(info: DatasetInfo) -> Callable[..., Dataset]:
     return imagenet32
 
 
+@accepts_aliases(subset="num_samples", subset_seed="seed")
 def get_dataset(
     name: str = "digits",
     root: str | Path | None = None,
@@ -164,8 +166,8 @@ def get_dataset(
     augment: bool | None = None,
     normalization: Normalization = "dataset",
     val_size: int = 0,
-    subset: int | None = None,
-    subset_seed: int = 0,
+    num_samples: int | None = None,
+    seed: int = 0,
     download: bool = False,
     rgb32: bool = False,
     **kwargs: Any,
@@ -186,8 +188,9 @@ def get_dataset(
             (``"imagenet"``, ``"cifar10"``, ...), a ``(mean, std)`` pair, or ``None``.
             The digits are standardised already and take only ``None``/``"dataset"``.
         val_size: number of training images held out, from the end, as ``"val"``.
-        subset: keep this many images of the split, drawn by ``subset_seed``.
-        subset_seed: seed of the subset draw.
+        num_samples: keep this many images of the split, drawn by ``seed`` (old name
+            ``subset``).
+        seed: seed of that draw (old name ``subset_seed``).
         download: download missing files (not for ImageNet32 or the digits).
         rgb32: pad 28x28 greyscale images to 32x32 and repeat them to 3 channels, so the
             CIFAR networks of the zoo take MNIST and FashionMNIST.
@@ -255,8 +258,8 @@ def get_dataset(
                 other = build(root, True, plain, False, **kwargs) if split == "train" else dataset
                 train_part, val_part = train_val_split(dataset, other, val_size)
                 dataset = train_part if split == "train" else val_part
-    if subset is not None:
-        dataset = seeded_subset(dataset, subset, subset_seed)
+    if num_samples is not None:
+        dataset = seeded_subset(dataset, num_samples, seed)
     return dataset
 
 
@@ -280,6 +283,7 @@ class _AugmentedTensors(Dataset):
         return x, y
 
 
+@accepts_aliases(subset="num_samples", subset_seed="seed")
 def get_loader(
     name: str | Dataset = "digits",
     root: str | Path | None = None,
@@ -294,14 +298,15 @@ def get_loader(
 ) -> DataLoader:
     """A ``DataLoader`` over :func:`get_dataset` (or over a dataset you pass).
 
-    Shuffling (default: on for ``split="train"``) is seeded by ``seed``.
+    Shuffling (default: on for ``split="train"``) and the draw of ``num_samples`` images
+    are seeded by ``seed``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(name, Dataset):
         dataset = name
     else:
-        dataset = get_dataset(name, root, split, **kwargs)
+        dataset = get_dataset(name, root, split, seed=seed, **kwargs)
     if shuffle is None:
         shuffle = split == "train"
     return DataLoader(

@@ -21,6 +21,7 @@ Settings use the names of ``docs/vocabulary.md``; the old ones (``ggn=True``, ``
 * :func:`report`: all of them on the built-in digits (``jupyter-curvature demo``).
 """
 
+from ..core.vocabulary import ALIASES
 from .landscape import LandscapeTaskResult, landscape
 from .names import (
     DATASETS,
@@ -38,7 +39,6 @@ from .names import (
     resolve_setup,
     resolve_test_data,
 )
-from .options import ALIASES
 from .report import Report, report
 from .spectrum import CURVATURES, SpectrumResult, make_operator, spectrum
 from .stats import STATS_KINDS, StatsResult, statistics

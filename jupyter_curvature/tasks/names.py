@@ -237,14 +237,14 @@ def resolve_data(
     seed: int = 0,
     data_root: str | None = None,
     download: bool = False,
-    subset: int | None = None,
+    num_samples: int | None = None,
     option: str = "--data",
 ) -> Any:
     """Data from an object or variable (a DataLoader, a list of batches, one batch) or a name.
 
     ``"digits"`` gives the training split, ``"digits:test"`` the test split; the other
     registry datasets (``cifar10``, ...) are read from ``data_root`` by
-    :func:`jupyter_curvature.data.get_loader` (``subset``: that many samples drawn by the
+    :func:`jupyter_curvature.data.get_loader` (``num_samples``: that many samples drawn by the
     seed 0, without augmentation).
 
     Raises:
@@ -261,7 +261,7 @@ def resolve_data(
         raise InputError(f"{option} {spec!r}: the split must be train, test or all")
     from .. import data as data_mod
 
-    if name.lower() in DATASETS and subset is None and data_root is None:
+    if name.lower() in DATASETS and num_samples is None and data_root is None:
         return DATASETS[name.lower()](part, batch_size, shuffle, seed)
     try:
         data_mod.dataset_info(name)
@@ -269,7 +269,7 @@ def resolve_data(
         known = sorted(set(DATASETS) | set(data_mod.available_datasets()))
         raise _not_found(option, spec, "known dataset", known, namespace) from None
     return data_mod.get_loader(
-        name, split=part, augment=False, subset=subset, shuffle=shuffle,
+        name, split=part, augment=False, num_samples=num_samples, shuffle=shuffle,
         root=data_root, batch_size=batch_size, download=download,
     )  # fmt: skip
 
@@ -485,7 +485,7 @@ def resolve_setup(
     named = data_name is not None
     train = resolve_data(
         data, namespace, batch_size=batch_size, data_root=data_root, download=download,
-        subset=num_samples if named else None, seed=seed,
+        num_samples=num_samples if named else None, seed=seed,
     )  # fmt: skip
     if num_samples and not named:
         train = first_samples(train, num_samples)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.vocabulary import accepts_aliases
 from .names import InputError, resolve_setup
-from .options import accepts_aliases
 from .outputs import is_writer, output_folder, save_figure, save_json
 
 __all__ = ["CURVATURES", "SpectrumResult", "make_operator", "spectrum"]
@@ -83,7 +83,7 @@ class SpectrumResult:
 
     def plot(self, ax: Any = None) -> Any:
         """The density on ``ax`` (a new figure if None); returns the axes."""
-        from ..plots import plot_spectral_density
+        from ..plotting import plot_spectral_density
 
         if ax is None:
             import matplotlib.pyplot as plt

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.vocabulary import accepts_aliases
 from .names import InputError, resolve_setup
-from .options import accepts_aliases
 from .outputs import output_folder, save_json
 
 __all__ = ["STATS_KINDS", "StatsResult", "statistics"]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..core.batches import is_single_batch
+from ..core.vocabulary import accepts_aliases
 from ..training import (
     Callback,
     CheckpointOptions,
@@ -27,9 +28,9 @@ from ..training import (
     DataOptions,
     EvaluationCallback,
     Trainer,
+    named_trainer,
     training_view,
 )
-from ..training import train as train_by_name
 from .names import (
     MISSING,
     InputError,
@@ -41,7 +42,6 @@ from .names import (
     resolve_optimizer,
     resolve_test_data,
 )
-from .options import accepts_aliases
 from .outputs import output_folder, save_figure, save_json
 
 __all__ = ["StateRecorder", "TrainResult", "train"]
@@ -70,6 +70,11 @@ class TrainResult:
     def status(self) -> str:
         """``"completed"``, ``"interrupted"``, ``"stopped"``, ``"failed"`` or ``"running"``."""
         return getattr(self.trainer, "status", "running")
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        """The newest checkpoint file the run wrote (``None`` without ``checkpoint_dir``)."""
+        return getattr(self.trainer, "last_checkpoint", None)
 
     @property
     def spectra(self) -> list[Any]:
@@ -293,7 +298,7 @@ def train(
         checkpoint_dir = out
     if steps is not None and steps < 1:
         raise InputError(f"the number of steps must be at least 1, got {steps}")
-    plain = step_fn is None and not callbacks and loss_fn is None
+    plain = step_fn is None and loss_fn is None
     callbacks = list(callbacks) + _loggers(tensorboard)
     if plain and _is_name(model, namespace) and _is_name(data, namespace):
         return _train_named(
@@ -303,7 +308,7 @@ def train(
             curvature=curvature, num_iters=num_iters, num_probes=num_probes,
             spectrum_samples=spectrum_samples, top_k=top_k, max_overhead=max_overhead,
             num_samples=num_samples, data_root=data_root, device=device, seed=seed, out=out,
-            checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
             callbacks=callbacks,
         )  # fmt: skip
     if num_samples is not None:
@@ -335,7 +340,7 @@ def train(
     if spectrum_every:
         checks.append(CurvatureCallback(
             every=spectrum_every, curvature=curvature, num_iters=num_iters or 30,
-            num_probes=num_probes or 2, subsample=spectrum_samples, seed=seed,
+            num_probes=num_probes or 2, spectrum_samples=spectrum_samples, seed=seed,
             max_overhead=max_overhead, at_start=True, top_k=top_k,
         ))  # fmt: skip
     ctx: dict[str, Any] = {"loss_fn": loss_fn, "optimizer": optimizer, "trainer": None}
@@ -410,10 +415,12 @@ def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: An
                  weight_decay: float, epochs: Any, steps: Any, batch_size: int, schedule: Any,
                  spectrum_every: int, curvature: str, num_iters: Any, num_probes: Any,
                  spectrum_samples: int, top_k: int, max_overhead: Any, num_samples: Any,
-                 data_root: Any, device: Any, seed: int, out: Any, checkpoint_every: Any,
+                 data_root: Any, device: Any, seed: int, out: Any, checkpoint_dir: Any,
+                 checkpoint_every: Any,
                  resume: Any, progress: bool, callbacks: list[Any]) -> TrainResult:  # fmt: skip
-    """A registry model on a registry dataset: :func:`jupyter_curvature.training.train`
-    (seeded subsets, per-epoch test evaluation, ``history.json``), then ``training.png``."""
+    """A registry model on a registry dataset: the trainer of
+    :func:`jupyter_curvature.training.named_trainer` (seeded subsets, per-epoch test
+    evaluation, the linear schedule), run, then saved in ``out``."""
     from .. import data as data_mod
     from .. import models as models_mod
 
@@ -432,19 +439,20 @@ def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: An
     if isinstance(optimizer, str) and optimizer.lower() == "sgd":
         optimizer_kwargs["momentum"] = 0.9 if momentum is None else momentum
     # max_overhead=None: every check, as on the other path (not the callback's own default)
-    settings = {"curvature": curvature, "top_k": top_k, "subsample": spectrum_samples,
+    settings = {"curvature": curvature, "top_k": top_k, "spectrum_samples": spectrum_samples,
                 "max_overhead": max_overhead}  # fmt: skip
     for key, value in (("num_iters", num_iters), ("num_probes", num_probes)):
         if value is not None:
             settings[key] = value
-    trainer = train_by_name(
+    trainer = named_trainer(
         model, data, optimizer=optimizer, lr=lr, optimizer_kwargs=optimizer_kwargs,
         epochs=epochs if epochs is not None or steps is not None else 10, steps=steps,
-        batch_size=batch_size, schedule=schedule, root=data_root, subset=num_samples,
-        out_dir=out, checkpoint_every=checkpoint_every, resume=resume, seed=seed,
+        batch_size=batch_size, schedule=schedule, data_root=data_root, num_samples=num_samples,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, seed=seed,
         device=resolve_device(device), spectrum_every=spectrum_every or None,
         curvature=settings, progress=progress, callbacks=callbacks,
     )  # fmt: skip
+    trainer.fit(resume=resume)
     result = TrainResult(trainer.model, trainer.optimizer, trainer.loss_fn, trainer)
     if out is not None:
         result.save(out)

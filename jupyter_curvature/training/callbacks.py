@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..core.distributed.primitives import local_only
+from ..core.vocabulary import accepts_aliases
 from .history import describe_event
 
 #: the running :class:`~jupyter_curvature.training.Trainer` (not imported here: the trainer
@@ -248,7 +249,7 @@ class CurvatureCallback(Callback):
 
     The default computation is the SLQ spectral density
     (:func:`jupyter_curvature.spectral.spectral_density`) of the Hessian or GGN
-    (:mod:`jupyter_curvature.operators`) of the training loss on ``subsample`` samples
+    (:mod:`jupyter_curvature.operators`) of the training loss on ``spectrum_samples`` samples
     drawn once from the training data. The computation never changes the training: the
     model's weights, buffers and train/eval flags, the RNG states and K-FAC's statistics
     are as before it (training with and without this callback gives bitwise the same
@@ -275,7 +276,7 @@ class CurvatureCallback(Callback):
     single-process spectrum of the whole fixed batch. Whether a due spectrum is computed
     or skipped is rank 0's budget decision, sent to every rank (ranks deciding apart would
     wait for each other forever). ``compute=`` then gets this rank's part of the batch and
-    must be a collective computation like the default one. ``subsample`` must be at
+    must be a collective computation like the default one. ``spectrum_samples`` must be at
     least the number of ranks.
 
     Args:
@@ -284,7 +285,7 @@ class CurvatureCallback(Callback):
         every: steps between spectra.
         curvature: ``"hessian"`` or ``"ggn"``.
         num_iters, num_probes: Lanczos steps and probe vectors of SLQ.
-        subsample: number of samples in the fixed batch.
+        spectrum_samples: number of samples in the fixed batch (old name ``subsample``).
         seed: seeds the subsample and the probes.
         max_overhead: budget as a fraction of training time, or ``None``.
         at_start: also compute before the first step (and on resuming), whatever the
@@ -298,6 +299,7 @@ class CurvatureCallback(Callback):
         keep_results: keep the result objects in :attr:`results`.
     """
 
+    @accepts_aliases(subsample="spectrum_samples")
     def __init__(
         self,
         data: Any = None,
@@ -306,7 +308,7 @@ class CurvatureCallback(Callback):
         curvature: str = "hessian",
         num_iters: int = 20,
         num_probes: int = 1,
-        subsample: int = 256,
+        spectrum_samples: int = 256,
         seed: int = 0,
         max_overhead: float | None = 0.15,
         at_start: bool = False,
@@ -318,7 +320,7 @@ class CurvatureCallback(Callback):
         keep_results: bool = True,
     ) -> None:
         for name, value in (("every", every), ("num_iters", num_iters),
-                            ("num_probes", num_probes), ("subsample", subsample), ("top_k", top_k)):  # fmt: skip
+                            ("num_probes", num_probes), ("spectrum_samples", spectrum_samples), ("top_k", top_k)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if curvature not in ("hessian", "ggn"):
@@ -332,7 +334,7 @@ class CurvatureCallback(Callback):
         self.curvature = curvature
         self.num_iters = num_iters
         self.num_probes = num_probes
-        self.subsample = subsample
+        self.spectrum_samples = spectrum_samples
         self.seed = seed
         self.max_overhead = max_overhead
         self.at_start = at_start
@@ -354,19 +356,19 @@ class CurvatureCallback(Callback):
     def collective_settings(self) -> tuple:
         """The settings that fix this callback's collectives under DDP (every rank must
         have the same: :func:`~jupyter_curvature.training.ddp.setup_ddp` checks them)."""
-        return (self.every, self.curvature, self.num_iters, self.num_probes, self.subsample,
+        return (self.every, self.curvature, self.num_iters, self.num_probes, self.spectrum_samples,
                 self.seed, self.max_overhead, self.at_start, self.at_end)  # fmt: skip
 
     def on_train_begin(self, trainer: TrainerLike) -> None:
         source = self.data if self.data is not None else trainer.train_dataset
-        x, y = _fixed_batch(source, self.subsample, self.seed)
+        x, y = _fixed_batch(source, self.spectrum_samples, self.seed)
         self.total = len(y)
         if getattr(trainer, "distributed", False):
             world, rank = trainer.world_size, trainer.rank
             if len(y) < world:
                 raise ValueError(
                     f"the curvature batch holds {len(y)} samples for {world} ranks (a rank "
-                    f"would get none): set CurvatureCallback(subsample=) to at least {world}"
+                    f"would get none): set CurvatureCallback(spectrum_samples=) to at least {world}"
                 )
             x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
         self.batch = (x.to(trainer.device), y.to(trainer.device))
@@ -454,7 +456,7 @@ class CurvatureCallback(Callback):
             "curvature": self.curvature,
             "num_iters": self.num_iters,
             "num_probes": self.num_probes,
-            "subsample": self.total,
+            "spectrum_samples": self.total,
             **summarize(result, self.top_k),
         }
         trainer.record_curvature(record)

@@ -1,9 +1,10 @@
 """The one vocabulary of settings (``docs/vocabulary.md``) and its deprecated aliases.
 
-Every front end maps its input to task keywords here: the Python tasks take ``**deprecated``
-keywords, the CLI and the magics parse old flags into a namespace under their old names;
-:func:`rename` turns either into the new keywords, once, with a ``FutureWarning`` that names
-the new one (shown on stderr by the CLI, as a one-line note by the magics).
+Every layer maps old spellings to the table's names here, once: the engine's functions and
+the Python tasks take the old keywords through :func:`accepts_aliases`; the CLI and the
+magics parse old flags into a namespace under their old names and :func:`task_kwargs`
+renames them. Each old name warns with a ``FutureWarning`` that names the new one (shown on
+stderr by the CLI, as a one-line note by the magics).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def rename(
     flags: bool = False,
     allowed: set[str] | None = None,
     stacklevel: int = 3,
+    aliases: Mapping[str, tuple[str, Callable[[Any], Any] | None]] = ALIASES,
 ) -> dict[str, Any]:
     """``kwargs`` with every deprecated name replaced by its new one (each warns once).
 
@@ -65,15 +67,17 @@ def rename(
         flags: write the names as flags (``--iters``) in the message.
         allowed: if given, an old name whose new one is not in it is an error.
         stacklevel: of the warning.
+        aliases: the table (default :data:`ALIASES`; a function's own table adds its
+            particular renames, see :func:`accepts_aliases`).
 
     Raises:
         TypeError: an unknown keyword, or an old and a new name given together.
     """
-    out = {k: v for k, v in kwargs.items() if k not in ALIASES}
+    out = {k: v for k, v in kwargs.items() if k not in aliases}
     for old, value in kwargs.items():
-        if old not in ALIASES:
+        if old not in aliases:
             continue
-        new, convert = ALIASES[old]
+        new, convert = aliases[old]
         if allowed is not None and new not in allowed:
             raise TypeError(f"{where}() got an unexpected keyword argument {old!r}")
         shown_old, shown_new = (flag(old), flag(new)) if flags else (f"{old}=", f"{new}=")
@@ -106,14 +110,27 @@ def task_kwargs(
     return out
 
 
-def accepts_aliases(fn: Callable) -> Callable:
-    """Let task ``fn`` take the deprecated keywords of its settings (each warns, then is renamed)."""
-    params = set(inspect.signature(fn).parameters)
+def accepts_aliases(fn: Callable | None = None, /, **renames: str) -> Any:
+    """Let ``fn`` take the deprecated keywords of its settings (each warns, then is renamed).
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if any(k in ALIASES and k not in params for k in kwargs):
-            kwargs = rename(kwargs, where=fn.__name__, allowed=params, stacklevel=3)
-        return fn(*args, **kwargs)
+    ``@accepts_aliases`` uses :data:`ALIASES` for the keywords ``fn`` does not take itself;
+    ``@accepts_aliases(subsample="spectrum_samples")`` adds renames particular to ``fn``
+    (an old name that means another setting there than in the table). On a class's
+    ``__init__`` the messages name the class.
+    """
+    table = {**ALIASES, **{old: (new, None) for old, new in renames.items()}}
 
-    return wrapper
+    def decorate(fn: Callable) -> Callable:
+        params = set(inspect.signature(fn).parameters)
+        own = {old: rule for old, rule in table.items() if old not in params}  # fn's own win
+        where = fn.__qualname__.removesuffix(".__init__")
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if any(k in own for k in kwargs):
+                kwargs = rename(kwargs, where=where, allowed=params, stacklevel=3, aliases=own)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate if fn is None else decorate(fn)
