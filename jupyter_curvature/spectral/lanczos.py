@@ -246,6 +246,17 @@ class _Record:
 class LanczosClosure:
     """The ``matmul_closure`` handed to ``lanczos_tridiag``: scale, deflate, check, record.
 
+    The scaling and the deflation stay here rather than in a composite operator
+    (``(A / s).projected(V)``, :mod:`jupyter_curvature.operators`) for four reasons: the
+    residuals of Ritz pairs are computed from the true products ``A q`` before deflation
+    (``store_products``), which a projected operator does not return without a second
+    product; every ``q`` is already orthogonal to ``V``, so the left projection
+    ``(I - V V^T) A q`` is all of ``P A P q`` and a right one would be wasted work; the
+    projection runs in the basis dtype (float64 also for a float32 operator), so locked
+    vectors stay orthogonal to rounding in float64, not in the operator's precision; and the
+    scale is known only after the first product. (Hutch++'s remainder in :mod:`.trace`,
+    which needs none of this, is the composite ``A.projected(Q)``.)
+
     Args:
         A: the wrapped operator.
         deflate: ``(n, l)`` orthonormal columns to project out of every product
