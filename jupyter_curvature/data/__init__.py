@@ -1,4 +1,5 @@
-"""Datasets: the built-in offline digits, and torchvision datasets from a local folder.
+"""Datasets: the built-in offline digits, torchvision datasets from a local folder, and the
+offline character-level text of the standard library's sources (:mod:`.text`).
 
 ``get_dataset(name, root=..., split=...)`` / ``available_datasets()`` choose by name,
 ``"digits"`` (bundled with scikit-learn) being the offline default.
@@ -14,6 +15,7 @@ from .registry import (
     seeded_subset,
     train_val_split,
 )
+from .text import VOCAB_SIZE, text_dataset
 from .transforms import STATS
 from .vision import DatasetCorruptError, DatasetNotFoundError, ImageNet32, default_root
 
@@ -21,6 +23,7 @@ __all__ = [
     "IMAGE_SHAPE",
     "NUM_CLASSES",
     "STATS",
+    "VOCAB_SIZE",
     "DatasetCorruptError",
     "DatasetInfo",
     "DatasetNotFoundError",
@@ -33,5 +36,6 @@ __all__ = [
     "get_dataset",
     "get_loader",
     "seeded_subset",
+    "text_dataset",
     "train_val_split",
 ]

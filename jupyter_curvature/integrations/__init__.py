@@ -9,6 +9,8 @@
 - :class:`TensorBoardLogger` (``[tensorboard]``) and :class:`WandbLogger` (``[wandb]``);
 - :class:`LoggingCallback` / :func:`tensorboard_callback`: the package's own ``Trainer``
   logged to them (the CLI's ``train --tensorboard DIR``);
+- :func:`tiny_gpt` / :class:`CausalLM`: a small GPT-2 built from a ``transformers`` config
+  for the offline text task (``[hf]``);
 - :func:`curvature_check`: the one check they all run (certified top-k eigenpairs, SLQ
   density, trace, ``lambda_max`` against ``2/lr``).
 
@@ -25,6 +27,7 @@ from typing import Any
 
 from .checks import CheckResult, curvature_check, fixed_batches, pick_logits
 from .loggers import TensorBoardLogger, WandbLogger
+from .text_model import CausalLM, tiny_gpt
 from .tracker import Tracker, track
 from .trainer_logging import LoggingCallback, tensorboard_callback
 
@@ -34,6 +37,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "CausalLM",
     "CheckResult",
     "HFCurvatureCallback",
     "LightningCurvatureCallback",
@@ -45,6 +49,7 @@ __all__ = [
     "fixed_batches",
     "pick_logits",
     "tensorboard_callback",
+    "tiny_gpt",
     "track",
 ]
 
