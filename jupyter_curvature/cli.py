@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--epochs", type=int, default=8, help="training epochs (%(default)s)")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    demo.add_argument(
+        "--task",
+        choices=("digits", "text"),
+        default="digits",
+        help="digits: a small CNN on the built-in digits; text: a small GPT on the standard "
+        "library's sources, per block (needs the [hf] extra) (%(default)s)",
+    )
     demo.add_argument("--seed", type=int, default=0, help="seed of everything random")
 
     train = sub.add_parser("train", help="train a network and save checkpoints and its history")
@@ -237,7 +244,11 @@ def run(args: argparse.Namespace) -> int:
         _say("datasets:", ", ".join(data.available_datasets()))
         return 0
     if args.command == "demo":
-        tasks.report(args.out, epochs=args.epochs, quick=args.quick, seed=args.seed)
+        if args.task == "text":
+            out = Path("curvature-text") if args.out == Path("curvature-demo") else args.out
+            tasks.text_report(out, quick=args.quick, seed=args.seed)
+        else:
+            tasks.report(args.out, epochs=args.epochs, quick=args.quick, seed=args.seed)
         return 0
     if args.command == "train":
         kwargs = _keywords(args, _KEYWORDS["train"])

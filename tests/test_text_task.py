@@ -102,3 +102,24 @@ def test_tiny_gpt_curvature_equals_dense(kind):
     with sdpa_kernel(SDPBackend.MATH):
         dense = (dense_hessian if kind == "hessian" else dense_ggn)(model, loss_fn, x, y, params)
     assert_close(Op(model, loss_fn, batches, params).to_dense(), dense, rtol=1e-9, atol=1e-12)
+
+
+def test_text_report_trains_and_reports(tmp_path):
+    """``demo --task text`` (quick, 3 steps): the files, and numbers checked independently."""
+    import json
+
+    from jupyter_curvature.tasks import text_report
+
+    result = text_report(tmp_path, steps=3, quick=True)
+    summary = json.loads((tmp_path / "report.json").read_text())
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "hessian_density.png").is_file()
+    assert (tmp_path / "train" / "history.json").is_file()
+    model = result.results["train"].model
+    x, y = text_dataset("test", block_size=64).tensors
+    with torch.no_grad():
+        test_loss = float(nn.CrossEntropyLoss()(model(x), y))
+    assert summary["test_loss"] == pytest.approx(test_loss, rel=1e-5)
+    assert summary["test_bits_per_character"] == pytest.approx(test_loss / 0.6931471805599453)
+    top = summary["hessian"]["top_eigenvalues"]
+    assert len(top) == 3 and top == sorted(top, reverse=True)
+    assert f"{top[0]:.4g}" in (tmp_path / "report.md").read_text()

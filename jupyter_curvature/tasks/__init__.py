@@ -18,7 +18,9 @@ Settings use the names of ``docs/vocabulary.md``; the old ones (``ggn=True``, ``
 * :func:`spectrum`: SLQ spectral density and certified top eigenpairs.
 * :func:`statistics`: evaluation, gradient, curvature, norm and per-layer statistics.
 * :func:`landscape`: loss lines and planes along eigen- or random directions.
-* :func:`report`: all of them on the built-in digits (``jupyter-curvature demo``).
+* :func:`report`: all of them on the built-in digits (``jupyter-curvature demo``);
+  :func:`text_report`: a small GPT on the standard library's sources, per block
+  (``jupyter-curvature demo --task text``).
 """
 
 from ..core.vocabulary import ALIASES
@@ -42,6 +44,7 @@ from .names import (
 from .report import Report, report
 from .spectrum import CURVATURES, SpectrumResult, make_operator, spectrum
 from .stats import STATS_KINDS, StatsResult, statistics
+from .text_report import text_report
 from .train import StateRecorder, TrainResult, train
 
 __all__ = [
@@ -64,6 +67,7 @@ __all__ = [
     "lookup",
     "make_operator",
     "report",
+    "text_report",
     "resolve_data",
     "resolve_device",
     "resolve_loss",

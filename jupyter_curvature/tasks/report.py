@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ class Report:
 
     summary: dict[str, Any]
     results: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the summary as Markdown (default: the digits report's)
+    render: Callable[[dict[str, Any]], str] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary (JSON-ready)."""
@@ -46,7 +49,7 @@ class Report:
 
     def markdown(self) -> str:
         """The summary as Markdown (``report.md``)."""
-        return _markdown(self.summary)
+        return (self.render or _markdown)(self.summary)
 
     def plot(self) -> Any:
         """The Hessian spectral density (the other figures: ``results[...]``'s ``plot()``)."""
