@@ -172,6 +172,11 @@ def split(parts: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
     return args, dict(kwargs), targets
 
 
+def batch_parts(batch: Batch) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+    """The layout of data that already holds :class:`Batch` records (one batch re-read)."""
+    return batch.args, batch.kwargs, batch.targets
+
+
 class BatchSource:
     """Re-iterable view of ``data`` as :class:`Batch` records.
 

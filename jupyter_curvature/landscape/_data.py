@@ -72,7 +72,7 @@ class CachedBatches:
             self.num_samples += batch.size
             self.num_batches += 1
             if self._cache is not None:
-                total += _nbytes(batch.args) + _nbytes(batch.targets)
+                total += _nbytes((batch.args, batch.kwargs, batch.targets))
                 if cache == "auto" and cache_bytes is not None and total > cache_bytes:
                     self._cache = None  # too large to keep: stream it at every pass
                 else:

@@ -31,8 +31,8 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from ..core import inputs as _inputs
 from ..core import params as _params
 from ..core.batches import Batch, BatchLayout, BatchSource
-from ..core.losses import has_terms, mean_weight
 from ..core.distributed.primitives import all_reduce_sum, check_start, is_distributed
+from ..core.losses import has_terms, mean_weight
 from ..core.model_state import check_batchnorm_policy, curvature_mode, model_lock
 from ._second_order import check_twice_differentiable, recorded_calls, twice_differentiable
 from .base import CurvatureOperator
