@@ -436,3 +436,48 @@ def test_rerouted_attention_honours_a_boolean_mask():
     with twice_differentiable():
         routed = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert_close(routed, expected, rtol=1e-12, atol=1e-14, what="attention")
+
+
+def test_the_documented_example_runs():
+    """docs/integrations.md's Transformers example, as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "integrations.md").read_text()
+    start = text.index("## Transformers and timm models")
+    code = re.compile(r"```python\n(.*?)```", re.S).search(text, start).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/integrations.md", "exec"), namespace)  # noqa: S102
+    H, stats = namespace["H"], namespace["stats"]
+    assert H.num_samples == int((namespace["mask"][:, 1:] == 1).sum())  # the counted tokens
+    assert stats.num_samples == 8
+
+
+def test_timm_vit_still_works():
+    """A timm ViT (fused attention, one tensor in): products equal autograd's double backward
+    on a copy with plain attention."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=8,
+        patch_size=4,
+        embed_dim=8,
+        depth=1,
+        num_heads=2,
+        num_classes=3,
+    )
+    model = model.double().eval()
+    plain = copy.deepcopy(model)
+    plain.blocks[0].attn.fused_attn = False
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    y = torch.tensor([0, 2, 1, 2])
+    params = ["blocks.0.attn.qkv.bias", "blocks.0.norm1.weight", "head.*"]
+    chosen = [p for _, p in select_parameters(plain, params)]
+    loss = F.cross_entropy(plain(x), y)
+    g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, chosen, create_graph=True)])
+    v = torch.randn(g.numel(), dtype=torch.float64)
+    Hv = torch.cat([t.reshape(-1) for t in torch.autograd.grad(g @ v, chosen)])
+    H = jc.HessianOperator(model, nn.CrossEntropyLoss(), (x, y), params=params)
+    assert_close(H @ v, Hv, rtol=1e-9, atol=1e-12, what="ViT Hessian product")
