@@ -153,7 +153,7 @@ def is_single_batch(data: Any) -> bool:
     )
 
 
-def split(parts: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+def layout_parts(parts: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
     """A layout's result as ``(args, kwargs, targets)`` (see :data:`BatchLayout`)."""
     if not isinstance(parts, (tuple, list)) or len(parts) not in (2, 3):
         raise TypeError(
@@ -210,7 +210,7 @@ class BatchSource:
     def __iter__(self) -> Iterator[Batch]:
         raw_batches = [self.data] if self.single else self.data
         for index, raw in enumerate(raw_batches):
-            args, kwargs, targets = split(self.layout(raw))
+            args, kwargs, targets = layout_parts(self.layout(raw))
             yield Batch(args, targets, _batch_size(args, targets, kwargs), index, kwargs)
 
     def first(self) -> Batch:

@@ -56,7 +56,7 @@ from ..core.inputs import (
     model_outputs,
     require_tensor_outputs,
 )
-from ..core.losses import mean_weight
+from ..core.losses import has_terms, mean_weight
 from ..core.params import ParamSpec, select_parameters, unflatten
 from ._data import DEFAULT_CACHE_BYTES, CachedBatches
 from .directions import Directions, as_directions
@@ -114,8 +114,8 @@ class LandscapeEvaluator:
         cache_data: ``"auto"`` (keep data up to ``cache_bytes`` on the device), ``True`` or
             ``False`` (read the loader again at every pass).
         cache_bytes: the cap for ``cache_data="auto"``, per dataset.
-        accuracy_fn: ``accuracy_fn(outputs, targets) -> number of correct samples`` instead
-            of top-1.
+        accuracy_fn: ``accuracy_fn(outputs, targets) -> number of correct samples`` (tokens,
+            for a token loss, whose own ``correct`` is the default) instead of top-1.
         batch_layout: ``layout(batch) -> (model_args, targets)`` for batches that are not
             ``(inputs, targets)`` pairs (as for the curvature operators).
         outputs: ``fn(model_output) -> tensor`` for a model that returns a tuple or a dict
@@ -177,7 +177,9 @@ class LandscapeEvaluator:
         self.loss_fn = loss_fn
         self.reduction = reduction
         self.bn = bn
-        self.accuracy_fn = accuracy_fn
+        # a token loss counts its own top-1 hits over the tokens that count (``correct``)
+        correct = getattr(loss_fn, "correct", None) if has_terms(loss_fn) else None
+        self.accuracy_fn = accuracy_fn if accuracy_fn is not None else correct
 
         try:
             template = copy.deepcopy(model)
@@ -500,23 +502,14 @@ class LandscapeEvaluator:
     def _forward(self, batch: Batch) -> Any:
         return model_outputs(batch.call(self._template), self.outputs)
 
-    def _token_hits(self) -> Callable[[Any, Any], Any] | None:
-        """A token loss's own top-1 count (``correct``), used when no ``accuracy_fn`` is given."""
-        correct = getattr(self.loss_fn, "correct", None)
-        return correct if self.accuracy_fn is None and callable(correct) else None
-
     def _classifies(self, out: Any, y: Any) -> bool:
         """Whether top-1 accuracy applies to one point's outputs and these targets."""
-        return (
-            self.accuracy_fn is not None
-            or self._token_hits() is not None
-            or (
-                isinstance(out, torch.Tensor)
-                and isinstance(y, torch.Tensor)
-                and out.ndim >= 2
-                and not y.is_floating_point()
-                and tuple(y.shape) == tuple(out.shape[:-1])
-            )
+        return self.accuracy_fn is not None or (
+            isinstance(out, torch.Tensor)
+            and isinstance(y, torch.Tensor)
+            and out.ndim >= 2
+            and not y.is_floating_point()
+            and tuple(y.shape) == tuple(out.shape[:-1])
         )
 
     def _check_loss(self, loss: Any) -> None:
@@ -540,7 +533,6 @@ class LandscapeEvaluator:
         losses, weights, hits = [], [], []
         judged, classify = 0, None
         outs, ys, group_n, group_bytes = [], [], 0, 0
-        token_hits = self._token_hits()
 
         def flush() -> None:
             nonlocal judged, classify
@@ -556,11 +548,7 @@ class LandscapeEvaluator:
             else:
                 losses.append(self.loss_fn(out, y))
             weights.append(group_n)
-            if classify and token_hits is not None:
-                acc = [token_hits(o, y) for o in out] if batched else token_hits(out, y)
-                hits.append(torch.as_tensor(acc, dtype=torch.float64, device=self.device))
-                judged += group_n
-            elif classify and self.accuracy_fn is not None:
+            if classify and self.accuracy_fn is not None:
                 acc = [self.accuracy_fn(o, y) for o in out] if batched else self.accuracy_fn(out, y)
                 hits.append(torch.as_tensor(acc, dtype=torch.float64, device=self.device))
                 judged += group_n

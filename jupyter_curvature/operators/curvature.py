@@ -437,8 +437,28 @@ class _FunctionalOperator(EmpiricalRiskOperator):
     def _detached_params(self) -> tuple[torch.Tensor, ...]:
         return tuple(p.detach() for p in self.params)
 
-    # True once a forward-mode product met a fused kernel without a jvp (CPU flash attention)
-    _forward_reroute = False
+    def _jacobian_sandwich(
+        self,
+        fn: Callable[..., torch.Tensor],
+        block: torch.Tensor,
+        middle: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``J^T M(J V)`` as an ``(n, k)`` block, ``J`` the Jacobian of ``fn(*params)`` at the
+        parameters and ``M(values, JV)`` the middle factor applied to all ``k`` columns:
+        ``torch.func.vjp`` once, the ``jvp`` and the pullback vmapped over the columns."""
+        primals = self._detached_params()
+        values, pullback = vjp(fn, *primals)
+        tangents = [t.movedim(-1, 0) for t in self.unflatten(block)]  # (k, *p.shape)
+
+        def push_forward(*tangent):
+            return jvp(fn, primals, tangent)[1]
+
+        with _FORWARD_AD:
+            JV = vmap(push_forward)(*tangents)  # (k, *values.shape)
+        columns = vmap(pullback)(middle(values.detach(), JV))  # per param (k, *p.shape)
+        return torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1).T
+
+    _forward_reroute = False  # True once a fused kernel without a jvp was met (CPU attention)
 
     def _forward_mode(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``compute()``, a product that uses forward mode; a kernel without a forward-mode
@@ -574,20 +594,12 @@ class GGNOperator(_FunctionalOperator):
 
     def _batch_ggn_functional(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
         """``G V`` for a block: ``torch.func.vjp`` once, ``jvp`` and the pullback vmapped over columns."""
-        forward = self._function(batch)
-        primals = self._detached_params()
-        outputs, pullback = vjp(forward, *primals)
-        self._loss(outputs.detach(), batch)  # names a batch with NaN/inf loss
-        tangents = [t.movedim(-1, 0) for t in self.unflatten(block)]  # (k, *p.shape)
 
-        def push_forward(*tangent):
-            return jvp(forward, primals, tangent)[1]
+        def output_hessian(outputs: torch.Tensor, JV: torch.Tensor) -> torch.Tensor:
+            self._loss(outputs, batch)  # names a batch with NaN/inf loss
+            return self._output_hessian(outputs, batch.targets, JV)
 
-        with _FORWARD_AD:
-            JV = vmap(push_forward)(*tangents)  # (k, *outputs.shape)
-        HJV = self._output_hessian(outputs.detach(), batch.targets, JV)
-        columns = vmap(pullback)(HJV)  # tuple over params of (k, *p.shape)
-        return torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1).T
+        return self._jacobian_sandwich(self._function(batch), block, output_hessian)
 
 
 def _one(x: Any) -> Any:
@@ -611,13 +623,10 @@ class EmpiricalFisherOperator(_FunctionalOperator):
     from a loop of plain ``torch.autograd.grad`` calls, one per sample: the same numbers,
     ``B`` backward passes per batch.
 
-    For a loss over tokens (:class:`~jupyter_curvature.core.losses.TokenCrossEntropy`, or any
-    loss with ``terms`` and ``num_terms``) each counted token is one observation:
-    ``F = (1/T) sum_t g_t g_t^T`` over the ``T`` counted tokens of all batches, ``g_t`` the
-    gradient of token ``t``'s loss: the empirical counterpart of the Fisher of the per-token
-    categorical likelihood. Per batch it is ``J_l^T (J_l V)`` with ``J_l`` the Jacobian of the
-    per-token losses (one forward-mode and one reverse-mode product, as for the GGN), never
-    ``T`` separate gradients.
+    A loss over tokens (:class:`~jupyter_curvature.core.losses.TokenCrossEntropy`: ``terms``
+    and ``num_terms``) has one observation per counted token: ``F = (1/T) sum_t g_t g_t^T``
+    over the ``T`` counted tokens of all batches, computed per batch as ``J_l^T (J_l V)``
+    with ``J_l`` the Jacobian of the per-token losses (forward and reverse mode, as the GGN).
     """
 
     _vmap_works = True  # False once torch.func refused the model (then a per-sample loop)
@@ -687,19 +696,12 @@ class EmpiricalFisherOperator(_FunctionalOperator):
     def _term_fisher(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
         """``sum_t g_t g_t^T V = J_l^T (J_l V)`` over the batch's per-term losses ``l``."""
         forward = self._function(batch)
-        primals = self._detached_params()
 
         def terms(*params: torch.Tensor) -> torch.Tensor:
             return self.loss_fn.terms(forward(*params), batch.targets)
 
-        losses, pullback = vjp(terms, *primals)
-        self._check_finite(losses.detach(), batch)
-        tangents = [t.movedim(-1, 0) for t in self.unflatten(block)]
+        def identity(losses: torch.Tensor, JV: torch.Tensor) -> torch.Tensor:
+            self._check_finite(losses, batch)  # names a batch with NaN/inf loss
+            return JV
 
-        def push_forward(*tangent):
-            return jvp(terms, primals, tangent)[1]
-
-        with _FORWARD_AD:
-            JV = vmap(push_forward)(*tangents)  # (k, M)
-        columns = vmap(pullback)(JV)
-        return torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1).T
+        return self._jacobian_sandwich(terms, block, identity)
