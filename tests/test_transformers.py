@@ -481,3 +481,16 @@ def test_timm_vit_still_works():
     Hv = torch.cat([t.reshape(-1) for t in torch.autograd.grad(g @ v, chosen)])
     H = jc.HessianOperator(model, nn.CrossEntropyLoss(), (x, y), params=params)
     assert_close(H @ v, Hv, rtol=1e-9, atol=1e-12, what="ViT Hessian product")
+
+
+def test_the_landscape_names_a_batch_without_labels_once():
+    unlabelled = [{k: v for k, v in b.items() if k != "labels"} for b in lm_batches()]
+    with pytest.raises(TypeError, match=r"^test_data: a dict batch .* no labels"):
+        jc.landscape_1d(
+            tiny_gpt2(),
+            jc.TokenCrossEntropy(),
+            lm_batches(),
+            torch.ones(256).double(),
+            test_data=unlabelled,
+            params="transformer.wpe.*",
+        )
