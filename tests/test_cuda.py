@@ -214,9 +214,8 @@ def test_hugging_face_gpt2_on_cuda_equals_the_cpu(dtype, rtol):
     products, gradient statistics and a landscape line on CUDA equal float64 on the CPU
     (CUDA's fused attention kernels differ from the CPU's; the masks travel as keywords)."""
     pytest.importorskip("transformers")
-    from torch.utils.data import DataLoader
-
     import test_transformers as hf
+    from torch.utils.data import DataLoader
 
     def run(device, dt):
         model = hf.tiny_gpt2().to(device=device, dtype=dt)
