@@ -231,6 +231,7 @@ def check_same_count(count: int, previous: int | None) -> None:
     """ValueError when a pass over the data read another number of samples than the last."""
     if previous is not None and count != previous:
         raise ValueError(
-            f"data: this pass read {count} samples, the previous one {previous}; the data "
+            f"data: this pass read {count} samples (counted tokens, for a token loss), the "
+            f"previous one {previous}; the data "
             f"changes between passes (a sampler that draws a random subset?). {DETERMINISM_REMEDY}"
         )
