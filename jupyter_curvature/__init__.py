@@ -25,6 +25,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "BatchNormPolicy": ".operators",
     "as_operator": ".operators",
     "register_output_hessian": ".operators",
+    "TokenCrossEntropy": ".operators",
     # spectra
     "lanczos": ".spectral",
     "eigenpairs": ".spectral",

@@ -206,3 +206,44 @@ def test_nccl_product_equals_the_single_process_product():
     expected = (op @ torch.randn(op.shape[0], dtype=DT).to(CUDA)).cpu()
     for result in results:
         assert_close(result, expected, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-9), (torch.float32, 2e-3)])
+def test_hugging_face_gpt2_on_cuda_equals_the_cpu(dtype, rtol):
+    """A tiny GPT2 with padded dict batches and the token loss: Hessian, GGN and token Fisher
+    products, gradient statistics and a landscape line on CUDA equal float64 on the CPU
+    (CUDA's fused attention kernels differ from the CPU's; the masks travel as keywords)."""
+    pytest.importorskip("transformers")
+    import test_transformers as hf
+    from torch.utils.data import DataLoader
+
+    def run(device, dt):
+        model = hf.tiny_gpt2().to(device=device, dtype=dt)
+        loader = DataLoader(hf.lm_samples(), batch_size=3)
+        loss = jc.TokenCrossEntropy()
+        n = sum(p.numel() for _, p in jc.operators.select_parameters(model, hf.GPT2_PARAMS))
+        g = torch.Generator().manual_seed(5)
+        V = torch.randn(n, 3, generator=g, dtype=DT)
+        out = {}
+        for name, cls in (("H", HessianOperator), ("G", GGNOperator), ("F", jc.EmpiricalFisherOperator)):  # fmt: skip
+            op = cls(model, loss, loader, params=hf.GPT2_PARAMS)
+            out[name + " v"] = (op @ V[:, 0].to(device, dt)).to("cpu", DT)
+            out[name + " V"] = (op @ V.to(device, dt)).to("cpu", DT)
+        s = jc.gradient_statistics(model, loss, loader, batch_size=2, params=hf.GPT2_PARAMS)
+        out["statistics"] = torch.tensor([s.loss_mean, s.grad_mean_norm_sq, s.grad_var])
+        line = jc.landscape_1d(
+            model,
+            loss,
+            loader,
+            torch.randn(n, generator=g, dtype=DT),
+            params=hf.GPT2_PARAMS,
+            coords=[-0.5, 0.0, 0.5, 1.0],
+            batch_points=4,
+        )
+        out["landscape"] = torch.tensor(line.train_loss[0], dtype=DT)
+        return out
+
+    expected, got = run("cpu", DT), run(CUDA, dtype)
+    for key, value in expected.items():
+        scale = float(value.abs().max())
+        assert_close(got[key], value, rtol=rtol, atol=rtol * scale, what=key)

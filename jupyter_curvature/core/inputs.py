@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 #: ``outputs(model_output) -> tensor``: picks the tensor the loss takes from a model that
-#: returns a tuple or a dict (``outputs=lambda out: out["logits"]``).
+#: returns a tuple or a dict (``outputs=lambda out: out["logits"]``). Without it, an output
+#: with a ``logits`` tensor attribute (a Hugging Face ``ModelOutput``) gives its logits.
 OutputsFn = Callable[[Any], torch.Tensor]
 
 DETERMINISM_REMEDY = (
@@ -68,8 +69,19 @@ def check_finite_vector(v: torch.Tensor, name: str = "v") -> None:
 
 
 def model_outputs(raw: Any, outputs: OutputsFn | None) -> Any:
-    """The model's output after the user's ``outputs=`` hook, if any."""
-    return raw if outputs is None else outputs(raw)
+    """The model's output after the user's ``outputs=`` hook, if any.
+
+    Without a hook, an output that is not a tensor but has a ``logits`` tensor attribute
+    (Hugging Face's ``ModelOutput`` of every ``...ForCausalLM``/``...ForSequenceClassification``
+    model; duck-typed, so the engine never imports ``transformers``) gives ``raw.logits``.
+    """
+    if outputs is not None:
+        return outputs(raw)
+    if not isinstance(raw, torch.Tensor):
+        logits = getattr(raw, "logits", None)
+        if isinstance(logits, torch.Tensor):
+            return logits
+    return raw
 
 
 def require_tensor_outputs(out: Any, who: str) -> torch.Tensor:
@@ -83,7 +95,10 @@ def require_tensor_outputs(out: Any, who: str) -> torch.Tensor:
 
 def _describe(out: Any) -> str:
     if isinstance(out, dict):
-        return f"a dict with keys {sorted(map(str, out))}"
+        keys = sorted(map(str, out))
+        if type(out) is dict:
+            return f"a dict with keys {keys}"
+        return f"a {type(out).__name__} with keys {keys} and no logits"
     if isinstance(out, (tuple, list)):
         return f"a {type(out).__name__} of length {len(out)}"
     return f"a {type(out).__name__}"
@@ -106,7 +121,9 @@ def explain_forward(batch: Any, dtype: torch.dtype) -> Iterator[None]:
         yield
     except (RuntimeError, TypeError) as exc:
         ints = [
-            a.dtype for a in batch.args if isinstance(a, torch.Tensor) and not a.is_floating_point()
+            a.dtype
+            for a in batch.inputs()
+            if isinstance(a, torch.Tensor) and not a.is_floating_point()
         ]
         if not ints or not dtype.is_floating_point or "type" not in str(exc):
             raise
@@ -214,6 +231,7 @@ def check_same_count(count: int, previous: int | None) -> None:
     """ValueError when a pass over the data read another number of samples than the last."""
     if previous is not None and count != previous:
         raise ValueError(
-            f"data: this pass read {count} samples, the previous one {previous}; the data "
+            f"data: this pass read {count} samples (counted tokens, for a token loss), the "
+            f"previous one {previous}; the data "
             f"changes between passes (a sampler that draws a random subset?). {DETERMINISM_REMEDY}"
         )

@@ -63,7 +63,7 @@ class CachedBatches:
         try:
             self._raw = _RawSource(data, layout)
         except TypeError as exc:
-            raise TypeError(f"{name}: {exc}") from None
+            raise TypeError(f"{name}: {str(exc).removeprefix('data: ')}") from None
         self._cache: list[Batch] | None = [] if cache is not False else None
         self.num_samples = 0
         self.num_batches = 0
@@ -72,7 +72,7 @@ class CachedBatches:
             self.num_samples += batch.size
             self.num_batches += 1
             if self._cache is not None:
-                total += _nbytes(batch.args) + _nbytes(batch.targets)
+                total += _nbytes((batch.args, batch.kwargs, batch.targets))
                 if cache == "auto" and cache_bytes is not None and total > cache_bytes:
                     self._cache = None  # too large to keep: stream it at every pass
                 else:
@@ -87,7 +87,7 @@ class CachedBatches:
             for batch in self._raw:
                 yield batch.to(self.device, self.dtype)
         except TypeError as exc:
-            raise TypeError(f"{self.name}: {exc}") from None
+            raise TypeError(f"{self.name}: {str(exc).removeprefix('data: ')}") from None
 
     @property
     def cached(self) -> bool:

@@ -24,9 +24,11 @@ BatchNorm (``bn``):
   Dropout stays off during that pass (the original left it on), so results are
   deterministic. The model's own buffers are never touched.
 
-Loss: for ``reduction="mean"`` the mean over all samples (batches weighted by size), for
+Loss: for ``reduction="mean"`` the mean over all samples (batches weighted by size; by
+their counted tokens for :class:`~jupyter_curvature.core.losses.TokenCrossEntropy`), for
 ``"sum"`` the sum. Accuracy: top-1, when the outputs are ``(..., C)`` scores and the targets
-integer class indices of shape ``(...)``; otherwise NaN (or your ``accuracy_fn``).
+integer class indices of shape ``(...)`` (for a token loss: over the counted tokens, its
+``correct``); otherwise NaN (or your ``accuracy_fn``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..core.batches import BatchLayout
+from ..core.batches import Batch, BatchLayout
 from ..core.inputs import (
     OutputsFn,
     check_finite_parameters,
@@ -54,6 +56,7 @@ from ..core.inputs import (
     model_outputs,
     require_tensor_outputs,
 )
+from ..core.losses import has_terms, mean_weight
 from ..core.params import ParamSpec, select_parameters, unflatten
 from ._data import DEFAULT_CACHE_BYTES, CachedBatches
 from .directions import Directions, as_directions
@@ -111,8 +114,8 @@ class LandscapeEvaluator:
         cache_data: ``"auto"`` (keep data up to ``cache_bytes`` on the device), ``True`` or
             ``False`` (read the loader again at every pass).
         cache_bytes: the cap for ``cache_data="auto"``, per dataset.
-        accuracy_fn: ``accuracy_fn(outputs, targets) -> number of correct samples`` instead
-            of top-1.
+        accuracy_fn: ``accuracy_fn(outputs, targets) -> number of correct samples`` (tokens,
+            for a token loss, whose own ``correct`` is the default) instead of top-1.
         batch_layout: ``layout(batch) -> (model_args, targets)`` for batches that are not
             ``(inputs, targets)`` pairs (as for the curvature operators).
         outputs: ``fn(model_output) -> tensor`` for a model that returns a tuple or a dict
@@ -174,7 +177,9 @@ class LandscapeEvaluator:
         self.loss_fn = loss_fn
         self.reduction = reduction
         self.bn = bn
-        self.accuracy_fn = accuracy_fn
+        # a token loss counts its own top-1 hits over the tokens that count (``correct``)
+        correct = getattr(loss_fn, "correct", None) if has_terms(loss_fn) else None
+        self.accuracy_fn = accuracy_fn if accuracy_fn is not None else correct
 
         try:
             template = copy.deepcopy(model)
@@ -494,8 +499,8 @@ class LandscapeEvaluator:
         return out
 
     # ---- metrics ------------------------------------------------------------------------
-    def _forward(self, args: tuple[Any, ...]) -> Any:
-        return model_outputs(self._template(*args), self.outputs)
+    def _forward(self, batch: Batch) -> Any:
+        return model_outputs(batch.call(self._template), self.outputs)
 
     def _classifies(self, out: Any, y: Any) -> bool:
         """Whether top-1 accuracy applies to one point's outputs and these targets."""
@@ -521,8 +526,10 @@ class LandscapeEvaluator:
         Outputs are gathered over consecutive batches, up to ``_GROUP_BYTES`` per point, and
         the loss and accuracy are taken once per group, as if the group were one batch
         (the engine's definition of the loss over data); groups are combined weighted by
-        their sample counts ("mean") or summed ("sum"). The group boundaries depend only on
-        the data, so one point gets the same groups alone or batched."""
+        their sample counts, or counted tokens for a token loss ("mean"), or summed ("sum").
+        A batch whose outputs have another shape than the group's (sequences of another
+        length) starts a new group. The group boundaries depend only on the data, so one
+        point gets the same groups alone or batched."""
         losses, weights, hits = [], [], []
         judged, classify = 0, None
         outs, ys, group_n, group_bytes = [], [], 0, 0
@@ -551,11 +558,14 @@ class LandscapeEvaluator:
                 judged += y.numel()
 
         for batch in source:
-            out = forward(batch.args)
+            out = forward(batch)
+            one = out[0] if batched else out
+            if outs and tuple(one.shape[1:]) != tuple(outs[0].shape[2 if batched else 1 :]):
+                flush()
+                outs, ys, group_n, group_bytes = [], [], 0, 0
             outs.append(out)
             ys.append(batch.targets)
-            group_n += batch.size
-            one = out[0] if batched else out
+            group_n += mean_weight(self.loss_fn, batch)
             group_bytes += one.numel() * one.element_size()
             if group_bytes >= _GROUP_BYTES or not isinstance(batch.targets, torch.Tensor):
                 flush()
@@ -597,7 +607,7 @@ class LandscapeEvaluator:
             for batch in self._bn_source:
                 for m in mods:
                     m.momentum = batch.size / (seen + batch.size)
-                self._forward(batch.args)
+                self._forward(batch)
                 seen += batch.size
         finally:
             for m in mods:
@@ -617,11 +627,11 @@ class LandscapeEvaluator:
         return self._to_numpy(vals)
 
     # ---- batched ------------------------------------------------------------------------
-    def _vforward(self, sel: dict, bufs: dict, args: tuple[Any, ...]) -> torch.Tensor:
-        def fwd(s: dict, b: dict, a: tuple[Any, ...]) -> Any:
-            return model_outputs(functional_call(self._template, (s, b), a), self.outputs)
+    def _vforward(self, sel: dict, bufs: dict, batch: Batch) -> torch.Tensor:
+        def fwd(s: dict, b: dict, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+            return model_outputs(functional_call(self._template, (s, b), a, kw), self.outputs)
 
-        return vmap(fwd, in_dims=(0, 0, None))(sel, bufs, args)
+        return vmap(fwd, in_dims=(0, 0, None, None))(sel, bufs, batch.args, batch.kwargs)
 
     def _eval_vmap(self, coords: torch.Tensor) -> dict[str, np.ndarray]:
         P, dev = len(coords), self.device
@@ -646,14 +656,14 @@ class LandscapeEvaluator:
                     for batch in self._bn_source:
                         for m in mods:
                             m.momentum = batch.size / (seen + batch.size)
-                        self._vforward(sel, bufs, batch.args)
+                        self._vforward(sel, bufs, batch)
                         seen += batch.size
                 finally:
                     for m in mods:
                         m.eval()
 
-            def forward(args: tuple[Any, ...]) -> torch.Tensor:
-                return self._vforward(sel, bufs, args)
+            def forward(batch: Batch) -> torch.Tensor:
+                return self._vforward(sel, bufs, batch)
 
             for name, source in self._sources.items():
                 self._collect(vals, name, *self._pass(source, forward, True))
@@ -673,7 +683,7 @@ class LandscapeEvaluator:
         handles = [m.register_forward_hook(hook) for m in leaves]
         try:
             with torch.no_grad(), explain_forward(first, self.dtype):
-                out = self._forward(first.args)
+                out = self._forward(first)
             with torch.no_grad(), explain_loss(out, first):
                 loss = self.loss_fn(out, first.targets)
         finally:

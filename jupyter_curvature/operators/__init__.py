@@ -1,6 +1,7 @@
 """Curvature operators: exact, matrix-free products with the Hessian, the GGN and the gradient covariance."""
 
-from ..core.batches import BatchLayout, default_layout
+from ..core.batches import BatchLayout, default_layout, labels_layout
+from ..core.losses import TokenCrossEntropy
 from ..core.model_state import BATCHNORM_POLICIES, curvature_mode
 from ..core.params import flatten, select_parameters, unflatten
 from .adapters import FunctionOperator, as_operator
@@ -36,11 +37,13 @@ __all__ = [
     "ProjectedOperator",
     "ScaledOperator",
     "SumOperator",
+    "TokenCrossEntropy",
     "SUPPORTED_LOSSES",
     "as_operator",
     "curvature_mode",
     "default_layout",
     "flatten",
+    "labels_layout",
     "output_hessian_for",
     "register_output_hessian",
     "select_parameters",

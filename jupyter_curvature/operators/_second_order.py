@@ -63,7 +63,16 @@ def _hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
 def _attention(
     query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
 ) -> torch.Tensor:
-    """``F.scaled_dot_product_attention`` by its reference implementation (same signature)."""
+    """``F.scaled_dot_product_attention`` by its reference implementation (same signature).
+
+    A boolean ``attn_mask`` (True: attend) is turned into the additive mask (0 or ``-inf``)
+    first, as ``F.scaled_dot_product_attention`` does before it dispatches: the math kernel
+    called directly would add the booleans as 0 and 1 (Hugging Face passes boolean masks).
+    """
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(
+            attn_mask.logical_not(), float("-inf")
+        )
     return torch.ops.aten._scaled_dot_product_attention_math(
         query,
         key,

@@ -4,7 +4,10 @@ Every operator here is the curvature of ``loss_fn`` applied to *all* of ``data``
 one batch (the definition of ``docs/operators.md``). With ``reduction="mean"`` that is the mean over all ``N`` samples, so a
 batch ``b`` of ``B_b`` samples enters with weight ``B_b / N`` (a short last batch counts by its
 size); with ``reduction="sum"`` batches are simply added. ``N`` is counted during the pass, so no
-extra pass over the data is needed.
+extra pass over the data is needed. A loss whose mean is over other terms (the counted tokens
+of :class:`~jupyter_curvature.core.losses.TokenCrossEntropy`) weights a batch by their number
+instead (:func:`~jupyter_curvature.core.losses.mean_weight`), so the risk is the mean over the
+tokens that count across all batches.
 
 Products are exact (no sampling, no approximation) and use only one batch's graph at a time.
 A block ``(n, k)`` of vectors shares the work of each batch: one forward (and for the Hessian
@@ -29,6 +32,7 @@ from ..core import inputs as _inputs
 from ..core import params as _params
 from ..core.batches import Batch, BatchLayout, BatchSource
 from ..core.distributed.primitives import all_reduce_sum, check_start, is_distributed
+from ..core.losses import has_terms, mean_weight
 from ..core.model_state import check_batchnorm_policy, curvature_mode, model_lock
 from ._second_order import check_twice_differentiable, recorded_calls, twice_differentiable
 from .base import CurvatureOperator
@@ -69,11 +73,16 @@ class EmpiricalRiskOperator(CurvatureOperator):
         model: the network; products run on its device and in its parameters' dtype
             (floating inputs are cast to that dtype, so a ``.double()`` model works end to end).
         loss_fn: ``loss_fn(outputs, targets) -> scalar``, a torch criterion with reduction
-            ``"mean"`` or ``"sum"``.
-        data: a DataLoader, any re-iterable of ``(inputs, targets)`` batches, or one batch.
+            ``"mean"`` or ``"sum"``, or :class:`~jupyter_curvature.core.losses.TokenCrossEntropy`
+            (the mean over the counted tokens of all batches).
+        data: a DataLoader, any re-iterable of ``(inputs, targets)`` batches, or one batch;
+            Hugging Face dict batches (``input_ids``, ``attention_mask``, ..., ``labels``) are
+            called ``model(**inputs)`` with the labels as targets
+            (:func:`~jupyter_curvature.core.batches.labels_layout`).
         params: which parameters (see :func:`~jupyter_curvature.core.params.select_parameters`).
         batchnorm: ``"eval"`` (running statistics; default) or ``"train"`` (batch statistics).
-        batch_layout: ``fn(batch) -> (model_args, targets)`` for other batch layouts.
+        batch_layout: ``fn(batch) -> (model_args, targets)`` or
+            ``(model_args, model_kwargs, targets)`` for other batch layouts.
         check: run the first batch now (forward and gradient), so bad input fails at
             construction rather than in the middle of a spectrum.
         check_deterministic: with ``check``, read the whole data twice and require the
@@ -84,7 +93,8 @@ class EmpiricalRiskOperator(CurvatureOperator):
             matrix. A loader that only reshuffles the same samples passes: the risk is a sum
             over samples. ``False`` skips this.
         outputs: ``fn(model_output) -> tensor`` picking the tensor the loss takes from a model
-            that returns a tuple or a dict (``outputs=lambda out: out["logits"]``).
+            that returns a tuple or a dict (``outputs=lambda out: out["logits"]``). Without
+            it, an output with a ``logits`` tensor (Hugging Face) gives its logits.
         distributed: sum the partial products of all ``torch.distributed`` ranks (each rank
             passes its own shard of the data); ``None`` does so whenever a process group with
             more than one rank is initialised.
@@ -129,6 +139,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
         self.distributed = distributed
         self.check_deterministic = bool(check_deterministic)
         self.outputs = outputs
+        #: the weight of the data in the mean: its samples, or its counted terms (tokens)
         self.num_samples: int | None = None
         first = self.params[0]
         super().__init__(sum(p.numel() for p in self.params), first.dtype, first.device)
@@ -167,7 +178,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
     def _forward(self, batch: Batch, model: Callable[..., Any] | None = None) -> Any:
         """The outputs the loss takes: ``model`` (default the module) on the batch, then ``outputs=``."""
         with _inputs.explain_forward(batch, self.dtype):
-            raw = (model or self.model)(*batch.args)
+            raw = batch.call(model or self.model)
         return _inputs.model_outputs(raw, self.outputs)
 
     def _loss(self, outputs: Any, batch: Batch) -> torch.Tensor:
@@ -178,12 +189,16 @@ class EmpiricalRiskOperator(CurvatureOperator):
             raise ValueError(
                 f"loss_fn must return a scalar, got {shape}; use reduction='mean' or 'sum'"
             )
-        if not torch.isfinite(loss):
+        self._check_finite(loss, batch)
+        return loss if loss.ndim == 0 else loss.reshape(())  # a view would hide a leaf
+
+    @staticmethod
+    def _check_finite(loss: torch.Tensor, batch: Batch) -> None:
+        if not bool(torch.isfinite(loss).all()):
             raise ValueError(
-                f"the loss is {loss.item()} on batch {batch.index}: the model or the data "
+                f"the loss is {loss.sum().item()} on batch {batch.index}: the model or the data "
                 "produced NaN/inf there; check that batch and the weights"
             )
-        return loss if loss.ndim == 0 else loss.reshape(())  # a view would hide a leaf
 
     def _check_first_batch(self) -> None:
         """Weights, first batch, outputs, loss and gradient; with ``check_deterministic`` the
@@ -211,7 +226,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
         sums = _inputs.PassSums()
         for batch in self._batches():
             loss, grad = self._loss_and_gradient(batch)
-            sums.add(loss, grad, batch.size if self.reduction == "mean" else 1)
+            sums.add(loss, grad, self._weight(batch) if self.reduction == "mean" else 1)
         return sums
 
     def _loss_and_gradient(
@@ -235,15 +250,24 @@ class EmpiricalRiskOperator(CurvatureOperator):
         )
         return loss.detach(), flat.detach()
 
+    def _weight(self, batch: Batch) -> int:
+        """The batch's weight in the mean: its samples, or the terms of its loss (tokens)."""
+        return mean_weight(self.loss_fn, batch)
+
+    def _add(self, total: torch.Tensor, product: torch.Tensor, batch: Batch) -> int:
+        """``total += w_b P_b`` (``P_b`` for the sum); returns ``w_b``."""
+        weight = self._weight(batch)
+        total += product * weight if self.reduction == "mean" else product
+        return weight
+
     def _accumulate(self, block: torch.Tensor, batch_product) -> torch.Tensor:
-        """``sum_b w_b P_b`` over batches, ``w_b = B_b / N`` for the mean, 1 for the sum."""
+        """``sum_b w_b P_b`` over batches, ``w_b = B_b / N`` for the mean (``T_b / T`` for a
+        token loss), 1 for the sum."""
         total = torch.zeros_like(block)
         count = 0
         with self._mode():
             for batch in self._batches():
-                product = batch_product(batch, block)
-                total += product * batch.size if self.reduction == "mean" else product
-                count += batch.size
+                count += self._add(total, batch_product(batch, block), batch)
         return self._finish(total, count)
 
     def _finish(self, total: torch.Tensor, count: int) -> torch.Tensor:
@@ -388,9 +412,7 @@ class HessianOperator(EmpiricalRiskOperator):
         total = torch.zeros_like(block)
         count = 0
         for batch, grads in self._graphs:
-            product = self._batch_hvp(batch, block, grads=grads, keep=True)
-            total += product * batch.size if self.reduction == "mean" else product
-            count += batch.size
+            count += self._add(total, self._batch_hvp(batch, block, grads=grads, keep=True), batch)
         return self._finish(total, count)
 
     def release_graphs(self) -> None:
@@ -405,8 +427,8 @@ class _FunctionalOperator(EmpiricalRiskOperator):
         names, model = self.param_names, self.model
 
         def forward(*params: torch.Tensor):
-            def call(*args: Any) -> Any:
-                return functional_call(model, dict(zip(names, params)), args, strict=False)
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return functional_call(model, dict(zip(names, params)), args, kwargs, strict=False)
 
             return self._forward(batch, call)
 
@@ -414,6 +436,43 @@ class _FunctionalOperator(EmpiricalRiskOperator):
 
     def _detached_params(self) -> tuple[torch.Tensor, ...]:
         return tuple(p.detach() for p in self.params)
+
+    def _jacobian_sandwich(
+        self,
+        fn: Callable[..., torch.Tensor],
+        block: torch.Tensor,
+        middle: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``J^T M(J V)`` as an ``(n, k)`` block, ``J`` the Jacobian of ``fn(*params)`` at the
+        parameters and ``M(values, JV)`` the middle factor applied to all ``k`` columns:
+        ``torch.func.vjp`` once, the ``jvp`` and the pullback vmapped over the columns."""
+        primals = self._detached_params()
+        values, pullback = vjp(fn, *primals)
+        tangents = [t.movedim(-1, 0) for t in self.unflatten(block)]  # (k, *p.shape)
+
+        def push_forward(*tangent):
+            return jvp(fn, primals, tangent)[1]
+
+        with _FORWARD_AD:
+            JV = vmap(push_forward)(*tangents)  # (k, *values.shape)
+        columns = vmap(pullback)(middle(values.detach(), JV))  # per param (k, *p.shape)
+        return torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1).T
+
+    _forward_reroute = False  # True once a fused kernel without a jvp was met (CPU attention)
+
+    def _forward_mode(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()``, a product that uses forward mode; a kernel without a forward-mode
+        formula that :func:`twice_differentiable` reroutes (fused attention: its math form
+        has one) makes this and every later call run under the reroute."""
+        try:
+            with twice_differentiable(self._forward_reroute):
+                return compute()
+        except NotImplementedError:
+            if self._forward_reroute:
+                raise
+            self._forward_reroute = True
+            with twice_differentiable():
+                return compute()
 
 
 class GGNOperator(_FunctionalOperator):
@@ -473,8 +532,8 @@ class GGNOperator(_FunctionalOperator):
         if self._forward_mode_works:
             try:
                 if block.shape[1] == 1:
-                    return self._batch_ggn_dual(batch, block)
-                return self._batch_ggn_functional(batch, block)
+                    return self._forward_mode(lambda: self._batch_ggn_dual(batch, block))
+                return self._forward_mode(lambda: self._batch_ggn_functional(batch, block))
             except NotImplementedError:  # e.g. a custom autograd.Function without jvp
                 self._forward_mode_works = False
         return self._batch_ggn_reverse(batch, block)
@@ -535,20 +594,17 @@ class GGNOperator(_FunctionalOperator):
 
     def _batch_ggn_functional(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
         """``G V`` for a block: ``torch.func.vjp`` once, ``jvp`` and the pullback vmapped over columns."""
-        forward = self._function(batch)
-        primals = self._detached_params()
-        outputs, pullback = vjp(forward, *primals)
-        self._loss(outputs.detach(), batch)  # names a batch with NaN/inf loss
-        tangents = [t.movedim(-1, 0) for t in self.unflatten(block)]  # (k, *p.shape)
 
-        def push_forward(*tangent):
-            return jvp(forward, primals, tangent)[1]
+        def output_hessian(outputs: torch.Tensor, JV: torch.Tensor) -> torch.Tensor:
+            self._loss(outputs, batch)  # names a batch with NaN/inf loss
+            return self._output_hessian(outputs, batch.targets, JV)
 
-        with _FORWARD_AD:
-            JV = vmap(push_forward)(*tangents)  # (k, *outputs.shape)
-        HJV = self._output_hessian(outputs.detach(), batch.targets, JV)
-        columns = vmap(pullback)(HJV)  # tuple over params of (k, *p.shape)
-        return torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1).T
+        return self._jacobian_sandwich(self._function(batch), block, output_hessian)
+
+
+def _one(x: Any) -> Any:
+    """One sample (inside vmap: without its batch dimension) as a batch of one."""
+    return x.unsqueeze(0) if isinstance(x, torch.Tensor) else x
 
 
 #: torch.func's refusals of a model that plain autograd can still differentiate
@@ -566,6 +622,11 @@ class EmpiricalFisherOperator(_FunctionalOperator):
     ``autograd.Function`` without ``setup_context``, a ``.item()`` in the forward) gets them
     from a loop of plain ``torch.autograd.grad`` calls, one per sample: the same numbers,
     ``B`` backward passes per batch.
+
+    A loss over tokens (:class:`~jupyter_curvature.core.losses.TokenCrossEntropy`: ``terms``
+    and ``num_terms``) has one observation per counted token: ``F = (1/T) sum_t g_t g_t^T``
+    over the ``T`` counted tokens of all batches, computed per batch as ``J_l^T (J_l V)``
+    with ``J_l`` the Jacobian of the per-token losses (forward and reverse mode, as the GGN).
     """
 
     _vmap_works = True  # False once torch.func refused the model (then a per-sample loop)
@@ -588,15 +649,17 @@ class EmpiricalFisherOperator(_FunctionalOperator):
         names, model, loss_fn, pick = self.param_names, self.model, self.loss_fn, self.outputs
         primals = self._detached_params()
 
-        def sample_loss(params, args, target):
+        def sample_loss(params, args, kwargs, target):
             args = tuple(a.unsqueeze(0) for a in args)
-            out = functional_call(model, dict(zip(names, params)), args, strict=False)
+            kwargs = {k: _one(v) for k, v in kwargs.items()}
+            out = functional_call(model, dict(zip(names, params)), args, kwargs, strict=False)
             return loss_fn(_inputs.model_outputs(out, pick), target.unsqueeze(0))
 
+        kw_dims = {k: 0 if isinstance(v, torch.Tensor) else None for k, v in batch.kwargs.items()}
         if self._vmap_works:
             try:
-                grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(
-                    primals, batch.args, batch.targets
+                grads = vmap(grad(sample_loss), in_dims=(None, 0, kw_dims, 0))(
+                    primals, batch.args, batch.kwargs, batch.targets
                 )
                 return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
             except RuntimeError as exc:
@@ -607,7 +670,8 @@ class EmpiricalFisherOperator(_FunctionalOperator):
         for i in range(batch.size):
             params = [p.requires_grad_() for p in self._detached_params()]
             args = tuple(a[i] for a in batch.args)
-            loss = sample_loss(params, args, batch.targets[i])
+            kwargs = {k: v[i] if kw_dims[k] == 0 else v for k, v in batch.kwargs.items()}
+            loss = sample_loss(params, args, kwargs, batch.targets[i])
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             rows.append(
                 torch.cat(
@@ -620,8 +684,24 @@ class EmpiricalFisherOperator(_FunctionalOperator):
         return torch.stack(rows)
 
     def _batch_fisher(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
-        self._loss(self._forward(batch), batch)
-        G = self.per_sample_gradients(batch)
-        product = G.T @ (G @ block)  # sum over the batch's samples
-        # _accumulate multiplies by B_b for the mean; the per-sample sum already is the total
-        return product / batch.size if self.reduction == "mean" else product
+        if has_terms(self.loss_fn):
+            product = self._forward_mode(lambda: self._term_fisher(batch, block))
+        else:
+            self._loss(self._forward(batch), batch)
+            G = self.per_sample_gradients(batch)
+            product = G.T @ (G @ block)  # sum over the batch's samples
+        # _accumulate multiplies by w_b for the mean; the per-sample sum already is the total
+        return product / max(self._weight(batch), 1) if self.reduction == "mean" else product
+
+    def _term_fisher(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
+        """``sum_t g_t g_t^T V = J_l^T (J_l V)`` over the batch's per-term losses ``l``."""
+        forward = self._function(batch)
+
+        def terms(*params: torch.Tensor) -> torch.Tensor:
+            return self.loss_fn.terms(forward(*params), batch.targets)
+
+        def identity(losses: torch.Tensor, JV: torch.Tensor) -> torch.Tensor:
+            self._check_finite(losses, batch)  # names a batch with NaN/inf loss
+            return JV
+
+        return self._jacobian_sandwich(terms, block, identity)

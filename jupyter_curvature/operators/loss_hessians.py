@@ -15,6 +15,10 @@ loss's own reduction (``mean`` divides by what torch divides by):
 * ``MSELoss``: ``H u = 2 u`` (divided by the number of elements for ``mean``).
 * ``BCEWithLogitsLoss``: ``H u = w (p_w y + 1 - y) s (1 - s) u`` with ``s = sigmoid(z)``,
   elementwise weights ``w`` and ``pos_weight`` ``p_w``.
+* :class:`~jupyter_curvature.core.losses.TokenCrossEntropy` on logits ``(B, L, V)``: per
+  position whose prediction counts ``H u = p * u - p (p^T u)`` over the vocabulary (the last
+  dimension), zero at the others (the last position under the causal shift, labels
+  ``ignore_index``), divided by the number ``T`` of counted tokens for ``mean``.
 
 The lookup is a registry from loss type to handler (:func:`register_output_hessian`), so a
 loss of your own joins these without touching this module.
@@ -29,11 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.losses import TokenCrossEntropy
+
 #: ``(outputs, targets, U) -> H_L U`` for a block ``U`` of shape ``(k, *outputs.shape)``
 OutputHessian = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: the built-in losses (more can be registered: :func:`register_output_hessian`)
-SUPPORTED_LOSSES = "CrossEntropyLoss, NLLLoss, MSELoss, BCEWithLogitsLoss"
+SUPPORTED_LOSSES = "CrossEntropyLoss, NLLLoss, MSELoss, BCEWithLogitsLoss, TokenCrossEntropy"
 
 
 def loss_reduction(loss_fn: object) -> str:
@@ -224,3 +230,15 @@ def _bce_with_logits_output_hessian(loss_fn: object, reduction: str) -> OutputHe
         return HU / outputs.numel() if reduction == "mean" else HU
 
     return bce_with_logits
+
+
+@register_output_hessian(TokenCrossEntropy)
+def _token_cross_entropy_output_hessian(loss_fn: TokenCrossEntropy, reduction: str) -> OutputHessian:
+    def token_cross_entropy(outputs, targets, U):
+        keep = loss_fn.output_mask(outputs, targets).unsqueeze(-1)  # (B, L, 1): counted or not
+        p = torch.softmax(outputs, dim=-1)
+        pu = p * U
+        HU = (pu - p * pu.sum(dim=-1, keepdim=True)) * keep
+        return HU / keep.sum().clamp_min(1) if reduction == "mean" else HU
+
+    return token_cross_entropy

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from ..core.batches import Batch, BatchLayout, BatchSource
+from ..core.inputs import model_outputs
+from ..core.losses import mean_weight
 
 #: modules whose affine parameters count as "normalisation" (reported apart from weights)
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -42,7 +44,10 @@ def loss_normaliser(loss_fn: Any) -> str:
 
 
 def batch_loss(loss_fn: Any, outputs: Any, targets: Any, size: int, reduction: str) -> torch.Tensor:
-    """The mean loss of a batch, whatever the criterion's reduction."""
+    """The mean loss of a batch, whatever the criterion's reduction.
+
+    ``size`` is the batch's weight (:func:`batch_weight`): what a ``"sum"`` is divided by.
+    """
     loss = loss_fn(outputs, targets)
     if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
         raise ValueError(
@@ -50,6 +55,18 @@ def batch_loss(loss_fn: Any, outputs: Any, targets: Any, size: int, reduction: s
             f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}"
         )
     return loss / size if reduction == "sum" else loss
+
+
+def batch_weight(loss_fn: Any, batch: Batch) -> int:
+    """A batch's weight in the mean over the data: its samples, or the counted terms of a
+    token loss (:func:`~jupyter_curvature.core.losses.mean_weight`)."""
+    return mean_weight(loss_fn, batch)
+
+
+def forward(model: Any, batch: Batch) -> Any:
+    """The model on ``batch`` (positional and keyword inputs); a Hugging Face output gives
+    its logits (:func:`~jupyter_curvature.core.inputs.model_outputs`)."""
+    return model_outputs(batch.call(model), None)
 
 
 def check_batch_size(batch_size: Any, name: str = "batch_size") -> int:
@@ -97,6 +114,14 @@ def _cat(parts: list[Any]) -> Any:
     if len(parts) == 1:
         return first
     if isinstance(first, torch.Tensor):
+        shapes = {tuple(p.shape[1:]) for p in parts}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"data: batches of shapes {sorted(shapes)} (after the batch dimension) cannot "
+                "be joined into one batch, e.g. sequences padded to different lengths; pad "
+                "every batch to one length (a tokenizer's padding='max_length'), or choose a "
+                "batch_size that is the data's own"
+            )
         return torch.cat(parts)
     if isinstance(first, (tuple, list)):
         return type(first)(_cat([p[i] for p in parts]) for i in range(len(first)))
@@ -140,35 +165,30 @@ def rebatch(
             f"batch_size={batch_size} is larger than the dataset ({total} samples); "
             f"choose a batch_size between 1 and {total}"
         )
-    pending: list[tuple[tuple[Any, ...], Any]] = []
+    # a batch's parts as one tree (args, kwargs, targets): joined and sliced together
+    pending: list[tuple[tuple[Any, ...], dict[str, Any], Any]] = []
     held = 0
     index = 0
     seen = 0
 
-    def emit(args: tuple[Any, ...], targets: Any, size: int) -> Batch:
-        batch = Batch(args, targets, size, index)
+    def emit(parts: tuple[Any, ...], size: int) -> Batch:
+        args, kwargs, targets = parts
+        batch = Batch(args, targets, size, index, kwargs)
         return batch.to(device, dtype) if device is not None else batch
 
     for raw in source:
         seen += raw.size
-        pending.append((raw.args, raw.targets))
+        pending.append((raw.args, raw.kwargs, raw.targets))
         held += raw.size
         if held < batch_size:
             continue
-        args = _cat([p[0] for p in pending])
-        targets = _cat([p[1] for p in pending])
+        joined = _cat(pending)
         start = 0
         while held - start >= batch_size:
-            yield emit(
-                _slice(args, start, start + batch_size),
-                _slice(targets, start, start + batch_size),
-                batch_size,
-            )
+            yield emit(_slice(joined, start, start + batch_size), batch_size)
             index += 1
             start += batch_size
-        pending = (
-            [(_slice(args, start, held), _slice(targets, start, held))] if start < held else []
-        )
+        pending = [_slice(joined, start, held)] if start < held else []
         held -= start
     if seen == 0:
         raise ValueError("data is empty: it yielded no batch")
@@ -178,7 +198,7 @@ def rebatch(
             f"choose a batch_size between 1 and {seen}"
         )
     if held:
-        yield emit(_cat([p[0] for p in pending]), _cat([p[1] for p in pending]), held)
+        yield emit(_cat(pending), held)
 
 
 class WeightedMoments:

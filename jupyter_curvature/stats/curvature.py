@@ -7,7 +7,7 @@ a shrinkage coefficient ``alpha``; its GGN path multiplied along the wrong vecto
 ``offset`` that was never advanced). Here the same quantities are computed along several
 probes at once, each product is exact (``HessianOperator`` / ``GGNOperator`` on one batch,
 multiplying the whole ``(n, num_probes)`` probe block through one graph), batches are weighted
-by their size, and every quantity comes with a standard error across the probes. The squared
+by their size (by their counted tokens for a token loss), and every quantity comes with a standard error across the probes. The squared
 Frobenius norm is Hutchinson's estimator applied to ``H^2``: ``E ||H g||^2 = ||H||_F^2`` for
 Gaussian ``g`` (Hutchinson 1989; Avron and Toledo 2011).
 """
@@ -20,14 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.batches import BatchLayout
-from ..core.distributed.primitives import is_distributed
+from ..core.batches import BatchLayout, batch_parts
+from ..core.distributed.primitives import all_reduce_sum, is_distributed
 from ..core.model_state import check_batchnorm_policy, model_device_dtype
 from ..core.params import ParamSpec, select_parameters
 from ..operators import GGNOperator, HessianOperator
 from ._common import (
     WeightedMoments,
     accumulation_dtype,
+    batch_weight,
     check_batch_size,
     known_num_samples,
     loss_normaliser,
@@ -158,29 +159,35 @@ def curvature_statistics(
     Z_acc, gauss_sq = Z.to(acc), gauss_sq.to(acc)
 
     products = WeightedMoments(reduce_dims=(0,))
+    samples = 0
     for batch in rebatch(data, batch_size, layout=batch_layout, device=device, dtype=dtype):
-        inputs = batch.args[0] if len(batch.args) == 1 else batch.args
+        weight = batch_weight(loss_fn, batch)
+        samples += batch.size
+        if weight == 0:  # no token of this batch counts: no term of the mean
+            continue
         operator = operator_type(
             model,
             loss_fn,
-            [(inputs, batch.targets)],
+            [batch],
             params=[p for _, p in chosen],
             batchnorm=batchnorm,
+            batch_layout=batch_parts,
             check=False,
             distributed=False,  # a per-batch product is this rank's own: never all-reduce it
         )
         product = (operator @ Z).to(acc)  # (n, k): the whole probe block through one graph
         if reduction == "sum":
-            product = product / batch.size
-        products.add(product, batch.size)
+            product = product / weight
+        products.add(product, weight)
     if sharded:
         from ..core.distributed.reduce import all_reduce_moments
 
         products = all_reduce_moments(
             products, like=torch.zeros(num_params, num_probes, dtype=acc, device=device)
         )
+        _, samples = all_reduce_sum(torch.zeros(1, dtype=acc, device=device), samples)
     if products.count < 2:
-        raise single_batch_error(int(products.weight), batch_size, "curvature variance")
+        raise single_batch_error(samples, batch_size, "curvature variance")
 
     m = products.mean  # (n, k)
     variance = products.variance  # (k,)
@@ -210,7 +217,7 @@ def curvature_statistics(
         num_probes=num_probes,
         batch_size=batch_size,
         num_batches=nb,
-        num_samples=int(round(products.weight)),
+        num_samples=samples,
         num_params=num_params,
         seed=int(seed),
         batchnorm=batchnorm,

@@ -17,6 +17,8 @@ from ..core.model_state import (
 )
 from ._common import (
     batch_loss,
+    batch_weight,
+    forward,
     loss_normaliser,
     rebatch,
 )
@@ -71,13 +73,15 @@ def evaluate(
     correct = dict.fromkeys(ks, 0)
     classification = True
     num_classes = None
-    n = 0
+    n = terms = 0  # samples, and the terms of the mean (samples, or counted tokens)
     with model_mode(model, batchnorm), torch.no_grad():
         for batch in rebatch(data, None, layout=batch_layout, device=device, dtype=dtype):
-            outputs = model(*batch.args)
-            loss = batch_loss(loss_fn, outputs, batch.targets, batch.size, reduction)
-            total_loss += float(loss) * batch.size
+            outputs = forward(model, batch)
+            weight = batch_weight(loss_fn, batch)
+            loss = batch_loss(loss_fn, outputs, batch.targets, weight, reduction)
+            total_loss += float(loss) * weight
             n += batch.size
+            terms += weight
             targets = batch.targets
             if classification and _is_class_targets(outputs, targets):
                 num_classes = outputs.shape[-1]
@@ -94,7 +98,10 @@ def evaluate(
         else {}
     )
     return EvaluationResult(
-        loss=total_loss / n, accuracy=accuracy, num_samples=n, batchnorm=batchnorm
+        loss=total_loss / terms if terms else float("nan"),
+        accuracy=accuracy,
+        num_samples=n,
+        batchnorm=batchnorm,
     )
 
 
@@ -147,7 +154,7 @@ def bn_update(model: nn.Module, data: Any, *, batch_layout: BatchLayout | None =
                 momentum = batch.size / (seen + batch.size)
                 for m in bns:
                     m.momentum = momentum
-                model(*batch.args)
+                batch.call(model)
                 seen += batch.size
     finally:
         for m, momentum in zip(bns, momenta, strict=True):

@@ -21,13 +21,15 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from ..core.batches import BatchLayout
-from ..core.distributed.primitives import is_distributed
+from ..core.distributed.primitives import all_reduce_sum, is_distributed
+from ..core.inputs import model_outputs
 from ..core.model_state import check_batchnorm_policy, model_device_dtype, model_mode
 from ..core.params import ParamSpec, select_parameters
 from ._common import (
     WeightedMoments,
     accumulation_dtype,
     batch_loss,
+    batch_weight,
     check_batch_size,
     known_num_samples,
     loss_normaliser,
@@ -85,13 +87,17 @@ def gradient_statistics(
         snr               = grad_mean_norm_sq / grad_var
 
     With equal batches these are the original's formulas exactly (population variances).
+    For a token loss (:class:`~jupyter_curvature.core.losses.TokenCrossEntropy`) ``b_i`` is
+    the number of counted tokens of batch ``i`` and ``N`` of the data, so ``loss_mean`` and
+    ``g`` are those of the mean over every counted token.
 
     Args:
         model: the network.
         loss_fn: ``loss_fn(outputs, targets)`` with ``reduction="mean"`` or ``"sum"`` (a sum
             is divided by the batch size: the statistics are of mean losses).
-        data: a DataLoader, a re-iterable of ``(inputs, targets)`` batches, or one batch.
-            Samples are read in order and regrouped into batches of ``batch_size``.
+        data: a DataLoader, a re-iterable of ``(inputs, targets)`` batches, or one batch
+            (Hugging Face dict batches too, see the operators). Samples are read in order and
+            regrouped into batches of ``batch_size``.
         batch_size: the mini-batch size of the statistics (ignored when ``per_sample``).
         per_sample: statistics of single samples (``batch_size`` 1), computed with
             ``torch.func.vmap`` over ``torch.func.grad`` in chunks of ``chunk_size`` samples.
@@ -120,6 +126,12 @@ def gradient_statistics(
     batchnorm = check_batchnorm_policy(batchnorm)
     reduction = loss_normaliser(loss_fn)
     if per_sample:
+        if callable(getattr(loss_fn, "num_terms", None)):
+            raise ValueError(
+                f"per_sample=True with {type(loss_fn).__name__}, a loss over tokens: a "
+                "sequence's share of the token mean depends on its counted tokens; use "
+                "mini-batches (batch_size=...) instead"
+            )
         if batchnorm == "train":
             raise ValueError(
                 "per_sample=True with batchnorm='train' would normalise every sample by its own "
@@ -149,17 +161,20 @@ def gradient_statistics(
         model, loss_fn, names, values, fixed, reduction, batch_layout, device, dtype, acc
     )
     with model_mode(model, batchnorm):
+        sample_count = None  # the samples, when the weights count tokens
         if per_sample:
             chunk = chunk_size or max(1, min(1024, _PER_SAMPLE_BUDGET // max(num_params, 1)))
             grads, losses = _per_sample_moments(setup, data, chunk)
         else:
-            grads, losses = _minibatch_moments(setup, data, stats_batch)
+            grads, losses, sample_count = _minibatch_moments(setup, data, stats_batch)
     if sharded:
         from ..core.distributed.reduce import all_reduce_moments
 
         grads = all_reduce_moments(grads, like=torch.zeros(num_params, dtype=acc, device=device))
         losses = all_reduce_moments(losses, like=torch.zeros((), dtype=acc, device=device))
-    num_samples = int(round(losses.weight))
+        if sample_count is not None:
+            _, sample_count = all_reduce_sum(torch.zeros(1, dtype=acc, device=device), sample_count)
+    num_samples = int(round(losses.weight)) if sample_count is None else sample_count
     if losses.count < 2:
         raise single_batch_error(num_samples, stats_batch, "gradient variance")
     mean_sq = float((grads.mean * grads.mean).sum())
@@ -202,12 +217,19 @@ class _Setup:
 
 def _minibatch_moments(
     s: _Setup, data: Any, batch_size: int
-) -> tuple[WeightedMoments, WeightedMoments]:
+) -> tuple[WeightedMoments, WeightedMoments, int | None]:
+    """The moments over mini-batches, and the number of samples when the weights are tokens."""
     grads, losses = WeightedMoments(), WeightedMoments()
     leaves = {n: v.clone().requires_grad_(True) for n, v in s.values.items()}
+    samples = 0
     for batch in s.batches(data, batch_size):
-        outputs = functional_call(s.model, (leaves, s.fixed), batch.args)
-        loss = batch_loss(s.loss_fn, outputs, batch.targets, batch.size, s.reduction)
+        weight = batch_weight(s.loss_fn, batch)
+        samples += batch.size
+        if weight == 0:  # no token of this batch counts: no term of the mean
+            continue
+        raw = functional_call(s.model, (leaves, s.fixed), batch.args, batch.kwargs)
+        outputs = model_outputs(raw, None)
+        loss = batch_loss(s.loss_fn, outputs, batch.targets, weight, s.reduction)
         g = torch.autograd.grad(loss, [leaves[n] for n in s.names], allow_unused=True)
         flat = torch.cat(
             [
@@ -215,9 +237,9 @@ def _minibatch_moments(
                 for n, gi in zip(s.names, g, strict=True)
             ]
         )
-        grads.add(flat, batch.size)
-        losses.add(loss.detach().to(s.acc), batch.size)
-    return grads, losses
+        grads.add(flat, weight)
+        losses.add(loss.detach().to(s.acc), weight)
+    return grads, losses, samples if callable(getattr(s.loss_fn, "num_terms", None)) else None
 
 
 def _per_sample_moments(
@@ -226,15 +248,18 @@ def _per_sample_moments(
     def unsqueeze(tree: Any) -> Any:
         return tree_map(lambda t: t.unsqueeze(0) if isinstance(t, torch.Tensor) else t, tree)
 
-    def sample_loss(p: dict[str, torch.Tensor], args: tuple, target: Any):
-        outputs = functional_call(s.model, (p, s.fixed), unsqueeze(args))
-        loss = batch_loss(s.loss_fn, outputs, unsqueeze(target), 1, s.reduction)
+    def sample_loss(p: dict[str, torch.Tensor], args: tuple, kwargs: dict, target: Any):
+        raw = functional_call(s.model, (p, s.fixed), unsqueeze(args), unsqueeze(kwargs))
+        loss = batch_loss(s.loss_fn, model_outputs(raw, None), unsqueeze(target), 1, s.reduction)
         return loss, loss.detach()
 
-    per_sample_grad = vmap(grad(sample_loss, has_aux=True), in_dims=(None, 0, 0))
+    per_sample_grad = grad(sample_loss, has_aux=True)
     grads, losses = WeightedMoments(), WeightedMoments()
     for batch in s.batches(data, chunk, strict=False):
-        g, loss = per_sample_grad(s.values, batch.args, batch.targets)
+        kw_dims = {k: 0 if isinstance(v, torch.Tensor) else None for k, v in batch.kwargs.items()}
+        g, loss = vmap(per_sample_grad, in_dims=(None, 0, kw_dims, 0))(
+            s.values, batch.args, batch.kwargs, batch.targets
+        )
         c = batch.size
         # the chunk's mean and scatter, parameter by parameter, reading each per-sample
         # gradient once and without temporaries: the sums run in float64 on the fly, so
