@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent GPU machine (no network there):
-#   the CUDA test cases (tests/test_cuda.py), then the benchmarks on the GPU with TF32 off.
+#   the CUDA test cases (tests/test_cuda.py), then the benchmarks on the GPU with TF32 off;
+#   at most 6.5 minutes in all (the step limits below), so a 15-minute lease has room for a rerun.
 # The GPU machine has no network: the spectral benchmark's peers travel as wheels in .whl/
 # (git-ignored; a remote run must carry it), made here first with
 #   pip download --no-deps -d .whl pyhessian hessian-eigenthings curvlinops-for-pytorch
@@ -26,6 +27,5 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 }
 step cuda-tests 150 python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider -rs
 step operators 90 python3 benchmarks/_no_tf32.py benchmarks/bench_operators.py --device cuda --json "$OUT/operators.json"
-step spectral 150 python3 benchmarks/_no_tf32.py benchmarks/bench_spectral.py --device cuda --repeats 3 --seeds 3
-step spectral-profile 60 python3 benchmarks/_no_tf32.py benchmarks/bench_spectral.py --device cuda --profile
-step landscape 60 python3 benchmarks/_no_tf32.py benchmarks/bench_landscape.py --device cuda --json "$OUT/landscape.json"
+step spectral 120 python3 benchmarks/_no_tf32.py benchmarks/bench_spectral.py --device cuda --repeats 2 --seeds 2
+step landscape 45 python3 benchmarks/_no_tf32.py benchmarks/bench_landscape.py --device cuda --json "$OUT/landscape.json"

@@ -133,6 +133,18 @@ def test_trace_on_cuda_matches_the_exact_trace():
     assert estimate.estimate == pytest.approx(exact, rel=1e-8)
 
 
+def test_hutchpp_remainder_on_a_float32_cuda_operator_matches_the_cpu_float64_run():
+    """Hutch++'s remainder is the composite ``A.projected(Q)``: on a float32 GPU operator the
+    float64 sketch is projected in float32; the estimate stays the float64 one to rounding."""
+    model, loss_fn = bn_cnn(), nn.CrossEntropyLoss()
+    cpu = jc.trace(GGNOperator(model, loss_fn, digits()), num_matvecs=30, seed=4)
+    model32 = bn_cnn(torch.float32).to(CUDA)
+    gpu = jc.trace(GGNOperator(model32, loss_fn, digits(torch.float32, CUDA)), num_matvecs=30,
+                   seed=4)  # fmt: skip
+    assert gpu.num_matvecs == cpu.num_matvecs == 30 and gpu.method == "hutch++"
+    assert gpu.estimate == pytest.approx(cpu.estimate, rel=1e-4)
+
+
 def test_landscape_on_cuda_equals_the_cpu_landscape():
     torch.manual_seed(0)
     model, loss_fn = MLP(in_features=64, hidden=(8,), num_classes=10).to(DT), nn.CrossEntropyLoss()
