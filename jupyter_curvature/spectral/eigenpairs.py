@@ -521,8 +521,10 @@ def _eigenpairs(
     basis_dtype: torch.dtype,
     basis_device: torch.device | str | None,
     warn: bool,
+    start: torch.Tensor | None = None,
 ) -> EigenpairsResult:
-    """:func:`eigenpairs` on a wrapped, opened operator (arguments already checked)."""
+    """:func:`eigenpairs` on a wrapped, opened operator (arguments already checked), from a
+    seeded Gaussian start vector or ``start`` (``(n, 1)``, :func:`~.tracking.warm_eigenpairs`)."""
     n = A.n
     device = resolve_device(basis_device, A.device)
     t0 = time.perf_counter()
@@ -531,7 +533,8 @@ def _eigenpairs(
     locked_vals: list[float] = []
     locked_res: list[float] = []
     locked_true: list[float] = []
-    start = start_vectors(n, 1, seed, "gaussian", basis_dtype, device)
+    if start is None:
+        start = start_vectors(n, 1, seed, "gaussian", basis_dtype, device)
     scale_units: float | None = None  # the internal scaling of the first run, kept after
     steps = restarts = 0
     product_seconds = 0.0
