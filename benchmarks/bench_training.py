@@ -209,7 +209,7 @@ def readme_budget(warm_start: bool, max_overhead: float | None = 0.15) -> dict:
         "checks": cb.computed,
         "skipped": cb.skipped,
         "epochs with a check": len(epochs),
-        "certified": all(r.get("converged") for r in records),
+        "certified": all(r.get("converged") for r in records) if records else "n/a",
         "num_iters": [r["num_iters"] for r in records],
         "eigen products": [r.get("eigen_matvecs") for r in records],
     }
