@@ -324,7 +324,7 @@ def curvature_check(
         :class:`CheckResult` (``record["matvecs"]``: the check's products, ``"eigen_matvecs"``
         those of the top-k, ``"warm_start"``: whether it was warm-started).
     """
-    from ..spectral import eigenpairs, spectral_density, warm_eigenpairs
+    from ..spectral import eigenpairs, spectral_density
     from ..spectral import trace as trace_estimate
     from ..training import summarize
 
@@ -348,11 +348,11 @@ def curvature_check(
             )
         products = op.num_matvecs
         with op.kept_graphs(None):
-            eigen = None
-            if top_k and start is not None:
-                eigen = warm_eigenpairs(op, k=top_k, start=start, tol=tol, seed=seed, warn=False)
-            elif top_k:
-                eigen = eigenpairs(op, k=top_k, tol=tol, seed=seed, warn=False)
+            eigen = (
+                eigenpairs(op, k=top_k, tol=tol, seed=seed, warn=False, start=start)
+                if top_k
+                else None
+            )
             density = spectral_density(op, num_iters=num_iters, num_probes=num_probes, seed=seed)
             trace = (
                 trace_estimate(op, num_matvecs=trace_matvecs, seed=seed)

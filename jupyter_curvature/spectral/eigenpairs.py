@@ -82,6 +82,7 @@ from .lanczos import (
     start_vectors,
     tridiagonal,
 )
+from .warm_start import warm_start_vector
 
 WHICH = ("LA", "SA", "LM")
 
@@ -438,6 +439,7 @@ def eigenpairs(
     basis_device: torch.device | str | None = None,
     warn: bool = True,
     keep_graphs: bool | None = None,
+    start: torch.Tensor | None = None,
 ) -> EigenpairsResult:
     """The ``k`` extreme eigenpairs of a symmetric operator, each certified by its residual.
 
@@ -471,6 +473,8 @@ def eigenpairs(
             steps so that a product costs only the second backward. ``None`` (default): when
             the graphs fit in half the free memory; ``True``: always; ``False``: never (see
             :func:`~.lanczos.lanczos`). The operator is left as it was found.
+        start: ``(n, p)`` earlier eigenvectors to warm-start from (a tracked top-k:
+            :func:`~.tracking.warm_eigenpairs`); ``None``: the seeded Gaussian start.
 
     Returns:
         EigenpairsResult. When the budget ends first the result carries ``converged=False``
@@ -503,10 +507,15 @@ def eigenpairs(
         min(n, k + 2),
         hint=f"a restart keeps k + 1 = {k + 1} Ritz vectors and adds one; raise max_basis or lower k",
     )
+    x0 = None
+    if start is not None:
+        device = resolve_device(basis_device, A.device)
+        x0 = warm_start_vector(start, n, seed, basis_dtype, device)
     with A:
         return _eigenpairs(
-            A, k, which, tol, max_iters, seed, max_basis, verify, basis_dtype, basis_device, warn
-        )
+            A, k, which, tol, max_iters, seed, max_basis, verify, basis_dtype, basis_device, warn,
+            start=x0,
+        )  # fmt: skip
 
 
 def _eigenpairs(

@@ -159,12 +159,18 @@ def default_compute(
     params: Any,
 ) -> Any:
     """The SLQ spectral density of the Hessian (or GGN) of ``loss_fn`` on ``batch``."""
-    from ..operators import GGNOperator, HessianOperator
     from ..spectral import spectral_density
 
-    cls = GGNOperator if curvature == "ggn" else HessianOperator
-    op = cls(model, loss_fn, batch, params=params)
+    op = _operator(model, loss_fn, batch, curvature, params)
     return spectral_density(op, num_iters=num_iters, num_probes=num_probes, seed=seed)
+
+
+def _operator(model: Any, loss_fn: Callable, batch: Any, curvature: str, params: Any) -> Any:
+    """The ``curvature`` operator (Hessian or GGN) of ``loss_fn`` on ``batch``."""
+    from ..operators import GGNOperator, HessianOperator
+
+    cls = GGNOperator if curvature == "ggn" else HessianOperator
+    return cls(model, loss_fn, batch, params=params)
 
 
 def tracked_check(
@@ -172,34 +178,29 @@ def tracked_check(
     loss_fn: Callable,
     batch: tuple[torch.Tensor, torch.Tensor],
     *,
-    curvature: str,
-    num_iters: int,
-    num_probes: int,
-    seed: int,
-    params: Any,
     top_k: int,
     tol: float,
     start: torch.Tensor | None,
+    **settings: Any,
 ) -> tuple[Any, Any, int]:
     """The default live check: the certified ``top_k`` (warm-started from ``start``, the last
     check's eigenvectors, when given) and the SLQ density, sharing one gradient graph.
+    ``settings`` are :func:`default_compute`'s keywords (``curvature``, ``num_iters``,
+    ``num_probes``, ``seed``, ``params``).
 
     Returns:
         ``(density, eigen, products)``: the
         :class:`~jupyter_curvature.spectral.SpectralDensity`, the
         :class:`~jupyter_curvature.spectral.EigenpairsResult` and the products of both.
     """
-    from ..operators import GGNOperator, HessianOperator
-    from ..spectral import eigenpairs, spectral_density, warm_eigenpairs
+    from ..spectral import eigenpairs, spectral_density
 
-    cls = GGNOperator if curvature == "ggn" else HessianOperator
-    op = cls(model, loss_fn, batch, params=params)
+    op = _operator(model, loss_fn, batch, settings["curvature"], settings["params"])
+    seed = settings["seed"]
     with op.kept_graphs(None):  # one gradient graph for the whole check
-        if start is not None:
-            eigen = warm_eigenpairs(op, k=top_k, start=start, tol=tol, seed=seed, warn=False)
-        else:
-            eigen = eigenpairs(op, k=top_k, tol=tol, seed=seed, warn=False)
-        density = spectral_density(op, num_iters=num_iters, num_probes=num_probes, seed=seed)
+        eigen = eigenpairs(op, k=top_k, tol=tol, seed=seed, warn=False, start=start)
+        density = spectral_density(op, num_iters=settings["num_iters"],
+                                   num_probes=settings["num_probes"], seed=seed)  # fmt: skip
     return density, eigen, op.num_matvecs
 
 
