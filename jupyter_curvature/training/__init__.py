@@ -11,6 +11,7 @@ collectives), :mod:`.from_names` (:func:`train`).
 """
 
 from .atomic_step import AtomicStep, InterruptGuard
+from .budget import CheckBudget, CheckPlan
 from .callbacks import (
     HOOKS,
     Callback,
@@ -20,6 +21,7 @@ from .callbacks import (
     ProgressBar,
     default_compute,
     summarize,
+    tracked_check,
 )
 from .checkpoint import (
     CheckpointMismatchError,
@@ -56,6 +58,9 @@ __all__ = [
     "atomic_save",
     "check_state_fits",
     "default_compute",
+    "tracked_check",
+    "CheckBudget",
+    "CheckPlan",
     "describe_event",
     "epoch_seed",
     "load_checkpoint",
