@@ -11,6 +11,18 @@ All on the small CNN (``SmallCNN``, 8x8 digits, batch 128), in one run, as ratio
 3. **Epochs to accuracy**: epochs each optimiser needs to reach 95% test accuracy on the
    digits (the learning rates of the optimiser tests), at most 30.
 
+4. **Warm starts** (``--part warm``): the products of the certified top-3 (tol 1e-3 and
+   1e-6) at each check of a training run, warm-started from the last check's eigenvectors
+   (:func:`jupyter_curvature.spectral.warm_eigenpairs`) against a cold start, on the same
+   operator: the README's run (K-FAC, lr 0.05, a check every epoch) and a slower drift (SGD,
+   lr 0.01, a check every 3 steps). Target: at least 2x fewer products.
+5. **The README's** ``%%curv_train`` **example under the default budget** (``--part readme``):
+   ``tasks.train("small_cnn", "digits", optimizer="kfac", lr=0.05, epochs=5,
+   spectrum_every=12, max_overhead=0.15)`` (the engine path of the magic, without the
+   dashboard), with and without warm starts: the share of the wall time in curvature, the
+   checks per epoch, whether each top-3 was certified, and the SLQ steps the budget chose.
+   Target: at most 20% in curvature, at least one check per epoch.
+
 Run: ``python benchmarks/bench_training.py`` (``--quick`` for fewer repeats). The machine
 is shared and noisy: medians of several repeats; the ratios matter, not the seconds.
 """
@@ -125,6 +137,109 @@ def epochs_to_accuracy(max_epochs: int) -> dict[str, tuple[int | None, float]]:
     return out
 
 
+def warm_products(optimizer: str, lr: float, every: int, epochs: int, tols=(1e-3, 1e-6)):
+    """Products of the certified top-3 per check, cold and warm, on the same operators."""
+    from jupyter_curvature.operators import HessianOperator
+    from jupyter_curvature.spectral import eigenpairs, warm_eigenpairs
+    from jupyter_curvature.training import LambdaCallback
+
+    train_set, _ = data()
+    x, y = train_set.tensors
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:256]
+    batch = (x[idx], y[idx])
+    torch.manual_seed(0)
+    model = SmallCNN()
+    opt = KFAC(model, lr=lr) if optimizer == "kfac" else torch.optim.SGD(model.parameters(), lr=lr)
+    last: dict[float, torch.Tensor | None] = dict.fromkeys(tols)
+    counts: dict[float, list[tuple[int, int]]] = {t: [] for t in tols}
+
+    def check(trainer, logs):
+        if logs["step"] % every:
+            return
+        op = HessianOperator(trainer.model, torch.nn.functional.cross_entropy, batch)
+        for tol in tols:
+            cold = eigenpairs(op, k=3, tol=tol, warn=False)
+            if last[tol] is not None:
+                warm = warm_eigenpairs(op, k=3, start=last[tol], tol=tol, warn=False)
+                assert warm.converged and cold.converged
+                counts[tol].append((cold.num_matvecs, warm.num_matvecs))
+                last[tol] = warm.eigenvectors
+            else:
+                last[tol] = cold.eigenvectors
+
+    Trainer(
+        model, opt, train_set, epochs=epochs, callbacks=[LambdaCallback(on_step_end=check)]
+    ).fit()
+    return counts
+
+
+def report_warm(quick: bool) -> None:
+    print("\n### Certified top-3 per check: products, cold start against warm start\n")
+    rows = []
+    for label, optimizer, lr, every, epochs in (
+        ("README run (K-FAC, lr 0.05), every 12 steps", "kfac", 0.05, 12, 5),
+        ("SGD lr 0.01, every 3 steps", "sgd", 0.01, 3, 2 if quick else 5),
+    ):
+        for tol, pairs in warm_products(optimizer, lr, every, epochs).items():
+            cold = sum(c for c, _ in pairs)
+            warm = sum(w for _, w in pairs)
+            rows.append([label, f"{tol:g}", len(pairs), f"{cold / len(pairs):.1f}",
+                         f"{warm / len(pairs):.1f}", f"{cold / warm:.2f}"])  # fmt: skip
+    print(markdown_table(
+        ["run", "tol", "checks", "cold products / check", "warm products / check", "cold / warm"],
+        rows,
+    ))  # fmt: skip
+
+
+def readme_budget(warm_start: bool, max_overhead: float | None = 0.15) -> dict:
+    """The README's %%curv_train line on the engine path, default budget (0.15)."""
+    from jupyter_curvature import tasks
+    from jupyter_curvature.training import CurvatureCallback
+
+    start = time.perf_counter()
+    run = tasks.train("small_cnn", "digits", optimizer="kfac", lr=0.05, epochs=5,
+                      spectrum_every=12, max_overhead=max_overhead, warm_start=warm_start)  # fmt: skip
+    wall = time.perf_counter() - start
+    cb = next(c for c in run.trainer.callbacks if isinstance(c, CurvatureCallback))
+    records = run.trainer.history.curvature
+    epochs = {r["epoch"] for r in records}
+    return {
+        "wall": wall,
+        "curvature": cb.spent,
+        "checks": cb.computed,
+        "skipped": cb.skipped,
+        "epochs with a check": len(epochs),
+        "certified": all(r.get("converged") for r in records) if records else "n/a",
+        "num_iters": [r["num_iters"] for r in records],
+        "eigen products": [r.get("eigen_matvecs") for r in records],
+    }
+
+
+def report_readme(repeats: int) -> None:
+    print("\n### The README's %%curv_train example (a check every 12 steps = every epoch)\n")
+    settings = [(True, 0.15), (False, 0.15), (True, None), (False, None)]
+    runs: dict[tuple, list[dict]] = {key: [] for key in settings}
+    readme_budget(True)  # warm-up: imports, dataset files
+    for _ in range(repeats):
+        for key in settings:
+            runs[key].append(readme_budget(*key))
+    rows = []
+    for (warm, budget), results in runs.items():
+        share = [r["curvature"] / r["wall"] for r in results]
+        mid = results[sorted(range(len(share)), key=share.__getitem__)[len(share) // 2]]
+        rows.append([
+            "warm" if warm else "cold", "none" if budget is None else budget, f"{mid['wall']:.2f}", f"{mid['curvature']:.2f}",
+            f"{statistics.median(share):.1%}", f"{mid['checks']} ({mid['skipped']} skipped)",
+            f"{mid['epochs with a check']} of 5", mid["certified"],
+            " ".join(map(str, mid["num_iters"])), " ".join(map(str, mid["eigen products"])),
+        ])  # fmt: skip
+    print(markdown_table(
+        ["start", "max_overhead", "wall (s)", "curvature (s)", "share (median)", "checks", "epochs with a check",
+         "top-3 certified", "SLQ steps chosen", "top-3 products"],
+        rows,
+    ))  # fmt: skip
+
+
 def report_overhead(epochs: int, repeats: int) -> None:
     p, lv, ratio, computed, skipped = overhead(epochs, repeats)
     print("### Live spectra on the small CNN (default CurvatureCallback)\n")
@@ -137,7 +252,9 @@ def report_overhead(epochs: int, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs")
-    parser.add_argument("--part", choices=["all", "overhead", "steps", "epochs"], default="all")
+    parser.add_argument(
+        "--part", choices=["all", "overhead", "steps", "epochs", "warm", "readme"], default="all"
+    )
     args = parser.parse_args()
     repeats = 3 if args.quick else 5
     epochs = 10 if args.quick else 30
@@ -146,6 +263,10 @@ def main() -> None:
 
     if args.part in ("all", "overhead"):
         report_overhead(epochs, repeats)
+    if args.part in ("all", "warm"):
+        report_warm(args.quick)
+    if args.part in ("all", "readme"):
+        report_readme(repeats)
     if args.part in ("all", "steps"):
         costs = step_costs(60 if args.quick else 200, repeats)
         print("\n### Step cost (forward + backward + update, batch 128)\n")

@@ -29,6 +29,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     # spectra
     "lanczos": ".spectral",
     "eigenpairs": ".spectral",
+    "warm_eigenpairs": ".spectral",
     "EigenpairsResult": ".spectral",
     "spectral_density": ".spectral",
     "SpectralDensity": ".spectral",

@@ -291,6 +291,7 @@ def curvature_check(
     batchnorm: str = "eval",
     outputs: Callable[[Any], Any] | None = None,
     batch_layout: Callable[[Any], tuple[Any, Any]] | None = None,
+    start: torch.Tensor | None = None,
 ) -> CheckResult:
     """One curvature check of ``model`` on the fixed ``batches``.
 
@@ -311,15 +312,23 @@ def curvature_check(
         trace_matvecs: a Hutch++ trace with this many products; ``None``: the SLQ trace.
         lr: the learning rate, for ``2 / lr``.
         params, batchnorm, outputs, batch_layout: as for the operators.
+        start: the last check's eigenvectors: the top-k is warm-started from them
+            (:func:`~jupyter_curvature.spectral.warm_eigenpairs`, the same certificate);
+            ``None``: a cold start.
+
+    The eigenpairs, the density and the trace share one gradient graph per batch (the
+    operator's :meth:`~jupyter_curvature.operators.CurvatureOperator.kept_graphs`, while it
+    fits in memory), so each product costs only the second backward.
 
     Returns:
-        :class:`CheckResult`.
+        :class:`CheckResult` (``record["matvecs"]``: the check's products, ``"eigen_matvecs"``
+        those of the top-k, ``"warm_start"``: whether it was warm-started).
     """
     from ..spectral import eigenpairs, spectral_density
     from ..spectral import trace as trace_estimate
     from ..training import summarize
 
-    start = time.perf_counter()
+    began = time.perf_counter()
     with full_precision(model):
         op = curvature_operator(
             model,
@@ -337,13 +346,20 @@ def curvature_check(
                 "supported; train with mixed precision (float32 weights, e.g. Lightning "
                 "precision='16-mixed' or transformers fp16=True), or check a float32 copy"
             )
-        eigen = eigenpairs(op, k=top_k, tol=tol, seed=seed, warn=False) if top_k else None
-        density = spectral_density(op, num_iters=num_iters, num_probes=num_probes, seed=seed)
-        trace = (
-            trace_estimate(op, num_matvecs=trace_matvecs, seed=seed)
-            if trace_matvecs is not None
-            else None
-        )
+        products = op.num_matvecs
+        with op.kept_graphs(None):
+            eigen = (
+                eigenpairs(op, k=top_k, tol=tol, seed=seed, warn=False, start=start)
+                if top_k
+                else None
+            )
+            density = spectral_density(op, num_iters=num_iters, num_probes=num_probes, seed=seed)
+            trace = (
+                trace_estimate(op, num_matvecs=trace_matvecs, seed=seed)
+                if trace_matvecs is not None
+                else None
+            )
+        products = op.num_matvecs - products
     stats = density.stats
     record: dict[str, Any] = {
         "curvature": curvature,
@@ -367,11 +383,14 @@ def curvature_check(
         record.update(trace=trace.estimate, trace_stderr=trace.stderr, trace_method=trace.method)
     else:
         record.update(trace=stats.trace, trace_stderr=stats.trace_stderr, trace_method="slq")
+    record["matvecs"] = int(products)
+    record["eigen_matvecs"] = int(eigen.num_matvecs) if eigen is not None else 0
+    record["warm_start"] = start is not None and eigen is not None
     record["negative_mass"] = stats.negative_mass
     record["stats"] = summary.get("stats", {})
     if lr is not None and lr > 0:
         record["lr"] = float(lr)
         record["two_over_lr"] = 2.0 / lr
         record["sharpness_ratio"] = record["lambda_max"] * lr / 2.0
-    record["seconds"] = time.perf_counter() - start
+    record["seconds"] = time.perf_counter() - began
     return CheckResult(record, eigen, density, trace)

@@ -85,6 +85,9 @@ class Tracker:
             after each check: :class:`~jupyter_curvature.integrations.TensorBoardLogger`,
             :class:`~jupyter_curvature.integrations.WandbLogger`, or your own.
         at_start: check at step 0, before training (outside the budget).
+        warm_start: start each check's top-k from the last check's eigenvectors
+            (:func:`~jupyter_curvature.spectral.warm_eigenpairs`: the same certificate,
+            fewer products when they moved little); ``False``: a cold start every time.
         keep_results: keep each check's :class:`CheckResult` in :attr:`results`.
 
     Attributes:
@@ -118,6 +121,7 @@ class Tracker:
         loggers: Iterable[Any] = (),
         at_start: bool = False,
         keep_results: bool = False,
+        warm_start: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -162,6 +166,8 @@ class Tracker:
         self.outputs = outputs
         self.batch_layout = batch_layout
         self.keep_results = keep_results
+        self.warm_start = bool(warm_start)
+        self.vectors: torch.Tensor | None = None  # the last check's eigenvectors
         self.batches = fixed_batches(data, num_samples, seed)
         self.num_samples = count_samples(self.batches)
         self.history: list[dict[str, Any]] = []
@@ -262,7 +268,10 @@ class Tracker:
                 batchnorm=self.batchnorm,
                 outputs=self.outputs,
                 batch_layout=self.batch_layout,
+                start=self.vectors if self.warm_start else None,
             )
+        if result.eigen is not None:
+            self.vectors = result.eigen.eigenvectors
         cost = result.record["seconds"]
         self.spent += cost
         self.last_cost = cost
@@ -294,6 +303,7 @@ class Tracker:
                 "seed": self.seed,
                 "max_overhead": self.max_overhead,
                 "trace_matvecs": self.trace_matvecs,
+                "warm_start": self.warm_start,
             },
             "computed": self.computed,
             "skipped": self.skipped,

@@ -82,6 +82,7 @@ from .lanczos import (
     start_vectors,
     tridiagonal,
 )
+from .warm_start import warm_start_vector
 
 WHICH = ("LA", "SA", "LM")
 
@@ -438,6 +439,7 @@ def eigenpairs(
     basis_device: torch.device | str | None = None,
     warn: bool = True,
     keep_graphs: bool | None = None,
+    start: torch.Tensor | None = None,
 ) -> EigenpairsResult:
     """The ``k`` extreme eigenpairs of a symmetric operator, each certified by its residual.
 
@@ -471,6 +473,8 @@ def eigenpairs(
             steps so that a product costs only the second backward. ``None`` (default): when
             the graphs fit in half the free memory; ``True``: always; ``False``: never (see
             :func:`~.lanczos.lanczos`). The operator is left as it was found.
+        start: ``(n, p)`` earlier eigenvectors to warm-start from (a tracked top-k:
+            :func:`~.tracking.warm_eigenpairs`); ``None``: the seeded Gaussian start.
 
     Returns:
         EigenpairsResult. When the budget ends first the result carries ``converged=False``
@@ -503,10 +507,15 @@ def eigenpairs(
         min(n, k + 2),
         hint=f"a restart keeps k + 1 = {k + 1} Ritz vectors and adds one; raise max_basis or lower k",
     )
+    x0 = None
+    if start is not None:
+        device = resolve_device(basis_device, A.device)
+        x0 = warm_start_vector(start, n, seed, basis_dtype, device)
     with A:
         return _eigenpairs(
-            A, k, which, tol, max_iters, seed, max_basis, verify, basis_dtype, basis_device, warn
-        )
+            A, k, which, tol, max_iters, seed, max_basis, verify, basis_dtype, basis_device, warn,
+            start=x0,
+        )  # fmt: skip
 
 
 def _eigenpairs(
@@ -521,8 +530,10 @@ def _eigenpairs(
     basis_dtype: torch.dtype,
     basis_device: torch.device | str | None,
     warn: bool,
+    start: torch.Tensor | None = None,
 ) -> EigenpairsResult:
-    """:func:`eigenpairs` on a wrapped, opened operator (arguments already checked)."""
+    """:func:`eigenpairs` on a wrapped, opened operator (arguments already checked), from a
+    seeded Gaussian start vector or ``start`` (``(n, 1)``, :func:`~.tracking.warm_eigenpairs`)."""
     n = A.n
     device = resolve_device(basis_device, A.device)
     t0 = time.perf_counter()
@@ -531,7 +542,8 @@ def _eigenpairs(
     locked_vals: list[float] = []
     locked_res: list[float] = []
     locked_true: list[float] = []
-    start = start_vectors(n, 1, seed, "gaussian", basis_dtype, device)
+    if start is None:
+        start = start_vectors(n, 1, seed, "gaussian", basis_dtype, device)
     scale_units: float | None = None  # the internal scaling of the first run, kept after
     steps = restarts = 0
     product_seconds = 0.0

@@ -202,6 +202,7 @@ def train(
     spectrum_samples: int = 256,
     top_k: int = 3,
     max_overhead: float | None = None,
+    warm_start: bool = True,
     num_samples: int | None = None,
     data_root: str | Path | None = None,
     device: torch.device | str | None = None,
@@ -262,6 +263,8 @@ def train(
         curvature, num_iters, num_probes, spectrum_samples, top_k, max_overhead: the live
             spectra (``None``: 30 steps and 2 probes; with registry names the defaults of
             :class:`~jupyter_curvature.training.CurvatureCallback`).
+        warm_start: start each live check's certified top-k from the last check's
+            eigenvectors (:func:`~jupyter_curvature.spectral.warm_eigenpairs`).
         num_samples: train on this many samples of a named dataset (drawn by the seed 0).
         data_root: the folder of a named dataset's files.
         device: move the model there (``"auto"``: CUDA when present); the batches follow.
@@ -307,8 +310,9 @@ def train(
             schedule="linear" if schedule is None else schedule, spectrum_every=spectrum_every,
             curvature=curvature, num_iters=num_iters, num_probes=num_probes,
             spectrum_samples=spectrum_samples, top_k=top_k, max_overhead=max_overhead,
-            num_samples=num_samples, data_root=data_root, device=device, seed=seed, out=out,
-            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+            warm_start=warm_start, num_samples=num_samples, data_root=data_root,
+            device=device, seed=seed, out=out, checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every, resume=resume, progress=progress,
             callbacks=callbacks,
         )  # fmt: skip
     if num_samples is not None:
@@ -341,7 +345,7 @@ def train(
         checks.append(CurvatureCallback(
             every=spectrum_every, curvature=curvature, num_iters=num_iters or 30,
             num_probes=num_probes or 2, spectrum_samples=spectrum_samples, seed=seed,
-            max_overhead=max_overhead, at_start=True, top_k=top_k,
+            max_overhead=max_overhead, at_start=True, top_k=top_k, warm_start=warm_start,
         ))  # fmt: skip
     ctx: dict[str, Any] = {"loss_fn": loss_fn, "optimizer": optimizer, "trainer": None}
     trainer_step = None if step_fn is None else _cell_step(step_fn, ctx, optimizer)
@@ -414,9 +418,9 @@ def _is_name(spec: Any, namespace: Any) -> bool:
 def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: Any,
                  weight_decay: float, epochs: Any, steps: Any, batch_size: int, schedule: Any,
                  spectrum_every: int, curvature: str, num_iters: Any, num_probes: Any,
-                 spectrum_samples: int, top_k: int, max_overhead: Any, num_samples: Any,
-                 data_root: Any, device: Any, seed: int, out: Any, checkpoint_dir: Any,
-                 checkpoint_every: Any,
+                 spectrum_samples: int, top_k: int, max_overhead: Any, warm_start: bool,
+                 num_samples: Any, data_root: Any, device: Any, seed: int, out: Any,
+                 checkpoint_dir: Any, checkpoint_every: Any,
                  resume: Any, progress: bool, callbacks: list[Any]) -> TrainResult:  # fmt: skip
     """A registry model on a registry dataset: the trainer of
     :func:`jupyter_curvature.training.named_trainer` (seeded subsets, per-epoch test
@@ -440,7 +444,7 @@ def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: An
         optimizer_kwargs["momentum"] = 0.9 if momentum is None else momentum
     # max_overhead=None: every check, as on the other path (not the callback's own default)
     settings = {"curvature": curvature, "top_k": top_k, "spectrum_samples": spectrum_samples,
-                "max_overhead": max_overhead}  # fmt: skip
+                "max_overhead": max_overhead, "warm_start": warm_start}  # fmt: skip
     for key, value in (("num_iters", num_iters), ("num_probes", num_probes)):
         if value is not None:
             settings[key] = value

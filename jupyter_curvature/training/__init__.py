@@ -12,6 +12,7 @@ collectives), :mod:`.from_names` (:func:`named_trainer`).
 """
 
 from .atomic_step import AtomicStep, InterruptGuard
+from .budget import CheckBudget, CheckPlan
 from .callbacks import (
     HOOKS,
     Callback,
@@ -21,6 +22,7 @@ from .callbacks import (
     ProgressBar,
     default_compute,
     summarize,
+    tracked_check,
 )
 from .checkpoint import (
     CheckpointMismatchError,
@@ -57,6 +59,9 @@ __all__ = [
     "atomic_save",
     "check_state_fits",
     "default_compute",
+    "tracked_check",
+    "CheckBudget",
+    "CheckPlan",
     "describe_event",
     "epoch_seed",
     "load_checkpoint",

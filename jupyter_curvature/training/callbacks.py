@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from ..core.distributed.primitives import local_only
 from ..core.vocabulary import accepts_aliases
+from .budget import CheckBudget
 from .history import describe_event
 
 #: the running :class:`~jupyter_curvature.training.Trainer` (not imported here: the trainer
@@ -159,12 +160,49 @@ def default_compute(
     params: Any,
 ) -> Any:
     """The SLQ spectral density of the Hessian (or GGN) of ``loss_fn`` on ``batch``."""
-    from ..operators import GGNOperator, HessianOperator
     from ..spectral import spectral_density
 
-    cls = GGNOperator if curvature == "ggn" else HessianOperator
-    op = cls(model, loss_fn, batch, params=params)
+    op = _operator(model, loss_fn, batch, curvature, params)
     return spectral_density(op, num_iters=num_iters, num_probes=num_probes, seed=seed)
+
+
+def _operator(model: Any, loss_fn: Callable, batch: Any, curvature: str, params: Any) -> Any:
+    """The ``curvature`` operator (Hessian or GGN) of ``loss_fn`` on ``batch``."""
+    from ..operators import GGNOperator, HessianOperator
+
+    cls = GGNOperator if curvature == "ggn" else HessianOperator
+    return cls(model, loss_fn, batch, params=params)
+
+
+def tracked_check(
+    model: torch.nn.Module,
+    loss_fn: Callable,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    *,
+    top_k: int,
+    tol: float,
+    start: torch.Tensor | None,
+    **settings: Any,
+) -> tuple[Any, Any, int]:
+    """The default live check: the certified ``top_k`` (warm-started from ``start``, the last
+    check's eigenvectors, when given) and the SLQ density, sharing one gradient graph.
+    ``settings`` are :func:`default_compute`'s keywords (``curvature``, ``num_iters``,
+    ``num_probes``, ``seed``, ``params``).
+
+    Returns:
+        ``(density, eigen, products)``: the
+        :class:`~jupyter_curvature.spectral.SpectralDensity`, the
+        :class:`~jupyter_curvature.spectral.EigenpairsResult` and the products of both.
+    """
+    from ..spectral import eigenpairs, spectral_density
+
+    op = _operator(model, loss_fn, batch, settings["curvature"], settings["params"])
+    seed = settings["seed"]
+    with op.kept_graphs(None):  # one gradient graph for the whole check
+        eigen = eigenpairs(op, k=top_k, tol=tol, seed=seed, warn=False, start=start)
+        density = spectral_density(op, num_iters=settings["num_iters"],
+                                   num_probes=settings["num_probes"], seed=seed)  # fmt: skip
+    return density, eigen, op.num_matvecs
 
 
 def summarize(result: Any, top_k: int = 3) -> dict[str, Any]:
@@ -260,13 +298,23 @@ class CurvatureCallback(Callback):
     ``top_k`` largest, the result's scalar statistics) and is passed to every callback's
     ``on_curvature``; the full result objects are kept in :attr:`results`.
 
-    **Cost control.** With ``max_overhead`` (default 0.15), a due spectrum is skipped when
-    the time spent on spectra plus one more would exceed that fraction of the training
-    time so far, so live spectra slow training by at most about that much. The cost of
-    the next spectrum is the last one's, or before the first one
-    ``2.5 * num_iters * num_probes`` times a gradient on the fixed batch (timed once at
-    the start; a Hessian-vector product costs about 2-2.5 gradients).
-    ``max_overhead=None`` computes strictly every ``every`` steps.
+    **The certified top-k, tracked.** The default computation (no ``compute=``) is
+    :func:`tracked_check`: besides the density, the ``top_k`` largest eigenpairs certified
+    by their residuals (``tol``, :func:`~jupyter_curvature.spectral.eigenpairs`), each check
+    warm-started from the last one's eigenvectors (``warm_start``,
+    :func:`~jupyter_curvature.spectral.warm_eigenpairs`: the same certificate), both on one
+    kept gradient graph. The record's ``top_eigenvalues`` are then the certified ones, with
+    ``residuals``, ``converged``, ``matvecs`` (the check's products) and ``eigen_matvecs``.
+
+    **Cost control.** With ``max_overhead`` (default 0.15) the checks take at most about
+    that share of the training time so far. With the default computation (one process)
+    :class:`~jupyter_curvature.training.budget.CheckBudget` plans each due check from the
+    measured seconds per product and the top-k's last product count: in full, with fewer
+    SLQ steps (at least ``MIN_ITERS``; the record's ``num_iters`` says how many), or skipped.
+    With ``compute=`` or under DDP a due spectrum is skipped when the time spent plus the
+    last one's (before the first, ``2.5 * num_iters * num_probes`` gradients on the fixed
+    batch, timed once at the start) would exceed the budget.
+    ``max_overhead=None`` computes strictly every ``every`` steps, in full.
 
     **Under DistributedDataParallel** (a :class:`~jupyter_curvature.training.Trainer` with
     ``trainer.distributed``) every rank takes part: each holds its contiguous part of the
@@ -295,8 +343,12 @@ class CurvatureCallback(Callback):
         params: parameter subset (as for the operators): per-layer spectra.
         top_k: how many of the largest Ritz values to record.
         compute: ``compute(model, loss_fn, batch, *, curvature, num_iters, num_probes,
-            seed, params) -> result``; replaces the default SLQ computation.
+            seed, params) -> result``; replaces the default computation (then no certified
+            top-k: ``top_eigenvalues`` are the result's largest Ritz values).
         keep_results: keep the result objects in :attr:`results`.
+        tol: the certified top-k's relative residual tolerance.
+        warm_start: start each check's top-k from the last check's eigenvectors.
+        clock: the timer (default :func:`time.perf_counter`; tests inject a fake one).
     """
 
     @accepts_aliases(subsample="spectrum_samples")
@@ -318,6 +370,9 @@ class CurvatureCallback(Callback):
         top_k: int = 3,
         compute: Callable[..., Any] | None = None,
         keep_results: bool = True,
+        tol: float = 1e-3,
+        warm_start: bool = True,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         for name, value in (("every", every), ("num_iters", num_iters),
                             ("num_probes", num_probes), ("spectrum_samples", spectrum_samples), ("top_k", top_k)):  # fmt: skip
@@ -329,6 +384,8 @@ class CurvatureCallback(Callback):
             raise ValueError(f"max_overhead must be positive or None, got {max_overhead!r}")
         if compute is not None and not callable(compute):
             raise TypeError(f"compute must be callable, got {type(compute).__name__}")
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+            raise ValueError(f"tol must be a positive number, got {tol!r}")
         self.data = data
         self.every = every
         self.curvature = curvature
@@ -343,7 +400,18 @@ class CurvatureCallback(Callback):
         self.params = params
         self.top_k = top_k
         self.compute = compute or default_compute
+        self.tracked = compute is None  # the default check: certified top-k, warm-started
         self.keep_results = keep_results
+        self.tol = float(tol)
+        self.warm_start = bool(warm_start)
+        self.clock = clock or time.perf_counter
+        self.vectors: torch.Tensor | None = None  # the last check's eigenvectors
+        self.budget = (
+            CheckBudget(max_overhead, num_iters, num_probes, top_k)
+            if max_overhead is not None and self.tracked
+            else None
+        )
+        self.planned_iters: int | None = None  # the budget's choice for the next check
         self.results: list[tuple[int, Any]] = []
         self.spent = 0.0
         self.last_cost: float | None = None
@@ -374,6 +442,8 @@ class CurvatureCallback(Callback):
         self.batch = (x.to(trainer.device), y.to(trainer.device))
         if self.max_overhead is not None:
             self.gradient_cost = self._time_gradient(trainer)
+            if self.budget is not None:
+                self.budget.calibrate(self.gradient_cost)
         if self.at_start and not any(
             r.get("step") == trainer.step for r in trainer.history.curvature
         ):
@@ -384,10 +454,10 @@ class CurvatureCallback(Callback):
         loss_fn = self.loss_fn or trainer.loss_fn
         params = [p for p in trainer.model.parameters() if p.requires_grad]
         with trainer.quiet():
-            start = time.perf_counter()
+            start = self.clock()
             loss = loss_fn(trainer.model(self.batch[0]), self.batch[1])
             torch.autograd.grad(loss, params, allow_unused=True)
-            return time.perf_counter() - start
+            return self.clock() - start
 
     def estimated_cost(self) -> float:
         """Seconds the next spectrum is expected to take."""
@@ -398,10 +468,17 @@ class CurvatureCallback(Callback):
     def on_step_end(self, trainer: TrainerLike, logs: dict[str, Any]) -> None:
         if logs["step"] % self.every:
             return
-        if self.max_overhead is not None:
+        distributed = getattr(trainer, "distributed", False)
+        if self.budget is not None and not distributed:
+            plan = self.budget.plan(trainer.train_seconds, self.spent)
+            if plan.skip:
+                self.skipped += 1
+                return
+            self.planned_iters = plan.num_iters
+        elif self.max_overhead is not None:
             budget = self.max_overhead * trainer.train_seconds
             skip = self.spent + self.estimated_cost() > budget
-            if getattr(trainer, "distributed", False):
+            if distributed:
                 from .ddp import broadcast_decision
 
                 skip = broadcast_decision(skip, trainer.device)
@@ -420,23 +497,25 @@ class CurvatureCallback(Callback):
         if self.batch is None:
             raise RuntimeError("CurvatureCallback.run needs on_train_begin first")
         loss_fn = self.loss_fn or trainer.loss_fn
-        start = time.perf_counter()
+        num_iters, self.planned_iters = self.planned_iters or self.num_iters, None
+        start = self.clock()
+        eigen, products = None, 0
         # a rank training alone under a process group (distributed=False) must not sum its
         # products with the other ranks' (the operators would by default)
         distributed = getattr(trainer, "distributed", False)
         alone = contextlib.nullcontext() if distributed else local_only()
+        settings = dict(curvature=self.curvature, num_iters=num_iters,
+                        num_probes=self.num_probes, seed=self.seed, params=self.params)  # fmt: skip
         with trainer.quiet(), alone:
-            result = self.compute(
-                trainer.model,
-                loss_fn,
-                self.batch,
-                curvature=self.curvature,
-                num_iters=self.num_iters,
-                num_probes=self.num_probes,
-                seed=self.seed,
-                params=self.params,
-            )
-        cost = time.perf_counter() - start
+            if self.tracked:
+                start_vectors = self.vectors if self.warm_start else None
+                result, eigen, products = tracked_check(
+                    trainer.model, loss_fn, self.batch, top_k=self.top_k, tol=self.tol,
+                    start=start_vectors, **settings,
+                )  # fmt: skip
+            else:
+                result = self.compute(trainer.model, loss_fn, self.batch, **settings)
+        cost = self.clock() - start
         if getattr(trainer, "distributed", False):
             ritz = getattr(result, "ritz_values", None)
             if isinstance(ritz, torch.Tensor):
@@ -454,11 +533,24 @@ class CurvatureCallback(Callback):
             "seconds": cost,
             "lr": trainer.lr,
             "curvature": self.curvature,
-            "num_iters": self.num_iters,
+            "num_iters": num_iters,
             "num_probes": self.num_probes,
             "spectrum_samples": self.total,
             **summarize(result, self.top_k),
         }
+        if eigen is not None:
+            if self.budget is not None:
+                self.budget.measured(cost, products, eigen.num_matvecs)
+            record.update(
+                top_eigenvalues=eigen.eigenvalues.tolist(),
+                residuals=eigen.residuals.tolist(),
+                converged=bool(eigen.converged),
+                tol=self.tol,
+                matvecs=int(products),
+                eigen_matvecs=int(eigen.num_matvecs),
+                warm_start=self.warm_start and self.vectors is not None,
+            )
+            self.vectors = eigen.eigenvectors
         trainer.record_curvature(record)
         return record
 
