@@ -23,6 +23,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "GGNOperator": ".operators",
     "EmpiricalFisherOperator": ".operators",
     "BatchNormPolicy": ".operators",
+    "BlockDiagonalOperator": ".operators",
     "as_operator": ".operators",
     "register_output_hessian": ".operators",
     # spectra
@@ -33,6 +34,12 @@ _LAZY_EXPORTS: dict[str, str] = {
     "SpectralDensity": ".spectral",
     "trace": ".spectral",
     "TraceEstimate": ".spectral",
+    "diagonal": ".spectral",
+    "DiagonalEstimate": ".spectral",
+    "block_spectra": ".spectral",
+    "BlockSpectra": ".spectral",
+    "minibatch_top_eigenvalues": ".spectral",
+    "MinibatchEigenvalues": ".spectral",
     # statistics
     "evaluate": ".stats",
     "bn_update": ".stats",

@@ -4,6 +4,7 @@ from ..core.batches import BatchLayout, default_layout
 from ..core.model_state import BATCHNORM_POLICIES, curvature_mode
 from ..core.params import flatten, select_parameters, unflatten
 from .adapters import FunctionOperator, as_operator
+from .blocks import BlockDiagonalOperator
 from .base import (
     CompositeOperator,
     CurvatureOperator,
@@ -23,6 +24,7 @@ __all__ = [
     "BATCHNORM_POLICIES",
     "BatchLayout",
     "BatchNormPolicy",
+    "BlockDiagonalOperator",
     "CompositeOperator",
     "CurvatureOperator",
     "DeflatedOperator",
