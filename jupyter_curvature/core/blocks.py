@@ -39,9 +39,9 @@ _ATTENTION_WORDS = ("attn", "attention")
 
 
 def _is_norm(module: nn.Module) -> bool:
-    return isinstance(
-        module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-    ) or type(module).__name__.endswith(("Norm", "Norm1d", "Norm2d"))
+    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or type(
+        module
+    ).__name__.endswith(("Norm", "Norm1d", "Norm2d"))
 
 
 def _is_attention(name: str, module: nn.Module) -> bool:

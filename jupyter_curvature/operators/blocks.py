@@ -93,8 +93,10 @@ class BlockDiagonalOperator(CompositeOperator):
         else:
             if isinstance(blocks, Mapping):
                 items = list(blocks.items())
-            elif isinstance(blocks, Sequence) and blocks and all(
-                isinstance(b, int) and not isinstance(b, bool) for b in blocks
+            elif (
+                isinstance(blocks, Sequence)
+                and blocks
+                and all(isinstance(b, int) and not isinstance(b, bool) for b in blocks)
             ):
                 if sum(blocks) != n or min(blocks) < 1:
                     raise ValueError(
@@ -102,7 +104,9 @@ class BlockDiagonalOperator(CompositeOperator):
                         f"operator's dimension {n}"
                     )
                 starts = [sum(blocks[:i]) for i in range(len(blocks))]
-                items = [(f"block{i}", range(s, s + b)) for i, (s, b) in enumerate(zip(starts, blocks))]
+                items = [
+                    (f"block{i}", range(s, s + b)) for i, (s, b) in enumerate(zip(starts, blocks))
+                ]
             elif isinstance(blocks, Sequence) and blocks:
                 items = [(f"block{i}", b) for i, b in enumerate(blocks)]
             else:
@@ -115,7 +119,9 @@ class BlockDiagonalOperator(CompositeOperator):
             seen = torch.zeros(n, dtype=torch.bool)
             for name, idx in zip(self.names, self.indices):
                 if seen[idx].any():
-                    raise ValueError(f"block {name!r} overlaps an earlier block; blocks must be disjoint")
+                    raise ValueError(
+                        f"block {name!r} overlaps an earlier block; blocks must be disjoint"
+                    )
                 seen[idx] = True
         self.indices = [idx.to(op.device) for idx in self.indices]
         self.sizes = [int(idx.numel()) for idx in self.indices]
@@ -159,6 +165,10 @@ def _all_indices(values: Any) -> bool:
     return all(
         isinstance(v, torch.Tensor)
         or isinstance(v, range)
-        or (isinstance(v, Sequence) and not isinstance(v, str) and all(isinstance(i, int) for i in v))
+        or (
+            isinstance(v, Sequence)
+            and not isinstance(v, str)
+            and all(isinstance(i, int) for i in v)
+        )
         for v in values
     )

@@ -347,6 +347,10 @@ class HessianOperator(EmpiricalRiskOperator):
             groups = [list(range(len(self.params)))]
         k = block.shape[1]
         columns = self.unflatten(block)
+        if self.vectorize and len(groups) > 1:
+            out = self._batch_block_hvp_vectorised(grads, columns, groups, keep)
+            if out is not None:
+                return torch.cat([o.reshape(-1, k) for o in out])
         out = [torch.zeros_like(c) for c in columns]
         for number, group in enumerate(groups):
             live = [i for i in group if grads[i] is not None]
@@ -357,14 +361,56 @@ class HessianOperator(EmpiricalRiskOperator):
             outputs = [grads[i] for i in live]
             hv = None
             if self.vectorize and k > 1:
-                hv = self._batch_hvp_vectorised(outputs, targets, [columns[i] for i in live], keep_g)
+                hv = self._batch_hvp_vectorised(
+                    outputs, targets, [columns[i] for i in live], keep_g
+                )
             if hv is None:
                 # measured faster on CPU than vmap over the backward (conv double backward)
-                hv = self._batch_hvp_columns(outputs, targets, [columns[i] for i in live], k, keep_g)
+                hv = self._batch_hvp_columns(
+                    outputs, targets, [columns[i] for i in live], k, keep_g
+                )
             for i, h in zip(group, hv):
                 if h is not None:
                     out[i] = h
         return torch.cat([o.reshape(-1, k) for o in out])
+
+    def _batch_block_hvp_vectorised(self, grads, columns, groups, keep):
+        """``diag(H_gg) V`` for all groups in ONE vectorised backward (``vectorize=True``).
+
+        The batch of ``b k`` cotangents holds column ``i`` of group ``g`` on the gradients of
+        ``g`` (zeros elsewhere); each result keeps the rows of its own group. The arithmetic is
+        ``b k`` full columns, in one traversal of the graph (for small layers the traversal,
+        not the arithmetic, is the cost). ``None`` when an operation has no batching rule.
+        """
+        k, b = columns[0].shape[-1], len(groups)
+        owner = {i: g for g, group in enumerate(groups) for i in group}
+        live = [i for i, g in enumerate(grads) if g is not None]
+        if not live:
+            return [torch.zeros_like(c) for c in columns]
+        cotangents = []
+        for i in live:
+            c = columns[i].new_zeros(b * k, *self.params[i].shape)
+            if i in owner:
+                c[owner[i] * k : (owner[i] + 1) * k] = columns[i].movedim(-1, 0)
+            cotangents.append(c)
+        try:
+            hv = torch.autograd.grad(
+                [grads[i] for i in live],
+                self.params,
+                grad_outputs=cotangents,
+                retain_graph=keep,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+        except RuntimeError:
+            return None
+        out = []
+        for i, (h, c) in enumerate(zip(hv, columns)):
+            if h is None or i not in owner:
+                out.append(torch.zeros_like(c))
+            else:
+                out.append(h[owner[i] * k : (owner[i] + 1) * k].movedim(0, -1))
+        return out
 
     @staticmethod
     def _batch_hvp_vectorised(outputs, targets, columns, keep):
@@ -381,12 +427,18 @@ class HessianOperator(EmpiricalRiskOperator):
             )
         except RuntimeError:  # an operation without a batching rule: one backward per column
             return None
-        return [None if h is None else h.reshape(k, *t.shape).movedim(0, -1) for h, t in zip(hv, targets)]
+        return [
+            None if h is None else h.reshape(k, *t.shape).movedim(0, -1)
+            for h, t in zip(hv, targets)
+        ]
 
     @staticmethod
     def _batch_hvp_columns(outputs, targets, columns, k, keep):
         """One backward per column; a column that is zero on ``columns`` is skipped (zero)."""
-        out = [torch.zeros(*t.shape, k, dtype=columns[0].dtype, device=columns[0].device) for t in targets]
+        out = [
+            torch.zeros(*t.shape, k, dtype=columns[0].dtype, device=columns[0].device)
+            for t in targets
+        ]
         wanted = [j for j in range(k) if any(bool(c[..., j].any()) for c in columns)]
         for number, j in enumerate(wanted):
             hv = torch.autograd.grad(

@@ -44,13 +44,20 @@ def plot_block_spectra(
     done = np.array([bool(blk.converged) for blk in blocks])
     ax.barh(pos[done], tops[done], color="#1f77b4", label="top eigenvalue (certified)")
     if (~done).any():
-        ax.barh(pos[~done], tops[~done], color="none", edgecolor="#1f77b4",
-                label="top eigenvalue (not converged)")
+        ax.barh(
+            pos[~done],
+            tops[~done],
+            color="none",
+            edgecolor="#1f77b4",
+            label="top eigenvalue (not converged)",
+        )
     traces = np.array([blk.trace.estimate for blk in blocks], dtype=float)
-    errs = np.array([0.0 if not np.isfinite(blk.trace.stderr) else blk.trace.stderr
-                     for blk in blocks])
-    ax.errorbar(traces, pos, xerr=2 * errs, fmt="o", color="#d62728", ms=4,
-                label="trace (± 2 s.e.)")
+    errs = np.array(
+        [0.0 if not np.isfinite(blk.trace.stderr) else blk.trace.stderr for blk in blocks]
+    )
+    ax.errorbar(
+        traces, pos, xerr=2 * errs, fmt="o", color="#d62728", ms=4, label="trace (± 2 s.e.)"
+    )
     ax.set_yticks(pos)
     ax.set_yticklabels(names, fontsize=8)
     positive = np.concatenate([tops, traces])
@@ -67,8 +74,15 @@ def plot_block_spectra(
     for y0, blk in zip(pos, blocks):
         curve = blk.density.density(grid)
         peak = float(curve.density.max()) or 1.0
-        ridge.fill_between(grid, y0, y0 + 0.9 * curve.density / peak, alpha=0.6, lw=0.5,
-                           color="#1f77b4", edgecolor="#08306b")
+        ridge.fill_between(
+            grid,
+            y0,
+            y0 + 0.9 * curve.density / peak,
+            alpha=0.6,
+            lw=0.5,
+            color="#1f77b4",
+            edgecolor="#08306b",
+        )
     ridge.set_xscale("symlog", linthresh=thresh)
     ridge.set_yticks(pos)
     ridge.set_yticklabels([])
@@ -76,7 +90,6 @@ def plot_block_spectra(
     ridge.set_title("density of each block (scaled to its peak)", fontsize=9)
     curvature = getattr(result, "curvature", "curvature")
     fig.suptitle(f"Per-block {curvature} spectra: {b} blocks", fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -101,5 +114,4 @@ def plot_minibatch_top_eigenvalues(
     ax.set_xlabel("top Hessian eigenvalue of the mini-batch")
     ax.set_ylabel("mini-batches")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig

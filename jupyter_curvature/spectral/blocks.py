@@ -139,7 +139,9 @@ def block_lanczos(
             if t > 0:
                 r = r - Q[t - 1] * run.betas[t - 1].to(r)
             for _ in range(2):  # classical Gram-Schmidt twice
-                r = r - torch.einsum("tnp,tp->np", Q[: t + 1], torch.einsum("tnp,np->tp", Q[: t + 1], r))
+                r = r - torch.einsum(
+                    "tnp,tp->np", Q[: t + 1], torch.einsum("tnp,np->tp", Q[: t + 1], r)
+                )
             beta = r.norm(dim=0)
             run.alphas[t] = alpha.double().cpu()
             broken = beta <= BREAKDOWN_RTOL * max(run.scale, torch.finfo(torch.float64).tiny)
@@ -264,12 +266,29 @@ class BlockSpectra:
 
     def table(self) -> str:
         """A fixed-width text table, one row per block."""
-        headers = ["block", "size", "top eigenvalue", "residual", "conv.", "trace", "+-",
-                   "smallest", "neg. mass"]
+        headers = [
+            "block",
+            "size",
+            "top eigenvalue",
+            "residual",
+            "conv.",
+            "trace",
+            "+-",
+            "smallest",
+            "neg. mass",
+        ]
         rows = [
-            [r["block"], r["size"], r["top_eigenvalue"], r["residual"], r["converged"],
-             r["trace"], r["trace_stderr"] if r["trace_method"] != "exact" else 0.0,
-             r["smallest"], r["negative_mass"]]
+            [
+                r["block"],
+                r["size"],
+                r["top_eigenvalue"],
+                r["residual"],
+                r["converged"],
+                r["trace"],
+                r["trace_stderr"] if r["trace_method"] != "exact" else 0.0,
+                r["smallest"],
+                r["negative_mass"],
+            ]
             for r in self.rows()
         ]
         title = (

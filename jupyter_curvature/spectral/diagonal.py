@@ -116,8 +116,9 @@ def diagonal(
         if num_matvecs >= n:
             eye = torch.eye(n, dtype=torch.float64, device=device)
             exact = (eye * _blocked(A, eye, block_size)).sum(0).cpu()
-            return DiagonalEstimate(exact, torch.zeros(n, dtype=torch.float64), "exact",
-                                    A.num_matvecs, 0)
+            return DiagonalEstimate(
+                exact, torch.zeros(n, dtype=torch.float64), "exact", A.num_matvecs, 0
+            )
         exact = torch.zeros(n, dtype=torch.float64, device=device)
         Q = None
         g = num_matvecs

@@ -135,8 +135,7 @@ def minibatch_top_eigenvalues(
     for index, raw in enumerate(batches):
         if num_batches is not None and index >= num_batches:
             break
-        op = curvature_operator(model, loss_fn, [raw], curvature, params=params,
-                                **operator_options)
+        op = curvature_operator(model, loss_fn, [raw], curvature, params=params, **operator_options)
         res = eigenpairs(op, 1, tol=tol, seed=seed, warn=False)
         values.append(float(res.eigenvalues[0]))
         residuals.append(float(res.residuals[0]))
