@@ -217,6 +217,10 @@ def test_block_diagonal_operator_equals_dense_block_diagonal(case):
     v = torch.randn(D.shape[0], 3, dtype=torch.float64)
     with D.kept_graphs(True):
         assert_close(D @ v, expected @ v, rtol=1e-9, atol=10 * atol, what="kept graphs")
+    # one vectorised backward for all blocks' columns: the same products
+    Dv = BlockDiagonalOperator(HessianOperator(model, loss_fn, (x, y), vectorize=True), "auto")
+    assert_close(Dv @ v, expected @ v, rtol=1e-9, atol=10 * atol, what="vectorised")
+    assert Dv.num_matvecs == 3
 
 
 def test_block_diagonal_of_any_operator_and_composition():

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from ..core.records import jsonable, write_json
-from ._checks import Operator, check_int, check_seed
-from .trace import _blocked, _probes
+from ._checks import Operator
+from .trace import _blocked, _probes, check_budget
 
 DIAGONAL_METHODS = ("hutchinson", "diag++")
 
@@ -103,14 +103,9 @@ def diagonal(
         ValueError: unknown method, too small a budget.
     """
     A = Operator(op, keep_graphs=keep_graphs)
-    if method not in DIAGONAL_METHODS:
-        raise ValueError(f"method must be one of {DIAGONAL_METHODS}, got {method!r}")
-    low = 4 if method == "diag++" else 2
-    num_matvecs = check_int(
-        "num_matvecs", num_matvecs, low, hint=f"{method} needs at least {low} products"
+    num_matvecs, block_size, gen = check_budget(
+        method, DIAGONAL_METHODS, "diag++", num_matvecs, block_size, seed
     )
-    block_size = check_int("block_size", block_size, 1)
-    gen = torch.Generator(device="cpu").manual_seed(check_seed(seed))
     n, device = A.n, A.device
     with A:
         if num_matvecs >= n:
