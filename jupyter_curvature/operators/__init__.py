@@ -4,7 +4,6 @@ from ..core.batches import BatchLayout, default_layout
 from ..core.model_state import BATCHNORM_POLICIES, curvature_mode
 from ..core.params import flatten, select_parameters, unflatten
 from .adapters import FunctionOperator, as_operator
-from .blocks import BlockDiagonalOperator
 from .base import (
     CompositeOperator,
     CurvatureOperator,
@@ -15,6 +14,7 @@ from .base import (
     ScaledOperator,
     SumOperator,
 )
+from .blocks import BlockDiagonalOperator
 from .curvature import EmpiricalFisherOperator, EmpiricalRiskOperator, GGNOperator, HessianOperator
 from .loss_hessians import SUPPORTED_LOSSES, output_hessian_for, register_output_hessian
 

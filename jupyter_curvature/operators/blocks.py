@@ -34,7 +34,7 @@ import torch
 from ..core.blocks import resolve_blocks
 from .base import CompositeOperator, CurvatureOperator
 
-__all__ = ["BlockDiagonalOperator"]
+__all__ = ["BlockDiagonalOperator", "vectorised_block_backward"]
 
 
 def _indices(spec: Any, n: int, name: str) -> torch.Tensor:
@@ -172,3 +172,44 @@ def _all_indices(values: Any) -> bool:
         )
         for v in values
     )
+
+
+def vectorised_block_backward(params, grads, columns, groups, keep):
+    """``diag(H_gg) V`` for all groups in ONE vectorised backward (a ``HessianOperator``
+    with ``vectorize=True``), from one batch's gradient graph ``grads`` (``None`` where a
+    gradient is constant) and the per-parameter ``columns`` ``(*p.shape, k)``.
+
+    The batch of ``b k`` cotangents holds column ``i`` of group ``g`` on the gradients of
+    ``g`` (zeros elsewhere); each result keeps the rows of its own group. The arithmetic is
+    ``b k`` full columns, in one traversal of the graph (for small layers the traversal,
+    not the arithmetic, is the cost). ``None`` when an operation has no batching rule.
+    """
+    k, b = columns[0].shape[-1], len(groups)
+    owner = {i: g for g, group in enumerate(groups) for i in group}
+    live = [i for i, g in enumerate(grads) if g is not None]
+    if not live:
+        return [torch.zeros_like(c) for c in columns]
+    cotangents = []
+    for i in live:
+        c = columns[i].new_zeros(b * k, *params[i].shape)
+        if i in owner:
+            c[owner[i] * k : (owner[i] + 1) * k] = columns[i].movedim(-1, 0)
+        cotangents.append(c)
+    try:
+        hv = torch.autograd.grad(
+            [grads[i] for i in live],
+            params,
+            grad_outputs=cotangents,
+            retain_graph=keep,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+    except RuntimeError:
+        return None
+    out = []
+    for i, (h, c) in enumerate(zip(hv, columns)):
+        if h is None or i not in owner:
+            out.append(torch.zeros_like(c))
+        else:
+            out.append(h[owner[i] * k : (owner[i] + 1) * k].movedim(0, -1))
+    return out

@@ -32,6 +32,7 @@ from ..core.distributed.primitives import all_reduce_sum, check_start, is_distri
 from ..core.model_state import check_batchnorm_policy, curvature_mode, model_lock
 from ._second_order import check_twice_differentiable, recorded_calls, twice_differentiable
 from .base import CurvatureOperator
+from .blocks import vectorised_block_backward
 from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
 
 #: disjoint lists of parameter indices: the blocks of a block-diagonal product
@@ -348,7 +349,7 @@ class HessianOperator(EmpiricalRiskOperator):
         k = block.shape[1]
         columns = self.unflatten(block)
         if self.vectorize and len(groups) > 1:
-            out = self._batch_block_hvp_vectorised(grads, columns, groups, keep)
+            out = vectorised_block_backward(self.params, grads, columns, groups, keep)
             if out is not None:
                 return torch.cat([o.reshape(-1, k) for o in out])
         out = [torch.zeros_like(c) for c in columns]
@@ -373,44 +374,6 @@ class HessianOperator(EmpiricalRiskOperator):
                 if h is not None:
                     out[i] = h
         return torch.cat([o.reshape(-1, k) for o in out])
-
-    def _batch_block_hvp_vectorised(self, grads, columns, groups, keep):
-        """``diag(H_gg) V`` for all groups in ONE vectorised backward (``vectorize=True``).
-
-        The batch of ``b k`` cotangents holds column ``i`` of group ``g`` on the gradients of
-        ``g`` (zeros elsewhere); each result keeps the rows of its own group. The arithmetic is
-        ``b k`` full columns, in one traversal of the graph (for small layers the traversal,
-        not the arithmetic, is the cost). ``None`` when an operation has no batching rule.
-        """
-        k, b = columns[0].shape[-1], len(groups)
-        owner = {i: g for g, group in enumerate(groups) for i in group}
-        live = [i for i, g in enumerate(grads) if g is not None]
-        if not live:
-            return [torch.zeros_like(c) for c in columns]
-        cotangents = []
-        for i in live:
-            c = columns[i].new_zeros(b * k, *self.params[i].shape)
-            if i in owner:
-                c[owner[i] * k : (owner[i] + 1) * k] = columns[i].movedim(-1, 0)
-            cotangents.append(c)
-        try:
-            hv = torch.autograd.grad(
-                [grads[i] for i in live],
-                self.params,
-                grad_outputs=cotangents,
-                retain_graph=keep,
-                allow_unused=True,
-                is_grads_batched=True,
-            )
-        except RuntimeError:
-            return None
-        out = []
-        for i, (h, c) in enumerate(zip(hv, columns)):
-            if h is None or i not in owner:
-                out.append(torch.zeros_like(c))
-            else:
-                out.append(h[owner[i] * k : (owner[i] + 1) * k].movedim(0, -1))
-        return out
 
     @staticmethod
     def _batch_hvp_vectorised(outputs, targets, columns, keep):
