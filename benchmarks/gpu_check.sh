@@ -29,3 +29,4 @@ step operators 90 python3 benchmarks/_no_tf32.py benchmarks/bench_operators.py -
 step spectral 150 python3 benchmarks/_no_tf32.py benchmarks/bench_spectral.py --device cuda --repeats 3 --seeds 3
 step spectral-profile 60 python3 benchmarks/_no_tf32.py benchmarks/bench_spectral.py --device cuda --profile
 step landscape 60 python3 benchmarks/_no_tf32.py benchmarks/bench_landscape.py --device cuda --json "$OUT/landscape.json"
+step blocks 200 python3 benchmarks/_no_tf32.py benchmarks/bench_blocks.py --device cuda --steps 20 --probes 4 --rounds 2

@@ -350,3 +350,12 @@ def test_bad_blocks_are_named():
     with pytest.raises(ValueError, match="data is empty"):
         jc.minibatch_top_eigenvalues(model, loss_fn, [])
     assert math.isfinite(jc.block_spectra(A, blocks=[1, 3], num_iters=3).blocks[1].top_eigenvalue)
+
+
+@pytest.mark.cuda
+def test_block_spectra_on_cuda_equal_cpu():
+    model, loss_fn, x, y = small_mlp()
+    cpu = jc.block_spectra(model, loss_fn, (x, y), num_iters=40, num_probes=2)
+    gpu = jc.block_spectra(model.cuda(), loss_fn, (x.cuda(), y.cuda()), num_iters=40, num_probes=2)
+    assert_close(gpu.top_eigenvalues, cpu.top_eigenvalues, rtol=1e-9, atol=1e-12)
+    assert_close(gpu.traces, cpu.traces, rtol=1e-9, atol=1e-12)
