@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent GPU machine (no network there):
 #   the CUDA test cases (tests/test_cuda.py), then the benchmarks on the GPU with TF32 off;
-#   at most 6.5 minutes in all (the step limits below), so a 15-minute lease has room for a rerun.
+#   at most 6 minutes in all (the step limits below), so a 15-minute lease has room for a rerun.
 # The GPU machine has no network: the spectral benchmark's peers travel as wheels in .whl/
 # (git-ignored; a remote run must carry it), made here first with
 #   pip download --no-deps -d .whl pyhessian hessian-eigenthings curvlinops-for-pytorch
@@ -25,7 +25,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
     timeout "$limit" "$@" 2>&1 | grep -v "FutureWarning\|warnings.warn" | tee "$OUT/$name.log"
     echo "=== $name: exit ${PIPESTATUS[0]}"
 }
-step cuda-tests 150 python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider -rs
-step operators 90 python3 benchmarks/_no_tf32.py benchmarks/bench_operators.py --device cuda --json "$OUT/operators.json"
-step spectral 120 python3 benchmarks/_no_tf32.py benchmarks/bench_spectral.py --device cuda --repeats 2 --seeds 2
-step landscape 45 python3 benchmarks/_no_tf32.py benchmarks/bench_landscape.py --device cuda --json "$OUT/landscape.json"
+step cuda-tests 120 python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider -rs
+step operators 45 python3 benchmarks/_no_tf32.py benchmarks/bench_operators.py --device cuda --json "$OUT/operators.json"
+step spectral 75 python3 benchmarks/_no_tf32.py benchmarks/bench_spectral.py --device cuda --repeats 2 --seeds 2
+step blocks 60 python3 benchmarks/_no_tf32.py benchmarks/bench_blocks.py --device cuda --steps 10 --probes 2 --rounds 2
+step lightning 60 python3 benchmarks/bench_lightning.py --device cuda --steps 150 --rounds 1

@@ -15,6 +15,7 @@ from .base import (
     ScaledOperator,
     SumOperator,
 )
+from .blocks import BlockDiagonalOperator
 from .curvature import EmpiricalFisherOperator, EmpiricalRiskOperator, GGNOperator, HessianOperator
 from .loss_hessians import SUPPORTED_LOSSES, output_hessian_for, register_output_hessian
 
@@ -24,6 +25,7 @@ __all__ = [
     "BATCHNORM_POLICIES",
     "BatchLayout",
     "BatchNormPolicy",
+    "BlockDiagonalOperator",
     "CompositeOperator",
     "CurvatureOperator",
     "DeflatedOperator",

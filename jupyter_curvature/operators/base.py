@@ -106,20 +106,23 @@ class CurvatureOperator(ABC):
 
     matvec = matmat
 
-    def _product(self, block: torch.Tensor) -> torch.Tensor:
+    def _product(self, block: torch.Tensor, matmat: Any = None) -> torch.Tensor:
         """The product with a checked ``(n, k)`` block: state check, lock, version check, count.
 
         Composites call their parts' ``_product`` directly: the block was checked once.
+        ``matmat`` replaces :meth:`_matmat` for this product (a restricted product of the same
+        operator, such as its block diagonal: ``BlockDiagonalOperator``).
         """
+        matmat = self._matmat if matmat is None else matmat
         self._check_state()
         with self.lock:
             versions = self.parameter_versions()
             keeper = getattr(self, "_keeper", None)
             try:
                 if keeper is not None:
-                    result = keeper.run(self._matmat, block)
+                    result = keeper.run(matmat, block)
                 else:
-                    result = self._matmat(block)
+                    result = matmat(block)
             except RuntimeError:  # autograd's "modified by an inplace operation": name the cause
                 check_unchanged(versions, self.parameter_versions())
                 raise

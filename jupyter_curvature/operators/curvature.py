@@ -36,7 +36,11 @@ from ..core.losses import has_terms, mean_weight
 from ..core.model_state import check_batchnorm_policy, curvature_mode, model_lock
 from ._second_order import check_twice_differentiable, recorded_calls, twice_differentiable
 from .base import CurvatureOperator
+from .blocks import vectorised_block_backward
 from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
+
+#: disjoint lists of parameter indices: the blocks of a block-diagonal product
+Groups = Sequence[Sequence[int]]
 
 # forward-mode AD keeps its nesting level in process-wide globals (``_current_level`` of
 # torch.autograd.forward_ad, ``JVP_NESTING`` of torch.func.jvp): two threads inside it at once
@@ -321,10 +325,10 @@ class HessianOperator(EmpiricalRiskOperator):
         self._graph_versions: list[int] | None = None
         super().__init__(model, loss_fn, data, params, **kwargs)
 
-    def _matmat(self, block: torch.Tensor) -> torch.Tensor:
+    def _matmat(self, block: torch.Tensor, groups: Groups | None = None) -> torch.Tensor:
         if self.keep_graphs:
-            return self._matmat_kept(block)
-        return self._accumulate(block, self._batch_hvp)
+            return self._matmat_kept(block, groups)
+        return self._accumulate(block, functools.partial(self._batch_hvp, groups=groups))
 
     def _check_batch(self, batch: Batch) -> None:
         """The shared checks, then one Hessian product of the batch: an operation torch cannot
@@ -347,55 +351,96 @@ class HessianOperator(EmpiricalRiskOperator):
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         return [g if g is not None and g.requires_grad else None for g in grads]
 
-    def _batch_hvp(self, batch: Batch, block: torch.Tensor, grads=None, keep: bool = False):
+    def _batch_hvp(
+        self,
+        batch: Batch,
+        block: torch.Tensor,
+        grads=None,
+        keep: bool = False,
+        groups: Groups | None = None,
+    ):
+        """The batch's ``H V``, or with ``groups`` its block diagonal ``diag(H_gg) V``.
+
+        ``groups``: disjoint lists of parameter indices. For each group ``g`` the backward runs
+        from the gradients of ``g`` to the parameters of ``g`` only (``H_gg V_g``), through the
+        one gradient graph of the batch; autograd visits only the part of the graph between
+        them, and a column whose rows in ``g`` are zero costs nothing.
+        """
         if grads is None:
             grads = self._gradient_graph(batch)
-        live = [i for i, g in enumerate(grads) if g is not None]
+        if groups is None:
+            groups = [list(range(len(self.params)))]
         k = block.shape[1]
-        if not live:
-            return torch.zeros_like(block)
         columns = self.unflatten(block)
-        outputs = [grads[i] for i in live]
-        if not (self.vectorize and k > 1):
-            # measured faster on CPU than vmap over the backward (conv double backward)
-            return self._batch_hvp_columns(outputs, live, columns, k, keep)
-        try:  # all k columns in one vectorised backward through the shared graph
+        if self.vectorize and len(groups) > 1:
+            out = vectorised_block_backward(self.params, grads, columns, groups, keep)
+            if out is not None:
+                return torch.cat([o.reshape(-1, k) for o in out])
+        out = [torch.zeros_like(c) for c in columns]
+        for number, group in enumerate(groups):
+            live = [i for i in group if grads[i] is not None]
+            if not live:
+                continue
+            keep_g = keep or number < len(groups) - 1
+            targets = [self.params[i] for i in group]
+            outputs = [grads[i] for i in live]
+            hv = None
+            if self.vectorize and k > 1:
+                hv = self._batch_hvp_vectorised(
+                    outputs, targets, [columns[i] for i in live], keep_g
+                )
+            if hv is None:
+                # measured faster on CPU than vmap over the backward (conv double backward)
+                hv = self._batch_hvp_columns(
+                    outputs, targets, [columns[i] for i in live], k, keep_g
+                )
+            for i, h in zip(group, hv):
+                if h is not None:
+                    out[i] = h
+        return torch.cat([o.reshape(-1, k) for o in out])
+
+    @staticmethod
+    def _batch_hvp_vectorised(outputs, targets, columns, keep):
+        """All ``k`` columns in one vectorised backward (``None``: no batching rule)."""
+        k = columns[0].shape[-1]
+        try:
             hv = torch.autograd.grad(
                 outputs,
-                self.params,
-                grad_outputs=[columns[i].movedim(-1, 0) for i in live],
+                targets,
+                grad_outputs=[c.movedim(-1, 0) for c in columns],
                 retain_graph=keep,
                 allow_unused=True,
-                is_grads_batched=k > 1,
+                is_grads_batched=True,
             )
-            parts = [
-                torch.zeros(k, p.numel(), dtype=block.dtype, device=block.device)
-                if h is None
-                else h.reshape(k, -1)
-                if k > 1
-                else h.reshape(1, -1)
-                for h, p in zip(hv, self.params)
-            ]
-            return torch.cat(parts, dim=1).T
         except RuntimeError:  # an operation without a batching rule: one backward per column
-            return self._batch_hvp_columns(outputs, live, columns, k, keep)
+            return None
+        return [
+            None if h is None else h.reshape(k, *t.shape).movedim(0, -1)
+            for h, t in zip(hv, targets)
+        ]
 
-    def _batch_hvp_columns(self, outputs, live, columns, k, keep):
-        out = [torch.zeros_like(c) for c in columns]
-        for j in range(k):
+    @staticmethod
+    def _batch_hvp_columns(outputs, targets, columns, k, keep):
+        """One backward per column; a column that is zero on ``columns`` is skipped (zero)."""
+        out = [
+            torch.zeros(*t.shape, k, dtype=columns[0].dtype, device=columns[0].device)
+            for t in targets
+        ]
+        wanted = [j for j in range(k) if any(bool(c[..., j].any()) for c in columns)]
+        for number, j in enumerate(wanted):
             hv = torch.autograd.grad(
                 outputs,
-                self.params,
-                grad_outputs=[columns[i][..., j] for i in live],
-                retain_graph=keep or j < k - 1,
+                targets,
+                grad_outputs=[c[..., j] for c in columns],
+                retain_graph=keep or number < len(wanted) - 1,
                 allow_unused=True,
             )
             for i, h in enumerate(hv):
                 if h is not None:
                     out[i][..., j] = h
-        return torch.cat([o.reshape(-1, k) for o in out])
+        return out
 
-    def _matmat_kept(self, block: torch.Tensor) -> torch.Tensor:
+    def _matmat_kept(self, block: torch.Tensor, groups: Groups | None = None) -> torch.Tensor:
         """Products through gradient graphs built once and kept (``keep_graphs=True``).
 
         Each later product costs only the second backward (PyHessian reuses one batch's graph
@@ -412,7 +457,8 @@ class HessianOperator(EmpiricalRiskOperator):
         total = torch.zeros_like(block)
         count = 0
         for batch, grads in self._graphs:
-            count += self._add(total, self._batch_hvp(batch, block, grads=grads, keep=True), batch)
+            product = self._batch_hvp(batch, block, grads=grads, keep=True, groups=groups)
+            count += self._add(total, product, batch)
         return self._finish(total, count)
 
     def release_graphs(self) -> None:

@@ -7,6 +7,8 @@
   while training when recorded (:func:`plot_training_history` is the CLI's call of it);
 - :func:`plot_stats`: the per-layer statistics as bar charts (:func:`layer_quantities`
   gives their numbers);
+- :func:`plot_block_spectra`, :func:`plot_minibatch_top_eigenvalues`: per-block spectra
+  and the histogram of mini-batch top eigenvalues;
 - :func:`plot_landscape_1d`, :func:`plot_landscape_2d`, :func:`plot_landscape_surface`:
   loss landscapes along lines and over planes.
 
@@ -16,6 +18,7 @@ package, and takes results by their attributes, not their classes. The widgets'
 ``to_matplotlib()`` use the same functions.
 """
 
+from .blocks import plot_block_spectra, plot_minibatch_top_eigenvalues
 from .landscape import plot_landscape_1d, plot_landscape_2d, plot_landscape_surface
 from .spectrum import plot_spectral_density, plot_spectrum
 from .stats import layer_quantities, plot_stats
@@ -23,9 +26,11 @@ from .training import plot_training, plot_training_history
 
 __all__ = [
     "layer_quantities",
+    "plot_block_spectra",
     "plot_landscape_1d",
     "plot_landscape_2d",
     "plot_landscape_surface",
+    "plot_minibatch_top_eigenvalues",
     "plot_spectral_density",
     "plot_spectrum",
     "plot_stats",

@@ -6,15 +6,29 @@
 * :func:`warm_eigenpairs`: the same, started from earlier eigenvectors (tracking in training).
 * :func:`spectral_density`: stochastic Lanczos quadrature, density with a band, statistics.
 * :func:`trace`: Hutchinson and Hutch++ with a standard error.
+* :func:`diagonal`: the diagonal by Hutchinson or Diag++, each entry with a standard error.
+* :func:`block_spectra`: top eigenvalue, trace and density of every block of a model, the
+  blocks' Lanczos runs sharing each pass over the data.
+* :func:`minibatch_top_eigenvalues`: the top eigenvalue of each mini-batch's Hessian.
 """
 
+from .blocks import BlockSpectra, BlockSpectrum, block_spectra
 from .density import DensityCurve, SpectralDensity, SpectrumStats, spectral_density
+from .diagonal import DiagonalEstimate, diagonal
 from .eigenpairs import ConvergenceWarning, EigenpairsResult, eigenpairs
 from .lanczos import LanczosResult, lanczos
+from .minibatch import MinibatchEigenvalues, minibatch_top_eigenvalues
 from .trace import TraceEstimate, trace
 from .tracking import warm_eigenpairs
 
 __all__ = [
+    "BlockSpectra",
+    "BlockSpectrum",
+    "DiagonalEstimate",
+    "MinibatchEigenvalues",
+    "block_spectra",
+    "diagonal",
+    "minibatch_top_eigenvalues",
     "ConvergenceWarning",
     "DensityCurve",
     "EigenpairsResult",

@@ -73,6 +73,26 @@ class TraceEstimate:
         )
 
 
+def check_budget(
+    method: str,
+    methods: tuple[str, ...],
+    sketched: str,
+    num_matvecs: Any,
+    block_size: Any,
+    seed: Any,
+) -> tuple[int, int, torch.Generator]:
+    """The checks shared by the stochastic estimators: the method, the budget (4 products for
+    the ``sketched`` method, 2 for plain Hutchinson), the block size; the seeded generator."""
+    if method not in methods:
+        raise ValueError(f"method must be one of {methods}, got {method!r}")
+    low = 4 if method == sketched else 2
+    num_matvecs = check_int(
+        "num_matvecs", num_matvecs, low, hint=f"{method} needs at least {low} products"
+    )
+    block_size = check_int("block_size", block_size, 1)
+    return num_matvecs, block_size, torch.Generator(device="cpu").manual_seed(check_seed(seed))
+
+
 def _probes(n: int, k: int, gen: torch.Generator, distribution: str) -> torch.Tensor:
     if distribution == "rademacher":
         return (torch.randint(0, 2, (n, k), generator=gen) * 2 - 1).double()
@@ -133,16 +153,11 @@ def trace(
         6.0
     """
     A = Operator(op, keep_graphs=keep_graphs)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if distribution not in ("rademacher", "gaussian"):
         raise ValueError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
-    low = 4 if method == "hutch++" else 2
-    num_matvecs = check_int(
-        "num_matvecs", num_matvecs, low, hint=f"{method} needs at least {low} products"
+    num_matvecs, block_size, gen = check_budget(
+        method, METHODS, "hutch++", num_matvecs, block_size, seed
     )
-    block_size = check_int("block_size", block_size, 1)
-    gen = torch.Generator(device="cpu").manual_seed(check_seed(seed))
     n = A.n
     device = A.device
     if num_matvecs >= n:
