@@ -123,3 +123,12 @@ def test_text_report_trains_and_reports(tmp_path):
     top = summary["hessian"]["top_eigenvalues"]
     assert len(top) == 3 and top == sorted(top, reverse=True)
     assert f"{top[0]:.4g}" in (tmp_path / "report.md").read_text()
+    # per block: the blocks tile the model's parameters; each block's top eigenvalue is at
+    # most the whole model's (Cauchy interlacing), up to the certificates' tolerance
+    blocks = summary["blocks"]
+    assert (tmp_path / "blocks.png").is_file() and (tmp_path / "blocks.json").is_file()
+    assert sum(b["size"] for b in blocks) == sum(p.numel() for p in model.parameters())
+    assert {"transformer.h.0.attn", "transformer.h.3.mlp", "transformer.ln_f"} <= {
+        b["block"].removeprefix("lm.") for b in blocks
+    }
+    assert max(b["top_eigenvalue"] for b in blocks) <= top[0] * (1 + 2e-3) + 1e-6

@@ -9,6 +9,9 @@ It writes to ``out``:
 * ``train/``: ``history.json``, ``training.png``;
 * ``hessian_density.{npz,png}``, ``hessian_spectrum.json``: the whole model's SLQ density and
   certified top eigenvalues;
+* ``blocks.json``, ``blocks.png``: per block (embeddings, each layer's attention, MLP and norms,
+  the final norm) the top eigenvalue with its residual, the trace and the density
+  (:func:`jupyter_curvature.spectral.block_spectra`);
 * ``report.md`` / ``report.json``: the summary printed at the end.
 """
 
@@ -20,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
+from ..spectral import block_spectra
 from .names import InputError
-from .outputs import is_writer, output_folder
+from .outputs import is_writer, output_folder, save_figure
 from .report import Report
 from .spectrum import spectrum
 from .train import train
@@ -59,19 +64,27 @@ def text_report(
     test_set = text_dataset("test", block_size=block)
     loader = DataLoader(train_set, batch_size=32, shuffle=True)
     params = sum(p.numel() for p in model.parameters())
-    print(f"[1/2] training a {MODEL['n_layer']}-block GPT ({params:,} parameters) on the standard "
+    print(f"[1/3] training a {MODEL['n_layer']}-block GPT ({params:,} parameters) on the standard "
           f"library's sources for {steps} steps ...", flush=True)  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     trained = train(model, loader, optimizer=optimizer, steps=steps, test_data=_batches(test_set),
                     eval_every=max(1, steps // 3), seed=seed, out=out / "train",
                     progress=True)  # fmt: skip
     curvature_set = _batches(text_dataset("test", block_size=block, num_samples=64, seed=seed), 32)
-    print(f"[2/2] Hessian spectrum of the whole model (SLQ: {num_iters} steps x {num_probes} "
+    print(f"[2/3] Hessian spectrum of the whole model (SLQ: {num_iters} steps x {num_probes} "
           "probes; top-3 certified) ...", flush=True)  # fmt: skip
     hessian = spectrum(model, curvature_set, num_iters=num_iters, num_probes=num_probes,
                        top_k=3, seed=seed, out=out, warn=True)  # fmt: skip
-    summary = _summary(trained, hessian, params, time.perf_counter() - start)
-    result = Report(summary, {"train": trained, "hessian": hessian}, render=_markdown)
+    print(f"[3/3] Hessian spectra block by block (lockstep Lanczos: {num_iters} steps x "
+          f"{num_probes} probes) ...", flush=True)  # fmt: skip
+    blocks = block_spectra(model, nn.CrossEntropyLoss(), curvature_set, num_iters=num_iters,
+                           num_probes=num_probes, seed=seed)  # fmt: skip
+    if is_writer():
+        blocks.save(out / "blocks.json")
+        save_figure(blocks.plot(), out / "blocks.png")
+    summary = _summary(trained, hessian, blocks, params, time.perf_counter() - start)
+    result = Report(summary, {"train": trained, "hessian": hessian, "blocks": blocks},
+                    render=_markdown)  # fmt: skip
     print("\n" + result.markdown())
     result.save(out)
     if is_writer():
@@ -85,7 +98,9 @@ def _batches(dataset: Any, size: int = 256) -> list[tuple[torch.Tensor, torch.Te
     return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
-def _summary(trained: Any, hessian: Any, params: int, seconds: float) -> dict[str, Any]:
+def _summary(
+    trained: Any, hessian: Any, blocks: Any, params: int, seconds: float
+) -> dict[str, Any]:
     test_losses = trained.history.test_loss
     test_loss = test_losses[-1] if test_losses else None
     return {
@@ -96,6 +111,7 @@ def _summary(trained: Any, hessian: Any, params: int, seconds: float) -> dict[st
         "test_loss": test_loss,
         "test_bits_per_character": None if test_loss is None else test_loss / math.log(2),
         "hessian": hessian.to_dict(),
+        "blocks": blocks.rows(),
         "seconds": seconds,
     }
 
@@ -122,6 +138,14 @@ def _markdown(r: dict[str, Any]) -> str:
             f"| trace estimate (SLQ) | {num(h['stats'].get('trace'))} |",
             f"| negative mass | {num(h['stats'].get('negative_mass'))} |",
             f"| operator products | {h['num_matvecs']} |",
+            "",
+            "| block | parameters | top eigenvalue (certified) | trace |",
+            "|---|---|---|---|",
+            *(
+                f"| {b['block']} | {b['size']:,} | {num(b['top_eigenvalue'])}"
+                f" ({'yes' if b['converged'] else 'no'}) | {num(b['trace'])} |"
+                for b in r["blocks"]
+            ),
             "",
             f"- total time {r['seconds']:.0f} s",
         ]
