@@ -48,7 +48,8 @@ class Cancelled(Exception):
     def __init__(self, phase: str = "", message: str | None = None) -> None:
         self.phase = phase
         super().__init__(
-            message or f"cancelled before the first product{f' of {phase}' if phase else ''}: "
+            message
+            or f"cancelled before the first product{f' of {phase}' if phase else ''}: "
             "nothing was computed"
         )
 
@@ -271,6 +272,10 @@ def tqdm_callback(**tqdm_kwargs: Any) -> Callable[[ProgressEvent], None]:
                 bar.set_description(f"{event.phase} (cancelled)")
             bar.close()
             del bars[event.phase]
+        if event.cancelled and event.done:  # inner phases that ended without a report
+            for other in bars.values():
+                other.close()
+            bars.clear()
 
     return callback
 

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from ..core.files import atomic_savez, atomic_write_text
-from ._checks import Operator, check_int, check_positive, check_seed
 from ..core.progress import Progress
+from ._checks import Operator, check_int, check_positive, check_seed
 from .lanczos import _Stop, diagonalise, run_lanczos, tridiagonal
 
 #: Papyan (2019) bandwidth constants: kappa and the margin added to the spectral range

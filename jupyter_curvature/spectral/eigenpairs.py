@@ -61,8 +61,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
