@@ -22,6 +22,7 @@ deleting entries): see :class:`SpectrumStats`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -456,7 +457,9 @@ def spectral_density(
         )  # fmt: skip
 
     def on_step(rec: Any, j: int) -> None:
-        snapshot = (lambda: partial(rec, j)) if j else None
+        # the record grows in place: the partial is computed (later, if read) from a copy
+        frozen = dataclasses.replace(rec, alphas=list(rec.alphas), betas=list(rec.betas))
+        snapshot = (lambda: partial(frozen, j)) if j else None
         if tracker.step(j, A.num_matvecs, snapshot):
             stopped.append(j)
             raise _Stop(breakdown=False)

@@ -59,6 +59,8 @@ sweeps and keeps the arrow explicit.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import time
 import warnings
@@ -564,10 +566,13 @@ def _eigenpairs(
 
     def report(j: int, ritz: Any, units: float) -> bool:
         """Progress before the product at step ``j``; True: cancelled, stop."""
+        lv, lr = list(locked_vals), list(locked_res)  # copies: the partial may be read later
 
-        def partial() -> dict[str, list[float]]:
+        def partial() -> dict[str, list[float]] | None:
+            if ritz is None:  # before the first product: no Ritz pair yet
+                return None
             theta, res = ritz()
-            return _partial_pairs(theta * units, res * units, locked_vals, locked_res, k, which)
+            return _partial_pairs(theta * units, res * units, lv, lr, k, which)
 
         if tracker.step(j, A.num_matvecs, partial):
             stopped.append(j)
@@ -577,13 +582,16 @@ def _eigenpairs(
     def gpytorch_step(rec: _Record, j: int) -> None:
         if j == 0 and (steps or locked_vals):
             return  # a restart's first vector: cancelled at the next step (no empty basis)
-        if report(steps + j, lambda: _tridiagonal_ritz(rec), rec.scale):
+        frozen = dataclasses.replace(rec, alphas=list(rec.alphas), betas=list(rec.betas))
+        ritz = (lambda: _tridiagonal_ritz(frozen)) if j else None
+        if report(steps + j, ritz, rec.scale):
             if j == 0:
                 raise Cancelled("eigenpairs")
             raise _Stop(breakdown=False)
 
     def krylov_step(K: _Krylov, j: int) -> bool:
-        return report(steps + j, lambda: K.ritz()[::2], closure.rec.scale)
+        frozen = copy.copy(K)  # T and b are replaced, never changed in place, by a step
+        return report(steps + j, lambda: frozen.ritz()[::2], closure.rec.scale)
 
     while True:
         dim = n - locked_vecs.shape[1]
