@@ -95,6 +95,8 @@ class SpectrumStats:
         trace_stderr: ``n * std_l(...) / sqrt(p)``.
         negative_mass: ``mean_l sum_{theta < -z} tau`` with ``z = zero_tol * scale``.
         negative_count: ``n * negative_mass``, the estimated number of negative eigenvalues.
+        negative_count_stderr: its standard error across probes (``n std_l / sqrt(p)``;
+            NaN for one probe).
         zero_mass: weight of Ritz values with ``|theta| <= z`` (degenerate directions).
         log_abs_det: ``n * mean_l sum_{|theta| > z} tau log|theta|``, the log-determinant of the
             non-degenerate part (the original's "pseudo log-determinant", times ``n``).
@@ -124,6 +126,7 @@ class SpectrumStats:
     weight_at_largest: float
     weight_at_smallest: float
     scale: float
+    negative_count_stderr: float = float("nan")
 
     @property
     def num_outliers(self) -> int:
@@ -252,6 +255,7 @@ class SpectralDensity:
         outliers, outlier_mask, bulk_range = _outliers(
             theta, tau, res, self.outlier_tol * scale, self.outlier_gap * scale
         )
+        negative = n * np.where(theta < -z, tau, 0).sum(1)  # per probe
         bulk_w = np.where(outlier_mask, 0.0, tau)
         bulk_mass = bulk_w.sum()
         return SpectrumStats(
@@ -270,6 +274,7 @@ class SpectralDensity:
             weight_at_largest=float(tau[np.arange(p), theta.argmax(1)].mean()),
             weight_at_smallest=float(tau[np.arange(p), theta.argmin(1)].mean()),
             scale=scale,
+            negative_count_stderr=float(negative.std(ddof=1) / math.sqrt(p)) if p > 1 else math.nan,
         )
 
     # ------------------------------------------------------------------ records

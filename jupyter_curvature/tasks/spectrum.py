@@ -90,13 +90,14 @@ class SpectrumResult:
     def plot(self, ax: Any = None) -> Any:
         """The density on ``ax`` (a new figure if None); returns the axes."""
         from ..plots import plot_spectral_density
+        from ..plotting import curvature_label
 
         if ax is None:
             import matplotlib.pyplot as plt
 
             _, ax = plt.subplots(figsize=(6.4, 3.6))
         plot_spectral_density(
-            self.density, ax=ax, title=f"{self.curvature.upper()} spectral density"
+            self.density, ax=ax, title=f"{curvature_label(self.curvature)} spectral density"
         )
         return ax
 

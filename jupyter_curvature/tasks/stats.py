@@ -88,12 +88,14 @@ class StatsResult:
             raise ValueError("no per-layer statistics to plot: include 'layers'")
         import matplotlib.pyplot as plt
 
+        from ..plotting import curvature_label
+
         if ax is None:
             _, ax = plt.subplots(figsize=(6.4, 3.6))
         rows = self.layers.rows
         ax.bar(range(len(rows)), [r.lambda_max for r in rows])
         ax.set_xticks(range(len(rows)), [r.layer for r in rows], rotation=45, ha="right")
-        ax.set_ylabel(f"largest {self.layers.curvature} eigenvalue")
+        ax.set_ylabel(f"largest {curvature_label(self.layers.curvature)} eigenvalue")
         return ax
 
     def __str__(self) -> str:
