@@ -33,6 +33,11 @@ _LAZY_EXPORTS: dict[str, str] = {
     "SpectralDensity": ".spectral",
     "trace": ".spectral",
     "TraceEstimate": ".spectral",
+    # progress and cancellation of long calls
+    "CancelToken": ".core.progress",
+    "Cancelled": ".core.progress",
+    "Progress": ".core.progress",
+    "ProgressEvent": ".core.progress",
     # statistics
     "evaluate": ".stats",
     "bn_update": ".stats",

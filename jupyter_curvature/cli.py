@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     spectrum = sub.add_parser("spectrum", help="Hessian or GGN spectral density and top eigenpairs")
     _common(spectrum)
+    spectrum.add_argument(
+        "--progress", action="store_true",
+        help="tqdm progress bars on stderr even when it is not a terminal (default: on a terminal)",
+    )  # fmt: skip
     _curvature(spectrum, "the curvature matrix: hessian (default) or ggn (Gauss-Newton)")
     spectrum.add_argument(
         "--num-iters", type=int, default=80, help="Lanczos steps of the density (%(default)s)"
@@ -145,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = sub.add_parser("stats", help="gradient, curvature and weight statistics")
     _common(stats)
+    stats.add_argument(
+        "--progress", action="store_true",
+        help="tqdm progress bars on stderr even when it is not a terminal (default: on a terminal)",
+    )  # fmt: skip
     stats.add_argument(
         "--stats-batch", type=int, default=128, help="mini-batch size of the statistics"
     )
@@ -227,13 +235,14 @@ def _say(*values: object, **kwargs) -> None:
         print(*values, **kwargs)
 
 
-def _with_progress(task: Any, *args: Any, **kwargs: Any) -> Any:
+def _with_progress(task: Any, *args: Any, progress: bool | None = None, **kwargs: Any) -> Any:
     """``task(*args, progress=..., cancel=..., **kwargs)`` in a worker thread, with tqdm bars
-    on stderr (main process only). Ctrl-C cancels: the task stops before its next product and
+    on stderr (main process only; ``progress=None``: when stderr is a terminal). Ctrl-C cancels: the task stops before its next product and
     its partial result (marked cancelled) is printed and saved."""
     from .core.progress import Worker, tqdm_callback
 
-    bars = tqdm_callback(file=sys.stderr) if is_main_process() else None
+    show = progress if progress is not None else sys.stderr.isatty()
+    bars = tqdm_callback(file=sys.stderr) if show and is_main_process() else None
     worker = Worker(lambda **ctl: task(*args, **ctl, **kwargs), on_event=bars)
     result = worker.run()
     if worker.interrupted:
@@ -269,14 +278,16 @@ def run(args: argparse.Namespace) -> int:
     objects = dict(loss_fn=setup.loss_fn, out=out)
     if args.command == "spectrum":
         result = _with_progress(
-            tasks.spectrum, setup.model, setup.data, warn=True, **objects, **kwargs
-        )
+            tasks.spectrum, setup.model, setup.data, warn=True, progress=args.progress or None,
+            **objects, **kwargs,
+        )  # fmt: skip
         _say(result.density)
         _say(result.eigen)
     elif args.command == "stats":
         include = [k for k in tasks.STATS_KINDS if k != "layers" or not args.no_layers]
         result = _with_progress(
             tasks.statistics, setup.model, setup.data, test_data=setup.test_data, include=include,
+            progress=args.progress or None,
             curvature=["hessian", "ggn"], batch_size=args.stats_batch, **objects, **kwargs,
         )  # fmt: skip
         for value in result.records():

@@ -186,7 +186,8 @@ def test_spectrum_task_cancelled_in_eigenpairs_keeps_the_whole_density():
     assert [e.phase for e in log if e.done] == ["setup", "density", "eigenpairs"]
 
 
-def test_cli_shows_a_bar(capsys):
+def test_cli_shows_a_bar(capsys, tmp_path):
+    """``--progress`` forces the bars (by default they show only when stderr is a terminal)."""
     from jupyter_curvature.cli import main
 
     assert (
@@ -202,7 +203,8 @@ def test_cli_shows_a_bar(capsys):
                 "--num-probes",
                 "1",
                 "--out",
-                "/tmp/jc-progress-cli",
+                str(tmp_path),
+                "--progress",
             ]
         )
         == 0
