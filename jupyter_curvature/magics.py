@@ -1,6 +1,6 @@
 """The IPython extension: ``%load_ext jupyter_curvature`` and the ``%curv_*`` magics.
 
-(About 730 lines, over the package's 700: one ``Magics`` class whose five magics share its
+(About 790 lines, over the package's 700: one ``Magics`` class whose five magics share its
 argument machinery; a third of it is flag declarations and help text.)
 
 * ``%curv_help``: every magic, its options and examples.
@@ -20,6 +20,10 @@ broken, ipython#14024); re-running a cell closes the panels its previous run mad
 ``pre_run_cell`` hook keyed by ``info.cell_id``); training runs in the kernel's main thread
 on the engine's :class:`~jupyter_curvature.training.Trainer` (through
 :func:`jupyter_curvature.tasks.train`) and stops cleanly at a step boundary on an interrupt.
+``%curv_spectrum`` and ``%curv_stats`` show a :class:`~jupyter_curvature.widgets.progress.ProgressPanel`
+at once and run their task in a :class:`~jupyter_curvature.core.progress.Worker` thread while
+the cell waits: Cancel or an interrupt stops it before the next product and keeps the partial
+result; one such computation runs at a time.
 The magics only parse their line; :func:`_keywords` maps it to task keywords (deprecated
 flags such as ``--ggn`` or ``--iters`` are renamed there and shown as a one-line note).
 """

@@ -1,6 +1,6 @@
 """Certified extreme eigenpairs: Lanczos that stops when every wanted Ritz pair has converged.
 
-(About 740 lines, over the package's 700: one algorithm, thick-restart Lanczos with its
+(About 820 lines, over the package's 700: one algorithm, thick-restart Lanczos with its
 stopping rule and result record, kept in one place to be read against Wu & Simon 2000.)
 
 Algorithm (single-vector Lanczos with full reorthogonalisation, GPyTorch's
