@@ -106,5 +106,8 @@ def test_per_layer_bars_fit_in_their_axis():
 
 
 def test_an_undefined_training_result_says_to_run_curv_train_first():
-    with pytest.raises(tasks.InputError, match=r"run %%curv_train \.\.\. --out run first"):
+    with pytest.raises(
+        tasks.InputError,
+        match=r"no variable 'run' yet: run the cell that defines it first \(for run.model: run %%curv_train \.\.\. --out run first",
+    ):
         tasks.spectrum("run.model", "digits", namespace={})
