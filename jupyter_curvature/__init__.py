@@ -42,6 +42,11 @@ _LAZY_EXPORTS: dict[str, str] = {
     "BlockSpectra": ".spectral",
     "minibatch_top_eigenvalues": ".spectral",
     "MinibatchEigenvalues": ".spectral",
+    # progress and cancellation of long calls
+    "CancelToken": ".core.progress",
+    "Cancelled": ".core.progress",
+    "Progress": ".core.progress",
+    "ProgressEvent": ".core.progress",
     # statistics
     "evaluate": ".stats",
     "bn_update": ".stats",

@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     spectrum = sub.add_parser("spectrum", help="Hessian or GGN spectral density and top eigenpairs")
     _common(spectrum)
+    spectrum.add_argument(
+        "--progress", action="store_true",
+        help="tqdm progress bars on stderr even when it is not a terminal (default: on a terminal)",
+    )  # fmt: skip
     _curvature(spectrum, "the curvature matrix: hessian (default) or ggn (Gauss-Newton)")
     spectrum.add_argument(
         "--num-iters", type=int, default=80, help="Lanczos steps of the density (%(default)s)"
@@ -152,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = sub.add_parser("stats", help="gradient, curvature and weight statistics")
     _common(stats)
+    stats.add_argument(
+        "--progress", action="store_true",
+        help="tqdm progress bars on stderr even when it is not a terminal (default: on a terminal)",
+    )  # fmt: skip
     stats.add_argument(
         "--stats-batch", type=int, default=128, help="mini-batch size of the statistics"
     )
@@ -234,6 +242,21 @@ def _say(*values: object, **kwargs) -> None:
         print(*values, **kwargs)
 
 
+def _with_progress(task: Any, *args: Any, progress: bool | None = None, **kwargs: Any) -> Any:
+    """``task(*args, progress=..., cancel=..., **kwargs)`` in a worker thread, with tqdm bars
+    on stderr (main process only; ``progress=None``: when stderr is a terminal). Ctrl-C cancels: the task stops before its next product and
+    its partial result (marked cancelled) is printed and saved."""
+    from .core.progress import Worker, tqdm_callback
+
+    show = progress if progress is not None else sys.stderr.isatty()
+    bars = tqdm_callback(file=sys.stderr) if show and is_main_process() else None
+    worker = Worker(lambda **ctl: task(*args, **ctl, **kwargs), on_event=bars)
+    result = worker.run()
+    if worker.interrupted:
+        print("interrupted: the partial result is kept (marked cancelled)", file=sys.stderr)
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     from . import tasks
 
@@ -265,13 +288,17 @@ def run(args: argparse.Namespace) -> int:
     setup = tasks.resolve_setup(**setup_kwargs)
     objects = dict(loss_fn=setup.loss_fn, out=out)
     if args.command == "spectrum":
-        result = tasks.spectrum(setup.model, setup.data, warn=True, **objects, **kwargs)
+        result = _with_progress(
+            tasks.spectrum, setup.model, setup.data, warn=True, progress=args.progress or None,
+            **objects, **kwargs,
+        )  # fmt: skip
         _say(result.density)
         _say(result.eigen)
     elif args.command == "stats":
         include = [k for k in tasks.STATS_KINDS if k != "layers" or not args.no_layers]
-        result = tasks.statistics(
-            setup.model, setup.data, test_data=setup.test_data, include=include,
+        result = _with_progress(
+            tasks.statistics, setup.model, setup.data, test_data=setup.test_data, include=include,
+            progress=args.progress or None,
             curvature=["hessian", "ggn"], batch_size=args.stats_batch, **objects, **kwargs,
         )  # fmt: skip
         for value in result.records():
@@ -293,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .core.progress import Cancelled
     from .distributed import init_distributed
 
     context = init_distributed()  # a no-op outside torchrun; then only rank 0 writes
@@ -304,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"jupyter-curvature {args.command}: error: {error}\n")
     except KeyboardInterrupt:
         print("interrupted; results written so far are kept", file=sys.stderr)
+        return 130
+    except Cancelled as error:
+        print(f"interrupted: {error}", file=sys.stderr)
         return 130
     finally:
         context.close()

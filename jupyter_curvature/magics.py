@@ -1,6 +1,6 @@
 """The IPython extension: ``%load_ext jupyter_curvature`` and the ``%curv_*`` magics.
 
-(About 730 lines, over the package's 700: one ``Magics`` class whose five magics share its
+(About 790 lines, over the package's 700: one ``Magics`` class whose five magics share its
 argument machinery; a third of it is flag declarations and help text.)
 
 * ``%curv_help``: every magic, its options and examples.
@@ -20,6 +20,10 @@ broken, ipython#14024); re-running a cell closes the panels its previous run mad
 ``pre_run_cell`` hook keyed by ``info.cell_id``); training runs in the kernel's main thread
 on the engine's :class:`~jupyter_curvature.training.Trainer` (through
 :func:`jupyter_curvature.tasks.train`) and stops cleanly at a step boundary on an interrupt.
+``%curv_spectrum`` and ``%curv_stats`` show a :class:`~jupyter_curvature.widgets.progress.ProgressPanel`
+at once and run their task in a :class:`~jupyter_curvature.core.progress.Worker` thread while
+the cell waits: Cancel or an interrupt stops it before the next product and keeps the partial
+result; one such computation runs at a time.
 The magics only parse their line; :func:`_keywords` maps it to task keywords (deprecated
 flags such as ``--ggn`` or ``--iters`` are renamed there and shown as a one-line note).
 """
@@ -127,6 +131,7 @@ class CurvMagics(Magics):
         self.last_panel: Any = None
         self.last_result: Any = None
         self._axis_guard: Any = None  # the hidden bqplot axis guard shown by %load_ext
+        self._running: tuple[str, Any] | None = None  # (magic, Worker) of the computation
         if shell is not None:
             shell.events.register("pre_run_cell", self._pre_run_cell)
 
@@ -195,6 +200,50 @@ class CurvMagics(Magics):
             return fn(*args, **kwargs)
         except tasks.InputError as exc:
             raise UsageError(f"%{name}: {exc}") from None
+
+    def _run_task(self, name: str, title: str, task: Any, line: str, **kwargs: Any) -> Any:
+        """``task(**kwargs)`` in a worker with a progress panel (or tqdm bars without widgets).
+
+        The panel appears at once; Cancel or a kernel interrupt stops the task before its
+        next product and the partial result is returned. One computation at a time: a magic
+        started while another runs is refused with a UsageError. Returns ``(result, panel)``,
+        ``(None, panel)`` when cancelled before the first product.
+        """
+        from .core.progress import Cancelled, Worker, tqdm_callback
+
+        if self._running is not None and self._running[1].running:
+            raise UsageError(
+                f"%{name}: %{self._running[0]} is still running; press its Cancel button "
+                "(or interrupt the kernel) and run this again when it has stopped"
+            )
+        panel = None
+        if self.use_widgets:
+            from .widgets.progress import ProgressPanel
+
+            panel = ProgressPanel(title)
+            on_event = panel.update
+        else:
+            on_event = tqdm_callback()
+        worker = Worker(lambda **ctl: task(**ctl, **kwargs), on_event=on_event)
+        if panel is not None:
+            panel.attach(worker)
+            self._show(panel, f"{name} {line}")
+        self._running = (name, worker)
+        try:
+            result = worker.run()
+        except Cancelled as exc:
+            if panel is not None:
+                panel.finish(message=str(exc))
+            else:
+                print(f"%{name}: {exc}")
+            return None, panel
+        except BaseException:
+            if panel is not None:
+                panel.close()
+            raise
+        finally:
+            self._running = None
+        return result, panel
 
     def _keywords(self, args: Any, name: str, names: tuple[str, ...]) -> dict[str, Any]:
         """The task keywords of the parsed ``args``; a deprecated flag prints a one-line note."""
@@ -439,21 +488,28 @@ class CurvMagics(Magics):
         kwargs = self._keywords(args, name, _SPECTRUM_KEYWORDS)
         if kwargs["top_k"] < 0:
             raise UsageError("%curv_spectrum: --top-k must be >= 0")
+        kind = "GGN" if kwargs.get("curvature") == "ggn" else "Hessian"
         try:
-            result = tasks.spectrum(namespace=self.ns, **kwargs)
+            result, progress = self._run_task(
+                name, f"{kind} spectrum of {args.model}", tasks.spectrum, line,
+                namespace=self.ns, **kwargs,
+            )  # fmt: skip
         except tasks.InputError as exc:
             raise UsageError(f"%{name}: {exc}") from None
         except (ValueError, TypeError) as exc:
             if args.params is not None and "param" in str(exc).lower():
                 raise UsageError(f"%{name}: --params {args.params!r}: {exc}") from None
             raise
+        if result is None:
+            return
         self._store(args.out, result.density)
         self._store(args.out_eigen, result.eigen)
         self.last_result = result
-        if self.use_widgets:
+        if progress is not None:
             from .widgets.spectrum import SpectrumPanel
 
-            self._show(SpectrumPanel(result, sigma=args.sigma, log=args.log), f"spectrum {line}")
+            progress.finish(SpectrumPanel(result, sigma=args.sigma, log=args.log))
+            self.last_panel = progress.result_panel
         else:
             print(
                 f"{'GGN' if result.curvature == 'ggn' else 'Hessian'} spectrum, n = {result.num_params}"
@@ -520,15 +576,19 @@ class CurvMagics(Magics):
                 f"%{name}: --include {args.include!r}: choose from {','.join(tasks.STATS_KINDS)}"
             )
         layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
-        result = self._call(
-            name, tasks.statistics, include=include, layers=layers, namespace=self.ns, **kwargs
-        )
+        result, progress = self._call(
+            name, self._run_task, name, f"Statistics of {args.model}", tasks.statistics, line,
+            include=include, layers=layers, namespace=self.ns, **kwargs,
+        )  # fmt: skip
+        if result is None:
+            return
         self._store(args.out, result)
         self.last_result = result
-        if self.use_widgets:
+        if progress is not None:
             from .widgets.stats import StatsPanel
 
-            self._show(StatsPanel(result, title=f"Statistics of {args.model}"), f"stats {line}")
+            progress.finish(StatsPanel(result, title=f"Statistics of {args.model}"))
+            self.last_panel = progress.result_panel
         else:
             print(result)
 

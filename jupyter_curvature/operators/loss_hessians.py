@@ -233,7 +233,9 @@ def _bce_with_logits_output_hessian(loss_fn: object, reduction: str) -> OutputHe
 
 
 @register_output_hessian(TokenCrossEntropy)
-def _token_cross_entropy_output_hessian(loss_fn: TokenCrossEntropy, reduction: str) -> OutputHessian:
+def _token_cross_entropy_output_hessian(
+    loss_fn: TokenCrossEntropy, reduction: str
+) -> OutputHessian:
     def token_cross_entropy(outputs, targets, U):
         keep = loss_fn.output_mask(outputs, targets).unsqueeze(-1)  # (B, L, 1): counted or not
         p = torch.softmax(outputs, dim=-1)

@@ -18,6 +18,7 @@ package, and takes results by their attributes, not their classes. The widgets'
 ``to_matplotlib()`` use the same functions.
 """
 
+from ._figures import curvature_label, format_count
 from .blocks import plot_block_spectra, plot_minibatch_top_eigenvalues
 from .landscape import plot_landscape_1d, plot_landscape_2d, plot_landscape_surface
 from .spectrum import plot_spectral_density, plot_spectrum
@@ -25,6 +26,8 @@ from .stats import layer_quantities, plot_stats
 from .training import plot_training, plot_training_history
 
 __all__ = [
+    "curvature_label",
+    "format_count",
     "layer_quantities",
     "plot_block_spectra",
     "plot_landscape_1d",

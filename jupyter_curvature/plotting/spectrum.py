@@ -67,7 +67,13 @@ def draw_density(
         twin.vlines(theta, 0, weights, color="#d62728", alpha=0.5, linewidth=0.8)
         twin.set_ylabel("Ritz weight")
         twin.set_ylim(0, None)
-    ax.legend(loc="upper right", fontsize="small")
+    # the x range is that of the Ritz values, bulk and outliers, with a small margin (the
+    # default grid's 5 sigma tails would widen it); the legend goes where it hides least
+    theta = density.ritz_values.numpy(force=True)
+    lo, hi = float(theta.min()), float(theta.max())
+    pad = max(0.03 * (hi - lo), curve.sigma, 1e-12 * max(abs(lo), abs(hi), 1.0))
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.legend(loc="best", fontsize="small")
     return curve
 
 

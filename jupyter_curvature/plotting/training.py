@@ -87,7 +87,7 @@ def _draw_curves(ax_loss: Any, ax_acc: Any, series: list, xlabel: str) -> None:
         ax_acc.set_ylim(0, 1)
     for ax in (ax_loss, ax_acc):
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
+            ax.legend(loc="best", fontsize="small")
 
 
 def _draw_curvature(ax_density: Any, ax_top: Any, history: Any) -> None:
@@ -111,7 +111,7 @@ def _draw_curvature(ax_density: Any, ax_top: Any, history: Any) -> None:
         if lrs.size and (lrs > 0).all():
             idx = np.clip(np.asarray(top_steps) - 1, 0, lrs.size - 1)
             ax_top.plot(top_steps, 2 / lrs[idx], "--", color="#555555", label="2 / lr")
-        ax_top.legend(fontsize="small")
+        ax_top.legend(loc="best", fontsize="small")
     else:
         for ax in (ax_density, ax_top):
             ax.text(

@@ -22,6 +22,7 @@ deleting entries): see :class:`SpectrumStats`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -32,8 +33,9 @@ import numpy as np
 import torch
 
 from ..core.files import atomic_savez, atomic_write_text
+from ..core.progress import Progress
 from ._checks import Operator, check_int, check_positive, check_seed
-from .lanczos import run_lanczos
+from .lanczos import _Stop, diagonalise, run_lanczos, tridiagonal
 
 #: Papyan (2019) bandwidth constants: kappa and the margin added to the spectral range
 KAPPA = 1.25
@@ -93,6 +95,8 @@ class SpectrumStats:
         trace_stderr: ``n * std_l(...) / sqrt(p)``.
         negative_mass: ``mean_l sum_{theta < -z} tau`` with ``z = zero_tol * scale``.
         negative_count: ``n * negative_mass``, the estimated number of negative eigenvalues.
+        negative_count_stderr: its standard error across probes (``n std_l / sqrt(p)``;
+            NaN for one probe).
         zero_mass: weight of Ritz values with ``|theta| <= z`` (degenerate directions).
         log_abs_det: ``n * mean_l sum_{|theta| > z} tau log|theta|``, the log-determinant of the
             non-degenerate part (the original's "pseudo log-determinant", times ``n``).
@@ -122,6 +126,7 @@ class SpectrumStats:
     weight_at_largest: float
     weight_at_smallest: float
     scale: float
+    negative_count_stderr: float = float("nan")
 
     @property
     def num_outliers(self) -> int:
@@ -167,6 +172,8 @@ class SpectralDensity:
         seconds, product_seconds: wall time and the part of it inside the operator.
         ritz_vectors: ``(p, n, m)`` (basis dtype) when asked for, else ``None``.
         zero_tol, outlier_tol: the relative tolerances of :attr:`stats`.
+        cancelled: the run was cancelled after ``num_steps`` steps (a partial result: the
+            same as a run of ``num_iters = num_steps``, see :func:`spectral_density`).
     """
 
     ritz_values: torch.Tensor
@@ -184,6 +191,7 @@ class SpectralDensity:
     zero_tol: float = 1e-8
     outlier_tol: float = 1e-3
     outlier_gap: float = 0.05
+    cancelled: bool = False
 
     @property
     def num_probes(self) -> int:
@@ -247,6 +255,7 @@ class SpectralDensity:
         outliers, outlier_mask, bulk_range = _outliers(
             theta, tau, res, self.outlier_tol * scale, self.outlier_gap * scale
         )
+        negative = n * np.where(theta < -z, tau, 0).sum(1)  # per probe
         bulk_w = np.where(outlier_mask, 0.0, tau)
         bulk_mass = bulk_w.sum()
         return SpectrumStats(
@@ -265,6 +274,7 @@ class SpectralDensity:
             weight_at_largest=float(tau[np.arange(p), theta.argmax(1)].mean()),
             weight_at_smallest=float(tau[np.arange(p), theta.argmin(1)].mean()),
             scale=scale,
+            negative_count_stderr=float(negative.std(ddof=1) / math.sqrt(p)) if p > 1 else math.nan,
         )
 
     # ------------------------------------------------------------------ records
@@ -306,7 +316,7 @@ class SpectralDensity:
                 weights=torch.tensor(d["weights"], dtype=torch.float64),
                 residuals=torch.tensor(d["residuals"], dtype=torch.float64),
                 ritz_vectors=None if vecs is None else torch.tensor(vecs, dtype=torch.float64),
-                **{k: d[k] for k in _SCALARS},
+                **{k: d[k] for k in _SCALARS if k in d},
             )
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
@@ -323,7 +333,8 @@ class SpectralDensity:
         s = self.stats
         return (
             f"SpectralDensity(n={self.n}, probes={self.num_probes}, steps={self.num_steps}/"
-            f"{self.num_iters}, matvecs={self.num_matvecs}, breakdown={self.breakdown})\n"
+            f"{self.num_iters}, matvecs={self.num_matvecs}, breakdown={self.breakdown}"
+            f"{', CANCELLED (partial)' if self.cancelled else ''})\n"
             f"  Ritz values in [{s.smallest:.6g}, {s.largest:.6g}], trace ~ {s.trace:.6g}, "
             f"negative mass {s.negative_mass:.4g}, outliers {[float(f'{v:.4g}') for v in s.outliers]}"
         )
@@ -341,6 +352,7 @@ _SCALARS = (
     "zero_tol",
     "outlier_tol",
     "outlier_gap",
+    "cancelled",
 )
 
 
@@ -391,6 +403,8 @@ def spectral_density(
     outlier_tol: float = 1e-3,
     outlier_gap: float = 0.05,
     keep_graphs: bool | None = None,
+    progress: Any = None,
+    cancel: Any = None,
 ) -> SpectralDensity:
     """Stochastic Lanczos quadrature with ``num_probes`` probes run as one batched Lanczos.
 
@@ -412,10 +426,20 @@ def spectral_density(
             steps, so each block product costs only the second backward (one graph serves
             all probes). ``None`` (default): when the graphs fit in half the free memory;
             ``True``: always; ``False``: never (see :func:`~.lanczos.lanczos`).
+        progress: ``True`` (a ``tqdm.auto`` bar), or a callable receiving a
+            :class:`~jupyter_curvature.core.progress.ProgressEvent` before each step (phase
+            ``"density"``, step ``j`` of ``num_iters``; its ``partial`` is the density of the
+            ``j`` steps done), or a parent ``Progress``.
+        cancel: a :class:`~jupyter_curvature.core.progress.CancelToken` (or
+            ``threading.Event``), checked before each block product. Once set, the run stops
+            and returns the ``j`` steps done with ``cancelled=True``: the Ritz values and
+            weights of ``T_j``, which are those of a run with ``num_iters = j`` (the Lanczos
+            recurrence does not depend on the number of steps asked for).
 
     Raises:
         ValueError: ``num_iters < 1``, ``num_probes < 1``, a non-symmetric operator.
         FloatingPointError: a product contained NaN (the loss or the model produced NaN).
+        Cancelled: cancelled before the first product.
     """
     A = Operator(op, keep_graphs=keep_graphs)
     num_iters = check_int("num_iters", num_iters, 1)
@@ -424,6 +448,27 @@ def spectral_density(
     zero_tol = check_positive("zero_tol", zero_tol)
     outlier_tol = check_positive("outlier_tol", outlier_tol)
     outlier_gap = check_positive("outlier_gap", outlier_gap)
+    tracker = Progress.of(progress, cancel, "density", min(num_iters, A.n))
+    stopped: list[int] = []
+    tolerances = {"zero_tol": zero_tol, "outlier_tol": outlier_tol, "outlier_gap": outlier_gap}
+
+    def partial(rec: Any, j: int) -> SpectralDensity:
+        # T_j and beta_j of the steps done: what a cancellation now would return
+        T, beta = tridiagonal(rec) * rec.scale, rec.next_beta * rec.scale
+        theta, weights, residuals, _ = diagonalise(T, beta)
+        return SpectralDensity(
+            theta.cpu(), weights.cpu(), residuals.cpu(), A.n, num_iters, j, A.num_matvecs,
+            int(seed), False, 0.0, 0.0, None, **tolerances,
+        )  # fmt: skip
+
+    def on_step(rec: Any, j: int) -> None:
+        # the record grows in place: the partial is computed (later, if read) from a copy
+        frozen = dataclasses.replace(rec, alphas=list(rec.alphas), betas=list(rec.betas))
+        snapshot = (lambda: partial(frozen, j)) if j else None
+        if tracker.step(j, A.num_matvecs, snapshot):
+            stopped.append(j)
+            raise _Stop(breakdown=False)
+
     with A:
         res = run_lanczos(
             A,
@@ -434,11 +479,12 @@ def spectral_density(
             basis_dtype=basis_dtype,
             basis_device=basis_device,
             keep_basis=ritz_vectors,
+            on_step=on_step if tracker.callback is not None or cancel is not None else None,
         )
     vecs = None
     if ritz_vectors:
         vecs = res.basis @ res.tridiagonal_vectors.to(res.basis)
-    return SpectralDensity(
+    result = SpectralDensity(
         ritz_values=res.ritz_values.cpu(),
         weights=res.ritz_weights.cpu(),
         residuals=res.ritz_residuals.cpu(),
@@ -451,7 +497,8 @@ def spectral_density(
         seconds=res.seconds,
         product_seconds=res.product_seconds,
         ritz_vectors=vecs,
-        zero_tol=zero_tol,
-        outlier_tol=outlier_tol,
-        outlier_gap=outlier_gap,
+        **tolerances,
+        cancelled=bool(stopped),
     )
+    tracker.finish(res.num_matvecs, lambda: result, step=res.num_steps)
+    return result

@@ -1,6 +1,6 @@
 """Certified extreme eigenpairs: Lanczos that stops when every wanted Ritz pair has converged.
 
-(About 740 lines, over the package's 700: one algorithm, thick-restart Lanczos with its
+(About 820 lines, over the package's 700: one algorithm, thick-restart Lanczos with its
 stopping rule and result record, kept in one place to be read against Wu & Simon 2000.)
 
 Algorithm (single-vector Lanczos with full reorthogonalisation, GPyTorch's
@@ -59,9 +59,12 @@ sweeps and keeps the arrow explicit.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +74,7 @@ import scipy.linalg
 import torch
 
 from ..core.files import atomic_savez
+from ..core.progress import Cancelled, Progress
 from ._checks import Operator, check_int, check_positive, check_seed, resolve_device
 from .lanczos import (
     GPYTORCH_BREAKDOWN,
@@ -113,6 +117,9 @@ class EigenpairsResult:
         restarts: thick restarts (the basis was full), plus the runs in the orthogonal
             complement after a breakdown.
         seconds: wall time; ``product_seconds`` of it inside the operator.
+        cancelled: the run was cancelled: the pairs are the current Ritz pairs, with true
+            residuals, but never certified (``converged`` and ``pair_converged`` are False:
+            the stopping rule's guard against missing an eigenvalue was not applied).
     """
 
     eigenvalues: torch.Tensor
@@ -129,6 +136,7 @@ class EigenpairsResult:
     restarts: int
     seconds: float
     product_seconds: float
+    cancelled: bool = False
 
     @property
     def k(self) -> int:
@@ -142,7 +150,8 @@ class EigenpairsResult:
         head = (
             f"EigenpairsResult(k={self.k}, which={self.which!r}, converged={self.converged}, "
             f"matvecs={self.num_matvecs}, iterations={self.iterations}, restarts={self.restarts}, "
-            f"tol={self.tol:g} x scale {self.scale:.6g})"
+            f"tol={self.tol:g} x scale {self.scale:.6g}"
+            f"{', CANCELLED (partial)' if self.cancelled else ''})"
         )
         rows = ["   #    eigenvalue        residual   rel. residual  converged"]
         rel = self.relative_residuals
@@ -169,6 +178,7 @@ class EigenpairsResult:
             "restarts": self.restarts,
             "seconds": self.seconds,
             "product_seconds": self.product_seconds,
+            "cancelled": self.cancelled,
         }
         if include_vectors:
             out["eigenvectors"] = self.eigenvectors.detach().cpu().tolist()
@@ -257,10 +267,7 @@ class _Monitor:
     def __call__(self, rec: _Record, j: int) -> None:
         if not self.due(j):
             return
-        d = torch.stack(rec.alphas, 1)[0].numpy(force=True)
-        e = torch.stack(rec.betas, 1)[0].numpy(force=True) if rec.betas else np.zeros(0)
-        theta, S = scipy.linalg.eigh_tridiagonal(d, e)
-        if self.done(theta, np.abs(float(rec.next_beta[0]) * S[-1, :]), j):
+        if self.done(*_tridiagonal_ritz(rec), j):
             raise _Stop(breakdown=False)
 
     def done(self, theta: np.ndarray, res: np.ndarray, j: int) -> bool:
@@ -440,6 +447,8 @@ def eigenpairs(
     warn: bool = True,
     keep_graphs: bool | None = None,
     start: torch.Tensor | None = None,
+    progress: Any = None,
+    cancel: Any = None,
 ) -> EigenpairsResult:
     """The ``k`` extreme eigenpairs of a symmetric operator, each certified by its residual.
 
@@ -475,6 +484,13 @@ def eigenpairs(
             :func:`~.lanczos.lanczos`). The operator is left as it was found.
         start: ``(n, p)`` earlier eigenvectors to warm-start from (a tracked top-k:
             :func:`~.tracking.warm_eigenpairs`); ``None``: the seeded Gaussian start.
+        progress: ``True`` (a ``tqdm.auto`` bar), or a callable receiving a
+            :class:`~jupyter_curvature.core.progress.ProgressEvent` before each product
+            (phase ``"eigenpairs"``, step ``j`` of the budget ``max_iters``; its ``partial``
+            is ``{"eigenvalues", "residuals"}`` of the current ``k`` wanted Ritz pairs).
+        cancel: a :class:`~jupyter_curvature.core.progress.CancelToken` (or
+            ``threading.Event``) checked before each product: once set, the run ends as if
+            its budget were spent there, and the result carries ``cancelled=True``.
 
     Returns:
         EigenpairsResult. When the budget ends first the result carries ``converged=False``
@@ -511,10 +527,11 @@ def eigenpairs(
     if start is not None:
         device = resolve_device(basis_device, A.device)
         x0 = warm_start_vector(start, n, seed, basis_dtype, device)
+    tracker = Progress.of(progress, cancel, "eigenpairs", max_iters)
     with A:
         return _eigenpairs(
             A, k, which, tol, max_iters, seed, max_basis, verify, basis_dtype, basis_device, warn,
-            start=x0,
+            start=x0, tracker=tracker,
         )  # fmt: skip
 
 
@@ -531,6 +548,7 @@ def _eigenpairs(
     basis_device: torch.device | str | None,
     warn: bool,
     start: torch.Tensor | None = None,
+    tracker: Progress | None = None,
 ) -> EigenpairsResult:
     """:func:`eigenpairs` on a wrapped, opened operator (arguments already checked), from a
     seeded Gaussian start vector or ``start`` (``(n, 1)``, :func:`~.tracking.warm_eigenpairs`)."""
@@ -553,6 +571,38 @@ def _eigenpairs(
     cand_res: np.ndarray = np.zeros(0)
     cand_true: np.ndarray = np.zeros(0)
     gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
+    tracker = tracker or Progress()
+    stopped: list[int] = []  # the step at which a cancellation stopped the run
+    watch = tracker.callback is not None or tracker.cancel is not None
+
+    def report(j: int, ritz: Any, units: float) -> bool:
+        """Progress before the product at step ``j``; True: cancelled, stop."""
+        lv, lr = list(locked_vals), list(locked_res)  # copies: the partial may be read later
+
+        def partial() -> dict[str, list[float]] | None:
+            if ritz is None:  # before the first product: no Ritz pair yet
+                return None
+            theta, res = ritz()
+            return _partial_pairs(theta * units, res * units, lv, lr, k, which)
+
+        if tracker.step(j, A.num_matvecs, partial):
+            stopped.append(j)
+            return True
+        return False
+
+    def gpytorch_step(rec: _Record, j: int) -> None:
+        if j == 0 and (steps or locked_vals):
+            return  # a restart's first vector: cancelled at the next step (no empty basis)
+        frozen = dataclasses.replace(rec, alphas=list(rec.alphas), betas=list(rec.betas))
+        ritz = (lambda: _tridiagonal_ritz(frozen)) if j else None
+        if report(steps + j, ritz, rec.scale):
+            if j == 0:
+                raise Cancelled("eigenpairs")
+            raise _Stop(breakdown=False)
+
+    def krylov_step(K: _Krylov, j: int) -> bool:
+        frozen = copy.copy(K)  # T and b are replaced, never changed in place, by a step
+        return report(steps + j, lambda: frozen.ritz()[::2], closure.rec.scale)
 
     while True:
         dim = n - locked_vecs.shape[1]
@@ -579,9 +629,10 @@ def _eigenpairs(
             seed=seed + restarts,
             scale=scale_units,
             store_products=verify == "stored",
+            on_step=gpytorch_step if watch else None,
         )
         K, run_steps, run_restarts, seconds = _thick_restart_run(
-            A, closure, start, m, max_iters - steps, dim, monitor
+            A, closure, start, m, max_iters - steps, dim, monitor, krylov_step if watch else None
         )
         rec = closure.rec
         scale_units = rec.scale
@@ -616,7 +667,7 @@ def _eigenpairs(
         improved = _improves(theta, new, locked_vals, k, which, tol * scale)
         if bool(ok.all()) and wanted.size == k and not (K.breakdown and improved and dim > K.m):
             break
-        if steps >= max_iters:
+        if steps >= max_iters or stopped:
             break
         # lock the converged new pairs; restart from the unconverged wanted ones (or at random)
         conv_new = [j for j, i in zip(new, wanted[wanted >= nl]) if residual[i] <= tol * scale]
@@ -644,7 +695,7 @@ def _eigenpairs(
         residuals = torch.as_tensor(cand_true, dtype=torch.float64)
     else:
         residuals = estimates.clone()
-    pair_ok = residuals <= tol * scale
+    pair_ok = (residuals <= tol * scale) & (not stopped)
     result = EigenpairsResult(
         eigenvalues=values_t,
         eigenvectors=vectors.to(dtype=A.dtype, device=A.device),
@@ -660,8 +711,10 @@ def _eigenpairs(
         restarts=restarts,
         seconds=time.perf_counter() - t0,
         product_seconds=product_seconds,
+        cancelled=bool(stopped),
     )
-    if warn and not result.converged:
+    tracker.finish(A.num_matvecs, lambda: result, step=steps)
+    if warn and not result.converged and not result.cancelled:
         worst = float(result.relative_residuals.max()) if result.k else float("nan")
         warnings.warn(
             f"eigenpairs: {int((~pair_ok).sum())} of {k} pairs did not reach tol={tol:g} within "
@@ -706,6 +759,7 @@ def _thick_restart_run(
     budget: int,
     dim: int,
     monitor: _Monitor,
+    step_hook: Callable[[_Krylov, int], bool] | None = None,
 ) -> tuple[_Krylov, int, int, float]:
     """Lanczos from ``start`` (GPyTorch's, ``m`` steps), then thick restarts until ``monitor`` stops.
 
@@ -713,7 +767,8 @@ def _thick_restart_run(
     ``_keep_count(k, m)`` most wanted Ritz pairs are kept with their coupling to the residual
     vector (:meth:`_Krylov.restart`) and Lanczos goes on from that vector
     (:meth:`_Krylov.extend`). Ends when the monitor is satisfied, the space becomes invariant,
-    or ``budget`` products are spent. Returns the decomposition, the products, the thick
+    or ``budget`` products are spent, or ``step_hook(K, steps)`` (progress, before each
+    product) returns True (cancelled). Returns the decomposition, the products, the thick
     restarts and the seconds of the products after GPyTorch's run.
     """
     run_tridiag(closure, m, start)
@@ -728,9 +783,30 @@ def _thick_restart_run(
             if full:
                 K.restart(theta, S, _order(theta, monitor.which)[: _keep_count(monitor.k, m)])
                 restarts += 1
+        if step_hook is not None and step_hook(K, steps):
+            break
         seconds += K.extend(A, closure.rec.scale, closure.deflate)
         steps += 1
     return K, steps, restarts, seconds
+
+
+def _tridiagonal_ritz(rec: _Record) -> tuple[np.ndarray, np.ndarray]:
+    """Ritz values and residual estimates ``|beta_j s[j-1]|`` of a single-probe record (scaled)."""
+    d = torch.stack(rec.alphas, 1)[0].numpy(force=True)
+    e = torch.stack(rec.betas, 1)[0].numpy(force=True) if rec.betas else np.zeros(0)
+    theta, S = scipy.linalg.eigh_tridiagonal(d, e)
+    return theta, np.abs(float(rec.next_beta[0]) * S[-1, :])
+
+
+def _partial_pairs(
+    theta: np.ndarray, res: np.ndarray, locked: list[float], locked_res: list[float], k: int,
+    which: str,
+) -> dict[str, list[float]]:  # fmt: skip
+    """The ``k`` most wanted of the locked and current Ritz pairs: a progress report's partial."""
+    values = np.concatenate([np.asarray(locked, dtype=np.float64), theta])
+    residual = np.concatenate([np.asarray(locked_res, dtype=np.float64), res])
+    wanted = _order(values, which)[:k]
+    return {"eigenvalues": values[wanted].tolist(), "residuals": residual[wanted].tolist()}
 
 
 def _random(n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,7 @@ with warnings.catch_warnings():
     )
     from linear_operator.utils.lanczos import lanczos_tridiag
 
+from ..core.progress import Cancelled
 from ._checks import Operator, check_int, check_seed, raise_if_asymmetric, resolve_device
 
 #: the scaled operator has ``max_j ||A q_0j|| = SCALE_TARGET``, so GPyTorch's absolute
@@ -268,6 +269,9 @@ class LanczosClosure:
         scale: a fixed internal scaling (default: ``max ||A q_0|| / SCALE_TARGET``).
         store_products: keep every product ``A q_j`` (memory: a second basis), so that Ritz
             vectors' residuals can be recomputed from true products without new ones.
+        on_step: called as ``on_step(record, j)`` before every product (``j = 0, 1, ...``
+            steps done): progress reports; it may raise :class:`_Stop` to end the run
+            (cancelled).
     """
 
     def __init__(
@@ -279,8 +283,10 @@ class LanczosClosure:
         seed: int = 0,
         scale: float | None = None,
         store_products: bool = False,
+        on_step: Callable[[_Record, int], None] | None = None,
     ) -> None:
         self.A = A
+        self.on_step = on_step
         self.store_products = store_products
         self.deflate = deflate
         self.monitor = monitor
@@ -338,6 +344,8 @@ class LanczosClosure:
                 self.monitor(rec, j)
             if bool(broken.any()):
                 self._repair(q, broken)
+        if self.on_step is not None:
+            self.on_step(rec, j)
         t0 = time.perf_counter()
         y = self.A.matmat(q)
         rec.product_seconds += time.perf_counter() - t0
@@ -378,7 +386,8 @@ def run_tridiag(
     n, p = init.shape
     if num_iters == 1 or n == 1:
         # lanczos_tridiag(max_iter=1) raises IndexError (linear_operator 0.6): one step by hand
-        closure(init / init.norm(dim=0, keepdim=True))
+        with contextlib.suppress(_Stop):
+            closure(init / init.norm(dim=0, keepdim=True))
         return
 
     # The p probes go to lanczos_tridiag as a batch of p single-vector runs, (p, n, 1), not as
@@ -570,14 +579,22 @@ def run_lanczos(
     basis_device: torch.device | str | None,
     keep_basis: bool,
     check_symmetry: bool = True,
+    on_step: Callable[[_Record, int], None] | None = None,
 ) -> LanczosResult:
-    """:func:`lanczos` on an already wrapped (and opened) operator."""
+    """:func:`lanczos` on an already wrapped (and opened) operator.
+
+    ``on_step(record, j)`` runs before each product and may raise :class:`_Stop` (a
+    cancellation): the result then holds the ``j`` steps done; with none done it raises
+    :class:`~jupyter_curvature.core.progress.Cancelled`.
+    """
     device = resolve_device(basis_device, A.device)
     init_vecs = start_vectors(A.n, num_probes, seed, init, basis_dtype, device)
-    closure = LanczosClosure(A, check_symmetry=check_symmetry, seed=seed)
+    closure = LanczosClosure(A, check_symmetry=check_symmetry, seed=seed, on_step=on_step)
     t0 = time.perf_counter()
     run_tridiag(closure, min(num_iters, A.n), init_vecs)
     rec = closure.rec
+    if not rec.inputs:
+        raise Cancelled("lanczos")
     scale = rec.scale
     T = tridiagonal(rec) * scale
     beta = final_beta(closure) * scale

@@ -21,12 +21,14 @@ forward and one gradient graph per batch among them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..core.progress import Cancelled, Progress
 from ._checks import Operator, check_int, check_seed
 
 METHODS = ("hutch++", "hutchinson")
@@ -46,6 +48,8 @@ class TraceEstimate:
         samples: the stochastic samples ``z^T A z`` (of the remainder for Hutch++, scaled so
             that ``estimate = exact_part + mean(samples)``).
         n: dimension of the operator.
+        cancelled: the run was cancelled: the estimate uses the probes finished by then
+            (Hutchinson's, or Hutch++'s remainder probes; its sketch must be complete).
     """
 
     estimate: float
@@ -55,6 +59,7 @@ class TraceEstimate:
     exact_part: float
     samples: list[float]
     n: int
+    cancelled: bool = False
 
     def interval(self, z: float = 3.0) -> tuple[float, float]:
         """``estimate +- z stderr``."""
@@ -99,17 +104,33 @@ def _probes(n: int, k: int, gen: torch.Generator, distribution: str) -> torch.Te
     return torch.randn(n, k, generator=gen, dtype=torch.float64)
 
 
-def _blocked(A: Operator, X: torch.Tensor, block_size: int) -> torch.Tensor:
-    return torch.cat(
-        [A.matmat(X[:, i : i + block_size]) for i in range(0, X.shape[1], block_size)], 1
-    )
+def _blocked(
+    A: Operator, X: torch.Tensor, block_size: int, tracker: Progress | None = None,
+    whole: bool = True, done: Callable[[], int] | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """``A X`` a block at a time; cancelled: the finished columns (``whole``: raise instead).
+
+    ``done()``: the products of the whole call so far (default ``A``'s), for the progress."""
+    out = []
+    for i in range(0, X.shape[1], block_size):
+        count = A.num_matvecs if done is None else done()
+        if tracker is not None and tracker.step(count, count):
+            if whole or not out:
+                raise Cancelled("trace")
+            break
+        out.append(A.matmat(X[:, i : i + block_size]))
+    return torch.cat(out, 1)
 
 
-def _exact_trace(A: Operator, block_size: int, basis_dtype: torch.dtype) -> TraceEstimate:
+def _exact_trace(
+    A: Operator, block_size: int, basis_dtype: torch.dtype, tracker: Progress | None = None
+) -> TraceEstimate:
     """``sum_i e_i^T A e_i``: the diagonal, ``block_size`` unit vectors at a time."""
     total = 0.0
     with A:
         for start in range(0, A.n, block_size):
+            if tracker is not None and tracker.step(A.num_matvecs, A.num_matvecs):
+                raise Cancelled("trace")
             stop = min(start + block_size, A.n)
             E = torch.zeros(A.n, stop - start, dtype=basis_dtype, device=A.device)
             E[torch.arange(start, stop), torch.arange(stop - start)] = 1
@@ -127,6 +148,8 @@ def trace(
     block_size: int = 33,
     basis_dtype: torch.dtype = torch.float64,
     keep_graphs: bool | None = None,
+    progress: Any = None,
+    cancel: Any = None,
 ) -> TraceEstimate:
     """Estimate ``tr(A)`` with Hutchinson or Hutch++.
 
@@ -142,10 +165,17 @@ def trace(
         keep_graphs: for a ``HessianOperator``, keep each batch's gradient graph across the
             blocks (``None``: when they fit in half the free memory; see
             :func:`~.lanczos.lanczos`).
+        progress: ``True`` (a ``tqdm.auto`` bar) or a callable receiving a
+            :class:`~jupyter_curvature.core.progress.ProgressEvent` before each block
+            (phase ``"trace"``; steps and total count products).
+        cancel: a :class:`~jupyter_curvature.core.progress.CancelToken` checked before each
+            block: the estimate then uses the finished probes (``cancelled=True``).
 
     Raises:
         ValueError: unknown method or distribution, too small a budget.
         FloatingPointError: a product contained NaN (the loss or the model produced NaN).
+        Cancelled: cancelled before any usable probe (or during Hutch++'s sketch, or an
+            exact trace).
 
     Example:
         >>> import torch
@@ -160,35 +190,48 @@ def trace(
     )
     n = A.n
     device = A.device
+    tracker = Progress.of(progress, cancel, "trace", min(num_matvecs, n))
+    watch = tracker if tracker.callback is not None or cancel is not None else None
     if num_matvecs >= n:
-        return _exact_trace(A, block_size, basis_dtype)
+        result = _exact_trace(A, block_size, basis_dtype, watch)
+        tracker.finish(result.num_matvecs, lambda: result, step=result.num_matvecs)
+        return result
     views = [A]  # the products are counted by the views they went through
+
+    def done() -> int:
+        return sum(view.num_matvecs for view in views)
+
     with A:
         if method == "hutchinson":
             Z = _probes(n, num_matvecs, gen, distribution).to(basis_dtype).to(device)
-            samples = (Z * _blocked(A, Z, block_size)).sum(0).double().cpu().numpy()
+            AZ = _blocked(A, Z, block_size, watch, whole=False)
+            samples = (Z[:, : AZ.shape[1]] * AZ).sum(0).double().cpu().numpy()
             exact = 0.0
         else:
             s = num_matvecs // 3
             g = num_matvecs - 2 * s
             S = _probes(n, s, gen, distribution).to(basis_dtype).to(device)
-            Q, _ = torch.linalg.qr(_blocked(A, S, block_size))  # (n, min(n, s))
-            exact = float((Q * _blocked(A, Q, block_size)).sum())
+            Q, _ = torch.linalg.qr(_blocked(A, S, block_size, watch))  # (n, min(n, s))
+            exact = float((Q * _blocked(A, Q, block_size, watch)).sum())
             # Hutchinson on the remainder P A P, P = I - Q Q^T: g^T P A P g = (Pg)^T A (Pg)
             remainder = Operator(A.op.projected(Q))
             views.append(remainder)
             G = _probes(n, g, gen, distribution).to(basis_dtype).to(device)
-            samples = (G * _blocked(remainder, G, block_size)).sum(0).double().cpu().numpy()
+            AG = _blocked(remainder, G, block_size, watch, whole=False, done=done)
+            samples = (G[:, : AG.shape[1]] * AG).sum(0).double().cpu().numpy()
     est = exact + float(samples.mean())
     stderr = (
         float(samples.std(ddof=1) / math.sqrt(samples.size)) if samples.size > 1 else float("nan")
     )
-    return TraceEstimate(
+    result = TraceEstimate(
         estimate=est,
         stderr=stderr,
-        num_matvecs=sum(view.num_matvecs for view in views),
+        num_matvecs=done(),
         method=method,
         exact_part=exact,
         samples=[float(x) for x in np.asarray(samples)],
         n=n,
+        cancelled=tracker.cancelled and done() < num_matvecs,
     )
+    tracker.finish(done(), lambda: result, step=done())
+    return result

@@ -24,6 +24,7 @@ from ..core.batches import BatchLayout, batch_parts
 from ..core.distributed.primitives import all_reduce_sum, is_distributed
 from ..core.model_state import check_batchnorm_policy, model_device_dtype
 from ..core.params import ParamSpec, select_parameters
+from ..core.progress import Cancelled, Progress
 from ..operators import GGNOperator, HessianOperator
 from ._common import (
     WeightedMoments,
@@ -85,6 +86,8 @@ def curvature_statistics(
     params: ParamSpec = None,
     batchnorm: str = "eval",
     batch_layout: BatchLayout | None = None,
+    progress: Any = None,
+    cancel: Any = None,
 ) -> CurvatureStatistics:
     """Mean, variance, Rayleigh quotient, ``delta``, ``alpha`` and Frobenius norm of the curvature.
 
@@ -123,10 +126,17 @@ def curvature_statistics(
         params: the parameters (``None``: all trainable; see the operators' ``params=``).
         batchnorm: ``"eval"`` (running statistics) or ``"train"`` (batch statistics).
         batch_layout: how to split a batch that is not an ``(inputs, targets)`` pair.
+        progress: ``True`` (a ``tqdm.auto`` bar) or a callable receiving a
+            :class:`~jupyter_curvature.core.progress.ProgressEvent` before each batch's
+            block product (phase ``"curvature (hessian)"``, step = batches done).
+        cancel: a :class:`~jupyter_curvature.core.progress.CancelToken` checked before each
+            batch's product. The statistics are of the full-data curvature, so a cancelled
+            pass has no partial answer: it raises ``Cancelled``.
 
     Raises:
         ValueError: an unknown ``curvature``; ``num_probes < 1``; a ``batch_size`` below 1 or
             above the dataset size; data that makes a single batch.
+        Cancelled: ``cancel`` was set before the last batch's product.
     """
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
@@ -160,7 +170,14 @@ def curvature_statistics(
 
     products = WeightedMoments(reduce_dims=(0,))
     samples = 0
-    for batch in rebatch(data, batch_size, layout=batch_layout, device=device, dtype=dtype):
+    num_batches = None if total is None or sharded else math.ceil(total / batch_size)
+    tracker = Progress.of(progress, cancel, f"curvature ({curvature})", num_batches)
+    for i, batch in enumerate(
+        rebatch(data, batch_size, layout=batch_layout, device=device, dtype=dtype)
+    ):
+        if tracker.step(i, i * num_probes):
+            tracker.finish()
+            raise Cancelled(tracker.phase, f"{tracker.phase} cancelled after {i} batches")
         weight = batch_weight(loss_fn, batch)
         samples += batch.size
         if weight == 0:  # no token of this batch counts: no term of the mean
@@ -188,6 +205,7 @@ def curvature_statistics(
         _, samples = all_reduce_sum(torch.zeros(1, dtype=acc, device=device), samples)
     if products.count < 2:
         raise single_batch_error(samples, batch_size, "curvature variance")
+    tracker.finish(products.count * num_probes, step=products.count)
 
     m = products.mean  # (n, k)
     variance = products.variance  # (k,)

@@ -24,6 +24,7 @@ from torch import nn
 from ..core.batches import BatchLayout
 from ..core.model_state import check_batchnorm_policy
 from ..core.params import select_parameters
+from ..core.progress import Cancelled, Progress
 from ..operators import CurvatureOperator, GGNOperator, HessianOperator
 from ..spectral import eigenpairs, trace
 from .results import LayerCurvature, LayerCurvatureRow
@@ -88,6 +89,8 @@ def layer_curvature(
     seed: int = 0,
     batchnorm: str = "eval",
     batch_layout: BatchLayout | None = None,
+    progress: Any = None,
+    cancel: Any = None,
 ) -> LayerCurvature:
     """The largest eigenvalue and the trace of each layer's block of the curvature, in one table.
 
@@ -111,6 +114,11 @@ def layer_curvature(
         seed: seeds the Lanczos start vectors and the trace probes.
         batchnorm: ``"eval"`` (running statistics) or ``"train"`` (batch statistics).
         batch_layout: how to split a batch that is not an ``(inputs, targets)`` pair.
+        progress: ``True`` (a ``tqdm.auto`` bar) or a callable receiving a
+            :class:`~jupyter_curvature.core.progress.ProgressEvent`: phase ``"layers"`` once
+            per row (``partial``: the rows done), and each row's eigenpairs and trace phases.
+        cancel: a :class:`~jupyter_curvature.core.progress.CancelToken` checked before each
+            product: the table then holds the rows finished before it (``cancelled=True``).
 
     Raises:
         ValueError: a requested layer has no parameters (or matches none); an unknown
@@ -132,6 +140,7 @@ def layer_curvature(
     operator_type = HessianOperator if curvature == "hessian" else GGNOperator
     specs = _resolve_layers(model, layers)
     param_groups = _row_params(model, specs)
+    tracker = Progress.of(progress, cancel, "layers", len(specs) + bool(include_total))
 
     def row(label: str, params: list[torch.Tensor]) -> LayerCurvatureRow:
         try:
@@ -145,14 +154,20 @@ def layer_curvature(
             lam, residual, tr = _dense_block(op)
             se, eig_method, method = 0.0, "dense", "exact"
         else:
-            result = eigenpairs(op, k=1, which="LA", tol=tol, seed=seed)
+            result = eigenpairs(op, k=1, which="LA", tol=tol, seed=seed, progress=tracker)
+            if result.cancelled:
+                raise Cancelled("layers")
             lam, residual = float(result.eigenvalues[0]), float(result.residuals[0])
             eig_method = "lanczos"
             method = "hutch++" if trace_method == "auto" else trace_method
             if method == "exact":
                 tr, se = _exact_trace(op), 0.0
             else:
-                estimate = trace(op, method=method, num_matvecs=trace_matvecs, seed=seed)
+                estimate = trace(
+                    op, method=method, num_matvecs=trace_matvecs, seed=seed, progress=tracker
+                )
+                if estimate.cancelled:
+                    raise Cancelled("layers")
                 tr, se = float(estimate.estimate), float(estimate.stderr)
         return LayerCurvatureRow(
             layer=label,
@@ -166,8 +181,22 @@ def layer_curvature(
             num_matvecs=op.num_matvecs,
         )
 
-    rows = [row(label, group) for label, group in zip(specs, param_groups, strict=True)]
-    total = row("(all)", [p for group in param_groups for p in group]) if include_total else None
+    groups = list(zip(specs, param_groups, strict=True))
+    if include_total:
+        groups.append(("(all)", [p for group in param_groups for p in group]))
+    rows: list[LayerCurvatureRow] = []
+    for i, (label, group) in enumerate(groups):
+        if tracker.step(i, sum(r.num_matvecs for r in rows), lambda: list(rows)):
+            break
+        try:
+            rows.append(row(label, group))
+        except Cancelled:
+            break
+    cancelled = len(rows) < len(groups)
+    if cancelled and not rows:
+        raise Cancelled("layers")
+    total = rows.pop() if include_total and not cancelled else None
+    tracker.finish(sum(r.num_matvecs for r in rows), step=len(rows))
     return LayerCurvature(
         curvature=curvature,
         rows=rows,
@@ -176,6 +205,7 @@ def layer_curvature(
         sum_trace_stderr=math.sqrt(math.fsum(r.trace_stderr**2 for r in rows)),
         batchnorm=batchnorm,
         seed=int(seed),
+        cancelled=cancelled,
     )
 
 

@@ -434,6 +434,7 @@ class LayerCurvature(_PerLayerFigure, Record):
     (``sum_trace``, with the root-sum-square of their standard errors); the largest eigenvalue
     of the whole is at least every block's (Cauchy interlacing). ``lambda_max_residual`` is
     ``||H v - lambda v||``: a true eigenvalue lies within it of ``lambda_max``.
+    ``cancelled``: the computation was cancelled; the rows are those finished before it.
     """
 
     title: ClassVar[str] = "Per-layer curvature"
@@ -445,6 +446,7 @@ class LayerCurvature(_PerLayerFigure, Record):
     sum_trace_stderr: float
     batchnorm: str
     seed: int
+    cancelled: bool = False
 
     def __str__(self) -> str:
         rows = [*self.rows, *([self.total] if self.total is not None else [])]

@@ -88,6 +88,12 @@ def _not_found(option: str, spec: str, what: str, known: list[str], namespace: A
     hint = _suggest(spec, known)
     if namespace is not None and "." in spec and head not in namespace:
         hint = f"; no variable {head!r} yet: run the cell that defines it first"
+        if spec == f"{head}.model":  # the result of %%curv_train --out NAME
+            hint = (
+                f"; no variable {head!r} yet: run the cell that defines it first (for "
+                f"{spec}: run %%curv_train ... --out {head} first; its result's .model is the "
+                "trained model)"
+            )
     elif namespace is not None and hint.startswith("; known"):
         hint = f"; define a variable {spec!r} first (run its cell), or use a {what}: " + hint[8:]
     return InputError(f"{option} {spec!r} is neither a variable nor a {what}{hint}")

@@ -9,11 +9,13 @@ Krishnan & Xiao, ICML 2019); the eigenpairs are :func:`~jupyter_curvature.spectr
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.progress import Cancelled, Progress
 from ..core.vocabulary import accepts_aliases
 from .names import InputError, resolve_setup
 from .outputs import is_writer, output_folder, save_figure, save_json
@@ -53,6 +55,8 @@ class SpectrumResult:
         num_params: the operator's dimension.
         num_matvecs: operator products used.
         seconds: wall time of the computation.
+        cancelled: cancelled before the end: ``density`` holds the Lanczos steps done, and
+            ``eigen`` the current (uncertified) Ritz pairs or None.
     """
 
     density: Any
@@ -62,6 +66,7 @@ class SpectrumResult:
     num_params: int = 0
     num_matvecs: int = 0
     seconds: float = 0.0
+    cancelled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The summary (JSON-ready through :func:`jupyter_curvature.core.records.jsonable`)."""
@@ -79,18 +84,19 @@ class SpectrumResult:
             "top_converged": converged,
             "num_matvecs": self.num_matvecs,
             "seconds": self.seconds,
+            "cancelled": self.cancelled,
         }
 
     def plot(self, ax: Any = None) -> Any:
         """The density on ``ax`` (a new figure if None); returns the axes."""
-        from ..plotting import plot_spectral_density
+        from ..plotting import curvature_label, plot_spectral_density
 
         if ax is None:
             import matplotlib.pyplot as plt
 
             _, ax = plt.subplots(figsize=(6.4, 3.6))
         plot_spectral_density(
-            self.density, ax=ax, title=f"{self.curvature.upper()} spectral density"
+            self.density, ax=ax, title=f"{curvature_label(self.curvature)} spectral density"
         )
         return ax
 
@@ -131,6 +137,8 @@ def spectrum(
     out: str | Path | None = None,
     namespace: dict[str, Any] | None = None,
     warn: bool = False,
+    progress: Any = None,
+    cancel: Any = None,
 ) -> SpectrumResult:
     """SLQ spectral density of the Hessian (or the GGN) and, with ``top_k=k``, its ``k``
     largest eigenpairs certified by their residuals.
@@ -149,12 +157,18 @@ def spectrum(
         out: a folder: the result is also saved there (:meth:`SpectrumResult.save`).
         namespace: where names are looked up first (the magics' user namespace).
         warn: warn when an eigenpair does not converge.
+        progress: ``True`` (``tqdm.auto`` bars), or a callable receiving each
+            :class:`~jupyter_curvature.core.progress.ProgressEvent` (phases ``"setup"``,
+            ``"density"``, ``"eigenpairs"``).
+        cancel: a :class:`~jupyter_curvature.core.progress.CancelToken`: checked before each
+            product; the result then holds what was done, with ``cancelled=True``.
 
     Old keywords (``ggn=True``, ``iters``, ``probes``, ``top``, ``subsample``, ...) still work
     and warn (``docs/vocabulary.md``).
 
     Raises:
         InputError: unusable names, settings or ``top_k``.
+        Cancelled: cancelled before the first product.
     """
     from ..spectral import eigenpairs, spectral_density
 
@@ -166,6 +180,8 @@ def spectrum(
             )
     if out is not None:
         out = output_folder(out)
+    tracker = Progress.of(progress, cancel, "setup")
+    tracker.step(0)
     setup = resolve_setup(model, data, namespace=namespace, loss_fn=loss_fn, batch_size=batch_size,
                           num_samples=num_samples, data_root=data_root, device=device, seed=seed)  # fmt: skip
     op = make_operator(setup.model, setup.loss_fn, setup.data, curvature=curvature,
@@ -173,13 +189,18 @@ def spectrum(
     n = op.shape[0]
     if top_k and top_k >= n:
         raise InputError(f"--top-k {top_k}: must be smaller than the number of parameters ({n})")
+    tracker.finish()
     start = time.perf_counter()
-    density = spectral_density(op, num_iters=min(num_iters, n), num_probes=num_probes, seed=seed)
+    density = spectral_density(op, num_iters=min(num_iters, n), num_probes=num_probes, seed=seed,
+                               progress=tracker)  # fmt: skip
     eig = None
-    if top_k:
-        eig = eigenpairs(op, k=top_k, which="LA", tol=tol, seed=seed, warn=warn)
+    if top_k and not density.cancelled:
+        with contextlib.suppress(Cancelled):
+            eig = eigenpairs(op, k=top_k, which="LA", tol=tol, seed=seed, warn=warn,
+                             progress=tracker)  # fmt: skip
+    cancelled = density.cancelled or bool(top_k and (eig is None or eig.cancelled))
     result = SpectrumResult(density, eig, curvature, params, n, op.num_matvecs,
-                            time.perf_counter() - start)  # fmt: skip
+                            time.perf_counter() - start, cancelled)  # fmt: skip
     if out is not None:
         result.save(out)
     return result

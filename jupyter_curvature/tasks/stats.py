@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.progress import Cancelled, Progress
 from ..core.vocabulary import accepts_aliases
 from .names import InputError, resolve_setup
 from .outputs import output_folder, save_json
@@ -31,6 +32,8 @@ class StatsResult:
             curvature asked for; ``curvatures`` holds every one by name.
         norms: :func:`~jupyter_curvature.stats.weight_norms`.
         layers: :func:`~jupyter_curvature.stats.layer_curvature`.
+        cancelled: cancelled before the end; ``not_computed`` names the statistics left out
+            (the per-layer table may hold the rows finished before it).
     """
 
     evaluation: Any = None
@@ -40,6 +43,8 @@ class StatsResult:
     layers: Any = None
     test_evaluation: Any = None
     curvatures: dict[str, Any] = field(default_factory=dict)
+    cancelled: bool = False
+    not_computed: list[str] = field(default_factory=list)
 
     def records(self) -> list[Any]:
         """The records computed, in a fixed order."""
@@ -67,6 +72,8 @@ class StatsResult:
         }
         for name, record in self.curvatures.items():
             out[f"curvature_{name}"] = record.to_dict()
+        out["cancelled"] = self.cancelled
+        out["not_computed"] = list(self.not_computed)
         return out
 
     def save(self, out: str | Path) -> Path:
@@ -81,16 +88,22 @@ class StatsResult:
             raise ValueError("no per-layer statistics to plot: include 'layers'")
         import matplotlib.pyplot as plt
 
+        from ..plotting import curvature_label
+
         if ax is None:
             _, ax = plt.subplots(figsize=(6.4, 3.6))
         rows = self.layers.rows
         ax.bar(range(len(rows)), [r.lambda_max for r in rows])
         ax.set_xticks(range(len(rows)), [r.layer for r in rows], rotation=45, ha="right")
-        ax.set_ylabel(f"largest {self.layers.curvature} eigenvalue")
+        ax.set_ylabel(f"largest {curvature_label(self.layers.curvature)} eigenvalue")
         return ax
 
     def __str__(self) -> str:
-        return "\n\n".join(str(r) for r in self.records())
+        text = "\n\n".join(str(r) for r in self.records())
+        if self.cancelled:
+            left = ", ".join(self.not_computed) or "part of the per-layer table"
+            text = f"CANCELLED: not computed: {left}\n\n{text}"
+        return text
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))
@@ -115,6 +128,8 @@ def statistics(
     seed: int = 0,
     out: str | Path | None = None,
     namespace: dict[str, Any] | None = None,
+    progress: Any = None,
+    cancel: Any = None,
 ) -> StatsResult:
     """The advanced statistics of :mod:`jupyter_curvature.stats` in one call.
 
@@ -127,6 +142,13 @@ def statistics(
     of the first curvature; ``layers`` picks the modules).
 
     Old keywords (``ggn=True``, ``probes``, ``subsample``, ...) still work and warn.
+
+    ``progress`` (``True`` for ``tqdm.auto`` bars, or a callable receiving each
+    :class:`~jupyter_curvature.core.progress.ProgressEvent`) reports phase ``"statistics"``
+    once per statistic (``partial``: the result so far) and the products inside the
+    curvature statistics and the per-layer table. ``cancel`` (a
+    :class:`~jupyter_curvature.core.progress.CancelToken`) stops before the next product:
+    the statistics finished by then are kept, the others listed in ``not_computed``.
 
     Raises:
         InputError: an unknown statistic or curvature, unusable names.
@@ -143,31 +165,58 @@ def statistics(
         check_curvature(kind)
     if out is not None:
         out = output_folder(out)
+    tracker = Progress.of(progress, cancel, "setup")
+    tracker.step(0)
     s = resolve_setup(model, data, namespace=namespace, test_data=test_data, loss_fn=loss_fn,
                       batch_size=batch_size, num_samples=num_samples, data_root=data_root,
                       device=device, seed=seed)  # fmt: skip
+    tracker.finish()
     result = StatsResult()
-    if "evaluation" in include:
+    todo = [k for k in STATS_KINDS if k in include]
+    phases = tracker.child("statistics", len(todo))
+
+    def evaluation() -> None:
         result.evaluation = stats.evaluate(s.model, s.loss_fn, s.data, topk=(1,))
         if test_data is not None:  # only when asked for: a named dataset's split is not
             result.test_evaluation = stats.evaluate(s.model, s.loss_fn, s.test_data, topk=(1,))
-    if "gradients" in include:
+
+    def gradients() -> None:
         result.gradients = stats.gradient_statistics(
             s.model, s.loss_fn, s.data, batch_size=batch_size, per_sample=per_sample
         )
-    if "curvature" in include:
+
+    def curvature_() -> None:
         for kind in kinds:
             result.curvatures[kind] = stats.curvature_statistics(
                 s.model, s.loss_fn, s.data, curvature=kind, num_probes=num_probes,
-                batch_size=batch_size, seed=seed,
+                batch_size=batch_size, seed=seed, progress=phases,
             )  # fmt: skip
         result.curvature = result.curvatures[kinds[0]]
-    if "norms" in include:
+
+    def norms() -> None:
         result.norms = stats.weight_norms(s.model)
-    if "layers" in include:
+
+    def layers_() -> None:
         result.layers = stats.layer_curvature(
-            s.model, s.loss_fn, s.data, layers, curvature=kinds[0], seed=seed
+            s.model, s.loss_fn, s.data, layers, curvature=kinds[0], seed=seed, progress=phases
         )
+        result.cancelled = result.cancelled or result.layers.cancelled
+
+    sections = {"evaluation": evaluation, "gradients": gradients, "curvature": curvature_,
+                "norms": norms, "layers": layers_}  # fmt: skip
+    for i, kind in enumerate(todo):
+        if phases.step(i, partial=lambda: result):
+            result.not_computed = todo[i:]
+            break
+        try:
+            sections[kind]()
+        except Cancelled:
+            result.not_computed = todo[i:]
+            break
+    result.cancelled = result.cancelled or bool(result.not_computed)
+    if result.curvatures and result.curvature is None:  # cancelled between two curvatures
+        result.curvature = next(iter(result.curvatures.values()))
+    phases.finish(step=len(todo) - len(result.not_computed), partial=lambda: result)
     if out is not None:
         result.save(out)
     return result

@@ -29,6 +29,7 @@ import bqplot as bq
 import ipywidgets as W
 import numpy as np
 
+from ..plotting import curvature_label
 from ..training import Callback
 from ..training.view import training_view
 from ._base import Panel, Throttle, html_table
@@ -273,7 +274,7 @@ class TrainingDashboard(Panel, Callback):
             f"<b>{html.escape(self.title)}</b>: running ({trainer.total_steps} steps)"
         )
         kind = training_view(trainer).curvature
-        self.top_fig.title = f"Largest {kind} eigenvalues"
+        self.top_fig.title = f"Largest {curvature_label(kind)} eigenvalues"
 
     def on_step_end(self, trainer: Any, logs: dict[str, Any]) -> None:
         self._trainer = trainer
@@ -411,7 +412,10 @@ class TrainingDashboard(Panel, Callback):
         st = view.stats
         if view.top_steps and st:
             rows += [
-                [f"λ max ({view.curvature}, step {view.top_steps[-1]})", st.get("largest")],
+                [
+                    f"λ max ({curvature_label(view.curvature)}, step {view.top_steps[-1]})",
+                    st.get("largest"),
+                ],
                 ["λ min", st.get("smallest")],
                 ["trace", st.get("trace")],
                 ["negative mass", st.get("negative_mass")],

@@ -21,6 +21,7 @@ import bqplot as bq
 import ipywidgets as W
 import numpy as np
 
+from ..plotting import format_count
 from ._base import Panel, html_table
 
 __all__ = ["SpectrumPanel"]
@@ -249,8 +250,18 @@ class SpectrumPanel(Panel):
                 self.top_rows(),
                 title="Top eigenvalues",
             )
-            + f"<small>{html.escape(source)}</small>"
+            + f"<small>{html.escape(source)}{html.escape(self._exact_note())}</small>"
         )
+
+    def _exact_note(self) -> str:
+        """Why a residual is exactly 0: the Krylov space became invariant (Lanczos breakdown)."""
+        invariant = self.eigen is None and self.density.breakdown
+        if invariant or any(row[2] == 0 for row in self.top_rows()):
+            return (
+                "; residual 0 = exact: the Krylov space is invariant (Lanczos broke down "
+                "there), so its Ritz pairs are eigenpairs of the matrix"
+            )
+        return ""
 
     def stats_rows(self) -> list[list[Any]]:
         st = self.density.stats
@@ -260,7 +271,7 @@ class SpectrumPanel(Panel):
             ["trace", st.trace],
             ["trace s.e.", st.trace_stderr],
             ["negative mass", st.negative_mass],
-            ["negative count", st.negative_count],
+            ["negative count", format_count(st.negative_count, st.negative_count_stderr)],
             ["bulk range", f"[{st.bulk_range[0]:.4g}, {st.bulk_range[1]:.4g}]"],
             ["outliers", len(st.outliers)],
             ["parameters n", self.density.n],

@@ -92,6 +92,14 @@ class StatsPanel(Panel):
         with self.bars.hold_sync():
             self.bars.x = np.array(names, dtype=object)
             self.bars.y = values
+            # the axis holds every bar, the tallest included, and 0 (bqplot's automatic range
+            # ends at the largest value, so the top of the tallest bar was clipped)
+            finite = values[np.isfinite(values)] if len(values) else values
+            top = float(finite.max()) if len(finite) else 1.0
+            bottom = float(finite.min()) if len(finite) else 0.0
+            span = max(top, 0.0) - min(bottom, 0.0) or 1.0
+            self.ys.min = min(bottom, 0.0) - (0.05 * span if bottom < 0 else 0.0)
+            self.ys.max = max(top, 0.0) + 0.08 * span
         self.y_axis.label = label
         self.figure.title = f"{label} per layer"
 
