@@ -46,9 +46,9 @@ import numpy as np
 import torch
 
 from ..core.records import jsonable, write_json
+from ..core.tables import format_table
 from ..operators import CurvatureOperator, GGNOperator, HessianOperator
 from ..operators.blocks import BlockDiagonalOperator
-from ..stats.results import format_table
 from ._checks import Operator, check_int, check_positive, check_seed, raise_if_asymmetric
 from .density import SpectralDensity
 from .lanczos import GPYTORCH_BREAKDOWN, SCALE_TARGET, diagonalise, start_vectors

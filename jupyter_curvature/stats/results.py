@@ -19,45 +19,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..core.records import jsonable, to_json, write_json
+from ..core.tables import format_table, format_value
 
 _REGISTRY: dict[str, type[Record]] = {}
-
-
-def _fmt(value: Any, digits: int = 6) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def format_table(headers: list[str], rows: list[list[Any]], title: str | None = None) -> str:
-    """A fixed-width text table: text columns left-aligned, numbers right-aligned."""
-    cells = [[_fmt(v) for v in row] for row in rows]
-    numeric = [
-        all(isinstance(row[j], (int, float)) or row[j] is None for row in rows) and bool(rows)
-        for j in range(len(headers))
-    ]
-    widths = [max([len(h)] + [len(r[j]) for r in cells]) for j, h in enumerate(headers)]
-
-    def line(values: list[str]) -> str:
-        parts = [
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    out = [title] if title else []
-    out.append(line(headers))
-    out.append("  ".join("-" * w for w in widths))
-    out.extend(line(r) for r in cells)
-    return "\n".join(out)
 
 
 def _plain(value: Any) -> Any:
@@ -120,8 +84,8 @@ class Estimate:
 
     def __str__(self) -> str:
         if math.isnan(self.stderr):
-            return f"{_fmt(self.value)} ± nan"
-        return f"{_fmt(self.value)} ± {self.stderr:.2g}"
+            return f"{format_value(self.value)} ± nan"
+        return f"{format_value(self.value)} ± {self.stderr:.2g}"
 
     def __float__(self) -> float:
         return float(self.value)
@@ -479,7 +443,7 @@ class LayerCurvature(_PerLayerFigure, Record):
             title=f"{self.title} ({self.curvature}, batchnorm={self.batchnorm})",
         )
         return table + (
-            f"\nsum of layer traces: {_fmt(self.sum_trace)} ± {self.sum_trace_stderr:.2g}"
+            f"\nsum of layer traces: {format_value(self.sum_trace)} ± {self.sum_trace_stderr:.2g}"
         )
 
     def as_dict(self) -> dict[str, dict[str, float]]:
