@@ -3,7 +3,8 @@
 The body is compiled once (with the cell's own line numbers, the magic line being line 1)
 and run in the notebook's namespace for every step with the batch bound; an exception in it
 is shown from the user's line down, without the package's frames. Only ``magics`` imports
-this module; like it, it imports IPython only inside the function that needs it.
+this module, and it imports no Jupyter package: it uses the shell object it is given and
+raises :class:`CellBodyError`, which the magic turns into its one-line ``UsageError``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ __all__ = ["CellBodyError", "cell_step", "point_at_user_code"]
 
 
 class CellBodyError(ValueError):
-    """The training cell body broke the contract (did not set a scalar ``loss``)."""
+    """The training cell body broke the contract: it does not compile, or did not set a
+    scalar ``loss``."""
 
 
 def cell_step(shell: Any, cell: str, line: str) -> tuple[Any, Any]:
-    """Compile the cell body once; the step runs it in the user's namespace with the batch bound."""
-    from IPython.core.error import UsageError  # only the magics call this: IPython is loaded
+    """Compile the cell body once; the step runs it in the user's namespace with the batch bound.
 
+    Raises:
+        CellBodyError: the body does not compile (the message names the line).
+    """
     source = shell.transform_cell(cell)
     # line 1 of the cell is the magic line: keep the body's line numbers those of the cell
     text = f"# %%curv_train {line}\n{source}"
@@ -28,8 +32,8 @@ def cell_step(shell: Any, cell: str, line: str) -> tuple[Any, Any]:
     try:
         code = compile(text, filename, "exec")
     except SyntaxError as exc:
-        raise UsageError(
-            f"%%curv_train: syntax error in the cell body, line {exc.lineno}: {exc.msg}"
+        raise CellBodyError(
+            f"syntax error in the cell body, line {exc.lineno}: {exc.msg}"
         ) from None
     ns = shell.user_ns
     bound = ("x", "y", "batch", "model", "loss_fn", "optimizer", "step", "outputs", "loss")

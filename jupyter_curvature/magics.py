@@ -388,7 +388,10 @@ class CurvMagics(Magics):
         model = self._call(name, tasks.resolve_model, kwargs.pop("model"), self.ns)
         step_fn, restore = (None, None)
         if cell is not None and cell.strip():
-            step_fn, restore = cell_step(self.shell, cell, line)
+            try:
+                step_fn, restore = cell_step(self.shell, cell, line)
+            except CellBodyError as exc:
+                raise UsageError(f"%{name}: {exc}") from None
         if self.use_widgets:
             from .widgets.dashboard import TrainingDashboard
 

@@ -276,6 +276,12 @@ def test_body_without_loss_is_a_usage_error(ip):
         run(ip, f"%%curv_train --model mlp --data digits {FAST}\nz = model(x)\n")
 
 
+def test_body_that_does_not_compile_is_a_usage_error_naming_the_line(ip):
+    with pytest.raises(UsageError, match=r"%curv_train: syntax error in the cell body, line 3"):
+        ip.run_cell_magic("curv_train", f"--model mlp --data digits {FAST}",
+                          "z = 1\nloss = (\n")  # fmt: skip
+
+
 def test_keyboard_interrupt_stops_at_a_step_boundary(ip):
     body = "if step == 3:\n    raise KeyboardInterrupt\nloss = loss_fn(model(x), y)\n"
     res = run(ip, f"%%curv_train --model mlp --data digits {FAST} --out run4\n{body}")
