@@ -172,6 +172,7 @@ def eigen_max_params(device: torch.device) -> float:
     """The largest model whose Lanczos basis the sweep holds: 30 M on the CPU, else GPU memory."""
     if device.type != "cuda":
         return EIGEN_MAX_PARAMS
+    torch.cuda.empty_cache()  # blocks cached for the last model do not count as used
     free, _ = torch.cuda.mem_get_info(device)
     return free / 2 / EIGEN_BYTES_PER_PARAM  # half the free memory: the model and its graph
 
