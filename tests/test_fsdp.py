@@ -11,13 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
+from test_distributed import BATCH, START, WORLD, make_problem, probe_block
 from torch import nn
 from torch.func import functional_call, jacrev
 
 import jupyter_curvature.distributed as jd
 from jupyter_curvature.operators import ShardedOperator
-
-from test_distributed import BATCH, START, WORLD, make_problem, probe_block
 
 TOL = 1e-10  # the differences are rounding of a different summation order (about 1e-16)
 STEP = 0.05  # the in-place change of the weights between the two products

@@ -414,7 +414,9 @@ def test_lightning_callback_bad_input(tmp_path):
     # half-precision weights are checked in their dtype, tol raised to what they certify
     cb = CurvatureCallback((x, y), every=1, max_overhead=None, top_k=1, num_iters=5, num_probes=1)
     with pytest.warns(UserWarning, match="bfloat16 products can certify"):
-        pl.Trainer(callbacks=[cb], precision="bf16-true", **kwargs).fit(_lightning_module(pl), loader)
+        pl.Trainer(callbacks=[cb], precision="bf16-true", **kwargs).fit(
+            _lightning_module(pl), loader
+        )
     assert cb.tracker.history[0]["converged"]
 
 
