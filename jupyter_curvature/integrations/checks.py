@@ -288,7 +288,7 @@ def curvature_check(
         :class:`CheckResult` (``record["matvecs"]``: the check's products, ``"eigen_matvecs"``
         those of the top-k, ``"warm_start"``: whether it was warm-started).
     """
-    from ..spectral import eigenpairs, spectral_density
+    from ..spectral import eigenpairs, reachable_tol, spectral_density
     from ..spectral import trace as trace_estimate
     from ..training import summarize
 
@@ -304,12 +304,7 @@ def curvature_check(
             outputs=outputs,
             batch_layout=batch_layout,
         )
-        if op.dtype in (torch.float16, torch.bfloat16):
-            raise ValueError(
-                f"the model's weights are {op.dtype}: curvature in half precision is not "
-                "supported; train with mixed precision (float32 weights, e.g. Lightning "
-                "precision='16-mixed' or transformers fp16=True), or check a float32 copy"
-            )
+        tol = max(tol, reachable_tol(op.dtype))  # half-precision weights certify no less
         products = op.num_matvecs
         with op.kept_graphs(None):
             eigen = (

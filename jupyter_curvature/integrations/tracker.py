@@ -61,8 +61,10 @@ class Tracker:
     **Side effects: none.** A check leaves the model's weights, buffers, ``.grad``,
     ``requires_grad`` and train/eval flags, and the torch (CPU and CUDA), numpy and Python
     RNG states bit for bit as they were, so training with and without a tracker gives the
-    same weights. It runs in full precision (autocast off); a model whose weights are
-    float16/bfloat16 is refused with a clear error.
+    same weights. It runs in the weights' precision (autocast off); float16/bfloat16
+    weights give products in that dtype summed in float32, and a ``tol`` below what they can
+    certify (:func:`~jupyter_curvature.spectral.reachable_tol`) is raised to it, with a
+    warning at construction (docs/operators.md, "Half precision").
 
     Args:
         model: the network (``nn.Module``).
@@ -145,13 +147,12 @@ class Tracker:
                 raise TypeError(
                     f"{type(logger).__name__} is not a logger: it needs log(record, result)"
                 )
-        half = {p.dtype for p in model.parameters()} & {torch.float16, torch.bfloat16}
-        if half:
-            raise ValueError(
-                f"the model's weights are {sorted(map(str, half))}: curvature checks of "
-                "half-precision weights are not supported; train with mixed precision (float32 "
-                "weights under autocast), or check a float32 copy of the model"
-            )
+        from ..spectral._checks import REACHABLE_TOL, warn_unreachable_tol
+
+        for dtype in {p.dtype for p in model.parameters()} & set(REACHABLE_TOL):
+            # half-precision weights: products in that dtype, summed in float32; each check
+            # uses max(tol, reachable_tol) (integrations/checks.py), said once here
+            warn_unreachable_tol(tol, dtype, stacklevel=3)
         self.model = model
         self.loss_fn = loss_fn
         self.curvature = curvature

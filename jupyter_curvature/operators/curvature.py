@@ -42,6 +42,10 @@ from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
 #: disjoint lists of parameter indices: the blocks of a block-diagonal product
 Groups = Sequence[Sequence[int]]
 
+#: half-precision models: each batch's product in the model's dtype (its autograd), their
+#: weighted sum over batches and ranks in float32, which is also the dtype of the result
+HALF_ACCUMULATION = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
 # forward-mode AD keeps its nesting level in process-wide globals (``_current_level`` of
 # torch.autograd.forward_ad, ``JVP_NESTING`` of torch.func.jvp): two threads inside it at once
 # fail with "Nested forward mode AD is not supported", whatever models they differentiate
@@ -261,13 +265,20 @@ class EmpiricalRiskOperator(CurvatureOperator):
     def _add(self, total: torch.Tensor, product: torch.Tensor, batch: Batch) -> int:
         """``total += w_b P_b`` (``P_b`` for the sum); returns ``w_b``."""
         weight = self._weight(batch)
+        product = product.to(total.dtype)  # a half-precision batch product, widened first
         total += product * weight if self.reduction == "mean" else product
         return weight
+
+    @property
+    def accumulation_dtype(self) -> torch.dtype:
+        """The dtype the batches' products are summed (and returned) in: float32 for a
+        float16/bfloat16 model (docs/operators.md, "Half precision"), else the model's."""
+        return HALF_ACCUMULATION.get(self.dtype, self.dtype)
 
     def _accumulate(self, block: torch.Tensor, batch_product) -> torch.Tensor:
         """``sum_b w_b P_b`` over batches, ``w_b = B_b / N`` for the mean (``T_b / T`` for a
         token loss), 1 for the sum."""
-        total = torch.zeros_like(block)
+        total = torch.zeros_like(block, dtype=self.accumulation_dtype)
         count = 0
         with self._mode():
             for batch in self._batches():
@@ -454,7 +465,7 @@ class HessianOperator(EmpiricalRiskOperator):
                 for batch in self._batches():
                     self._graphs.append((batch, self._gradient_graph(batch)))
             self._graph_versions = versions
-        total = torch.zeros_like(block)
+        total = torch.zeros_like(block, dtype=self.accumulation_dtype)
         count = 0
         for batch, grads in self._graphs:
             product = self._batch_hvp(batch, block, grads=grads, keep=True, groups=groups)

@@ -75,7 +75,14 @@ import torch
 
 from ..core.files import atomic_savez
 from ..core.progress import Cancelled, Progress
-from ._checks import Operator, check_int, check_positive, check_seed, resolve_device
+from ._checks import (
+    Operator,
+    check_int,
+    check_positive,
+    check_seed,
+    resolve_device,
+    warn_unreachable_tol,
+)
 from .lanczos import (
     GPYTORCH_BREAKDOWN,
     LanczosClosure,
@@ -438,6 +445,7 @@ def _check_args(A: Operator, k: Any, which: Any, tol: Any) -> tuple[int, str, fl
             f"which must be one of {WHICH} (largest/smallest algebraic, largest magnitude), got {which!r}"
         )
     tol = check_positive("tol", tol)
+    warn_unreachable_tol(tol, A.dtype)  # a half-precision model cannot certify a smaller one
     return k, which, tol
 
 
