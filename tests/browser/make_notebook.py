@@ -10,6 +10,20 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+GATE_SOURCE = (
+    "def gate(name, timeout=180.0):\n"
+    '    """Under the browser test: say we reached `name`, then wait for the test to release us."""\n'
+    "    if not GATES:\n"
+    "        return\n"
+    "    folder = Path(GATES)\n"
+    '    (folder / f"{name}.reached").touch()\n'
+    "    start = time.monotonic()\n"
+    '    while not (folder / f"{name}.release").exists():\n'
+    "        if time.monotonic() - start > timeout:\n"
+    '            raise TimeoutError(f"the browser test did not release gate {name!r} in {timeout} s")\n'
+    "        time.sleep(0.05)\n"
+)
+
 CELLS = [
     new_markdown_cell(
         "# Browser checks\n\n"
@@ -34,19 +48,7 @@ CELLS = [
         "torch.set_num_threads(1)\n"
         'GATES = os.environ.get("JC_BROWSER_GATES")\n'
         "\n"
-        "\n"
-        "def gate(name, timeout=180.0):\n"
-        '    """Under the browser test: say we reached `name`, then wait for the test to release us."""\n'
-        "    if not GATES:\n"
-        "        return\n"
-        "    folder = Path(GATES)\n"
-        '    (folder / f"{name}.reached").touch()\n'
-        "    start = time.monotonic()\n"
-        '    while not (folder / f"{name}.release").exists():\n'
-        "        if time.monotonic() - start > timeout:\n"
-        '            raise TimeoutError(f"the browser test did not release gate {name!r} in {timeout} s")\n'
-        "        time.sleep(0.05)\n"
-        "\n"
+        "\n" + GATE_SOURCE + "\n"
         "\n"
         'model = models.create("mlp", hidden=(16,))\n'
         'curv_data = [next(iter(jdata.digits_loader("train", batch_size=300)))]  # one batch of 300\n'
@@ -72,20 +74,6 @@ CELLS = [
     new_code_cell('print("done:", run.status, run.trainer.step, "steps")  # noqa: F821'),
 ]
 
-
-GATE_SOURCE = (
-    "def gate(name, timeout=180.0):\n"
-    '    """Under the browser test: say we reached `name`, then wait for the test to release us."""\n'
-    "    if not GATES:\n"
-    "        return\n"
-    "    folder = Path(GATES)\n"
-    '    (folder / f"{name}.reached").touch()\n'
-    "    start = time.monotonic()\n"
-    '    while not (folder / f"{name}.release").exists():\n'
-    "        if time.monotonic() - start > timeout:\n"
-    '            raise TimeoutError(f"the browser test did not release gate {name!r} in {timeout} s")\n'
-    "        time.sleep(0.05)\n"
-)
 
 PROGRESS_CELLS = [
     new_markdown_cell(

@@ -20,10 +20,11 @@ import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from labdriver import PROGRESS_GATES, NotebookPage, wait_for
+from labdriver import PROGRESS_GATES, TRAIN_GATES, NotebookPage, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -197,25 +198,36 @@ def _watch_dashboard(nb: NotebookPage, lab, artifacts: Path) -> dict:
         rec["error"] = str(exc)
         nb.screenshot(out, artifacts / "checks_dashboard_running_FAILED.png")
     finally:
-        lab.release_all_gates()
+        lab.release_all_gates(TRAIN_GATES)
     return rec
+
+
+@contextmanager
+def run_dedicated(lab, browser, artifacts: Path, notebook: str, workspace: str, watch, gates):
+    """Open a dedicated notebook, Run All, ``watch(page, lab, artifacts)`` it while it runs,
+    wait for the end; yields ``(page, what the watch saw)``. Its ``gates`` are released at
+    the end whatever happened, so that no kernel waits forever."""
+    name = lab.add_notebook(HERE / "notebooks" / notebook)
+    nb = NotebookPage(browser, lab, name, workspace=workspace)
+    try:
+        nb.open()
+        nb.run_all()
+        seen = watch(nb, lab, artifacts)
+        nb.wait_until_run(RUN_TIMEOUT)
+        yield nb, seen
+    finally:
+        lab.release_all_gates(gates)
+        nb.screenshot(None, artifacts / f"{workspace}_page_at_end.png")
+        nb.close()
 
 
 @pytest.fixture(scope="class")
 def checks(lab, browser, artifacts):
     """browser_checks.ipynb opened and run; yields (page, what the dashboard watch saw)."""
-    name = lab.add_notebook(HERE / "notebooks" / "browser_checks.ipynb")
-    nb = NotebookPage(browser, lab, name, workspace="checks")
-    try:
-        nb.open()
-        nb.run_all()
-        live = _watch_dashboard(nb, lab, artifacts)
-        nb.wait_until_run(RUN_TIMEOUT)
-        yield nb, live
-    finally:
-        lab.release_all_gates()
-        nb.screenshot(None, artifacts / "checks_page_at_end.png")
-        nb.close()
+    with run_dedicated(
+        lab, browser, artifacts, "browser_checks.ipynb", "checks", _watch_dashboard, TRAIN_GATES
+    ) as run:
+        yield run
 
 
 class TestChecksNotebook:
@@ -617,18 +629,16 @@ def _watch_progress(nb: NotebookPage, lab, artifacts: Path) -> dict:
 @pytest.fixture(scope="class")
 def progress(lab, browser, artifacts):
     """progress_checks.ipynb opened and run; yields (page, what the progress watch saw)."""
-    name = lab.add_notebook(HERE / "notebooks" / "progress_checks.ipynb")
-    nb = NotebookPage(browser, lab, name, workspace="progress")
-    try:
-        nb.open()
-        nb.run_all()
-        rec = _watch_progress(nb, lab, artifacts)
-        nb.wait_until_run(RUN_TIMEOUT)
-        yield nb, rec
-    finally:
-        lab.release_all_gates(PROGRESS_GATES)
-        nb.screenshot(None, artifacts / "progress_page_at_end.png")
-        nb.close()
+    with run_dedicated(
+        lab,
+        browser,
+        artifacts,
+        "progress_checks.ipynb",
+        "progress",
+        _watch_progress,
+        PROGRESS_GATES,
+    ) as run:
+        yield run
 
 
 def _watch_error(nb: NotebookPage, rec: dict) -> str:
