@@ -709,6 +709,7 @@ class TestProgressNotebook:
             assert view["model_id"] in state, f"{prefix}: the panel is not in the saved state"
             assert any("image/png" in o.get("data", {}) for o in saved.cells[i].outputs), prefix
         nb.close()  # the kernel goes too: the reopened page can only use the saved state
+        lab.shutdown_kernels()  # the page's shutdown request is fire and forget: make sure
         wait_for(lambda: lab.api("GET", "/api/kernels") == [], UI_TIMEOUT, "the kernel to stop")
 
         again = NotebookPage(browser, lab, nb.notebook, workspace="reopened")
