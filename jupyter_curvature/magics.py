@@ -60,8 +60,9 @@ jupyter_curvature magics  (each has its own help: %curv_train?  %curv_spectrum? 
   the history (--out) are kept. --checkpoint-dir DIR writes exact-resume checkpoints;
   --resume continues from DIR/checkpoint-last.pt.
 
-%curv_spectrum --model NAME --data NAME [--curvature hessian|ggn] [--num-iters N] [--num-probes N] [--top-k K] [--params PATTERN] [--out NAME]
+%curv_spectrum --model NAME --data NAME [--curvature hessian|ggn] [--num-iters N] [--num-probes N] [--top-k K] [--params PATTERN] [--blocks [NAMES]] [--out NAME]
     %curv_spectrum --model run.model --data digits --top-k 5 --out dens
+    %curv_spectrum --model run.model --data digits --blocks    (each block's spectrum too)
     %curv_spectrum --model net --data loader --curvature ggn --params classifier
 
 %curv_stats --model NAME --data NAME [--include LIST] [--num-probes N] [--out NAME]
@@ -472,6 +473,10 @@ class CurvMagics(Magics):
         help="parameters: a module prefix (classifier), a glob (features.0.*) or re:<regex>",
     )
     @argument(
+        "--blocks", nargs="?", const="auto", default=None,
+        help="also each block's top eigenvalue, trace and density (auto, or module names a,b)",
+    )  # fmt: skip
+    @argument(
         "--batchnorm", choices=["eval", "train"], default="eval",
         help="BatchNorm mode during the products (eval)",
     )  # fmt: skip
@@ -533,6 +538,8 @@ class CurvMagics(Magics):
             progress.finish(SpectrumPanel(result, sigma=args.sigma, log=args.log))
             self.last_panel = progress.result_panel
             self._publish_static(progress)
+            if result.blocks is not None:  # the per-block bars and densities, static
+                display(result.blocks.plot())
         else:
             print(
                 f"{'GGN' if result.curvature == 'ggn' else 'Hessian'} spectrum, n = {result.num_params}"
@@ -540,6 +547,8 @@ class CurvMagics(Magics):
             print(result.density.stats)
             if result.eigen is not None:
                 print(result.eigen)
+            if result.blocks is not None:
+                print(result.blocks.table())
 
     # ------------------------------------------------------------------ %curv_stats
     @magic_arguments()
@@ -772,7 +781,7 @@ _TRAIN_KEYWORDS = ("model", "data", "test_data", "optimizer", "lr", "momentum", 
                    "device", "seed", "max_overhead", "checkpoint_dir", "checkpoint_every",
                    "tensorboard")  # fmt: skip
 _SPECTRUM_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_iters", "num_probes", "top_k",
-                      "params", "batchnorm")  # fmt: skip
+                      "params", "blocks", "batchnorm")  # fmt: skip
 _STATS_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_probes")
 
 

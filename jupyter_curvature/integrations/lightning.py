@@ -16,6 +16,7 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
 from torch import nn
 
 from .extras import require
@@ -136,7 +137,8 @@ class CurvatureCallback(pl.Callback):
         if self.tracker is None or step == self._last_step:
             return  # not rank 0, or no optimiser step since the last call (accumulation)
         self._last_step = step
-        self.tracker.step(step)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self.tracker.step(step, loss=loss if torch.is_tensor(loss) else None)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self.tracker is not None:

@@ -226,17 +226,22 @@ class Tracker:
             return float(self.optimizer.param_groups[0]["lr"])
         return self.lr
 
-    def step(self, step: int | None = None, *, lr: float | None = None) -> dict[str, Any] | None:
+    def step(
+        self, step: int | None = None, *, lr: float | None = None, loss: Any = None
+    ) -> dict[str, Any] | None:
         """Call after each optimiser step; checks when the step count is a multiple of ``every``.
 
         Args:
             step: the step number (default: one more than the last call's).
             lr: the learning rate now (default: the optimiser's or the fixed ``lr``).
+            loss: this step's training loss (a number or a scalar tensor), passed to the
+                loggers that draw curves (``log_step``, e.g. a notebook dashboard's feed).
 
         Returns:
             the new record, or ``None`` (not due, or skipped by the budget).
         """
         self.num_steps = self.num_steps + 1 if step is None else int(step)
+        self.log_step(self.num_steps, loss, lr)
         if self.num_steps % self.every:
             return None
         if any(r["step"] == self.num_steps for r in self.history):
@@ -247,6 +252,17 @@ class Tracker:
                 self.skipped += 1
                 return None
         return self.check(lr=lr)
+
+    def log_step(self, step: int, loss: Any = None, lr: float | None = None) -> None:
+        """Tell the loggers that have ``log_step(step, loss, lr)`` about one training step."""
+        drawers = [getattr(g, "log_step") for g in self.loggers if hasattr(g, "log_step")]
+        if not drawers:
+            return  # no float(loss): on a GPU it would wait for the step to finish
+        if loss is not None and not isinstance(loss, (int, float)):
+            loss = float(loss.detach()) if torch.is_tensor(loss) else None
+        lr = lr if lr is not None else self.current_lr()
+        for log_step in drawers:
+            log_step(step, loss, lr)
 
     def check(self, step: int | None = None, *, lr: float | None = None) -> dict[str, Any]:
         """Run one check now (whatever the budget), record it and call the loggers."""
