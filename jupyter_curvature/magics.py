@@ -38,7 +38,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
-from traitlets import CaselessStrEnum, Float
+from traitlets import Bool, CaselessStrEnum, Float
 
 from . import tasks
 from .cell_step import CellBodyError, cell_step, point_at_user_code
@@ -121,8 +121,15 @@ class CurvMagics(Magics):
         default_value="auto",
         help="Show ipywidgets panels: 'auto' (in a Jupyter kernel), 'on', or 'off' (text and tqdm).",
     ).tag(config=True)
+    static_figures = Bool(
+        True,
+        help="Add a PNG of each finished panel to its output (saved notebooks show it where "
+        "widgets do not render: nbconvert --to html, GitHub).",
+    ).tag(config=True)
     interval = Float(
-        0.25, help="Minimum seconds between two dashboard updates (4 per second by default)."
+        0.25,
+        help="Minimum seconds between two updates of a dashboard or progress line "
+        "(4 per second by default; 0 draws every event).",
     ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
@@ -155,7 +162,16 @@ class CurvMagics(Magics):
             self._close_panels(key)
         self._panels.setdefault(key, []).append(panel)
         self.last_panel = panel
-        display(panel)
+        if self.static_figures:
+            panel.display()  # keeps the handle: publish_static adds the figure when finished
+        else:
+            display(panel)
+
+    def _publish_static(self, panel: Any) -> None:
+        """Add the finished ``panel``'s static fallback (a PNG) to its output, so that a saved
+        notebook shows the figure where widgets do not render (nbconvert, GitHub)."""
+        if panel is not None and self.static_figures:
+            panel.publish_static()
 
     def track_panel(self, panel: Any) -> None:
         """Attach ``panel`` (anything with ``close()``) to the running cell: re-running the cell or
@@ -221,7 +237,7 @@ class CurvMagics(Magics):
         if self.use_widgets:
             from .widgets.progress import ProgressPanel
 
-            panel = ProgressPanel(title)
+            panel = ProgressPanel(title, interval=self.interval)
             on_event = panel.update
         else:
             on_event = tqdm_callback()
@@ -235,6 +251,7 @@ class CurvMagics(Magics):
         except Cancelled as exc:
             if panel is not None:
                 panel.finish(message=str(exc))
+                self._publish_static(panel)
             else:
                 print(f"%{name}: {exc}")
             return None, panel
@@ -424,6 +441,8 @@ class CurvMagics(Magics):
                 restore()
         self._store(args.out, result)
         self.last_result = result
+        if self.use_widgets:
+            self._publish_static(progress)
         if result.status == "interrupted":
             print(
                 f"interrupted at step {result.trainer.step}; the model, the optimizer"
@@ -518,6 +537,7 @@ class CurvMagics(Magics):
 
             progress.finish(SpectrumPanel(result, sigma=args.sigma, log=args.log))
             self.last_panel = progress.result_panel
+            self._publish_static(progress)
             if result.blocks is not None:  # the per-block bars and densities, static
                 display(result.blocks.plot())
         else:
@@ -601,6 +621,7 @@ class CurvMagics(Magics):
 
             progress.finish(StatsPanel(result, title=f"Statistics of {args.model}"))
             self.last_panel = progress.result_panel
+            self._publish_static(progress)
         else:
             print(result)
 
@@ -749,6 +770,7 @@ class CurvMagics(Magics):
         self._show(explorer, f"landscape {line}")  # re-running the cell closes this panel
         if args.grid and len(explorer.directions) > 1:
             explorer.compute_grid()
+        self._publish_static(explorer)
 
 
 #: the task keywords each magic takes from its parsed flags
