@@ -733,3 +733,71 @@ class TestProgressNotebook:
             no_console_errors(again)
         finally:
             again.close()
+
+
+# --------------------------------------------------------------------------------------
+# the README's notebook section, as a user types it
+
+
+def readme_notebook(path: Path) -> Path:
+    """The README's "In a notebook" code blocks as a notebook: a cell magic block is one cell,
+    line magics one cell each (as a user runs them)."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## In a notebook") : readme.index("## Python API")]
+    cells = []
+    for block in re.findall(r"```python\n(.*?)```", section, re.S):
+        if block.startswith("%%"):
+            cells.append(block.strip())
+        else:
+            cells += [line for line in block.splitlines() if line.strip()]
+    assert len(cells) >= 6, f"the README's notebook section lost its cells: {cells}"
+    nbformat.write(new_notebook(cells=[new_code_cell(c) for c in cells]), path)
+    return path
+
+
+@pytest.fixture(scope="class")
+def readme(lab, browser, artifacts, tmp_path_factory):
+    name = lab.add_notebook(readme_notebook(tmp_path_factory.mktemp("readme") / "readme.ipynb"))
+    nb = NotebookPage(browser, lab, name, workspace="readme")
+    try:
+        nb.open()
+        nb.run_all()
+        nb.wait_until_run(RUN_TIMEOUT)
+        yield nb
+    finally:
+        nb.screenshot(None, artifacts / "readme_page_at_end.png")
+        nb.close()
+
+
+class TestReadmeNotebookSection:
+    """Every line of the README's "In a notebook" section runs in JupyterLab and shows its panel."""
+
+    def test_every_line_runs_without_errors(self, readme):
+        assert readme.error_outputs() == []
+        assert readme.widget_problems() == []
+        cells = [c for c in readme.state()["cells"] if c["type"] == "code"]
+        assert cells and all(c["count"] is not None for c in cells)
+
+    def test_each_magic_shows_its_panel(self, readme, artifacts):
+        nb = readme
+        for start, title in (
+            ("%%curv_train", "Loss"),
+            ("%curv_spectrum --model run.model --data digits --num-iters", "Hessian spectral"),
+            ("%curv_spectrum --model run.model --data digits --curvature ggn", "GGN spectral"),
+            ("%curv_landscape", "1D curves"),
+        ):
+            out = nb.output(nb.cell_index(start))
+            titles = [f["title"] for f in nb.figures(out)]
+            assert any(t.startswith(title) for t in titles), (start, titles)
+            assert not any(ln["nan"] for f in nb.figures(out) for ln in f["lines"]), start
+        stats = nb.output(nb.cell_index("%curv_stats"))
+        assert tables(stats), "the statistics panel shows no table"
+        spectrum = nb.output(nb.cell_index("%curv_spectrum --model run.model --data digits --num-iters"))
+        assert len(tables(spectrum)["Top eigenvalues"]) == 5  # --top-k 5
+        assert kernel_values(nb, "print(spec.num_iters, spec.num_probes)") == ["80", "4"]
+
+    def test_no_console_errors(self, readme):
+        no_console_errors(readme)
