@@ -426,7 +426,10 @@ class HessianOperator(EmpiricalRiskOperator):
             torch.zeros(*t.shape, k, dtype=columns[0].dtype, device=columns[0].device)
             for t in targets
         ]
-        wanted = [j for j in range(k) if any(bool(c[..., j].any()) for c in columns)]
+        # one reduction and one host sync for all parameters and columns (a sync per
+        # parameter and column stalled a GPU's queue 60 times per product on ResNet-20)
+        nonzero = torch.stack([c.reshape(-1, k).ne(0).any(0) for c in columns]).any(0)
+        wanted = [j for j, live in enumerate(nonzero.tolist()) if live]
         for number, j in enumerate(wanted):
             hv = torch.autograd.grad(
                 outputs,
