@@ -304,6 +304,8 @@ def top5_round(op, peers, ref, rnd, f, settings, add, failures, args) -> None:
         error=rel_error(r.eigenvalues, ref),
         certified=bool(r.converged),
         fixed_cost_ratio=t / (r.num_matvecs * f["kept"] + f["build"]),
+        product_share=r.product_seconds / t,
+        in_run_product=(r.product_seconds - f["build"]) / r.num_matvecs / f["kept"],
     )
     for p in peers.names:
         ladder = LADDERS[p]
@@ -425,6 +427,11 @@ def report(rows: dict, failures: dict, settings: dict, args) -> dict:
         print(
             f"\nfixed cost: ours' top-5 / (products x kept product + build) = {ratio:.2f} "
             f"(median; bar 1.2); one product = {t0 / statistics.mean(r['products'] for r in ours) / g:.2f} gradients in the run\n"
+        )
+        share, in_run = _median(ours, "product_share"), _median(ours, "in_run_product")
+        print(
+            f"of which inside the products {share:.0%} (Lanczos and bookkeeping {1 - share:.0%}); "
+            f"a product inside the run cost {in_run:.2f}x a standalone kept-graph product\n"
         )
         out["fixed_cost_ratio"] = ratio
     dens = rows.get("ours density")
