@@ -276,6 +276,10 @@ def main(argv=None) -> dict:
 
     def add(key: str, **row) -> None:
         rows.setdefault(key, []).append(row)
+        shown = ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+        )
+        print(f"  {key}: {shown}", flush=True)  # a run cut short still says what it measured
 
     for rnd in range(args.rounds):
         f = floors(model, loss_fn, data, dev)
