@@ -11,6 +11,8 @@ stopped and resumed) and the table in docs/models.md is regenerated from it.
     python benchmarks/model_coverage.py --quick          # one model per family (minutes)
     python benchmarks/model_coverage.py                  # every torchvision classifier + timm
     python benchmarks/model_coverage.py --table-only     # redraw docs/models.md from the JSON
+    python benchmarks/model_coverage.py --device cuda --max-params 1e9 --only vgg11 ... \
+        --results gpu.json                               # on a GPU; merge with --merge gpu.json
 
 timm is optional: its families are skipped (and said so) when it is not installed.
 """
@@ -40,7 +42,8 @@ DOC = ROOT / "docs" / "models.md"
 START, END = "<!-- coverage table: start -->", "<!-- coverage table: end -->"
 SIZES = (32, 64, 96, 128, 160, 224, 299)
 CLASSES, BATCH = 3, 2
-EIGEN_MAX_PARAMS = 30e6  # a float64 basis of 8 vectors: 2 GB
+EIGEN_MAX_PARAMS = 30e6  # on the CPU: a float64 basis of 8 vectors is 2 GB
+EIGEN_BYTES_PER_PARAM = 8 * 8 * 3  # float64, 8 vectors, GPyTorch's temporaries (about 2x more)
 QUANTITIES = (
     "torch double backward",
     "Hessian",
@@ -132,6 +135,8 @@ def timed(fn) -> dict:
             value = fn()
     except Exception as exc:  # noqa: BLE001 (the sweep records every failure)
         return {"ok": False, "error": _error(exc), "trace": traceback.format_exc(limit=-3)}
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()  # the clock stops when the GPU's work is done
     out = {"ok": True, "seconds": round(time.perf_counter() - start, 3)}
     runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
     if runtime:
@@ -163,11 +168,23 @@ def kfac_step(model, x, y):
     opt.remove_hooks()
 
 
-def measure(model: nn.Module, size: int) -> dict:
+def eigen_max_params(device: torch.device) -> float:
+    """The largest model whose Lanczos basis the sweep holds: 30 M on the CPU, else GPU memory."""
+    if device.type != "cuda":
+        return EIGEN_MAX_PARAMS
+    torch.cuda.empty_cache()  # blocks cached for the last model do not count as used
+    free, _ = torch.cuda.mem_get_info(device)
+    return free / 2 / EIGEN_BYTES_PER_PARAM  # half the free memory: the model and its graph
+
+
+def measure(model: nn.Module, size: int, device: torch.device) -> dict:
     torch.manual_seed(0)
     x, y = torch.randn(BATCH, 3, size, size), torch.arange(BATCH) % CLASSES
+    model, x, y = model.to(device), x.to(device), y.to(device)
     loss, data = nn.CrossEntropyLoss(), (x, y)
     row = {"parameters": sum(p.numel() for p in model.parameters()), "input": size}
+    if device.type == "cuda":
+        row["device"] = torch.cuda.get_device_name(device)
     row["torch double backward"] = timed(lambda: plain_double_backward(model, x, y))
     ops = {
         "Hessian": jc.HessianOperator,
@@ -179,10 +196,10 @@ def measure(model: nn.Module, size: int) -> dict:
 
         def product(cls=cls):
             op = cls(model, loss, data, check_deterministic=False)
-            return (op @ torch.ones(op.shape[0])).norm()
+            return (op @ torch.ones(op.shape[0], device=device)).norm()
 
         row[label] = timed(product)
-    if row["parameters"] > EIGEN_MAX_PARAMS:
+    if row["parameters"] > eigen_max_params(device):
         row["top eigenvalue"] = {"ok": False, "error": "not run: Lanczos basis memory"}
     elif row["Hessian"]["ok"]:
         hessian = jc.HessianOperator(model, loss, data, check_deterministic=False)
@@ -197,10 +214,11 @@ def measure(model: nn.Module, size: int) -> dict:
     return row
 
 
-def cell(result: dict) -> str:
+def cell(result: dict, device: str | None = None) -> str:
     if result.get("ok"):
         note = f" (warns: {result['warning']})" if "warning" in result else ""
-        return f"ok {result['seconds']:.2f} s{note}".replace("|", "/")
+        where = f" on {device.removeprefix('NVIDIA ')}" if device else ""
+        return f"ok {result['seconds']:.2f} s{where}{note}".replace("|", "/")
     return "fails: " + result["error"].replace("|", "/")
 
 
@@ -213,7 +231,7 @@ def table(results: dict) -> str:
             cells = [key, "", "", f"not run: {row['skipped']}"] + [""] * (len(QUANTITIES) - 1)
         else:
             cells = [key, str(row["input"]), f"{row['parameters'] / 1e6:.2f} M"]
-            cells += [cell(row[q]) for q in QUANTITIES]
+            cells += [cell(row[q], row.get("device")) for q in QUANTITIES]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -236,7 +254,11 @@ def models(quick: bool, only: list[str] | None):
         chosen += [(f"timm/{n}", timm_model, n) for n in TIMM]
     except ImportError:
         print("timm is not installed: its families are skipped", file=sys.stderr)
-    return [c for c in chosen if not only or c[0] in only or c[2] in only]
+    if not only:
+        return chosen
+    order = {name: i for i, name in enumerate(only)}  # --only's order: small models first
+    picked = [c for c in chosen if c[0] in order or c[2] in order]
+    return sorted(picked, key=lambda c: order.get(c[0], order.get(c[2])))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -246,10 +268,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-params", type=float, default=30e6, help="skip larger models")
     parser.add_argument("--rerun", action="store_true", help="measure models already in the JSON")
     parser.add_argument("--table-only", action="store_true", help="redraw docs/models.md")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file to update")
+    parser.add_argument("--merge", type=Path, help="copy this JSON's rows into the results")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    if not args.table_only:
+    device = torch.device(args.device)
+    torch.set_num_threads(1 if device.type == "cpu" else torch.get_num_threads())
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    if args.merge:
+        results.update(json.loads(args.merge.read_text()))
+        args.results.write_text(json.dumps(results, indent=1, sort_keys=True))
+    if not args.table_only and not args.merge:
         for key, build, name in models(args.quick, args.only):
             if key in results and not args.rerun:
                 continue
@@ -259,15 +288,17 @@ def main(argv: list[str] | None = None) -> None:
                 if count > args.max_params:
                     row = {"skipped": f"{count / 1e6:.0f} M parameters > --max-params"}
                 else:
-                    row = measure(model, size)
+                    row = measure(model, size, device)
             except Exception as exc:  # noqa: BLE001
                 row = {"skipped": _error(exc)}
             results[key] = row
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
-            write_doc(results)
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            args.results.write_text(json.dumps(results, indent=1, sort_keys=True))
+            if args.results == RESULTS:
+                write_doc(results)
             print(key, {q: row[q].get("ok") for q in QUANTITIES if q in row}, flush=True)
-    write_doc(results)
+    if args.results == RESULTS:
+        write_doc(results)
 
 
 if __name__ == "__main__":

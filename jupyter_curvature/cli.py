@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument(
         "--params", default=None, help="only these parameters (glob or module name)"
     )
+    spectrum.add_argument(
+        "--blocks", nargs="?", const="auto", default=None, metavar="NAMES",
+        help="also each block's top eigenvalue, trace and density: auto (embeddings, attention, "
+        "MLP, norms, head; CNN stages) or comma-separated module names",
+    )  # fmt: skip
 
     stats = sub.add_parser("stats", help="gradient, curvature and weight statistics")
     _common(stats)
@@ -207,7 +212,8 @@ _KEYWORDS = {
     "train": ("model", "data", "data_root", "batch_size", "num_samples", "device", "seed",
               "optimizer", "lr", "momentum", "weight_decay", "epochs", "schedule",
               "spectrum_every", "max_overhead", "resume", "loss_fn", "tensorboard"),
-    "spectrum": ("curvature", "num_iters", "num_probes", "top_k", "tol", "params", "seed"),
+    "spectrum": ("curvature", "num_iters", "num_probes", "top_k", "tol", "params", "blocks",
+                 "seed"),
     "stats": ("num_probes", "per_sample", "seed"),
     "landscape": ("directions", "span", "num_points", "curvature", "seed"),
 }  # fmt: skip
@@ -294,6 +300,8 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         _say(result.density)
         _say(result.eigen)
+        if result.blocks is not None:
+            _say(result.blocks.table())
     elif args.command == "stats":
         include = [k for k in tasks.STATS_KINDS if k != "layers" or not args.no_layers]
         result = _with_progress(

@@ -38,7 +38,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
-from traitlets import CaselessStrEnum, Float
+from traitlets import Bool, CaselessStrEnum, Float
 
 from . import tasks
 from .cell_step import CellBodyError, cell_step, point_at_user_code
@@ -60,8 +60,9 @@ jupyter_curvature magics  (each has its own help: %curv_train?  %curv_spectrum? 
   the history (--out) are kept. --checkpoint-dir DIR writes exact-resume checkpoints;
   --resume continues from DIR/checkpoint-last.pt.
 
-%curv_spectrum --model NAME --data NAME [--curvature hessian|ggn] [--num-iters N] [--num-probes N] [--top-k K] [--params PATTERN] [--out NAME]
+%curv_spectrum --model NAME --data NAME [--curvature hessian|ggn] [--num-iters N] [--num-probes N] [--top-k K] [--params PATTERN] [--blocks [NAMES]] [--out NAME]
     %curv_spectrum --model run.model --data digits --top-k 5 --out dens
+    %curv_spectrum --model run.model --data digits --blocks    (each block's spectrum too)
     %curv_spectrum --model net --data loader --curvature ggn --params classifier
 
 %curv_stats --model NAME --data NAME [--include LIST] [--num-probes N] [--out NAME]
@@ -120,8 +121,15 @@ class CurvMagics(Magics):
         default_value="auto",
         help="Show ipywidgets panels: 'auto' (in a Jupyter kernel), 'on', or 'off' (text and tqdm).",
     ).tag(config=True)
+    static_figures = Bool(
+        True,
+        help="Add a PNG of each finished panel to its output (saved notebooks show it where "
+        "widgets do not render: nbconvert --to html, GitHub).",
+    ).tag(config=True)
     interval = Float(
-        0.25, help="Minimum seconds between two dashboard updates (4 per second by default)."
+        0.25,
+        help="Minimum seconds between two updates of a dashboard or progress line "
+        "(4 per second by default; 0 draws every event).",
     ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
@@ -154,7 +162,16 @@ class CurvMagics(Magics):
             self._close_panels(key)
         self._panels.setdefault(key, []).append(panel)
         self.last_panel = panel
-        display(panel)
+        if self.static_figures:
+            panel.display()  # keeps the handle: publish_static adds the figure when finished
+        else:
+            display(panel)
+
+    def _publish_static(self, panel: Any) -> None:
+        """Add the finished ``panel``'s static fallback (a PNG) to its output, so that a saved
+        notebook shows the figure where widgets do not render (nbconvert, GitHub)."""
+        if panel is not None and self.static_figures:
+            panel.publish_static()
 
     def track_panel(self, panel: Any) -> None:
         """Attach ``panel`` (anything with ``close()``) to the running cell: re-running the cell or
@@ -220,7 +237,7 @@ class CurvMagics(Magics):
         if self.use_widgets:
             from .widgets.progress import ProgressPanel
 
-            panel = ProgressPanel(title)
+            panel = ProgressPanel(title, interval=self.interval)
             on_event = panel.update
         else:
             on_event = tqdm_callback()
@@ -234,6 +251,7 @@ class CurvMagics(Magics):
         except Cancelled as exc:
             if panel is not None:
                 panel.finish(message=str(exc))
+                self._publish_static(panel)
             else:
                 print(f"%{name}: {exc}")
             return None, panel
@@ -423,6 +441,8 @@ class CurvMagics(Magics):
                 restore()
         self._store(args.out, result)
         self.last_result = result
+        if self.use_widgets:
+            self._publish_static(progress)
         if result.status == "interrupted":
             print(
                 f"interrupted at step {result.trainer.step}; the model, the optimizer"
@@ -452,6 +472,10 @@ class CurvMagics(Magics):
         default=None,
         help="parameters: a module prefix (classifier), a glob (features.0.*) or re:<regex>",
     )
+    @argument(
+        "--blocks", nargs="?", const="auto", default=None,
+        help="also each block's top eigenvalue, trace and density (auto, or module names a,b)",
+    )  # fmt: skip
     @argument(
         "--batchnorm", choices=["eval", "train"], default="eval",
         help="BatchNorm mode during the products (eval)",
@@ -513,6 +537,9 @@ class CurvMagics(Magics):
 
             progress.finish(SpectrumPanel(result, sigma=args.sigma, log=args.log))
             self.last_panel = progress.result_panel
+            self._publish_static(progress)
+            if result.blocks is not None:  # the per-block bars and densities, static
+                display(result.blocks.plot())
         else:
             print(
                 f"{'GGN' if result.curvature == 'ggn' else 'Hessian'} spectrum, n = {result.num_params}"
@@ -520,6 +547,8 @@ class CurvMagics(Magics):
             print(result.density.stats)
             if result.eigen is not None:
                 print(result.eigen)
+            if result.blocks is not None:
+                print(result.blocks.table())
 
     # ------------------------------------------------------------------ %curv_stats
     @magic_arguments()
@@ -592,6 +621,7 @@ class CurvMagics(Magics):
 
             progress.finish(StatsPanel(result, title=f"Statistics of {args.model}"))
             self.last_panel = progress.result_panel
+            self._publish_static(progress)
         else:
             print(result)
 
@@ -740,6 +770,7 @@ class CurvMagics(Magics):
         self._show(explorer, f"landscape {line}")  # re-running the cell closes this panel
         if args.grid and len(explorer.directions) > 1:
             explorer.compute_grid()
+        self._publish_static(explorer)
 
 
 #: the task keywords each magic takes from its parsed flags
@@ -750,7 +781,7 @@ _TRAIN_KEYWORDS = ("model", "data", "test_data", "optimizer", "lr", "momentum", 
                    "device", "seed", "max_overhead", "checkpoint_dir", "checkpoint_every",
                    "tensorboard")  # fmt: skip
 _SPECTRUM_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_iters", "num_probes", "top_k",
-                      "params", "batchnorm")  # fmt: skip
+                      "params", "blocks", "batchnorm")  # fmt: skip
 _STATS_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_probes")
 
 

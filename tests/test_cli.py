@@ -72,6 +72,31 @@ def test_spectrum_top_eigenvalues_equal_dense_hessian(tmp_path, capsys):
     assert "EigenpairsResult" in capsys.readouterr().out
 
 
+def test_spectrum_blocks_equal_the_dense_hessian_of_each_block(tmp_path, capsys):
+    """``spectrum --blocks``: each block's top eigenvalue is the largest eigenvalue of the
+    dense Hessian restricted to that block's parameters; the table is printed and saved."""
+    args = ["--model", "mlp", "--num-samples", "48", "--batch-size", "20", "--dtype", "float64"]
+    code = main(["spectrum", *args, "--num-iters", "60", "--num-probes", "1", "--tol", "1e-9",
+                 "--blocks", "--out", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    rows = json.loads((tmp_path / "hessian_spectrum.json").read_text())["blocks"]
+    saved = json.loads((tmp_path / "hessian_blocks.json").read_text())
+    assert [r["block"] for r in rows] == [b["name"] for b in saved["blocks"]] == ["1", "3"]
+    setup = resolve_setup("mlp", "digits", num_samples=48, batch_size=20, dtype="float64", seed=0)
+    x, y = concat(setup.data)
+    H = dense_hessian(setup.model, nn.CrossEntropyLoss(), x.double(), y)
+    names = [n for n, _ in setup.model.named_parameters()]
+    sizes = [p.numel() for _, p in setup.model.named_parameters()]
+    offsets = np.cumsum([0, *sizes])
+    for block in saved["blocks"]:
+        index = np.concatenate([np.arange(offsets[names.index(n)], offsets[names.index(n) + 1])
+                                for n in block["params"]])  # fmt: skip
+        exact = torch.linalg.eigvalsh(H[np.ix_(index, index)]).max().item()
+        assert block["converged"] and abs(block["top_eigenvalue"] - exact) <= 1e-8 * abs(exact)
+    assert (tmp_path / "hessian_blocks.png").stat().st_size > 1000
+    assert "Per-block hessian spectra" in capsys.readouterr().out
+
+
 def test_landscape_centre_is_the_model_loss(tmp_path):
     args = ["--model", "mlp", "--num-samples", "40", "--dtype", "float64"]
     assert (

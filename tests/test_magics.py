@@ -414,6 +414,28 @@ def test_spectrum_magic_stores_the_density_and_shows_a_panel(ip):
     assert ip.user_ns["d2"].n == 3
 
 
+def test_spectrum_magic_blocks(ip):
+    """``--blocks``: the blocks' top eigenvalues are the dense Hessian's of each block."""
+    from reference import dense_hessian
+
+    from jupyter_curvature.data import digits_dataset
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), torch.nn.Tanh(),
+                              torch.nn.Linear(4, 3))  # fmt: skip
+    ip.user_ns["net2"] = net
+    x, y = digits_dataset("train", limit=40).tensors
+    ip.user_ns["batch40"] = (x, y % 3)
+    run(ip, "%curv_spectrum --model net2 --data batch40 --num-iters 40 --num-probes 1 --blocks 1,3")
+    blocks = magics(ip).last_result.blocks
+    H = dense_hessian(copy.deepcopy(net).double(), torch.nn.functional.cross_entropy,
+                      x.double(), y % 3)  # fmt: skip
+    for block, index in zip(blocks.blocks, (slice(0, 260), slice(260, 275))):
+        exact = torch.linalg.eigvalsh(H[index, index]).max().item()
+        assert block.top_eigenvalue == pytest.approx(exact, rel=1e-4)  # float32 products
+    assert blocks.names == ["1", "3"]
+
+
 def test_stats_magic(ip):
     run(
         ip,

@@ -65,6 +65,7 @@ def small():
         spectrum_steps=[2, 4],
         spectra=[density, density],
         top_eigenvalues=[[3.0, 1.0], [4.0, 2.0]],
+        thresholds=[2 / 0.1, 2 / 0.05],  # 2 / lr at the checks
         status="finished",
         steps_done=4,
         curvature="hessian",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import reference
 import torch
@@ -363,3 +364,21 @@ def test_thick_restart_keeps_a_krylov_decomposition():
     assert_close(K.AQ[:, : K.m], AQ, atol=tol, what="stored products")
     basis = torch.cat([Q, K.f], 1)
     assert_close(basis.T @ basis, torch.eye(K.m + 1, dtype=A.dtype), atol=1e-13, what="Q^T Q")
+
+
+def test_the_guard_is_asked_for_up_to_twice_arpacks_ncv():
+    """The stopping rule: ``k`` converged pairs stop the run only once the guard pair has
+    converged too, or ``GUARD_STEPS * ncv`` products are made (a training-time Hessian let a
+    wrong top-3 through at ARPACK's ``ncv``; docs/spectral.md)."""
+    from jupyter_curvature.spectral.eigenpairs import GUARD_STEPS
+
+    k, tol, ncv = 3, 1e-3, 20
+    monitor = _Monitor(k, "LA", tol, [], 2 * k + 1, GUARD_STEPS * ncv)
+    theta = np.array([1.0, 2.0, 3.9, 4.6, 6.3])  # ascending Ritz values; the guard is 2.0
+    converged = np.array([1.0, 0.5, 1e-6, 1e-6, 1e-6])  # the guard's residual 0.5 > tol * 6.3
+    assert not monitor.done(theta, converged, ncv)  # ARPACK's ncv alone no longer stops it
+    assert not monitor.done(theta, converged, GUARD_STEPS * ncv - 1)
+    assert monitor.done(theta, converged, GUARD_STEPS * ncv)
+    settled = converged.copy()
+    settled[1] = 1e-6
+    assert monitor.done(theta, settled, 2 * k + 1)  # a converged guard stops it at the floor

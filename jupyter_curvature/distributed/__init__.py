@@ -54,11 +54,15 @@ from .computations import (
     spectral_density,
     split_points_evaluator,
 )
+from ..operators.sharded import ShardedOperator, check_mesh, is_sharded
 from .launch import DistributedRunError, free_port, launch
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "DistributedContext",
+    "ShardedOperator",
+    "check_mesh",
+    "is_sharded",
     "DistributedMismatchError",
     "DistributedRunError",
     "ShardSampler",

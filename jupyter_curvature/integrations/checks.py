@@ -39,13 +39,11 @@ from ..core.params import select_parameters
 
 __all__ = [
     "CheckResult",
-    "KeywordModel",
     "count_samples",
     "curvature_check",
     "curvature_operator",
     "fixed_batches",
     "full_precision",
-    "keyword_layout",
     "pick_logits",
 ]
 
@@ -68,37 +66,6 @@ def pick_logits(out: Any) -> torch.Tensor:
         f"the model returned {type(out).__name__} with no 'logits'; pass "
         "outputs=lambda out: <the tensor the loss takes> to pick it"
     )
-
-
-class KeywordModel(nn.Module):
-    """Calls ``model(**inputs)`` for one dict of keyword inputs (a Hugging Face batch).
-
-    The operators call ``model(*args)``; this wrapper turns the one positional dict into
-    keywords. Its parameters are the wrapped model's (named ``model.<name>``).
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs: dict[str, Any]) -> Any:
-        return self.model(**inputs)
-
-
-def keyword_layout(labels: str = "labels") -> Callable[[Any], tuple[tuple[Any, ...], Any]]:
-    """A ``batch_layout``: a dict batch as ``((inputs without labels,), batch[labels])``."""
-
-    def layout(batch: Any) -> tuple[tuple[Any, ...], Any]:
-        if not isinstance(batch, Mapping) or labels not in batch:
-            keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
-            raise TypeError(
-                f"a keyword batch must be a dict with a {labels!r} key, got {keys}; curvature "
-                "needs the targets: add the labels to the curvature data"
-            )
-        inputs = {k: v for k, v in batch.items() if k != labels}
-        return (inputs,), batch[labels]
-
-    return layout
 
 
 def _size(batch: Any) -> int:
@@ -203,23 +170,20 @@ def curvature_operator(
 ) -> Any:
     """The Hessian or GGN operator of ``loss_fn`` on ``batches`` (see the module docstring).
 
-    A dict batch with a ``"labels"`` key and no ``batch_layout`` is fed as keywords through
-    :class:`KeywordModel`; ``outputs`` defaults to :func:`pick_logits`. The operator is
-    local (never summed over ``torch.distributed`` ranks): every rank checks the same set.
+    A dict batch with a ``"labels"`` key and no ``batch_layout`` is fed as keywords (the
+    operators' own layout, :func:`~jupyter_curvature.core.batches.labels_layout`: padded
+    tokens' labels are ignored); ``outputs`` defaults to :func:`pick_logits`. The operator
+    is local (never summed over ``torch.distributed`` ranks): every rank checks the same set.
     """
     from ..operators import GGNOperator, HessianOperator
 
     if curvature not in ("hessian", "ggn"):
         raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
     chosen = [p for _, p in select_parameters(model, params)]
-    net: nn.Module = model
-    first = batches[0]
-    if batch_layout is None and isinstance(first, Mapping) and "labels" in first:
-        net, batch_layout = KeywordModel(model), keyword_layout("labels")
     data = batches[0] if len(batches) == 1 and is_single_batch(batches[0]) else batches
     cls = GGNOperator if curvature == "ggn" else HessianOperator
     return cls(
-        net,
+        model,
         loss_fn,
         data,
         chosen,
@@ -324,7 +288,7 @@ def curvature_check(
         :class:`CheckResult` (``record["matvecs"]``: the check's products, ``"eigen_matvecs"``
         those of the top-k, ``"warm_start"``: whether it was warm-started).
     """
-    from ..spectral import eigenpairs, spectral_density
+    from ..spectral import eigenpairs, reachable_tol, spectral_density
     from ..spectral import trace as trace_estimate
     from ..training import summarize
 
@@ -340,12 +304,7 @@ def curvature_check(
             outputs=outputs,
             batch_layout=batch_layout,
         )
-        if op.dtype in (torch.float16, torch.bfloat16):
-            raise ValueError(
-                f"the model's weights are {op.dtype}: curvature in half precision is not "
-                "supported; train with mixed precision (float32 weights, e.g. Lightning "
-                "precision='16-mixed' or transformers fp16=True), or check a float32 copy"
-            )
+        tol = max(tol, reachable_tol(op.dtype))  # half-precision weights certify no less
         products = op.num_matvecs
         with op.kept_graphs(None):
             eigen = (

@@ -16,6 +16,7 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
 from torch import nn
 
 from .extras import require
@@ -63,8 +64,9 @@ class CurvatureCallback(pl.Callback):
     module's ``loss_fn``/``criterion``/``loss`` attribute.
 
     Mixed precision (``precision="16-mixed"``/``"bf16-mixed"``) is handled: the weights
-    are float32 and the checks run in float32 outside autocast. ``"16-true"``/``"bf16-true"``
-    (half-precision weights) is refused at the start with a clear error. Under a
+    are float32 and the checks run in float32 outside autocast. Under ``"16-true"``/``"bf16-true"``
+    (half-precision weights) the products run in that dtype and are summed in float32, and
+    ``tol`` is raised to what they can certify (a warning says so; docs/operators.md). Under a
     multi-process strategy only global rank 0 checks (alone, on its whole curvature set).
 
     Args:
@@ -108,12 +110,6 @@ class CurvatureCallback(pl.Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.is_global_zero:
             return
-        precision = str(getattr(trainer, "precision", "32"))
-        if precision.endswith("-true") and precision.split("-")[0] in ("16", "bf16"):
-            raise ValueError(
-                f"CurvatureCallback does not support precision={precision!r} (half-precision "
-                "weights); use '16-mixed' or 'bf16-mixed' (float32 weights, checks in float32)"
-            )
         loggers = list(self.loggers)
         if self.trainer_logger:
             loggers += _trainer_loggers(trainer)
@@ -136,7 +132,8 @@ class CurvatureCallback(pl.Callback):
         if self.tracker is None or step == self._last_step:
             return  # not rank 0, or no optimiser step since the last call (accumulation)
         self._last_step = step
-        self.tracker.step(step)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self.tracker.step(step, loss=loss if torch.is_tensor(loss) else None)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self.tracker is not None:

@@ -61,8 +61,10 @@ class Tracker:
     **Side effects: none.** A check leaves the model's weights, buffers, ``.grad``,
     ``requires_grad`` and train/eval flags, and the torch (CPU and CUDA), numpy and Python
     RNG states bit for bit as they were, so training with and without a tracker gives the
-    same weights. It runs in full precision (autocast off); a model whose weights are
-    float16/bfloat16 is refused with a clear error.
+    same weights. It runs in the weights' precision (autocast off); float16/bfloat16
+    weights give products in that dtype summed in float32, and a ``tol`` below what they can
+    certify (:func:`~jupyter_curvature.spectral.reachable_tol`) is raised to it, with a
+    warning at construction (docs/operators.md, "Half precision").
 
     Args:
         model: the network (``nn.Module``).
@@ -145,13 +147,12 @@ class Tracker:
                 raise TypeError(
                     f"{type(logger).__name__} is not a logger: it needs log(record, result)"
                 )
-        half = {p.dtype for p in model.parameters()} & {torch.float16, torch.bfloat16}
-        if half:
-            raise ValueError(
-                f"the model's weights are {sorted(map(str, half))}: curvature checks of "
-                "half-precision weights are not supported; train with mixed precision (float32 "
-                "weights under autocast), or check a float32 copy of the model"
-            )
+        from ..spectral._checks import REACHABLE_TOL, warn_unreachable_tol
+
+        for dtype in {p.dtype for p in model.parameters()} & set(REACHABLE_TOL):
+            # half-precision weights: products in that dtype, summed in float32; each check
+            # uses max(tol, reachable_tol) (integrations/checks.py), said once here
+            warn_unreachable_tol(tol, dtype, stacklevel=3)
         self.model = model
         self.loss_fn = loss_fn
         self.curvature = curvature
@@ -226,17 +227,22 @@ class Tracker:
             return float(self.optimizer.param_groups[0]["lr"])
         return self.lr
 
-    def step(self, step: int | None = None, *, lr: float | None = None) -> dict[str, Any] | None:
+    def step(
+        self, step: int | None = None, *, lr: float | None = None, loss: Any = None
+    ) -> dict[str, Any] | None:
         """Call after each optimiser step; checks when the step count is a multiple of ``every``.
 
         Args:
             step: the step number (default: one more than the last call's).
             lr: the learning rate now (default: the optimiser's or the fixed ``lr``).
+            loss: this step's training loss (a number or a scalar tensor), passed to the
+                loggers that draw curves (``log_step``, e.g. a notebook dashboard's feed).
 
         Returns:
             the new record, or ``None`` (not due, or skipped by the budget).
         """
         self.num_steps = self.num_steps + 1 if step is None else int(step)
+        self.log_step(self.num_steps, loss, lr)
         if self.num_steps % self.every:
             return None
         if any(r["step"] == self.num_steps for r in self.history):
@@ -247,6 +253,17 @@ class Tracker:
                 self.skipped += 1
                 return None
         return self.check(lr=lr)
+
+    def log_step(self, step: int, loss: Any = None, lr: float | None = None) -> None:
+        """Tell the loggers that have ``log_step(step, loss, lr)`` about one training step."""
+        drawers = [getattr(g, "log_step") for g in self.loggers if hasattr(g, "log_step")]
+        if not drawers:
+            return  # no float(loss): on a GPU it would wait for the step to finish
+        if loss is not None and not isinstance(loss, (int, float)):
+            loss = float(loss.detach()) if torch.is_tensor(loss) else None
+        lr = lr if lr is not None else self.current_lr()
+        for log_step in drawers:
+            log_step(step, loss, lr)
 
     def check(self, step: int | None = None, *, lr: float | None = None) -> dict[str, Any]:
         """Run one check now (whatever the budget), record it and call the loggers."""

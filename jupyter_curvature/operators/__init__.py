@@ -18,6 +18,7 @@ from .base import (
 from .blocks import BlockDiagonalOperator
 from .curvature import EmpiricalFisherOperator, EmpiricalRiskOperator, GGNOperator, HessianOperator
 from .loss_hessians import SUPPORTED_LOSSES, output_hessian_for, register_output_hessian
+from .sharded import ShardedOperator
 
 BatchNormPolicy = str  # "eval" | "train", see BATCHNORM_POLICIES
 
@@ -38,6 +39,7 @@ __all__ = [
     "ModelChangedError",
     "ProjectedOperator",
     "ScaledOperator",
+    "ShardedOperator",
     "SumOperator",
     "TokenCrossEntropy",
     "SUPPORTED_LOSSES",

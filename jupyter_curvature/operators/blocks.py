@@ -151,7 +151,7 @@ class BlockDiagonalOperator(CompositeOperator):
         for j, idx in enumerate(self.indices):
             spread[idx, j * k : (j + 1) * k] = block[idx]
         product = op._product(spread)
-        out = torch.zeros_like(block)
+        out = torch.zeros_like(block, dtype=product.dtype)  # float32 for a half-precision model
         for j, idx in enumerate(self.indices):
             out[idx] = product[idx, j * k : (j + 1) * k]
         return out

@@ -42,6 +42,10 @@ from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
 #: disjoint lists of parameter indices: the blocks of a block-diagonal product
 Groups = Sequence[Sequence[int]]
 
+#: half-precision models: each batch's product in the model's dtype (its autograd), their
+#: weighted sum over batches and ranks in float32, which is also the dtype of the result
+HALF_ACCUMULATION = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
 # forward-mode AD keeps its nesting level in process-wide globals (``_current_level`` of
 # torch.autograd.forward_ad, ``JVP_NESTING`` of torch.func.jvp): two threads inside it at once
 # fail with "Nested forward mode AD is not supported", whatever models they differentiate
@@ -270,9 +274,17 @@ class EmpiricalRiskOperator(CurvatureOperator):
         """
         weight = self._weight(batch)
         scale = weight if self.reduction == "mean" else 1
+        # a half-precision batch product is widened first (``accumulation_dtype``)
+        product = product.to(self.accumulation_dtype)
         if total is None:
             return product * scale, weight  # a new tensor: never the caller's ``product``
         return total.add_(product, alpha=scale), weight
+
+    @property
+    def accumulation_dtype(self) -> torch.dtype:
+        """The dtype the batches' products are summed (and returned) in: float32 for a
+        float16/bfloat16 model (docs/operators.md, "Half precision"), else the model's."""
+        return HALF_ACCUMULATION.get(self.dtype, self.dtype)
 
     def _accumulate(self, block: torch.Tensor, batch_product) -> torch.Tensor:
         """``sum_b w_b P_b`` over batches, ``w_b = B_b / N`` for the mean (``T_b / T`` for a
@@ -288,7 +300,7 @@ class EmpiricalRiskOperator(CurvatureOperator):
         """Sum over ranks when distributed, then divide by ``N`` for the mean (``total=None``:
         this rank had no batch)."""
         if total is None:
-            total = torch.zeros_like(block)
+            total = torch.zeros_like(block, dtype=self.accumulation_dtype)
         if self.distributed or (self.distributed is None and is_distributed()):
             total, count = all_reduce_sum(total, count)
         if count == 0:

@@ -9,8 +9,8 @@
   gives their numbers);
 - :func:`plot_block_spectra`, :func:`plot_minibatch_top_eigenvalues`: per-block spectra
   and the histogram of mini-batch top eigenvalues;
-- :func:`plot_landscape_1d`, :func:`plot_landscape_2d`, :func:`plot_landscape_surface`:
-  loss landscapes along lines and over planes.
+- :func:`plot_landscape_1d`, :func:`plot_landscape_2d`, :func:`plot_landscape_surface`,
+  :func:`plot_landscape_overview`: loss landscapes along lines and over planes.
 
 Results draw themselves through these (``result.plot()``). This package is part of the
 engine: it imports matplotlib (when a function is called) and numpy, never a Jupyter
@@ -20,7 +20,12 @@ package, and takes results by their attributes, not their classes. The widgets'
 
 from ._figures import curvature_label, format_count
 from .blocks import plot_block_spectra, plot_minibatch_top_eigenvalues
-from .landscape import plot_landscape_1d, plot_landscape_2d, plot_landscape_surface
+from .landscape import (
+    plot_landscape_1d,
+    plot_landscape_2d,
+    plot_landscape_overview,
+    plot_landscape_surface,
+)
 from .spectrum import plot_spectral_density, plot_spectrum
 from .stats import layer_quantities, plot_stats
 from .training import plot_training, plot_training_history
@@ -32,6 +37,7 @@ __all__ = [
     "plot_block_spectra",
     "plot_landscape_1d",
     "plot_landscape_2d",
+    "plot_landscape_overview",
     "plot_landscape_surface",
     "plot_minibatch_top_eigenvalues",
     "plot_spectral_density",

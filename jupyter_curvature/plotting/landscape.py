@@ -3,7 +3,9 @@
 - :func:`plot_landscape_1d`: the original package's 2 x 2 figure (rows train / test,
   columns loss / accuracy), one line per direction labelled with its eigenvalue;
 - :func:`plot_landscape_2d`: a heat map with contour lines over it (or either alone);
-- :func:`plot_landscape_surface`: a 3D surface.
+- :func:`plot_landscape_surface`: a 3D surface;
+- :func:`plot_landscape_overview`: one metric's lines next to its 2D map (the explorer's
+  view, and its static fallback in a saved notebook).
 
 Points not computed yet (a progressive or interrupted result) are left blank. matplotlib
 is imported when a function is called, not when this module is imported; pick a backend
@@ -16,9 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from ._figures import is_a, pyplot_figure
+from ._figures import figure, is_a, pyplot_figure
 
-__all__ = ["plot_landscape_1d", "plot_landscape_2d", "plot_landscape_surface"]
+__all__ = [
+    "plot_landscape_1d",
+    "plot_landscape_2d",
+    "plot_landscape_overview",
+    "plot_landscape_surface",
+]
 
 
 _TITLES = {
@@ -180,3 +187,35 @@ def plot_landscape_surface(
     ax.set_zlabel(("log10 " if log else "") + _TITLES[metric])
     ax.set_title(f"{_TITLES[metric]} (BatchNorm {result.bn})")
     return ax
+
+
+def plot_landscape_overview(lines: Any, grid: Any = None, metric: str = "train_loss") -> Any:
+    """One ``metric`` along every direction's line (left) and over the 2D map (right).
+
+    Args:
+        lines: a :class:`~jupyter_curvature.landscape.Landscape1D` (its lines pass through
+            ``lines.meta["through"]`` when an explorer made it).
+        grid: a :class:`~jupyter_curvature.landscape.Landscape2D`, or ``None`` (lines only).
+        metric: ``"train_loss"``, ``"test_accuracy"``, ...
+
+    Returns:
+        a plain ``matplotlib.figure.Figure`` (not registered with pyplot).
+    """
+    if not is_a(lines, "Landscape1D"):
+        raise TypeError(f"plot_landscape_overview needs a Landscape1D, got {type(lines).__name__}")
+    if grid is not None and not is_a(grid, "Landscape2D"):
+        raise TypeError(f"grid must be a Landscape2D or None, got {type(grid).__name__}")
+    fig, axes = figure(1, 2 if grid is not None else 1, (11 if grid is not None else 6, 4.2))
+    ax = axes[0][0]
+    values = lines.metric(metric)
+    t = np.asarray(lines.coords)
+    for i, info in enumerate(lines.directions):
+        ax.plot(t, values[i], marker=".", ms=4, label=_direction_label(info, f"d{i}"))
+    ax.set_title(f"{_TITLES[metric]} along each direction")
+    ax.set_xlabel("t (perturbation along the direction)")
+    ax.set_ylabel(_TITLES[metric])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    if grid is not None:
+        plot_landscape_2d(grid, metric, ax=axes[0][1])
+    return fig

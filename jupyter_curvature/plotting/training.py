@@ -74,9 +74,9 @@ def _draw_curves(ax_loss: Any, ax_acc: Any, series: list, xlabel: str) -> None:
     accuracies = []
     for label, xs, loss, accuracy, style in series:
         style = {"color": next(colors), **style}
-        if loss is not None:
+        if loss is not None and len(loss):
             ax_loss.plot(xs, loss, label=label, **style)
-        if accuracy is not None:
+        if accuracy is not None and len(accuracy):  # loops of one's own report none
             ax_acc.plot(xs, accuracy, label=label, **style)
             accuracies.append(np.asarray(accuracy, dtype=float))
     ax_loss.set(xlabel=xlabel, ylabel="loss", title="Loss")
@@ -107,10 +107,9 @@ def _draw_curvature(ax_density: Any, ax_top: Any, history: Any) -> None:
         top_steps = getattr(history, "top_steps", history.spectrum_steps)
         for i in range(k):
             ax_top.plot(top_steps, values[:, i], "o-", label=f"λ{i + 1}")
-        lrs = np.asarray(history.lr, dtype=float)
-        if lrs.size and (lrs > 0).all():
-            idx = np.clip(np.asarray(top_steps) - 1, 0, lrs.size - 1)
-            ax_top.plot(top_steps, 2 / lrs[idx], "--", color="#555555", label="2 / lr")
+        thresholds = np.asarray(history.thresholds, dtype=float)  # 2/lr at each check
+        if thresholds.size and np.isfinite(thresholds).all():
+            ax_top.plot(top_steps, thresholds, "--", color="#555555", label="2 / lr")
         ax_top.legend(loc="best", fontsize="small")
     else:
         for ax in (ax_density, ax_top):

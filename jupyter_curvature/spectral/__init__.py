@@ -18,6 +18,7 @@ from .diagonal import DiagonalEstimate, diagonal
 from .eigenpairs import ConvergenceWarning, EigenpairsResult, eigenpairs
 from .lanczos import LanczosResult, lanczos
 from .minibatch import MinibatchEigenvalues, minibatch_top_eigenvalues
+from ._checks import reachable_tol
 from .trace import TraceEstimate, trace
 from .tracking import warm_eigenpairs
 
@@ -38,6 +39,7 @@ __all__ = [
     "TraceEstimate",
     "eigenpairs",
     "lanczos",
+    "reachable_tol",
     "spectral_density",
     "trace",
     "warm_eigenpairs",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import warnings
 from typing import Any
 
 import torch
@@ -26,6 +27,35 @@ SYMMETRY_RTOL = {
     torch.float16: 5e-2,
     torch.bfloat16: 5e-2,
 }
+
+#: the smallest relative ``tol`` a half-precision operator can certify: a residual
+#: ``||A v - theta v||`` is known only up to the product's own error, measured at 0.1-1.1 unit
+#: roundoffs ``u`` of ``||A||`` (u = 2^-8 for bfloat16, 2^-11 for float16; MLP and SmallCNN on
+#: the digits, benchmarks/bench_half_precision.py, docs/operators.md "Half precision"); 4 u
+#: keeps that error below a third of the tolerance. Looser than SYMMETRY_RTOL's check needs.
+REACHABLE_TOL = {torch.float16: 4 * 2.0**-11, torch.bfloat16: 4 * 2.0**-8}
+
+
+def reachable_tol(dtype: torch.dtype) -> float:
+    """The smallest ``tol`` that products of an operator in ``dtype`` can certify (0: any)."""
+    return REACHABLE_TOL.get(dtype, 0.0)
+
+
+def warn_unreachable_tol(
+    tol: float, dtype: torch.dtype, name: str = "tol", stacklevel: int = 4
+) -> None:
+    """Warn when ``tol`` is below :func:`reachable_tol` of a half-precision operator."""
+    floor = reachable_tol(dtype)
+    if tol < floor:
+        warnings.warn(
+            f"{name}={tol:g} is below what {str(dtype)[6:]} products can certify (about "
+            f"{floor:g} of the spectral scale: each product carries that relative rounding "
+            f"error); pass {name}={floor:g}, or convert the model to float32 for a smaller "
+            f"{name}",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+
 
 NAN_MESSAGE = (
     "the operator product contains NaN or inf: the loss or the model produced NaN "

@@ -43,6 +43,13 @@ def make_operator(model: Any, loss_fn: Any, data: Any, *, curvature: str = "hess
     return cls(model, loss_fn, data, params=params, **kwargs)
 
 
+def _block_spec(blocks: Any) -> Any:
+    """``"auto"``, a dict or a list as they are; ``"a,b"`` (a flag's text) as ``["a", "b"]``."""
+    if isinstance(blocks, str) and blocks != "auto":
+        return [name.strip() for name in blocks.split(",") if name.strip()]
+    return blocks
+
+
 @dataclass
 class SpectrumResult:
     """What :func:`spectrum` returns.
@@ -57,6 +64,8 @@ class SpectrumResult:
         seconds: wall time of the computation.
         cancelled: cancelled before the end: ``density`` holds the Lanczos steps done, and
             ``eigen`` the current (uncertified) Ritz pairs or None.
+        blocks: the per-block spectra (:class:`~jupyter_curvature.spectral.BlockSpectra`,
+            with ``blocks=``) or None.
     """
 
     density: Any
@@ -67,6 +76,7 @@ class SpectrumResult:
     num_matvecs: int = 0
     seconds: float = 0.0
     cancelled: bool = False
+    blocks: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """The summary (JSON-ready through :func:`jupyter_curvature.core.records.jsonable`)."""
@@ -85,6 +95,7 @@ class SpectrumResult:
             "num_matvecs": self.num_matvecs,
             "seconds": self.seconds,
             "cancelled": self.cancelled,
+            "blocks": None if self.blocks is None else self.blocks.rows(),
         }
 
     def plot(self, ax: Any = None) -> Any:
@@ -101,11 +112,16 @@ class SpectrumResult:
         return ax
 
     def save(self, out: str | Path) -> Path:
-        """``<curvature>_density.npz`` / ``.png`` and ``<curvature>_spectrum.json`` in ``out``."""
+        """``<curvature>_density.npz`` / ``.png`` and ``<curvature>_spectrum.json`` in ``out``
+        (and ``<curvature>_blocks.json`` / ``.png`` with per-block spectra)."""
         out = output_folder(out)
         if is_writer():
             self.density.save(out / f"{self.curvature}_density.npz")
+            if self.blocks is not None:
+                self.blocks.save(out / f"{self.curvature}_blocks.json")
         save_figure(self.plot(), out / f"{self.curvature}_density.png")
+        if self.blocks is not None:
+            save_figure(self.blocks.plot(), out / f"{self.curvature}_blocks.png")
         save_json(out / f"{self.curvature}_spectrum.json", self.to_dict())
         return out
 
@@ -128,6 +144,7 @@ def spectrum(
     top_k: int = 0,
     tol: float = 1e-3,
     params: Any = None,
+    blocks: Any = None,
     batchnorm: str = "eval",
     num_samples: int | None = None,
     batch_size: int = 128,
@@ -152,6 +169,10 @@ def spectrum(
         top_k: eigenpairs to compute (0: none); fewer than the number of parameters.
         tol: eigenpair residual tolerance, relative to the largest ``|eigenvalue|``.
         params: parameter selection (glob, module prefix or ``re:<regex>``).
+        blocks: also the spectrum of every block (``"auto"``: embeddings, each attention, MLP
+            and norm group, head; CNN stages; or module names, a list or comma-separated),
+            with the same steps, probes and tolerance, passes over the data shared between
+            blocks (:func:`~jupyter_curvature.spectral.block_spectra`); ``None``: no blocks.
         batchnorm: ``"eval"`` or ``"train"``: BatchNorm mode during the products.
         num_samples: use only this many samples.
         out: a folder: the result is also saved there (:meth:`SpectrumResult.save`).
@@ -170,7 +191,7 @@ def spectrum(
         InputError: unusable names, settings or ``top_k``.
         Cancelled: cancelled before the first product.
     """
-    from ..spectral import eigenpairs, spectral_density
+    from ..spectral import block_spectra, eigenpairs, spectral_density
 
     check_curvature(curvature)
     for name, value in (("num_iters", num_iters), ("num_probes", num_probes)):
@@ -199,8 +220,13 @@ def spectrum(
             eig = eigenpairs(op, k=top_k, which="LA", tol=tol, seed=seed, warn=warn,
                              progress=tracker)  # fmt: skip
     cancelled = density.cancelled or bool(top_k and (eig is None or eig.cancelled))
+    per_block = None
+    if blocks is not None and not cancelled:
+        per_block = block_spectra(setup.model, setup.loss_fn, setup.data, _block_spec(blocks),
+                                  curvature=curvature, num_iters=num_iters, num_probes=num_probes,
+                                  seed=seed, tol=tol, params=params, batchnorm=batchnorm)  # fmt: skip
     result = SpectrumResult(density, eig, curvature, params, n, op.num_matvecs,
-                            time.perf_counter() - start, cancelled)  # fmt: skip
+                            time.perf_counter() - start, cancelled, per_block)  # fmt: skip
     if out is not None:
         result.save(out)
     return result

@@ -23,6 +23,7 @@ _EXPORTS = {
     "Panel": "._base",
     "Throttle": "._base",
     "TrainingDashboard": ".dashboard",
+    "CheckFeed": ".feed",
     "ProgressPanel": ".progress",
     "SpectrumPanel": ".spectrum",
     "StatsPanel": ".stats",

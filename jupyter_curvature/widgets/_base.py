@@ -14,11 +14,23 @@ into the panel's own ``Output`` widget (``panel.errors``) and counted, never swa
 Updates from a training loop are throttled by time (:class:`Throttle`): Jupyter Server drops
 IOPub traffic beyond 1000 messages/s or 1 MB/s, and every bqplot update re-sends whole
 arrays, so a panel pushes at most every ``interval`` seconds (0.25 s by default, 4/s).
+
+A saved notebook keeps its panels in two ways. The front end (JupyterLab with widget-state
+saving on, or nbclient's ``store_widget_state=True``) saves every widget model under the
+notebook metadata's ``application/vnd.jupyter.widget-state+json``, so a reopened notebook
+renders the views again. And a finished panel adds a *static fallback* to its own display
+output (:meth:`Panel.publish_static`): the output's mime bundle carries, besides the widget
+view, an ``image/png`` of the panel's :meth:`to_matplotlib` figure. Front ends that render
+widgets choose the view; ``jupyter nbconvert --to html`` without widget state and GitHub's
+notebook viewer, which render no widgets, show the image (nbconvert's
+``WidgetsDataTypeFilter`` skips a view whose model is not in the saved state).
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import io
 import threading
 import time
 import traceback
@@ -29,7 +41,10 @@ import ipywidgets as W
 
 from ._bqplot_guard import BqplotAxisGuard
 
-__all__ = ["Panel", "Throttle", "close_tree", "iter_widget_tree", "html_table"]
+__all__ = ["Panel", "Throttle", "close_tree", "iter_widget_tree", "html_table", "png_base64"]
+
+#: resolution of the static fallback images: a 10 x 7 inch figure is about 60 kB of PNG
+STATIC_DPI = 72
 
 
 class Throttle:
@@ -132,6 +147,21 @@ def html_table(headers: list[str], rows: list[list[Any]], title: str | None = No
     return f"{cap}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def png_base64(fig: Any, dpi: int = STATIC_DPI) -> str:
+    """``fig`` (a matplotlib figure) as base64 PNG text, the form a notebook output stores.
+
+    A figure made through pyplot is closed afterwards, so that the inline backend does not
+    show it a second time at the end of the cell.
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    if getattr(fig, "number", None) is not None:  # registered with pyplot
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 class Panel:
     """Base class of the panels: one root widget, owned children, an error area, close().
 
@@ -144,7 +174,14 @@ class Panel:
         errors: an ``Output`` that receives the traceback of any failing callback.
         error_count: how many callback errors were shown.
         closed: True after :meth:`close`.
+        display_handle: the ``DisplayHandle`` of :meth:`display` (``None`` before).
+        static: the static fallback added to the panel's mime bundle (``{}`` before
+            :meth:`publish_static`): ``{"image/png": base64 text}``.
     """
+
+    #: True for panels that are finished when built (a spectrum, statistics): they carry
+    #: their static fallback from the first display on
+    static_on_display = False
 
     def __init__(self) -> None:
         self._owned: list[W.Widget] = []
@@ -155,6 +192,8 @@ class Panel:
         self.closed = False
         self.root: W.Box | None = None
         self._lock = threading.RLock()  # callbacks may run on a comm subshell thread
+        self.display_handle: Any = None
+        self.static: dict[str, str] = {}
 
     # ownership ---------------------------------------------------------------------------
     def _own(self, widget: Any) -> Any:
@@ -220,7 +259,55 @@ class Panel:
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         if self.root is None:
             return {"text/plain": repr(self)}
-        return self.root._repr_mimebundle_(**kwargs)
+        if self.static_on_display and not self.static and not self.closed:
+            self._render_static_or_show_error()
+        bundle = self.root._repr_mimebundle_(**kwargs)
+        if bundle is not None and self.static:
+            bundle = {**bundle, **self.static}
+        return bundle
+
+    def display(self) -> Any:
+        """Display the panel and keep the handle, so that :meth:`publish_static` can add the
+        static fallback to this output when the panel is finished. Returns the handle."""
+        from IPython.display import display
+
+        self.display_handle = display(self, display_id=True)
+        return self.display_handle
+
+    def to_matplotlib(self, **kw: Any) -> Any:
+        """The panel's figures as one matplotlib figure (``None``: the panel has none)."""
+        return None
+
+    def render_static(self) -> dict[str, str]:
+        """Draw :meth:`to_matplotlib` into :attr:`static` (``{}`` when there is no figure)."""
+        fig = self.to_matplotlib()
+        self.static = {} if fig is None else {"image/png": png_base64(fig)}
+        return self.static
+
+    def _render_static_or_show_error(self) -> dict[str, str]:
+        # the fallback is an extra: a figure that fails to draw is shown in the panel, never
+        # raised from a display or a magic
+        try:
+            return self.render_static()
+        except Exception as exc:
+            self.static = {}
+            self.show_error(exc, "the static figure")
+            return {}
+
+    def publish_static(self) -> bool:
+        """The panel is finished: add its static fallback to the output :meth:`display` made.
+
+        Sends an ``update_display_data`` message with the same widget view plus the
+        ``image/png``; front ends that render widgets re-render the view, the saved
+        notebook keeps the image as its fallback. Returns False (and does nothing) for a
+        closed panel, one not shown through :meth:`display`, or one without a figure.
+        """
+        if self.closed or self.display_handle is None:
+            return False
+        if not self._render_static_or_show_error():
+            return False
+        self.display_handle.update(self)
+        return True
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

@@ -263,6 +263,37 @@ class TrainingDashboard(Panel, Callback):
             width="100%",
         )
 
+    # ------------------------------------------------------------------ other loops
+    def feed(self, total_steps: int | None = None) -> Any:
+        """A logger for a tracker (``jc.track``, the Lightning and Hugging Face callbacks)
+        that draws its checks here: ``CurvatureCallback(..., loggers=[dash.feed()])``
+        (:class:`~jupyter_curvature.widgets.feed.CheckFeed`)."""
+        from .feed import CheckFeed
+
+        return CheckFeed(self, total_steps)
+
+    def refresh(self, source: Any, part: str, force: bool = False) -> None:
+        """Draw ``source`` (a trainer, or a :class:`CheckFeed` with a ``view()``): ``part``
+        is ``"curves"``, ``"spectrum"`` or ``"all"``, ``force`` ignores the throttle."""
+        first = self._trainer is None
+        self._trainer = source
+        if first:
+            self.progress.max = max(int(source.total_steps or 1), 1)
+            self.progress.layout.display = None if source.total_steps else "none"
+        parts = list(self._dirty) if part == "all" else [part, "stats"]
+        self._dirty.update(dict.fromkeys(parts, True))
+        self.status.value = (
+            f"<b>{html.escape(self.title)}</b>: {source.status} at step {source.steps_done} "
+            f"({len(source.records)} checks, {source.curvature_seconds:.1f} s in curvature)"
+        )
+        if source.status != "running":
+            self.progress.bar_style = "success"
+        self._maybe_push(force)
+
+    def _view(self) -> Any:
+        view = getattr(self._trainer, "view", None)
+        return view() if callable(view) else training_view(self._trainer)
+
     # ------------------------------------------------------------------ Trainer hooks
     def on_train_begin(self, trainer: Any) -> None:
         self._trainer = trainer
@@ -334,7 +365,7 @@ class TrainingDashboard(Panel, Callback):
             self.show_error(exc, "dashboard update")
 
     def _push(self) -> None:
-        view = training_view(self._trainer)
+        view = self._view()
         self.pushes += 1
         self.progress.value = min(view.steps_done, self.progress.max)
         elapsed = time.perf_counter() - self._t0
@@ -393,11 +424,8 @@ class TrainingDashboard(Panel, Callback):
                 self.top_lines.x = steps
                 self.top_lines.y = top
                 self.top_lines.labels = [f"λ{i + 1}" for i in range(k)]
-        lrs = np.asarray(view.lr, dtype=float)
-        if lrs.size and np.isfinite(lrs).all() and (lrs > 0).all():
-            # 2/lr at each check (the learning rate in force at that step)
-            idx = np.clip(steps.astype(int) - 1, 0, len(lrs) - 1)
-            thr = 2.0 / lrs[idx]
+        thr = np.asarray(view.thresholds, dtype=float)  # 2/lr in force at each check
+        if thr.size and np.isfinite(thr).all():
             with self.threshold_line.hold_sync():
                 self.threshold_line.x = steps
                 self.threshold_line.y = thr
@@ -420,8 +448,8 @@ class TrainingDashboard(Panel, Callback):
                 ["trace", st.get("trace")],
                 ["negative mass", st.get("negative_mass")],
             ]
-            if view.lr and view.lr[-1] > 0:
-                rows.append(["2 / lr", 2.0 / view.lr[-1]])
+            if view.thresholds and np.isfinite(view.thresholds[-1]):
+                rows.append(["2 / lr", view.thresholds[-1]])
         self.stats_html.value = (
             html_table(["quantity", "value"], rows, title="Statistics") if rows else ""
         )
@@ -433,4 +461,4 @@ class TrainingDashboard(Panel, Callback):
 
         if self._trainer is None:
             raise ValueError("the dashboard has seen no training yet")
-        return plot_training(training_view(self._trainer), **kw)
+        return plot_training(self._view(), **kw)

@@ -648,16 +648,28 @@ class LandscapeExplorer(Panel):
             raise ValueError(f"kind must be 'eigen' or 'random', got {kind!r}")
         self.explorer.set_kind(kind)
 
+    def to_matplotlib(self, **kw: Any) -> Any:
+        """The current metric along each line and over the 2D map (computed points), as a
+        matplotlib figure (the static fallback of a saved notebook)."""
+        from ..plotting import plot_landscape_overview
+
+        ex = self.explorer
+        with ex.lock:
+            lines = ex.lines_result()
+            grid = ex.grid_result() if ex.grid and ex.grid_done.any() else None
+            metric = ex.metric
+        return plot_landscape_overview(lines, grid, metric=kw.pop("metric", metric), **kw)
+
     # ---------------------------------------------------------------------------------
     # lifecycle
 
     def show(self, grid: bool = True) -> LandscapeExplorer:
-        """Display the panel, then compute the 2D map progressively (it fills in live)."""
-        from IPython.display import display
-
-        display(self)
+        """Display the panel, then compute the 2D map progressively (it fills in live); the
+        output then gets its static fallback (:meth:`~Panel.publish_static`)."""
+        self.display()
         if grid and len(self.explorer.directions) > 1:
             self.compute_grid()
+        self.publish_static()
         return self
 
     def close(self) -> None:

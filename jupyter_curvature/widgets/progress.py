@@ -8,7 +8,8 @@ A magic shows this panel at once, runs its task in a
 steps done, the statistics finished). **Cancel** stops the computation before its next
 product and keeps what is done; so does a kernel interrupt (the worker's wait turns it into a
 cancel). When the task ends, :meth:`ProgressPanel.finish` puts the finished panel (spectrum,
-statistics) in place of the partial results.
+statistics) in place of the partial results, and the magic adds the finished figure to the
+output as its static fallback (:meth:`~jupyter_curvature.widgets._base.Panel.publish_static`).
 
 Closing the panel while its worker runs cancels the worker and waits for its thread to end
 (the engine restores the model as it found it), so no thread is left running; events that
@@ -59,6 +60,7 @@ class ProgressPanel(Panel):
             W.Button(description="Cancel", icon="stop", tooltip="stop at the next product")
         )
         self.cancel_button.on_click(self.callback(lambda _b: self.cancel()))
+        receive_while_cells_run(self.cancel_button)
         self.partial_html = self._own(W.HTML(""))
         self.body = self._own(W.VBox([]))
         self._set_root(
@@ -128,6 +130,38 @@ class ProgressPanel(Panel):
                 self.result_panel = self._own(panel)
                 self.partial_html.value = ""
                 self.body.children = (panel.root,)
+
+    def to_matplotlib(self, **kw: Any) -> Any:
+        """The finished panel's figure (``None`` before :meth:`finish` put one in)."""
+        panel = self.result_panel
+        return None if panel is None else panel.to_matplotlib(**kw)
+
+    def render_static(self) -> dict[str, str]:
+        """The finished figure as PNG; without one (cancelled, failed), the progress line and
+        the partial results as HTML."""
+        if self.result_panel is not None:
+            return super().render_static()
+        self.static = {"text/html": self.status.value + self.partial_html.value}
+        return self.static
+
+
+def receive_while_cells_run(widget: W.Widget) -> bool:
+    """Let the front end's messages to ``widget`` run on the subshell it sends them on.
+
+    ipykernel 7 routes a comm message to the subshell that last *published* on that comm
+    (``BaseComm._reply_subshell_for``: a reply goes back to the loop that asked). A panel
+    built by a running cell published from the main shell, so a click on Cancel waited in
+    the main shell's queue until the cell ended, too late to stop anything (seen in
+    JupyterLab 4.6 with ipykernel 7.4 by ``tests/browser``). A click asks for no reply: it
+    is routed to the subshell the front end chose (JupyterLab >= 4.4 sends comm messages on
+    one subshell per comm target), where it runs while the cell runs. Kernels without this
+    routing are left as they are. Returns whether the routing was changed.
+    """
+    comm = getattr(widget, "comm", None)
+    if comm is None or not callable(getattr(comm, "_reply_subshell_for", None)):
+        return False
+    comm._reply_subshell_for = lambda data, default: default  # the front end's subshell
+    return True
 
 
 def _partial_html(event: ProgressEvent) -> str:

@@ -54,6 +54,8 @@ class SpectrumPanel(Panel):
     drawn now).
     """
 
+    static_on_display = True  # finished when built: carries its PNG from the first display
+
     def __init__(
         self,
         result: Any,
@@ -90,11 +92,14 @@ class SpectrumPanel(Panel):
         self._own(self.ys_lin)
         self._own(self.ys_log)
         self.ws = bq.LinearScale(min=0.0)
+        # the band is one closed outline (lower bound left to right, then the upper bound back)
+        # filled inside: one line, so one legend entry; two lines filled "between" would add
+        # a second entry that bqplot names "C2"
         self.band = bq.Lines(
-            x=self.grid,
-            y=np.zeros((2, self.grid.size)),
+            x=np.concatenate([self.grid, self.grid[::-1]]),
+            y=np.zeros(2 * self.grid.size),
             scales={"x": self.xs, "y": self.ys_lin},
-            fill="between",
+            fill="inside",
             colors=["#9ecae1"],
             fill_colors=["#9ecae1"],
             fill_opacities=[0.45],
@@ -190,7 +195,7 @@ class SpectrumPanel(Panel):
             floor = LOG_FLOOR * float(mean.max()) if mean.max() > 0 else LOG_FLOOR
             mean, lower, upper = (np.maximum(a, floor) for a in (mean, lower, upper))
         with self.band.hold_sync():
-            self.band.y = np.vstack([lower, upper])
+            self.band.y = np.concatenate([lower, upper[::-1]])
         with self.density_line.hold_sync():
             self.density_line.y = mean
 

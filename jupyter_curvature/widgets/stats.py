@@ -41,6 +41,8 @@ class StatsPanel(Panel):
         "layers": "Per layer",
     }
 
+    static_on_display = True  # finished when built: carries its PNG from the first display
+
     def __init__(self, result: Any, *, title: str = "Statistics") -> None:
         super().__init__()
         self.result = result

@@ -54,7 +54,15 @@ LAB_SETTINGS = {
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {
         "autosave": False,
     },
+    # "Save Widget State Automatically": a saved notebook reopens with its panels
+    "@jupyter-widgets/jupyterlab-manager/plugin.jupyterlab-settings": {
+        "saveState": True,
+    },
 }
+
+#: the handshake gates of each dedicated notebook (released together when its test ends)
+TRAIN_GATES = ("train_middle", "train_end")
+PROGRESS_GATES = ("live_first", "live_second", "cancel_here")
 
 
 def free_port() -> int:
@@ -239,8 +247,9 @@ class LabServer:
     def release_gate(self, name: str) -> None:
         (self.gates / f"{name}.release").touch()
 
-    def release_all_gates(self) -> None:
-        for name in ("train_middle", "train_end"):
+    def release_all_gates(self, names: tuple[str, ...] = TRAIN_GATES) -> None:
+        """Release ``names`` (one notebook's gates: another notebook's must stay closed)."""
+        for name in names:
             self.release_gate(name)
 
     def lab_url(self, notebook: str, workspace: str) -> str:
@@ -432,6 +441,10 @@ class NotebookPage:
             return None
 
         return wait_for(done, timeout, f"all cells of {self.notebook} to run", 1.0)
+
+    def save(self) -> None:
+        """Save the notebook (with the widget state, under the suite's settings)."""
+        self.page.evaluate(f"async () => {{ await {_JS_PANEL}.context.save(); }}")
 
     def error_outputs(self) -> list[str]:
         return [f"cell {i}: {e}" for i, c in enumerate(self.state()["cells"]) for e in c["errors"]]

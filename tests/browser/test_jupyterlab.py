@@ -20,10 +20,11 @@ import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from labdriver import NotebookPage, wait_for
+from labdriver import PROGRESS_GATES, TRAIN_GATES, NotebookPage, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -197,25 +198,36 @@ def _watch_dashboard(nb: NotebookPage, lab, artifacts: Path) -> dict:
         rec["error"] = str(exc)
         nb.screenshot(out, artifacts / "checks_dashboard_running_FAILED.png")
     finally:
-        lab.release_all_gates()
+        lab.release_all_gates(TRAIN_GATES)
     return rec
+
+
+@contextmanager
+def run_dedicated(lab, browser, artifacts: Path, notebook: str, workspace: str, watch, gates):
+    """Open a dedicated notebook, Run All, ``watch(page, lab, artifacts)`` it while it runs,
+    wait for the end; yields ``(page, what the watch saw)``. Its ``gates`` are released at
+    the end whatever happened, so that no kernel waits forever."""
+    name = lab.add_notebook(HERE / "notebooks" / notebook)
+    nb = NotebookPage(browser, lab, name, workspace=workspace)
+    try:
+        nb.open()
+        nb.run_all()
+        seen = watch(nb, lab, artifacts)
+        nb.wait_until_run(RUN_TIMEOUT)
+        yield nb, seen
+    finally:
+        lab.release_all_gates(gates)
+        nb.screenshot(None, artifacts / f"{workspace}_page_at_end.png")
+        nb.close()
 
 
 @pytest.fixture(scope="class")
 def checks(lab, browser, artifacts):
     """browser_checks.ipynb opened and run; yields (page, what the dashboard watch saw)."""
-    name = lab.add_notebook(HERE / "notebooks" / "browser_checks.ipynb")
-    nb = NotebookPage(browser, lab, name, workspace="checks")
-    try:
-        nb.open()
-        nb.run_all()
-        live = _watch_dashboard(nb, lab, artifacts)
-        nb.wait_until_run(RUN_TIMEOUT)
-        yield nb, live
-    finally:
-        lab.release_all_gates()
-        nb.screenshot(None, artifacts / "checks_page_at_end.png")
-        nb.close()
+    with run_dedicated(
+        lab, browser, artifacts, "browser_checks.ipynb", "checks", _watch_dashboard, TRAIN_GATES
+    ) as run:
+        yield run
 
 
 class TestChecksNotebook:
@@ -516,3 +528,276 @@ class TestExampleNotebook:
             "tickformat_changed",
             "update_grid_lines",
         ], methods
+
+
+# --------------------------------------------------------------------------------------
+# progress_checks.ipynb: the progress line, Cancel, and the saved notebook reopened
+
+PROGRESS_LINE = re.compile(
+    r"GGN spectrum of model: density: step (\d+)/(\d+), (\d+) products, [\d.]+ s"
+    r"(?:, about [\d.]+ s left)?"
+)
+
+JS_PROGRESS = """(root) => {
+  const texts = Array.from(root.querySelectorAll('.widget-html-content'))
+      .map(e => e.textContent.trim());
+  const line = texts.find(t => t.startsWith('GGN spectrum of model')) || '';
+  let partial = null;
+  for (const e of root.querySelectorAll('.widget-html-content')) {
+    if (!/Spectral density so far/.test(e.textContent)) continue;
+    for (const tr of e.querySelectorAll('tbody tr')) {
+      const td = tr.querySelectorAll('td');
+      if (td.length > 1 && td[0].textContent.trim() === 'Lanczos steps') partial = td[1].textContent.trim();
+    }
+  }
+  const button = Array.from(root.querySelectorAll('button'))
+      .find(b => /Cancel/.test(b.textContent));
+  return {line, partial, button: button ? button.textContent.trim() : null};
+}"""
+
+
+def progress_view(out) -> dict:
+    """The progress line (parsed), the partial density's step count and the Cancel button."""
+    view = out.evaluate(JS_PROGRESS)
+    m = PROGRESS_LINE.search(view["line"])
+    view["step"] = int(m.group(1)) if m else None
+    view["products"] = int(m.group(3)) if m else None
+    return view
+
+
+def _at_gate(nb: NotebookPage, out, i: int, after: int = 0) -> dict:
+    """Once the kernel waits at a gate: the page's line, drawn up to the last event sent
+    (``interval = 0``: every event is drawn), past ``after`` products and agreeing with the
+    partial density's step count."""
+
+    def ready() -> dict | None:
+        v = progress_view(out)
+        settled = (
+            v["products"] is not None
+            and v["products"] > after
+            and v["partial"] == f"{v['step']} of {PROGRESS_LINE.search(v['line']).group(2)}"
+        )
+        return {**v, "prompt": nb.prompt(i)} if settled else None
+
+    return wait_for(ready, UI_TIMEOUT, f"the progress line to pass {after} products", 0.5)
+
+
+def _watch_progress(nb: NotebookPage, lab, artifacts: Path) -> dict:
+    """Read the live spectrum's progress line at its two pauses, then press Cancel during
+    the second spectrum while its model waits, and release it."""
+    live = nb.cell_index("# live progress")
+    cancel = nb.cell_index("# cancel")
+    rec: dict = {"error": None}
+
+    def gate(name: str) -> bool:
+        if nb.error_outputs():
+            raise AssertionError(f"a cell failed before the pause {name}: {nb.error_outputs()}")
+        return lab.gate_reached(name)
+
+    try:
+        out = nb.output(live)
+        wait_for(lambda: gate("live_first"), RUN_TIMEOUT, "the spectrum to pause (first)")
+        rec["first"] = _at_gate(nb, out, live)
+        nb.screenshot(out, artifacts / "progress_line_first.png")
+        lab.release_gate("live_first")
+        wait_for(lambda: gate("live_second"), RUN_TIMEOUT, "the spectrum to pause (second)")
+        rec["second"] = _at_gate(nb, out, live, after=rec["first"]["products"])
+        nb.screenshot(out, artifacts / "progress_line_second.png")
+        lab.release_gate("live_second")
+
+        out = nb.output(cancel)
+        wait_for(lambda: gate("cancel_here"), RUN_TIMEOUT, "the second spectrum to pause")
+        rec["at_cancel"] = _at_gate(nb, out, cancel)
+        out.locator("button").filter(has_text="Cancel").first.click()
+        # the kernel handled the click while the cell runs (a comm subshell): it says so
+        wait_for(
+            lambda: (progress_view(out)["button"] or "").startswith("Cancelling"),
+            UI_TIMEOUT,
+            "the kernel to answer the Cancel click while the cell runs",
+            0.5,
+        )
+        rec["cancel_prompt"] = nb.prompt(cancel)
+        lab.release_gate("cancel_here")
+    except (AssertionError, TimeoutError) as exc:
+        rec["error"] = str(exc)
+        nb.screenshot(None, artifacts / "progress_FAILED.png")
+    finally:
+        lab.release_all_gates(PROGRESS_GATES)
+    return rec
+
+
+@pytest.fixture(scope="class")
+def progress(lab, browser, artifacts):
+    """progress_checks.ipynb opened and run; yields (page, what the progress watch saw)."""
+    with run_dedicated(
+        lab,
+        browser,
+        artifacts,
+        "progress_checks.ipynb",
+        "progress",
+        _watch_progress,
+        PROGRESS_GATES,
+    ) as run:
+        yield run
+
+
+def _watch_error(nb: NotebookPage, rec: dict) -> str:
+    return f"{rec['error']}\nconsole errors: " + "; ".join(
+        dict.fromkeys(e[:160] for e in nb.console_errors)
+    )
+
+
+class TestProgressNotebook:
+    def test_cells_run_without_error_output(self, progress):
+        nb, _ = progress
+        assert nb.error_outputs() == []
+        assert nb.widget_problems() == []
+
+    def test_progress_line_advances_while_the_spectrum_runs(self, progress):
+        nb, rec = progress
+        assert rec["error"] is None, _watch_error(nb, rec)
+        first, second = rec["first"], rec["second"]
+        assert first["prompt"] == second["prompt"] == "[*]:", (first, second)  # still running
+        assert 0 < first["products"] < second["products"], (first, second)
+        assert 0 < first["step"] < second["step"] <= 40, (first, second)
+        assert "s left" in second["line"], second  # an ETA once steps are timed
+        assert first["button"] == second["button"] == "Cancel", (first, second)
+
+    def test_cancel_stops_at_the_next_product_and_keeps_the_partial_result(
+        self, progress, artifacts
+    ):
+        nb, rec = progress
+        assert rec["error"] is None, _watch_error(nb, rec)
+        assert rec["cancel_prompt"] == "[*]:", rec  # pressed while the cell ran
+        out = nb.output(nb.cell_index("# cancel"))
+        nb.screenshot(out, artifacts / "progress_cancelled.png")
+        status = progress_view(out)["line"]
+        assert "cancelled" in status and "partial result" in status, status
+        line = nb.output(nb.cell_index("workers = ")).inner_text().split()
+        assert line[0] == "done:", line
+        full, cancelled, steps, workers = int(line[1]), line[2], int(line[3]), line[4:]
+        assert full == 40 and cancelled == "True", line  # the first ran to the end
+        # the model waited inside product k + 1 when Cancel was pressed: that product ends,
+        # and the next one is not made
+        k = rec["at_cancel"]["step"]
+        assert k <= steps <= k + 1 < 200, (k, steps)
+        assert workers == ["[]"], f"worker threads left running: {workers}"
+        # the partial result is drawn and its summary is the kernel's
+        fig = nb.figure(out, "GGN spectral density")
+        assert max(line_points(fig)) >= 300 and not any(ln["nan"] for ln in fig["lines"])
+        summary = dict(row[:2] for row in tables(out)["Summary"])
+        assert summary["Lanczos steps"] == str(steps), summary
+
+    def test_no_console_errors(self, progress):
+        nb, _ = progress
+        no_console_errors(nb)
+
+    def test_saved_notebook_reopens_with_its_panels(self, progress, lab, browser, artifacts):
+        import nbformat
+
+        nb, _ = progress
+        cells = {prefix: nb.cell_index(prefix) for prefix in ("# live progress", "# cancel")}
+        nb.save()
+        saved = nbformat.read(lab.root / nb.notebook, as_version=4)
+        state = saved.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+        for prefix, i in cells.items():
+            (view,) = [
+                o["data"]["application/vnd.jupyter.widget-view+json"]
+                for o in saved.cells[i].outputs
+                if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+            ]
+            assert view["model_id"] in state, f"{prefix}: the panel is not in the saved state"
+            assert any("image/png" in o.get("data", {}) for o in saved.cells[i].outputs), prefix
+        nb.close()  # the kernel goes too: the reopened page can only use the saved state
+        lab.shutdown_kernels()  # the page's shutdown request is fire and forget: make sure
+        wait_for(lambda: lab.api("GET", "/api/kernels") == [], UI_TIMEOUT, "the kernel to stop")
+
+        again = NotebookPage(browser, lab, nb.notebook, workspace="reopened")
+        try:
+            again.open()
+            for prefix, status in (("# live progress", "done"), ("# cancel", "cancelled")):
+                out = again.output(again.cell_index(prefix))
+
+                def drawn(out=out) -> dict | None:
+                    figs = [f for f in again.figures(out) if f["title"].startswith("GGN")]
+                    ok = figs and max(line_points(figs[0]), default=0) >= 300
+                    return figs[0] if ok else None
+
+                fig = wait_for(drawn, UI_TIMEOUT, f"the saved {prefix!r} panel to render")
+                assert not any(ln["nan"] for ln in fig["lines"]), fig
+                assert status in progress_view(out)["line"], progress_view(out)
+                again.screenshot(out, artifacts / f"reopened_{prefix[2:].replace(' ', '_')}.png")
+            assert again.error_outputs() == [] and again.widget_problems() == []
+            # nothing ran: the views come from the saved state, not from a new computation
+            assert again.kernel_exec("print('dens_live' in globals())").strip() == "False"
+            no_console_errors(again)
+        finally:
+            again.close()
+
+
+# --------------------------------------------------------------------------------------
+# the README's notebook section, as a user types it
+
+
+def readme_notebook(path: Path) -> Path:
+    """The README's "In a notebook" code blocks as a notebook: a cell magic block is one cell,
+    line magics one cell each (as a user runs them)."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## In a notebook") : readme.index("## Python API")]
+    cells = []
+    for block in re.findall(r"```python\n(.*?)```", section, re.S):
+        if block.startswith("%%"):
+            cells.append(block.strip())
+        else:
+            cells += [line for line in block.splitlines() if line.strip()]
+    assert len(cells) >= 6, f"the README's notebook section lost its cells: {cells}"
+    nbformat.write(new_notebook(cells=[new_code_cell(c) for c in cells]), path)
+    return path
+
+
+@pytest.fixture(scope="class")
+def readme(lab, browser, artifacts, tmp_path_factory):
+    name = lab.add_notebook(readme_notebook(tmp_path_factory.mktemp("readme") / "readme.ipynb"))
+    nb = NotebookPage(browser, lab, name, workspace="readme")
+    try:
+        nb.open()
+        nb.run_all()
+        nb.wait_until_run(RUN_TIMEOUT)
+        yield nb
+    finally:
+        nb.screenshot(None, artifacts / "readme_page_at_end.png")
+        nb.close()
+
+
+class TestReadmeNotebookSection:
+    """Every line of the README's "In a notebook" section runs in JupyterLab and shows its panel."""
+
+    def test_every_line_runs_without_errors(self, readme):
+        assert readme.error_outputs() == []
+        assert readme.widget_problems() == []
+        cells = [c for c in readme.state()["cells"] if c["type"] == "code"]
+        assert cells and all(c["count"] is not None for c in cells)
+
+    def test_each_magic_shows_its_panel(self, readme, artifacts):
+        nb = readme
+        for start, title in (
+            ("%%curv_train", "Loss"),
+            ("%curv_spectrum --model run.model --data digits --num-iters", "Hessian spectral"),
+            ("%curv_spectrum --model run.model --data digits --curvature ggn", "GGN spectral"),
+            ("%curv_landscape", "1D curves"),
+        ):
+            out = nb.output(nb.cell_index(start))
+            titles = [f["title"] for f in nb.figures(out)]
+            assert any(t.startswith(title) for t in titles), (start, titles)
+            assert not any(ln["nan"] for f in nb.figures(out) for ln in f["lines"]), start
+        stats = nb.output(nb.cell_index("%curv_stats"))
+        assert tables(stats), "the statistics panel shows no table"
+        spectrum = nb.output(nb.cell_index("%curv_spectrum --model run.model --data digits --num-iters"))
+        assert len(tables(spectrum)["Top eigenvalues"]) == 5  # --top-k 5
+        assert kernel_values(nb, "print(spec.num_iters, spec.num_probes)") == ["80", "4"]
+
+    def test_no_console_errors(self, readme):
+        no_console_errors(readme)
