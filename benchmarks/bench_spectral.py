@@ -32,12 +32,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import traceback
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import he_operator_factory, pyhessian_top  # noqa: E402
 
 from jupyter_curvature.data.builtin import digits_dataset
 from jupyter_curvature.models.small import MLP
@@ -147,28 +152,6 @@ def main() -> None:
         density(model, loss_fn, x, y, op, dev, reps, limits)
 
 
-def he_operator_factory(model, loss_fn, x, y):
-    """hessian-eigenthings' Hessian on the same batch, with a product counter (or None)."""
-    try:
-        import hessian_eigenthings as he
-    except ImportError:
-        return None
-
-    def he_operator():
-        o = he.HessianOperator(model, [(x, y)], he.supervised_loss(loss_fn))
-        o._count = 0
-        inner = o.matvec
-
-        def mv(vec):
-            o._count += 1
-            return inner(vec)
-
-        o.matvec = mv
-        return o
-
-    return he_operator
-
-
 def top5(args, model, loss_fn, x, y, op, dev, reps, hidden):
     # ---------------------------------------------------------------- reference
     m64 = MLP(hidden=hidden).to(device=dev, dtype=torch.float64)
@@ -233,35 +216,19 @@ def top5(args, model, loss_fn, x, y, op, dev, reps, hidden):
     rows.append(over_seeds("scipy ARPACK eigsh (tol 1e-3)", arpack))
 
     # PyHessian
-    try:
-        import importlib
-
-        import pyhessian
-
-        ph = importlib.import_module("pyhessian.hessian")  # the module, not the class
-
-        counter = {"n": 0}
-        hvp = ph.hessian_vector_product
-
-        def counting(gradsH, params, v):
-            counter["n"] += 1
-            return hvp(gradsH, params, v)
-
-        ph.hessian_vector_product = counting
+    ph_run = pyhessian_top(model, loss_fn, [(x, y)], dev)
+    if ph_run is not None:
 
         def pyh(seed):
-            counter["n"] = 0
-            torch.manual_seed(seed)  # its start vectors come from torch's global generator
-            h = pyhessian.hessian(model, loss_fn, data=(x, y), cuda=dev.startswith("cuda"))
-            vals, _ = h.eigenvalues(top_n=5)
-            return vals, counter["n"], "deflated power iteration (its graph kept, as ours)"
+            vals, count = ph_run(seed)
+            return vals, count, "deflated power iteration (its graph kept, as ours)"
 
         rows.append(over_seeds("PyHessian eigenvalues(top_n=5)", pyh))
-    except ImportError:
+    else:
         rows.append(("PyHessian", None, None, None, "not installed (pip install pyhessian)"))
 
     # hessian-eigenthings
-    he_op = he_operator_factory(model, loss_fn, x, y)
+    he_op = he_operator_factory(model, loss_fn, [(x, y)])
     if he_op is not None:
         import hessian_eigenthings as he
 
@@ -318,7 +285,7 @@ def profile_density(op, dev: str) -> None:
 
 def density(model, loss_fn, x, y, op, dev, reps, limits):
     # ---------------------------------------------------------------- density
-    he_op = he_operator_factory(model, loss_fn, x, y)
+    he_op = he_operator_factory(model, loss_fn, [(x, y)])
     drows = []
 
     def ours(keep):

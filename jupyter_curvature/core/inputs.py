@@ -59,7 +59,15 @@ def check_finite_parameters(named: Sequence[tuple[str, torch.Tensor]]) -> None:
 
 
 def check_finite_vector(v: torch.Tensor, name: str = "v") -> None:
-    """ValueError when ``v`` holds NaN or inf (a product would be NaN everywhere)."""
+    """ValueError when ``v`` holds NaN or inf (a product would be NaN everywhere).
+
+    Runs before every product, so the common case is one float64 sum (one pass over ``v``
+    and one host sync; a NaN or inf makes it non-finite, and a float32 vector's sum cannot
+    overflow in float64) instead of ``isfinite``'s four passes; only a non-finite sum (or a
+    float64 vector near overflow) looks at each entry.
+    """
+    if v.numel() and bool(torch.isfinite(v.sum(dtype=torch.float64))):
+        return
     if not bool(torch.isfinite(v).all()):
         bad = int((~torch.isfinite(v)).sum())
         raise ValueError(
