@@ -110,7 +110,9 @@ class Operator:
 
     def matmat(self, block: torch.Tensor) -> torch.Tensor:
         """``A @ block`` for a ``(n, k)`` block in any dtype/device; returned in the block's."""
-        x = block.to(dtype=self.dtype, device=self.device)
+        # a page-locked (CPU basis) block reaches a GPU asynchronously, in stream order
+        pinned = block.device.type == "cpu" and self.device.type == "cuda" and block.is_pinned()
+        x = block.to(dtype=self.dtype, device=self.device, non_blocking=pinned)
         with self.op.lock:  # no other thread's products between the two readings
             before = self.op.num_matvecs
             y = self.op.matmat(x)
