@@ -429,7 +429,7 @@ def spectral_density(
             ``basis_dtype``/``basis_device`` given explicitly is kept and checked.
         reorthogonalize: ``"full"`` (default): every Lanczos vector is reorthogonalised
             against the stored basis (``b p n m`` bytes); ``"none"``: the three-term
-            recurrence with no stored basis (``b p n W`` bytes, ``W`` = 5 working blocks,
+            recurrence with no stored basis (``b p n W`` bytes, ``W`` = 10 working blocks,
             whatever ``m``): converged Ritz values get ghost copies that split their weight,
             the moments ``sum tau theta^j`` (``j < 2m``) and the smoothed density do not
             change (Golub & Meurant 2010; Ubaru, Chen & Saad 2017). For the largest models.
@@ -466,7 +466,7 @@ def spectral_density(
     if ritz_vectors and reorthogonalize == "none":
         raise ValueError('ritz_vectors=True needs the stored basis of reorthogonalize="full"')
     mode = choose_basis(
-        lambda dt, how: density_bytes(A.n, num_iters, num_probes, dt, how),
+        lambda dt, how: density_bytes(A.n, num_iters, num_probes, dt, how, A.dtype),
         A.device,
         check_budget(memory_budget),
         basis_dtype,

@@ -202,6 +202,11 @@ class BasisGemv(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def coarser(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """The less precise of two floating dtypes (a float32 basis rounds a float64 product)."""
+    return a if torch.finfo(a).eps >= torch.finfo(b).eps else b
+
+
 class _Stop(Exception):
     """Raised by the closure to end ``lanczos_tridiag`` early (converged or broken down)."""
 
@@ -377,7 +382,7 @@ class LanczosClosure:
             for i in range(q.shape[1]):
                 pair = torch.stack([rec.inputs[-1][:, i], q[:, i]], 1)
                 prods = torch.stack([rec.last_output[:, i], y[:, i]], 1)
-                raise_if_asymmetric(pair, prods, self.A.dtype)
+                raise_if_asymmetric(pair, prods, coarser(self.A.dtype, q.dtype))
         if j >= 1:
             rec.betas.append(rec.next_beta)
             rec.next_beta = None

@@ -5,14 +5,17 @@ graphs (the operator's memory, see ``docs/scale.md``), the Lanczos vectors. In b
 ``b`` the basis element size (8 for float64, 4 for float32):
 
 * ``spectral_density`` with full reorthogonalisation: ``b n p (m + W_DENSITY)`` for ``p``
-  probes and ``m`` steps: GPyTorch's ``(m, p, n, 1)`` basis plus ``W_DENSITY`` working
+  probes and ``m`` steps: GPyTorch's ``(m, p, n, 1)`` basis plus ``W_DENSITY = 8`` working
   blocks of ``(n, p)`` (the residual, the product in the basis dtype and its scaled copy,
   the copy handed back to GPyTorch, the last product kept for the next ``beta``, the
-  reorthogonalisation's correction);
+  reorthogonalisation's correction, and the float64 chunks of a float32 basis);
 * ``spectral_density(reorthogonalize="none")``: ``b n p W_NONE``: the three-term recurrence
-  keeps ``q_{j-1}``, ``q_j``, the product and the residual, and nothing grows with ``m``;
+  keeps ``q_{j-1}``, ``q_j`` and the last product; with the product's scaled copy, the
+  residuals and the next vector, at most ``W_NONE = 10`` blocks are alive at once (measured),
+  and nothing grows with ``m``;
 * ``eigenpairs``: ``b n (c B + W_EIGEN + 2 k)`` for a basis of ``B = max_basis`` vectors,
   ``c = 2`` (GPyTorch's first basis and the restartable copy ``Q`` coexist for a moment),
+  ``W_EIGEN = 16``,
   ``c = 4`` with ``verify="stored"`` (the products ``A Q`` are kept as a second basis),
   plus the locked and candidate vectors (``2 k``).
 
@@ -41,11 +44,11 @@ from typing import Any
 import torch
 
 #: working ``(n, p)`` blocks beside the basis (density, full reorthogonalisation)
-W_DENSITY = 6
+W_DENSITY = 8
 #: working ``(n, p)`` blocks of the three-term recurrence without a stored basis
-W_NONE = 5
+W_NONE = 10
 #: working ``(n, 1)`` vectors of eigenpairs beside its bases (f, y, r, projections, GPyTorch's)
-W_EIGEN = 8
+W_EIGEN = 16
 #: elements of a reduced-precision basis upcast at once by the float64 accumulation
 #: (32 MiB of float64 temporaries whatever ``n``)
 CHUNK = 1 << 22
@@ -93,17 +96,26 @@ def format_bytes(x: float) -> str:
 
 
 def density_bytes(
-    n: int, num_iters: int, num_probes: int, dtype: torch.dtype, reorthogonalize: str = "full"
+    n: int,
+    num_iters: int,
+    num_probes: int,
+    dtype: torch.dtype,
+    reorthogonalize: str = "full",
+    op_dtype: torch.dtype | None = None,
 ) -> int:
-    """Bytes of the Lanczos vectors of ``spectral_density`` (see the module docstring)."""
-    b = torch.empty((), dtype=dtype).element_size()
+    """Bytes of the Lanczos vectors of ``spectral_density`` (see the module docstring).
+
+    ``op_dtype``: the operator's dtype; when it differs from the basis', each product adds
+    its input and output block in that dtype.
+    """
     blocks = W_NONE if reorthogonalize == "none" else min(num_iters, n) + W_DENSITY
-    return int(b * n * num_probes * blocks)
+    extra = 2 * op_dtype.itemsize if op_dtype is not None and op_dtype != dtype else 0
+    return int((dtype.itemsize * blocks + extra) * n * num_probes)
 
 
 def eigenpairs_bytes(n: int, k: int, max_basis: int, verify: str, dtype: torch.dtype) -> int:
     """Bytes of the Lanczos vectors of ``eigenpairs`` (see the module docstring)."""
-    b = torch.empty((), dtype=dtype).element_size()
+    b = dtype.itemsize
     copies = 4 if verify == "stored" else 2
     return int(b * n * (copies * min(max_basis, n) + W_EIGEN + 2 * k))
 
