@@ -18,6 +18,7 @@ from torch import nn
 
 from jupyter_curvature.operators import HessianOperator
 from jupyter_curvature.spectral import eigenpairs, lanczos, spectral_density
+from jupyter_curvature.spectral import memory
 from jupyter_curvature.spectral.lanczos import start_vectors
 from jupyter_curvature.spectral.memory import (
     choose_basis,
@@ -142,7 +143,7 @@ def test_lanczos_none_keeps_no_basis(mlp_hessian):
         spectral_density(op, 10, reorthogonalize="partial")
 
 
-def test_memory_budget_chooses_the_most_accurate_basis_that_fits(mlp_hessian):
+def test_memory_budget_chooses_the_most_accurate_basis_that_fits(mlp_hessian, monkeypatch):
     op, _ = mlp_hessian
     n = op.shape[0]
     f64 = density_bytes(n, 20, 2, torch.float64)
@@ -157,13 +158,21 @@ def test_memory_budget_chooses_the_most_accurate_basis_that_fits(mlp_hessian):
     e = eigenpairs_bytes(n, 3, 30, "stored", torch.float64)
     assert e == 8 * n * (4 * 30 + 16 + 6)
     assert eigenpairs(op, k=3, max_basis=30, memory_budget=e).converged
-    # a GPU operator: the host-held basis costs the device only its working blocks
+    # a GPU operator: the host-held basis costs the device only its working blocks, and
+    # must fit in the free CPU memory (fixed here: the test must not depend on the machine)
+    monkeypatch.setattr(memory, "available_host_bytes", lambda: 10**12)
     mode = choose_basis(
         lambda dt, how: density_bytes(10**6, 80, 4, dt, how), torch.device("cuda"), 2e8, None,
         None, working=4 * 10**6 * 4,
     )  # fmt: skip
     assert mode.device.type == "cpu" and mode.dtype == torch.float64
     assert mode.device_bytes == 8 * (4 * 10**6 * 4) and mode.host_bytes == 8 * 10**6 * 4 * 88
+    monkeypatch.setattr(memory, "available_host_bytes", lambda: 10**9)  # neither fits the host
+    with pytest.raises(ValueError, match="float32 basis on cpu: 128 MB on the device"):
+        choose_basis(
+            lambda dt, how: density_bytes(10**6, 80, 4, dt, how), torch.device("cuda"), 2e8,
+            None, None, working=4 * 10**6 * 4,
+        )  # fmt: skip
 
 
 def test_a_budget_too_small_names_the_modes_that_fit(mlp_hessian):

@@ -176,8 +176,9 @@ def choose_basis(
         working: bytes of one working block on the device when the basis is on the CPU.
 
     Raises:
-        ValueError: nothing allowed fits the budget; the message lists every mode with its
-            bytes and names those that fit.
+        ValueError: nothing allowed fits the budget (a host-held basis must also fit in the
+            free CPU memory); the message lists every mode with its bytes and names those
+            that fit.
     """
     op_device = torch.device(op_device)
     dtypes = [dtype] if dtype is not None else [torch.float64, torch.float32]
@@ -197,8 +198,14 @@ def choose_basis(
     allowed = [mode(dt, dev, reorthogonalize) for dev in devices for dt in dtypes]
     if budget is None:
         return allowed[0]
+    host = available_host_bytes()
+
+    def fits(m: BasisMode) -> bool:
+        # a host-held basis must also fit in the free CPU memory
+        return m.device_bytes <= budget and (not m.host_bytes or host is None or m.host_bytes <= host)
+
     for m in allowed:
-        if m.device_bytes <= budget:
+        if fits(m):
             return m
     others = [
         mode(dt, dev, how)
@@ -207,11 +214,11 @@ def choose_basis(
         for dt in (torch.float64, torch.float32)
         if not (how == "none" and dev != op_device)
     ]
-    fits = [m for m in others if m.device_bytes <= budget]
+    fitting = [m for m in others if fits(m)]
     lines = "\n".join(f"  {m.describe()}" for m in others)
     advice = (
-        "use " + " or ".join(m.name for m in fits) + " (or raise memory_budget)"
-        if fits
+        "use " + " or ".join(m.name for m in fitting) + " (or raise memory_budget)"
+        if fitting
         else "none of them fits: raise memory_budget, lower num_iters/num_probes/max_basis"
     )
     raise ValueError(
