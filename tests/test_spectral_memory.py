@@ -130,7 +130,7 @@ def test_no_reorthogonalisation_makes_ghost_copies(mlp_hessian):
     assert (copies(none) >= 2).all()
     # the copies share the one eigenvalue's weight: the total near the top is unchanged
     near = lambda d: torch.where((d.ritz_values - top).abs() <= 1e-6 * top, d.weights, 0).sum(1)  # noqa: E731
-    assert torch.allclose(near(full), near(none), rtol=1e-8, atol=1e-14)
+    assert torch.allclose(near(full), near(none), rtol=1e-6, atol=1e-12)
 
 
 def test_lanczos_none_keeps_no_basis(mlp_hessian):
