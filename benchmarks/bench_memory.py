@@ -95,24 +95,43 @@ def accuracy(num_iters: int = 80, num_probes: int = 4) -> None:
     scale = ref.scale
     grid = np.linspace(ref.stats.smallest - 0.05 * scale, ref.stats.largest + 0.05 * scale, 800)
     curve = ref.density(grid).density
-    print(f"n = {H.shape[0]}, {num_iters} steps x {num_probes} probes, float64 products; "
-          f"errors against the float64 basis, in units of ||A|| = {scale:.4g}:")
-    print(f"{'mode':24s} {'max |d theta|':>14s} {'max |d moment_j|, j<2m':>23s} "
-          f"{'density L1':>11s} {'copies of top':>14s} {'s':>6s}")
+    print(
+        f"n = {H.shape[0]}, {num_iters} steps x {num_probes} probes, float64 products; "
+        f"errors against the float64 basis, in units of ||A|| = {scale:.4g}:"
+    )
+    print(
+        f"{'mode':24s} {'max |d theta|':>14s} {'max |d moment_j|, j<2m':>23s} "
+        f"{'density L1':>11s} {'copies of top':>14s} {'s':>6s}"
+    )
     for name, d in out.items():
         same_steps = d.ritz_values.shape == ref.ritz_values.shape
-        dtheta = (d.ritz_values - ref.ritz_values).abs().max().item() / scale if same_steps else math.nan
+        dtheta = (
+            (d.ritz_values - ref.ritz_values).abs().max().item() / scale if same_steps else math.nan
+        )
         dmom = max(
-            ((d.weights * (d.ritz_values / scale) ** j).sum(1)
-             - (ref.weights * (ref.ritz_values / scale) ** j).sum(1)).abs().max().item()
+            (
+                (d.weights * (d.ritz_values / scale) ** j).sum(1)
+                - (ref.weights * (ref.ritz_values / scale) ** j).sum(1)
+            )
+            .abs()
+            .max()
+            .item()
             for j in range(2 * num_iters)
         )
-        l1 = np.abs(d.density(grid, sigma=ref.default_sigma()).density - curve).sum() * (grid[1] - grid[0])
+        l1 = np.abs(d.density(grid, sigma=ref.default_sigma()).density - curve).sum() * (
+            grid[1] - grid[0]
+        )
         copies = (d.ritz_values - top).abs().le(1e-6 * abs(top)).sum(1).tolist()
-        print(f"{name:24s} {dtheta:9.2e} ({dtheta / eps:5.1f} eps32) {dmom:9.2e} ({dmom / eps:5.2f} eps32) "
-              f"{l1:11.2e} {str(copies):>14s} {d.wall:6.2f}")
-    print("(eps32 = 1.19e-7; Ritz values and density of the 'none' rows differ by design: ghost copies")
-    print(" of converged values split their weight; the moments j < 2m are those of the float64 basis)")
+        print(
+            f"{name:24s} {dtheta:9.2e} ({dtheta / eps:5.1f} eps32) {dmom:9.2e} ({dmom / eps:5.2f} eps32) "
+            f"{l1:11.2e} {str(copies):>14s} {d.wall:6.2f}"
+        )
+    print(
+        "(eps32 = 1.19e-7; Ritz values and density of the 'none' rows differ by design: ghost copies"
+    )
+    print(
+        " of converged values split their weight; the moments j < 2m are those of the float64 basis)"
+    )
 
 
 class WideMLP(nn.Sequential):
@@ -152,18 +171,29 @@ def large(params: float, steps: int, device: str, probes: int, batch: int, budge
         free = available_host_bytes() or 0
     if budget is None:
         budget = 0.9 * (free - graph)  # the weights are already allocated
-    print(f"model: {n / 1e6:.1f}M parameters (width {model[0].out_features}), batch {batch}, "
-          f"{device}, built in {built:.1f} s; weights {format_bytes(weights)}, product "
-          f"estimate {format_bytes(graph)}, free {format_bytes(free)}, memory_budget "
-          f"{format_bytes(budget)}")
+    print(
+        f"model: {n / 1e6:.1f}M parameters (width {model[0].out_features}), batch {batch}, "
+        f"{device}, built in {built:.1f} s; weights {format_bytes(weights)}, product "
+        f"estimate {format_bytes(graph)}, free {format_bytes(free)}, memory_budget "
+        f"{format_bytes(budget)}"
+    )
     for dt in (torch.float64, torch.float32):
         for how in ("full", "none"):
-            print(f"  model: {str(dt)[6:]:8s} {how:5s} basis {format_bytes(density_bytes(n, steps, probes, dt, how, torch.float32))}")
-    print(f"  model: certified top-5 (max_basis 20, verify='product', float32): "
-          f"{format_bytes(eigenpairs_bytes(n, 5, 20, 'product', torch.float32))}")
+            print(
+                f"  model: {str(dt)[6:]:8s} {how:5s} basis {format_bytes(density_bytes(n, steps, probes, dt, how, torch.float32))}"
+            )
+    print(
+        f"  model: certified top-5 (max_basis 20, verify='product', float32): "
+        f"{format_bytes(eigenpairs_bytes(n, 5, 20, 'product', torch.float32))}"
+    )
     mode = choose_basis(
         lambda dt, how: density_bytes(n, steps, probes, dt, how, torch.float32),
-        torch.device(device), budget, None, None, reorthogonalize, working=4 * n * probes,
+        torch.device(device),
+        budget,
+        None,
+        None,
+        reorthogonalize,
+        working=4 * n * probes,
     )  # the choice spectral_density makes below, shown
     print(f"chosen: {mode.describe()}")
     rss0 = current_rss_mib()
@@ -173,12 +203,16 @@ def large(params: float, steps: int, device: str, probes: int, batch: int, budge
     if device == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    print(f"density: {d.num_steps} steps x {probes} probes in {wall:.1f} s "
-          f"({d.product_seconds:.1f} s in products); Ritz values in "
-          f"[{d.stats.smallest:.4g}, {d.stats.largest:.4g}], trace ~ {d.stats.trace:.4g}")
+    print(
+        f"density: {d.num_steps} steps x {probes} probes in {wall:.1f} s "
+        f"({d.product_seconds:.1f} s in products); Ritz values in "
+        f"[{d.stats.smallest:.4g}, {d.stats.largest:.4g}], trace ~ {d.stats.trace:.4g}"
+    )
     if device == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 1e9:.2f} GB")
-    print(f"peak RSS {peak_rss_mib() / 1024:.2f} GiB (RSS before the density {rss0 / 1024:.2f} GiB)")
+    print(
+        f"peak RSS {peak_rss_mib() / 1024:.2f} GiB (RSS before the density {rss0 / 1024:.2f} GiB)"
+    )
 
 
 def main() -> None:

@@ -202,7 +202,9 @@ def choose_basis(
 
     def fits(m: BasisMode) -> bool:
         # a host-held basis must also fit in the free CPU memory
-        return m.device_bytes <= budget and (not m.host_bytes or host is None or m.host_bytes <= host)
+        return m.device_bytes <= budget and (
+            not m.host_bytes or host is None or m.host_bytes <= host
+        )
 
     for m in allowed:
         if fits(m):
