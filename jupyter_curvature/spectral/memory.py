@@ -37,11 +37,12 @@ names it and its bytes.
 from __future__ import annotations
 
 import numbers
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from ..operators.graphs import free_memory
 
 #: working ``(n, p)`` blocks beside the basis (density, full reorthogonalisation)
 W_DENSITY = 8
@@ -141,18 +142,8 @@ def check_reorthogonalize(value: Any) -> str:
 
 
 def available_host_bytes() -> int | None:
-    """Free CPU memory (``MemAvailable``), or ``None`` where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    """Free CPU memory (``MemAvailable`` on Linux), as the kept graphs' budget reads it."""
+    return free_memory(torch.device("cpu"))
 
 
 def choose_basis(
