@@ -36,6 +36,7 @@ from ..core.files import atomic_savez, atomic_write_text
 from ..core.progress import Progress
 from ._checks import Operator, check_int, check_positive, check_seed
 from .lanczos import _Stop, diagonalise, run_lanczos, tridiagonal
+from .memory import check_budget, check_reorthogonalize, choose_basis, density_bytes
 
 #: Papyan (2019) bandwidth constants: kappa and the margin added to the spectral range
 KAPPA = 1.25
@@ -397,8 +398,10 @@ def spectral_density(
     *,
     init: str | torch.Tensor = "rademacher",
     ritz_vectors: bool = False,
-    basis_dtype: torch.dtype = torch.float64,
+    basis_dtype: torch.dtype | None = None,
     basis_device: torch.device | str | None = None,
+    memory_budget: float | None = None,
+    reorthogonalize: str = "full",
     zero_tol: float = 1e-8,
     outlier_tol: float = 1e-3,
     outlier_gap: float = 0.05,
@@ -417,7 +420,19 @@ def spectral_density(
         seed: seeds the probes.
         init: ``"rademacher"`` (default), ``"gaussian"`` or an ``(n, num_probes)`` tensor.
         ritz_vectors: also return the ``(p, n, m)`` Ritz vectors (memory: ``p m n`` numbers).
-        basis_dtype, basis_device: dtype/device of the Lanczos vectors (float64, op's device).
+        basis_dtype, basis_device: dtype/device of the Lanczos vectors; ``None``: float64 on
+            the operator's device, or what ``memory_budget`` allows.
+        memory_budget: bytes the Lanczos vectors may take on the operator's device, or
+            ``None`` (no limit). The most accurate basis that fits is chosen by the memory
+            model of :mod:`.memory` (``docs/scale.md``): float64, then float32 (float64
+            accumulation), then, for a GPU operator, the same in pinned CPU memory. A
+            ``basis_dtype``/``basis_device`` given explicitly is kept and checked.
+        reorthogonalize: ``"full"`` (default): every Lanczos vector is reorthogonalised
+            against the stored basis (``b p n m`` bytes); ``"none"``: the three-term
+            recurrence with no stored basis (``b p n W`` bytes, ``W`` = 10 working blocks,
+            whatever ``m``): converged Ritz values get ghost copies that split their weight,
+            the moments ``sum tau theta^j`` (``j < 2m``) and the smoothed density do not
+            change (Golub & Meurant 2010; Ubaru, Chen & Saad 2017). For the largest models.
         zero_tol: Ritz values with ``|theta| <= zero_tol * scale`` count as zero in the stats.
         outlier_tol: relative residual under which a Ritz value counts as converged.
         outlier_gap: a gap wider than ``outlier_gap * scale`` separates outliers from the bulk
@@ -437,7 +452,9 @@ def spectral_density(
             recurrence does not depend on the number of steps asked for).
 
     Raises:
-        ValueError: ``num_iters < 1``, ``num_probes < 1``, a non-symmetric operator.
+        ValueError: ``num_iters < 1``, ``num_probes < 1``, a non-symmetric operator, a
+            ``memory_budget`` that cannot hold the basis (the message lists the modes that
+            fit and the bytes each needs).
         FloatingPointError: a product contained NaN (the loss or the model produced NaN).
         Cancelled: cancelled before the first product.
     """
@@ -445,6 +462,18 @@ def spectral_density(
     num_iters = check_int("num_iters", num_iters, 1)
     num_probes = check_int("num_probes", num_probes, 1)
     seed = check_seed(seed)
+    reorthogonalize = check_reorthogonalize(reorthogonalize)
+    if ritz_vectors and reorthogonalize == "none":
+        raise ValueError('ritz_vectors=True needs the stored basis of reorthogonalize="full"')
+    mode = choose_basis(
+        lambda dt, how: density_bytes(A.n, num_iters, num_probes, dt, how, A.dtype),
+        A.device,
+        check_budget(memory_budget),
+        basis_dtype,
+        basis_device,
+        reorthogonalize,
+        working=A.n * num_probes * A.dtype.itemsize,
+    )
     zero_tol = check_positive("zero_tol", zero_tol)
     outlier_tol = check_positive("outlier_tol", outlier_tol)
     outlier_gap = check_positive("outlier_gap", outlier_gap)
@@ -476,10 +505,11 @@ def spectral_density(
             num_probes,
             seed,
             init=init,
-            basis_dtype=basis_dtype,
-            basis_device=basis_device,
+            basis_dtype=mode.dtype,
+            basis_device=mode.device,
             keep_basis=ritz_vectors,
             on_step=on_step if tracker.callback is not None or cancel is not None else None,
+            reorthogonalize=reorthogonalize,
         )
     vecs = None
     if ritz_vectors:

@@ -93,6 +93,7 @@ from .lanczos import (
     start_vectors,
     tridiagonal,
 )
+from .memory import check_budget, choose_basis, combine64, dot64, eigenpairs_bytes, inner64
 from .warm_start import warm_start_vector
 
 WHICH = ("LA", "SA", "LM")
@@ -360,12 +361,17 @@ class _Krylov:
             beta = float(r.norm())
             f = r / beta if beta >= GPYTORCH_BREAKDOWN else None
         q0 = rec.inputs[0]
-        Q = q0.new_zeros(q0.shape[0], capacity)
-        Q[:, :m] = torch.cat(rec.inputs, 1)
+        # every column is written before it is read (restart, extend); filled column by
+        # column, so no concatenated copy of the basis is made (see memory.eigenpairs_bytes)
+        Q = q0.new_empty(q0.shape[0], capacity)
+        for i, q in enumerate(rec.inputs):
+            Q[:, i : i + 1] = q
         AQ = None
         if rec.outputs:
-            AQ = torch.zeros_like(Q)
-            AQ[:, :m] = torch.cat(rec.outputs, 1)
+            AQ = torch.empty_like(Q)
+            for i in range(len(rec.outputs)):
+                AQ[:, i : i + 1] = rec.outputs[i]
+                rec.outputs[i] = None  # freed as copied
         rec.inputs.clear()  # the basis lives on in Q only
         rec.outputs.clear()
         b = np.zeros(m)
@@ -380,11 +386,10 @@ class _Krylov:
     def restart(self, theta: np.ndarray, S: np.ndarray, keep: np.ndarray) -> None:
         """Thick restart: keep the Ritz pairs ``keep`` (and their coupling to ``f``)."""
         Sk = S[:, keep]
-        coeffs = torch.as_tensor(Sk).to(self.Q)
         m, l = self.m, len(keep)
-        self.Q[:, :l] = self.Q[:, :m] @ coeffs
+        self.Q[:, :l] = _combine(self.Q[:, :m], Sk)
         if self.AQ is not None:
-            self.AQ[:, :l] = self.AQ[:, :m] @ coeffs
+            self.AQ[:, :l] = _combine(self.AQ[:, :m], Sk)
         self.T = np.diag(theta[keep])
         self.b = Sk.T @ self.b
 
@@ -403,7 +408,7 @@ class _Krylov:
             self.AQ[:, m : m + 1] = y  # before deflation: the true product, for true residuals
         self.Q[:, m : m + 1] = q
         y = _orthogonalise(y, deflate)
-        alpha = float((q * y).sum())
+        alpha = float(inner64(q, y).sum())
         T = np.zeros((m + 1, m + 1))
         T[:m, :m] = self.T
         T[:m, m] = T[m, :m] = self.b
@@ -418,12 +423,28 @@ class _Krylov:
 
 
 def _orthogonalise(x: torch.Tensor, *bases: torch.Tensor) -> torch.Tensor:
-    """``x`` with its components along the orthonormal columns of ``bases`` removed (CGS2)."""
+    """``x`` with its components along the orthonormal columns of ``bases`` removed (CGS2).
+
+    For a float32 basis the inner products and the combination are accumulated in float64
+    (:func:`.memory.dot64`, :func:`.memory.combine64`), without a float64 copy of the basis.
+    """
     for _ in range(2):
         for V in bases:
-            if V.shape[1]:
+            if not V.shape[1]:
+                continue
+            if V.dtype == torch.float64 or x.shape[1] != 1:
                 x = x - V @ (V.T @ x)
+            else:
+                x = x - combine64(V.T, dot64(V.T, x[:, 0])).unsqueeze(1)
     return x
+
+
+def _combine(V: torch.Tensor, S: np.ndarray) -> torch.Tensor:
+    """``V S`` (a thick restart's new basis), accumulated in float64 for a float32 ``V``."""
+    coeffs = torch.as_tensor(S).to(device=V.device)
+    if V.dtype == torch.float64:
+        return V @ coeffs.to(V)
+    return torch.stack([combine64(V.T, coeffs[:, i]) for i in range(coeffs.shape[1])], 1)
 
 
 def _check_args(A: Operator, k: Any, which: Any, tol: Any) -> tuple[int, str, float]:
@@ -459,8 +480,9 @@ def eigenpairs(
     *,
     max_basis: int | None = None,
     verify: str = "stored",
-    basis_dtype: torch.dtype = torch.float64,
+    basis_dtype: torch.dtype | None = None,
     basis_device: torch.device | str | None = None,
+    memory_budget: float | None = None,
     warn: bool = True,
     keep_graphs: bool | None = None,
     start: torch.Tensor | None = None,
@@ -485,15 +507,23 @@ def eigenpairs(
             ``min(n, max(100, 4 k))``, at least ``min(n, k + 2)`` (a restart keeps ``k + 1``
             Ritz vectors and adds one). A larger basis restarts less (each restart keeps
             ``k + min(k, (max_basis - k) // 2)`` Ritz vectors); a small one still converges,
-            with more products. Memory: ``max_basis`` vectors of ``n`` in
-            ``basis_dtype``, plus GPyTorch's temporaries (about 2x).
+            with more products. Memory: ``2 max_basis`` vectors of ``n`` in
+            ``basis_dtype`` (GPyTorch's first basis and its restartable copy), twice that
+            with ``verify="stored"`` (:func:`.memory.eigenpairs_bytes`).
         verify: how the reported residuals ``||A v - lambda v||`` are measured.
             ``"stored"`` (default): from the products ``A q_j`` kept during Lanczos,
             ``A v = (A Q) s`` by linearity, so no new product (memory: a second basis).
             ``"product"``: one more ``(n, k)`` block product of the final vectors (``k``
             products, no extra memory). ``"estimate"``: the Lanczos estimates only.
-        basis_dtype: dtype of the Lanczos vectors (float64 default, for a float32 op too).
-        basis_device: device of the Lanczos vectors (default: the operator's).
+        basis_dtype: dtype of the Lanczos vectors; ``None``: float64 (for a float32 op too),
+            or what ``memory_budget`` allows. A float32 basis accumulates its
+            reorthogonalisation in float64.
+        basis_device: device of the Lanczos vectors; ``None``: the operator's, or what
+            ``memory_budget`` allows.
+        memory_budget: bytes the Lanczos vectors may take on the operator's device, or
+            ``None`` (no limit): the most accurate basis that fits is chosen by the memory
+            model (:mod:`.memory`, ``docs/scale.md``); a budget that cannot hold the given
+            (or any) basis raises ValueError listing the bytes of each mode.
         warn: emit :class:`ConvergenceWarning` when the budget ends first.
         keep_graphs: for a ``HessianOperator``, keep each batch's gradient graph across the
             steps so that a product costs only the second backward. ``None`` (default): when
@@ -540,6 +570,15 @@ def eigenpairs(
         min(n, k + 2),
         hint=f"a restart keeps k + 1 = {k + 1} Ritz vectors and adds one; raise max_basis or lower k",
     )
+    mode = choose_basis(
+        lambda dt, how: eigenpairs_bytes(n, k, max_basis, verify, dt),
+        A.device,
+        check_budget(memory_budget),
+        basis_dtype,
+        basis_device,
+        working=n * A.dtype.itemsize,
+    )
+    basis_dtype, basis_device = mode.dtype, mode.device
     x0 = None
     if start is not None:
         device = resolve_device(basis_device, A.device)

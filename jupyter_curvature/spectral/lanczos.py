@@ -55,6 +55,7 @@ with warnings.catch_warnings():
 
 from ..core.progress import Cancelled
 from ._checks import Operator, check_int, check_seed, raise_if_asymmetric, resolve_device
+from .memory import check_reorthogonalize, combine64, dot64, inner64
 
 #: the scaled operator has ``max_j ||A q_0j|| = SCALE_TARGET``, so GPyTorch's absolute
 #: breakdown threshold ``1e-6`` means ``1e-6 / SCALE_TARGET = 1e-10`` relative.
@@ -108,11 +109,18 @@ class _Contraction:
         Q, x = self.basis, self.other
         j, p, n, v = Q.shape
         dim = dim % Q.ndim
+        # a float64 basis: BLAS GEMVs; a reduced-precision one: the same contractions
+        # accumulated in float64 (memory.dot64/combine64), the coefficients kept in float64
+        exact = Q.dtype == torch.float64
         if v == 1 and dim == 2 and x.shape == (1, p, n, 1):
-            out = torch.stack([torch.mv(Q[:, b, :, 0], x[0, b, :, 0]) for b in range(p)], 1)
+            dot = torch.mv if exact else dot64
+            out = torch.stack([dot(Q[:, b, :, 0], x[0, b, :, 0]) for b in range(p)], 1)
             return out.view(j, p, 1, 1) if keepdim else out.view(j, p, 1)
         if v == 1 and dim == 0 and x.shape == (j, p, 1, 1):
-            out = torch.stack([torch.mv(Q[:, b, :, 0].T, x[:, b, 0, 0]) for b in range(p)])
+            if exact:
+                out = torch.stack([torch.mv(Q[:, b, :, 0].T, x[:, b, 0, 0]) for b in range(p)])
+            else:
+                out = torch.stack([combine64(Q[:, b, :, 0], x[:, b, 0, 0]) for b in range(p)])
             return out.view(1, p, n, 1) if keepdim else out.view(p, n, 1)
         return self._product().sum(dim, keepdim=keepdim)
 
@@ -131,9 +139,10 @@ class BasisGemv(TorchFunctionMode):
     the reorthogonalisation loop, its stopping tests and the breakdown logic stay GPyTorch's.
     """
 
-    def __init__(self, num_iter: int, num_probes: int, n: int) -> None:
+    def __init__(self, num_iter: int, num_probes: int, n: int, pin: bool = False) -> None:
         super().__init__()
         self.shape = (num_iter, num_probes, n, 1)
+        self.pin = pin  # a CPU basis for a GPU operator: page-locked, for fast copies
         self.basis: torch.Tensor | None = None
         self._off = 0
 
@@ -174,7 +183,7 @@ class BasisGemv(TorchFunctionMode):
             if tuple(args) == self.shape or (len(args) == 1 and tuple(args[0]) == self.shape):
                 # every row of the basis is written before it is read: no need to zero-fill
                 # (and touch) num_iter x p x n numbers up front
-                self.basis = torch.empty(self.shape, **kwargs)
+                self.basis = torch.empty(self.shape, **kwargs, pin_memory=self.pin)
                 return self.basis
             return func(*args, **kwargs)
         if func is torch.Tensor.mul and len(args) == 2 and not kwargs:
@@ -191,6 +200,11 @@ class BasisGemv(TorchFunctionMode):
             # closure records the basis), so it is not made
             return args[0]
         return func(*args, **kwargs)
+
+
+def coarser(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """The less precise of two floating dtypes (a float32 basis rounds a float64 product)."""
+    return a if torch.finfo(a).eps >= torch.finfo(b).eps else b
 
 
 class _Stop(Exception):
@@ -272,6 +286,8 @@ class LanczosClosure:
         on_step: called as ``on_step(record, j)`` before every product (``j = 0, 1, ...``
             steps done): progress reports; it may raise :class:`_Stop` to end the run
             (cancelled).
+        window: keep only the last ``window`` inputs (2 for the three-term recurrence of
+            :func:`run_recurrence`: no basis is stored); ``None`` keeps them all.
     """
 
     def __init__(
@@ -284,8 +300,10 @@ class LanczosClosure:
         scale: float | None = None,
         store_products: bool = False,
         on_step: Callable[[_Record, int], None] | None = None,
+        window: int | None = None,
     ) -> None:
         self.A = A
+        self.window = window
         self.on_step = on_step
         self.store_products = store_products
         self.deflate = deflate
@@ -300,7 +318,7 @@ class LanczosClosure:
         """Remove the components of ``x`` (n, p) along ``basis`` and ``deflate`` (twice: CGS2)."""
         for _ in range(2):
             for q in basis:
-                x = x - q * (q * x).sum(0, keepdim=True)
+                x = x - q * inner64(q, x, keepdim=True).to(x)
             if self.deflate is not None and self.deflate.shape[1]:
                 x = x - self.deflate @ (self.deflate.T @ x)
         return x
@@ -329,11 +347,11 @@ class LanczosClosure:
             # beta_j = q_j^T (A q_{j-1} - alpha q_{j-1} - beta q_{j-2}): the coefficient GPyTorch
             # stored; as a projection on the three-term residual it is also right at step 1,
             # where GPyTorch does not reorthogonalise (a dot with A q_0 alone is not)
-            r = rec.last_output - rec.inputs[j - 1] * rec.alphas[j - 1].to(q)
+            r = rec.last_output - rec.inputs[-1] * rec.alphas[j - 1].to(q)
             if j >= 2:
-                r = r - rec.inputs[j - 2] * rec.betas[j - 2].to(q)
+                r = r - rec.inputs[-2] * rec.betas[j - 2].to(q)
             finite = torch.isfinite(q.sum(0))  # unit columns: the sum cannot overflow
-            beta = torch.where(finite, (torch.nan_to_num(q) * r).sum(0), 0.0)
+            beta = torch.where(finite, inner64(torch.nan_to_num(q), r), 0.0)
             broken = ~finite | (beta.abs() < GPYTORCH_BREAKDOWN)
             beta = torch.where(broken, torch.zeros_like(beta), beta)
             rec.next_beta = beta.double()
@@ -362,26 +380,34 @@ class LanczosClosure:
             y = y - self.deflate @ (self.deflate.T @ y)
         if j == 1 and self.check_symmetry:
             for i in range(q.shape[1]):
-                pair = torch.stack([rec.inputs[0][:, i], q[:, i]], 1)
+                pair = torch.stack([rec.inputs[-1][:, i], q[:, i]], 1)
                 prods = torch.stack([rec.last_output[:, i], y[:, i]], 1)
-                raise_if_asymmetric(pair, prods, self.A.dtype)
+                raise_if_asymmetric(pair, prods, coarser(self.A.dtype, q.dtype))
         if j >= 1:
             rec.betas.append(rec.next_beta)
             rec.next_beta = None
-        rec.alphas.append((q * y).sum(0).double())
+        rec.alphas.append(inner64(q, y))
         rec.inputs.append(q)
+        if self.window is not None and len(rec.inputs) > self.window:
+            del rec.inputs[0]
         rec.last_output = y
         # lanczos_tridiag updates the returned block in place (r.sub_, r.div_): hand it a copy
         return y.clone()
 
 
 def run_tridiag(
-    closure: LanczosClosure, num_iters: int, init: torch.Tensor, gemv: bool = True
+    closure: LanczosClosure,
+    num_iters: int,
+    init: torch.Tensor,
+    gemv: bool = True,
+    pin: bool = False,
 ) -> None:
     """Drive ``lanczos_tridiag`` with ``closure``; the results are in ``closure.rec``.
 
     ``gemv``: evaluate GPyTorch's basis contractions as matrix-vector products
-    (:class:`BasisGemv`; same arithmetic, no ``(k, p, n, 1)`` temporaries).
+    (:class:`BasisGemv`; same arithmetic, no ``(k, p, n, 1)`` temporaries; for a float32
+    basis accumulated in float64). ``pin``: allocate the basis in page-locked memory (a CPU
+    basis for a GPU operator).
     """
     n, p = init.shape
     if num_iters == 1 or n == 1:
@@ -394,7 +420,7 @@ def run_tridiag(
     # p init vectors (n, p): its reorthogonalisation multiplies and sums (k, *batch, n, vecs)
     # temporaries over n, which is ~3-10x faster on CPU with n innermost (measured at n = 5e4,
     # p = 4). The operator still receives one (n, p) block per step.
-    mode = BasisGemv(min(num_iters, n), p, n) if gemv and gemv_supported() else None
+    mode = BasisGemv(min(num_iters, n), p, n, pin) if gemv and gemv_supported() else None
 
     def batched(qb: torch.Tensor) -> torch.Tensor:
         with mode.suspended() if mode is not None else contextlib.nullcontext():
@@ -418,6 +444,36 @@ def run_tridiag(
     if len(rec.inputs) < min(num_iters, n) and rec.next_beta is None:
         # lanczos_tridiag ended on its own |beta| < 1e-6 test: an invariant subspace
         rec.breakdown = True
+
+
+def run_recurrence(closure: LanczosClosure, num_iters: int, init: torch.Tensor) -> None:
+    """The Lanczos three-term recurrence with no reorthogonalisation and no stored basis.
+
+    ``beta_{j+1} q_{j+1} = A q_j - alpha_j q_j - beta_j q_{j-1}``: only ``q_{j-1}``, ``q_j``
+    and the product are held (``closure.window == 2``), so the memory does not grow with
+    the steps. In floating point the ``q_j`` lose orthogonality once a Ritz value converges
+    (Paige 1971/1980): the converged value then reappears as a ghost copy, and the Ritz
+    weights of the copies share the weight of the one eigenvalue. The tridiagonal is still
+    that of a Gauss quadrature of the spectral measure of ``q_0`` to working accuracy
+    (Greenbaum 1989; Golub & Meurant, *Matrices, Moments and Quadrature*, 2010, ch. 4), so
+    the moments ``q_0^T A^j q_0 = e_1^T T^j e_1`` for ``j < 2m`` and the smoothed density
+    are kept (Ubaru, Chen & Saad, SIMAX 2017, section 4 on SLQ without reorthogonalisation).
+    """
+    norm = init.norm(dim=0, keepdim=True, dtype=torch.float64).to(init)
+    q = init / norm
+    with contextlib.suppress(_Stop):
+        for j in range(num_iters):
+            closure(q)
+            if j + 1 == num_iters:
+                break
+            rec = closure.rec
+            r = rec.last_output - q * rec.alphas[-1].to(q)
+            if len(rec.inputs) == 2:
+                r = r - rec.inputs[0] * rec.betas[-1].to(q)
+            beta = r.norm(dim=0, keepdim=True, dtype=torch.float64).to(q)
+            # a probe whose space became invariant divides by ~0: the closure sees a
+            # non-finite or tiny column and restarts or stops it
+            q = r / beta
 
 
 def tridiagonal(rec: _Record) -> torch.Tensor:
@@ -517,6 +573,7 @@ def lanczos(
     keep_basis: bool = False,
     check_symmetry: bool = True,
     keep_graphs: bool | None = None,
+    reorthogonalize: str = "full",
 ) -> LanczosResult:
     """Batched Lanczos with full reorthogonalisation on GPyTorch's ``lanczos_tridiag``.
 
@@ -542,6 +599,10 @@ def lanczos(
             the graphs fit in half the free memory (counted as they are built, see
             :mod:`._graphs`); ``True``: always; ``False``: never. The operator is left as
             it was found.
+        reorthogonalize: ``"full"`` (default): GPyTorch's full reorthogonalisation against
+            the stored basis; ``"none"``: the plain three-term recurrence
+            (:func:`run_recurrence`), no basis stored (``keep_basis`` must be False); ghost
+            copies of converged Ritz values appear, the quadrature's moments do not change.
 
     Returns:
         LanczosResult, with ``T_m`` in the operator's units (the internal scaling undone).
@@ -565,6 +626,7 @@ def lanczos(
             basis_device=basis_device,
             keep_basis=keep_basis,
             check_symmetry=check_symmetry,
+            reorthogonalize=reorthogonalize,
         )
 
 
@@ -580,6 +642,7 @@ def run_lanczos(
     keep_basis: bool,
     check_symmetry: bool = True,
     on_step: Callable[[_Record, int], None] | None = None,
+    reorthogonalize: str = "full",
 ) -> LanczosResult:
     """:func:`lanczos` on an already wrapped (and opened) operator.
 
@@ -587,13 +650,25 @@ def run_lanczos(
     cancellation): the result then holds the ``j`` steps done; with none done it raises
     :class:`~jupyter_curvature.core.progress.Cancelled`.
     """
+    reorthogonalize = check_reorthogonalize(reorthogonalize)
+    full = reorthogonalize == "full"
+    if keep_basis and not full:
+        raise ValueError(
+            'reorthogonalize="none" stores no basis: ritz_vectors/keep_basis need "full"'
+        )
     device = resolve_device(basis_device, A.device)
     init_vecs = start_vectors(A.n, num_probes, seed, init, basis_dtype, device)
-    closure = LanczosClosure(A, check_symmetry=check_symmetry, seed=seed, on_step=on_step)
+    closure = LanczosClosure(
+        A, check_symmetry=check_symmetry, seed=seed, on_step=on_step, window=None if full else 2
+    )
     t0 = time.perf_counter()
-    run_tridiag(closure, min(num_iters, A.n), init_vecs)
+    if full:
+        pin = device.type == "cpu" and A.device.type == "cuda"
+        run_tridiag(closure, min(num_iters, A.n), init_vecs, pin=pin)
+    else:
+        run_recurrence(closure, min(num_iters, A.n), init_vecs)
     rec = closure.rec
-    if not rec.inputs:
+    if not rec.alphas:
         raise Cancelled("lanczos")
     scale = rec.scale
     T = tridiagonal(rec) * scale
@@ -609,7 +684,7 @@ def run_lanczos(
         ritz_weights=weights,
         ritz_residuals=residuals,
         tridiagonal_vectors=S,
-        num_steps=len(rec.inputs),
+        num_steps=len(rec.alphas),
         breakdown=rec.breakdown,
         num_matvecs=A.num_matvecs,
         seconds=seconds,

@@ -1,0 +1,263 @@
+"""The memory model of the Lanczos basis, the choice it drives, and float64 accumulation.
+
+A curvature spectrum of an ``n``-parameter model holds, besides the model and its gradient
+graphs (the operator's memory, see ``docs/scale.md``), the Lanczos vectors. In bytes, with
+``b`` the basis element size (8 for float64, 4 for float32):
+
+* ``spectral_density`` with full reorthogonalisation: ``b n p (m + W_DENSITY)`` for ``p``
+  probes and ``m`` steps: GPyTorch's ``(m, p, n, 1)`` basis plus ``W_DENSITY = 8`` working
+  blocks of ``(n, p)`` (the residual, the product in the basis dtype and its scaled copy,
+  the copy handed back to GPyTorch, the last product kept for the next ``beta``, the
+  reorthogonalisation's correction, and the float64 chunks of a float32 basis);
+* ``spectral_density(reorthogonalize="none")``: ``b n p W_NONE``: the three-term recurrence
+  keeps ``q_{j-1}``, ``q_j`` and the last product; with the product's scaled copy, the
+  residuals and the next vector, at most ``W_NONE = 10`` blocks are alive at once (measured),
+  and nothing grows with ``m``;
+* ``eigenpairs``: ``b n (c B + W_EIGEN + 2 k)`` for a basis of ``B = max_basis`` vectors,
+  ``c = 2`` (GPyTorch's first basis and the restartable copy ``Q`` coexist for a moment),
+  ``W_EIGEN = 16``,
+  ``c = 4`` with ``verify="stored"`` (the products ``A Q`` are kept as a second basis),
+  plus the locked and candidate vectors (``2 k``).
+
+These are what is *allocated*; on a CUDA device that is what is used. On the CPU an allocation
+is resident only once written, so a run that stops early (eigenpairs converged in ``j <
+max_basis`` steps) keeps fewer pages resident than the model says: the model is an upper
+bound there. ``tests/test_spectral_memory.py`` checks the model against the resident memory
+of a child process.
+
+A budget (``memory_budget=``, bytes for the Lanczos vectors on the operator's device) picks
+the most accurate mode that fits, in this order: float64 basis on the operator's device,
+float32 basis there (float64 accumulation, see :func:`dot64`), and, for an operator on a GPU,
+the same two with the basis in (pinned) CPU memory, which costs the device only the working
+blocks. ``reorthogonalize="none"`` (density only) is never chosen silently: it changes the
+Ritz values (ghost copies, ``docs/scale.md``), so the error that says no stored basis fits
+names it and its bytes.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..operators.graphs import free_memory
+
+#: working ``(n, p)`` blocks beside the basis (density, full reorthogonalisation)
+W_DENSITY = 8
+#: working ``(n, p)`` blocks of the three-term recurrence without a stored basis
+W_NONE = 10
+#: working ``(n, 1)`` vectors of eigenpairs beside its bases (f, y, r, projections, GPyTorch's)
+W_EIGEN = 16
+#: elements of a reduced-precision basis upcast at once by the float64 accumulation
+#: (32 MiB of float64 temporaries whatever ``n``)
+CHUNK = 1 << 22
+
+REORTHOGONALIZE = ("full", "none")
+
+
+@dataclass(frozen=True)
+class BasisMode:
+    """Where and how the Lanczos vectors are held, and the bytes it costs.
+
+    Attributes:
+        dtype: element type of the stored basis.
+        device: where the basis lives.
+        reorthogonalize: ``"full"`` (stored basis) or ``"none"`` (three-term recurrence).
+        device_bytes: bytes on the operator's device.
+        host_bytes: bytes in CPU memory when the basis is held there for a GPU operator.
+    """
+
+    dtype: torch.dtype
+    device: torch.device
+    reorthogonalize: str
+    device_bytes: int
+    host_bytes: int = 0
+
+    @property
+    def name(self) -> str:
+        kind = str(self.dtype).removeprefix("torch.")
+        if self.reorthogonalize == "none":
+            return f'reorthogonalize="none" ({kind})'
+        return f"{kind} basis on {self.device}"
+
+    def describe(self) -> str:
+        text = f"{self.name}: {format_bytes(self.device_bytes)}"
+        if self.host_bytes:
+            text += f" on the device + {format_bytes(self.host_bytes)} of CPU memory"
+        return text
+
+
+def format_bytes(x: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if x >= size:
+            return f"{x / size:.3g} {unit}"
+    return f"{int(x)} B"
+
+
+def density_bytes(
+    n: int,
+    num_iters: int,
+    num_probes: int,
+    dtype: torch.dtype,
+    reorthogonalize: str = "full",
+    op_dtype: torch.dtype | None = None,
+) -> int:
+    """Bytes of the Lanczos vectors of ``spectral_density`` (see the module docstring).
+
+    ``op_dtype``: the operator's dtype; when it differs from the basis', each product adds
+    its input and output block in that dtype.
+    """
+    blocks = W_NONE if reorthogonalize == "none" else min(num_iters, n) + W_DENSITY
+    extra = 2 * op_dtype.itemsize if op_dtype is not None and op_dtype != dtype else 0
+    return int((dtype.itemsize * blocks + extra) * n * num_probes)
+
+
+def eigenpairs_bytes(n: int, k: int, max_basis: int, verify: str, dtype: torch.dtype) -> int:
+    """Bytes of the Lanczos vectors of ``eigenpairs`` (see the module docstring)."""
+    b = dtype.itemsize
+    copies = 4 if verify == "stored" else 2
+    return int(b * n * (copies * min(max_basis, n) + W_EIGEN + 2 * k))
+
+
+def check_budget(value: Any) -> float | None:
+    """``memory_budget``: ``None`` or a positive number of bytes."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(
+            f"memory_budget must be a positive number of bytes (e.g. 8e9) or None, got {value!r}"
+        )
+    return float(value)
+
+
+def check_reorthogonalize(value: Any) -> str:
+    if value not in REORTHOGONALIZE:
+        raise ValueError(
+            f'reorthogonalize must be "full" (stored basis) or "none" (three-term recurrence, '
+            f"no basis: for models whose basis does not fit), got {value!r}"
+        )
+    return value
+
+
+def available_host_bytes() -> int | None:
+    """Free CPU memory (``MemAvailable`` on Linux), as the kept graphs' budget reads it."""
+    return free_memory(torch.device("cpu"))
+
+
+def choose_basis(
+    bytes_of: Any,
+    op_device: torch.device,
+    budget: float | None,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+    reorthogonalize: str = "full",
+    working: int = 0,
+) -> BasisMode:
+    """The basis mode: the given one, or the most accurate one that fits ``budget``.
+
+    Args:
+        bytes_of: ``bytes_of(dtype, reorthogonalize)``, the memory model of the routine.
+        op_device: the operator's device (where ``budget`` applies).
+        budget: bytes for the Lanczos vectors on the operator's device, or ``None`` (no
+            limit: float64 on the operator's device unless ``dtype``/``device`` say otherwise).
+        dtype, device: the caller's ``basis_dtype``/``basis_device``; ``None`` = automatic.
+        reorthogonalize: ``"full"`` or ``"none"`` (then no basis is stored).
+        working: bytes of one working block on the device when the basis is on the CPU.
+
+    Raises:
+        ValueError: nothing allowed fits the budget (a host-held basis must also fit in the
+            free CPU memory); the message lists every mode with its bytes and names those
+            that fit.
+    """
+    op_device = torch.device(op_device)
+    dtypes = [dtype] if dtype is not None else [torch.float64, torch.float32]
+    if device is not None:
+        devices = [torch.device(device)]
+    else:
+        devices = [op_device] + ([torch.device("cpu")] if op_device.type != "cpu" else [])
+    if reorthogonalize == "none":
+        devices = devices[:1]  # nothing is stored, so nothing to move to the host
+
+    def mode(dt: torch.dtype, dev: torch.device, how: str) -> BasisMode:
+        total = bytes_of(dt, how)
+        if dev.type == op_device.type and dev == op_device or how == "none":
+            return BasisMode(dt, dev, how, total)
+        return BasisMode(dt, dev, how, W_DENSITY * working, total)  # host-held basis
+
+    allowed = [mode(dt, dev, reorthogonalize) for dev in devices for dt in dtypes]
+    if budget is None:
+        return allowed[0]
+    host = available_host_bytes()
+
+    def fits(m: BasisMode) -> bool:
+        # a host-held basis must also fit in the free CPU memory
+        return m.device_bytes <= budget and (
+            not m.host_bytes or host is None or m.host_bytes <= host
+        )
+
+    for m in allowed:
+        if fits(m):
+            return m
+    others = [
+        mode(dt, dev, how)
+        for how in ("full", "none")
+        for dev in ([op_device] + ([torch.device("cpu")] if op_device.type != "cpu" else []))
+        for dt in (torch.float64, torch.float32)
+        if not (how == "none" and dev != op_device)
+    ]
+    fitting = [m for m in others if fits(m)]
+    lines = "\n".join(f"  {m.describe()}" for m in others)
+    advice = (
+        "use " + " or ".join(m.name for m in fitting) + " (or raise memory_budget)"
+        if fitting
+        else "none of them fits: raise memory_budget, lower num_iters/num_probes/max_basis"
+    )
+    raise ValueError(
+        f"memory_budget={format_bytes(budget)} cannot hold "
+        f"{' or '.join(m.describe() for m in allowed)}. The Lanczos vectors of each mode "
+        f"need (on the operator's device):\n{lines}\n{advice}"
+    )
+
+
+# ---------------------------------------------------------------------- float64 accumulation
+def _step(rows: int) -> int:
+    return max(1, CHUNK // max(rows, 1))
+
+
+def dot64(Q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``Q x`` for rows ``Q`` ``(j, n)`` and ``x`` ``(n,)``, accumulated in float64.
+
+    For a float32 basis each of the ``j`` inner products is summed in float64 over chunks of
+    ``n`` (upcast ``CHUNK`` elements at a time, so no float64 copy of the basis is made):
+    the only rounding is that of the stored float32 entries. Returns float64 ``(j,)``.
+    """
+    if Q.dtype == torch.float64:
+        return torch.mv(Q, x.double())
+    out = torch.zeros(Q.shape[0], dtype=torch.float64, device=Q.device)
+    step = _step(Q.shape[0])
+    for s in range(0, Q.shape[1], step):
+        out += torch.mv(Q[:, s : s + step].double(), x[s : s + step].double())
+    return out
+
+
+def combine64(Q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``Q^T c`` for rows ``Q`` ``(j, n)`` and coefficients ``c`` ``(j,)``, accumulated in float64.
+
+    Each entry of the result is a sum of ``j`` terms formed and added in float64 and rounded
+    once to ``Q``'s dtype. Returns ``(n,)`` in ``Q``'s dtype.
+    """
+    if Q.dtype == torch.float64:
+        return torch.mv(Q.T, c.double())
+    c = c.double()
+    out = torch.empty(Q.shape[1], dtype=Q.dtype, device=Q.device)
+    step = _step(Q.shape[0])
+    for s in range(0, Q.shape[1], step):
+        out[s : s + step] = torch.mv(Q[:, s : s + step].T.double(), c)
+    return out
+
+
+def inner64(a: torch.Tensor, b: torch.Tensor, dim: int = 0, keepdim: bool = False) -> torch.Tensor:
+    """``sum(a * b, dim)`` accumulated in float64 (the products formed in the inputs' dtype)."""
+    return (a * b).sum(dim, keepdim=keepdim, dtype=torch.float64)
