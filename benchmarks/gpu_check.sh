@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent GPU machine (no network there):
 #   the CUDA test cases (tests/test_cuda.py), then the benchmarks on the GPU with TF32 off;
-#   at most 6 minutes in all (the step limits below), so a 15-minute lease has room for a rerun.
+#   about 9.5 minutes in all (the step limits below); STEPS="name ..." runs only those steps,
+#   so a 15-minute lease can split it or rerun a part.
 # The GPU machine has no network: the spectral benchmark's peers travel as wheels in .whl/
 # (git-ignored; a remote run must carry it), made here first with
 #   pip download --no-deps -d .whl pyhessian hessian-eigenthings curvlinops-for-pytorch
@@ -18,9 +19,11 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, gpytorch; print('torch', torch.__version__, 'gpytorch', gpytorch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 
+STEPS=${STEPS:-all}  # e.g. STEPS="cuda-tests scale-r18-top5": only these steps
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
     local name=$1 limit=$2
     shift 2
+    [[ $STEPS == all || " $STEPS " == *" $name "* ]] || return 0
     echo "=== $name"
     timeout "$limit" "$@" 2>&1 | grep -v "FutureWarning\|warnings.warn" | tee "$OUT/$name.log"
     echo "=== $name: exit ${PIPESTATUS[0]}"
@@ -30,3 +33,7 @@ step operators 45 python3 benchmarks/_no_tf32.py benchmarks/bench_operators.py -
 step spectral 75 python3 benchmarks/_no_tf32.py benchmarks/bench_spectral.py --device cuda --repeats 2 --seeds 2
 step blocks 60 python3 benchmarks/_no_tf32.py benchmarks/bench_blocks.py --device cuda --steps 10 --probes 2 --rounds 2
 step lightning 60 python3 benchmarks/bench_lightning.py --device cuda --steps 150 --rounds 1
+# scale (docs/scale.md, README): ResNet-18 certified top-5 over 10k images; a 1B-parameter density
+step scale-r18-top5 60 python3 benchmarks/_no_tf32.py benchmarks/bench_scale.py --device cuda --model resnet18 --images 10000 --only top5 --peers none --rounds 2 --reference-tol 1e-4 --json "$OUT/scale_resnet18_top5.json"
+step scale-r18-peers 45 python3 benchmarks/_no_tf32.py benchmarks/bench_scale.py --device cuda --model resnet18 --images 1000 --rounds 1 --no-equal --json "$OUT/scale_resnet18_peers.json"
+step memory-1b 100 python3 benchmarks/bench_memory.py --params 1e9 --steps 20 --device cuda --reorthogonalize none --memory-budget 60e9
