@@ -17,6 +17,7 @@ from torch import nn
 import jupyter_curvature as jc
 from jupyter_curvature.widgets import TrainingDashboard
 
+
 class Snapshot:
     """A logger that keeps a copy of the model's weights at each check."""
 
@@ -162,7 +163,10 @@ def test_huggingface_callback_feeds_the_logged_losses(tmp_path, leak_check):
     )  # fmt: skip
     model = transformers.BertForSequenceClassification(config)
     g = torch.Generator().manual_seed(2)
-    ids, labels = torch.randint(1, 30, (16, 6), generator=g), torch.randint(0, 3, (16,), generator=g)
+    ids, labels = (
+        torch.randint(1, 30, (16, 6), generator=g),
+        torch.randint(0, 3, (16,), generator=g),
+    )
     rows = [{"input_ids": ids[i], "labels": labels[i]} for i in range(16)]
     dash = TrainingDashboard("Hugging Face", interval=0.0)
     cb = CurvatureCallback({"input_ids": ids[:8], "labels": labels[:8]}, every=2,

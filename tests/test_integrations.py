@@ -509,7 +509,9 @@ def test_huggingface_bad_input():
     model = _tiny_bert(transformers)
     ids, mask, labels = _text_batches(8)
     with pytest.raises(TypeError, match="has no labels"):  # a batch without labels
-        Tracker(model, nn.CrossEntropyLoss(), {"input_ids": ids, "attention_mask": mask, "y": labels})
+        Tracker(
+            model, nn.CrossEntropyLoss(), {"input_ids": ids, "attention_mask": mask, "y": labels}
+        )
     with pytest.raises(TypeError, match="outputs="):
         pick_logits({"hidden": torch.zeros(1)})
 

@@ -44,6 +44,7 @@ from ..core.distributed.context import (
 from ..core.distributed.primitives import check_backend_device, is_distributed, local_only
 from ..core.distributed.reduce import all_reduce_moments, split_indices, split_map
 from ..core.distributed.sharding import ShardSampler, shard_bounds, shard_loader
+from ..operators.sharded import ShardedOperator, check_mesh, is_sharded
 from .computations import (
     check_operator,
     eigenpairs,
@@ -54,7 +55,6 @@ from .computations import (
     spectral_density,
     split_points_evaluator,
 )
-from ..operators.sharded import ShardedOperator, check_mesh, is_sharded
 from .launch import DistributedRunError, free_port, launch
 
 __all__ = [

@@ -107,9 +107,7 @@ class CurvatureCallback(transformers.TrainerCallback):
             self.tracker.optimizer = kwargs["optimizer"]
         self.tracker.step(int(state.global_step))
 
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
-    ) -> None:
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         """The Trainer's logged training loss (every ``logging_steps``) goes to the loggers
         that draw curves (a notebook dashboard's feed)."""
         if self.tracker is not None and logs and "loss" in logs:

@@ -256,7 +256,7 @@ class Tracker:
 
     def log_step(self, step: int, loss: Any = None, lr: float | None = None) -> None:
         """Tell the loggers that have ``log_step(step, loss, lr)`` about one training step."""
-        drawers = [getattr(g, "log_step") for g in self.loggers if hasattr(g, "log_step")]
+        drawers = [g.log_step for g in self.loggers if hasattr(g, "log_step")]
         if not drawers:
             return  # no float(loss): on a GPU it would wait for the step to finish
         if loss is not None and not isinstance(loss, (int, float)):

@@ -12,13 +12,13 @@
 * :func:`minibatch_top_eigenvalues`: the top eigenvalue of each mini-batch's Hessian.
 """
 
+from ._checks import reachable_tol
 from .blocks import BlockSpectra, BlockSpectrum, block_spectra
 from .density import DensityCurve, SpectralDensity, SpectrumStats, spectral_density
 from .diagonal import DiagonalEstimate, diagonal
 from .eigenpairs import ConvergenceWarning, EigenpairsResult, eigenpairs
 from .lanczos import LanczosResult, lanczos
 from .minibatch import MinibatchEigenvalues, minibatch_top_eigenvalues
-from ._checks import reachable_tol
 from .trace import TraceEstimate, trace
 from .tracking import warm_eigenpairs
 

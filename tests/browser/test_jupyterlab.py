@@ -427,21 +427,27 @@ class TestChecksNotebook:
 # example.ipynb
 
 
-@pytest.fixture(scope="class")
-def example(lab, browser, artifacts):
-    """example.ipynb (default small setting) opened and run to the end."""
-    name = lab.add_notebook(ROOT / "example.ipynb")
-    nb = NotebookPage(browser, lab, name, workspace="example")
+@contextmanager
+def run_to_the_end(lab, browser, artifacts: Path, source: Path, workspace: str):
+    """``source`` opened in the lab and run to the end (*Run All*); a screenshot at the end."""
+    nb = NotebookPage(browser, lab, lab.add_notebook(source), workspace=workspace)
     try:
         nb.open()
         started = time.monotonic()
         nb.run_all()
         nb.wait_until_run(RUN_TIMEOUT)
-        print(f"example.ipynb ran in {time.monotonic() - started:.0f} s")
+        print(f"{source.name} ran in {time.monotonic() - started:.0f} s")
         yield nb
     finally:
-        nb.screenshot(None, artifacts / "example_page_at_end.png")
+        nb.screenshot(None, artifacts / f"{workspace}_page_at_end.png")
         nb.close()
+
+
+@pytest.fixture(scope="class")
+def example(lab, browser, artifacts):
+    """example.ipynb (default small setting) opened and run to the end."""
+    with run_to_the_end(lab, browser, artifacts, ROOT / "example.ipynb", "example") as nb:
+        yield nb
 
 
 class TestExampleNotebook:
@@ -760,16 +766,9 @@ def readme_notebook(path: Path) -> Path:
 
 @pytest.fixture(scope="class")
 def readme(lab, browser, artifacts, tmp_path_factory):
-    name = lab.add_notebook(readme_notebook(tmp_path_factory.mktemp("readme") / "readme.ipynb"))
-    nb = NotebookPage(browser, lab, name, workspace="readme")
-    try:
-        nb.open()
-        nb.run_all()
-        nb.wait_until_run(RUN_TIMEOUT)
+    source = readme_notebook(tmp_path_factory.mktemp("readme") / "readme.ipynb")
+    with run_to_the_end(lab, browser, artifacts, source, "readme") as nb:
         yield nb
-    finally:
-        nb.screenshot(None, artifacts / "readme_page_at_end.png")
-        nb.close()
 
 
 class TestReadmeNotebookSection:
@@ -795,7 +794,9 @@ class TestReadmeNotebookSection:
             assert not any(ln["nan"] for f in nb.figures(out) for ln in f["lines"]), start
         stats = nb.output(nb.cell_index("%curv_stats"))
         assert tables(stats), "the statistics panel shows no table"
-        spectrum = nb.output(nb.cell_index("%curv_spectrum --model run.model --data digits --num-iters"))
+        spectrum = nb.output(
+            nb.cell_index("%curv_spectrum --model run.model --data digits --num-iters")
+        )
         assert len(tables(spectrum)["Top eigenvalues"]) == 5  # --top-k 5
         assert kernel_values(nb, "print(spec.num_iters, spec.num_probes)") == ["80", "4"]
 
