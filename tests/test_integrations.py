@@ -200,7 +200,9 @@ def test_importing_the_package_imports_no_optional_package():
 def _fresh_integrations(monkeypatch, blocked):
     # the fresh import rebinds jupyter_curvature.integrations: restore it afterwards too
     monkeypatch.setattr(jc, "integrations", jc.integrations)
-    for name in blocked:
+    for name in blocked:  # with the submodules an earlier test imported (lightning.pytorch)
+        for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+            monkeypatch.delitem(sys.modules, loaded)
         monkeypatch.setitem(sys.modules, name, None)
     for name in list(sys.modules):
         if name.startswith("jupyter_curvature.integrations"):
