@@ -34,6 +34,6 @@ step spectral 75 python3 benchmarks/_no_tf32.py benchmarks/bench_spectral.py --d
 step blocks 60 python3 benchmarks/_no_tf32.py benchmarks/bench_blocks.py --device cuda --steps 10 --probes 2 --rounds 2
 step lightning 60 python3 benchmarks/bench_lightning.py --device cuda --steps 150 --rounds 1
 # scale (docs/scale.md, README): ResNet-18 certified top-5 over 10k images; a 1B-parameter density
-step scale-r18-top5 60 python3 benchmarks/_no_tf32.py benchmarks/bench_scale.py --device cuda --model resnet18 --images 10000 --only top5 --peers none --rounds 2 --reference-tol 1e-4 --json "$OUT/scale_resnet18_top5.json"
+step scale-r18-top5 90 python3 benchmarks/_no_tf32.py benchmarks/bench_scale.py --device cuda --model resnet18 --images 10000 --only top5 --peers none --rounds 2 --reference-tol 1e-4 --json "$OUT/scale_resnet18_top5.json"
 step scale-r18-peers 45 python3 benchmarks/_no_tf32.py benchmarks/bench_scale.py --device cuda --model resnet18 --images 1000 --rounds 1 --no-equal --json "$OUT/scale_resnet18_peers.json"
 step memory-1b 100 python3 benchmarks/bench_memory.py --params 1e9 --steps 20 --device cuda --reorthogonalize none --memory-budget 60e9
