@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge", type=Path, help="copy this JSON's rows into the results")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    torch.set_num_threads(1 if device.type == "cpu" else torch.get_num_threads())
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # the CPU rows' seconds are one thread's
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     if args.merge:
         results.update(json.loads(args.merge.read_text()))
