@@ -20,6 +20,7 @@ them; this package re-exports them beside the torchrun wrappers over the engine.
 See ``docs/distributed.md``.
 """
 
+from ..core.distributed.basis import ShardedBasis, ShardedSpace, gather_rows
 from ..core.distributed.checks import (
     DistributedMismatchError,
     check_consistent_model,
@@ -60,7 +61,9 @@ from .launch import DistributedRunError, free_port, launch
 __all__ = [
     "DEFAULT_TIMEOUT",
     "DistributedContext",
+    "ShardedBasis",
     "ShardedOperator",
+    "ShardedSpace",
     "check_mesh",
     "is_sharded",
     "DistributedMismatchError",
@@ -77,6 +80,7 @@ __all__ = [
     "eigenpairs",
     "evaluate_landscape",
     "free_port",
+    "gather_rows",
     "get_rank",
     "get_world_size",
     "gradient_statistics",

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.distributed.basis import ShardedBasis
 from ..core.distributed.checks import (
     check_shards,
     check_signatures,
@@ -74,7 +75,27 @@ def check_operator(op: Any, total: int | None = None) -> list[int] | None:
     return None
 
 
-def eigenpairs(op: Any, k: int = 5, *, total: int | None = None, atol: float = 0.0, **kwargs: Any):
+def _basis(op: Any, shard_basis: bool, basis_sizes: Any) -> Any:
+    """``op``, or ``op`` with its Lanczos vectors split in row slices across the ranks."""
+    if not isinstance(shard_basis, bool):
+        raise TypeError(f"shard_basis must be True or False, got {shard_basis!r}")
+    if not shard_basis:
+        if basis_sizes is not None:
+            raise ValueError("basis_sizes is the row layout of shard_basis=True; pass both")
+        return op
+    return ShardedBasis(op, basis_sizes)
+
+
+def eigenpairs(
+    op: Any,
+    k: int = 5,
+    *,
+    total: int | None = None,
+    atol: float = 0.0,
+    shard_basis: bool = False,
+    basis_sizes: Any = None,
+    **kwargs: Any,
+):
     """:func:`jupyter_curvature.spectral.eigenpairs` on a sharded operator, checked.
 
     Runs :func:`check_operator`, then the same seeded Lanczos on every rank over the
@@ -87,32 +108,51 @@ def eigenpairs(op: Any, k: int = 5, *, total: int | None = None, atol: float = 0
         k: number of eigenpairs.
         total: the dataset size, to check the shards (optional).
         atol: allowed difference between ranks.
+        shard_basis: hold only this rank's rows ``[lo, hi)`` of every Lanczos vector (the
+            basis costs ``n / W`` rows per rank instead of ``n``; inner products are
+            all-reduced, each product all-gathers its input:
+            :mod:`jupyter_curvature.core.distributed.basis`). The ``eigenvectors`` of the
+            result are then this rank's rows ``(n_r, k)``: :func:`gather_rows` (a collective)
+            concatenates them to ``(n, k)``. Eigenvalues agree with the unsharded run to
+            rounding (the start vector is the same global vector whatever ``W``).
+        basis_sizes: rows of each rank with ``shard_basis`` (adding up to ``n``); default
+            contiguous slices of equal size (differing by one at most).
         **kwargs: for :func:`~jupyter_curvature.spectral.eigenpairs` (``which``, ``tol``,
             ``seed``, ...).
     """
     from ..spectral.eigenpairs import eigenpairs as _eigenpairs
 
     check_operator(op, total)
-    result = _eigenpairs(op, k, **kwargs)
+    result = _eigenpairs(_basis(op, shard_basis, basis_sizes), k, **kwargs)
     if _distributed_active():
-        verify_identical(
-            [torch.as_tensor(result.eigenvalues), torch.as_tensor(result.eigenvectors)],
-            "the eigenpairs",
-            atol,
-        )
+        checked = [torch.as_tensor(result.eigenvalues)]
+        if not shard_basis:  # sharded eigenvectors differ by construction: rows of each rank
+            checked.append(torch.as_tensor(result.eigenvectors))
+        verify_identical(checked, "the eigenpairs", atol)
     return result
 
 
-def spectral_density(op: Any, *, total: int | None = None, atol: float = 0.0, **kwargs: Any):
+def spectral_density(
+    op: Any,
+    *,
+    total: int | None = None,
+    atol: float = 0.0,
+    shard_basis: bool = False,
+    basis_sizes: Any = None,
+    **kwargs: Any,
+):
     """:func:`jupyter_curvature.spectral.spectral_density` on a sharded operator, checked.
 
     As :func:`eigenpairs`: checks, the same seeded stochastic Lanczos quadrature on every
-    rank, and a check that the Ritz values and weights agree across ranks.
+    rank, and a check that the Ritz values and weights agree across ranks. ``shard_basis``
+    and ``basis_sizes`` as for :func:`eigenpairs` (``ritz_vectors=True`` then returns this
+    rank's rows ``(p, n_r, m)``; :func:`gather_rows` of ``ritz_vectors.transpose(0, 1)``
+    concatenates them).
     """
     from .. import spectral
 
     check_operator(op, total)
-    result = spectral.spectral_density(op, **kwargs)
+    result = spectral.spectral_density(_basis(op, shard_basis, basis_sizes), **kwargs)
     if _distributed_active():
         verify_identical(
             [torch.as_tensor(result.ritz_values), torch.as_tensor(result.weights)],

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..core.distributed.basis import ShardedBasis, VectorSpace
 from ..operators import CompositeOperator, CurvatureOperator, as_operator
 from ..operators.base import check_unchanged
 from ..operators.graphs import supports_kept_graphs
@@ -77,9 +78,19 @@ class Operator:
     unit, so its graphs and the model state belong to it alone while it runs (other threads
     wait), and every product is checked to see the parameters of the first (a change in
     between would mix two matrices in one Krylov space).
+
+    :attr:`space` says where the rows of the Lanczos vectors live
+    (:mod:`~jupyter_curvature.core.distributed.basis`): all here, or, for an ``op`` wrapped in
+    :class:`~jupyter_curvature.core.distributed.basis.ShardedBasis`, this rank's slice; then
+    :meth:`matmat` takes and returns slices (gathering the full input for the product) and
+    every contraction over ``n`` in the spectral routines goes through ``space.reduce``.
+    :attr:`n` is always the full dimension.
     """
 
     def __init__(self, op: Any, keep_graphs: bool | None = False) -> None:
+        self.space: VectorSpace | None = None
+        if isinstance(op, ShardedBasis):
+            self.space, op = op.space, op.op
         if not isinstance(op, (torch.Tensor, CurvatureOperator)):
             shape = getattr(op, "shape", None)
             if (
@@ -102,6 +113,7 @@ class Operator:
             raise TypeError(f"op must work in a floating dtype, got {op.dtype}")
         self.op: CurvatureOperator = as_operator(op)
         self.n = int(self.op.shape[0])
+        self.space = self.space or VectorSpace(self.n)
         self.dtype: torch.dtype = self.op.dtype
         self.device = self.op.device
         self._count = 0
@@ -139,10 +151,14 @@ class Operator:
         self._exit.close()
 
     def matmat(self, block: torch.Tensor) -> torch.Tensor:
-        """``A @ block`` for a ``(n, k)`` block in any dtype/device; returned in the block's."""
+        """``A @ block`` for a ``(n, k)`` block in any dtype/device; returned in the block's.
+
+        With a sharded :attr:`space` the block is this rank's rows: they are gathered to the
+        full input, and this rank's rows of the product are returned.
+        """
         # a page-locked (CPU basis) block reaches a GPU asynchronously, in stream order
         pinned = block.device.type == "cpu" and self.device.type == "cuda" and block.is_pinned()
-        x = block.to(dtype=self.dtype, device=self.device, non_blocking=pinned)
+        x = self.space.gather(block.to(dtype=self.dtype, device=self.device, non_blocking=pinned))
         with self.op.lock:  # no other thread's products between the two readings
             before = self.op.num_matvecs
             y = self.op.matmat(x)
@@ -151,7 +167,7 @@ class Operator:
             check_unchanged(self._versions, self.op.parameter_versions())
         if not all_finite(y):
             raise FloatingPointError(NAN_MESSAGE)
-        return y.detach().to(dtype=block.dtype, device=block.device)
+        return self.space.local(y.detach()).to(dtype=block.dtype, device=block.device)
 
 
 def _can_keep_graphs(op: CurvatureOperator) -> bool:
@@ -193,20 +209,22 @@ def check_positive(name: str, value: Any) -> float:
 
 
 def symmetry_defect(
-    q: torch.Tensor, aq: torch.Tensor, op_dtype: torch.dtype
+    q: torch.Tensor, aq: torch.Tensor, op_dtype: torch.dtype, space: VectorSpace | None = None
 ) -> tuple[float, float]:
     """``(defect, tolerance)`` of ``q_0^T A q_1`` vs ``q_1^T A q_0`` from two Lanczos columns.
 
     ``q``, ``aq``: ``(n, 2)`` blocks of two vectors and their products, already computed by
-    Lanczos, so the check costs no product (the cheap probe check of the issue).
+    Lanczos, so the check costs no product (the cheap probe check of the issue). ``space``:
+    the rows' layout (the dots are reduced over a sharded one).
     """
+    reduce = space.reduce if space is not None else (lambda t: t)
     u, w = q[:, 0], q[:, 1]
     au, aw = aq[:, 0], aq[:, 1]
 
     def dot(a: torch.Tensor, b: torch.Tensor) -> float:
         # float64 sums: a float32 dot over n = 1e8 terms is off by ~1e-3 relative, as large
         # as the tolerance (measured: a false "not symmetric" on a 100M-parameter MLP)
-        return float((a * b).sum(dtype=torch.float64))
+        return float(reduce((a * b).sum(dtype=torch.float64)))
 
     defect = abs(dot(w, au) - dot(u, aw))
     size = dot(au, au) ** 0.5 * dot(w, w) ** 0.5 + dot(aw, aw) ** 0.5 * dot(u, u) ** 0.5
@@ -214,8 +232,10 @@ def symmetry_defect(
     return defect, tol
 
 
-def raise_if_asymmetric(q: torch.Tensor, aq: torch.Tensor, op_dtype: torch.dtype) -> None:
-    defect, tol = symmetry_defect(q, aq, op_dtype)
+def raise_if_asymmetric(
+    q: torch.Tensor, aq: torch.Tensor, op_dtype: torch.dtype, space: VectorSpace | None = None
+) -> None:
+    defect, tol = symmetry_defect(q, aq, op_dtype, space)
     if defect > tol:
         raise ValueError(
             f"op is not symmetric: u^T A w and w^T A u differ by {defect:.3g} (tolerance "

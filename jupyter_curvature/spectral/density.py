@@ -171,7 +171,10 @@ class SpectralDensity:
         seed: seed of the probes.
         breakdown: an invariant subspace ended the run early.
         seconds, product_seconds: wall time and the part of it inside the operator.
-        ritz_vectors: ``(p, n, m)`` (basis dtype) when asked for, else ``None``.
+        ritz_vectors: ``(p, n, m)`` (basis dtype) when asked for, else ``None``; with a
+            sharded basis (:class:`~jupyter_curvature.core.distributed.basis.ShardedBasis`)
+            this rank's rows ``(p, n_r, m)``, gathered by
+            :func:`~jupyter_curvature.distributed.gather_rows` along dim 1.
         zero_tol, outlier_tol: the relative tolerances of :attr:`stats`.
         cancelled: the run was cancelled after ``num_steps`` steps (a partial result: the
             same as a run of ``num_iters = num_steps``, see :func:`spectral_density`).
@@ -466,7 +469,9 @@ def spectral_density(
     if ritz_vectors and reorthogonalize == "none":
         raise ValueError('ritz_vectors=True needs the stored basis of reorthogonalize="full"')
     mode = choose_basis(
-        lambda dt, how: density_bytes(A.n, num_iters, num_probes, dt, how, A.dtype),
+        lambda dt, how: density_bytes(
+            A.n, num_iters, num_probes, dt, how, A.dtype, A.space.world_size
+        ),
         A.device,
         check_budget(memory_budget),
         basis_dtype,

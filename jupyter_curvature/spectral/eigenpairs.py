@@ -73,6 +73,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from ..core.distributed.basis import VectorSpace
 from ..core.files import atomic_savez
 from ..core.progress import Cancelled, Progress
 from ._checks import (
@@ -110,7 +111,9 @@ class EigenpairsResult:
     Attributes:
         eigenvalues: ``(k,)`` float64; descending for ``"LA"``/``"LM"`` (by magnitude for
             ``"LM"``), ascending for ``"SA"``.
-        eigenvectors: ``(n, k)`` unit columns, in the operator's dtype and on its device.
+        eigenvectors: ``(n, k)`` unit columns, in the operator's dtype and on its device;
+            with a sharded basis (``shard_basis=True``) this rank's rows ``(n_r, k)``,
+            gathered by :func:`~jupyter_curvature.distributed.gather_rows`.
         residuals: ``(k,)`` float64, ``||A v - lambda v||`` recomputed from true products
             (stored ones, or a final product with ``verify="product"``; the Lanczos estimate
             ``|beta_m s[m-1]|`` with ``verify="estimate"``).
@@ -358,7 +361,7 @@ class _Krylov:
             beta = float(rec.next_beta[0])
         else:
             r = final_residual(closure)
-            beta = float(r.norm())
+            beta = float(closure.space.norm(r))
             f = r / beta if beta >= GPYTORCH_BREAKDOWN else None
         q0 = rec.inputs[0]
         # every column is written before it is read (restart, extend); filled column by
@@ -407,14 +410,15 @@ class _Krylov:
         if self.AQ is not None:
             self.AQ[:, m : m + 1] = y  # before deflation: the true product, for true residuals
         self.Q[:, m : m + 1] = q
-        y = _orthogonalise(y, deflate)
-        alpha = float(inner64(q, y).sum())
+        space = A.space
+        y = _orthogonalise(y, deflate, space=space)
+        alpha = float(space.reduce(inner64(q, y)).sum())
         T = np.zeros((m + 1, m + 1))
         T[:m, :m] = self.T
         T[:m, m] = T[m, :m] = self.b
         T[m, m] = alpha
-        r = _orthogonalise(y, self.Q[:, : m + 1], deflate)
-        beta = float(r.norm())
+        r = _orthogonalise(y, self.Q[:, : m + 1], deflate, space=space)
+        beta = float(space.norm(r))
         self.T, self.b = T, np.zeros(m + 1)
         self.b[m] = beta
         self.breakdown = beta < GPYTORCH_BREAKDOWN
@@ -422,20 +426,24 @@ class _Krylov:
         return seconds
 
 
-def _orthogonalise(x: torch.Tensor, *bases: torch.Tensor) -> torch.Tensor:
+def _orthogonalise(
+    x: torch.Tensor, *bases: torch.Tensor, space: VectorSpace | None = None
+) -> torch.Tensor:
     """``x`` with its components along the orthonormal columns of ``bases`` removed (CGS2).
 
     For a float32 basis the inner products and the combination are accumulated in float64
     (:func:`.memory.dot64`, :func:`.memory.combine64`), without a float64 copy of the basis.
+    ``space``: the rows' layout; the inner products are reduced over a sharded one.
     """
+    reduce = space.reduce if space is not None else (lambda t: t)
     for _ in range(2):
         for V in bases:
             if not V.shape[1]:
                 continue
             if V.dtype == torch.float64 or x.shape[1] != 1:
-                x = x - V @ (V.T @ x)
+                x = x - V @ reduce(V.T @ x)
             else:
-                x = x - combine64(V.T, dot64(V.T, x[:, 0])).unsqueeze(1)
+                x = x - combine64(V.T, reduce(dot64(V.T, x[:, 0]))).unsqueeze(1)
     return x
 
 
@@ -571,7 +579,9 @@ def eigenpairs(
         hint=f"a restart keeps k + 1 = {k + 1} Ritz vectors and adds one; raise max_basis or lower k",
     )
     mode = choose_basis(
-        lambda dt, how: eigenpairs_bytes(n, k, max_basis, verify, dt),
+        lambda dt, how: eigenpairs_bytes(
+            n, k, max_basis, verify, dt, A.space.world_size, A.dtype
+        ),
         A.device,
         check_budget(memory_budget),
         basis_dtype,
@@ -582,7 +592,7 @@ def eigenpairs(
     x0 = None
     if start is not None:
         device = resolve_device(basis_device, A.device)
-        x0 = warm_start_vector(start, n, seed, basis_dtype, device)
+        x0 = A.space.local(warm_start_vector(start, n, seed, basis_dtype, device))
     tracker = Progress.of(progress, cancel, "eigenpairs", max_iters)
     with A:
         return _eigenpairs(
@@ -608,21 +618,21 @@ def _eigenpairs(
 ) -> EigenpairsResult:
     """:func:`eigenpairs` on a wrapped, opened operator (arguments already checked), from a
     seeded Gaussian start vector or ``start`` (``(n, 1)``, :func:`~.tracking.warm_eigenpairs`)."""
-    n = A.n
+    n, space = A.n, A.space  # vectors hold space.n_local rows (all n unless sharded)
     device = resolve_device(basis_device, A.device)
     t0 = time.perf_counter()
 
-    locked_vecs = torch.zeros(n, 0, dtype=basis_dtype, device=device)
+    locked_vecs = torch.zeros(space.n_local, 0, dtype=basis_dtype, device=device)
     locked_vals: list[float] = []
     locked_res: list[float] = []
     locked_true: list[float] = []
     if start is None:
-        start = start_vectors(n, 1, seed, "gaussian", basis_dtype, device)
+        start = space.local(start_vectors(n, 1, seed, "gaussian", basis_dtype, device))
     scale_units: float | None = None  # the internal scaling of the first run, kept after
     steps = restarts = 0
     product_seconds = 0.0
     scale = 0.0
-    cand_vecs = torch.zeros(n, 0, dtype=basis_dtype, device=device)
+    cand_vecs = torch.zeros(space.n_local, 0, dtype=basis_dtype, device=device)
     cand_vals: np.ndarray = np.zeros(0)
     cand_res: np.ndarray = np.zeros(0)
     cand_true: np.ndarray = np.zeros(0)
@@ -665,7 +675,7 @@ def _eigenpairs(
         m = min(max_basis, max_iters - steps, dim)
         if m < 1:
             break
-        start = _orthogonal_start(start, locked_vecs, gen)
+        start = _orthogonal_start(start, locked_vecs, gen, space)
         su = scale_units or 1.0
         # no verdict before 2k + 1 steps, nor before twice ARPACK's ncv = max(2k + 1, 20)
         # unless the guard pair is nearly converged too: see _Monitor (misconvergence)
@@ -706,10 +716,10 @@ def _eigenpairs(
         ok = residual[wanted] <= tol * scale
         nl = len(locked_vals)
         new = [int(i) - nl for i in wanted if i >= nl]
-        vecs, avecs = _ritz_vectors(K, S, new)
-        true_new = (
+        vecs, avecs = _ritz_vectors(K, S, new, space)
+        true_new = space.norm(
             avecs * rec.scale - vecs * torch.as_tensor(theta[[j for j in new]]).to(vecs)
-        ).norm(dim=0)
+        )
         true = np.concatenate([np.asarray(locked_true), np.full(theta.size, np.nan)])
         true[[nl + j for j in new]] = true_new.double().numpy(force=True)
         cand_vals = values[wanted]
@@ -735,7 +745,7 @@ def _eigenpairs(
         locked_res += [float(res[j]) for j in conv_new]
         locked_true += [float(true[nl + j]) for j in conv_new]
         rest = [c for c in range(len(new)) if c not in keep]
-        start = vecs[:, rest].sum(1, keepdim=True) if rest else _random(n, gen, start)
+        start = vecs[:, rest].sum(1, keepdim=True) if rest else _random(gen, start, space)
         restarts += 1
 
     order = torch.as_tensor(np.arange(cand_vals.size))
@@ -746,7 +756,7 @@ def _eigenpairs(
         t1 = time.perf_counter()
         AV = A.matmat(vectors)
         product_seconds += time.perf_counter() - t1
-        residuals = (AV - vectors * values_t.to(vectors)).norm(dim=0).double().cpu()
+        residuals = space.norm(AV - vectors * values_t.to(vectors)).double().cpu()
     elif verify == "stored":
         residuals = torch.as_tensor(cand_true, dtype=torch.float64)
     else:
@@ -794,7 +804,9 @@ def _improves(
     return any(_key(float(theta[j]), which) < _key(worst, which) - margin for j in new)
 
 
-def _ritz_vectors(K: _Krylov, S: np.ndarray, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _ritz_vectors(
+    K: _Krylov, S: np.ndarray, idx: list[int], space: VectorSpace
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``Y = Q S[:, idx]`` and ``A Y`` (scaled units, from the stored products), unit columns.
 
     By linearity ``A (Q s) = (A Q) s``, so ``A Y`` is a true product, up to rounding, at no
@@ -803,7 +815,7 @@ def _ritz_vectors(K: _Krylov, S: np.ndarray, idx: list[int]) -> tuple[torch.Tens
     coeffs = torch.as_tensor(S[:, idx]).to(K.Q)
     Y = K.Q[:, : K.m] @ coeffs
     AY = K.AQ[:, : K.m] @ coeffs if K.AQ is not None else torch.zeros_like(Y)
-    norm = Y.norm(dim=0, keepdim=True)
+    norm = space.norm(Y, keepdim=True)
     return Y / norm, AY / norm
 
 
@@ -865,19 +877,22 @@ def _partial_pairs(
     return {"eigenvalues": values[wanted].tolist(), "residuals": residual[wanted].tolist()}
 
 
-def _random(n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    return torch.randn(n, 1, generator=gen, dtype=torch.float64).to(like)
+def _random(gen: torch.Generator, like: torch.Tensor, space: VectorSpace) -> torch.Tensor:
+    """A seeded Gaussian vector like ``like``: drawn full-length, this rank's rows kept."""
+    return space.local(torch.randn(space.n, 1, generator=gen, dtype=torch.float64)).to(like)
 
 
-def _orthogonal_start(v: torch.Tensor, locked: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def _orthogonal_start(
+    v: torch.Tensor, locked: torch.Tensor, gen: torch.Generator, space: VectorSpace
+) -> torch.Tensor:
     """``v`` with the locked directions removed (twice), or a random such vector if none is left."""
     for _ in range(3):
         w = v
         if locked.shape[1]:
             for _ in range(2):
-                w = w - locked @ (locked.T @ w)
-        norm = float(w.norm())
-        if norm > 1e-8 * max(float(v.norm()), 1e-300):
+                w = w - locked @ space.reduce(locked.T @ w)
+        norm = float(space.norm(w))
+        if norm > 1e-8 * max(float(space.norm(v)), 1e-300):
             return w / norm
-        v = _random(v.shape[0], gen, v)
-    return w / max(float(w.norm()), 1e-300)
+        v = _random(gen, v, space)
+    return w / max(float(space.norm(w)), 1e-300)

@@ -53,6 +53,7 @@ with warnings.catch_warnings():
     )
     from linear_operator.utils.lanczos import lanczos_tridiag
 
+from ..core.distributed.basis import VectorSpace
 from ..core.progress import Cancelled
 from ._checks import Operator, check_int, check_seed, raise_if_asymmetric, resolve_device
 from .memory import check_reorthogonalize, combine64, dot64, inner64
@@ -115,6 +116,7 @@ class _Contraction:
         if v == 1 and dim == 2 and x.shape == (1, p, n, 1):
             dot = torch.mv if exact else dot64
             out = torch.stack([dot(Q[:, b, :, 0], x[0, b, :, 0]) for b in range(p)], 1)
+            out = self.mode.space.reduce(out)  # over the rows of every rank (sharded basis)
             return out.view(j, p, 1, 1) if keepdim else out.view(j, p, 1)
         if v == 1 and dim == 0 and x.shape == (j, p, 1, 1):
             if exact:
@@ -137,11 +139,20 @@ class BasisGemv(TorchFunctionMode):
     :class:`_Contraction`, and the ``sum`` that follows is computed as ``p`` GEMVs: the same
     numbers (up to summation order) from one read of the basis, no temporary. The recurrence,
     the reorthogonalisation loop, its stopping tests and the breakdown logic stay GPyTorch's.
+
+    With a sharded ``space`` (each rank holds rows ``[lo, hi)`` of every vector) the mode
+    also makes GPyTorch's contractions over ``n`` global: ``Q^T x``, every ``sum`` over the
+    row dimension (its ``alpha = q^T r``) and every ``torch.norm`` over it are all-reduced
+    (:meth:`~jupyter_curvature.core.distributed.basis.VectorSpace.reduce`), so the
+    recurrence, its tests and its branches are those of the full vectors on every rank.
     """
 
-    def __init__(self, num_iter: int, num_probes: int, n: int, pin: bool = False) -> None:
+    def __init__(
+        self, num_iter: int, num_probes: int, n: int, pin: bool = False, space: Any = None
+    ) -> None:
         super().__init__()
         self.shape = (num_iter, num_probes, n, 1)
+        self.space = space or VectorSpace(n)
         self.pin = pin  # a CPU basis for a GPU operator: page-locked, for fast copies
         self.basis: torch.Tensor | None = None
         self._off = 0
@@ -179,6 +190,8 @@ class BasisGemv(TorchFunctionMode):
         kwargs = kwargs or {}
         if self._off:
             return func(*args, **kwargs)
+        if self.space.sharded and (global_ := self._global(func, args, kwargs)) is not None:
+            return global_
         if func is torch.zeros and self.basis is None:
             if tuple(args) == self.shape or (len(args) == 1 and tuple(args[0]) == self.shape):
                 # every row of the basis is written before it is read: no need to zero-fill
@@ -200,6 +213,25 @@ class BasisGemv(TorchFunctionMode):
             # closure records the basis), so it is not made
             return args[0]
         return func(*args, **kwargs)
+
+
+    def _global(self, func: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """A sum or norm over the row dimension (-2) of ``(..., n, 1)`` blocks, all-reduced."""
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.ndim < 3:
+            return None
+        dim = args[1] if len(args) == 2 else None
+        if func is torch.Tensor.sum and isinstance(dim, int) and dim % x.ndim == x.ndim - 2:
+            keepdim = kwargs.get("keepdim", False)
+            with self.passthrough():
+                return self.space.reduce(x.sum(dim, keepdim=keepdim))
+        # torch.norm hands its arguments on as keywords (torch.functional.norm)
+        p = args[1] if len(args) > 1 else kwargs.get("p", "fro")
+        dim = args[2] if len(args) > 2 else kwargs.get("dim")
+        if func is torch.norm and p == 2 and dim in (-2, x.ndim - 2) and not kwargs.get("out"):
+            with self.passthrough():
+                return self.space.norm(x, x.ndim - 2, keepdim=bool(kwargs.get("keepdim")))
+        return None
 
 
 def coarser(a: torch.dtype, b: torch.dtype) -> torch.dtype:
@@ -310,17 +342,19 @@ class LanczosClosure:
         self.monitor = monitor
         self.check_symmetry = check_symmetry
         self.rec = _Record()
+        self.space = getattr(A, "space", None) or VectorSpace(A.n)  # where the rows live
         self._fixed_scale = scale
         self._gen = torch.Generator(device="cpu").manual_seed(int(seed) + 7919)
 
     # ------------------------------------------------------------------ helpers
     def _project(self, x: torch.Tensor, basis: list[torch.Tensor]) -> torch.Tensor:
         """Remove the components of ``x`` (n, p) along ``basis`` and ``deflate`` (twice: CGS2)."""
+        reduce = self.space.reduce
         for _ in range(2):
             for q in basis:
-                x = x - q * inner64(q, x, keepdim=True).to(x)
+                x = x - q * reduce(inner64(q, x, keepdim=True)).to(x)
             if self.deflate is not None and self.deflate.shape[1]:
-                x = x - self.deflate @ (self.deflate.T @ x)
+                x = x - self.deflate @ reduce(self.deflate.T @ x)
         return x
 
     def _repair(self, q: torch.Tensor, broken: torch.Tensor) -> None:
@@ -334,10 +368,11 @@ class LanczosClosure:
         idx = broken.nonzero().flatten().tolist()
         for i in idx:
             cols = [b[:, i : i + 1] for b in self.rec.inputs]
-            v = torch.randn(q.shape[0], 1, generator=self._gen, dtype=torch.float64)
-            v = self._project(v.to(q), cols)
+            # drawn full-length and sliced: the same vector whatever the row layout
+            v = torch.randn(self.A.n, 1, generator=self._gen, dtype=torch.float64)
+            v = self._project(self.space.local(v).to(q), cols)
             v = self._project(v, cols)
-            q[:, i : i + 1] = v / v.norm()
+            q[:, i : i + 1] = v / self.space.norm(v)
 
     # ------------------------------------------------------------------ the closure
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
@@ -350,8 +385,9 @@ class LanczosClosure:
             r = rec.last_output - rec.inputs[-1] * rec.alphas[j - 1].to(q)
             if j >= 2:
                 r = r - rec.inputs[-2] * rec.betas[j - 2].to(q)
-            finite = torch.isfinite(q.sum(0))  # unit columns: the sum cannot overflow
-            beta = torch.where(finite, inner64(torch.nan_to_num(q), r), 0.0)
+            reduce = self.space.reduce
+            finite = torch.isfinite(reduce(q.sum(0)))  # unit columns: the sum cannot overflow
+            beta = torch.where(finite, reduce(inner64(torch.nan_to_num(q), r)), 0.0)
             broken = ~finite | (beta.abs() < GPYTORCH_BREAKDOWN)
             beta = torch.where(broken, torch.zeros_like(beta), beta)
             rec.next_beta = beta.double()
@@ -371,22 +407,22 @@ class LanczosClosure:
             if self._fixed_scale is not None:
                 rec.scale = self._fixed_scale
             else:
-                size = float(y.norm(dim=0).max())
+                size = float(self.space.norm(y).max())
                 rec.scale = size / SCALE_TARGET if size > 0 else 1.0
         y = y / rec.scale
         if self.store_products:
             rec.outputs.append(y)  # before deflation: the true product, for true residuals
         if self.deflate is not None and self.deflate.shape[1]:
-            y = y - self.deflate @ (self.deflate.T @ y)
+            y = y - self.deflate @ self.space.reduce(self.deflate.T @ y)
         if j == 1 and self.check_symmetry:
             for i in range(q.shape[1]):
                 pair = torch.stack([rec.inputs[-1][:, i], q[:, i]], 1)
                 prods = torch.stack([rec.last_output[:, i], y[:, i]], 1)
-                raise_if_asymmetric(pair, prods, coarser(self.A.dtype, q.dtype))
+                raise_if_asymmetric(pair, prods, coarser(self.A.dtype, q.dtype), self.space)
         if j >= 1:
             rec.betas.append(rec.next_beta)
             rec.next_beta = None
-        rec.alphas.append(inner64(q, y))
+        rec.alphas.append(self.space.reduce(inner64(q, y)))
         rec.inputs.append(q)
         if self.window is not None and len(rec.inputs) > self.window:
             del rec.inputs[0]
@@ -409,18 +445,27 @@ def run_tridiag(
     basis accumulated in float64). ``pin``: allocate the basis in page-locked memory (a CPU
     basis for a GPU operator).
     """
-    n, p = init.shape
-    if num_iters == 1 or n == 1:
+    n, p = init.shape  # this rank's rows with a sharded basis
+    space = closure.space
+    if space.sharded and num_iters > n:
+        raise ValueError(
+            f"shard_basis: {num_iters} Lanczos vectors in one basis need at least as many rows "
+            f"per rank, but this rank holds {n} of the {space.n}: lower num_iters / max_basis "
+            "to at most the smallest slice, or do not shard the basis of so small an operator"
+        )
+    if num_iters == 1 or space.n == 1:
         # lanczos_tridiag(max_iter=1) raises IndexError (linear_operator 0.6): one step by hand
         with contextlib.suppress(_Stop):
-            closure(init / init.norm(dim=0, keepdim=True))
+            closure(init / space.norm(init, keepdim=True))
         return
 
     # The p probes go to lanczos_tridiag as a batch of p single-vector runs, (p, n, 1), not as
     # p init vectors (n, p): its reorthogonalisation multiplies and sums (k, *batch, n, vecs)
     # temporaries over n, which is ~3-10x faster on CPU with n innermost (measured at n = 5e4,
     # p = 4). The operator still receives one (n, p) block per step.
-    mode = BasisGemv(min(num_iters, n), p, n, pin) if gemv and gemv_supported() else None
+    # a sharded basis needs the mode whatever the GPyTorch version: it makes the sums global
+    use_mode = (gemv and gemv_supported()) or space.sharded
+    mode = BasisGemv(min(num_iters, n), p, n, pin, space) if use_mode else None
 
     def batched(qb: torch.Tensor) -> torch.Tensor:
         with mode.suspended() if mode is not None else contextlib.nullcontext():
@@ -459,7 +504,8 @@ def run_recurrence(closure: LanczosClosure, num_iters: int, init: torch.Tensor) 
     the moments ``q_0^T A^j q_0 = e_1^T T^j e_1`` for ``j < 2m`` and the smoothed density
     are kept (Ubaru, Chen & Saad, SIMAX 2017, section 4 on SLQ without reorthogonalisation).
     """
-    norm = init.norm(dim=0, keepdim=True, dtype=torch.float64).to(init)
+    space = closure.space
+    norm = space.norm(init, keepdim=True, dtype=torch.float64).to(init)
     q = init / norm
     with contextlib.suppress(_Stop):
         for j in range(num_iters):
@@ -470,7 +516,7 @@ def run_recurrence(closure: LanczosClosure, num_iters: int, init: torch.Tensor) 
             r = rec.last_output - q * rec.alphas[-1].to(q)
             if len(rec.inputs) == 2:
                 r = r - rec.inputs[0] * rec.betas[-1].to(q)
-            beta = r.norm(dim=0, keepdim=True, dtype=torch.float64).to(q)
+            beta = space.norm(r, keepdim=True, dtype=torch.float64).to(q)
             # a probe whose space became invariant divides by ~0: the closure sees a
             # non-finite or tiny column and restarts or stops it
             q = r / beta
@@ -496,7 +542,7 @@ def final_beta(closure: LanczosClosure) -> torch.Tensor:
     rec = closure.rec
     if rec.next_beta is not None:
         return rec.next_beta.abs()
-    return final_residual(closure).norm(dim=0).double()
+    return closure.space.norm(final_residual(closure)).double()
 
 
 @dataclass
@@ -657,7 +703,8 @@ def run_lanczos(
             'reorthogonalize="none" stores no basis: ritz_vectors/keep_basis need "full"'
         )
     device = resolve_device(basis_device, A.device)
-    init_vecs = start_vectors(A.n, num_probes, seed, init, basis_dtype, device)
+    # drawn full-length and sliced: the same start vectors whatever the row layout
+    init_vecs = A.space.local(start_vectors(A.n, num_probes, seed, init, basis_dtype, device))
     closure = LanczosClosure(
         A, check_symmetry=check_symmetry, seed=seed, on_step=on_step, window=None if full else 2
     )

@@ -19,6 +19,13 @@ graphs (the operator's memory, see ``docs/scale.md``), the Lanczos vectors. In b
   ``c = 4`` with ``verify="stored"`` (the products ``A Q`` are kept as a second basis),
   plus the locked and candidate vectors (``2 k``).
 
+With the basis sharded over ``W`` ranks (``shard_basis=True``,
+:mod:`jupyter_curvature.core.distributed.basis`) every vector above holds ``ceil(n / W)``
+rows per rank instead of ``n``, and each product adds its gathered full-length input and
+output in the operator's dtype (``2 n p`` elements, :data:`W_GATHERED`): per rank,
+``b ceil(n / W) p (m + W_DENSITY) + 2 b_op n p`` for the density, and for eigenpairs
+``b ceil(n / W) (c B + W_EIGEN + 2 k) + 2 b_op n``.
+
 These are what is *allocated*; on a CUDA device that is what is used. On the CPU an allocation
 is resident only once written, so a run that stops early (eigenpairs converged in ``j <
 max_basis`` steps) keeps fewer pages resident than the model says: the model is an upper
@@ -50,6 +57,8 @@ W_DENSITY = 8
 W_NONE = 10
 #: working ``(n, 1)`` vectors of eigenpairs beside its bases (f, y, r, projections, GPyTorch's)
 W_EIGEN = 16
+#: full-length ``(n, p)`` blocks of a product with a sharded basis (gathered input, output)
+W_GATHERED = 2
 #: elements of a reduced-precision basis upcast at once by the float64 accumulation
 #: (32 MiB of float64 temporaries whatever ``n``)
 CHUNK = 1 << 22
@@ -103,22 +112,42 @@ def density_bytes(
     dtype: torch.dtype,
     reorthogonalize: str = "full",
     op_dtype: torch.dtype | None = None,
+    world_size: int = 1,
 ) -> int:
-    """Bytes of the Lanczos vectors of ``spectral_density`` (see the module docstring).
+    """Bytes of the Lanczos vectors of ``spectral_density`` per rank (see the module docstring).
 
     ``op_dtype``: the operator's dtype; when it differs from the basis', each product adds
-    its input and output block in that dtype.
+    its input and output block in that dtype. ``world_size``: ranks the basis is sharded over.
     """
     blocks = W_NONE if reorthogonalize == "none" else min(num_iters, n) + W_DENSITY
     extra = 2 * op_dtype.itemsize if op_dtype is not None and op_dtype != dtype else 0
-    return int((dtype.itemsize * blocks + extra) * n * num_probes)
+    rows = -(-n // world_size)
+    return int((dtype.itemsize * blocks + extra) * rows * num_probes) + _gathered(
+        n, num_probes, op_dtype or dtype, world_size
+    )
 
 
-def eigenpairs_bytes(n: int, k: int, max_basis: int, verify: str, dtype: torch.dtype) -> int:
-    """Bytes of the Lanczos vectors of ``eigenpairs`` (see the module docstring)."""
+def _gathered(n: int, p: int, op_dtype: torch.dtype, world_size: int) -> int:
+    """The full-length input and output of a product with a sharded basis (0 unsharded)."""
+    return W_GATHERED * op_dtype.itemsize * n * p if world_size > 1 else 0
+
+
+def eigenpairs_bytes(
+    n: int,
+    k: int,
+    max_basis: int,
+    verify: str,
+    dtype: torch.dtype,
+    world_size: int = 1,
+    op_dtype: torch.dtype | None = None,
+) -> int:
+    """Bytes of the Lanczos vectors of ``eigenpairs`` per rank (see the module docstring)."""
     b = dtype.itemsize
     copies = 4 if verify == "stored" else 2
-    return int(b * n * (copies * min(max_basis, n) + W_EIGEN + 2 * k))
+    rows = -(-n // world_size)
+    return int(b * rows * (copies * min(max_basis, n) + W_EIGEN + 2 * k)) + _gathered(
+        n, 1, op_dtype or dtype, world_size
+    )
 
 
 def check_budget(value: Any) -> float | None:

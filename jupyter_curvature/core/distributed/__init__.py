@@ -6,6 +6,7 @@
 - :mod:`.checks`: checks that every rank holds the same model and a disjoint shard.
 - :mod:`.reduce`: all-reduce of statistics moments, splitting work across ranks.
 - :mod:`.sharding`: the sampler and loader that give each rank its shard.
+- :mod:`.basis`: the row layout of the Lanczos vectors (all here, or sliced across ranks).
 
 The public face is :mod:`jupyter_curvature.distributed`, which re-exports these.
 """

@@ -1,0 +1,167 @@
+"""Lanczos with its basis split in row slices across 2 gloo processes (float64, CPU).
+
+Each rank holds rows ``[lo, hi)`` of every Lanczos vector (``shard_basis=True``); the
+products sum the ranks' data shards. The references are the dense float64 Hessian of the
+whole data by ``torch.func`` (computed in the parent process) and the unsharded run of the
+same seed on the same ranks.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_distributed import BATCH, START, WORLD, make_problem
+from torch.func import functional_call, jacrev
+
+import jupyter_curvature as jc
+import jupyter_curvature.distributed as jd
+from jupyter_curvature.spectral.lanczos import start_vectors
+
+HIDDEN = 10  # n = 6 * 10 + 10 + 10 * 3 + 3 = 103 parameters: 52 + 51 rows
+N = 103
+NUM_ITERS, PROBES, SEED = 20, 2, 3
+K, TOL = 3, 1e-12
+UNEVEN = [70, 33]  # a layout given by hand
+
+
+def _error(fn, kind=ValueError) -> str:
+    try:
+        fn()
+    except kind as err:
+        return str(err)
+    return ""
+
+
+def _job():
+    model, loss_fn, dataset = make_problem(HIDDEN)
+    H = jc.HessianOperator(model, loss_fn, jd.shard_loader(dataset, BATCH))
+    out = {}
+    density = dict(num_iters=NUM_ITERS, num_probes=PROBES, seed=SEED)
+    sharded = jd.spectral_density(H, shard_basis=True, ritz_vectors=True, **density)
+    plain = jd.spectral_density(H, ritz_vectors=True, **density)
+    out["density"] = (sharded.ritz_values, sharded.weights)
+    out["density_plain"] = (plain.ritz_values, plain.weights)
+    out["ritz_rows"] = tuple(sharded.ritz_vectors.shape)
+    out["ritz_vectors"] = jd.gather_rows(sharded.ritz_vectors.transpose(0, 1)).transpose(0, 1)
+    out["ritz_vectors_plain"] = plain.ritz_vectors
+    none = jd.spectral_density(H, shard_basis=True, reorthogonalize="none", **density)
+    out["density_none"] = (none.ritz_values, none.weights)
+
+    lanczos = jc.spectral.lanczos(jd.ShardedBasis(H), 12, PROBES, SEED, keep_basis=True)
+    out["basis_shape"] = tuple(lanczos.basis.shape)
+    uneven = jc.spectral.lanczos(jd.ShardedBasis(H, UNEVEN), 12, PROBES, SEED, keep_basis=True)
+    out["uneven"] = (tuple(uneven.basis.shape), uneven.ritz_values)
+    out["lanczos_plain"] = jc.spectral.lanczos(H, 12, PROBES, SEED).ritz_values
+
+    pairs = dict(tol=TOL, seed=SEED, max_basis=24)  # 24 < 51 rows: thick restarts run
+    for which in ("LA", "SA"):
+        r = jd.eigenpairs(H, K, which=which, shard_basis=True, **pairs)
+        p = jd.eigenpairs(H, K, which=which, **pairs)
+        out[which] = (r.eigenvalues, r.residuals, r.converged, r.restarts)
+        out[which + "_plain"] = (p.eigenvalues, p.residuals)
+        out[which + "_rows"] = tuple(r.eigenvectors.shape)
+        out[which + "_vectors"] = jd.gather_rows(r.eigenvectors)
+
+    out["sizes_error"] = _error(lambda: jd.spectral_density(H, shard_basis=True, basis_sizes=[50, 50]))
+    out["rows_error"] = _error(lambda: jd.spectral_density(H, shard_basis=True, num_iters=60))
+    out["space"] = (jd.ShardedSpace(N).lo, jd.ShardedSpace(N).hi)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results():
+    return jd.launch(_job, WORLD, timeout=30, join_timeout=240, start_method=START)
+
+
+@pytest.fixture(scope="module")
+def dense():
+    """The Hessian of the mean loss over all the data, by torch.func (float64)."""
+    model, loss_fn, dataset = make_problem(HIDDEN)
+    x, y = dataset.tensors
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(flat):
+        parts = flat.split([s.numel() for s in shapes])
+        params = {n: t.reshape(s) for n, t, s in zip(names, parts, shapes)}
+        return loss_fn(functional_call(model, params, (x,)), y)
+
+    H = jacrev(jacrev(loss))(theta)  # no forward AD (its decompositions warn at load)
+    assert H.shape == (N, N)
+    return (H + H.T) / 2
+
+
+def _close(actual, expected, tol, what):
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} vs {expected.shape}"
+    err = float((actual - expected).abs().max())
+    scale = max(float(expected.abs().max()), 1e-300)
+    assert err <= tol * scale, f"{what}: max |difference| {err:.3e} (scale {scale:.3e})"
+
+
+@pytest.mark.distributed
+def test_each_rank_stores_its_rows_of_the_basis(results):
+    rows = [(0, 52), (52, 103)]
+    for rank, r in enumerate(results):
+        lo, hi = rows[rank]
+        assert r["space"] == (lo, hi)
+        assert r["basis_shape"] == (PROBES, hi - lo, 12)
+        assert r["ritz_rows"] == (PROBES, hi - lo, NUM_ITERS)
+        assert r["uneven"][0] == (PROBES, UNEVEN[rank], 12)
+        for which in ("LA", "SA"):
+            assert r[which + "_rows"] == (hi - lo, K)
+
+
+@pytest.mark.distributed
+def test_density_equals_the_unsharded_run_and_the_dense_moments(results, dense):
+    # the same global start vectors whatever the layout: the same quadrature to rounding
+    for r in results:
+        for key in ("density", "density_none"):
+            for got, ref in zip(r[key], r["density_plain"]):
+                _close(got, ref, 1e-9, key)
+        _close(r["ritz_vectors"], r["ritz_vectors_plain"], 1e-8, "gathered Ritz vectors")
+        _close(r["uneven"][1], r["lanczos_plain"], 1e-9, "uneven layout")
+    # Gauss quadrature: sum_k tau_k theta_k^j = q0^T H^j q0 for j < 2m (dense reference)
+    theta, tau = results[0]["density"]
+    q0 = start_vectors(N, PROBES, SEED)
+    q0 = q0 / q0.norm(dim=0)
+    for j in range(1, 8):
+        quadrature = (tau * theta**j).sum(1)
+        exact = (q0 * (torch.linalg.matrix_power(dense, j) @ q0)).sum(0)
+        _close(quadrature, exact, 1e-10, f"moment {j}")
+
+
+@pytest.mark.distributed
+def test_eigenpairs_equal_the_dense_hessian(results, dense):
+    exact = torch.linalg.eigvalsh(dense)
+    scale = float(exact.abs().max())
+    wanted = {"LA": exact.flip(0)[:K], "SA": exact[:K]}
+    for which, ref in wanted.items():
+        for r in results:
+            values, residuals, converged, _ = r[which]
+            assert converged
+            _close(values, ref, 1e-10, which)
+            _close(values, r[which + "_plain"][0], 1e-10, which + " unsharded")
+            assert float(residuals.max()) <= TOL * scale
+        V = results[0][which + "_vectors"]  # gathered: eigenvectors of the full Hessian
+        assert torch.equal(V, results[1][which + "_vectors"])
+        res = (dense @ V - V * results[0][which][0]).norm(dim=0)
+        assert float(res.max()) <= 1e-10 * scale
+    assert any(r["LA"][3] or r["SA"][3] for r in results)  # thick restarts were exercised
+
+
+@pytest.mark.distributed
+def test_bad_layouts_are_named(results):
+    for r in results:
+        assert "basis_sizes=[50, 50]" in r["sizes_error"] and "add up to 103" in r["sizes_error"]
+        assert "lower num_iters" in r["rows_error"]
+
+
+def test_sharding_without_a_process_group_is_named():
+    model, loss_fn, dataset = make_problem(HIDDEN)
+    H = jc.HessianOperator(model, loss_fn, dataset.tensors)
+    with pytest.raises(ValueError, match="needs an initialised process group"):
+        jd.ShardedBasis(H)
+    with pytest.raises(ValueError, match="needs an initialised process group"):
+        jd.spectral_density(H, shard_basis=True)
