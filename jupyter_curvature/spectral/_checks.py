@@ -84,12 +84,18 @@ class Operator:
     :class:`~jupyter_curvature.core.distributed.basis.ShardedBasis`, this rank's slice; then
     :meth:`matmat` takes and returns slices (gathering the full input for the product) and
     every contraction over ``n`` in the spectral routines goes through ``space.reduce``.
-    :attr:`n` is always the full dimension.
+    :attr:`n` is always the full dimension. Only callers that handle a sharded space say
+    ``sharded=True``; elsewhere a ``ShardedBasis`` is refused.
     """
 
-    def __init__(self, op: Any, keep_graphs: bool | None = False) -> None:
+    def __init__(self, op: Any, keep_graphs: bool | None = False, *, sharded: bool = False) -> None:
         self.space: VectorSpace | None = None
         if isinstance(op, ShardedBasis):
+            if not sharded:  # a routine whose vectors are full-length (trace, diagonal...)
+                raise ValueError(
+                    "a ShardedBasis (shard_basis=True) is for the Lanczos routines "
+                    "(spectral_density, eigenpairs, lanczos); pass the operator itself here"
+                )
             self.space, op = op.space, op.op
         if not isinstance(op, (torch.Tensor, CurvatureOperator)):
             shape = getattr(op, "shape", None)

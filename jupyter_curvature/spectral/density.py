@@ -461,7 +461,7 @@ def spectral_density(
         FloatingPointError: a product contained NaN (the loss or the model produced NaN).
         Cancelled: cancelled before the first product.
     """
-    A = Operator(op, keep_graphs=keep_graphs)
+    A = Operator(op, keep_graphs=keep_graphs, sharded=True)
     num_iters = check_int("num_iters", num_iters, 1)
     num_probes = check_int("num_probes", num_probes, 1)
     seed = check_seed(seed)

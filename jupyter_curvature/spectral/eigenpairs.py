@@ -562,7 +562,7 @@ def eigenpairs(
         >>> [round(v, 10) for v in eigenpairs(A, k=2, tol=1e-10).eigenvalues.tolist()]
         [6.0, 5.0]
     """
-    A = Operator(op, keep_graphs=keep_graphs)
+    A = Operator(op, keep_graphs=keep_graphs, sharded=True)
     k, which, tol = _check_args(A, k, which, tol)
     seed = check_seed(seed)
     if verify not in ("stored", "product", "estimate"):
