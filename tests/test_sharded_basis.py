@@ -64,7 +64,9 @@ def _job():
         out[which + "_rows"] = tuple(r.eigenvectors.shape)
         out[which + "_vectors"] = jd.gather_rows(r.eigenvectors)
 
-    out["sizes_error"] = _error(lambda: jd.spectral_density(H, shard_basis=True, basis_sizes=[50, 50]))
+    out["sizes_error"] = _error(
+        lambda: jd.spectral_density(H, shard_basis=True, basis_sizes=[50, 50])
+    )
     out["rows_error"] = _error(lambda: jd.spectral_density(H, shard_basis=True, num_iters=60))
     # an FSDP2-sharded model (its own small problem, n = 53: 27 + 26 rows)
     from test_fsdp import _replica, _shard

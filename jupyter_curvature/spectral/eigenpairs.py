@@ -579,9 +579,7 @@ def eigenpairs(
         hint=f"a restart keeps k + 1 = {k + 1} Ritz vectors and adds one; raise max_basis or lower k",
     )
     mode = choose_basis(
-        lambda dt, how: eigenpairs_bytes(
-            n, k, max_basis, verify, dt, A.space.world_size, A.dtype
-        ),
+        lambda dt, how: eigenpairs_bytes(n, k, max_basis, verify, dt, A.space.world_size, A.dtype),
         A.device,
         check_budget(memory_budget),
         basis_dtype,

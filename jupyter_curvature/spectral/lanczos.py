@@ -214,7 +214,6 @@ class BasisGemv(TorchFunctionMode):
             return args[0]
         return func(*args, **kwargs)
 
-
     def _global(self, func: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """A sum or norm over the row dimension (-2) of ``(..., n, 1)`` blocks, all-reduced."""
         x = args[0] if args else None
