@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .primitives import backend_for
 from .sharding import shard_bounds
 
 __all__ = ["ShardedBasis", "ShardedSpace", "VectorSpace", "gather_rows"]
@@ -106,15 +107,19 @@ class ShardedSpace(VectorSpace):
         self.sizes = check_sizes(sizes, self.n, world)
         self.lo = sum(self.sizes[:rank])
         self.hi = self.lo + self.sizes[rank]
+        # NCCL reduces CUDA tensors only: the sums of a CPU-held basis travel through the GPU
+        nccl = backend_for(torch.device("cuda"), group) == "nccl"
+        self._via = torch.device("cuda", torch.cuda.current_device()) if nccl else None
 
     @property
     def world_size(self) -> int:
         return len(self.sizes)
 
     def reduce(self, partial: torch.Tensor) -> torch.Tensor:
-        total = partial.to(torch.float64, copy=True)
+        via = self._via if self._via is not None and partial.device.type != "cuda" else None
+        total = partial.to(dtype=torch.float64, device=via or partial.device, copy=True)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.group)
-        return total.to(partial.dtype)
+        return total.to(dtype=partial.dtype, device=partial.device)
 
     def norm(
         self, x: torch.Tensor, dim: int = 0, keepdim: bool = False, dtype: torch.dtype | None = None
