@@ -186,6 +186,10 @@ def test_sharding_without_a_process_group_is_named():
         jd.ShardedBasis(H)
     with pytest.raises(ValueError, match="needs an initialised process group"):
         jd.spectral_density(H, shard_basis=True)
+    with pytest.raises(ValueError, match="pass both"):
+        jd.spectral_density(H, basis_sizes=[50, 53])
+    with pytest.raises(TypeError, match="shard_basis must be True or False"):
+        jd.eigenpairs(H, shard_basis="yes")
 
 
 def test_memory_model_divides_the_basis_by_the_ranks():

@@ -114,7 +114,8 @@ def eigenpairs(
             :mod:`jupyter_curvature.core.distributed.basis`). The ``eigenvectors`` of the
             result are then this rank's rows ``(n_r, k)``: :func:`gather_rows` (a collective)
             concatenates them to ``(n, k)``. Eigenvalues agree with the unsharded run to
-            rounding (the start vector is the same global vector whatever ``W``).
+            rounding (the start vector is the same global vector whatever ``W``). A warm
+            ``start=`` takes full-length vectors (gather sharded ones first).
         basis_sizes: rows of each rank with ``shard_basis`` (adding up to ``n``); default
             contiguous slices of equal size (differing by one at most).
         **kwargs: for :func:`~jupyter_curvature.spectral.eigenpairs` (``which``, ``tol``,

@@ -550,7 +550,9 @@ class LanczosResult:
 
     Attributes:
         tridiagonal: ``(p, m, m)`` float64, ``T_m = Q_m^T A Q_m`` for each of ``p`` probes.
-        basis: ``(p, n, m)`` Lanczos vectors (basis dtype/device), or ``None`` if not kept.
+        basis: ``(p, n, m)`` Lanczos vectors (basis dtype/device), or ``None`` if not kept;
+            with a sharded basis (:class:`~jupyter_curvature.core.distributed.basis.ShardedBasis`)
+            this rank's rows, ``(p, n_r, m)``.
         beta_last: ``(p,)`` float64, ``beta_m``: ``||A q_{m-1} - Q_m T_m e_m||``.
         ritz_values: ``(p, m)`` ascending eigenvalues of each ``T_m``.
         ritz_weights: ``(p, m)`` quadrature weights ``s_i[0]^2`` (each row sums to 1).

@@ -25,7 +25,6 @@ exactly what it computed before.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -205,8 +204,3 @@ class ShardedBasis:
             f"ShardedBasis({type(self.op).__name__}, n={s.n}, rows [{s.lo}, {s.hi}) of "
             f"{s.world_size} slices)"
         )
-
-
-def local_rows(n: int, world_size: int) -> int:
-    """The largest slice of ``n`` rows over ``world_size`` ranks (the memory model's ``n / W``)."""
-    return math.ceil(n / world_size)
