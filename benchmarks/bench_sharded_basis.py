@@ -1,6 +1,8 @@
 """A sharded Lanczos basis (``shard_basis=True``) against the replicated one: 2 gloo CPU processes.
 
-Run: ``python benchmarks/bench_sharded_basis.py`` (``--quick`` for a short run).
+Run: ``python benchmarks/bench_sharded_basis.py`` (``--quick`` for a short run;
+``--device cuda``: both processes on GPU 0, gloo reducing CUDA tensors, and also a sharded
+basis held in CPU memory).
 
 Both runs are in the same two processes (one thread each), on the same data-parallel Hessian
 (a tanh MLP on the built-in digits, each rank half of ``--samples`` digits), alternately,
@@ -33,11 +35,11 @@ from jupyter_curvature.models.small import MLP
 from jupyter_curvature.spectral.memory import density_bytes
 
 
-def _job(hidden: int, samples: int, steps: int, probes: int, repeats: int) -> dict:
+def _job(hidden: int, samples: int, steps: int, probes: int, repeats: int, device: str) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     data = Subset(digits_dataset("train", flatten=True, dtype=torch.float64), range(samples))
-    model = MLP(64, (hidden, hidden), 10).double()
+    model = MLP(64, (hidden, hidden), 10).double().to(device)
     H = jc.HessianOperator(model, nn.CrossEntropyLoss(), jd.shard_loader(data, 64))
     n, W = H.shape[0], jd.get_world_size()
     kw = dict(num_iters=steps, num_probes=probes, seed=0, keep_graphs=False)
@@ -57,7 +59,12 @@ def _job(hidden: int, samples: int, steps: int, probes: int, repeats: int) -> di
             torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
             times[mode].append(float(elapsed))
             ritz[mode] = result.ritz_values
+    host = {}
+    if device != "cpu":  # the basis in (pinned) CPU memory, the products on the GPU
+        held = jd.spectral_density(H, shard_basis=True, basis_device="cpu", **kw).ritz_values
+        host["host_ritz_diff"] = float((held.cpu() - ritz["full"].cpu()).abs().max())
     return {
+        **host,
         "n": n,
         "W": W,
         "basis_bytes": {m: b.numel() * b.element_size() for m, b in basis.items()},
@@ -80,10 +87,11 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.quick:
         args.hidden, args.steps, args.repeats = 128, 20, 3
-    job_args = (args.hidden, args.samples, args.steps, args.probes, args.repeats)
+    job_args = (args.hidden, args.samples, args.steps, args.probes, args.repeats, args.device)
     out = jd.launch(_job, 2, job_args, timeout=600, join_timeout=3600)[0]
     mb = 1e6
     print(f"n = {out['n']}, W = {out['W']}, {args.steps} steps x {args.probes} probes, float64")
@@ -96,6 +104,8 @@ def main() -> None:
         )
     ratio = statistics.median(out["times"]["sharded"]) / statistics.median(out["times"]["full"])
     print(f"time sharded / full: {ratio:.2f}; Ritz values differ by {out['ritz_diff']:.1e} rel.")
+    if "host_ritz_diff" in out:
+        print(f"sharded basis in CPU memory: Ritz values differ by {out['host_ritz_diff']:.1e}")
 
 
 if __name__ == "__main__":

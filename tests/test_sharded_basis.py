@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_distributed import BATCH, START, WORLD, make_problem
+from test_fsdp import _error, _replica, _shard
 from torch.func import functional_call, jacrev
 
 import jupyter_curvature as jc
@@ -22,14 +23,6 @@ N = 103
 NUM_ITERS, PROBES, SEED = 20, 2, 3
 K, TOL = 3, 1e-12
 UNEVEN = [70, 33]  # a layout given by hand
-
-
-def _error(fn, kind=ValueError) -> str:
-    try:
-        fn()
-    except kind as err:
-        return str(err)
-    return ""
 
 
 def _job():
@@ -69,8 +62,6 @@ def _job():
     )
     out["rows_error"] = _error(lambda: jd.spectral_density(H, shard_basis=True, num_iters=60))
     # an FSDP2-sharded model (its own small problem, n = 53: 27 + 26 rows)
-    from test_fsdp import _replica, _shard
-
     fsdp_model, _, _ = make_problem()
     G = jd.ShardedOperator(_shard(fsdp_model), loss_fn, jd.shard_loader(dataset, BATCH), _replica())
     fsdp = dict(num_iters=12, num_probes=PROBES, seed=SEED)
