@@ -56,6 +56,11 @@ def _job():
         out[which + "_plain"] = (p.eigenvalues, p.residuals)
         out[which + "_rows"] = tuple(r.eigenvectors.shape)
         out[which + "_vectors"] = jd.gather_rows(r.eigenvectors)
+    # residuals by a final product of the sharded vectors; a warm start from full vectors
+    checked = jd.eigenpairs(H, K, shard_basis=True, verify="product", **pairs)
+    out["product"] = (checked.eigenvalues, checked.residuals)
+    warm = jd.eigenpairs(H, K, shard_basis=True, start=out["LA_vectors"], **pairs)
+    out["warm"] = (warm.eigenvalues, warm.num_matvecs)
 
     out["sizes_error"] = _error(
         lambda: jd.spectral_density(H, shard_basis=True, basis_sizes=[50, 50])
@@ -160,6 +165,10 @@ def test_eigenpairs_equal_the_dense_hessian(results, dense):
         res = (dense @ V - V * results[0][which][0]).norm(dim=0)
         assert float(res.max()) <= 1e-10 * scale
     assert any(r["LA"][3] or r["SA"][3] for r in results)  # thick restarts were exercised
+    for r in results:
+        _close(r["product"][0], wanted["LA"], 1e-10, "verify='product'")
+        assert float(r["product"][1].max()) <= TOL * scale
+        _close(r["warm"][0], wanted["LA"], 1e-10, "warm start")
 
 
 @pytest.mark.distributed
