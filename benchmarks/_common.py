@@ -66,6 +66,39 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
 
 
 # ---------------------------------------------------------------- peer adapters
+class Capped(Exception):
+    """A peer's run was stopped at the time cap (:func:`time_cap`): its time is a lower bound."""
+
+
+_CAP = {"deadline": None}
+
+
+def count_product() -> None:
+    """Called by every peer counter before each product: raise :class:`Capped` past the cap."""
+    deadline = _CAP["deadline"]
+    if deadline is not None and time.perf_counter() > deadline:
+        raise Capped
+
+
+class time_cap:  # noqa: N801 (a context manager used like a function)
+    """``with time_cap(seconds):`` peers' products stop (:class:`Capped`) after ``seconds``.
+
+    For an "at most r x" bar a peer that has not reached the wanted accuracy after ``ours / r``
+    seconds has met the bar's condition already; its ladder need not run for hours to say so.
+    ``None``: no cap."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+
+    def __enter__(self):
+        if self.seconds is not None:
+            _CAP["deadline"] = time.perf_counter() + self.seconds
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _CAP["deadline"] = None
+
+
 # One adapter per peer, shared by bench_spectral.py and bench_scale.py: each counts the
 # products it makes, so every table reports products next to wall time.
 
@@ -84,6 +117,7 @@ def he_operator_factory(model, loss_fn, batches):
         inner = o.matvec
 
         def mv(vec):
+            count_product()
             o._count += 1
             return inner(vec)
 
@@ -111,6 +145,7 @@ def pyhessian_top(model, loss_fn, batches, device: str):
         hvp = ph.hessian_vector_product
 
         def counting(gradsH, params, v):
+            count_product()
             ph._jc_counter["n"] += 1
             return hvp(gradsH, params, v)
 
@@ -144,10 +179,12 @@ def counted_scipy(scipy_op):
             self.count = 0
 
         def _matvec(self, x):
+            count_product()
             self.count += 1
             return scipy_op @ x
 
         def _matmat(self, X):
+            count_product()
             self.count += X.shape[1]
             return scipy_op @ X
 

@@ -47,10 +47,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import (  # noqa: E402
+    Capped,
     counted_scipy,
     he_operator_factory,
     markdown_table,
     pyhessian_top,
+    time_cap,
 )
 
 from jupyter_curvature.models import ResNet, create  # noqa: E402
@@ -110,11 +112,18 @@ def timed(fn, device: str):
     return time.perf_counter() - t0, out
 
 
+CAPPED = "capped"  # a run stopped at the time cap: its seconds are a lower bound
+
+
 def attempt(name: str, fn, device: str, failures: dict):
-    """``(seconds, out)``, or ``(None, None)`` with the failure recorded (a peer that does not
-    run on current torch is reported, not hidden)."""
+    """``(seconds, out)``; ``(seconds so far, CAPPED)`` when stopped at a :func:`time_cap`; or
+    ``(None, None)`` with the failure recorded (a peer that does not run on current torch is
+    reported, not hidden)."""
+    t0 = time.perf_counter()
     try:
         return timed(fn, device)
+    except Capped:
+        return time.perf_counter() - t0, CAPPED
     except Exception as exc:
         failures[name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
         if "--trace" in sys.argv:
@@ -207,10 +216,22 @@ def main(argv=None) -> dict:
         help="comma-separated peers to run, or 'none' (ours and the floors only)",
     )
     ap.add_argument("--no-equal", action="store_true", help="skip the equal-accuracy ladders")
+    ap.add_argument(
+        "--cap",
+        type=float,
+        default=8.0,
+        help="stop a peer's equal-accuracy run after this many times ours' time in the round "
+        "(its time is then a lower bound: the 0.15x bar needs 6.7x); 0: no cap",
+    )
     ap.add_argument("--density-iters", type=int, default=80)
     ap.add_argument("--density-probes", type=int, default=4)
     ap.add_argument(
         "--reference-tol", type=float, default=1e-6, help="tol of the reference eigenpairs"
+    )
+    ap.add_argument(
+        "--reference",
+        help="the top-5 of an earlier run on the same model and data (comma-separated, as "
+        "printed), instead of computing it again",
     )
     ap.add_argument("--threads", type=int, help="torch.set_num_threads for every method")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (< 1 minute)")
@@ -256,7 +277,11 @@ def main(argv=None) -> dict:
     }
 
     ref = None
-    if args.only in (None, "top5"):
+    if args.only in (None, "top5") and args.reference:
+        ref = torch.tensor([float(v) for v in args.reference.split(",")], dtype=torch.float64)
+        record["reference"] = {"eigenvalues": ref.tolist(), "given": True}
+        print(f"reference top-5 (given): {ref.tolist()}\n", flush=True)
+    elif args.only in (None, "top5"):
         t_ref, r = timed(lambda: eigenpairs(op, k=5, tol=args.reference_tol, seed=123), dev)
         ref = r.eigenvalues.detach().double().cpu()
         record["reference"] = {
@@ -267,7 +292,7 @@ def main(argv=None) -> dict:
         }
         print(
             f"reference top-5 (eigenpairs tol {args.reference_tol:g}, {r.num_matvecs} products, {t_ref:.1f} s): "
-            f"{[f'{v:.6g}' for v in ref.tolist()]}\n",
+            f"{','.join(f'{v:.12g}' for v in ref.tolist())} (--reference to reuse)\n",
             flush=True,
         )
 
@@ -300,17 +325,18 @@ def top5_round(op, peers, ref, rnd, f, settings, add, failures, args) -> None:
     """Ours and each peer once (start vector ``seed = rnd``); in round 0 each peer's ladder
     is climbed to the setting whose error is within ``EQUAL``, later rounds time that one."""
     dev, seed = args.device, rnd
-    t, r = timed(lambda: eigenpairs(op, k=5, seed=seed), dev)
+    t_ours, r = timed(lambda: eigenpairs(op, k=5, seed=seed), dev)
     add(
         "ours top-5",
-        seconds=t,
+        seconds=t_ours,
         products=r.num_matvecs,
         error=rel_error(r.eigenvalues, ref),
         certified=bool(r.converged),
-        fixed_cost_ratio=t / (r.num_matvecs * f["kept"] + f["build"]),
-        product_share=r.product_seconds / t,
+        fixed_cost_ratio=t_ours / (r.num_matvecs * f["kept"] + f["build"]),
+        product_share=r.product_seconds / t_ours,
         in_run_product=(r.product_seconds - f["build"]) / r.num_matvecs / f["kept"],
     )
+    cap = args.cap * t_ours if args.cap else None
     for p in peers.names:
         ladder = LADDERS[p]
         t, out = attempt(p, lambda p=p, ladder=ladder: peers.run(p, ladder[0], seed), dev, failures)
@@ -321,21 +347,27 @@ def top5_round(op, peers, ref, rnd, f, settings, add, failures, args) -> None:
         add(f"{p} top-5", seconds=t, products=out[1], error=error)
         if args.no_equal:
             continue
-        if rnd == 0:  # climb the ladder until the error is within EQUAL
+        if rnd == 0:  # climb the ladder until the error is within EQUAL, or the cap is reached
             settings[p] = ladder[0] if error <= EQUAL else None
             for setting in ladder[1:] if settings[p] is None else []:
-                t, out = attempt(p, lambda p=p, s=setting: peers.run(p, s, seed), dev, failures)
+                with time_cap(cap):
+                    t, out = attempt(p, lambda p=p, s=setting: peers.run(p, s, seed), dev, failures)
                 if t is None:
+                    break
+                if out is CAPPED:  # tighter settings only cost more: the ladder ends here
+                    print(f"  [{p} {setting}] stopped at the cap ({t:.1f} s = {args.cap:g}x ours)")
+                    settings[p] = CAPPED
+                    add(f"{p} top-5 equal", seconds=t, capped=True, setting=setting)
                     break
                 error = rel_error(out[0], ref)
                 print(f"  [{p} {setting}] error {error:.1e}, {out[1]} products, {t:.2f} s")
                 if error <= EQUAL:
                     settings[p] = setting
                     break
-        elif settings.get(p) is not None and settings[p] is not ladder[0]:
+        elif settings.get(p) not in (None, CAPPED) and settings[p] is not ladder[0]:
             t, out = attempt(p, lambda p=p: peers.run(p, settings[p], seed), dev, failures)
             error = rel_error(out[0], ref) if t is not None else None
-        if settings.get(p) is not None and t is not None:
+        if settings.get(p) not in (None, CAPPED) and t is not None:
             add(f"{p} top-5 equal", seconds=t, products=out[1], error=error, setting=settings[p])
 
 
@@ -391,6 +423,10 @@ def report(rows: dict, failures: dict, settings: dict, args) -> dict:
             note = "certified" if key == "ours top-5" else ""
             if "setting" in rs[0]:
                 note = f"setting {rs[0]['setting']}"
+            if rs[0].get("capped"):  # a lower bound: still above EQUAL when stopped
+                note = f"stopped at the cap at {note}: error still above {EQUAL:g}"
+                table.append([key, "-", f"> {t:.2f}", f"> {same_round[0]:.2f}", "-", note])
+                continue
             table.append(
                 [
                     key,

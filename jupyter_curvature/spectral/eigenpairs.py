@@ -365,13 +365,16 @@ class _Krylov:
             f = r / beta if beta >= GPYTORCH_BREAKDOWN else None
         q0 = rec.inputs[0]
         # every column is written before it is read (restart, extend); filled column by
-        # column, so no concatenated copy of the basis is made (see memory.eigenpairs_bytes)
-        Q = q0.new_empty(q0.shape[0], capacity)
+        # column, so no concatenated copy of the basis is made (see memory.eigenpairs_bytes).
+        # Column-major storage: each Lanczos vector is contiguous, so writing one is a memcpy
+        # (a row-major (n, capacity) block made every column write a strided pass: measured,
+        # half the time of copying the basis and 10-20% slower projections)
+        Q = _columns(q0, capacity)
         for i, q in enumerate(rec.inputs):
             Q[:, i : i + 1] = q
         AQ = None
         if rec.outputs:
-            AQ = torch.empty_like(Q)
+            AQ = _columns(q0, capacity)
             for i in range(len(rec.outputs)):
                 AQ[:, i : i + 1] = rec.outputs[i]
                 rec.outputs[i] = None  # freed as copied
@@ -424,6 +427,11 @@ class _Krylov:
         self.breakdown = beta < GPYTORCH_BREAKDOWN
         self.f = None if self.breakdown else r / beta
         return seconds
+
+
+def _columns(like: torch.Tensor, capacity: int) -> torch.Tensor:
+    """An uninitialised ``(n, capacity)`` block like ``like`` ``(n, 1)``, stored column-major."""
+    return like.new_empty(capacity, like.shape[0]).T
 
 
 def _orthogonalise(
