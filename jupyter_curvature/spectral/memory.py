@@ -36,7 +36,9 @@ names it and its bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +69,7 @@ class BasisMode:
         reorthogonalize: ``"full"`` (stored basis) or ``"none"`` (three-term recurrence).
         device_bytes: bytes on the operator's device.
         host_bytes: bytes in CPU memory when the basis is held there for a GPU operator.
+        budget: the ``memory_budget`` it was chosen under (``None``: no budget).
     """
 
     dtype: torch.dtype
@@ -74,6 +77,7 @@ class BasisMode:
     reorthogonalize: str
     device_bytes: int
     host_bytes: int = 0
+    budget: float | None = None
 
     @property
     def name(self) -> str:
@@ -87,6 +91,20 @@ class BasisMode:
         if self.host_bytes:
             text += f" on the device + {format_bytes(self.host_bytes)} of CPU memory"
         return text
+
+    def to_dict(self, pinned: bool = False) -> dict[str, Any]:
+        """The record of a result (``pinned``: the basis was allocated page-locked)."""
+        return {
+            "mode": self.name,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "pinned": bool(pinned),
+            "reorthogonalize": self.reorthogonalize,
+            "device_bytes": int(self.device_bytes),
+            "host_bytes": int(self.host_bytes),
+            "memory_budget": self.budget,
+            "description": self.describe(),
+        }
 
 
 def format_bytes(x: float) -> str:
@@ -121,13 +139,55 @@ def eigenpairs_bytes(n: int, k: int, max_basis: int, verify: str, dtype: torch.d
     return int(b * n * (copies * min(max_basis, n) + W_EIGEN + 2 * k))
 
 
+#: the units of a size: powers of 1000 (kB, MB, GB, TB) and of 1024 (KiB, MiB, GiB, TiB)
+UNITS = {
+    "b": 1,
+    **{p + "b": 1000**i for i, p in enumerate("kmgt", 1)},
+    **{p + "ib": 1024**i for i, p in enumerate("kmgt", 1)},
+}
+SIZES = (
+    "bytes (8e9, 8000000000) or a size with a unit: 8GB, 512MB (powers of 1000), "
+    "512MiB, 1.5GiB (powers of 1024)"
+)
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*")
+
+
+def parse_bytes(text: str) -> float:
+    """A size: ``"8GB"``, ``"512 MiB"``, ``"1.5GiB"``, ``"8e9"``, ``"8000000000"`` -> bytes.
+
+    kB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB powers of 1024 (IEC 80000-13); units
+    are read without regard to case.
+
+    Raises:
+        ValueError: not a size, or not positive and finite (the message lists the forms).
+    """
+    match = _SIZE.fullmatch(text) if isinstance(text, str) else None
+    unit = match.group(2).lower() if match else ""
+    if match is None or (unit and unit not in UNITS):
+        raise ValueError(f"{text!r} is not a size: give {SIZES}")
+    value = float(match.group(1)) * UNITS.get(unit, 1)
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{text!r} is not a positive size: give {SIZES}")
+    return value
+
+
 def check_budget(value: Any) -> float | None:
-    """``memory_budget``: ``None`` or a positive number of bytes."""
+    """``memory_budget``: ``None``, a positive number of bytes or a size (:func:`parse_bytes`)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+    if isinstance(value, str):
+        try:
+            return parse_bytes(value)
+        except ValueError as exc:
+            raise ValueError(f"memory_budget: {exc}") from None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0 < value < float("inf")
+    ):
         raise ValueError(
-            f"memory_budget must be a positive number of bytes (e.g. 8e9) or None, got {value!r}"
+            "memory_budget must be a positive number of bytes (8e9), a size with a unit "
+            f"('8GB', '512MiB') or None; got {value!r}"
         )
     return float(value)
 
@@ -154,6 +214,7 @@ def choose_basis(
     device: torch.device | str | None,
     reorthogonalize: str = "full",
     working: int = 0,
+    kinds: tuple[str, ...] = REORTHOGONALIZE,
 ) -> BasisMode:
     """The basis mode: the given one, or the most accurate one that fits ``budget``.
 
@@ -165,6 +226,8 @@ def choose_basis(
         dtype, device: the caller's ``basis_dtype``/``basis_device``; ``None`` = automatic.
         reorthogonalize: ``"full"`` or ``"none"`` (then no basis is stored).
         working: bytes of one working block on the device when the basis is on the CPU.
+        kinds: the ``reorthogonalize`` values the routine offers (listed in the error;
+            ``eigenpairs`` has only ``"full"``).
 
     Raises:
         ValueError: nothing allowed fits the budget (a host-held basis must also fit in the
@@ -199,10 +262,10 @@ def choose_basis(
 
     for m in allowed:
         if fits(m):
-            return m
+            return dataclasses.replace(m, budget=budget)
     others = [
         mode(dt, dev, how)
-        for how in ("full", "none")
+        for how in kinds
         for dev in ([op_device] + ([torch.device("cpu")] if op_device.type != "cpu" else []))
         for dt in (torch.float64, torch.float32)
         if not (how == "none" and dev != op_device)
