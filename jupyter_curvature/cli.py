@@ -331,7 +331,8 @@ def run(args: argparse.Namespace) -> int:
             **objects, **kwargs,
         )  # fmt: skip
         _say(result.density)
-        _say(result.eigen)
+        if result.eigen is not None:
+            _say(result.eigen)
         _say(result.basis_summary())
         if result.blocks is not None:
             _say(result.blocks.table())
