@@ -231,7 +231,10 @@ def test_cli_a_setting_the_request_cannot_use_fails_before_any_work(
 def test_cli_a_cuda_basis_without_a_gpu_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["spectrum", "--basis-device", "cuda"])
-    assert "--basis-device cuda: no CUDA GPU is available" in capsys.readouterr().err
+    assert (
+        "--basis-device cuda: no CUDA GPU is available on this machine; use --basis-device cpu"
+        in capsys.readouterr().err
+    )
 
 
 # ----------------------------------------------------------------------------- tasks.spectrum

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..core.progress import Cancelled, Progress
 from ..core.vocabulary import accepts_aliases
-from .names import InputError, resolve_setup
+from .names import InputError, resolve_device, resolve_setup
 from .outputs import is_writer, output_folder, save_figure, save_json
 
 __all__ = ["BASIS_DTYPES", "CURVATURES", "SpectrumResult", "basis_options", "make_operator",
@@ -86,7 +86,7 @@ def basis_options(
         dtype = getattr(torch, dtype)
     if dtype not in (None, torch.float64, torch.float32):
         raise InputError(f"--basis-dtype {basis_dtype!r}: choose float64 or float32")
-    device = None if basis_device is None else _basis_device(basis_device)
+    device = resolve_device(basis_device, flag="--basis-device")
     if reorthogonalize not in ("full", "none"):
         raise InputError(
             f"--reorthogonalize {reorthogonalize!r}: choose full (a stored, reorthogonalised "
@@ -120,23 +120,6 @@ def memory_size(text: str) -> float:
         return parse_bytes(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _basis_device(spec: Any) -> Any:
-    """``--basis-device``: a device name that exists here."""
-    import torch
-
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError, TypeError):
-        raise InputError(
-            f"--basis-device {spec!r} is not a device name (use cpu, cuda or cuda:N)"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            f"--basis-device {spec}: no CUDA GPU is available on this machine; use cpu"
-        )
-    return device
 
 
 def _check_budget(op: Any, n: int, num_iters: int, num_probes: int, top_k: int,
