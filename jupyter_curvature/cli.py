@@ -65,17 +65,17 @@ def _curvature(parser: argparse.ArgumentParser, help: str) -> None:
 
 def _basis_flags(parser: argparse.ArgumentParser) -> None:
     """How the Lanczos vectors are held (docs/scale.md); the magics have the same flags."""
-    from .tasks.spectrum import BASIS_DTYPES, memory_size
+    from .core.sizes import size_argument  # no torch: the parser stays quick to build
 
     parser.add_argument(
-        "--memory-budget", type=memory_size, default=None, metavar="SIZE",
+        "--memory-budget", type=size_argument, default=None, metavar="SIZE",
         help="memory the Lanczos vectors of each run may take on the model's device: bytes "
         "(8e9) or a size (8GB, 512MiB); picks the most accurate basis that fits (float64, "
         "float32 with float64 sums, pinned CPU memory for a GPU model) or fails before any "
         "product, listing each mode's bytes (default: no limit)",
     )  # fmt: skip
     parser.add_argument(
-        "--basis-dtype", choices=BASIS_DTYPES, default=None,
+        "--basis-dtype", choices=("float64", "float32"), default=None,  # tasks.BASIS_DTYPES
         help="dtype of the Lanczos vectors (default: float64, or what --memory-budget allows)",
     )  # fmt: skip
     parser.add_argument(

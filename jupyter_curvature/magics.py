@@ -115,7 +115,8 @@ def _curvature_flags(func: Any) -> Any:
 
 def _basis_flags(func: Any) -> Any:
     """How the Lanczos vectors are held (docs/scale.md): the CLI's spectrum flags."""
-    from .tasks.spectrum import BASIS_DTYPES, memory_size
+    from .core.sizes import size_argument
+    from .tasks.spectrum import BASIS_DTYPES
 
     for flag in (
         argument(
@@ -132,7 +133,7 @@ def _basis_flags(func: Any) -> Any:
             help="dtype of the Lanczos vectors (default: float64, or what --memory-budget allows)",
         ),
         argument(
-            "--memory-budget", type=memory_size, default=None,
+            "--memory-budget", type=size_argument, default=None,
             help="memory for the Lanczos vectors of each run: bytes (8e9) or a size (8GB, "
             "512MiB); picks the most accurate basis that fits (default: no limit)",
         ),

@@ -22,9 +22,10 @@ from traitlets.config import Config
 import jupyter_curvature.spectral as spectral
 import jupyter_curvature.tasks as tasks
 from jupyter_curvature.cli import main
+from jupyter_curvature.core.sizes import parse_bytes
 from jupyter_curvature.spectral import EigenpairsResult, SpectralDensity
 from jupyter_curvature.spectral.lanczos import start_vectors
-from jupyter_curvature.spectral.memory import density_bytes, eigenpairs_bytes, parse_bytes
+from jupyter_curvature.spectral.memory import density_bytes, eigenpairs_bytes
 
 # bqplot's scales (the panel) warn on import with the installed traitlets, as in test_magics
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -73,6 +74,20 @@ def test_sizes_are_read_as_the_units_say(text, expected):
 def test_a_bad_size_names_the_accepted_forms(text):
     with pytest.raises(ValueError, match=r"8GB, 512MB \(powers of 1000\), 512MiB"):
         parse_bytes(text)
+
+
+def test_the_command_line_parser_reads_sizes_without_torch():
+    """``--memory-budget`` is parsed by ``core.sizes`` (plain Python): ``jupyter-curvature
+    --help`` and a bad size stay quick, with no torch import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from jupyter_curvature.cli import build_parser; "
+        "a = build_parser().parse_args(['spectrum', '--memory-budget', '512MiB']); "
+        "assert a.memory_budget == 2**29; assert 'torch' not in sys.modules, 'torch'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_the_engine_takes_a_size_as_its_budget(mlp):

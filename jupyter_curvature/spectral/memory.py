@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..core.sizes import parse_bytes
 from ..operators.graphs import free_memory
 
 #: working ``(n, p)`` blocks beside the basis (density, full reorthogonalisation)
@@ -137,38 +137,6 @@ def eigenpairs_bytes(n: int, k: int, max_basis: int, verify: str, dtype: torch.d
     b = dtype.itemsize
     copies = 4 if verify == "stored" else 2
     return int(b * n * (copies * min(max_basis, n) + W_EIGEN + 2 * k))
-
-
-#: the units of a size: powers of 1000 (kB, MB, GB, TB) and of 1024 (KiB, MiB, GiB, TiB)
-UNITS = {
-    "b": 1,
-    **{p + "b": 1000**i for i, p in enumerate("kmgt", 1)},
-    **{p + "ib": 1024**i for i, p in enumerate("kmgt", 1)},
-}
-SIZES = (
-    "bytes (8e9, 8000000000) or a size with a unit: 8GB, 512MB (powers of 1000), "
-    "512MiB, 1.5GiB (powers of 1024)"
-)
-_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*")
-
-
-def parse_bytes(text: str) -> float:
-    """A size: ``"8GB"``, ``"512 MiB"``, ``"1.5GiB"``, ``"8e9"``, ``"8000000000"`` -> bytes.
-
-    kB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB powers of 1024 (IEC 80000-13); units
-    are read without regard to case.
-
-    Raises:
-        ValueError: not a size, or not positive and finite (the message lists the forms).
-    """
-    match = _SIZE.fullmatch(text) if isinstance(text, str) else None
-    unit = match.group(2).lower() if match else ""
-    if match is None or (unit and unit not in UNITS):
-        raise ValueError(f"{text!r} is not a size: give {SIZES}")
-    value = float(match.group(1)) * UNITS.get(unit, 1)
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{text!r} is not a positive size: give {SIZES}")
-    return value
 
 
 def check_budget(value: Any) -> float | None:

@@ -48,7 +48,6 @@ from .spectrum import (
     SpectrumResult,
     basis_options,
     make_operator,
-    memory_size,
     spectrum,
 )
 from .stats import STATS_KINDS, StatsResult, statistics
@@ -76,7 +75,6 @@ __all__ = [
     "landscape",
     "lookup",
     "make_operator",
-    "memory_size",
     "report",
     "text_report",
     "resolve_data",

@@ -21,7 +21,7 @@ from .names import InputError, resolve_device, resolve_setup
 from .outputs import is_writer, output_folder, save_figure, save_json
 
 __all__ = ["BASIS_DTYPES", "CURVATURES", "SpectrumResult", "basis_options", "make_operator",
-           "memory_size", "spectrum"]  # fmt: skip
+           "spectrum"]  # fmt: skip
 
 #: the curvature matrices a task can use
 CURVATURES = ("hessian", "ggn")
@@ -107,19 +107,6 @@ def basis_options(
             )
     return {"memory_budget": budget, "basis_dtype": dtype, "basis_device": device,
             "reorthogonalize": reorthogonalize}  # fmt: skip
-
-
-def memory_size(text: str) -> float:
-    """``--memory-budget``'s argument type (CLI and magics): a size as bytes, refused at
-    parsing, before any work (``8GB``, ``512MiB``, ``8e9``: :func:`~jupyter_curvature.spectral.memory.parse_bytes`)."""
-    import argparse
-
-    from ..spectral.memory import parse_bytes
-
-    try:
-        return parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _check_budget(op: Any, n: int, num_iters: int, num_probes: int, top_k: int,
