@@ -63,6 +63,33 @@ def _curvature(parser: argparse.ArgumentParser, help: str) -> None:
     _deprecated(parser, "--ggn", "--curvature ggn", action="store_true")
 
 
+def _basis_flags(parser: argparse.ArgumentParser) -> None:
+    """How the Lanczos vectors are held (docs/scale.md); the magics have the same flags."""
+    from .core.sizes import size_argument  # no torch: the parser stays quick to build
+
+    parser.add_argument(
+        "--memory-budget", type=size_argument, default=None, metavar="SIZE",
+        help="memory the Lanczos vectors of each run may take on the model's device: bytes "
+        "(8e9) or a size (8GB, 512MiB); picks the most accurate basis that fits (float64, "
+        "float32 with float64 sums, pinned CPU memory for a GPU model) or fails before any "
+        "product, listing each mode's bytes (default: no limit)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--basis-dtype", choices=("float64", "float32"), default=None,  # tasks.BASIS_DTYPES
+        help="dtype of the Lanczos vectors (default: float64, or what --memory-budget allows)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--basis-device", default=None, metavar="DEVICE",
+        help="where the Lanczos vectors live: cpu for a GPU model (default: the model's "
+        "device, or what --memory-budget allows)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reorthogonalize", choices=("full", "none"), default="full",
+        help="full (default): a stored, reorthogonalised basis; none: the density only, with "
+        "no stored basis (memory independent of --num-iters; needs --top-k 0, no --blocks)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jupyter-curvature",
@@ -158,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also each block's top eigenvalue, trace and density: auto (embeddings, attention, "
         "MLP, norms, head; CNN stages) or comma-separated module names",
     )  # fmt: skip
+    _basis_flags(spectrum)
 
     stats = sub.add_parser("stats", help="gradient, curvature and weight statistics")
     _common(stats)
@@ -208,12 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
 #: the task keywords each command takes from its parsed flags
 _SETUP = ("model", "data", "data_root", "download", "checkpoint", "batch_size", "num_samples",
           "loss_fn", "device", "dtype", "seed")  # fmt: skip
+_BASIS = ("memory_budget", "basis_dtype", "basis_device", "reorthogonalize")
 _KEYWORDS = {
     "train": ("model", "data", "data_root", "batch_size", "num_samples", "device", "seed",
               "optimizer", "lr", "momentum", "weight_decay", "epochs", "schedule",
               "spectrum_every", "max_overhead", "resume", "loss_fn", "tensorboard"),
     "spectrum": ("curvature", "num_iters", "num_probes", "top_k", "tol", "params", "blocks",
-                 "seed"),
+                 "memory_budget", "basis_dtype", "basis_device", "reorthogonalize", "seed"),
     "stats": ("num_probes", "per_sample", "seed"),
     "landscape": ("directions", "span", "num_points", "curvature", "seed"),
 }  # fmt: skip
@@ -288,6 +317,9 @@ def run(args: argparse.Namespace) -> int:
     setup_kwargs = {k: every[k] for k in _SETUP if k in every}
     kwargs = {k: every[k] for k in _KEYWORDS[args.command] if k in every}
     out = _out(args, args.command)
+    if args.command == "spectrum":  # a basis setting the request cannot use fails first
+        tasks.basis_options(**{k: kwargs[k] for k in _BASIS}, top_k=kwargs["top_k"],
+                            blocks=kwargs["blocks"])  # fmt: skip
     from .tasks.outputs import output_folder
 
     output_folder(out)  # a bad --out fails before any computation
@@ -299,7 +331,9 @@ def run(args: argparse.Namespace) -> int:
             **objects, **kwargs,
         )  # fmt: skip
         _say(result.density)
-        _say(result.eigen)
+        if result.eigen is not None:
+            _say(result.eigen)
+        _say(result.basis_summary())
         if result.blocks is not None:
             _say(result.blocks.table())
     elif args.command == "stats":

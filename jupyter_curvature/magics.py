@@ -60,10 +60,11 @@ jupyter_curvature magics  (each has its own help: %curv_train?  %curv_spectrum? 
   the history (--out) are kept. --checkpoint-dir DIR writes exact-resume checkpoints;
   --resume continues from DIR/checkpoint-last.pt.
 
-%curv_spectrum --model NAME --data NAME [--curvature hessian|ggn] [--num-iters N] [--num-probes N] [--top-k K] [--params PATTERN] [--blocks [NAMES]] [--out NAME]
+%curv_spectrum --model NAME --data NAME [--curvature hessian|ggn] [--num-iters N] [--num-probes N] [--top-k K] [--params PATTERN] [--blocks [NAMES]] [--memory-budget SIZE] [--basis-dtype float64|float32] [--basis-device DEV] [--reorthogonalize full|none] [--out NAME]
     %curv_spectrum --model run.model --data digits --top-k 5 --out dens
     %curv_spectrum --model run.model --data digits --blocks    (each block's spectrum too)
     %curv_spectrum --model net --data loader --curvature ggn --params classifier
+    %curv_spectrum --model big --data loader --memory-budget 8GB    (picks the basis that fits)
 
 %curv_stats --model NAME --data NAME [--include LIST] [--num-probes N] [--out NAME]
     %curv_stats --model run.model --data digits:test --out st
@@ -110,6 +111,35 @@ def _curvature_flags(func: Any) -> Any:
         default="hessian",
         help="hessian (default) or ggn",
     )(func)
+
+
+def _basis_flags(func: Any) -> Any:
+    """How the Lanczos vectors are held (docs/scale.md): the CLI's spectrum flags."""
+    from .core.sizes import size_argument
+    from .tasks.spectrum import BASIS_DTYPES
+
+    for flag in (
+        argument(
+            "--reorthogonalize", choices=("full", "none"), default="full",
+            help="full (default): a stored, reorthogonalised basis; none: the density only, "
+            "no stored basis (needs --top-k 0, no --blocks)",
+        ),
+        argument(
+            "--basis-device", default=None,
+            help="where the Lanczos vectors live: cpu for a GPU model (default: the model's)",
+        ),
+        argument(
+            "--basis-dtype", choices=BASIS_DTYPES, default=None,
+            help="dtype of the Lanczos vectors (default: float64, or what --memory-budget allows)",
+        ),
+        argument(
+            "--memory-budget", type=size_argument, default=None,
+            help="memory for the Lanczos vectors of each run: bytes (8e9) or a size (8GB, "
+            "512MiB); picks the most accurate basis that fits (default: no limit)",
+        ),
+    ):  # fmt: skip
+        func = flag(func)
+    return func
 
 
 @magics_class
@@ -481,6 +511,7 @@ class CurvMagics(Magics):
         help="BatchNorm mode during the products (eval)",
     )  # fmt: skip
     @_deprecated("--bn", "--batchnorm", choices=["eval", "train"])
+    @_basis_flags
     @argument(
         "--num-samples",
         type=_positive(int),
@@ -515,6 +546,9 @@ class CurvMagics(Magics):
         kwargs = self._keywords(args, name, _SPECTRUM_KEYWORDS)
         if kwargs["top_k"] < 0:
             raise UsageError("%curv_spectrum: --top-k must be >= 0")
+        basis = {k: kwargs[k] for k in _BASIS_KEYWORDS}
+        self._call(name, tasks.basis_options, **basis, top_k=kwargs["top_k"],
+                   blocks=kwargs["blocks"])  # fmt: skip
         kind = "GGN" if kwargs.get("curvature") == "ggn" else "Hessian"
         try:
             result, progress = self._run_task(
@@ -547,6 +581,7 @@ class CurvMagics(Magics):
             print(result.density.stats)
             if result.eigen is not None:
                 print(result.eigen)
+            print(result.basis_summary())
             if result.blocks is not None:
                 print(result.blocks.table())
 
@@ -780,8 +815,9 @@ _TRAIN_KEYWORDS = ("model", "data", "test_data", "optimizer", "lr", "momentum", 
                    "num_iters", "num_probes", "top_k", "spectrum_samples", "eval_every",
                    "device", "seed", "max_overhead", "checkpoint_dir", "checkpoint_every",
                    "tensorboard")  # fmt: skip
+_BASIS_KEYWORDS = ("memory_budget", "basis_dtype", "basis_device", "reorthogonalize")
 _SPECTRUM_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_iters", "num_probes", "top_k",
-                      "params", "blocks", "batchnorm")  # fmt: skip
+                      "params", "blocks", "batchnorm", *_BASIS_KEYWORDS)  # fmt: skip
 _STATS_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_probes")
 
 

@@ -36,7 +36,7 @@ from ..core.files import atomic_savez, atomic_write_text
 from ..core.progress import Progress
 from ._checks import Operator, check_int, check_positive, check_seed
 from .lanczos import _Stop, diagonalise, run_lanczos, tridiagonal
-from .memory import check_budget, check_reorthogonalize, choose_basis, density_bytes
+from .memory import BasisMode, check_budget, check_reorthogonalize, choose_basis, density_bytes
 
 #: Papyan (2019) bandwidth constants: kappa and the margin added to the spectral range
 KAPPA = 1.25
@@ -178,6 +178,9 @@ class SpectralDensity:
         zero_tol, outlier_tol: the relative tolerances of :attr:`stats`.
         cancelled: the run was cancelled after ``num_steps`` steps (a partial result: the
             same as a run of ``num_iters = num_steps``, see :func:`spectral_density`).
+        basis: how the Lanczos vectors were held (:meth:`.memory.BasisMode.to_dict`: dtype,
+            device, pinned, reorthogonalize, bytes, the budget), or ``None`` (a record saved
+            before it was kept).
     """
 
     ritz_values: torch.Tensor
@@ -196,6 +199,7 @@ class SpectralDensity:
     outlier_tol: float = 1e-3
     outlier_gap: float = 0.05
     cancelled: bool = False
+    basis: dict[str, Any] | None = None
 
     @property
     def num_probes(self) -> int:
@@ -341,6 +345,7 @@ class SpectralDensity:
             f"{', CANCELLED (partial)' if self.cancelled else ''})\n"
             f"  Ritz values in [{s.smallest:.6g}, {s.largest:.6g}], trace ~ {s.trace:.6g}, "
             f"negative mass {s.negative_mass:.4g}, outliers {[float(f'{v:.4g}') for v in s.outliers]}"
+            + (f"\n  Lanczos vectors: {self.basis['description']}" if self.basis else "")
         )
 
 
@@ -357,6 +362,7 @@ _SCALARS = (
     "outlier_tol",
     "outlier_gap",
     "cancelled",
+    "basis",
 )
 
 
@@ -468,17 +474,9 @@ def spectral_density(
     reorthogonalize = check_reorthogonalize(reorthogonalize)
     if ritz_vectors and reorthogonalize == "none":
         raise ValueError('ritz_vectors=True needs the stored basis of reorthogonalize="full"')
-    mode = choose_basis(
-        lambda dt, how: density_bytes(
-            A.n, num_iters, num_probes, dt, how, A.dtype, A.space.world_size
-        ),
-        A.device,
-        check_budget(memory_budget),
-        basis_dtype,
-        basis_device,
-        reorthogonalize,
-        working=A.n * num_probes * A.dtype.itemsize,
-    )
+    mode = density_basis(A, num_iters, num_probes, basis_dtype=basis_dtype,
+                         basis_device=basis_device, memory_budget=memory_budget,
+                         reorthogonalize=reorthogonalize)  # fmt: skip
     zero_tol = check_positive("zero_tol", zero_tol)
     outlier_tol = check_positive("outlier_tol", outlier_tol)
     outlier_gap = check_positive("outlier_gap", outlier_gap)
@@ -534,6 +532,40 @@ def spectral_density(
         ritz_vectors=vecs,
         **tolerances,
         cancelled=bool(stopped),
+        basis=mode.to_dict(pinned=res.pinned),
     )
     tracker.finish(res.num_matvecs, lambda: result, step=res.num_steps)
     return result
+
+
+def density_basis(
+    op: Any,
+    num_iters: int = 80,
+    num_probes: int = 4,
+    *,
+    basis_dtype: torch.dtype | None = None,
+    basis_device: torch.device | str | None = None,
+    memory_budget: float | str | None = None,
+    reorthogonalize: str = "full",
+) -> BasisMode:
+    """The basis mode :func:`spectral_density` would use with these settings, without a product.
+
+    Lets a caller check a ``memory_budget`` before any work (the spectrum task does).
+
+    Raises:
+        ValueError: as :func:`spectral_density` for a budget that holds no allowed mode.
+    """
+    A = op if isinstance(op, Operator) else Operator(op)
+    num_iters = check_int("num_iters", num_iters, 1)
+    num_probes = check_int("num_probes", num_probes, 1)
+    return choose_basis(
+        lambda dt, how: density_bytes(
+            A.n, num_iters, num_probes, dt, how, A.dtype, A.space.world_size
+        ),
+        A.device,
+        check_budget(memory_budget),
+        basis_dtype,
+        basis_device,
+        check_reorthogonalize(reorthogonalize),
+        working=A.n * num_probes * A.dtype.itemsize,
+    )

@@ -94,7 +94,15 @@ from .lanczos import (
     start_vectors,
     tridiagonal,
 )
-from .memory import check_budget, choose_basis, combine64, dot64, eigenpairs_bytes, inner64
+from .memory import (
+    BasisMode,
+    check_budget,
+    choose_basis,
+    combine64,
+    dot64,
+    eigenpairs_bytes,
+    inner64,
+)
 from .warm_start import warm_start_vector
 
 WHICH = ("LA", "SA", "LM")
@@ -131,6 +139,8 @@ class EigenpairsResult:
         cancelled: the run was cancelled: the pairs are the current Ritz pairs, with true
             residuals, but never certified (``converged`` and ``pair_converged`` are False:
             the stopping rule's guard against missing an eigenvalue was not applied).
+        basis: how the Lanczos vectors were held (:meth:`.memory.BasisMode.to_dict`: dtype,
+            device, pinned, bytes, the budget), or ``None`` (a record saved before it was kept).
     """
 
     eigenvalues: torch.Tensor
@@ -148,6 +158,7 @@ class EigenpairsResult:
     seconds: float
     product_seconds: float
     cancelled: bool = False
+    basis: dict[str, Any] | None = None
 
     @property
     def k(self) -> int:
@@ -164,6 +175,8 @@ class EigenpairsResult:
             f"tol={self.tol:g} x scale {self.scale:.6g}"
             f"{', CANCELLED (partial)' if self.cancelled else ''})"
         )
+        if self.basis:
+            head += f"\n  Lanczos vectors: {self.basis['description']}"
         rows = ["   #    eigenvalue        residual   rel. residual  converged"]
         rel = self.relative_residuals
         for i in range(self.k):
@@ -190,6 +203,7 @@ class EigenpairsResult:
             "seconds": self.seconds,
             "product_seconds": self.product_seconds,
             "cancelled": self.cancelled,
+            "basis": self.basis,
         }
         if include_vectors:
             out["eigenvectors"] = self.eigenvectors.detach().cpu().tolist()
@@ -577,23 +591,9 @@ def eigenpairs(
         raise ValueError(f"verify must be 'stored', 'product' or 'estimate', got {verify!r}")
     n = A.n
     max_iters = check_int("max_iters", max(300, 20 * k) if max_iters is None else max_iters, 1)
-    if max_basis is None:
-        max_basis = min(n, max(100, 4 * k))
-    # a thick restart keeps k + 1 Ritz vectors at least and needs room for one new one
-    max_basis = check_int(
-        "max_basis",
-        max_basis,
-        min(n, k + 2),
-        hint=f"a restart keeps k + 1 = {k + 1} Ritz vectors and adds one; raise max_basis or lower k",
-    )
-    mode = choose_basis(
-        lambda dt, how: eigenpairs_bytes(n, k, max_basis, verify, dt, A.space.world_size, A.dtype),
-        A.device,
-        check_budget(memory_budget),
-        basis_dtype,
-        basis_device,
-        working=n * A.dtype.itemsize,
-    )
+    max_basis = _max_basis(n, k, max_basis)
+    mode = eigenpairs_basis(A, k, max_basis=max_basis, verify=verify, basis_dtype=basis_dtype,
+                            basis_device=basis_device, memory_budget=memory_budget)  # fmt: skip
     basis_dtype, basis_device = mode.dtype, mode.device
     x0 = None
     if start is not None:
@@ -603,8 +603,54 @@ def eigenpairs(
     with A:
         return _eigenpairs(
             A, k, which, tol, max_iters, seed, max_basis, verify, basis_dtype, basis_device, warn,
-            start=x0, tracker=tracker,
+            start=x0, tracker=tracker, basis=mode.to_dict(),
         )  # fmt: skip
+
+
+def _max_basis(n: int, k: int, max_basis: int | None) -> int:
+    """``max_basis`` checked, or its default ``min(n, max(100, 4 k))``."""
+    if max_basis is None:
+        max_basis = min(n, max(100, 4 * k))
+    # a thick restart keeps k + 1 Ritz vectors at least and needs room for one new one
+    return check_int(
+        "max_basis",
+        max_basis,
+        min(n, k + 2),
+        hint=f"a restart keeps k + 1 = {k + 1} Ritz vectors and adds one; raise max_basis or lower k",
+    )
+
+
+def eigenpairs_basis(
+    op: Any,
+    k: int = 5,
+    *,
+    max_basis: int | None = None,
+    verify: str = "stored",
+    basis_dtype: torch.dtype | None = None,
+    basis_device: torch.device | str | None = None,
+    memory_budget: float | str | None = None,
+) -> BasisMode:
+    """The basis mode :func:`eigenpairs` would use with these settings, without a product.
+
+    Lets a caller check a ``memory_budget`` before any work (the spectrum task does).
+
+    Raises:
+        ValueError: as :func:`eigenpairs` for a budget that holds no allowed mode.
+    """
+    A = op if isinstance(op, Operator) else Operator(op)
+    k = check_int("k", k, 1)
+    max_basis = _max_basis(A.n, k, max_basis)
+    return choose_basis(
+        lambda dt, how: eigenpairs_bytes(
+            A.n, k, max_basis, verify, dt, A.space.world_size, A.dtype
+        ),
+        A.device,
+        check_budget(memory_budget),
+        basis_dtype,
+        basis_device,
+        working=A.n * A.dtype.itemsize,
+        kinds=("full",),  # no density-only mode: the eigenvectors need the basis
+    )
 
 
 def _eigenpairs(
@@ -621,6 +667,7 @@ def _eigenpairs(
     warn: bool,
     start: torch.Tensor | None = None,
     tracker: Progress | None = None,
+    basis: dict[str, Any] | None = None,
 ) -> EigenpairsResult:
     """:func:`eigenpairs` on a wrapped, opened operator (arguments already checked), from a
     seeded Gaussian start vector or ``start`` (``(n, 1)``, :func:`~.tracking.warm_eigenpairs`)."""
@@ -784,6 +831,7 @@ def _eigenpairs(
         seconds=time.perf_counter() - t0,
         product_seconds=product_seconds,
         cancelled=bool(stopped),
+        basis=basis,
     )
     tracker.finish(A.num_matvecs, lambda: result, step=steps)
     if warn and not result.converged and not result.cancelled:

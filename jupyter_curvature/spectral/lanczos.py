@@ -436,13 +436,13 @@ def run_tridiag(
     init: torch.Tensor,
     gemv: bool = True,
     pin: bool = False,
-) -> None:
+) -> bool:
     """Drive ``lanczos_tridiag`` with ``closure``; the results are in ``closure.rec``.
 
     ``gemv``: evaluate GPyTorch's basis contractions as matrix-vector products
     (:class:`BasisGemv`; same arithmetic, no ``(k, p, n, 1)`` temporaries; for a float32
     basis accumulated in float64). ``pin``: allocate the basis in page-locked memory (a CPU
-    basis for a GPU operator).
+    basis for a GPU operator). Returns whether the basis was page-locked.
     """
     n, p = init.shape  # this rank's rows with a sharded basis
     space = closure.space
@@ -456,7 +456,7 @@ def run_tridiag(
         # lanczos_tridiag(max_iter=1) raises IndexError (linear_operator 0.6): one step by hand
         with contextlib.suppress(_Stop):
             closure(init / space.norm(init, keepdim=True))
-        return
+        return False
 
     # The p probes go to lanczos_tridiag as a batch of p single-vector runs, (p, n, 1), not as
     # p init vectors (n, p): its reorthogonalisation multiplies and sums (k, *batch, n, vecs)
@@ -488,6 +488,7 @@ def run_tridiag(
     if len(rec.inputs) < min(num_iters, n) and rec.next_beta is None:
         # lanczos_tridiag ended on its own |beta| < 1e-6 test: an invariant subspace
         rec.breakdown = True
+    return bool(pin and mode is not None and mode.basis is not None and mode.basis.is_pinned())
 
 
 def run_recurrence(closure: LanczosClosure, num_iters: int, init: torch.Tensor) -> None:
@@ -562,6 +563,8 @@ class LanczosResult:
         breakdown: True when an invariant subspace ended the run before ``num_iters``.
         num_matvecs: operator products used (a block of ``p`` counts ``p``).
         seconds: wall time; ``product_seconds`` of it inside the operator.
+        pinned: the basis was allocated in page-locked CPU memory (a CPU basis for a GPU
+            operator).
     """
 
     tridiagonal: torch.Tensor
@@ -576,6 +579,7 @@ class LanczosResult:
     num_matvecs: int
     seconds: float
     product_seconds: float
+    pinned: bool = False
 
     @property
     def num_probes(self) -> int:
@@ -710,9 +714,10 @@ def run_lanczos(
         A, check_symmetry=check_symmetry, seed=seed, on_step=on_step, window=None if full else 2
     )
     t0 = time.perf_counter()
+    pinned = False
     if full:
         pin = device.type == "cpu" and A.device.type == "cuda"
-        run_tridiag(closure, min(num_iters, A.n), init_vecs, pin=pin)
+        pinned = run_tridiag(closure, min(num_iters, A.n), init_vecs, pin=pin)
     else:
         run_recurrence(closure, min(num_iters, A.n), init_vecs)
     rec = closure.rec
@@ -737,4 +742,5 @@ def run_lanczos(
         num_matvecs=A.num_matvecs,
         seconds=seconds,
         product_seconds=rec.product_seconds,
+        pinned=pinned,
     )

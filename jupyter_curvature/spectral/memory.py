@@ -43,12 +43,14 @@ names it and its bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..core.sizes import parse_bytes
 from ..operators.graphs import free_memory
 
 #: working ``(n, p)`` blocks beside the basis (density, full reorthogonalisation)
@@ -76,6 +78,7 @@ class BasisMode:
         reorthogonalize: ``"full"`` (stored basis) or ``"none"`` (three-term recurrence).
         device_bytes: bytes on the operator's device.
         host_bytes: bytes in CPU memory when the basis is held there for a GPU operator.
+        budget: the ``memory_budget`` it was chosen under (``None``: no budget).
     """
 
     dtype: torch.dtype
@@ -83,6 +86,7 @@ class BasisMode:
     reorthogonalize: str
     device_bytes: int
     host_bytes: int = 0
+    budget: float | None = None
 
     @property
     def name(self) -> str:
@@ -96,6 +100,20 @@ class BasisMode:
         if self.host_bytes:
             text += f" on the device + {format_bytes(self.host_bytes)} of CPU memory"
         return text
+
+    def to_dict(self, pinned: bool = False) -> dict[str, Any]:
+        """The record of a result (``pinned``: the basis was allocated page-locked)."""
+        return {
+            "mode": self.name,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "pinned": bool(pinned),
+            "reorthogonalize": self.reorthogonalize,
+            "device_bytes": int(self.device_bytes),
+            "host_bytes": int(self.host_bytes),
+            "memory_budget": self.budget,
+            "description": self.describe(),
+        }
 
 
 def format_bytes(x: float) -> str:
@@ -151,12 +169,22 @@ def eigenpairs_bytes(
 
 
 def check_budget(value: Any) -> float | None:
-    """``memory_budget``: ``None`` or a positive number of bytes."""
+    """``memory_budget``: ``None``, a positive number of bytes or a size (:func:`parse_bytes`)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+    if isinstance(value, str):
+        try:
+            return parse_bytes(value)
+        except ValueError as exc:
+            raise ValueError(f"memory_budget: {exc}") from None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0 < value < float("inf")
+    ):
         raise ValueError(
-            f"memory_budget must be a positive number of bytes (e.g. 8e9) or None, got {value!r}"
+            "memory_budget must be a positive number of bytes (8e9), a size with a unit "
+            f"('8GB', '512MiB') or None; got {value!r}"
         )
     return float(value)
 
@@ -183,6 +211,7 @@ def choose_basis(
     device: torch.device | str | None,
     reorthogonalize: str = "full",
     working: int = 0,
+    kinds: tuple[str, ...] = REORTHOGONALIZE,
 ) -> BasisMode:
     """The basis mode: the given one, or the most accurate one that fits ``budget``.
 
@@ -194,6 +223,8 @@ def choose_basis(
         dtype, device: the caller's ``basis_dtype``/``basis_device``; ``None`` = automatic.
         reorthogonalize: ``"full"`` or ``"none"`` (then no basis is stored).
         working: bytes of one working block on the device when the basis is on the CPU.
+        kinds: the ``reorthogonalize`` values the routine offers (listed in the error;
+            ``eigenpairs`` has only ``"full"``).
 
     Raises:
         ValueError: nothing allowed fits the budget (a host-held basis must also fit in the
@@ -228,10 +259,10 @@ def choose_basis(
 
     for m in allowed:
         if fits(m):
-            return m
+            return dataclasses.replace(m, budget=budget)
     others = [
         mode(dt, dev, how)
-        for how in ("full", "none")
+        for how in kinds
         for dev in ([op_device] + ([torch.device("cpu")] if op_device.type != "cpu" else []))
         for dt in (torch.float64, torch.float32)
         if not (how == "none" and dev != op_device)

@@ -42,13 +42,21 @@ from .names import (
     resolve_test_data,
 )
 from .report import Report, report
-from .spectrum import CURVATURES, SpectrumResult, make_operator, spectrum
+from .spectrum import (
+    BASIS_DTYPES,
+    CURVATURES,
+    SpectrumResult,
+    basis_options,
+    make_operator,
+    spectrum,
+)
 from .stats import STATS_KINDS, StatsResult, statistics
 from .text_report import text_report
 from .train import StateRecorder, TrainResult, train
 
 __all__ = [
     "ALIASES",
+    "BASIS_DTYPES",
     "CURVATURES",
     "DATASETS",
     "LOSSES",
@@ -63,6 +71,7 @@ __all__ = [
     "StateRecorder",
     "StatsResult",
     "TrainResult",
+    "basis_options",
     "landscape",
     "lookup",
     "make_operator",

@@ -106,9 +106,12 @@ def exact_products_on_gpu() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
-def resolve_device(spec: str | torch.device | None) -> torch.device | None:
+def resolve_device(
+    spec: str | torch.device | None, *, flag: str = "--device"
+) -> torch.device | None:
     """The device of ``spec``: ``None`` (leave the model where it is), ``"auto"`` (CUDA when
     present, else the CPU) or a name (``cpu``, ``cuda``, ``cuda:1``, ``mps``) that must exist.
+    ``flag``: the setting the messages name (``--basis-device`` for the Lanczos basis).
 
     Raises:
         InputError: not a device name, or the device is not present.
@@ -121,19 +124,19 @@ def resolve_device(spec: str | torch.device | None) -> torch.device | None:
         device = torch.device(spec)
     except (RuntimeError, ValueError, TypeError):
         raise InputError(
-            f"--device {spec!r} is not a device name (use auto, cpu, cuda or cuda:N)"
+            f"{flag} {spec!r} is not a device name (use auto, cpu, cuda or cuda:N)"
         ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(
-                f"--device {spec}: no CUDA GPU is available on this machine; use --device cpu"
+                f"{flag} {spec}: no CUDA GPU is available on this machine; use {flag} cpu"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InputError(
-                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present"
+                f"{flag} {spec}: only {torch.cuda.device_count()} CUDA device(s) present"
             )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"--device {spec}: MPS is not available on this machine; use --device cpu")
+        raise InputError(f"{flag} {spec}: MPS is not available on this machine; use {flag} cpu")
     return device
 
 

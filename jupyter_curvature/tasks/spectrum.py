@@ -17,13 +17,16 @@ from typing import Any
 
 from ..core.progress import Cancelled, Progress
 from ..core.vocabulary import accepts_aliases
-from .names import InputError, resolve_setup
+from .names import InputError, resolve_device, resolve_setup
 from .outputs import is_writer, output_folder, save_figure, save_json
 
-__all__ = ["CURVATURES", "SpectrumResult", "make_operator", "spectrum"]
+__all__ = ["BASIS_DTYPES", "CURVATURES", "SpectrumResult", "basis_options", "make_operator",
+           "spectrum"]  # fmt: skip
 
 #: the curvature matrices a task can use
 CURVATURES = ("hessian", "ggn")
+#: the Lanczos basis dtypes a task can ask for (``basis_dtype``, ``--basis-dtype``)
+BASIS_DTYPES = ("float64", "float32")
 
 
 def check_curvature(curvature: str) -> str:
@@ -41,6 +44,100 @@ def make_operator(model: Any, loss_fn: Any, data: Any, *, curvature: str = "hess
     cls = {"hessian": HessianOperator, "ggn": GGNOperator}[check_curvature(curvature)]
     kwargs = {} if batchnorm == "eval" else {"batchnorm": batchnorm}
     return cls(model, loss_fn, data, params=params, **kwargs)
+
+
+def basis_options(
+    *,
+    memory_budget: Any = None,
+    basis_dtype: Any = None,
+    basis_device: Any = None,
+    reorthogonalize: str = "full",
+    top_k: int = 0,
+    blocks: Any = None,
+) -> dict[str, Any]:
+    """The engine's Lanczos-basis keywords of a spectrum, checked before any work.
+
+    Args:
+        memory_budget: bytes (a number) or a size (``"8GB"``, ``"512MiB"``) for the Lanczos
+            vectors of each run, or ``None``.
+        basis_dtype: ``"float64"``, ``"float32"`` (or the torch dtype), or ``None``.
+        basis_device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (or a torch device), or ``None``.
+        reorthogonalize: ``"full"`` or ``"none"`` (density only: no stored basis).
+        top_k, blocks: the spectrum's other requests; both need a stored basis.
+
+    Returns:
+        ``memory_budget`` (float bytes or None), ``basis_dtype`` (torch dtype or None),
+        ``basis_device`` (torch device or None) and ``reorthogonalize``.
+
+    Raises:
+        InputError: a bad value (naming its flag and the accepted forms), or
+            ``reorthogonalize="none"`` with a request that needs a stored basis.
+    """
+    import torch
+
+    from ..spectral.memory import check_budget
+
+    try:
+        budget = check_budget(memory_budget)
+    except ValueError as exc:
+        raise InputError(f"--memory-budget: {str(exc).removeprefix('memory_budget: ')}") from None
+    dtype = basis_dtype
+    if isinstance(dtype, str) and dtype in BASIS_DTYPES:
+        dtype = getattr(torch, dtype)
+    if dtype not in (None, torch.float64, torch.float32):
+        raise InputError(f"--basis-dtype {basis_dtype!r}: choose float64 or float32")
+    device = resolve_device(basis_device, flag="--basis-device")
+    if reorthogonalize not in ("full", "none"):
+        raise InputError(
+            f"--reorthogonalize {reorthogonalize!r}: choose full (a stored, reorthogonalised "
+            "basis) or none (the density only, no stored basis)"
+        )
+    if reorthogonalize == "none":
+        needs = [f"--top-k {top_k} (eigenpairs)"] if top_k else []
+        needs += ["--blocks (per-block spectra)"] if blocks is not None else []
+        if needs:
+            remedy = " and ".join(
+                ["pass --top-k 0"] * bool(top_k) + ["drop --blocks"] * (blocks is not None)
+            )
+            raise InputError(
+                "--reorthogonalize none keeps no Lanczos basis and gives the density only, but "
+                f"{' and '.join(needs)} {'needs' if len(needs) == 1 else 'need'} a stored "
+                f"basis: {remedy}, or use --reorthogonalize full (with --basis-dtype float32 "
+                "or a --memory-budget that holds a basis)"
+            )
+    return {"memory_budget": budget, "basis_dtype": dtype, "basis_device": device,
+            "reorthogonalize": reorthogonalize}  # fmt: skip
+
+
+def _check_budget(op: Any, n: int, num_iters: int, num_probes: int, top_k: int,
+                  basis: dict[str, Any]) -> Any:  # fmt: skip
+    """The density's basis mode, with the eigenpairs' checked too: a budget that holds
+    neither fails here, before the first product, with the engine's message naming the flag."""
+    from ..spectral.density import density_basis
+    from ..spectral.eigenpairs import eigenpairs_basis
+    from ..spectral.memory import format_bytes
+
+    def checked(what: str, choose: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return choose(op, *args, **kwargs)
+        except ValueError as exc:
+            if basis["memory_budget"] is None:
+                raise
+            # the engine lists every mode on its own line; a task's message is one line
+            first, *rest = str(exc).splitlines()
+            listed = "; ".join(line.strip() for line in rest if line.startswith(" "))
+            advice = " ".join(line for line in rest if not line.startswith(" "))
+            raise InputError(
+                f"--memory-budget {format_bytes(basis['memory_budget'])} ({what}): {first} "
+                f"{listed}; {advice}"
+            ) from None
+
+    mode = checked("the density", density_basis, min(num_iters, n), num_probes, **basis)
+    if top_k:
+        checked(f"the top {top_k} eigenpairs", eigenpairs_basis, top_k,
+                basis_dtype=basis["basis_dtype"], basis_device=basis["basis_device"],
+                memory_budget=basis["memory_budget"])  # fmt: skip
+    return mode
 
 
 def _block_spec(blocks: Any) -> Any:
@@ -66,6 +163,9 @@ class SpectrumResult:
             ``eigen`` the current (uncertified) Ritz pairs or None.
         blocks: the per-block spectra (:class:`~jupyter_curvature.spectral.BlockSpectra`,
             with ``blocks=``) or None.
+
+    :attr:`basis` (also in :meth:`to_dict` and the saved JSON) says how each run held its
+    Lanczos vectors: dtype, device, pinned, reorthogonalisation, bytes and the budget.
     """
 
     density: Any
@@ -77,6 +177,22 @@ class SpectrumResult:
     seconds: float = 0.0
     cancelled: bool = False
     blocks: Any = None
+
+    @property
+    def basis(self) -> dict[str, Any]:
+        """``{"density": ..., "eigenpairs": ...}``: each run's Lanczos basis record
+        (:meth:`~jupyter_curvature.spectral.memory.BasisMode.to_dict`; None without that run)."""
+        eig = self.eigen
+        return {
+            "density": getattr(self.density, "basis", None),
+            "eigenpairs": None if eig is None else getattr(eig, "basis", None),
+        }
+
+    def basis_summary(self) -> str:
+        """One line: how the Lanczos vectors of each run were held."""
+        parts = [f"{run}: {rec['description']}{' (pinned)' if rec['pinned'] else ''}"
+                 for run, rec in self.basis.items() if rec]  # fmt: skip
+        return "Lanczos vectors: " + ("; ".join(parts) or "not recorded")
 
     def to_dict(self) -> dict[str, Any]:
         """The summary (JSON-ready through :func:`jupyter_curvature.core.records.jsonable`)."""
@@ -96,6 +212,7 @@ class SpectrumResult:
             "seconds": self.seconds,
             "cancelled": self.cancelled,
             "blocks": None if self.blocks is None else self.blocks.rows(),
+            "basis": self.basis,
         }
 
     def plot(self, ax: Any = None) -> Any:
@@ -146,6 +263,10 @@ def spectrum(
     params: Any = None,
     blocks: Any = None,
     batchnorm: str = "eval",
+    memory_budget: float | str | None = None,
+    basis_dtype: Any = None,
+    basis_device: Any = None,
+    reorthogonalize: str = "full",
     num_samples: int | None = None,
     batch_size: int = 128,
     data_root: str | None = None,
@@ -174,6 +295,20 @@ def spectrum(
             with the same steps, probes and tolerance, passes over the data shared between
             blocks (:func:`~jupyter_curvature.spectral.block_spectra`); ``None``: no blocks.
         batchnorm: ``"eval"`` or ``"train"``: BatchNorm mode during the products.
+        memory_budget: bytes (``8e9``) or a size (``"8GB"``, ``"512MiB"``) the Lanczos
+            vectors of each run (the density, then the eigenpairs) may take on the operator's
+            device: the most accurate basis that fits is chosen (float64, float32 with float64
+            sums, a pinned CPU basis for a GPU model; ``docs/scale.md``). Checked against the
+            memory model before the first product. ``None``: no limit.
+        basis_dtype: ``"float64"`` or ``"float32"`` (float64 sums): the Lanczos vectors'
+            dtype; ``None``: float64, or what ``memory_budget`` allows. The per-block spectra
+            (``blocks``) use the density's.
+        basis_device: where the Lanczos vectors live (``"cpu"`` for a GPU model); ``None``:
+            the operator's device, or what ``memory_budget`` allows.
+        reorthogonalize: ``"full"`` (default) or ``"none"``: the density by the three-term
+            recurrence with no stored basis (memory independent of ``num_iters``; exact
+            moments, ghost copies of converged Ritz values); it gives the density only, so
+            ``top_k`` must be 0 and ``blocks`` None.
         num_samples: use only this many samples.
         out: a folder: the result is also saved there (:meth:`SpectrumResult.save`).
         namespace: where names are looked up first (the magics' user namespace).
@@ -188,7 +323,8 @@ def spectrum(
     and warn (``docs/vocabulary.md``).
 
     Raises:
-        InputError: unusable names, settings or ``top_k``.
+        InputError: unusable names, settings or ``top_k``; a ``memory_budget`` that holds
+            no allowed basis (before any product; the message lists each mode's bytes).
         Cancelled: cancelled before the first product.
     """
     from ..spectral import block_spectra, eigenpairs, spectral_density
@@ -199,6 +335,9 @@ def spectrum(
             raise InputError(
                 f"--{name.replace('_', '-')} must be a positive integer, got {value!r}"
             )
+    basis = basis_options(memory_budget=memory_budget, basis_dtype=basis_dtype,
+                          basis_device=basis_device, reorthogonalize=reorthogonalize,
+                          top_k=top_k, blocks=blocks)  # fmt: skip
     if out is not None:
         out = output_folder(out)
     tracker = Progress.of(progress, cancel, "setup")
@@ -210,21 +349,25 @@ def spectrum(
     n = op.shape[0]
     if top_k and top_k >= n:
         raise InputError(f"--top-k {top_k}: must be smaller than the number of parameters ({n})")
+    mode = _check_budget(op, n, num_iters, num_probes, top_k, basis)
     tracker.finish()
     start = time.perf_counter()
     density = spectral_density(op, num_iters=min(num_iters, n), num_probes=num_probes, seed=seed,
-                               progress=tracker)  # fmt: skip
+                               progress=tracker, **basis)  # fmt: skip
     eig = None
     if top_k and not density.cancelled:
         with contextlib.suppress(Cancelled):
             eig = eigenpairs(op, k=top_k, which="LA", tol=tol, seed=seed, warn=warn,
-                             progress=tracker)  # fmt: skip
+                             progress=tracker, basis_dtype=basis["basis_dtype"],
+                             basis_device=basis["basis_device"],
+                             memory_budget=basis["memory_budget"])  # fmt: skip
     cancelled = density.cancelled or bool(top_k and (eig is None or eig.cancelled))
     per_block = None
     if blocks is not None and not cancelled:
         per_block = block_spectra(setup.model, setup.loss_fn, setup.data, _block_spec(blocks),
                                   curvature=curvature, num_iters=num_iters, num_probes=num_probes,
-                                  seed=seed, tol=tol, params=params, batchnorm=batchnorm)  # fmt: skip
+                                  seed=seed, tol=tol, params=params, batchnorm=batchnorm,
+                                  basis_dtype=mode.dtype)  # fmt: skip
     result = SpectrumResult(density, eig, curvature, params, n, op.num_matvecs,
                             time.perf_counter() - start, cancelled, per_block)  # fmt: skip
     if out is not None:

@@ -283,6 +283,8 @@ class SpectrumPanel(Panel):
             ["Lanczos steps", self.density.num_steps],
             ["products", self.density.num_matvecs],
         ]
+        if getattr(self.density, "basis", None):  # how the Lanczos vectors were held
+            rows.append(["Lanczos vectors", self.density.basis["mode"]])
         return rows
 
     def _stats_table(self) -> str:
