@@ -16,7 +16,10 @@ round runs every method once, so a slow spell of the shared machine hits all of 
   ``tol=1e-6``, run once).
 * **at equal accuracy**: in the first round each peer's setting is tightened along a ladder
   (PyHessian's and ARPACK's ``tol``, hessian-eigenthings' ``max_iter``) until its error is
-  within 1e-3; later rounds time that setting. A peer that never gets there says so.
+  within 1e-3; later rounds time that setting. A peer that never gets there says so. A
+  rung is stopped after ``--cap`` times ours' time in the round (default 8): the peer has not
+  reached 1e-3 by then, so its equal-accuracy time is only bounded below ("> 8x"), which
+  already decides an "at most 0.15x" bar without running its ladder for hours.
 * **density**: ``spectral_density(H, num_iters=80, num_probes=4)`` against hessian-eigenthings
   ``spectral_density(num_runs=4, lanczos_steps=80)`` and PyHessian ``density(iter=80, n_v=4)``
   (which calls ``torch.eig``, removed from torch: its failure is reported, not hidden).
