@@ -14,9 +14,10 @@ graphs (the operator's memory, see ``docs/scale.md``), the Lanczos vectors. In b
   residuals and the next vector, at most ``W_NONE = 10`` blocks are alive at once (measured),
   and nothing grows with ``m``;
 * ``eigenpairs``: ``b n (c B + W_EIGEN + 2 k)`` for a basis of ``B = max_basis`` vectors,
-  ``c = 2`` (GPyTorch's first basis and the restartable copy ``Q`` coexist for a moment),
+  ``c = 1`` (the restartable ``Q`` is GPyTorch's own basis block, taken over, not copied),
   ``W_EIGEN = 16``,
-  ``c = 4`` with ``verify="stored"`` (the products ``A Q`` are kept as a second basis),
+  ``c = 3`` with ``verify="stored"`` (the products ``A Q`` are kept as a second basis, and
+  for a moment GPyTorch's run's list of them and that block coexist),
   plus the locked and candidate vectors (``2 k``).
 
 With the basis sharded over ``W`` ranks (``shard_basis=True``,
@@ -161,7 +162,7 @@ def eigenpairs_bytes(
 ) -> int:
     """Bytes of the Lanczos vectors of ``eigenpairs`` per rank (see the module docstring)."""
     b = dtype.itemsize
-    copies = 4 if verify == "stored" else 2
+    copies = 3 if verify == "stored" else 1
     rows = -(-n // world_size)
     return int(b * rows * (copies * min(max_basis, n) + W_EIGEN + 2 * k)) + _gathered(
         n, 1, op_dtype or dtype, world_size
