@@ -347,7 +347,8 @@ def top5_round(op, peers, ref, rnd, f, settings, add, failures, args) -> None:
             settings[p] = None
             continue
         error = rel_error(out[0], ref)
-        add(f"{p} top-5", seconds=t, products=out[1], error=error)
+        top = sorted((float(v) for v in out[0]), reverse=True)  # a wrong set shows which
+        add(f"{p} top-5", seconds=t, products=out[1], error=error, values=[f"{v:.6g}" for v in top])
         if args.no_equal:
             continue
         if rnd == 0:  # climb the ladder until the error is within EQUAL, or the cap is reached
