@@ -17,7 +17,8 @@ from jupyter_curvature.models.small import MLP
 from jupyter_curvature.operators import DenseOperator, HessianOperator
 from jupyter_curvature.spectral import ConvergenceWarning, EigenpairsResult, eigenpairs
 from jupyter_curvature.spectral._checks import Operator
-from jupyter_curvature.spectral.eigenpairs import _Monitor, _thick_restart_run
+from jupyter_curvature.spectral.eigenpairs import _Monitor
+from jupyter_curvature.spectral.thick_restart import thick_restart_run
 from jupyter_curvature.spectral.lanczos import LanczosClosure, start_vectors
 
 
@@ -353,7 +354,7 @@ def test_thick_restart_keeps_a_krylov_decomposition():
     never = _Monitor(5, "LA", 1e-3, [], 11, 20)
     never.done = lambda theta, res, j: False  # restart until the budget is spent
     start = start_vectors(n, 1, 0, "gaussian")
-    K, steps, restarts, _ = _thick_restart_run(op, closure, start, 14, 47, n, never)
+    K, steps, restarts, _ = thick_restart_run(op, closure, start, 14, 47, n, never)
     assert steps == 47 and restarts >= 3 and K.m < 14
     Q, s = K.Q[:, : K.m], closure.rec.scale
     AQ = A @ Q / s

@@ -1,7 +1,7 @@
 """Certified extreme eigenpairs: Lanczos that stops when every wanted Ritz pair has converged.
 
-(About 820 lines, over the package's 700: one algorithm, thick-restart Lanczos with its
-stopping rule and result record, kept in one place to be read against Wu & Simon 2000.)
+The stopping rule, locking and the result record are here; the Krylov decomposition and its
+thick restarts are in :mod:`.thick_restart`.
 
 Algorithm (single-vector Lanczos with full reorthogonalisation, GPyTorch's
 ``lanczos_tridiag`` for the first basis, grown until converged, then thick restarts):
@@ -21,7 +21,7 @@ Algorithm (single-vector Lanczos with full reorthogonalisation, GPyTorch's
    "Thick-restart Lanczos method for large symmetric eigenvalue problems", SIAM J. Matrix
    Anal. Appl. 22(2):602-616, 2000). With ``T_m = S diag(theta) S^T`` and the residual vector
    ``beta_m q_{m+1}``, the ``l = k + min(k, (m - k) // 2)`` most wanted Ritz pairs are kept
-   (:func:`_keep_count`): the basis becomes ``Q_m S_l`` and, since
+   (:func:`keep_count`): the basis becomes ``Q_m S_l`` and, since
    ``A Q_m S_l = Q_m S_l diag(theta_l) + q_{m+1} beta_m S[m-1, :l]``, Lanczos continues from
    ``q_{m+1}`` with the projected matrix
 
@@ -29,8 +29,8 @@ Algorithm (single-vector Lanczos with full reorthogonalisation, GPyTorch's
        [ beta_m s^T      alpha_{l+1}   beta_{l+1}            ]     s_i = S[m-1, i],
        [                 beta_{l+1}    alpha_{l+2}   ...     ]
 
-   an arrow bordering ``diag(theta_l)``, then tridiagonal again (:class:`_Krylov`). The steps
-   after a restart are this module's own (float64 by default, full reorthogonalisation by
+   an arrow bordering ``diag(theta_l)``, then tridiagonal again (:class:`.thick_restart.Krylov`). The
+   steps after a restart are the package's own (float64 by default, full reorthogonalisation by
    classical Gram-Schmidt twice); the residual ``|b^T s_i|`` of every Ritz pair is still known
    for free (``b = beta_j e_j`` after a step, ``S_l^T b`` after a restart), so the stopping
    rule of 1. applies unchanged. Every basis vector lies in the Krylov space of all the products
@@ -64,7 +64,6 @@ import dataclasses
 import json
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,24 +84,13 @@ from ._checks import (
     warn_unreachable_tol,
 )
 from .lanczos import (
-    GPYTORCH_BREAKDOWN,
     LanczosClosure,
     _Record,
     _Stop,
-    final_residual,
-    run_tridiag,
     start_vectors,
-    tridiagonal,
 )
-from .memory import (
-    BasisMode,
-    check_budget,
-    choose_basis,
-    combine64,
-    dot64,
-    eigenpairs_bytes,
-    inner64,
-)
+from .memory import BasisMode, check_budget, choose_basis, eigenpairs_bytes
+from .thick_restart import Krylov, ritz_vectors, thick_restart_run, wanted_key, wanted_order
 from .warm_start import warm_start_vector
 
 WHICH = ("LA", "SA", "LM")
@@ -240,16 +228,6 @@ class EigenpairsResult:
             )
 
 
-def _order(values: np.ndarray, which: str) -> np.ndarray:
-    """Indices of ``values`` from most to least wanted (stable: earlier entries win ties)."""
-    key = {"LA": -values, "SA": values, "LM": -np.abs(values)}[which]
-    return np.argsort(key, kind="stable")
-
-
-def _key(value: float, which: str) -> float:
-    return {"LA": -value, "SA": value, "LM": -abs(value)}[which]
-
-
 #: the guard pair (the next after the ``k`` wanted) must reach this multiple of ``tol``; 10 let
 #: a Linear(64, 3) Hessian on 60 digits (3rd and 4th eigenvalues 1.9217 and 1.9077) stop at 9
 #: steps with the 4th eigenvalue in 3rd place for 3 start vectors in 6 (tests/test_spectral_eigenpairs.py)
@@ -311,202 +289,13 @@ class _Monitor:
         if values.size < self.k:
             return False
         scale = max(self.scale, float(np.abs(values).max()))
-        order = _order(values, self.which)
+        order = wanted_order(values, self.which)
         if not np.all(residual[order[: self.k]] <= self.tol * scale):
             return False
         guard = order[self.k] if order.size > self.k else None
         return not (
             guard is not None and j < self.ncv and residual[guard] > GUARD_FACTOR * self.tol * scale
         )
-
-
-def _keep_count(k: int, m: int) -> int:
-    """How many Ritz vectors a thick restart of an ``m``-vector basis keeps: ``k + min(k, (m - k) // 2)``.
-
-    The ``k`` wanted ones and up to ``k`` more from the same end of the spectrum, after ARPACK's
-    ``dsaup2`` (``nev + min(nconv, np / 2)``) with every wanted pair counted: the extra vectors
-    carry the approximations just past the ``k``-th value, so that a cluster straddling it
-    keeps converging across restarts, and at most half of the free room goes to them, so that
-    each cycle adds at least ``(m - k) / 2`` new Lanczos vectors. With ``m >= k + 2`` it keeps
-    ``k + 1`` at least and adds one at least. On the Hessians of three tanh MLPs (64-16/32/64-10
-    trained on the digits; k = 5, "SA", tol 1e-8; bases of 100 and 30) it took the fewest
-    products of the rules tried: 274-329 and 662-823, against 280-344 and 785-1177 for
-    ``k + 1``, 280-331 and 711-912 for up to ``2k`` extra, 330-366 and 749-925 for
-    ``(m + k) / 2`` and 374-424 and 1156-1413 for ``3m / 4``.
-    """
-    return k + min(k, (m - k) // 2)
-
-
-@dataclass
-class _Krylov:
-    """A Krylov decomposition ``A Q = Q T + f b^T`` in the scaled units of the run.
-
-    ``Q`` ``(n, m)`` orthonormal, ``f`` a unit vector orthogonal to it, ``T = Q^T A Q``
-    symmetric. After ``m`` Lanczos steps ``T`` is tridiagonal and ``b = beta_m e_m``; after a
-    thick restart that keeps the Ritz pairs ``(theta_i, Q s_i)``, ``i in K``,
-
-        A (Q S_K) = (Q S_K) diag(theta_K) + f (S_K^T b)^T,
-
-    so the new ``T`` is ``diag(theta_K)`` and the new ``b = S_K^T b`` (``beta_m s_i[m-1]``);
-    the next Lanczos step appends ``f``, which borders ``diag(theta_K)`` with ``b``: the arrow
-    matrix of Wu & Simon (2000), followed by a tridiagonal again. In every state the Ritz pair
-    ``(theta_i, Q s_i)`` of ``T`` has residual ``||A Q s_i - theta_i Q s_i|| = |b^T s_i|``.
-    """
-
-    Q: torch.Tensor  # (n, capacity): the first m columns are the basis
-    AQ: torch.Tensor | None  # (n, capacity) the true products A q_j (before deflation), if kept
-    T: np.ndarray  # (m, m) float64
-    b: np.ndarray  # (m,) float64
-    f: torch.Tensor | None  # (n, 1), None when the space became invariant (or is not needed)
-    breakdown: bool
-
-    @property
-    def m(self) -> int:
-        return self.T.shape[0]
-
-    @classmethod
-    def from_lanczos(cls, closure: LanczosClosure, capacity: int) -> _Krylov:
-        """The decomposition GPyTorch's run left in ``closure.rec`` (the record is emptied)."""
-        rec = closure.rec
-        T = tridiagonal(rec)[0].numpy(force=True)
-        m = T.shape[0]
-        f = None
-        if rec.next_beta is not None:  # stopped before a product: converged or broken down
-            beta = float(rec.next_beta[0])
-        else:
-            r = final_residual(closure)
-            beta = float(closure.space.norm(r))
-            f = r / beta if beta >= GPYTORCH_BREAKDOWN else None
-        q0 = rec.inputs[0]
-        Q = _inputs_in_place(rec.inputs, capacity)
-        if Q is None:
-            # every column is written before it is read (restart, extend); filled column by
-            # column, so no concatenated copy of the basis is made (memory.eigenpairs_bytes)
-            Q = _columns(q0, capacity)
-            for i, q in enumerate(rec.inputs):
-                Q[:, i : i + 1] = q
-        AQ = None
-        if rec.outputs:
-            AQ = _columns(q0, capacity)
-            for i in range(len(rec.outputs)):
-                AQ[:, i : i + 1] = rec.outputs[i]
-                rec.outputs[i] = None  # freed as copied
-        rec.inputs.clear()  # the basis lives on in Q only
-        rec.outputs.clear()
-        b = np.zeros(m)
-        b[-1] = beta
-        return cls(Q, AQ, T, b, f, rec.breakdown)
-
-    def ritz(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Ritz values (ascending), the eigenvectors ``S`` of ``T``, residuals ``|b^T s_i|``."""
-        theta, S = np.linalg.eigh(self.T)
-        return theta, S, np.abs(self.b @ S)
-
-    def restart(self, theta: np.ndarray, S: np.ndarray, keep: np.ndarray) -> None:
-        """Thick restart: keep the Ritz pairs ``keep`` (and their coupling to ``f``)."""
-        Sk = S[:, keep]
-        m, l = self.m, len(keep)
-        self.Q[:, :l] = _combine(self.Q[:, :m], Sk)
-        if self.AQ is not None:
-            self.AQ[:, :l] = _combine(self.AQ[:, :m], Sk)
-        self.T = np.diag(theta[keep])
-        self.b = Sk.T @ self.b
-
-    def extend(self, A: Operator, scale: float, deflate: torch.Tensor) -> float:
-        """One Lanczos step from ``f`` with full reorthogonalisation; returns the product's seconds.
-
-        ``y = A f``; ``T`` grows by the column ``(b, alpha = f^T y)``; the new residual
-        ``r = y - [Q f] [Q f]^T y`` (classical Gram-Schmidt twice, also against the locked
-        vectors ``deflate``) gives ``beta = ||r||`` and the next ``f = r / beta``.
-        """
-        q, m = self.f, self.m
-        t0 = time.perf_counter()
-        y = A.matmat(q) / scale
-        seconds = time.perf_counter() - t0
-        if self.AQ is not None:
-            self.AQ[:, m : m + 1] = y  # before deflation: the true product, for true residuals
-        self.Q[:, m : m + 1] = q
-        space = A.space
-        y = _orthogonalise(y, deflate, space=space)
-        alpha = float(space.reduce(inner64(q, y)).sum())
-        T = np.zeros((m + 1, m + 1))
-        T[:m, :m] = self.T
-        T[:m, m] = T[m, :m] = self.b
-        T[m, m] = alpha
-        r = _orthogonalise(y, self.Q[:, : m + 1], deflate, space=space)
-        beta = float(space.norm(r))
-        self.T, self.b = T, np.zeros(m + 1)
-        self.b[m] = beta
-        self.breakdown = beta < GPYTORCH_BREAKDOWN
-        self.f = None if self.breakdown else r / beta
-        return seconds
-
-
-def _columns(like: torch.Tensor, capacity: int) -> torch.Tensor:
-    """An uninitialised ``(n, capacity)`` block like ``like`` ``(n, 1)``, stored column-major.
-
-    Column-major, so that each Lanczos vector is contiguous and writing one is a memcpy (in a
-    row-major block every column write was a strided pass: measured, twice the time of
-    copying the basis, and 10-20% slower projections)."""
-    return like.new_empty(capacity, like.shape[0]).T
-
-
-def _inputs_in_place(inputs: list[torch.Tensor], capacity: int) -> torch.Tensor | None:
-    """GPyTorch's own basis as the ``(n, capacity)`` column-major block, when it is one.
-
-    ``lanczos_tridiag`` writes its vectors as consecutive rows of one ``(num_iter, p, n, 1)``
-    tensor (row 0 a copy of the start vector it was given) and the closure records views of
-    the rows after it; for one probe with room for ``capacity``
-    vectors that storage already is the block :func:`_columns` would allocate, so the Krylov
-    decomposition takes it over instead of copying (and page-faulting) the basis again: at
-    n = 270k this was a quarter of the Lanczos bookkeeping of a 17-step run. ``None`` when
-    the layout is anything else (the caller copies)."""
-    if len(inputs) < 2:
-        return None
-    q1 = inputs[1]  # the first vector is GPyTorch's normalised start, copied into row 0
-    n, size = q1.shape[0], q1.element_size()
-    start = q1.storage_offset() - n  # row 0 of the block
-    if q1.shape[1] != 1 or start < 0 or (n > 1 and q1.stride(0) != 1):
-        return None
-    if q1.untyped_storage().nbytes() < (start + capacity * n) * size:
-        return None
-    base = q1.data_ptr() - n * size
-    for i, q in enumerate(inputs[1:], 1):
-        if q.data_ptr() != base + i * n * size or (n > 1 and q.stride(0) != 1):
-            return None
-    Q = q1.as_strided((n, capacity), (1, n), start)
-    if not torch.equal(Q[:, :1], inputs[0]):  # row 0 holds the start vector, as copied
-        return None
-    return Q
-
-
-def _orthogonalise(
-    x: torch.Tensor, *bases: torch.Tensor, space: VectorSpace | None = None
-) -> torch.Tensor:
-    """``x`` with its components along the orthonormal columns of ``bases`` removed (CGS2).
-
-    For a float32 basis the inner products and the combination are accumulated in float64
-    (:func:`.memory.dot64`, :func:`.memory.combine64`), without a float64 copy of the basis.
-    ``space``: the rows' layout; the inner products are reduced over a sharded one.
-    """
-    reduce = space.reduce if space is not None else (lambda t: t)
-    for _ in range(2):
-        for V in bases:
-            if not V.shape[1]:
-                continue
-            if V.dtype == torch.float64 or x.shape[1] != 1:
-                x = x - V @ reduce(V.T @ x)
-            else:
-                x = x - combine64(V.T, reduce(dot64(V.T, x[:, 0]))).unsqueeze(1)
-    return x
-
-
-def _combine(V: torch.Tensor, S: np.ndarray) -> torch.Tensor:
-    """``V S`` (a thick restart's new basis), accumulated in float64 for a float32 ``V``."""
-    coeffs = torch.as_tensor(S).to(device=V.device)
-    if V.dtype == torch.float64:
-        return V @ coeffs.to(V)
-    return torch.stack([combine64(V.T, coeffs[:, i]) for i in range(coeffs.shape[1])], 1)
 
 
 def _check_args(A: Operator, k: Any, which: Any, tol: Any) -> tuple[int, str, float]:
@@ -751,7 +540,7 @@ def _eigenpairs(
                 raise Cancelled("eigenpairs")
             raise _Stop(breakdown=False)
 
-    def krylov_step(K: _Krylov, j: int) -> bool:
+    def krylov_step(K: Krylov, j: int) -> bool:
         frozen = copy.copy(K)  # T and b are replaced, never changed in place, by a step
         return report(steps + j, lambda: frozen.ritz()[::2], closure.rec.scale)
 
@@ -782,7 +571,7 @@ def _eigenpairs(
             store_products=verify == "stored",
             on_step=gpytorch_step if watch else None,
         )
-        K, run_steps, run_restarts, seconds = _thick_restart_run(
+        K, run_steps, run_restarts, seconds = thick_restart_run(
             A, closure, start, m, max_iters - steps, dim, monitor, krylov_step if watch else None
         )
         rec = closure.rec
@@ -797,11 +586,11 @@ def _eigenpairs(
         values = np.concatenate([np.asarray(locked_vals), theta])
         residual = np.concatenate([np.asarray(locked_res), res])
         scale = max(scale, float(np.abs(values).max()) if values.size else 0.0)
-        wanted = _order(values, which)[:k]
+        wanted = wanted_order(values, which)[:k]
         ok = residual[wanted] <= tol * scale
         nl = len(locked_vals)
         new = [int(i) - nl for i in wanted if i >= nl]
-        vecs, avecs = _ritz_vectors(K, S, new, space)
+        vecs, avecs = ritz_vectors(K, S, new, space)
         true_new = space.norm(
             avecs * rec.scale - vecs * torch.as_tensor(theta[[j for j in new]]).to(vecs)
         )
@@ -886,62 +675,8 @@ def _improves(
         return False
     if len(locked) < k:
         return True
-    worst = sorted(locked, key=lambda v: _key(v, which))[k - 1]
-    return any(_key(float(theta[j]), which) < _key(worst, which) - margin for j in new)
-
-
-def _ritz_vectors(
-    K: _Krylov, S: np.ndarray, idx: list[int], space: VectorSpace
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Y = Q S[:, idx]`` and ``A Y`` (scaled units, from the stored products), unit columns.
-
-    By linearity ``A (Q s) = (A Q) s``, so ``A Y`` is a true product, up to rounding, at no
-    new cost (zeros when the products were not kept).
-    """
-    coeffs = torch.as_tensor(S[:, idx]).to(K.Q)
-    Y = K.Q[:, : K.m] @ coeffs
-    AY = K.AQ[:, : K.m] @ coeffs if K.AQ is not None else torch.zeros_like(Y)
-    norm = space.norm(Y, keepdim=True)
-    return Y / norm, AY / norm
-
-
-def _thick_restart_run(
-    A: Operator,
-    closure: LanczosClosure,
-    start: torch.Tensor,
-    m: int,
-    budget: int,
-    dim: int,
-    monitor: _Monitor,
-    step_hook: Callable[[_Krylov, int], bool] | None = None,
-) -> tuple[_Krylov, int, int, float]:
-    """Lanczos from ``start`` (GPyTorch's, ``m`` steps), then thick restarts until ``monitor`` stops.
-
-    Whenever the basis holds ``m`` vectors and the wanted pairs have not converged, the
-    ``_keep_count(k, m)`` most wanted Ritz pairs are kept with their coupling to the residual
-    vector (:meth:`_Krylov.restart`) and Lanczos goes on from that vector
-    (:meth:`_Krylov.extend`). Ends when the monitor is satisfied, the space becomes invariant,
-    or ``budget`` products are spent, or ``step_hook(K, steps)`` (progress, before each
-    product) returns True (cancelled). Returns the decomposition, the products, the thick
-    restarts and the seconds of the products after GPyTorch's run.
-    """
-    run_tridiag(closure, m, start)
-    K = _Krylov.from_lanczos(closure, m)
-    steps, restarts, seconds = K.m, 0, 0.0
-    while K.f is not None and steps < budget and m < dim:
-        full = K.m == m
-        if full or monitor.due(steps, K.m):
-            theta, S, res = K.ritz()
-            if monitor.done(theta, res, steps):
-                break
-            if full:
-                K.restart(theta, S, _order(theta, monitor.which)[: _keep_count(monitor.k, m)])
-                restarts += 1
-        if step_hook is not None and step_hook(K, steps):
-            break
-        seconds += K.extend(A, closure.rec.scale, closure.deflate)
-        steps += 1
-    return K, steps, restarts, seconds
+    worst = sorted(locked, key=lambda v: wanted_key(v, which))[k - 1]
+    return any(wanted_key(float(theta[j]), which) < wanted_key(worst, which) - margin for j in new)
 
 
 def _tridiagonal_ritz(rec: _Record) -> tuple[np.ndarray, np.ndarray]:
@@ -959,7 +694,7 @@ def _partial_pairs(
     """The ``k`` most wanted of the locked and current Ritz pairs: a progress report's partial."""
     values = np.concatenate([np.asarray(locked, dtype=np.float64), theta])
     residual = np.concatenate([np.asarray(locked_res, dtype=np.float64), res])
-    wanted = _order(values, which)[:k]
+    wanted = wanted_order(values, which)[:k]
     return {"eigenvalues": values[wanted].tolist(), "residuals": residual[wanted].tolist()}
 
 
