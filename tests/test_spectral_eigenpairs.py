@@ -18,8 +18,8 @@ from jupyter_curvature.operators import DenseOperator, HessianOperator
 from jupyter_curvature.spectral import ConvergenceWarning, EigenpairsResult, eigenpairs
 from jupyter_curvature.spectral._checks import Operator
 from jupyter_curvature.spectral.eigenpairs import _Monitor
-from jupyter_curvature.spectral.thick_restart import thick_restart_run
 from jupyter_curvature.spectral.lanczos import LanczosClosure, start_vectors
+from jupyter_curvature.spectral.thick_restart import thick_restart_run
 
 
 def dense_with_spectrum(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,8 +24,18 @@ from ._checks import Operator
 from .lanczos import GPYTORCH_BREAKDOWN, LanczosClosure, final_residual, run_tridiag, tridiagonal
 from .memory import combine64, dot64, inner64
 
-if TYPE_CHECKING:
-    from .eigenpairs import _Monitor
+
+class Monitor(Protocol):
+    """The stopping rule :func:`thick_restart_run` consults (``eigenpairs``' ``_Monitor``)."""
+
+    k: int  # wanted pairs
+    which: str  # "LA", "SA" or "LM"
+
+    def due(self, j: int, size: int | None = None) -> bool:
+        """Is a verdict taken before the product at step ``j`` (basis of ``size``)?"""
+
+    def done(self, theta: np.ndarray, res: np.ndarray, j: int) -> bool:
+        """Have the wanted Ritz values ``theta`` (residuals ``res``) converged at step ``j``?"""
 
 
 def wanted_order(values: np.ndarray, which: str) -> np.ndarray:
@@ -249,7 +259,7 @@ def thick_restart_run(
     m: int,
     budget: int,
     dim: int,
-    monitor: _Monitor,
+    monitor: Monitor,
     step_hook: Callable[[Krylov, int], bool] | None = None,
 ) -> tuple[Krylov, int, int, float]:
     """Lanczos from ``start`` (GPyTorch's, ``m`` steps), then thick restarts until ``monitor`` stops.
