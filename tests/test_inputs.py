@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import jupyter_curvature as jc
+from jupyter_curvature.core.inputs import all_finite
 from jupyter_curvature.models import MLP
 from jupyter_curvature.operators import (
     DenseOperator,
@@ -286,6 +287,18 @@ def test_non_finite_vector_is_named():
     v = probe(H.shape[0], 1)[:, 0]
     v[7] = float("nan")
     raises_untouched(model, ValueError, "v holds 1 NaN", lambda: H @ v)
+
+
+def test_all_finite_is_exact_when_the_sum_overflows():
+    """The fast test sums in the vector's own dtype; an overflowing sum of finite entries
+    falls back to the entrywise test, and NaN or inf anywhere is found."""
+    big = torch.full((5,), 3e38)  # finite float32 entries whose sum is inf
+    assert not torch.isfinite(big.sum()) and all_finite(big)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        v = big.clone()
+        v[3] = bad
+        assert not all_finite(v) and not all_finite(v.double())
+    assert all_finite(torch.zeros(0))
 
 
 def test_loss_not_computed_from_the_outputs_is_named():

@@ -205,5 +205,5 @@ def test_memory_model_divides_the_basis_by_the_ranks():
     )
     assert density_bytes(n, m, p, f64, world_size=1) == 8 * n * p * (m + 8)
     # eigenpairs: 3 bases of max_basis (verify="stored"), 16 working vectors, 2 k candidates
-    assert eigenpairs_bytes(n, 5, 100, "stored", f64, W) == 8 * rows * (300 + 16 + 10) + 16 * n
-    assert eigenpairs_bytes(n, 5, 100, "stored", f64, 1) == 8 * n * (300 + 16 + 10)
+    assert eigenpairs_bytes(n, 5, 100, "stored", f64, W) == 8 * rows * (200 + 16 + 10) + 16 * n
+    assert eigenpairs_bytes(n, 5, 100, "stored", f64, 1) == 8 * n * (200 + 16 + 10)

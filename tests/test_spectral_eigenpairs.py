@@ -363,6 +363,8 @@ def test_thick_restart_keeps_a_krylov_decomposition():
     assert_close(AQ, Q @ T + K.f @ torch.as_tensor(K.b)[None], atol=tol, what="A Q")
     assert_close(Q.T @ AQ, T, atol=tol, what="T")
     assert_close(K.AQ[:, : K.m], AQ, atol=tol, what="stored products")
+    # the products were written into the block the restarts use, not copied there
+    assert K.AQ.untyped_storage().data_ptr() == closure._stored.untyped_storage().data_ptr()
     basis = torch.cat([Q, K.f], 1)
     assert_close(basis.T @ basis, torch.eye(K.m + 1, dtype=A.dtype), atol=1e-13, what="Q^T Q")
 

@@ -307,3 +307,61 @@ def test_cuda_kept_graphs_and_gemv_match_the_dense_reference(basis_device):
     s_cpu = spectral_density(op_cpu, 40, 2)
     assert torch.allclose(s.ritz_values, s_cpu.ritz_values, rtol=0, atol=1e-9 * norm)
     assert op.keep_graphs is False and graphs_of(op) is None
+
+
+# ---------------------------------------------------------------- GPyTorch's check by DGKS
+@pytest.mark.parametrize("cancel", [False, True])
+def test_dgks_skips_gpytorchs_check_only_without_cancellation(cancel):
+    """GPyTorch's reorthogonalisation, line for line inside the mode: after one projection
+    that kept the norm (no cancellation) its check ``Q^T r`` is answered without reading the
+    basis, and is indeed a few rounding errors; after a cancelling one it is computed."""
+    n, j = 200, 12
+    gen = torch.Generator().manual_seed(3)
+    V, _ = torch.linalg.qr(torch.randn(n, j + 1, generator=gen, dtype=torch.float64))
+    inside = V[:, :j] @ torch.randn(j, generator=gen, dtype=torch.float64)
+    r0 = V[:, j] + (1e6 if cancel else 1e-3) * inside  # the part in the basis is projected out
+    with lanczos_module.BasisGemv(j, 1, n):
+        q_mat = torch.zeros(j, 1, n, 1, dtype=torch.float64)
+        q_mat.copy_(V[:, :j].T.reshape(j, 1, n, 1))
+        r_vec = r0.reshape(1, n, 1).clone()
+        correction = r_vec.unsqueeze(0).mul(q_mat[:j]).sum(-2, keepdim=True)
+        correction = q_mat[:j].mul(correction).sum(0)
+        r_vec.sub_(correction)
+        r_vec_norm = torch.norm(r_vec, 2, dim=-2, keepdim=True)
+        r_vec.div_(r_vec_norm)
+        inner_products = q_mat[:j].mul(r_vec.unsqueeze(0)).sum(-2)
+    true = V[:, :j].T @ r_vec.reshape(n)  # the dense check
+    assert inner_products.shape == (j, 1, 1)
+    if cancel:
+        assert float(true.abs().max()) > 1e-12  # the check is needed here ...
+        assert torch.allclose(inner_products.flatten(), true, rtol=0, atol=1e-15)  # ... and made
+    else:
+        assert not inner_products.any()  # skipped ...
+        assert float(true.abs().max()) < 20 * torch.finfo(torch.float64).eps  # ... rightly
+
+
+def test_dgks_keeps_the_basis_orthogonal_on_a_hard_spectrum():
+    """150 steps on a 300 x 300 matrix whose 10 top eigenvalues span 1..1e6 (they converge
+    early, where an unreorthogonalised Lanczos loses orthogonality): the basis stays
+    orthonormal to working precision, and the run equals untouched GPyTorch's."""
+    gen = torch.Generator().manual_seed(4)
+    n = 300
+    ev = torch.cat(
+        [
+            torch.logspace(0, 6, 10, dtype=torch.float64),
+            torch.rand(n - 10, generator=gen, dtype=torch.float64),
+        ]
+    )
+    U, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    M = (U * ev) @ U.T
+    M = (M + M.T) / 2
+    runs = []
+    for gemv in (True, False):
+        closure = LanczosClosure(Operator(M), seed=1)
+        run_tridiag(closure, 150, start_vectors(n, 2, 1), gemv=gemv)
+        runs.append((tridiagonal(closure.rec) * closure.rec.scale, torch.stack(closure.rec.inputs)))
+    (T, Q), (T0, _) = runs
+    for p in range(2):
+        G = Q[:, :, p] @ Q[:, :, p].T
+        assert float((G - torch.eye(150, dtype=torch.float64)).abs().max()) < 1e-13
+    assert torch.allclose(T, T0, rtol=0, atol=1e-9 * 1e6)

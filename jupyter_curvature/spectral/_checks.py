@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..core.distributed.basis import ShardedBasis, VectorSpace
+from ..core.inputs import all_finite
 from ..operators import CompositeOperator, CurvatureOperator, as_operator
 from ..operators.base import check_unchanged
 from ..operators.graphs import supports_kept_graphs
@@ -156,11 +157,13 @@ class Operator:
         self._versions = None
         self._exit.close()
 
-    def matmat(self, block: torch.Tensor) -> torch.Tensor:
+    def matmat(self, block: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``A @ block`` for a ``(n, k)`` block in any dtype/device; returned in the block's.
 
         With a sharded :attr:`space` the block is this rank's rows: they are gathered to the
-        full input, and this rank's rows of the product are returned.
+        full input, and this rank's rows of the product are returned. ``out``: a block of
+        the result's shape to write the product into (converted to its dtype and device),
+        instead of a new one.
         """
         # a page-locked (CPU basis) block reaches a GPU asynchronously, in stream order
         pinned = block.device.type == "cpu" and self.device.type == "cuda" and block.is_pinned()
@@ -173,21 +176,16 @@ class Operator:
             check_unchanged(self._versions, self.op.parameter_versions())
         if not all_finite(y):
             raise FloatingPointError(NAN_MESSAGE)
-        return self.space.local(y.detach()).to(dtype=block.dtype, device=block.device)
+        y = self.space.local(y.detach())
+        if out is not None:
+            return out.copy_(y)
+        return y.to(dtype=block.dtype, device=block.device)
 
 
 def _can_keep_graphs(op: CurvatureOperator) -> bool:
     if isinstance(op, CompositeOperator):
         return any(supports_kept_graphs(leaf) for leaf in op.leaves())
     return supports_kept_graphs(op)
-
-
-def all_finite(y: torch.Tensor) -> bool:
-    """No NaN or inf in ``y``: one reduction (a NaN or inf makes the float64 sum non-finite),
-    and the elementwise test only when the sum is not finite (it may just have overflowed)."""
-    if bool(torch.isfinite(y.sum(dtype=torch.float64))):
-        return True
-    return bool(torch.isfinite(y).all())
 
 
 def check_int(name: str, value: Any, low: int, high: int | None = None, hint: str = "") -> int:

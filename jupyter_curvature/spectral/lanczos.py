@@ -56,22 +56,27 @@ with warnings.catch_warnings():
 from ..core.distributed.basis import VectorSpace
 from ..core.progress import Cancelled
 from ._checks import Operator, check_int, check_seed, raise_if_asymmetric, resolve_device
-from .memory import check_reorthogonalize, combine64, dot64, inner64
+from .memory import check_reorthogonalize, combine64, dot64, dots64, inner64
 
 #: the scaled operator has ``max_j ||A q_0j|| = SCALE_TARGET``, so GPyTorch's absolute
 #: breakdown threshold ``1e-6`` means ``1e-6 / SCALE_TARGET = 1e-10`` relative.
 SCALE_TARGET = 1e4
 #: GPyTorch's hard-coded breakdown threshold on |beta| (linear_operator 0.6.1, lanczos.py).
 GPYTORCH_BREAKDOWN = 1e-6
+#: a Gram-Schmidt pass that keeps this fraction of ``||r||`` needs no second one (DGKS 1976;
+#: ARPACK's 0.717)
+DGKS_ETA = 2**-0.5
 
 
 #: the three basis contractions of ``lanczos_tridiag`` (linear_operator 0.6) that
-#: :class:`BasisGemv` evaluates as matrix-vector products; if its source no longer holds them,
-#: ``lanczos_tridiag`` runs untouched (correct, only slower)
+#: :class:`BasisGemv` evaluates as matrix-vector products, and its ``alpha``, evaluated as
+#: dots; if its source no longer holds them, ``lanczos_tridiag`` runs untouched (correct, only
+#: slower)
 _GPYTORCH_CONTRACTIONS = (
     "r_vec.unsqueeze(0).mul(q_mat[: k + 1]).sum(dim_dimension, keepdim=True)",
     "q_mat[: k + 1].mul(correction).sum(0)",
     "q_mat[: k + 1].mul(r_vec.unsqueeze(0)).sum(dim_dimension)",
+    "alpha_curr = q_curr_vec.mul(r_vec).sum(dim_dimension, keepdim=True)",
 )
 
 
@@ -83,6 +88,24 @@ def gemv_supported() -> bool:
     except (OSError, TypeError):
         return False
     return all(line in source for line in _GPYTORCH_CONTRACTIONS)
+
+
+#: ``lanczos_tridiag``'s step after the first: the closure's result is subtracted from into a
+#: new tensor, never changed in place, so the closure may hand over its own block
+_GPYTORCH_STEP = "r_vec = matmul_closure(q_curr_vec) - q_prev_vec.mul(beta_prev)"
+
+
+@functools.cache
+def gpytorch_copies_products() -> bool:
+    """Does ``lanczos_tridiag`` leave the products of its later steps untouched (see above)?"""
+    try:
+        return _GPYTORCH_STEP in inspect.getsource(lanczos_tridiag)
+    except (OSError, TypeError):
+        return False
+
+
+def _same_block(a: torch.Tensor, b: Any) -> bool:
+    return isinstance(b, torch.Tensor) and b.shape == a.shape and b.dtype == a.dtype
 
 
 class _Contraction:
@@ -114,17 +137,45 @@ class _Contraction:
         # accumulated in float64 (memory.dot64/combine64), the coefficients kept in float64
         exact = Q.dtype == torch.float64
         if v == 1 and dim == 2 and x.shape == (1, p, n, 1):
+            if not keepdim and self.mode.orthogonal_after_one_pass(x):
+                # GPyTorch's check |Q^T r| <= tol, decided without reading the basis (DGKS)
+                return torch.zeros(j, p, 1, dtype=torch.float64, device=Q.device).to(Q.dtype)
+            if keepdim and exact:  # a projection r <- r - Q (Q^T r) is about to run
+                self.mode.projecting(x)
             dot = torch.mv if exact else dot64
             out = torch.stack([dot(Q[:, b, :, 0], x[0, b, :, 0]) for b in range(p)], 1)
             out = self.mode.space.reduce(out)  # over the rows of every rank (sharded basis)
             return out.view(j, p, 1, 1) if keepdim else out.view(j, p, 1)
         if v == 1 and dim == 0 and x.shape == (j, p, 1, 1):
-            if exact:
-                out = torch.stack([torch.mv(Q[:, b, :, 0].T, x[:, b, 0, 0]) for b in range(p)])
-            else:
-                out = torch.stack([combine64(Q[:, b, :, 0], x[:, b, 0, 0]) for b in range(p)])
+            # GPyTorch subtracts the correction and drops it: one block serves every step
+            out = self.mode.correction_block(Q)
+            for b in range(p):
+                if exact:
+                    torch.mv(Q[:, b, :, 0].T, x[:, b, 0, 0], out=out[b])
+                else:
+                    combine64(Q[:, b, :, 0], x[:, b, 0, 0], out=out[b])
             return out.view(1, p, n, 1) if keepdim else out.view(p, n, 1)
         return self._product().sum(dim, keepdim=keepdim)
+
+
+class _Dots:
+    """The pending ``q_k * r`` of GPyTorch's ``alpha = (q_k * r).sum(-2)`` (``q_k`` a row of
+    the basis, both ``(p, n, 1)``): ``.sum`` over ``n`` is ``p`` dots, one read of each vector
+    and no temporary; in float64 for a float32 basis, returned in the basis dtype."""
+
+    def __init__(self, mode: BasisGemv, row: torch.Tensor, other: torch.Tensor) -> None:
+        self.mode, self.row, self.other = mode, row, other
+
+    def __getattr__(self, name: str) -> Any:
+        with self.mode.passthrough():
+            return getattr(torch.mul(self.row, self.other), name)
+
+    def sum(self, dim: int, keepdim: bool = False) -> torch.Tensor:
+        if dim % 3 != 1:
+            return self.__getattr__("sum")(dim, keepdim=keepdim)
+        out = self.mode.space.reduce(dots64(self.row[..., 0].T, self.other[..., 0].T))
+        out = out.to(self.row.dtype).view(-1, 1)
+        return out.unsqueeze(1) if keepdim else out
 
 
 class BasisGemv(TorchFunctionMode):
@@ -155,6 +206,9 @@ class BasisGemv(TorchFunctionMode):
         self.space = space or VectorSpace(n)
         self.pin = pin  # a CPU basis for a GPU operator: page-locked, for fast copies
         self.basis: torch.Tensor | None = None
+        self._correction: torch.Tensor | None = None
+        self._before: tuple[int, torch.Tensor] | None = None  # r's address and ||r||
+        self._after: torch.Tensor | None = None  # ||r|| after the projection
         self._off = 0
 
     @contextlib.contextmanager
@@ -177,6 +231,50 @@ class BasisGemv(TorchFunctionMode):
             and t.data_ptr() == b.data_ptr()
         )
 
+    def _is_row(self, t: Any) -> bool:
+        """``t`` is one ``(p, n, 1)`` row ``q_k`` of the basis block."""
+        b = self.basis
+        if not isinstance(t, torch.Tensor) or b is None or t.shape != b.shape[1:]:
+            return False
+        offset = t.data_ptr() - b.data_ptr()
+        return t.stride() == b.stride()[1:] and 0 <= offset < b.numel() * b.element_size()
+
+    def projecting(self, r: torch.Tensor) -> None:
+        """Remember ``||r||`` (per probe) before GPyTorch projects ``r`` against the basis."""
+        with self.passthrough():
+            self._before = (r.data_ptr(), self.space.norm(r[0, :, :, 0], dim=1))
+        self._after = None
+
+    def _projected(self, func: Any, args: tuple, result: torch.Tensor) -> None:
+        """Keep ``||r||`` after the projection, which GPyTorch computes next."""
+        if func is torch.norm and self._before is not None and args:
+            if isinstance(args[0], torch.Tensor) and args[0].data_ptr() == self._before[0]:
+                self._after = result.detach().reshape(-1)
+
+    def orthogonal_after_one_pass(self, r: torch.Tensor) -> bool:
+        """Is the projected ``r`` orthogonal to the basis to working precision, by the
+        Daniel-Gragg-Kaufman-Stewart test (Math. Comp. 30, 1976): one classical Gram-Schmidt
+        pass that kept ``||r'|| >= ||r|| / sqrt(2)`` of the norm had no cancellation, so
+        ``|Q^T r'| / ||r'||`` is a few rounding errors times the basis's own loss of
+        orthogonality, far under GPyTorch's ``tol`` (1e-5); its check would read the whole
+        basis a third time to find that. ARPACK (``dsaitr``) decides its second pass the same
+        way. A larger drop (cancellation) leaves the check, and a second pass, to GPyTorch.
+        Float64 bases only."""
+        before, after = self._before, self._after
+        self._before = self._after = None
+        if before is None or after is None or r.data_ptr() != before[0]:
+            return False
+        return bool((after >= DGKS_ETA * before[1]).all())
+
+    def correction_block(self, Q: torch.Tensor) -> torch.Tensor:
+        """A ``(p, n)`` block for ``Q c``, reused: a new one per step would be page-faulted in
+        again each time (see :meth:`LanczosClosure._output_block`)."""
+        j, p, n, _ = Q.shape
+        block = self._correction
+        if block is None or block.shape != (p, n) or block.dtype != Q.dtype:
+            block = self._correction = torch.empty(p, n, dtype=Q.dtype, device=Q.device)
+        return block
+
     @contextlib.contextmanager
     def suspended(self):
         """Leave the mode for a block (the operator's products run with no mode at all)."""
@@ -191,7 +289,12 @@ class BasisGemv(TorchFunctionMode):
         if self._off:
             return func(*args, **kwargs)
         if self.space.sharded and (global_ := self._global(func, args, kwargs)) is not None:
+            self._projected(func, args, global_)
             return global_
+        if func is torch.norm:
+            result = func(*args, **kwargs)
+            self._projected(func, args, result)
+            return result
         if func is torch.zeros and self.basis is None:
             if tuple(args) == self.shape or (len(args) == 1 and tuple(args[0]) == self.shape):
                 # every row of the basis is written before it is read: no need to zero-fill
@@ -204,6 +307,8 @@ class BasisGemv(TorchFunctionMode):
                 return _Contraction(self, args[0], args[1])
             if self._is_basis(args[1]):
                 return _Contraction(self, args[1], args[0])
+            if self._is_row(args[0]) and _same_block(args[0], args[1]):
+                return _Dots(self, args[0], args[1])
         if (
             func is torch.Tensor.contiguous
             and self.basis is not None
@@ -344,6 +449,10 @@ class LanczosClosure:
         self.space = getattr(A, "space", None) or VectorSpace(A.n)  # where the rows live
         self._fixed_scale = scale
         self._gen = torch.Generator(device="cpu").manual_seed(int(seed) + 7919)
+        self._spare: torch.Tensor | None = None  # a product block free for reuse
+        #: rows of the block the stored products are written into (set by :func:`run_tridiag`)
+        self.capacity: int | None = None
+        self._stored: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ helpers
     def _project(self, x: torch.Tensor, basis: list[torch.Tensor]) -> torch.Tensor:
@@ -374,22 +483,56 @@ class LanczosClosure:
             q[:, i : i + 1] = v / self.space.norm(v)
 
     # ------------------------------------------------------------------ the closure
+    def _beta(self, q: torch.Tensor) -> torch.Tensor:
+        """``beta_j = q_j^T (A q_{j-1} - alpha_{j-1} q_{j-1} - beta_{j-1} q_{j-2})`` ``(p,)`` float64.
+
+        The coefficient GPyTorch stored; as a projection on the three-term residual it is also
+        right at step 1, where GPyTorch does not reorthogonalise (a dot with ``A q_0`` alone
+        is not). Expanded into three dots, so the residual is never formed. NaN or inf where a
+        column of ``q`` is not finite (the dot with a finite product carries it).
+        """
+        rec, j = self.rec, len(self.rec.inputs)
+        beta = dots64(q, rec.last_output) - rec.alphas[j - 1] * dots64(q, rec.inputs[-1])
+        if j >= 2:
+            beta = beta - rec.betas[j - 2] * dots64(q, rec.inputs[-2])
+        return self.space.reduce(beta)
+
+    def _output_block(self, q: torch.Tensor) -> torch.Tensor:
+        """Where this step's product goes, in the basis dtype and layout.
+
+        When every product is kept (``store_products``), the next row of one
+        ``(capacity, p, n)`` block, so that the stored products already are the column-major
+        block the thick restarts use (no copy); otherwise the block of two steps ago (only
+        the last product, ``A q_{j-1}``, is read again). Either way no new ``n x p``
+        allocation per step, whose pages the system would fault in again each time (glibc
+        serves blocks over 32 MiB by a fresh ``mmap``; at n = 5.4M that was 25 ms a block).
+        """
+        if self.store_products:
+            return self._stored_row(q)
+        spare, self._spare = self._spare, None
+        if spare is None or spare.shape != q.shape:
+            return torch.empty_like(q)
+        if spare.dtype != q.dtype or spare.device != q.device or spare.stride() != q.stride():
+            return torch.empty_like(q)
+        return spare
+
+    def _stored_row(self, q: torch.Tensor) -> torch.Tensor:
+        j, (n, p) = len(self.rec.outputs), q.shape
+        block = self._stored
+        if j == 0 and self.capacity is not None:
+            block = self._stored = q.new_empty(self.capacity, p, n)
+        if block is None or j >= block.shape[0] or block.shape[1:] != (p, n):
+            return torch.empty_like(q)  # past the capacity: Krylov.from_lanczos copies
+        return block[j].T
+
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         rec = self.rec
         j = len(rec.inputs)
         if j >= 1:
-            # beta_j = q_j^T (A q_{j-1} - alpha q_{j-1} - beta q_{j-2}): the coefficient GPyTorch
-            # stored; as a projection on the three-term residual it is also right at step 1,
-            # where GPyTorch does not reorthogonalise (a dot with A q_0 alone is not)
-            r = rec.last_output - rec.inputs[-1] * rec.alphas[j - 1].to(q)
-            if j >= 2:
-                r = r - rec.inputs[-2] * rec.betas[j - 2].to(q)
-            reduce = self.space.reduce
-            finite = torch.isfinite(reduce(q.sum(0)))  # unit columns: the sum cannot overflow
-            beta = torch.where(finite, reduce(inner64(torch.nan_to_num(q), r)), 0.0)
-            broken = ~finite | (beta.abs() < GPYTORCH_BREAKDOWN)
+            beta = self._beta(q)
+            broken = ~torch.isfinite(beta) | (beta.abs() < GPYTORCH_BREAKDOWN)
             beta = torch.where(broken, torch.zeros_like(beta), beta)
-            rec.next_beta = beta.double()
+            rec.next_beta = beta
             if bool(broken.all()):
                 rec.breakdown = True
                 raise _Stop(breakdown=True)
@@ -400,7 +543,7 @@ class LanczosClosure:
         if self.on_step is not None:
             self.on_step(rec, j)
         t0 = time.perf_counter()
-        y = self.A.matmat(q)
+        y = self.A.matmat(q, out=self._output_block(q))
         rec.product_seconds += time.perf_counter() - t0
         if j == 0:
             if self._fixed_scale is not None:
@@ -408,11 +551,12 @@ class LanczosClosure:
             else:
                 size = float(self.space.norm(y).max())
                 rec.scale = size / SCALE_TARGET if size > 0 else 1.0
-        y = y / rec.scale
+        y.div_(rec.scale)
         if self.store_products:
             rec.outputs.append(y)  # before deflation: the true product, for true residuals
         if self.deflate is not None and self.deflate.shape[1]:
-            y = y - self.deflate @ self.space.reduce(self.deflate.T @ y)
+            correction = self.deflate @ self.space.reduce(self.deflate.T @ y)
+            y = y - correction if self.store_products else y.sub_(correction)
         if j == 1 and self.check_symmetry:
             for i in range(q.shape[1]):
                 pair = torch.stack([rec.inputs[-1][:, i], q[:, i]], 1)
@@ -421,13 +565,16 @@ class LanczosClosure:
         if j >= 1:
             rec.betas.append(rec.next_beta)
             rec.next_beta = None
-        rec.alphas.append(self.space.reduce(inner64(q, y)))
+        rec.alphas.append(self.space.reduce(dots64(q, y)))
         rec.inputs.append(q)
         if self.window is not None and len(rec.inputs) > self.window:
             del rec.inputs[0]
+        if not self.store_products:
+            self._spare = rec.last_output  # free again once y is the last product
         rec.last_output = y
-        # lanczos_tridiag updates the returned block in place (r.sub_, r.div_): hand it a copy
-        return y.clone()
+        # lanczos_tridiag subtracts in place from the block it gets at its first step only
+        # (later steps subtract into a new tensor: checked in its source); ours stays intact
+        return y.clone() if j == 0 or not gpytorch_copies_products() else y
 
 
 def run_tridiag(
@@ -464,6 +611,7 @@ def run_tridiag(
     # p = 4). The operator still receives one (n, p) block per step.
     # a sharded basis needs the mode whatever the GPyTorch version: it makes the sums global
     use_mode = (gemv and gemv_supported()) or space.sharded
+    closure.capacity = min(num_iters, n)
     mode = BasisGemv(min(num_iters, n), p, n, pin, space) if use_mode else None
 
     def batched(qb: torch.Tensor) -> torch.Tensor:

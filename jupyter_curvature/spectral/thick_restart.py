@@ -115,6 +115,9 @@ class Krylov:
                 Q[:, i : i + 1] = q
         AQ = None
         if rec.outputs:
+            # the closure wrote them as the columns of one block (LanczosClosure.capacity)
+            AQ = consecutive_columns(rec.outputs, 0, capacity)
+        if rec.outputs and AQ is None:
             AQ = columns(q0, capacity)
             for i in range(len(rec.outputs)):
                 AQ[:, i : i + 1] = rec.outputs[i]
@@ -191,21 +194,33 @@ def inputs_in_place(inputs: list[torch.Tensor], capacity: int) -> torch.Tensor |
     the layout is anything else (the caller copies)."""
     if len(inputs) < 2:
         return None
-    q1 = inputs[1]  # the first vector is GPyTorch's normalised start, copied into row 0
-    n, size = q1.shape[0], q1.element_size()
-    start = q1.storage_offset() - n  # row 0 of the block
-    if q1.shape[1] != 1 or start < 0 or (n > 1 and q1.stride(0) != 1):
-        return None
-    if q1.untyped_storage().nbytes() < (start + capacity * n) * size:
-        return None
-    base = q1.data_ptr() - n * size
-    for i, q in enumerate(inputs[1:], 1):
-        if q.data_ptr() != base + i * n * size or (n > 1 and q.stride(0) != 1):
-            return None
-    Q = q1.as_strided((n, capacity), (1, n), start)
-    if not torch.equal(Q[:, :1], inputs[0]):  # row 0 holds the start vector, as copied
+    # the first vector is GPyTorch's normalised start, copied into row 0
+    Q = consecutive_columns(inputs[1:], 1, capacity)
+    if Q is None or not torch.equal(Q[:, :1], inputs[0]):
         return None
     return Q
+
+
+def consecutive_columns(
+    vectors: list[torch.Tensor], first: int, capacity: int
+) -> torch.Tensor | None:
+    """The ``(n, capacity)`` column-major block whose columns ``first, first + 1, ...`` are the
+    ``(n, 1)`` ``vectors``, when they are consecutive rows of one storage with room for
+    ``capacity`` (GPyTorch's basis; the closure's stored products); ``None`` otherwise."""
+    q = vectors[0]
+    n, size = q.shape[0], q.element_size()
+    start = q.storage_offset() - first * n
+    if q.shape[1] != 1 or start < 0 or (n > 1 and q.stride(0) != 1):
+        return None
+    storage = q.untyped_storage()
+    if storage.nbytes() < (start + capacity * n) * size:
+        return None
+    for i, v in enumerate(vectors):
+        if v.untyped_storage().data_ptr() != storage.data_ptr() or v.shape != q.shape:
+            return None
+        if v.data_ptr() != q.data_ptr() + i * n * size or (n > 1 and v.stride(0) != 1):
+            return None
+    return q.as_strided((n, capacity), (1, n), start)
 
 
 def orthogonalise(
