@@ -330,10 +330,10 @@ def run(args: argparse.Namespace) -> int:
             tasks.spectrum, setup.model, setup.data, warn=True, progress=args.progress or None,
             **objects, **kwargs,
         )  # fmt: skip
-        _say(result.density)
+        _say(result.density.describe(basis=False))
         if result.eigen is not None:
-            _say(result.eigen)
-        _say(result.basis_summary())
+            _say(result.eigen.describe(basis=False))
+        _say(result.basis_summary())  # one line for both runs' Lanczos vectors
         if result.blocks is not None:
             _say(result.blocks.table())
     elif args.command == "stats":

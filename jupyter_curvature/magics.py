@@ -580,8 +580,8 @@ class CurvMagics(Magics):
             )
             print(result.density.stats)
             if result.eigen is not None:
-                print(result.eigen)
-            print(result.basis_summary())
+                print(result.eigen.describe(basis=False))
+            print(result.basis_summary())  # one line for both runs' Lanczos vectors
             if result.blocks is not None:
                 print(result.blocks.table())
 

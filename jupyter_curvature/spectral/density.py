@@ -338,6 +338,11 @@ class SpectralDensity:
             )
 
     def __repr__(self) -> str:
+        return self.describe()
+
+    def describe(self, basis: bool = True) -> str:
+        """The repr; ``basis=False`` leaves out the Lanczos vectors' line (the CLI and the magic
+        print one line for every run's basis instead)."""
         s = self.stats
         return (
             f"SpectralDensity(n={self.n}, probes={self.num_probes}, steps={self.num_steps}/"
@@ -345,7 +350,7 @@ class SpectralDensity:
             f"{', CANCELLED (partial)' if self.cancelled else ''})\n"
             f"  Ritz values in [{s.smallest:.6g}, {s.largest:.6g}], trace ~ {s.trace:.6g}, "
             f"negative mass {s.negative_mass:.4g}, outliers {[float(f'{v:.4g}') for v in s.outliers]}"
-            + (f"\n  Lanczos vectors: {self.basis['description']}" if self.basis else "")
+            + (f"\n  Lanczos vectors: {self.basis['description']}" if basis and self.basis else "")
         )
 
 

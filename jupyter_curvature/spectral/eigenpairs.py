@@ -157,13 +157,18 @@ class EigenpairsResult:
         return self.residuals / self.scale if self.scale > 0 else self.residuals
 
     def __repr__(self) -> str:
+        return self.describe()
+
+    def describe(self, basis: bool = True) -> str:
+        """The repr: the run and a table of the pairs; ``basis=False`` leaves out the Lanczos
+        vectors' line (the CLI and the magic print one line for every run's basis instead)."""
         head = (
             f"EigenpairsResult(k={self.k}, which={self.which!r}, converged={self.converged}, "
             f"matvecs={self.num_matvecs}, iterations={self.iterations}, restarts={self.restarts}, "
             f"tol={self.tol:g} x scale {self.scale:.6g}"
             f"{', CANCELLED (partial)' if self.cancelled else ''})"
         )
-        if self.basis:
+        if basis and self.basis:
             head += f"\n  Lanczos vectors: {self.basis['description']}"
         rows = ["   #    eigenvalue        residual   rel. residual  converged"]
         rel = self.relative_residuals
