@@ -72,7 +72,8 @@ def _basis_flags(parser: argparse.ArgumentParser) -> None:
         help="memory the Lanczos vectors of each run may take on the model's device: bytes "
         "(8e9) or a size (8GB, 512MiB); picks the most accurate basis that fits (float64, "
         "float32 with float64 sums, pinned CPU memory for a GPU model) or fails before any "
-        "product, listing each mode's bytes (default: no limit)",
+        "product, listing each mode's bytes (default: the memory free now; float32 with a "
+        "warning when float64 does not fit)",
     )  # fmt: skip
     parser.add_argument(
         "--basis-dtype", choices=("float64", "float32"), default=None,  # tasks.BASIS_DTYPES

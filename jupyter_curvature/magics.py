@@ -135,7 +135,7 @@ def _basis_flags(func: Any) -> Any:
         argument(
             "--memory-budget", type=size_argument, default=None,
             help="memory for the Lanczos vectors of each run: bytes (8e9) or a size (8GB, "
-            "512MiB); picks the most accurate basis that fits (default: no limit)",
+            "512MiB); picks the most accurate basis that fits (default: the memory free now)",
         ),
     ):  # fmt: skip
         func = flag(func)

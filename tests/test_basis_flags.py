@@ -384,3 +384,61 @@ def test_the_panel_shows_the_basis(mlp):
         )
     finally:
         panel.close()
+
+
+# ------------------------------------------------------------ no budget: the memory free now
+@pytest.fixture()
+def free_bytes(monkeypatch):
+    """Set what the memory model reads as the memory free on the operator's device."""
+    import importlib
+
+    memory = importlib.import_module("jupyter_curvature.spectral.memory")
+
+    def set_free(value: int) -> None:
+        monkeypatch.setattr(memory, "free_memory", lambda device: value)
+
+    return set_free
+
+
+def test_no_budget_falls_back_to_float32_when_float64_does_not_fit(mlp, free_bytes):
+    setup, H, exact = mlp
+    op = tasks.make_operator(setup.model, nn.CrossEntropyLoss(), setup.data)
+    n = H.shape[0]
+    free_bytes(density_bytes(n, 12, 2, torch.float64, op_dtype=torch.float64) - 1)
+    with pytest.warns(spectral.memory.MemoryWarning, match="using the float32 basis on cpu"):
+        d = spectral.spectral_density(op, 12, 2)
+    assert d.basis["dtype"] == "float32" and d.basis["memory_budget"] is None
+    # it is the float32-basis run, bit for bit (whose accuracy against the dense Hessian is
+    # checked above); and no smaller mode was taken than needed
+    d32 = spectral.spectral_density(op, 12, 2, basis_dtype=torch.float32)
+    assert torch.equal(d.ritz_values, d32.ritz_values) and torch.equal(d.weights, d32.weights)
+
+
+def test_no_budget_refuses_a_run_that_fits_no_mode_before_any_product(mlp, free_bytes):
+    setup, H, _ = mlp
+    op = tasks.make_operator(setup.model, nn.CrossEntropyLoss(), setup.data)
+    free_bytes(1000)
+    with pytest.raises(ValueError, match=r"the 1 kB free on cpu cannot hold float64 basis") as e:
+        spectral.spectral_density(op, 12, 2)
+    assert "none of them fits: free some memory" in str(e.value)
+    with pytest.raises(ValueError, match="free on cpu cannot hold"):
+        spectral.eigenpairs(op, k=2)
+    assert op.num_matvecs == 0
+
+
+def test_no_budget_keeps_an_explicit_dtype_with_a_warning(mlp, free_bytes):
+    setup, H, _ = mlp
+    op = tasks.make_operator(setup.model, nn.CrossEntropyLoss(), setup.data)
+    free_bytes(1000)
+    with pytest.warns(spectral.memory.MemoryWarning, match="may be stopped for memory"):
+        d = spectral.spectral_density(op, 6, 1, basis_dtype=torch.float64)
+    assert d.basis["dtype"] == "float64"
+
+
+def test_no_budget_and_room_enough_chooses_float64_silently(mlp, free_bytes, recwarn):
+    setup, H, _ = mlp
+    op = tasks.make_operator(setup.model, nn.CrossEntropyLoss(), setup.data)
+    n = H.shape[0]
+    free_bytes(density_bytes(n, 12, 2, torch.float64, op_dtype=torch.float64))
+    assert spectral.spectral_density(op, 12, 2).basis["dtype"] == "float64"
+    assert not [w for w in recwarn if issubclass(w.category, spectral.memory.MemoryWarning)]

@@ -437,7 +437,11 @@ def spectral_density(
         basis_dtype, basis_device: dtype/device of the Lanczos vectors; ``None``: float64 on
             the operator's device, or what ``memory_budget`` allows.
         memory_budget: bytes the Lanczos vectors may take on the operator's device, or
-            ``None`` (no limit). The most accurate basis that fits is chosen by the memory
+            ``None``: the memory free there now (a float64 basis that does not fit is
+            replaced by a float32 one, with a :class:`~.memory.MemoryWarning`, and a run
+            that fits in no mode is refused before any product; an explicit
+            ``basis_dtype``/``basis_device`` is kept, with the warning). The most accurate
+            basis that fits is chosen by the memory
             model of :mod:`.memory` (``docs/scale.md``): float64, then float32 (float64
             accumulation), then, for a GPU operator, the same in pinned CPU memory. A
             ``basis_dtype``/``basis_device`` given explicitly is kept and checked.

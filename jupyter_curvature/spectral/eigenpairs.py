@@ -377,7 +377,9 @@ def eigenpairs(
         basis_device: device of the Lanczos vectors; ``None``: the operator's, or what
             ``memory_budget`` allows.
         memory_budget: bytes the Lanczos vectors may take on the operator's device, or
-            ``None`` (no limit): the most accurate basis that fits is chosen by the memory
+            ``None``: the memory free there now (as :func:`~.density.spectral_density`;
+            for eigenpairs the model is an upper bound, reached when the basis fills up):
+            the most accurate basis that fits is chosen by the memory
             model (:mod:`.memory`, ``docs/scale.md``); a budget that cannot hold the given
             (or any) basis raises ValueError listing the bytes of each mode.
         warn: emit :class:`ConvergenceWarning` when the budget ends first.

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,11 @@ W_GATHERED = 2
 CHUNK = 1 << 22
 
 REORTHOGONALIZE = ("full", "none")
+
+
+class MemoryWarning(UserWarning):
+    """No ``memory_budget`` was given and the most accurate basis does not fit in the memory
+    free now: a smaller mode was chosen, or the caller's choice was kept at their risk."""
 
 
 @dataclass(frozen=True)
@@ -248,38 +254,66 @@ def choose_basis(
         return BasisMode(dt, dev, how, W_DENSITY * working, total)  # host-held basis
 
     allowed = [mode(dt, dev, reorthogonalize) for dev in devices for dt in dtypes]
-    if budget is None:
-        return allowed[0]
     host = available_host_bytes()
 
-    def fits(m: BasisMode) -> bool:
+    def fits(m: BasisMode, limit: float) -> bool:
         # a host-held basis must also fit in the free CPU memory
-        return m.device_bytes <= budget and (
+        return m.device_bytes <= limit and (
             not m.host_bytes or host is None or m.host_bytes <= host
         )
 
-    for m in allowed:
-        if fits(m):
-            return dataclasses.replace(m, budget=budget)
-    others = [
-        mode(dt, dev, how)
-        for how in kinds
-        for dev in ([op_device] + ([torch.device("cpu")] if op_device.type != "cpu" else []))
-        for dt in (torch.float64, torch.float32)
-        if not (how == "none" and dev != op_device)
-    ]
-    fitting = [m for m in others if fits(m)]
-    lines = "\n".join(f"  {m.describe()}" for m in others)
-    advice = (
-        "use " + " or ".join(m.name for m in fitting) + " (or raise memory_budget)"
-        if fitting
-        else "none of them fits: raise memory_budget, lower num_iters/num_probes/max_basis"
-    )
-    raise ValueError(
-        f"memory_budget={format_bytes(budget)} cannot hold "
-        f"{' or '.join(m.describe() for m in allowed)}. The Lanczos vectors of each mode "
-        f"need (on the operator's device):\n{lines}\n{advice}"
-    )
+    def refuse(limit: float, what: str, remedy: str) -> ValueError:
+        """Every mode with its bytes, and those that fit ``limit`` (``what`` names it)."""
+        others = [
+            mode(dt, dev, how)
+            for how in kinds
+            for dev in ([op_device] + ([torch.device("cpu")] if op_device.type != "cpu" else []))
+            for dt in (torch.float64, torch.float32)
+            if not (how == "none" and dev != op_device)
+        ]
+        fitting = [m for m in others if fits(m, limit)]
+        lines = "\n".join(f"  {m.describe()}" for m in others)
+        advice = (
+            "use " + " or ".join(m.name for m in fitting) + f" (or {remedy})"
+            if fitting
+            else f"none of them fits: {remedy}, lower num_iters/num_probes/max_basis"
+        )
+        return ValueError(
+            f"{what} cannot hold {' or '.join(m.describe() for m in allowed)}. The Lanczos "
+            f"vectors of each mode need (on the operator's device):\n{lines}\n{advice}"
+        )
+
+    if budget is not None:
+        for m in allowed:
+            if fits(m, budget):
+                return dataclasses.replace(m, budget=budget)
+        raise refuse(budget, f"memory_budget={format_bytes(budget)}", "raise memory_budget")
+    # no budget: the most accurate mode, unless it cannot fit in the memory free right now
+    # (a run that would be killed for memory hours later is refused, or made smaller, now)
+    free = free_memory(op_device)
+    if fits(allowed[0], free):
+        return allowed[0]
+    if dtype is not None or device is not None:  # the caller's choice is kept, with a warning
+        warnings.warn(
+            f"Lanczos vectors ({allowed[0].describe()}) need more than the {format_bytes(free)} "
+            f"free on {op_device} now: the run may be stopped for memory (leave basis_dtype and "
+            "basis_device unset, or set memory_budget, to let a mode that fits be chosen)",
+            MemoryWarning,
+            stacklevel=3,
+        )
+        return allowed[0]
+    for m in allowed[1:]:
+        if fits(m, free):
+            warnings.warn(
+                f"Lanczos vectors ({allowed[0].describe()}) need more than the "
+                f"{format_bytes(free)} free on {op_device}: using the {m.describe()} instead "
+                "(float64 accumulation; its accuracy is in docs/scale.md). Pass "
+                "basis_dtype=torch.float64 to insist, or memory_budget to set the limit",
+                MemoryWarning,
+                stacklevel=3,
+            )
+            return m
+    raise refuse(free, f"the {format_bytes(free)} free on {op_device}", "free some memory")
 
 
 # ---------------------------------------------------------------------- float64 accumulation

@@ -299,7 +299,8 @@ def spectrum(
             vectors of each run (the density, then the eigenpairs) may take on the operator's
             device: the most accurate basis that fits is chosen (float64, float32 with float64
             sums, a pinned CPU basis for a GPU model; ``docs/scale.md``). Checked against the
-            memory model before the first product. ``None``: no limit.
+            memory model before the first product. ``None``: the memory free on the device
+            (float32 with a warning when float64 does not fit there).
         basis_dtype: ``"float64"`` or ``"float32"`` (float64 sums): the Lanczos vectors'
             dtype; ``None``: float64, or what ``memory_budget`` allows. The per-block spectra
             (``blocks``) use the density's.
