@@ -69,14 +69,16 @@ DGKS_ETA = 2**-0.5
 
 
 #: the three basis contractions of ``lanczos_tridiag`` (linear_operator 0.6) that
-#: :class:`BasisGemv` evaluates as matrix-vector products, and its ``alpha``, evaluated as
-#: dots; if its source no longer holds them, ``lanczos_tridiag`` runs untouched (correct, only
-#: slower)
+#: :class:`BasisGemv` evaluates as matrix-vector products, its ``alpha``, evaluated as dots,
+#: and the recurrence's temporaries it writes into reused blocks; if its source no longer
+#: holds them, ``lanczos_tridiag`` runs untouched (correct, only slower)
 _GPYTORCH_CONTRACTIONS = (
     "r_vec.unsqueeze(0).mul(q_mat[: k + 1]).sum(dim_dimension, keepdim=True)",
     "q_mat[: k + 1].mul(correction).sum(0)",
     "q_mat[: k + 1].mul(r_vec.unsqueeze(0)).sum(dim_dimension)",
     "alpha_curr = q_curr_vec.mul(r_vec).sum(dim_dimension, keepdim=True)",
+    "r_vec = matmul_closure(q_curr_vec) - q_prev_vec.mul(beta_prev)",
+    "r_vec.sub_(alpha_curr.mul(q_curr_vec))",
 )
 
 
@@ -106,6 +108,15 @@ def gpytorch_copies_products() -> bool:
 
 def _same_block(a: torch.Tensor, b: Any) -> bool:
     return isinstance(b, torch.Tensor) and b.shape == a.shape and b.dtype == a.dtype
+
+
+def _coefficients(c: Any, row: torch.Tensor) -> bool:
+    """``c`` is one coefficient per probe, ``(p, 1, 1)``, for a ``(p, n, 1)`` basis row."""
+    return (
+        isinstance(c, torch.Tensor)
+        and c.shape == (row.shape[0], 1, 1)
+        and torch.result_type(c, row) == row.dtype
+    )
 
 
 class _Contraction:
@@ -206,7 +217,8 @@ class BasisGemv(TorchFunctionMode):
         self.space = space or VectorSpace(n)
         self.pin = pin  # a CPU basis for a GPU operator: page-locked, for fast copies
         self.basis: torch.Tensor | None = None
-        self._correction: torch.Tensor | None = None
+        self._blocks: dict[str, torch.Tensor] = {}  # reused temporaries (see _block)
+        self._turn = 0  # which of the two residual blocks the next residual goes to
         self._before: tuple[int, torch.Tensor] | None = None  # r's address and ||r||
         self._after: torch.Tensor | None = None  # ||r|| after the projection
         self._off = 0
@@ -267,12 +279,24 @@ class BasisGemv(TorchFunctionMode):
         return bool((after >= DGKS_ETA * before[1]).all())
 
     def correction_block(self, Q: torch.Tensor) -> torch.Tensor:
-        """A ``(p, n)`` block for ``Q c``, reused: a new one per step would be page-faulted in
-        again each time (see :meth:`LanczosClosure._output_block`)."""
+        """A ``(p, n)`` block for ``Q c``: GPyTorch subtracts the correction and drops it."""
         j, p, n, _ = Q.shape
-        block = self._correction
-        if block is None or block.shape != (p, n) or block.dtype != Q.dtype:
-            block = self._correction = torch.empty(p, n, dtype=Q.dtype, device=Q.device)
+        return self._block("correction", Q[0, :, :, 0])
+
+    def _block(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """The mode's reused block ``name``, shaped like ``like`` (contiguous).
+
+        GPyTorch's recurrence makes its temporaries afresh every step (the residual, ``beta
+        q_{k-1}``, ``alpha q_k``, the correction ``Q c``); each is an ``n``-vector per probe
+        that a new allocation would page-fault in again (glibc serves blocks over 32 MiB by
+        a fresh ``mmap``; on a VM whose freed pages go back to the host a fault costs up to
+        ~60 us per 4 KiB page, measured). Each lives only until the next step makes it anew.
+        """
+        block = self._blocks.get(name)
+        if block is None or block.shape != like.shape or block.dtype != like.dtype:
+            block = self._blocks[name] = torch.empty(
+                like.shape, dtype=like.dtype, device=like.device
+            )
         return block
 
     @contextlib.contextmanager
@@ -309,6 +333,16 @@ class BasisGemv(TorchFunctionMode):
                 return _Contraction(self, args[1], args[0])
             if self._is_row(args[0]) and _same_block(args[0], args[1]):
                 return _Dots(self, args[0], args[1])
+            row, c = (args[0], args[1]) if self._is_row(args[0]) else (args[1], args[0])
+            if self._is_row(row) and _coefficients(c, row):
+                # beta q_{k-1} and alpha q_k: used once, by the subtraction that follows
+                return torch.mul(row, c, out=self._block("scaled", row))
+        if func in (torch.Tensor.sub, torch.Tensor.__sub__) and len(args) == 2 and not kwargs:
+            if args[1] is self._blocks.get("scaled") and _same_block(args[1], args[0]):
+                # r = A q_k - beta q_{k-1}: a new residual each step, in one of two blocks
+                self._turn ^= 1
+                out = self._block(f"residual{self._turn}", args[1])
+                return torch.sub(args[0], args[1], out=out)
         if (
             func is torch.Tensor.contiguous
             and self.basis is not None

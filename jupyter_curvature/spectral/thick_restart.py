@@ -264,7 +264,7 @@ def ritz_vectors(
     Y = K.Q[:, : K.m] @ coeffs
     AY = K.AQ[:, : K.m] @ coeffs if K.AQ is not None else torch.zeros_like(Y)
     norm = space.norm(Y, keepdim=True)
-    return Y / norm, AY / norm
+    return Y.div_(norm), AY.div_(norm)  # in place: two fewer (n, k) blocks to fault in
 
 
 def thick_restart_run(
