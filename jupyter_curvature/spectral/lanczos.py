@@ -289,8 +289,8 @@ class BasisGemv(TorchFunctionMode):
         GPyTorch's recurrence makes its temporaries afresh every step (the residual, ``beta
         q_{k-1}``, ``alpha q_k``, the correction ``Q c``); each is an ``n``-vector per probe
         that a new allocation would page-fault in again (glibc serves blocks over 32 MiB by
-        a fresh ``mmap``; on a VM whose freed pages go back to the host a fault costs up to
-        ~60 us per 4 KiB page, measured). Each lives only until the next step makes it anew.
+        a fresh ``mmap``; on the shared VM this was measured on, a first touch cost 2 to
+        ~60 us per 4 KiB page). Each lives only until the next step makes it anew.
         """
         block = self._blocks.get(name)
         if block is None or block.shape != like.shape or block.dtype != like.dtype:
