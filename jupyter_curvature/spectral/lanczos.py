@@ -68,6 +68,10 @@ GPYTORCH_BREAKDOWN = 1e-6
 DGKS_ETA = 2**-0.5
 
 
+#: ``lanczos_tridiag``'s step after the first: the closure's result is subtracted from into a
+#: new tensor, never changed in place, so the closure may hand over its own block
+_GPYTORCH_STEP = "r_vec = matmul_closure(q_curr_vec) - q_prev_vec.mul(beta_prev)"
+
 #: the three basis contractions of ``lanczos_tridiag`` (linear_operator 0.6) that
 #: :class:`BasisGemv` evaluates as matrix-vector products, its ``alpha``, evaluated as dots,
 #: and the recurrence's temporaries it writes into reused blocks; if its source no longer
@@ -77,33 +81,30 @@ _GPYTORCH_CONTRACTIONS = (
     "q_mat[: k + 1].mul(correction).sum(0)",
     "q_mat[: k + 1].mul(r_vec.unsqueeze(0)).sum(dim_dimension)",
     "alpha_curr = q_curr_vec.mul(r_vec).sum(dim_dimension, keepdim=True)",
-    "r_vec = matmul_closure(q_curr_vec) - q_prev_vec.mul(beta_prev)",
+    _GPYTORCH_STEP,
     "r_vec.sub_(alpha_curr.mul(q_curr_vec))",
 )
+
+
+def _gpytorch_holds(lines: tuple[str, ...]) -> bool:
+    """Does the installed ``lanczos_tridiag``'s source contain every one of ``lines``?"""
+    try:
+        source = inspect.getsource(lanczos_tridiag)
+    except (OSError, TypeError):
+        return False
+    return all(line in source for line in lines)
 
 
 @functools.cache
 def gemv_supported() -> bool:
     """Does the installed ``lanczos_tridiag`` contract its basis the way :class:`BasisGemv` knows?"""
-    try:
-        source = inspect.getsource(lanczos_tridiag)
-    except (OSError, TypeError):
-        return False
-    return all(line in source for line in _GPYTORCH_CONTRACTIONS)
-
-
-#: ``lanczos_tridiag``'s step after the first: the closure's result is subtracted from into a
-#: new tensor, never changed in place, so the closure may hand over its own block
-_GPYTORCH_STEP = "r_vec = matmul_closure(q_curr_vec) - q_prev_vec.mul(beta_prev)"
+    return _gpytorch_holds(_GPYTORCH_CONTRACTIONS)
 
 
 @functools.cache
 def gpytorch_copies_products() -> bool:
     """Does ``lanczos_tridiag`` leave the products of its later steps untouched (see above)?"""
-    try:
-        return _GPYTORCH_STEP in inspect.getsource(lanczos_tridiag)
-    except (OSError, TypeError):
-        return False
+    return _gpytorch_holds((_GPYTORCH_STEP,))
 
 
 def _same_block(a: torch.Tensor, b: Any) -> bool:
@@ -150,7 +151,7 @@ class _Contraction:
         if v == 1 and dim == 2 and x.shape == (1, p, n, 1):
             if not keepdim and self.mode.orthogonal_after_one_pass(x):
                 # GPyTorch's check |Q^T r| <= tol, decided without reading the basis (DGKS)
-                return torch.zeros(j, p, 1, dtype=torch.float64, device=Q.device).to(Q.dtype)
+                return torch.zeros(j, p, 1, dtype=Q.dtype, device=Q.device)
             if keepdim and exact:  # a projection r <- r - Q (Q^T r) is about to run
                 self.mode.projecting(x)
             dot = torch.mv if exact else dot64
@@ -544,9 +545,8 @@ class LanczosClosure:
         if self.store_products:
             return self._stored_row(q)
         spare, self._spare = self._spare, None
-        if spare is None or spare.shape != q.shape:
-            return torch.empty_like(q)
-        if spare.dtype != q.dtype or spare.device != q.device or spare.stride() != q.stride():
+        layout = (q.shape, q.stride(), q.dtype, q.device)
+        if spare is None or (spare.shape, spare.stride(), spare.dtype, spare.device) != layout:
             return torch.empty_like(q)
         return spare
 
