@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument(
         "--blocks", nargs="?", const="auto", default=None, metavar="NAMES",
         help="also each block's top eigenvalue, trace and density: auto (embeddings, attention, "
-        "MLP, norms, head; CNN stages) or comma-separated module names",
+        "MLP, norms, head; CNN stages) or comma-separated module names (their Lanczos vectors "
+        "are checked against --memory-budget too)",
     )  # fmt: skip
     _basis_flags(spectrum)
 

@@ -203,6 +203,44 @@ def test_cli_budget_too_small_is_the_engines_error_before_any_product(
     assert not (tmp_path / "hessian_spectrum.json").exists()
 
 
+def test_cli_blocks_are_checked_against_the_budget_before_any_product(
+    mlp, tmp_path, capsys, monkeypatch
+):
+    """``--blocks`` under ``--memory-budget``: the per-block spectra's Lanczos vectors (their
+    memory model, ``blocks_bytes``) are checked with the density's, before any product; a
+    budget that holds them picks their dtype, recorded in the blocks' JSON."""
+    setup, H, _ = mlp
+    n = H.shape[0]
+    sizes = [p.numel() for p in setup.model.parameters()]
+    model_blocks = [sizes[i] + sizes[i + 1] for i in range(0, len(sizes), 2)]  # weight, bias
+    f32_density = density_bytes(n, 10, 1, torch.float32, op_dtype=torch.float64)
+    # the GGN's block product spreads its column over one per block: more than the density
+    f32_blocks = spectral.memory.blocks_bytes(model_blocks, 10, 1, torch.float32,
+                                              torch.float64, spreads=True)  # fmt: skip
+    assert f32_blocks > f32_density
+    base = ["spectrum", *SETUP, "--curvature", "ggn", "--num-iters", "10", "--num-probes", "1",
+            "--top-k", "0", "--blocks", "--out", str(tmp_path)]  # fmt: skip
+
+    def no_product(*args, **kwargs):
+        raise AssertionError("a product ran before the budget was checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(spectral, "spectral_density", no_product)
+        with pytest.raises(SystemExit) as exit_info:
+            main([*base, "--memory-budget", str(f32_density)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "(the per-block spectra): memory_budget=" in err, err
+    f64_blocks = spectral.memory.blocks_bytes(model_blocks, 10, 1, torch.float64, spreads=True)
+    budget = max(f32_blocks, density_bytes(n, 10, 1, torch.float64))
+    assert budget < f64_blocks  # float64 fits the density, only float32 the blocks
+    assert main([*base, "--memory-budget", str(budget)]) == 0
+    saved = json.loads((tmp_path / "ggn_blocks.json").read_text())
+    assert saved["basis"]["dtype"] == "float32" and saved["basis"]["device_bytes"] == f32_blocks
+    spectrum = json.loads((tmp_path / "ggn_spectrum.json").read_text())
+    assert spectrum["basis"]["density"]["dtype"] == "float64"
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -433,6 +471,17 @@ def test_no_budget_keeps_an_explicit_dtype_with_a_warning(mlp, free_bytes):
     with pytest.warns(spectral.memory.MemoryWarning, match="may be stopped for memory"):
         d = spectral.spectral_density(op, 6, 1, basis_dtype=torch.float64)
     assert d.basis["dtype"] == "float64"
+
+
+def test_no_budget_and_only_the_device_given_still_falls_back_to_float32(mlp, free_bytes):
+    """``basis_device`` alone fixes where, not the dtype: float32 there when float64 does not
+    fit (only a setting the caller made is kept at their risk)."""
+    setup, H, _ = mlp
+    op = tasks.make_operator(setup.model, nn.CrossEntropyLoss(), setup.data)
+    free_bytes(density_bytes(H.shape[0], 12, 2, torch.float64, op_dtype=torch.float64) - 1)
+    with pytest.warns(spectral.memory.MemoryWarning, match="using the float32 basis on cpu"):
+        d = spectral.spectral_density(op, 12, 2, basis_device="cpu")
+    assert d.basis["dtype"] == "float32" and d.basis["device"] == "cpu"
 
 
 def test_no_budget_and_room_enough_chooses_float64_silently(mlp, free_bytes, recwarn):

@@ -359,3 +359,58 @@ def test_block_spectra_on_cuda_equal_cpu():
     gpu = jc.block_spectra(model.cuda(), loss_fn, (x.cuda(), y.cuda()), num_iters=40, num_probes=2)
     assert_close(gpu.top_eigenvalues, cpu.top_eigenvalues, rtol=1e-9, atol=1e-12)
     assert_close(gpu.traces, cpu.traces, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------ the blocks' Lanczos vectors
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def test_block_basis_memory_model_budget_and_float32_accuracy():
+    """The blocks' memory model, the dtype a budget picks, and the float32 basis's accuracy.
+
+    A float32 basis with float64 sums is the float64 run with each stored vector rounded: by
+    Paige's backward analysis the tridiagonal is that of ``H_jj + E`` with ``||E|| <= c m
+    eps32 ||H_jj||``, so each Ritz value moves by at most that (Weyl); c = 10, as for the
+    whole model's density (``tests/test_spectral_memory.py``).
+    """
+    model, loss_fn, x, y = small_mlp()  # blocks "0", "2", "4": 35, 24 and 15 parameters
+    H = dense_hessian(model, loss_fn, x, y)
+    m, p, n = 20, 2, 74
+    f64 = jc.spectral.memory.blocks_bytes([35, 24, 15], m, p, torch.float64)
+    assert f64 == 8 * p * (20 * 35 + 20 * 24 + 15 * 15 + 8 * n)  # a block stops at its size
+    f32 = jc.spectral.memory.blocks_bytes([35, 24, 15], m, p, torch.float32, torch.float64)
+    assert f32 == 4 * p * (20 * 35 + 20 * 24 + 15 * 15 + 8 * n) + 2 * 8 * n * p
+    run = lambda budget: jc.block_spectra(  # noqa: E731
+        model, loss_fn, (x, y), num_iters=m, num_probes=p, memory_budget=budget
+    )
+    r64, r32 = run(f64), run(f64 - 1)
+    assert r64.basis["dtype"] == "float64" and r64.basis["memory_budget"] == f64
+    assert r32.basis["dtype"] == "float32" and r32.to_dict()["basis"]["device_bytes"] == f32
+    for b32, b64 in zip(r32.blocks, r64.blocks):
+        bound = 10 * m * EPS32 * b64.scale
+        assert (b32.density.ritz_values - b64.density.ritz_values).abs().max() <= bound
+        assert abs(b32.top_eigenvalue - b64.top_eigenvalue) <= bound
+    last = r32["4"]  # fully explored: its Ritz values are the dense block's eigenvalues
+    ev = torch.linalg.eigvalsh(sub(H, torch.arange(59, 74)))
+    assert last.density.num_steps == 15
+    assert_close(last.density.ritz_values[0], ev, rtol=0, atol=10 * m * EPS32 * last.scale)
+
+
+def test_block_basis_budget_counts_the_spread_product_and_refuses_early():
+    model, loss_fn, x, y = small_mlp()
+    ggn = GGNOperator(model, loss_fn, (x, y))
+    hessian = HessianOperator(model, loss_fn, (x, y))
+    assert BlockDiagonalOperator(ggn, "auto").spreads  # one product of 3 p columns
+    assert not BlockDiagonalOperator(hessian, "auto").spreads  # a backward per block
+    sizes, m, p = [35, 24, 15], 10, 2
+    spread = jc.spectral.memory.blocks_bytes(sizes, m, p, torch.float64, spreads=True)
+    assert (
+        spread == jc.spectral.memory.blocks_bytes(sizes, m, p, torch.float64) + 2 * 8 * 74 * 3 * p
+    )
+    assert jc.block_spectra(ggn, blocks=["0", "2", "4"], num_iters=m, num_probes=p,
+                            memory_budget=spread).basis["dtype"] == "float64"  # fmt: skip
+    with pytest.raises(ValueError, match="memory_budget=100 B cannot hold") as err:
+        jc.block_spectra(hessian, blocks=["0", "2", "4"], num_iters=m, memory_budget=100)
+    assert "float32 basis on cpu" in str(err.value) and "none of them fits" in str(err.value)
+    assert 'reorthogonalize="none"' not in str(err.value)  # the blocks have no such mode
+    assert hessian.num_matvecs == 0

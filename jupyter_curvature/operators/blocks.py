@@ -142,9 +142,14 @@ class BlockDiagonalOperator(CompositeOperator):
             out[idx] = piece
         return out
 
+    @property
+    def spreads(self) -> bool:
+        """Whether a product spreads its ``k`` columns over ``b k`` (one set per block)."""
+        return not (self.groups is not None and groups_products(self.parts[0]))
+
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
         (op,) = self.parts
-        if self.groups is not None and hasattr(op, "_batch_hvp"):
+        if not self.spreads:
             return op._product(block, functools.partial(op._matmat, groups=self.groups))
         k, b = block.shape[1], self.num_blocks
         spread = torch.zeros(block.shape[0], b * k, dtype=block.dtype, device=block.device)
@@ -158,6 +163,13 @@ class BlockDiagonalOperator(CompositeOperator):
 
     def __repr__(self) -> str:
         return f"BlockDiagonalOperator({self.parts[0]!r}, blocks={self.names})"
+
+
+def groups_products(op: Any) -> bool:
+    """Whether ``op`` (an operator or its class) takes the blocks' products in one pass
+    through its parameter groups (the Hessian's backward per group); otherwise the product
+    of ``b`` blocks spreads its ``k`` columns over ``b k`` columns of one ordinary product."""
+    return hasattr(op, "_batch_hvp")
 
 
 def _all_indices(values: Any) -> bool:

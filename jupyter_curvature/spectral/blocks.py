@@ -18,7 +18,9 @@ its parameters (docs/blocks.md measures it). A block smaller than ``num_iters`` 
 dimension, where its Ritz values are its exact eigenvalues.
 
 Each block's Lanczos is the standard one with full reorthogonalisation (classical
-Gram-Schmidt twice, float64 basis) on the block's own coordinates; a probe whose Krylov space
+Gram-Schmidt twice) on the block's own coordinates, with a float64 basis, or a float32 one
+whose inner products and combinations are summed in float64 (as the density's, chosen by
+``memory_budget`` or the memory free: :mod:`.memory`); a probe whose Krylov space
 becomes invariant before the block's dimension is reached continues with a random vector
 orthogonal to its basis, with ``beta = 0`` (the tridiagonal decouples, the new Ritz values
 get weight 0 in the quadrature), as :func:`~.lanczos.lanczos` does.
@@ -48,13 +50,15 @@ import torch
 from ..core.records import jsonable, write_json
 from ..core.tables import format_table
 from ..operators import CurvatureOperator, GGNOperator, HessianOperator
-from ..operators.blocks import BlockDiagonalOperator
+from ..operators.blocks import BlockDiagonalOperator, groups_products
 from ._checks import Operator, check_int, check_positive, check_seed, raise_if_asymmetric
 from .density import SpectralDensity
 from .lanczos import GPYTORCH_BREAKDOWN, SCALE_TARGET, diagonalise, start_vectors
+from .memory import BasisMode, blocks_bytes, check_budget, choose_basis, combine64, dot64
 from .trace import TraceEstimate
 
-__all__ = ["BlockSpectra", "BlockSpectrum", "block_lanczos", "block_spectra", "curvature_operator"]
+__all__ = ["BlockSpectra", "BlockSpectrum", "block_lanczos", "block_spectra", "blocks_basis",
+           "curvature_operator"]  # fmt: skip
 
 #: relative breakdown threshold: GPyTorch's absolute 1e-6 on an operator scaled to 1e4
 BREAKDOWN_RTOL = GPYTORCH_BREAKDOWN / SCALE_TARGET
@@ -66,9 +70,13 @@ def curvature_operator(
     model: Any, loss_fn: Any, data: Any, curvature: str = "hessian", **kwargs: Any
 ) -> CurvatureOperator:
     """``HessianOperator`` or ``GGNOperator`` by name (``curvature="hessian"|"ggn"``)."""
+    return _curvature_class(curvature)(model, loss_fn, data, **kwargs)
+
+
+def _curvature_class(curvature: str) -> type[CurvatureOperator]:
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
-    return CURVATURES[curvature](model, loss_fn, data, **kwargs)
+    return CURVATURES[curvature]
 
 
 @dataclass
@@ -127,6 +135,7 @@ def block_lanczos(
             raise_if_asymmetric(
                 torch.cat([first[0], x[:, :1]], 1), torch.cat([first[1], y[:, :1]], 1), D.dtype
             )
+            first = None  # its views held step 0's whole input and product
         for j, (run, idx) in enumerate(zip(runs, blocks.indices)):
             if t >= run.steps:
                 continue
@@ -139,9 +148,7 @@ def block_lanczos(
             if t > 0:
                 r = r - Q[t - 1] * run.betas[t - 1].to(r)
             for _ in range(2):  # classical Gram-Schmidt twice
-                r = r - torch.einsum(
-                    "tnp,tp->np", Q[: t + 1], torch.einsum("tnp,np->tp", Q[: t + 1], r)
-                )
+                r = _project_out(Q[: t + 1], r)
             beta = r.norm(dim=0)
             run.alphas[t] = alpha.double().cpu()
             broken = beta <= BREAKDOWN_RTOL * max(run.scale, torch.finfo(torch.float64).tiny)
@@ -158,6 +165,77 @@ def block_lanczos(
                 run.restarts += 1
             Q[t + 1] = q
     return runs, last_beta, product_seconds
+
+
+def _project_out(Q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``r - Q (Q^T r)`` per probe, for a basis ``Q`` ``(t, n_j, p)`` and ``r`` ``(n_j, p)``.
+
+    A float64 basis: two contractions. A reduced-precision one: the inner products and the
+    combination of each probe summed in float64 (:func:`.memory.dot64`,
+    :func:`.memory.combine64`), so only the stored entries and the result are rounded.
+    """
+    if Q.dtype == torch.float64:
+        return r - torch.einsum("tnp,tp->np", Q, torch.einsum("tnp,np->tp", Q, r))
+    out = torch.empty_like(r)
+    for i in range(r.shape[1]):
+        Qi = Q[:, :, i]
+        out[:, i] = r[:, i] - combine64(Qi, dot64(Qi, r[:, i]))
+    return out
+
+
+def blocks_basis(
+    sizes: list[int],
+    num_iters: int,
+    num_probes: int,
+    *,
+    device: torch.device | str,
+    op_dtype: torch.dtype,
+    spreads: bool,
+    basis_dtype: torch.dtype | None = None,
+    memory_budget: float | str | None = None,
+) -> BasisMode:
+    """The basis mode :func:`block_spectra` uses for blocks of these ``sizes``, without a
+    product: float64, or float32 with float64 sums when float64 does not fit
+    ``memory_budget`` (or, without one, the memory free now); always on the operator's
+    ``device`` (:func:`.memory.choose_basis`, ``host=False``).
+
+    ``spreads``: :attr:`~jupyter_curvature.operators.BlockDiagonalOperator.spreads`.
+
+    Raises:
+        ValueError: no dtype fits ``memory_budget`` (the message lists each with its bytes).
+    """
+    return choose_basis(
+        lambda dt, how: blocks_bytes(sizes, num_iters, num_probes, dt, op_dtype, spreads),
+        torch.device(device),
+        check_budget(memory_budget),
+        basis_dtype,
+        None,
+        kinds=("full",),
+        host=False,
+    )
+
+
+def planned_blocks_basis(
+    model: Any,
+    blocks: Any,
+    curvature: str,
+    num_iters: int,
+    num_probes: int,
+    params: Any = None,
+    **basis: Any,
+) -> BasisMode:
+    """:func:`blocks_basis` for ``block_spectra(model, ..., blocks, curvature=...)`` from the
+    block names alone (no operator is built, no data is read): lets a caller check a
+    ``memory_budget`` before the first product of any run."""
+    from ..core.blocks import resolve_blocks
+
+    named = dict(model.named_parameters())
+    resolved = resolve_blocks(model, blocks, params)
+    sizes = [sum(named[p].numel() for p in names) for names in resolved.values()]
+    first = named[next(iter(resolved.values()))[0]]
+    spreads = not groups_products(_curvature_class(curvature))
+    return blocks_basis(sizes, num_iters, num_probes, device=first.device,
+                        op_dtype=first.dtype, spreads=spreads, **basis)  # fmt: skip
 
 
 @dataclass
@@ -209,6 +287,8 @@ class BlockSpectra:
         num_matvecs: products of the block-diagonal operator (columns), all blocks together:
             ``num_probes`` per step and one for the residuals.
         seconds, product_seconds: wall time, and the part inside the products.
+        basis: how the Lanczos vectors were held
+            (:meth:`~jupyter_curvature.spectral.memory.BasisMode.to_dict`).
     """
 
     blocks: list[BlockSpectrum]
@@ -220,6 +300,7 @@ class BlockSpectra:
     num_matvecs: int
     seconds: float
     product_seconds: float
+    basis: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -317,6 +398,7 @@ class BlockSpectra:
                 "product_seconds": self.product_seconds,
                 "table": self.rows(),
                 "blocks": [b.to_dict() for b in self.blocks],
+                "basis": self.basis,
                 **self.extra,
             }
         )
@@ -345,7 +427,8 @@ def block_spectra(
     tol: float = 1e-3,
     params: Any = None,
     keep_graphs: bool | None = None,
-    basis_dtype: torch.dtype = torch.float64,
+    basis_dtype: torch.dtype | None = None,
+    memory_budget: float | str | None = None,
     **operator_options: Any,
 ) -> BlockSpectra:
     """Top eigenvalue, trace and spectral density of every block of a model, sharing passes.
@@ -365,7 +448,12 @@ def block_spectra(
         params: only these parameters (blocks are cut to them).
         keep_graphs: keep each batch's gradient graph across the steps (Hessian; ``None``:
             when they fit, as :func:`~.density.spectral_density`).
-        basis_dtype: dtype of the Lanczos vectors.
+        basis_dtype: dtype of the Lanczos vectors (float32: sums in float64); ``None``:
+            float64, or float32 when float64 does not fit ``memory_budget``.
+        memory_budget: bytes (or a size, ``"8GB"``) the blocks' Lanczos vectors may take
+            on the operator's device (:func:`blocks_basis`; ``docs/scale.md``); ``None``:
+            the memory free there now (float32 with a ``MemoryWarning`` when float64 does
+            not fit).
         **operator_options: passed to the operator (``batchnorm``, ``outputs``,
             ``batch_layout``, ``check_deterministic``, ...).
 
@@ -374,7 +462,8 @@ def block_spectra(
 
     Raises:
         ValueError: a block that matches nothing (the message lists the model's modules),
-            overlapping blocks, bad settings.
+            overlapping blocks, bad settings, a ``memory_budget`` that holds no basis (before
+            any product).
     """
     num_iters = check_int("num_iters", num_iters, 1)
     num_probes = check_int("num_probes", num_probes, 1)
@@ -394,11 +483,14 @@ def block_spectra(
         op = curvature_operator(model, loss_fn, data, curvature, params=chosen, **operator_options)
         blocks, name = resolved, curvature
     D = BlockDiagonalOperator(op, blocks)
+    mode = blocks_basis(D.sizes, num_iters, num_probes, device=D.device, op_dtype=D.dtype,
+                        spreads=D.spreads, basis_dtype=basis_dtype,
+                        memory_budget=memory_budget)  # fmt: skip
     start = time.perf_counter()
     A = Operator(D, keep_graphs=keep_graphs)
     with A:
         runs, last_beta, product_seconds = block_lanczos(
-            A, D, num_iters, num_probes, seed, basis_dtype
+            A, D, num_iters, num_probes, seed, mode.dtype
         )
         results = [_diagonalise(run, beta) for run, beta in zip(runs, last_beta)]
         tops = [_top_ritz_vector(run, res) for run, res in zip(runs, results)]
@@ -441,8 +533,9 @@ def block_spectra(
             )
         )
     return BlockSpectra(
-        out, name, num_iters, num_probes, seed, tol, num_matvecs, seconds, product_seconds
-    )
+        out, name, num_iters, num_probes, seed, tol, num_matvecs, seconds, product_seconds,
+        basis=mode.to_dict(),
+    )  # fmt: skip
 
 
 def _diagonalise(run: _BlockRun, beta: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -18,7 +18,15 @@ graphs (the operator's memory, see ``docs/scale.md``), the Lanczos vectors. In b
   ``W_EIGEN = 16``,
   ``c = 2`` with ``verify="stored"`` (the products ``A Q`` are kept as a second basis, written
   by the closure straight into the block the thick restarts use),
-  plus the locked and candidate vectors (``2 k``).
+  plus the locked and candidate vectors (``2 k``);
+* ``block_spectra``: ``b p (sum_j min(m, n_j) n_j + W_BLOCKS n)``: each block's own basis
+  ``(min(m, n_j), n_j, p)`` (a block smaller than ``m`` stops at its dimension) plus
+  ``W_BLOCKS = 8`` full-length ``(n, p)`` working blocks (the packed input and the product,
+  the zero pieces of finished blocks, the first step's pair kept for the symmetry check, and
+  the block being updated: its slice of the product and three residual temporaries, each at
+  most ``(n, p)``). Always on the operator's device. An operator without the Hessian's
+  per-group backward (the GGN) takes the ``b`` blocks' product as one product of ``b p``
+  columns: ``+ 2 b_op b n p`` for its input and output.
 
 With the basis sharded over ``W`` ranks (``shard_basis=True``,
 :mod:`jupyter_curvature.core.distributed.basis`) every vector above holds ``ceil(n / W)``
@@ -30,8 +38,9 @@ output in the operator's dtype (``2 n p`` elements, :data:`W_GATHERED`): per ran
 These are what is *allocated*; on a CUDA device that is what is used. On the CPU an allocation
 is resident only once written, so a run that stops early (eigenpairs converged in ``j <
 max_basis`` steps) keeps fewer pages resident than the model says: the model is an upper
-bound there. ``tests/test_spectral_memory.py`` checks the model against the resident memory
-of a child process.
+bound there. ``benchmarks/bench_memory.py`` reports the peak resident memory beside the model
+(``docs/scale.md`` gives the figures; it is not a test, as resident memory depends on the
+machine's state).
 
 A budget (``memory_budget=``, bytes for the Lanczos vectors on the operator's device) picks
 the most accurate mode that fits, in this order: float64 basis on the operator's device,
@@ -61,6 +70,8 @@ W_DENSITY = 8
 W_NONE = 10
 #: working ``(n, 1)`` vectors of eigenpairs beside its bases (f, y, r, projections, GPyTorch's)
 W_EIGEN = 16
+#: full-length ``(n, p)`` working blocks of ``block_spectra`` beside the blocks' bases
+W_BLOCKS = 8
 #: full-length ``(n, p)`` blocks of a product with a sharded basis (gathered input, output)
 W_GATHERED = 2
 #: elements of a reduced-precision basis upcast at once by the float64 accumulation
@@ -175,6 +186,29 @@ def eigenpairs_bytes(
     )
 
 
+def blocks_bytes(
+    sizes: list[int],
+    num_iters: int,
+    num_probes: int,
+    dtype: torch.dtype,
+    op_dtype: torch.dtype | None = None,
+    spreads: bool = False,
+) -> int:
+    """Bytes of the Lanczos vectors of ``block_spectra`` (see the module docstring).
+
+    ``sizes``: the blocks' dimensions ``n_j``; ``op_dtype`` as for :func:`density_bytes`.
+    ``spreads``: the operator takes the ``b`` blocks' product as one product of ``b p``
+    columns (not the Hessian's per-group backward): its input and output add ``2 b`` blocks
+    in the operator's dtype.
+    """
+    n = sum(sizes)
+    vectors = sum(min(num_iters, size) * size for size in sizes) + W_BLOCKS * n
+    b_op = (op_dtype or dtype).itemsize
+    extra = 2 * b_op * n if op_dtype is not None and op_dtype != dtype else 0
+    extra += 2 * b_op * n * len(sizes) if spreads else 0
+    return int((dtype.itemsize * vectors + extra) * num_probes)
+
+
 def check_budget(value: Any) -> float | None:
     """``memory_budget``: ``None``, a positive number of bytes or a size (:func:`parse_bytes`)."""
     if value is None:
@@ -219,6 +253,7 @@ def choose_basis(
     reorthogonalize: str = "full",
     working: int = 0,
     kinds: tuple[str, ...] = REORTHOGONALIZE,
+    host: bool = True,
 ) -> BasisMode:
     """The basis mode: the given one, or the most accurate one that fits ``budget``.
 
@@ -232,6 +267,15 @@ def choose_basis(
         working: bytes of one working block on the device when the basis is on the CPU.
         kinds: the ``reorthogonalize`` values the routine offers (listed in the error;
             ``eigenpairs`` has only ``"full"``).
+        host: whether the routine can hold its basis in CPU memory for a GPU operator
+            (``block_spectra`` cannot).
+
+    Without a budget the memory free now on the operator's device is the limit: the first
+    allowed mode that fits is taken (with a :class:`MemoryWarning` when it is not the most
+    accurate); ``dtype`` and ``device`` fix what the caller set and leave the rest to choose
+    (``basis_device="cpu"`` alone may still fall back to float32 there). When nothing allowed
+    fits, a mode the caller set is kept with a warning (at their risk), and a fully automatic
+    choice is refused.
 
     Raises:
         ValueError: nothing allowed fits the budget (a host-held basis must also fit in the
@@ -243,7 +287,7 @@ def choose_basis(
     if device is not None:
         devices = [torch.device(device)]
     else:
-        devices = [op_device] + ([torch.device("cpu")] if op_device.type != "cpu" else [])
+        devices = _devices(op_device, host)
     if reorthogonalize == "none":
         devices = devices[:1]  # nothing is stored, so nothing to move to the host
 
@@ -267,7 +311,7 @@ def choose_basis(
         others = [
             mode(dt, dev, how)
             for how in kinds
-            for dev in ([op_device] + ([torch.device("cpu")] if op_device.type != "cpu" else []))
+            for dev in _devices(op_device, host)
             for dt in (torch.float64, torch.float32)
             if not (how == "none" and dev != op_device)
         ]
@@ -293,6 +337,17 @@ def choose_basis(
     free = free_memory(op_device)
     if fits(allowed[0], free):
         return allowed[0]
+    for m in allowed[1:]:
+        if fits(m, free):
+            warnings.warn(
+                f"Lanczos vectors ({allowed[0].describe()}) need more than the "
+                f"{format_bytes(free)} free on {op_device}: using the {m.describe()} instead"
+                f"{_ACCUMULATED * (m.dtype != torch.float64)}. Set basis_dtype and "
+                "basis_device to insist, or memory_budget to set the limit",
+                MemoryWarning,
+                stacklevel=3,
+            )
+            return m
     if dtype is not None or device is not None:  # the caller's choice is kept, with a warning
         warnings.warn(
             f"Lanczos vectors ({allowed[0].describe()}) need more than the {format_bytes(free)} "
@@ -302,18 +357,16 @@ def choose_basis(
             stacklevel=3,
         )
         return allowed[0]
-    for m in allowed[1:]:
-        if fits(m, free):
-            warnings.warn(
-                f"Lanczos vectors ({allowed[0].describe()}) need more than the "
-                f"{format_bytes(free)} free on {op_device}: using the {m.describe()} instead "
-                "(float64 accumulation; its accuracy is in docs/scale.md). Pass "
-                "basis_dtype=torch.float64 to insist, or memory_budget to set the limit",
-                MemoryWarning,
-                stacklevel=3,
-            )
-            return m
     raise refuse(free, f"the {format_bytes(free)} free on {op_device}", "free some memory")
+
+
+_ACCUMULATED = " (float64 accumulation; its accuracy is in docs/scale.md)"
+
+
+def _devices(op_device: torch.device, host: bool) -> list[torch.device]:
+    """Where a basis may live: the operator's device, then (GPU operators) the host."""
+    cpu = torch.device("cpu")
+    return [op_device] + ([cpu] if host and op_device.type != "cpu" else [])
 
 
 # ---------------------------------------------------------------------- float64 accumulation

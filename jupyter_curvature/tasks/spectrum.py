@@ -110,9 +110,11 @@ def basis_options(
 
 
 def _check_budget(op: Any, n: int, num_iters: int, num_probes: int, top_k: int,
-                  basis: dict[str, Any]) -> Any:  # fmt: skip
-    """The density's basis mode, with the eigenpairs' checked too: a budget that holds
-    neither fails here, before the first product, with the engine's message naming the flag."""
+                  basis: dict[str, Any], blocks: Any = None) -> None:  # fmt: skip
+    """The density's basis mode, with the eigenpairs' and the per-block spectra's checked
+    too (``blocks``: ``(model, spec, curvature, params)``): a budget that holds one of them
+    fails here, before the first product, with the engine's message naming the flag."""
+    from ..spectral.blocks import planned_blocks_basis
     from ..spectral.density import density_basis
     from ..spectral.eigenpairs import eigenpairs_basis
     from ..spectral.memory import format_bytes
@@ -132,12 +134,16 @@ def _check_budget(op: Any, n: int, num_iters: int, num_probes: int, top_k: int,
                 f"{listed}; {advice}"
             ) from None
 
-    mode = checked("the density", density_basis, min(num_iters, n), num_probes, **basis)
+    checked("the density", density_basis, min(num_iters, n), num_probes, **basis)
     if top_k:
         checked(f"the top {top_k} eigenpairs", eigenpairs_basis, top_k,
                 basis_dtype=basis["basis_dtype"], basis_device=basis["basis_device"],
                 memory_budget=basis["memory_budget"])  # fmt: skip
-    return mode
+    if blocks is not None:
+        model, spec, curvature, params = blocks
+        checked("the per-block spectra", lambda _op: planned_blocks_basis(
+            model, spec, curvature, num_iters, num_probes, params,
+            basis_dtype=basis["basis_dtype"], memory_budget=basis["memory_budget"]))  # fmt: skip
 
 
 def _block_spec(blocks: Any) -> Any:
@@ -303,7 +309,8 @@ def spectrum(
             (float32 with a warning when float64 does not fit there).
         basis_dtype: ``"float64"`` or ``"float32"`` (float64 sums): the Lanczos vectors'
             dtype; ``None``: float64, or what ``memory_budget`` allows. The per-block spectra
-            (``blocks``) use the density's.
+            (``blocks``) choose theirs under the same budget and ``basis_dtype``, on the
+            operator's device.
         basis_device: where the Lanczos vectors live (``"cpu"`` for a GPU model); ``None``:
             the operator's device, or what ``memory_budget`` allows.
         reorthogonalize: ``"full"`` (default) or ``"none"``: the density by the three-term
@@ -350,7 +357,8 @@ def spectrum(
     n = op.shape[0]
     if top_k and top_k >= n:
         raise InputError(f"--top-k {top_k}: must be smaller than the number of parameters ({n})")
-    mode = _check_budget(op, n, num_iters, num_probes, top_k, basis)
+    planned = None if blocks is None else (setup.model, _block_spec(blocks), curvature, params)
+    _check_budget(op, n, num_iters, num_probes, top_k, basis, planned)
     tracker.finish()
     start = time.perf_counter()
     density = spectral_density(op, num_iters=min(num_iters, n), num_probes=num_probes, seed=seed,
@@ -368,7 +376,8 @@ def spectrum(
         per_block = block_spectra(setup.model, setup.loss_fn, setup.data, _block_spec(blocks),
                                   curvature=curvature, num_iters=num_iters, num_probes=num_probes,
                                   seed=seed, tol=tol, params=params, batchnorm=batchnorm,
-                                  basis_dtype=mode.dtype)  # fmt: skip
+                                  basis_dtype=basis["basis_dtype"],
+                                  memory_budget=basis["memory_budget"])  # fmt: skip
     result = SpectrumResult(density, eig, curvature, params, n, op.num_matvecs,
                             time.perf_counter() - start, cancelled, per_block)  # fmt: skip
     if out is not None:
