@@ -16,8 +16,9 @@ from .base import (
     SumOperator,
 )
 from .blocks import BlockDiagonalOperator
-from .curvature import EmpiricalFisherOperator, EmpiricalRiskOperator, GGNOperator, HessianOperator
+from .curvature import EmpiricalFisherOperator, GGNOperator, HessianOperator
 from .loss_hessians import SUPPORTED_LOSSES, output_hessian_for, register_output_hessian
+from .risk import EmpiricalRiskOperator
 from .sharded import ShardedOperator
 
 BatchNormPolicy = str  # "eval" | "train", see BATCHNORM_POLICIES

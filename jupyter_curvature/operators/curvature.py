@@ -29,22 +29,16 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from ..core import inputs as _inputs
-from ..core import params as _params
-from ..core.batches import Batch, BatchLayout, BatchSource
-from ..core.distributed.primitives import all_reduce_sum, check_start, is_distributed
-from ..core.losses import has_terms, mean_weight
-from ..core.model_state import check_batchnorm_policy, curvature_mode, model_lock
+from ..core.batches import Batch
+from ..core.losses import has_terms
 from ._second_order import check_twice_differentiable, recorded_calls, twice_differentiable
-from .base import CurvatureOperator
 from .blocks import vectorised_block_backward
-from .loss_hessians import OutputHessian, loss_reduction, output_hessian_for
+from .loss_hessians import OutputHessian, output_hessian_for
+from .risk import EmpiricalRiskOperator, check_loss_fn
 
 #: disjoint lists of parameter indices: the blocks of a block-diagonal product
 Groups = Sequence[Sequence[int]]
 
-#: half-precision models: each batch's product in the model's dtype (its autograd), their
-#: weighted sum over batches and ranks in float32, which is also the dtype of the result
-HALF_ACCUMULATION = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 # forward-mode AD keeps its nesting level in process-wide globals (``_current_level`` of
 # torch.autograd.forward_ad, ``JVP_NESTING`` of torch.func.jvp): two threads inside it at once
@@ -65,250 +59,6 @@ def _load_forward_ad() -> None:
             "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
         )
         from torch._decomp import decompositions_for_jvp  # noqa: F401
-
-
-def _check_loss_fn(loss_fn: Any) -> None:
-    if not callable(loss_fn):
-        raise TypeError(
-            f"loss_fn must be callable (a torch criterion), got {type(loss_fn).__name__}"
-        )
-
-
-class EmpiricalRiskOperator(CurvatureOperator):
-    """Shared machinery: parameter choice, data passes, sample weighting, validation.
-
-    Args:
-        model: the network; products run on its device and in its parameters' dtype
-            (floating inputs are cast to that dtype, so a ``.double()`` model works end to end).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar``, a torch criterion with reduction
-            ``"mean"`` or ``"sum"``, or :class:`~jupyter_curvature.core.losses.TokenCrossEntropy`
-            (the mean over the counted tokens of all batches).
-        data: a DataLoader, any re-iterable of ``(inputs, targets)`` batches, or one batch;
-            Hugging Face dict batches (``input_ids``, ``attention_mask``, ..., ``labels``) are
-            called ``model(**inputs)`` with the labels as targets
-            (:func:`~jupyter_curvature.core.batches.labels_layout`).
-        params: which parameters (see :func:`~jupyter_curvature.core.params.select_parameters`).
-        batchnorm: ``"eval"`` (running statistics; default) or ``"train"`` (batch statistics).
-        batch_layout: ``fn(batch) -> (model_args, targets)`` or
-            ``(model_args, model_kwargs, targets)`` for other batch layouts.
-        check: run the first batch now (forward and gradient), so bad input fails at
-            construction rather than in the middle of a spectrum.
-        check_deterministic: with ``check``, read the whole data twice and require the
-            same risk and gradient up to rounding (see
-            :func:`~jupyter_curvature.core.inputs.check_same_pass`), and every pass to
-            read the same number of samples: random augmentation, dropout left on, a random
-            subset or batch statistics of reshuffled batches would make each product another
-            matrix. A loader that only reshuffles the same samples passes: the risk is a sum
-            over samples. ``False`` skips this.
-        outputs: ``fn(model_output) -> tensor`` picking the tensor the loss takes from a model
-            that returns a tuple or a dict (``outputs=lambda out: out["logits"]``). Without
-            it, an output with a ``logits`` tensor (Hugging Face) gives its logits.
-        distributed: sum the partial products of all ``torch.distributed`` ranks (each rank
-            passes its own shard of the data); ``None`` does so whenever a process group with
-            more than one rank is initialised.
-    """
-
-    #: whether the outputs themselves are differentiated (the GGN), so must be one tensor
-    _needs_tensor_outputs = False
-
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: Callable[[Any, Any], torch.Tensor],
-        data: Any,
-        params: _params.ParamSpec = None,
-        *,
-        batchnorm: str = "eval",
-        batch_layout: BatchLayout | None = None,
-        check: bool = True,
-        check_deterministic: bool = True,
-        outputs: _inputs.OutputsFn | None = None,
-        distributed: bool | None = None,
-    ) -> None:
-        named = _params.select_parameters(model, params)
-        if outputs is not None and not callable(outputs):
-            raise TypeError(
-                f"outputs must be a function of the model's output, got {type(outputs).__name__}"
-            )
-        _check_loss_fn(loss_fn)
-        self.model = model
-        self.loss_fn = loss_fn
-        self.reduction = loss_reduction(loss_fn)
-        self.batchnorm = check_batchnorm_policy(batchnorm)
-        self.param_names = [name for name, _ in named]
-        self.params = [p for _, p in named]
-        dtypes = {p.dtype for p in self.params}
-        if len(dtypes) > 1:
-            raise ValueError(
-                f"the chosen parameters mix dtypes {sorted(map(str, dtypes))}; convert the model "
-                "with model.to(dtype) or choose parameters of one dtype with params="
-            )
-        self.source = BatchSource(data, batch_layout)
-        self.distributed = distributed
-        self.check_deterministic = bool(check_deterministic)
-        self.outputs = outputs
-        #: the weight of the data in the mean: its samples, or its counted terms (tokens)
-        self.num_samples: int | None = None
-        first = self.params[0]
-        super().__init__(sum(p.numel() for p in self.params), first.dtype, first.device)
-        if check:
-            self._check_first_batch()
-        if self.distributed or (self.distributed is None and is_distributed()):
-            # same parameters on every rank and a backend that reduces this device: fail here
-            check_start(self.param_names, self.params, self.device)
-
-    # ----------------------------------------------------------------- helpers
-    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Per-parameter tensors (in :attr:`params` order) as one flat vector."""
-        return _params.flatten(tensors)
-
-    def _new_lock(self) -> threading.RLock:
-        return model_lock(self.model)  # the model's state is shared by all its operators
-
-    def parameter_versions(self) -> tuple[int, ...]:
-        return tuple(p._version for p in self.params)
-
-    def unflatten(self, vector: torch.Tensor) -> list[torch.Tensor]:
-        """A flat vector ``(n,)`` or block ``(n, k)`` as tensors shaped like :attr:`params`."""
-        return _params.unflatten(vector, self.params)
-
-    def _mode(self):
-        return curvature_mode(self.model, self.params, self.batchnorm)
-
-    def _batches(self):
-        for batch in self.source:
-            yield batch.to(self.device, self.dtype)
-
-    def _check_state(self) -> None:
-        """The weights' check before each product: a NaN in them makes every entry NaN."""
-        _inputs.check_finite_parameters(self.model.named_parameters())
-
-    def _forward(self, batch: Batch, model: Callable[..., Any] | None = None) -> Any:
-        """The outputs the loss takes: ``model`` (default the module) on the batch, then ``outputs=``."""
-        with _inputs.explain_forward(batch, self.dtype):
-            raw = batch.call(model or self.model)
-        return _inputs.model_outputs(raw, self.outputs)
-
-    def _loss(self, outputs: Any, batch: Batch) -> torch.Tensor:
-        with _inputs.explain_loss(outputs, batch):
-            loss = self.loss_fn(outputs, batch.targets)
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-            raise ValueError(
-                f"loss_fn must return a scalar, got {shape}; use reduction='mean' or 'sum'"
-            )
-        self._check_finite(loss, batch)
-        return loss if loss.ndim == 0 else loss.reshape(())  # a view would hide a leaf
-
-    @staticmethod
-    def _check_finite(loss: torch.Tensor, batch: Batch) -> None:
-        if not bool(torch.isfinite(loss).all()):
-            raise ValueError(
-                f"the loss is {loss.sum().item()} on batch {batch.index}: the model or the data "
-                "produced NaN/inf there; check that batch and the weights"
-            )
-
-    def _check_first_batch(self) -> None:
-        """Weights, first batch, outputs, loss and gradient; with ``check_deterministic`` the
-        whole data, twice (:func:`~jupyter_curvature.core.inputs.check_same_pass`).
-
-        Costs one forward and one gradient of the first batch, and with
-        ``check_deterministic`` two gradients of the whole data (a Lanczos run costs
-        hundreds of products of two to three gradients each).
-        """
-        _inputs.check_finite_parameters(self.model.named_parameters())
-        with self._mode():
-            self._check_batch(self.source.first().to(self.device, self.dtype))
-            if self.check_deterministic:
-                _inputs.check_same_pass(
-                    self._pass_loss_and_gradient(), self._pass_loss_and_gradient(), self.dtype
-                )
-
-    def _check_batch(self, batch: Batch) -> None:
-        """The first batch's forward, loss and gradient (subclasses add their own checks)."""
-        self._loss_and_gradient(batch)
-
-    def _pass_loss_and_gradient(self) -> _inputs.PassSums:
-        """One pass over the data: the risk and its gradient, and the sums of the per-batch
-        magnitudes that bound their rounding (weights ``w_b`` as in :meth:`_accumulate`)."""
-        sums = _inputs.PassSums()
-        for batch in self._batches():
-            loss, grad = self._loss_and_gradient(batch)
-            sums.add(loss, grad, self._weight(batch) if self.reduction == "mean" else 1)
-        return sums
-
-    def _loss_and_gradient(
-        self, batch: Batch, check_graph: Callable[[torch.Tensor], None] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's loss and flat gradient; ``check_graph(loss)`` sees the graph first."""
-        outputs = self._forward(batch)
-        if self._needs_tensor_outputs:
-            _inputs.require_tensor_outputs(outputs, type(self).__name__)
-        loss = self._loss(outputs, batch)
-        if check_graph is not None and loss.requires_grad:
-            check_graph(loss)
-        grads = (
-            torch.autograd.grad(loss, self.params, allow_unused=True)
-            if loss.requires_grad
-            else [None] * len(self.params)
-        )
-        _inputs.check_depends_on_params(loss, outputs, grads)
-        flat = self.flatten(
-            [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params)]
-        )
-        return loss.detach(), flat.detach()
-
-    def _weight(self, batch: Batch) -> int:
-        """The batch's weight in the mean: its samples, or the terms of its loss (tokens)."""
-        return mean_weight(self.loss_fn, batch)
-
-    def _add(
-        self, total: torch.Tensor | None, product: torch.Tensor, batch: Batch
-    ) -> tuple[torch.Tensor, int]:
-        """``total + w_b P_b`` (``P_b`` for the sum) and ``w_b``.
-
-        ``total=None`` starts the sum at the first batch's term and later terms are added in
-        place, fused: one pass over the ``n x k`` block per batch instead of a zero fill, a
-        product and a sum (on a large model with little data these passes, not the backward,
-        were most of a product: 11M parameters and 2 images).
-        """
-        weight = self._weight(batch)
-        scale = weight if self.reduction == "mean" else 1
-        # a half-precision batch product is widened first (``accumulation_dtype``)
-        product = product.to(self.accumulation_dtype)
-        if total is None:
-            return product * scale, weight  # a new tensor: never the caller's ``product``
-        return total.add_(product, alpha=scale), weight
-
-    @property
-    def accumulation_dtype(self) -> torch.dtype:
-        """The dtype the batches' products are summed (and returned) in: float32 for a
-        float16/bfloat16 model (docs/operators.md, "Half precision"), else the model's."""
-        return HALF_ACCUMULATION.get(self.dtype, self.dtype)
-
-    def _accumulate(self, block: torch.Tensor, batch_product) -> torch.Tensor:
-        """``sum_b w_b P_b`` over batches, ``w_b = B_b / N`` for the mean (``T_b / T`` for a
-        token loss), 1 for the sum."""
-        total, count = None, 0
-        with self._mode():
-            for batch in self._batches():
-                total, weight = self._add(total, batch_product(batch, block), batch)
-                count += weight
-        return self._finish(total, count, block)
-
-    def _finish(self, total: torch.Tensor | None, count: int, block: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks when distributed, then divide by ``N`` for the mean (``total=None``:
-        this rank had no batch)."""
-        if total is None:
-            total = torch.zeros_like(block, dtype=self.accumulation_dtype)
-        if self.distributed or (self.distributed is None and is_distributed()):
-            total, count = all_reduce_sum(total, count)
-        if count == 0:
-            raise ValueError("data is empty: it yielded no batch; check the dataset and the loader")
-        if self.check_deterministic:
-            _inputs.check_same_count(count, self.num_samples)
-        self.num_samples = count
-        return total.div_(count) if self.reduction == "mean" else total  # ours: in place
 
 
 class HessianOperator(EmpiricalRiskOperator):
@@ -599,7 +349,7 @@ class GGNOperator(_FunctionalOperator):
         output_hessian: OutputHessian | None = None,
         **kwargs,
     ):
-        _check_loss_fn(loss_fn)
+        check_loss_fn(loss_fn)
         self._output_hessian = output_hessian or output_hessian_for(loss_fn)
         _load_forward_ad()  # before the first dual number: its warning is torch's
         super().__init__(model, loss_fn, data, params, **kwargs)
