@@ -355,9 +355,9 @@ def test_flatten_unflatten_round_trip():
 
 
 def test_doctests():
-    from jupyter_curvature.operators import base, curvature
+    from jupyter_curvature.operators import base, hessian
 
-    for module in (base, curvature):
+    for module in (base, hessian):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0
 

@@ -35,7 +35,8 @@ import torch.distributed as dist
 from torch import nn
 
 from .base import CompositeOperator
-from .curvature import GGNOperator, HessianOperator
+from .curvature import GGNOperator
+from .hessian import HessianOperator
 from .risk import EmpiricalRiskOperator
 
 CURVATURES = {"hessian": HessianOperator, "ggn": GGNOperator}
