@@ -25,7 +25,7 @@ from jupyter_curvature.operators import (
     GGNOperator,
     HessianOperator,
     ModelChangedError,
-    curvature,
+    functional,
     output_hessian_for,
 )
 from jupyter_curvature.spectral import eigenpairs, spectral_density
@@ -334,7 +334,7 @@ def test_a_change_between_the_products_of_one_call_is_an_error():
 def test_forward_mode_products_of_two_models_in_two_threads(monkeypatch):
     """Forward AD's nesting level is process-wide: GGN products of different models must take turns."""
     waited = threading.Event()
-    monkeypatch.setattr(curvature, "_FORWARD_AD", WatchedLock(waited))
+    monkeypatch.setattr(functional, "_FORWARD_AD", WatchedLock(waited))
     meeting = Meeting(waited)
     x, y = digits_batch("train", 32)
     ops, expected, dense = [], [], []

@@ -16,7 +16,7 @@ from .base import (
     SumOperator,
 )
 from .blocks import BlockDiagonalOperator
-from .curvature import EmpiricalFisherOperator, GGNOperator
+from .functional import EmpiricalFisherOperator, GGNOperator
 from .hessian import HessianOperator
 from .loss_hessians import SUPPORTED_LOSSES, output_hessian_for, register_output_hessian
 from .risk import EmpiricalRiskOperator

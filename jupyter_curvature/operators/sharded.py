@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .base import CompositeOperator
-from .curvature import GGNOperator
+from .functional import GGNOperator
 from .hessian import HessianOperator
 from .risk import EmpiricalRiskOperator
 

@@ -1,17 +1,16 @@
-"""Matrix-free curvature of the empirical risk: Hessian, generalised Gauss-Newton, empirical Fisher.
+"""The GGN and the gradient covariance ("empirical Fisher"): the model called through ``torch.func``.
 
-Every operator here is the curvature of ``loss_fn`` applied to *all* of ``data`` as if it were
-one batch (the definition of ``docs/operators.md``). With ``reduction="mean"`` that is the mean over all ``N`` samples, so a
-batch ``b`` of ``B_b`` samples enters with weight ``B_b / N`` (a short last batch counts by its
-size); with ``reduction="sum"`` batches are simply added. ``N`` is counted during the pass, so no
-extra pass over the data is needed. A loss whose mean is over other terms (the counted tokens
-of :class:`~jupyter_curvature.core.losses.TokenCrossEntropy`) weights a batch by their number
-instead (:func:`~jupyter_curvature.core.losses.mean_weight`), so the risk is the mean over the
-tokens that count across all batches.
-
-Products are exact (no sampling, no approximation) and use only one batch's graph at a time.
-A block ``(n, k)`` of vectors shares the work of each batch: one forward (and for the Hessian
-one gradient graph) serves all ``k`` columns.
+Both are curvatures ``J^T M J`` of the empirical risk of
+:class:`~jupyter_curvature.operators.risk.EmpiricalRiskOperator`, with ``J`` a Jacobian with
+respect to the chosen parameters and ``M`` known in closed form. :class:`GGNOperator` takes the
+Jacobian of the network outputs and ``M = H_L``, the Hessian of the loss in the outputs
+(Schraudolph 2002; :mod:`~jupyter_curvature.operators.loss_hessians`).
+:class:`EmpiricalFisherOperator` takes the per-sample gradients, ``F = (1/N) sum_n g_n g_n^T``
+(Kunstner et al. 2019), or for a loss over tokens the Jacobian of the per-token losses and
+``M = I``. Their base calls the model with :func:`torch.func.functional_call`, the parameters
+as inputs, so that ``J V`` runs in forward mode and ``J^T U`` in reverse mode, both vectorised
+over the ``k`` columns of a block (the fallbacks for models that ``torch.func`` cannot
+transform are in the class docstrings).
 """
 
 from __future__ import annotations
