@@ -1,4 +1,4 @@
-"""The GGN and the gradient covariance ("empirical Fisher"): the model called through ``torch.func``.
+"""The GGN and the gradient covariance ("empirical Fisher"): products through ``torch.func``.
 
 Both are curvatures ``J^T M J`` of the empirical risk of
 :class:`~jupyter_curvature.operators.risk.EmpiricalRiskOperator`, with ``J`` a Jacobian with

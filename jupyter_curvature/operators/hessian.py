@@ -31,9 +31,10 @@ class HessianOperator(EmpiricalRiskOperator):
     ``H v = d/dw (g(w)^T v)`` with ``g = dL/dw`` built with ``create_graph=True`` (Pearlmutter
     1994): per batch one gradient graph, then one backward through it per column of the block,
     so ``k`` vectors share one forward and one gradient (``vectorize=True`` runs the columns as
-    one ``is_grads_batched`` backward instead; on CPU convolutions that was slower). With ``keep_graphs=True`` the per-batch gradient graphs are built once and kept
-    across products (memory: every batch's graph; for data that fits), so each later product
-    costs only the second backward.
+    one ``is_grads_batched`` backward instead; on CPU convolutions that was slower). With
+    ``keep_graphs=True`` the per-batch gradient graphs are built once and kept across products
+    (memory: every batch's graph; for data that fits), so each later product costs only the
+    second backward.
 
     >>> import torch
     >>> from torch import nn
