@@ -1,8 +1,9 @@
 """The memory model of the Lanczos basis, the float32 basis and the density without a basis.
 
 Every number is checked against an independent computation: a dense float64 ``torch.func``
-Hessian (its exact moments ``q_0^T A^j q_0``), the float64-basis run, the resident memory of
-a child process.
+Hessian (its exact moments ``q_0^T A^j q_0``), the float64-basis run, the byte counts by hand.
+(The resident memory is measured by ``benchmarks/bench_memory.py``, not here: it depends on
+the machine's state.)
 """
 
 from __future__ import annotations
