@@ -263,7 +263,7 @@ def test_failing_body_points_at_the_user_line_and_stops_cleanly(ip):
     text = "\n".join(stb)
     assert "undefined_name" in text and "line 4" in text  # the cell's line (the magic is line 1)
     assert "tasks/train.py" not in text and "tasks/live.py" not in text  # none of our frames
-    assert "magics.py" not in text
+    assert "magics.py" not in text and "jupyter_curvature/magics/" not in text  # the package
     r = ip.user_ns["run3"]
     assert r.status == "failed" and r.trainer.step == 2 and len(r.history.loss) == 2
     assert "failed at step 3" in magics(ip).last_panel.status.value

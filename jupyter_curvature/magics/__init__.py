@@ -40,10 +40,10 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float
 
-from . import tasks
-from .cell_step import CellBodyError, cell_step, point_at_user_code
-from .core.vocabulary import task_kwargs
-from .widgets._base import track_panel  # public here too (%curv_landscape uses it)
+from .. import tasks
+from ..cell_step import CellBodyError, cell_step, point_at_user_code
+from ..core.vocabulary import task_kwargs
+from ..widgets._base import track_panel  # public here too (%curv_landscape uses it)
 
 __all__ = ["CurvMagics", "load_ipython_extension", "track_panel", "unload_ipython_extension"]
 
@@ -115,8 +115,8 @@ def _curvature_flags(func: Any) -> Any:
 
 def _basis_flags(func: Any) -> Any:
     """How the Lanczos vectors are held (docs/scale.md): the CLI's spectrum flags."""
-    from .core.sizes import size_argument
-    from .tasks.spectrum import BASIS_DTYPES
+    from ..core.sizes import size_argument
+    from ..tasks.spectrum import BASIS_DTYPES
 
     for flag in (
         argument(
@@ -256,7 +256,7 @@ class CurvMagics(Magics):
         started while another runs is refused with a UsageError. Returns ``(result, panel)``,
         ``(None, panel)`` when cancelled before the first product.
         """
-        from .core.progress import Cancelled, Worker, tqdm_callback
+        from ..core.progress import Cancelled, Worker, tqdm_callback
 
         if self._running is not None and self._running[1].running:
             raise UsageError(
@@ -265,7 +265,7 @@ class CurvMagics(Magics):
             )
         panel = None
         if self.use_widgets:
-            from .widgets.progress import ProgressPanel
+            from ..widgets.progress import ProgressPanel
 
             panel = ProgressPanel(title, interval=self.interval)
             on_event = panel.update
@@ -319,7 +319,7 @@ class CurvMagics(Magics):
     @line_magic
     def curv_help(self, line: str = "") -> None:
         """Show every jupyter_curvature magic with examples."""
-        from . import models
+        from .. import models
 
         print(
             HELP.format(
@@ -441,14 +441,14 @@ class CurvMagics(Magics):
             except CellBodyError as exc:
                 raise UsageError(f"%{name}: {exc}") from None
         if self.use_widgets:
-            from .widgets.dashboard import TrainingDashboard
+            from ..widgets.dashboard import TrainingDashboard
 
             progress: Any = TrainingDashboard(
                 f"Training {type(model).__name__}", interval=self.interval
             )
             self._show(progress, f"train {line}")
         else:
-            from .training import ProgressBar
+            from ..training import ProgressBar
 
             progress = ProgressBar()
         recorder = tasks.StateRecorder()
@@ -567,7 +567,7 @@ class CurvMagics(Magics):
         self._store(args.out_eigen, result.eigen)
         self.last_result = result
         if progress is not None:
-            from .widgets.spectrum import SpectrumPanel
+            from ..widgets.spectrum import SpectrumPanel
 
             progress.finish(SpectrumPanel(result, sigma=args.sigma, log=args.log))
             self.last_panel = progress.result_panel
@@ -652,7 +652,7 @@ class CurvMagics(Magics):
         self._store(args.out, result)
         self.last_result = result
         if progress is not None:
-            from .widgets.stats import StatsPanel
+            from ..widgets.stats import StatsPanel
 
             progress.finish(StatsPanel(result, title=f"Statistics of {args.model}"))
             self.last_panel = progress.result_panel
@@ -753,7 +753,7 @@ class CurvMagics(Magics):
                     f"got {args.preview!r}"
                 ) from None
         try:
-            from .widgets.landscape import LandscapeExplorer
+            from ..widgets.landscape import LandscapeExplorer
         except ModuleNotFoundError as exc:
             if exc.name != "jupyter_curvature.widgets.landscape":
                 raise
@@ -833,7 +833,7 @@ def load_ipython_extension(ip: Any) -> None:
         ip.configurables.append(magics)
     if magics.use_widgets:
         # installed now, before any panel's figures render (see widgets/_bqplot_guard.py)
-        from .widgets._bqplot_guard import BqplotAxisGuard
+        from ..widgets._bqplot_guard import BqplotAxisGuard
 
         magics._axis_guard = BqplotAxisGuard()
         display(magics._axis_guard)
