@@ -24,14 +24,11 @@ on the engine's :class:`~jupyter_curvature.training.Trainer` (through
 at once and run their task in a :class:`~jupyter_curvature.core.progress.Worker` thread while
 the cell waits: Cancel or an interrupt stops it before the next product and keeps the partial
 result; one such computation runs at a time.
-The magics only parse their line; :func:`_keywords` maps it to task keywords (deprecated
-flags such as ``--ggn`` or ``--iters`` are renamed there and shown as a one-line note).
+The magics only parse their line (:mod:`.arguments`, which also maps it to task keywords).
 """
 
 from __future__ import annotations
 
-import argparse
-import warnings
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -42,8 +39,21 @@ from traitlets import Bool, CaselessStrEnum, Float
 
 from .. import tasks
 from ..cell_step import CellBodyError, cell_step, point_at_user_code
-from ..core.vocabulary import task_kwargs
 from ..widgets._base import track_panel  # public here too (%curv_landscape uses it)
+from .arguments import (
+    BASIS_KEYWORDS,
+    SPECTRUM_KEYWORDS,
+    STATS_KEYWORDS,
+    TRAIN_KEYWORDS,
+    basis_flags,
+    call,
+    check_out,
+    curvature_flags,
+    deprecated,
+    keywords,
+    parse_line,
+    positive,
+)
 
 __all__ = ["CurvMagics", "load_ipython_extension", "track_panel", "unload_ipython_extension"]
 
@@ -76,70 +86,6 @@ as run.model work) or a built-in name: models {models}; data {datasets} (digits:
 the test split). Settings: %config CurvMagics.widgets = "auto" | "on" | "off";
 %config CurvMagics.interval = 0.25 (seconds between dashboard updates).
 """
-
-
-def _options(func: Any) -> list[str]:
-    return sorted(s for s in func.parser._option_string_actions if s.startswith("--"))
-
-
-def _positive(kind: type) -> Any:
-    def check(text: str) -> Any:
-        value = kind(text)
-        if value <= 0:
-            raise ValueError(text)
-        return value
-
-    check.__name__ = f"positive {kind.__name__}"
-    return check
-
-
-def _deprecated(old: str, new: str, **kwargs: Any) -> Any:
-    """A deprecated flag: parsed under its old name (absent unless given), renamed with a
-    one-line note by :meth:`CurvMagics._keywords`."""
-    return argument(
-        old, dest=old.lstrip("-").replace("-", "_"), default=argparse.SUPPRESS,
-        help=f"deprecated: use {new}", **kwargs,
-    )  # fmt: skip
-
-
-def _curvature_flags(func: Any) -> Any:
-    """``--curvature hessian|ggn`` and its deprecated spelling ``--ggn`` (every magic alike)."""
-    func = _deprecated("--ggn", "--curvature ggn", action="store_true")(func)
-    return argument(
-        "--curvature",
-        choices=["hessian", "ggn"],
-        default="hessian",
-        help="hessian (default) or ggn",
-    )(func)
-
-
-def _basis_flags(func: Any) -> Any:
-    """How the Lanczos vectors are held (docs/scale.md): the CLI's spectrum flags."""
-    from ..core.sizes import size_argument
-    from ..tasks.spectrum import BASIS_DTYPES
-
-    for flag in (
-        argument(
-            "--reorthogonalize", choices=("full", "none"), default="full",
-            help="full (default): a stored, reorthogonalised basis; none: the density only, "
-            "no stored basis (needs --top-k 0, no --blocks)",
-        ),
-        argument(
-            "--basis-device", default=None,
-            help="where the Lanczos vectors live: cpu for a GPU model (default: the model's)",
-        ),
-        argument(
-            "--basis-dtype", choices=BASIS_DTYPES, default=None,
-            help="dtype of the Lanczos vectors (default: float64, or what --memory-budget allows)",
-        ),
-        argument(
-            "--memory-budget", type=size_argument, default=None,
-            help="memory for the Lanczos vectors of each run: bytes (8e9) or a size (8GB, "
-            "512MiB); picks the most accurate basis that fits (default: the memory free now)",
-        ),
-    ):  # fmt: skip
-        func = flag(func)
-    return func
 
 
 @magics_class
@@ -225,29 +171,6 @@ class CurvMagics(Magics):
     def ns(self) -> dict[str, Any]:
         return self.shell.user_ns if self.shell is not None else {}
 
-    def _parse(self, func: Any, line: str, name: str) -> Any:
-        try:
-            args = func.parser.parse_argstring(line)
-        except UsageError as exc:
-            msg = str(exc)
-            if "unrecognized arguments" in msg or "ambiguous option" in msg:
-                msg += f"; valid options: {' '.join(_options(func))}"
-            raise UsageError(f"%{name}: {msg}") from None
-        # IPython splits magic lines without removing quotes: --params "classifier*" means
-        # the pattern classifier*, as it would in a shell
-        for key, value in vars(args).items():
-            quoted = isinstance(value, str) and len(value) >= 2 and value[0] in "'\""
-            if quoted and value[-1] == value[0]:
-                setattr(args, key, value[1:-1])
-        return args
-
-    def _call(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a resolver/API call; turn user-input errors into one-line UsageErrors."""
-        try:
-            return fn(*args, **kwargs)
-        except tasks.InputError as exc:
-            raise UsageError(f"%{name}: {exc}") from None
-
     def _run_task(self, name: str, title: str, task: Any, line: str, **kwargs: Any) -> Any:
         """``task(**kwargs)`` in a worker with a progress panel (or tqdm bars without widgets).
 
@@ -293,24 +216,6 @@ class CurvMagics(Magics):
             self._running = None
         return result, panel
 
-    def _keywords(self, args: Any, name: str, names: tuple[str, ...]) -> dict[str, Any]:
-        """The task keywords of the parsed ``args``; a deprecated flag prints a one-line note."""
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", FutureWarning)
-            try:
-                kwargs = task_kwargs(args, names, where=f"%{name}")
-            except TypeError as exc:
-                raise UsageError(str(exc)) from None
-        for warning in caught:
-            print(f"note: {warning.message}")
-        return kwargs
-
-    @staticmethod
-    def _check_out(magic: str, *names: str | None) -> None:
-        for name in names:
-            if name is not None and not name.isidentifier():
-                raise UsageError(f"%{magic}: --out {name!r} is not a valid Python variable name")
-
     def _store(self, name: str | None, value: Any) -> None:
         if name:
             self.ns[name] = value
@@ -346,43 +251,39 @@ class CurvMagics(Magics):
         default="sgd",
         help="optimiser variable, or sgd | adam | adamw | kfac | swats",
     )
-    @argument(
-        "--lr", type=_positive(float), default=None, help="learning rate (sgd 0.1, adam 1e-3)"
-    )
+    @argument("--lr", type=positive(float), default=None, help="learning rate (sgd 0.1, adam 1e-3)")
     @argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
     @argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
-    @argument("--epochs", type=_positive(int), default=None, help="epochs (default 1)")
+    @argument("--epochs", type=positive(int), default=None, help="epochs (default 1)")
     @argument(
         "--steps",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help="optimisation steps (instead of --epochs)",
     )
     @argument(
-        "--batch-size", type=_positive(int), default=64, help="batch size of built-in data (64)"
+        "--batch-size", type=positive(int), default=64, help="batch size of built-in data (64)"
     )
     @argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll")
-    @_deprecated("--loss", "--loss-fn")
+    @deprecated("--loss", "--loss-fn")
     @argument(
         "--spectrum-every", type=int, default=0, help="curvature spectrum every N steps (0: never)"
     )
-    @_curvature_flags
-    @argument(
-        "--num-iters", type=_positive(int), default=30, help="Lanczos steps per spectrum (30)"
-    )
-    @_deprecated("--iters", "--num-iters", type=_positive(int))
-    @argument("--num-probes", type=_positive(int), default=2, help="SLQ probes per spectrum (2)")
-    @_deprecated("--probes", "--num-probes", type=_positive(int))
-    @argument("--top-k", type=_positive(int), default=3, help="largest eigenvalues tracked (3)")
-    @_deprecated("--top", "--top-k", type=_positive(int))
+    @curvature_flags
+    @argument("--num-iters", type=positive(int), default=30, help="Lanczos steps per spectrum (30)")
+    @deprecated("--iters", "--num-iters", type=positive(int))
+    @argument("--num-probes", type=positive(int), default=2, help="SLQ probes per spectrum (2)")
+    @deprecated("--probes", "--num-probes", type=positive(int))
+    @argument("--top-k", type=positive(int), default=3, help="largest eigenvalues tracked (3)")
+    @deprecated("--top", "--top-k", type=positive(int))
     @argument(
         "--spectrum-samples",
-        type=_positive(int),
+        type=positive(int),
         default=256,
         help="training samples the curvature uses (256)",
     )
     @argument(
-        "--eval-every", type=_positive(int), default=None, help="test evaluation every N steps"
+        "--eval-every", type=positive(int), default=None, help="test evaluation every N steps"
     )
     @argument("--device", default=None, help="cpu | cuda | cuda:N (moves the model)")
     @argument("--seed", type=int, default=0, help="seed of the shuffling and of the SLQ probes")
@@ -394,7 +295,7 @@ class CurvMagics(Magics):
     )
     @argument(
         "--max-overhead",
-        type=_positive(float),
+        type=positive(float),
         default=None,
         help="skip a due spectrum when spectra would exceed this share of the training time",
     )
@@ -405,7 +306,7 @@ class CurvMagics(Magics):
     )
     @argument(
         "--checkpoint-every",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help="steps between checkpoints (besides each epoch's end)",
     )
@@ -423,9 +324,9 @@ class CurvMagics(Magics):
     def curv_train(self, line: str, cell: str | None = None) -> Any:
         """Train a model with a live dashboard; the cell body (optional) is the training step."""
         name = "curv_train"
-        args = self._parse(self.curv_train, line, name)
-        self._check_out(name, args.out)
-        kwargs = self._keywords(args, name, _TRAIN_KEYWORDS)
+        args = parse_line(self.curv_train, line, name)
+        check_out(name, args.out)
+        kwargs = keywords(args, name, TRAIN_KEYWORDS)
         if args.epochs is not None and args.steps is not None:
             raise UsageError("%curv_train: give --epochs or --steps, not both")
         if args.spectrum_every < 0:
@@ -433,7 +334,7 @@ class CurvMagics(Magics):
         if args.resume and args.checkpoint_dir is None:
             raise UsageError("%curv_train: --resume needs --checkpoint-dir")
         # the model now (the dashboard's title); data, loss and optimiser in the task
-        model = self._call(name, tasks.resolve_model, kwargs.pop("model"), self.ns)
+        model = call(name, tasks.resolve_model, kwargs.pop("model"), self.ns)
         step_fn, restore = (None, None)
         if cell is not None and cell.strip():
             try:
@@ -485,18 +386,18 @@ class CurvMagics(Magics):
     @magic_arguments()
     @argument("--model", required=True, help="model variable or registry name")
     @argument("--data", required=True, help="data variable or built-in name (digits, digits:test)")
-    @_curvature_flags
-    @argument("--num-iters", type=_positive(int), default=80, help="Lanczos steps per probe (80)")
-    @_deprecated("--iters", "--num-iters", type=_positive(int))
-    @argument("--num-probes", type=_positive(int), default=4, help="SLQ probes (4)")
-    @_deprecated("--probes", "--num-probes", type=_positive(int))
+    @curvature_flags
+    @argument("--num-iters", type=positive(int), default=80, help="Lanczos steps per probe (80)")
+    @deprecated("--iters", "--num-iters", type=positive(int))
+    @argument("--num-probes", type=positive(int), default=4, help="SLQ probes (4)")
+    @deprecated("--probes", "--num-probes", type=positive(int))
     @argument(
         "--top-k",
         type=int,
         default=0,
         help="also compute the K largest eigenpairs, certified by residuals",
     )
-    @_deprecated("--top", "--top-k", type=int)
+    @deprecated("--top", "--top-k", type=int)
     @argument(
         "--params",
         default=None,
@@ -510,23 +411,23 @@ class CurvMagics(Magics):
         "--batchnorm", choices=["eval", "train"], default="eval",
         help="BatchNorm mode during the products (eval)",
     )  # fmt: skip
-    @_deprecated("--bn", "--batchnorm", choices=["eval", "train"])
-    @_basis_flags
+    @deprecated("--bn", "--batchnorm", choices=["eval", "train"])
+    @basis_flags
     @argument(
         "--num-samples",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help="use only N samples of the data (the first N of a variable)",
     )
-    @_deprecated("--samples", "--num-samples", type=_positive(int))
+    @deprecated("--samples", "--num-samples", type=positive(int))
     @argument(
-        "--batch-size", type=_positive(int), default=500, help="batch size of built-in data (500)"
+        "--batch-size", type=positive(int), default=500, help="batch size of built-in data (500)"
     )
     @argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll")
-    @_deprecated("--loss", "--loss-fn")
+    @deprecated("--loss", "--loss-fn")
     @argument(
         "--sigma",
-        type=_positive(float),
+        type=positive(float),
         default=None,
         help="initial broadening (default: Papyan's)",
     )
@@ -541,14 +442,13 @@ class CurvMagics(Magics):
     def curv_spectrum(self, line: str) -> None:
         """Compute and show the Hessian (or GGN) spectral density of a model on some data."""
         name = "curv_spectrum"
-        args = self._parse(self.curv_spectrum, line, name)
-        self._check_out(name, args.out, args.out_eigen)
-        kwargs = self._keywords(args, name, _SPECTRUM_KEYWORDS)
+        args = parse_line(self.curv_spectrum, line, name)
+        check_out(name, args.out, args.out_eigen)
+        kwargs = keywords(args, name, SPECTRUM_KEYWORDS)
         if kwargs["top_k"] < 0:
             raise UsageError("%curv_spectrum: --top-k must be >= 0")
-        basis = {k: kwargs[k] for k in _BASIS_KEYWORDS}
-        self._call(name, tasks.basis_options, **basis, top_k=kwargs["top_k"],
-                   blocks=kwargs["blocks"])  # fmt: skip
+        basis = {k: kwargs[k] for k in BASIS_KEYWORDS}
+        call(name, tasks.basis_options, **basis, top_k=kwargs["top_k"], blocks=kwargs["blocks"])
         kind = "GGN" if kwargs.get("curvature") == "ggn" else "Hessian"
         try:
             result, progress = self._run_task(
@@ -598,17 +498,17 @@ class CurvMagics(Magics):
         "--curvature", choices=["hessian", "ggn"], default="hessian",
         help="curvature statistics of hessian (default) or ggn",
     )  # fmt: skip
-    @_deprecated("--ggn", "--curvature ggn", action="store_true")
+    @deprecated("--ggn", "--curvature ggn", action="store_true")
     @argument(
         "--num-probes",
-        type=_positive(int),
+        type=positive(int),
         default=8,
         help="random probes of the curvature statistics (8)",
     )
-    @_deprecated("--probes", "--num-probes", type=_positive(int))
+    @deprecated("--probes", "--num-probes", type=positive(int))
     @argument(
         "--batch-size",
-        type=_positive(int),
+        type=positive(int),
         default=128,
         help="mini-batch size of the gradient/curvature statistics (128)",
     )
@@ -619,13 +519,13 @@ class CurvMagics(Magics):
     )
     @argument(
         "--num-samples",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help="use only N samples of the data (the first N of a variable)",
     )
-    @_deprecated("--samples", "--num-samples", type=_positive(int))
+    @deprecated("--samples", "--num-samples", type=positive(int))
     @argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll")
-    @_deprecated("--loss", "--loss-fn")
+    @deprecated("--loss", "--loss-fn")
     @argument("--seed", type=int, default=0, help="seed of the probes")
     @argument("--device", default=None, help="cpu | cuda | cuda:N")
     @argument("--out", default=None, help="store the StatsResult in this variable")
@@ -633,9 +533,9 @@ class CurvMagics(Magics):
     def curv_stats(self, line: str) -> None:
         """Compute and show the advanced statistics (loss, gradients, curvature, norms, per layer)."""
         name = "curv_stats"
-        args = self._parse(self.curv_stats, line, name)
-        self._check_out(name, args.out)
-        kwargs = self._keywords(args, name, _STATS_KEYWORDS)
+        args = parse_line(self.curv_stats, line, name)
+        check_out(name, args.out)
+        kwargs = keywords(args, name, STATS_KEYWORDS)
         include = [k.strip() for k in args.include.split(",") if k.strip()]
         bad = [k for k in include if k not in tasks.STATS_KINDS]
         if bad or not include:
@@ -643,7 +543,7 @@ class CurvMagics(Magics):
                 f"%{name}: --include {args.include!r}: choose from {','.join(tasks.STATS_KINDS)}"
             )
         layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
-        result, progress = self._call(
+        result, progress = call(
             name, self._run_task, name, f"Statistics of {args.model}", tasks.statistics, line,
             include=include, layers=layers, namespace=self.ns, **kwargs,
         )  # fmt: skip
@@ -716,7 +616,7 @@ class CurvMagics(Magics):
         import warnings
 
         name = "curv_landscape"
-        args = self._parse(self.curv_landscape, line, name)
+        args = parse_line(self.curv_landscape, line, name)
 
         def alias(new: Any, old: Any, new_flag: str, old_flag: str, default: Any) -> Any:
             if old is None or old is False:
@@ -736,7 +636,7 @@ class CurvMagics(Magics):
             args.curvature, "ggn" if args.ggn else None, "--curvature", "--ggn", "hessian"
         )
         loss = alias(args.loss_fn, args.loss, "--loss-fn", "--loss", None)
-        self._check_out(name, args.out)
+        check_out(name, args.out)
         if num_points < 2:
             raise UsageError(f"%{name}: --num-points must be at least 2, got {num_points}")
         if not (math.isfinite(span) and span > 0):
@@ -761,10 +661,10 @@ class CurvMagics(Magics):
                 f"%{name}: the landscape explorer is not available in this installation "
                 "(jupyter_curvature.widgets.landscape is missing)"
             ) from None
-        model = self._call(name, tasks.resolve_model, args.model, self.ns)
-        data = self._call(name, tasks.resolve_data, args.data, self.ns)
-        test_data = self._call(name, tasks.resolve_test_data, args.test_data, args.data, self.ns)
-        loss_fn = self._call(name, tasks.resolve_loss, loss, self.ns)
+        model = call(name, tasks.resolve_model, args.model, self.ns)
+        data = call(name, tasks.resolve_data, args.data, self.ns)
+        test_data = call(name, tasks.resolve_test_data, args.test_data, args.data, self.ns)
+        loss_fn = call(name, tasks.resolve_loss, loss, self.ns)
         eigen = None
         if args.eigen is not None:
             eigen = tasks.lookup(args.eigen, self.ns)
@@ -806,19 +706,6 @@ class CurvMagics(Magics):
         if args.grid and len(explorer.directions) > 1:
             explorer.compute_grid()
         self._publish_static(explorer)
-
-
-#: the task keywords each magic takes from its parsed flags
-_SETUP_KEYWORDS = ("model", "data", "loss_fn", "device", "seed", "num_samples", "batch_size")
-_TRAIN_KEYWORDS = ("model", "data", "test_data", "optimizer", "lr", "momentum", "weight_decay",
-                   "epochs", "steps", "batch_size", "loss_fn", "spectrum_every", "curvature",
-                   "num_iters", "num_probes", "top_k", "spectrum_samples", "eval_every",
-                   "device", "seed", "max_overhead", "checkpoint_dir", "checkpoint_every",
-                   "tensorboard")  # fmt: skip
-_BASIS_KEYWORDS = ("memory_budget", "basis_dtype", "basis_device", "reorthogonalize")
-_SPECTRUM_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_iters", "num_probes", "top_k",
-                      "params", "blocks", "batchnorm", *_BASIS_KEYWORDS)  # fmt: skip
-_STATS_KEYWORDS = (*_SETUP_KEYWORDS, "curvature", "num_probes")
 
 
 # --------------------------------------------------------------------------- extension

@@ -1,0 +1,176 @@
+"""The magics' options: the flag helpers and shared flag groups, the task keywords each magic
+takes, and the one-line ``UsageError`` of a bad line.
+
+A magic's options are IPython ``@argument`` decorators under ``@magic_arguments()``, which
+builds the parser and the help that ``%curv_spectrum?`` shows. :func:`stack` holds such a
+column of decorators as one value, so that a group shared by several magics (``--curvature``
+with its deprecated ``--ggn``) is declared once and each magic's module declares its own.
+The magics only parse their line; :func:`keywords` maps it to task keywords (deprecated
+flags such as ``--ggn`` or ``--iters`` are renamed there and shown as a one-line note).
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument
+
+from .. import tasks
+from ..core.sizes import size_argument
+from ..core.vocabulary import task_kwargs
+from ..tasks.spectrum import BASIS_DTYPES
+
+__all__ = [
+    "BASIS_KEYWORDS",
+    "SPECTRUM_KEYWORDS",
+    "SETUP_KEYWORDS",
+    "STATS_KEYWORDS",
+    "TRAIN_KEYWORDS",
+    "basis_flags",
+    "call",
+    "check_out",
+    "curvature_flags",
+    "deprecated",
+    "keywords",
+    "parse_line",
+    "positive",
+    "stack",
+    "valid_options",
+]
+
+
+# --------------------------------------------------------------------------- declaring flags
+def stack(*decorators: Any) -> Any:
+    """One decorator applying ``decorators`` as if written one above the other, the first on
+    top (a magic lists its options in the order they stand in the source)."""
+
+    def apply(func: Any) -> Any:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+def positive(kind: type) -> Any:
+    """An argparse ``type``: ``kind(text)``, refused unless > 0 (argparse's error then reads
+    ``invalid positive int value``)."""
+
+    def check(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(text)
+        return value
+
+    check.__name__ = f"positive {kind.__name__}"
+    return check
+
+
+def deprecated(old: str, new: str, **kwargs: Any) -> Any:
+    """A deprecated flag: parsed under its old name (absent unless given), renamed with a
+    one-line note by :func:`keywords`."""
+    return argument(
+        old, dest=old.lstrip("-").replace("-", "_"), default=argparse.SUPPRESS,
+        help=f"deprecated: use {new}", **kwargs,
+    )  # fmt: skip
+
+
+#: ``--curvature hessian|ggn`` and its deprecated spelling ``--ggn`` (every magic alike)
+curvature_flags = stack(
+    argument(
+        "--curvature",
+        choices=["hessian", "ggn"],
+        default="hessian",
+        help="hessian (default) or ggn",
+    ),
+    deprecated("--ggn", "--curvature ggn", action="store_true"),
+)
+
+#: how the Lanczos vectors are held (docs/scale.md): the CLI's spectrum flags
+basis_flags = stack(
+    argument(
+        "--memory-budget", type=size_argument, default=None,
+        help="memory for the Lanczos vectors of each run: bytes (8e9) or a size (8GB, "
+        "512MiB); picks the most accurate basis that fits (default: the memory free now)",
+    ),
+    argument(
+        "--basis-dtype", choices=BASIS_DTYPES, default=None,
+        help="dtype of the Lanczos vectors (default: float64, or what --memory-budget allows)",
+    ),
+    argument(
+        "--basis-device", default=None,
+        help="where the Lanczos vectors live: cpu for a GPU model (default: the model's)",
+    ),
+    argument(
+        "--reorthogonalize", choices=("full", "none"), default="full",
+        help="full (default): a stored, reorthogonalised basis; none: the density only, "
+        "no stored basis (needs --top-k 0, no --blocks)",
+    ),
+)  # fmt: skip
+
+#: the task keywords each magic takes from its parsed flags
+SETUP_KEYWORDS = ("model", "data", "loss_fn", "device", "seed", "num_samples", "batch_size")
+TRAIN_KEYWORDS = ("model", "data", "test_data", "optimizer", "lr", "momentum", "weight_decay",
+                  "epochs", "steps", "batch_size", "loss_fn", "spectrum_every", "curvature",
+                  "num_iters", "num_probes", "top_k", "spectrum_samples", "eval_every",
+                  "device", "seed", "max_overhead", "checkpoint_dir", "checkpoint_every",
+                  "tensorboard")  # fmt: skip
+BASIS_KEYWORDS = ("memory_budget", "basis_dtype", "basis_device", "reorthogonalize")
+SPECTRUM_KEYWORDS = (*SETUP_KEYWORDS, "curvature", "num_iters", "num_probes", "top_k",
+                     "params", "blocks", "batchnorm", *BASIS_KEYWORDS)  # fmt: skip
+STATS_KEYWORDS = (*SETUP_KEYWORDS, "curvature", "num_probes")
+
+
+# --------------------------------------------------------------------------- reading a line
+def valid_options(func: Any) -> list[str]:
+    """The long options of the magic ``func``, sorted (named in an unrecognised-option error)."""
+    return sorted(s for s in func.parser._option_string_actions if s.startswith("--"))
+
+
+def parse_line(func: Any, line: str, name: str) -> Any:
+    """The parsed options of ``%name line``; a bad line is a one-line ``UsageError``."""
+    try:
+        args = func.parser.parse_argstring(line)
+    except UsageError as exc:
+        msg = str(exc)
+        if "unrecognized arguments" in msg or "ambiguous option" in msg:
+            msg += f"; valid options: {' '.join(valid_options(func))}"
+        raise UsageError(f"%{name}: {msg}") from None
+    # IPython splits magic lines without removing quotes: --params "classifier*" means
+    # the pattern classifier*, as it would in a shell
+    for key, value in vars(args).items():
+        quoted = isinstance(value, str) and len(value) >= 2 and value[0] in "'\""
+        if quoted and value[-1] == value[0]:
+            setattr(args, key, value[1:-1])
+    return args
+
+
+def keywords(args: Any, name: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """The task keywords of the parsed ``args``; a deprecated flag prints a one-line note."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FutureWarning)
+        try:
+            kwargs = task_kwargs(args, names, where=f"%{name}")
+        except TypeError as exc:
+            raise UsageError(str(exc)) from None
+    for warning in caught:
+        print(f"note: {warning.message}")
+    return kwargs
+
+
+def check_out(magic: str, *names: str | None) -> None:
+    """Refuse an ``--out`` name that is not a Python variable name."""
+    for name in names:
+        if name is not None and not name.isidentifier():
+            raise UsageError(f"%{magic}: --out {name!r} is not a valid Python variable name")
+
+
+def call(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a resolver/API call; turn user-input errors into one-line UsageErrors."""
+    try:
+        return fn(*args, **kwargs)
+    except tasks.InputError as exc:
+        raise UsageError(f"%{name}: {exc}") from None
