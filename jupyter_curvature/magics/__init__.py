@@ -38,13 +38,12 @@ from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float
 
 from .. import tasks
-from ..cell_step import CellBodyError, cell_step, point_at_user_code
 from ..widgets._base import track_panel  # public here too (%curv_landscape uses it)
+from . import train
 from .arguments import (
     BASIS_KEYWORDS,
     SPECTRUM_KEYWORDS,
     STATS_KEYWORDS,
-    TRAIN_KEYWORDS,
     basis_flags,
     call,
     check_out,
@@ -235,152 +234,9 @@ class CurvMagics(Magics):
         for func in (self.curv_train, self.curv_spectrum, self.curv_stats):
             print(func.__func__.parser.format_help())
 
-    # ------------------------------------------------------------------ %%curv_train
-    @magic_arguments()
-    @argument(
-        "--model", required=True, help="model variable (nn.Module) or registry name, e.g. mlp"
-    )
-    @argument(
-        "--data", required=True, help="training DataLoader variable or built-in name, e.g. digits"
-    )
-    @argument(
-        "--test-data", default=None, help="test data (default: the test split of a built-in set)"
-    )
-    @argument(
-        "--optimizer",
-        default="sgd",
-        help="optimiser variable, or sgd | adam | adamw | kfac | swats",
-    )
-    @argument("--lr", type=positive(float), default=None, help="learning rate (sgd 0.1, adam 1e-3)")
-    @argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
-    @argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
-    @argument("--epochs", type=positive(int), default=None, help="epochs (default 1)")
-    @argument(
-        "--steps",
-        type=positive(int),
-        default=None,
-        help="optimisation steps (instead of --epochs)",
-    )
-    @argument(
-        "--batch-size", type=positive(int), default=64, help="batch size of built-in data (64)"
-    )
-    @argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll")
-    @deprecated("--loss", "--loss-fn")
-    @argument(
-        "--spectrum-every", type=int, default=0, help="curvature spectrum every N steps (0: never)"
-    )
-    @curvature_flags
-    @argument("--num-iters", type=positive(int), default=30, help="Lanczos steps per spectrum (30)")
-    @deprecated("--iters", "--num-iters", type=positive(int))
-    @argument("--num-probes", type=positive(int), default=2, help="SLQ probes per spectrum (2)")
-    @deprecated("--probes", "--num-probes", type=positive(int))
-    @argument("--top-k", type=positive(int), default=3, help="largest eigenvalues tracked (3)")
-    @deprecated("--top", "--top-k", type=positive(int))
-    @argument(
-        "--spectrum-samples",
-        type=positive(int),
-        default=256,
-        help="training samples the curvature uses (256)",
-    )
-    @argument(
-        "--eval-every", type=positive(int), default=None, help="test evaluation every N steps"
-    )
-    @argument("--device", default=None, help="cpu | cuda | cuda:N (moves the model)")
-    @argument("--seed", type=int, default=0, help="seed of the shuffling and of the SLQ probes")
-    @argument(
-        "--tensorboard",
-        default=None,
-        metavar="DIR",
-        help="write TensorBoard event files (metrics and curvature checks) to DIR",
-    )
-    @argument(
-        "--max-overhead",
-        type=positive(float),
-        default=None,
-        help="skip a due spectrum when spectra would exceed this share of the training time",
-    )
-    @argument(
-        "--checkpoint-dir",
-        default=None,
-        help="write the trainer's atomic checkpoints (exact resume) to this folder",
-    )
-    @argument(
-        "--checkpoint-every",
-        type=positive(int),
-        default=None,
-        help="steps between checkpoints (besides each epoch's end)",
-    )
-    @argument(
-        "--resume",
-        action="store_true",
-        help="continue from checkpoint-last.pt in --checkpoint-dir (if there is one)",
-    )
-    @argument(
-        "--out",
-        default=None,
-        help="store the TrainResult (model, optimizer, history) in this variable",
-    )
-    @line_cell_magic
-    def curv_train(self, line: str, cell: str | None = None) -> Any:
-        """Train a model with a live dashboard; the cell body (optional) is the training step."""
-        name = "curv_train"
-        args = parse_line(self.curv_train, line, name)
-        check_out(name, args.out)
-        kwargs = keywords(args, name, TRAIN_KEYWORDS)
-        if args.epochs is not None and args.steps is not None:
-            raise UsageError("%curv_train: give --epochs or --steps, not both")
-        if args.spectrum_every < 0:
-            raise UsageError("%curv_train: --spectrum-every must be >= 0")
-        if args.resume and args.checkpoint_dir is None:
-            raise UsageError("%curv_train: --resume needs --checkpoint-dir")
-        # the model now (the dashboard's title); data, loss and optimiser in the task
-        model = call(name, tasks.resolve_model, kwargs.pop("model"), self.ns)
-        step_fn, restore = (None, None)
-        if cell is not None and cell.strip():
-            try:
-                step_fn, restore = cell_step(self.shell, cell, line)
-            except CellBodyError as exc:
-                raise UsageError(f"%{name}: {exc}") from None
-        if self.use_widgets:
-            from ..widgets.dashboard import TrainingDashboard
-
-            progress: Any = TrainingDashboard(
-                f"Training {type(model).__name__}", interval=self.interval
-            )
-            self._show(progress, f"train {line}")
-        else:
-            from ..training import ProgressBar
-
-            progress = ProgressBar()
-        recorder = tasks.StateRecorder()
-        try:
-            result = tasks.train(
-                model, step_fn=step_fn, callbacks=[recorder, progress],
-                resume=args.resume or None, namespace=self.ns, **kwargs,
-            )  # fmt: skip
-        except tasks.InputError as exc:
-            raise UsageError(f"%{name}: {exc}") from None
-        except CellBodyError as exc:
-            self._store(args.out, recorder.result())
-            raise UsageError(f"%{name}: {exc}") from None
-        except Exception as exc:
-            self._store(args.out, recorder.result())
-            point_at_user_code(self.shell, exc, getattr(step_fn, "filename", None))
-            raise
-        finally:
-            if restore is not None:
-                restore()
-        self._store(args.out, result)
-        self.last_result = result
-        if self.use_widgets:
-            self._publish_static(progress)
-        if result.status == "interrupted":
-            print(
-                f"interrupted at step {result.trainer.step}; the model, the optimizer"
-                + (f" and the history (in {args.out})" if args.out else " and the history")
-                + " are kept"
-            )
-        return None
+    # ------------------------------------------------------------------ the magics
+    # each is a function of its own module, with its options; here it becomes a method
+    curv_train = line_cell_magic(train.curv_train)
 
     # ------------------------------------------------------------------ %curv_spectrum
     @magic_arguments()
