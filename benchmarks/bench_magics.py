@@ -107,12 +107,14 @@ class TaskClock:
 
     def __init__(self):
         import jupyter_curvature.magics as magics
+        from jupyter_curvature.magics import spectrum
 
         self.seconds = 0.0
         self.tasks = magics.tasks
         for name in ("spectrum", "statistics"):
             setattr(self, name, self.wrap(getattr(self.tasks, name)))
-        magics.tasks = self  # the magics module reads tasks.<name> at call time
+        for module in (spectrum, magics):  # each magic's module reads tasks.<name> at call time
+            module.tasks = self
 
     def wrap(self, fn):
         def timed_task(*args, **kwargs):

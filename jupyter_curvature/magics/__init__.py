@@ -39,15 +39,11 @@ from traitlets import Bool, CaselessStrEnum, Float
 
 from .. import tasks
 from ..widgets._base import track_panel  # public here too (%curv_landscape uses it)
-from . import train
+from . import spectrum, train
 from .arguments import (
-    BASIS_KEYWORDS,
-    SPECTRUM_KEYWORDS,
     STATS_KEYWORDS,
-    basis_flags,
     call,
     check_out,
-    curvature_flags,
     deprecated,
     keywords,
     parse_line,
@@ -237,109 +233,7 @@ class CurvMagics(Magics):
     # ------------------------------------------------------------------ the magics
     # each is a function of its own module, with its options; here it becomes a method
     curv_train = line_cell_magic(train.curv_train)
-
-    # ------------------------------------------------------------------ %curv_spectrum
-    @magic_arguments()
-    @argument("--model", required=True, help="model variable or registry name")
-    @argument("--data", required=True, help="data variable or built-in name (digits, digits:test)")
-    @curvature_flags
-    @argument("--num-iters", type=positive(int), default=80, help="Lanczos steps per probe (80)")
-    @deprecated("--iters", "--num-iters", type=positive(int))
-    @argument("--num-probes", type=positive(int), default=4, help="SLQ probes (4)")
-    @deprecated("--probes", "--num-probes", type=positive(int))
-    @argument(
-        "--top-k",
-        type=int,
-        default=0,
-        help="also compute the K largest eigenpairs, certified by residuals",
-    )
-    @deprecated("--top", "--top-k", type=int)
-    @argument(
-        "--params",
-        default=None,
-        help="parameters: a module prefix (classifier), a glob (features.0.*) or re:<regex>",
-    )
-    @argument(
-        "--blocks", nargs="?", const="auto", default=None,
-        help="also each block's top eigenvalue, trace and density (auto, or module names a,b)",
-    )  # fmt: skip
-    @argument(
-        "--batchnorm", choices=["eval", "train"], default="eval",
-        help="BatchNorm mode during the products (eval)",
-    )  # fmt: skip
-    @deprecated("--bn", "--batchnorm", choices=["eval", "train"])
-    @basis_flags
-    @argument(
-        "--num-samples",
-        type=positive(int),
-        default=None,
-        help="use only N samples of the data (the first N of a variable)",
-    )
-    @deprecated("--samples", "--num-samples", type=positive(int))
-    @argument(
-        "--batch-size", type=positive(int), default=500, help="batch size of built-in data (500)"
-    )
-    @argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll")
-    @deprecated("--loss", "--loss-fn")
-    @argument(
-        "--sigma",
-        type=positive(float),
-        default=None,
-        help="initial broadening (default: Papyan's)",
-    )
-    @argument("--log", action="store_true", help="start with a logarithmic density axis")
-    @argument("--seed", type=int, default=0, help="seed of the probes")
-    @argument("--device", default=None, help="cpu | cuda | cuda:N")
-    @argument("--out", default=None, help="store the SpectralDensity in this variable")
-    @argument(
-        "--out-eigen", default=None, help="store the EigenpairsResult (--top-k) in this variable"
-    )
-    @line_magic
-    def curv_spectrum(self, line: str) -> None:
-        """Compute and show the Hessian (or GGN) spectral density of a model on some data."""
-        name = "curv_spectrum"
-        args = parse_line(self.curv_spectrum, line, name)
-        check_out(name, args.out, args.out_eigen)
-        kwargs = keywords(args, name, SPECTRUM_KEYWORDS)
-        if kwargs["top_k"] < 0:
-            raise UsageError("%curv_spectrum: --top-k must be >= 0")
-        basis = {k: kwargs[k] for k in BASIS_KEYWORDS}
-        call(name, tasks.basis_options, **basis, top_k=kwargs["top_k"], blocks=kwargs["blocks"])
-        kind = "GGN" if kwargs.get("curvature") == "ggn" else "Hessian"
-        try:
-            result, progress = self._run_task(
-                name, f"{kind} spectrum of {args.model}", tasks.spectrum, line,
-                namespace=self.ns, **kwargs,
-            )  # fmt: skip
-        except tasks.InputError as exc:
-            raise UsageError(f"%{name}: {exc}") from None
-        except (ValueError, TypeError) as exc:
-            if args.params is not None and "param" in str(exc).lower():
-                raise UsageError(f"%{name}: --params {args.params!r}: {exc}") from None
-            raise
-        if result is None:
-            return
-        self._store(args.out, result.density)
-        self._store(args.out_eigen, result.eigen)
-        self.last_result = result
-        if progress is not None:
-            from ..widgets.spectrum import SpectrumPanel
-
-            progress.finish(SpectrumPanel(result, sigma=args.sigma, log=args.log))
-            self.last_panel = progress.result_panel
-            self._publish_static(progress)
-            if result.blocks is not None:  # the per-block bars and densities, static
-                display(result.blocks.plot())
-        else:
-            print(
-                f"{'GGN' if result.curvature == 'ggn' else 'Hessian'} spectrum, n = {result.num_params}"
-            )
-            print(result.density.stats)
-            if result.eigen is not None:
-                print(result.eigen.describe(basis=False))
-            print(result.basis_summary())  # one line for both runs' Lanczos vectors
-            if result.blocks is not None:
-                print(result.blocks.table())
+    curv_spectrum = line_magic(spectrum.curv_spectrum)
 
     # ------------------------------------------------------------------ %curv_stats
     @magic_arguments()
