@@ -106,14 +106,14 @@ class TaskClock:
     """Wraps the magics' task calls to time them inside the magic's own call."""
 
     def __init__(self):
-        import jupyter_curvature.magics as magics
-        from jupyter_curvature.magics import spectrum
+        from jupyter_curvature import tasks
+        from jupyter_curvature.magics import spectrum, stats
 
         self.seconds = 0.0
-        self.tasks = magics.tasks
+        self.tasks = tasks
         for name in ("spectrum", "statistics"):
             setattr(self, name, self.wrap(getattr(self.tasks, name)))
-        for module in (spectrum, magics):  # each magic's module reads tasks.<name> at call time
+        for module in (spectrum, stats):  # each magic's module reads tasks.<name> at call time
             module.tasks = self
 
     def wrap(self, fn):

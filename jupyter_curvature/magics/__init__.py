@@ -39,15 +39,11 @@ from traitlets import Bool, CaselessStrEnum, Float
 
 from .. import tasks
 from ..widgets._base import track_panel  # public here too (%curv_landscape uses it)
-from . import spectrum, train
+from . import spectrum, stats, train
 from .arguments import (
-    STATS_KEYWORDS,
     call,
     check_out,
-    deprecated,
-    keywords,
     parse_line,
-    positive,
 )
 
 __all__ = ["CurvMagics", "load_ipython_extension", "track_panel", "unload_ipython_extension"]
@@ -234,81 +230,7 @@ class CurvMagics(Magics):
     # each is a function of its own module, with its options; here it becomes a method
     curv_train = line_cell_magic(train.curv_train)
     curv_spectrum = line_magic(spectrum.curv_spectrum)
-
-    # ------------------------------------------------------------------ %curv_stats
-    @magic_arguments()
-    @argument("--model", required=True, help="model variable or registry name")
-    @argument("--data", required=True, help="data variable or built-in name (digits, digits:test)")
-    @argument(
-        "--include",
-        default=",".join(tasks.STATS_KINDS),
-        help=f"comma-separated subset of {','.join(tasks.STATS_KINDS)}",
-    )
-    @argument(
-        "--curvature", choices=["hessian", "ggn"], default="hessian",
-        help="curvature statistics of hessian (default) or ggn",
-    )  # fmt: skip
-    @deprecated("--ggn", "--curvature ggn", action="store_true")
-    @argument(
-        "--num-probes",
-        type=positive(int),
-        default=8,
-        help="random probes of the curvature statistics (8)",
-    )
-    @deprecated("--probes", "--num-probes", type=positive(int))
-    @argument(
-        "--batch-size",
-        type=positive(int),
-        default=128,
-        help="mini-batch size of the gradient/curvature statistics (128)",
-    )
-    @argument(
-        "--layers",
-        default=None,
-        help="comma-separated layers (module names or patterns) for the per-layer view",
-    )
-    @argument(
-        "--num-samples",
-        type=positive(int),
-        default=None,
-        help="use only N samples of the data (the first N of a variable)",
-    )
-    @deprecated("--samples", "--num-samples", type=positive(int))
-    @argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll")
-    @deprecated("--loss", "--loss-fn")
-    @argument("--seed", type=int, default=0, help="seed of the probes")
-    @argument("--device", default=None, help="cpu | cuda | cuda:N")
-    @argument("--out", default=None, help="store the StatsResult in this variable")
-    @line_magic
-    def curv_stats(self, line: str) -> None:
-        """Compute and show the advanced statistics (loss, gradients, curvature, norms, per layer)."""
-        name = "curv_stats"
-        args = parse_line(self.curv_stats, line, name)
-        check_out(name, args.out)
-        kwargs = keywords(args, name, STATS_KEYWORDS)
-        include = [k.strip() for k in args.include.split(",") if k.strip()]
-        bad = [k for k in include if k not in tasks.STATS_KINDS]
-        if bad or not include:
-            raise UsageError(
-                f"%{name}: --include {args.include!r}: choose from {','.join(tasks.STATS_KINDS)}"
-            )
-        layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
-        result, progress = call(
-            name, self._run_task, name, f"Statistics of {args.model}", tasks.statistics, line,
-            include=include, layers=layers, namespace=self.ns, **kwargs,
-        )  # fmt: skip
-        if result is None:
-            return
-        self._store(args.out, result)
-        self.last_result = result
-        if progress is not None:
-            from ..widgets.stats import StatsPanel
-
-            progress.finish(StatsPanel(result, title=f"Statistics of {args.model}"))
-            self.last_panel = progress.result_panel
-            self._publish_static(progress)
-        else:
-            print(result)
+    curv_stats = line_magic(stats.curv_stats)
 
     # ------------------------------------------------------------------ %curv_landscape
     @magic_arguments()
