@@ -33,18 +33,12 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float
 
 from .. import tasks
 from ..widgets._base import track_panel  # public here too (%curv_landscape uses it)
-from . import spectrum, stats, train
-from .arguments import (
-    call,
-    check_out,
-    parse_line,
-)
+from . import landscape, spectrum, stats, train
 
 __all__ = ["CurvMagics", "load_ipython_extension", "track_panel", "unload_ipython_extension"]
 
@@ -231,153 +225,7 @@ class CurvMagics(Magics):
     curv_train = line_cell_magic(train.curv_train)
     curv_spectrum = line_magic(spectrum.curv_spectrum)
     curv_stats = line_magic(stats.curv_stats)
-
-    # ------------------------------------------------------------------ %curv_landscape
-    @magic_arguments()
-    @argument("--model", required=True, help="model variable (dotted paths work) or registry name")
-    @argument("--data", required=True, help="training data variable or built-in name (digits)")
-    @argument(
-        "--test-data", default=None, help="test data (default: the test split of a built-in set)"
-    )
-    @argument(
-        "--directions",
-        default="top:2",
-        help="top:K | bottom:K | index:i,j | random:K (default top:2)",
-    )
-    @argument("--span", type=float, default=None, help="the sliders span [-SPAN, SPAN] (1)")
-    @argument("--range", type=float, default=None, help="deprecated alias of --span")
-    @argument("--num-points", type=int, default=None, help="grid points per direction (21)")
-    @argument("--points", type=int, default=None, help="deprecated alias of --num-points")
-    @argument(
-        "--curvature",
-        choices=("hessian", "ggn"),
-        default=None,
-        help="the matrix whose eigenvectors are the directions (hessian)",
-    )
-    @argument("--ggn", action="store_true", help="deprecated alias of --curvature ggn")
-    @argument("--eigen", default=None, help="eigenpairs variable to take directions from")
-    @argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll")
-    @argument("--loss", default=None, help="deprecated alias of --loss-fn")
-    @argument(
-        "--params",
-        default=None,
-        help="parameters: a module prefix (classifier), a glob (features.0.*) or re:<regex>",
-    )
-    @argument("--seed", type=int, default=0, help="seed of random directions and the preview")
-    @argument(
-        "--preview",
-        default="auto",
-        help="live 1D lines on a seeded subsample: auto, N samples, or none (always exact)",
-    )
-    @argument("--no-grid", dest="grid", action="store_false", help="do not compute the 2D map now")
-    @argument(
-        "--no-canvas", dest="canvas", action="store_false", help="leave out the draggable canvas"
-    )
-    @argument("--out", default=None, help="store the explorer (the panel) in this variable")
-    @line_magic
-    def curv_landscape(self, line: str) -> None:
-        """The loss-landscape explorer: sliders along curvature eigen-directions.
-
-        ``%curv_landscape --model NAME --data NAME [--directions SPEC] [--span R]
-        [--num-points N] [--curvature hessian|ggn] [--eigen NAME] [--out NAME] ...`` shows a
-        :class:`~jupyter_curvature.widgets.landscape.LandscapeExplorer` and fills its 2D map
-        in (coarse first). ``--range``, ``--points``, ``--ggn`` and ``--loss`` are deprecated
-        aliases of ``--span``, ``--num-points``, ``--curvature ggn`` and ``--loss-fn``.
-        """
-        import math
-        import warnings
-
-        name = "curv_landscape"
-        args = parse_line(self.curv_landscape, line, name)
-
-        def alias(new: Any, old: Any, new_flag: str, old_flag: str, default: Any) -> Any:
-            if old is None or old is False:
-                return default if new is None else new
-            warnings.warn(
-                f"%{name}: {old_flag} is deprecated; use {new_flag} (docs/vocabulary.md)",
-                FutureWarning,
-                stacklevel=2,
-            )
-            if new is not None:
-                raise UsageError(f"%{name}: give {new_flag} or {old_flag}, not both")
-            return old
-
-        span = alias(args.span, args.range, "--span", "--range", 1.0)
-        num_points = alias(args.num_points, args.points, "--num-points", "--points", 21)
-        curvature = alias(
-            args.curvature, "ggn" if args.ggn else None, "--curvature", "--ggn", "hessian"
-        )
-        loss = alias(args.loss_fn, args.loss, "--loss-fn", "--loss", None)
-        check_out(name, args.out)
-        if num_points < 2:
-            raise UsageError(f"%{name}: --num-points must be at least 2, got {num_points}")
-        if not (math.isfinite(span) and span > 0):
-            raise UsageError(f"%{name}: --span must be a positive number, got {span}")
-        preview: Any = args.preview.strip().lower()
-        if preview in ("none", "off", "exact"):
-            preview = None
-        elif preview != "auto":
-            try:
-                preview = int(preview)
-            except ValueError:
-                raise UsageError(
-                    f"%{name}: --preview must be auto, none or a number of samples, "
-                    f"got {args.preview!r}"
-                ) from None
-        try:
-            from ..widgets.landscape import LandscapeExplorer
-        except ModuleNotFoundError as exc:
-            if exc.name != "jupyter_curvature.widgets.landscape":
-                raise
-            raise UsageError(
-                f"%{name}: the landscape explorer is not available in this installation "
-                "(jupyter_curvature.widgets.landscape is missing)"
-            ) from None
-        model = call(name, tasks.resolve_model, args.model, self.ns)
-        data = call(name, tasks.resolve_data, args.data, self.ns)
-        test_data = call(name, tasks.resolve_test_data, args.test_data, args.data, self.ns)
-        loss_fn = call(name, tasks.resolve_loss, loss, self.ns)
-        eigen = None
-        if args.eigen is not None:
-            eigen = tasks.lookup(args.eigen, self.ns)
-            if eigen is tasks.MISSING:
-                raise UsageError(
-                    f"%{name}: --eigen {args.eigen!r} is not a variable of the notebook"
-                )
-            if not (
-                hasattr(eigen, "eigenvalues") or (isinstance(eigen, tuple) and len(eigen) == 2)
-            ):
-                raise UsageError(
-                    f"%{name}: --eigen {args.eigen!r} is a {type(eigen).__name__}, not an "
-                    "eigenpairs result (%curv_spectrum --top K --out-eigen NAME makes one)"
-                )
-        previous = self.ns.get(args.out) if args.out else None
-        if isinstance(previous, LandscapeExplorer):
-            previous.close()  # re-running the cell replaces its panel
-        try:
-            explorer = LandscapeExplorer(
-                model,
-                data,
-                loss_fn=loss_fn,
-                test_data=test_data,
-                directions=args.directions,
-                eigen=eigen,
-                curvature=curvature,
-                params=args.params,
-                span=span,
-                num_points=num_points,
-                seed=args.seed,
-                canvas=args.canvas,
-                preview=preview,
-            )
-        except (ValueError, TypeError) as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UsageError(f"%{name}: {msg}") from None
-        self._store(args.out, explorer)
-        self._show(explorer, f"landscape {line}")  # re-running the cell closes this panel
-        if args.grid and len(explorer.directions) > 1:
-            explorer.compute_grid()
-        self._publish_static(explorer)
+    curv_landscape = line_magic(landscape.curv_landscape)
 
 
 # --------------------------------------------------------------------------- extension
