@@ -2,9 +2,9 @@
 
 The body is compiled once (with the cell's own line numbers, the magic line being line 1)
 and run in the notebook's namespace for every step with the batch bound; an exception in it
-is shown from the user's line down, without the package's frames. Only ``magics`` imports
-this module, and it imports no Jupyter package: it uses the shell object it is given and
-raises :class:`CellBodyError`, which the magic turns into its one-line ``UsageError``.
+is shown from the user's line down, without the package's frames. Only ``magics.train``
+imports this module, and it imports no Jupyter package: it uses the shell object it is given
+and raises :class:`CellBodyError`, which the magic turns into its one-line ``UsageError``.
 """
 
 from __future__ import annotations

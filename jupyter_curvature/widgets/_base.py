@@ -319,7 +319,7 @@ def track_panel(shell: Any, panel: Any) -> None:
     cell or ``%unload_ext`` closes it); nothing without ``%load_ext jupyter_curvature``.
 
     Found among the shell's configurables by its method, so that the widgets need not import
-    the magics module (which imports them).
+    the magics package (which imports them).
     """
     for configurable in getattr(shell, "configurables", []):
         track = getattr(configurable, "track_panel", None)
