@@ -10,9 +10,10 @@
 * ``%curv_landscape``: the loss-landscape explorer (``jupyter_curvature.widgets.landscape``).
 
 The modules: :mod:`.curv_magics` (the :class:`CurvMagics` class: settings, panels, the
-worker, ``%curv_help``), one module per magic with its options and its body
-(:mod:`.train`, :mod:`.spectrum`, :mod:`.stats`, :mod:`.landscape`), and :mod:`.arguments`
-(the flags they share, the task keywords each takes, parsing a line); this file registers
+worker, ``%curv_help``); one module per magic with its options and its body, a function whose
+first argument is the :class:`CurvMagics` instance (the class takes it as a method):
+:mod:`.train`, :mod:`.spectrum`, :mod:`.stats`, :mod:`.landscape`; and :mod:`.arguments`
+(the flags they share, the task keywords each takes, parsing a line). This file registers
 and removes them.
 
 Pattern (anywidget's and jupysql's extensions): the package's ``__init__`` imports this

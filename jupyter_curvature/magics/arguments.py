@@ -35,8 +35,10 @@ __all__ = [
     "curvature_flags",
     "deprecated",
     "keywords",
+    "loss_flags",
     "parse_line",
     "positive",
+    "samples_flags",
     "stack",
     "valid_options",
 ]
@@ -87,6 +89,23 @@ curvature_flags = stack(
         help="hessian (default) or ggn",
     ),
     deprecated("--ggn", "--curvature ggn", action="store_true"),
+)
+
+#: ``--loss-fn`` and its deprecated spelling ``--loss``
+loss_flags = stack(
+    argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll"),
+    deprecated("--loss", "--loss-fn"),
+)
+
+#: ``--num-samples`` and its deprecated spelling ``--samples``
+samples_flags = stack(
+    argument(
+        "--num-samples",
+        type=positive(int),
+        default=None,
+        help="use only N samples of the data (the first N of a variable)",
+    ),
+    deprecated("--samples", "--num-samples", type=positive(int)),
 )
 
 #: how the Lanczos vectors are held (docs/scale.md): the CLI's spectrum flags

@@ -2,9 +2,7 @@
 (:class:`~jupyter_curvature.widgets.landscape.LandscapeExplorer`) in a line.
 
 Its old flags (``--range``, ``--points``, ``--ggn``, ``--loss``) are parsed as options of
-their own and renamed by :func:`_renamed` with a ``FutureWarning``. :func:`curv_landscape`
-is a method of :class:`~jupyter_curvature.magics.CurvMagics`: its first argument is the
-magics instance.
+their own and renamed by :func:`_renamed` with a ``FutureWarning``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """``%curv_spectrum``: the Hessian/GGN spectral density with its band, Ritz values, top
 eigenvalues and statistics, with broadening and log/linear controls.
 
-The task runs in a :class:`~jupyter_curvature.core.progress.Worker` thread behind a progress
-panel (``CurvMagics._run_task``). :func:`curv_spectrum` is a method of
-:class:`~jupyter_curvature.magics.CurvMagics`: its first argument is the magics instance.
+Without widgets it prints the density's statistics, the certified eigenpairs, the Lanczos
+basis used and, with ``--blocks``, each block's table.
 """
 
 from __future__ import annotations
@@ -24,8 +23,10 @@ from .arguments import (
     curvature_flags,
     deprecated,
     keywords,
+    loss_flags,
     parse_line,
     positive,
+    samples_flags,
 )
 
 __all__ = ["curv_spectrum"]
@@ -61,16 +62,9 @@ __all__ = ["curv_spectrum"]
 )  # fmt: skip
 @deprecated("--bn", "--batchnorm", choices=["eval", "train"])
 @basis_flags
-@argument(
-    "--num-samples",
-    type=positive(int),
-    default=None,
-    help="use only N samples of the data (the first N of a variable)",
-)
-@deprecated("--samples", "--num-samples", type=positive(int))
+@samples_flags
 @argument("--batch-size", type=positive(int), default=500, help="batch size of built-in data (500)")
-@argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll")
-@deprecated("--loss", "--loss-fn")
+@loss_flags
 @argument(
     "--sigma",
     type=positive(float),

@@ -1,9 +1,8 @@
 """``%curv_stats``: the advanced statistics (loss, gradients, curvature, norms, per layer) as
 tables and a per-layer view.
 
-The task runs in a :class:`~jupyter_curvature.core.progress.Worker` thread behind a progress
-panel (``CurvMagics._run_task``). :func:`curv_stats` is a method of
-:class:`~jupyter_curvature.magics.CurvMagics`: its first argument is the magics instance.
+``--include`` picks the kinds (``tasks.STATS_KINDS``); ``--layers`` names the layers of the
+per-layer view.
 """
 
 from __future__ import annotations
@@ -20,8 +19,10 @@ from .arguments import (
     check_out,
     deprecated,
     keywords,
+    loss_flags,
     parse_line,
     positive,
+    samples_flags,
 )
 
 __all__ = ["curv_stats"]
@@ -58,15 +59,8 @@ __all__ = ["curv_stats"]
     default=None,
     help="comma-separated layers (module names or patterns) for the per-layer view",
 )
-@argument(
-    "--num-samples",
-    type=positive(int),
-    default=None,
-    help="use only N samples of the data (the first N of a variable)",
-)
-@deprecated("--samples", "--num-samples", type=positive(int))
-@argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll")
-@deprecated("--loss", "--loss-fn")
+@samples_flags
+@loss_flags
 @argument("--seed", type=int, default=0, help="seed of the probes")
 @argument("--device", default=None, help="cpu | cuda | cuda:N")
 @argument("--out", default=None, help="store the StatsResult in this variable")

@@ -4,8 +4,8 @@ training step.
 
 Training runs in the kernel's main thread on the engine's
 :class:`~jupyter_curvature.training.Trainer` (through :func:`jupyter_curvature.tasks.train`)
-and stops cleanly at a step boundary on an interrupt. :func:`curv_train` is a method of
-:class:`~jupyter_curvature.magics.CurvMagics`: its first argument is the magics instance.
+and stops cleanly at a step boundary on an interrupt; what it reached is stored in ``--out``
+even when training fails.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .arguments import (
     curvature_flags,
     deprecated,
     keywords,
+    loss_flags,
     parse_line,
     positive,
 )
@@ -53,8 +54,7 @@ __all__ = ["curv_train"]
     help="optimisation steps (instead of --epochs)",
 )
 @argument("--batch-size", type=positive(int), default=64, help="batch size of built-in data (64)")
-@argument("--loss-fn", default=None, help="loss variable or cross_entropy | mse | nll")
-@deprecated("--loss", "--loss-fn")
+@loss_flags
 @argument(
     "--spectrum-every", type=int, default=0, help="curvature spectrum every N steps (0: never)"
 )
