@@ -561,6 +561,17 @@ def test_deprecated_flags_print_a_note_and_give_the_new_flags_result(ip, capsys)
     assert ns["st_old"].to_dict() == ns["st_new"].to_dict()
 
 
+def test_a_tasks_own_setting_is_not_taken_for_an_old_name(ip, capsys):
+    """``--spectrum-samples`` is training's setting; elsewhere ``spectrum_samples`` is an old
+    spelling of ``num_samples``. Training with its default printed a deprecation note."""
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    flags = "--spectrum-every 4 --num-iters 3 --num-probes 1 --spectrum-samples 40"
+    run(ip, f"%curv_train --model mlp --data digits {FAST} {flags} --out own\n")
+    assert "deprecated" not in capsys.readouterr().out
+    checks = ip.user_ns["own"].history.curvature
+    assert checks and all(r["spectrum_samples"] == 40 for r in checks)
+
+
 def test_train_magic_logs_to_tensorboard(ip, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

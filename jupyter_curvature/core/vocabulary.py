@@ -100,10 +100,12 @@ def task_kwargs(
     """The task keywords of a parsed argument namespace (the CLI's and the magics').
 
     Deprecated flags are parsed into attributes under their old names (absent when not
-    given); they are renamed here, with a warning, and win over the new flag's default.
+    given); they are renamed here, with a warning, and win over the new flag's default. A
+    task's own keyword is never an old name there (``spectrum_samples`` is training's setting,
+    though the other tasks once spelled ``num_samples`` so).
     """
     values = vars(namespace)
-    old = {k: v for k, v in values.items() if k in ALIASES}
+    old = {k: v for k, v in values.items() if k in ALIASES and k not in names}
     renamed = rename(old, where=where, flags=True, stacklevel=3)
     out = {k: values[k] for k in names if k in values}
     out.update({k: v for k, v in renamed.items() if k in names})
