@@ -50,8 +50,13 @@ def test_counts_are_integers_with_their_standard_error():
     assert format_count(1169.99, 41.3) == "≈ 1170 ± 41"
     assert format_count(1169.99, 0.0) == "1170"  # no spread: exact
     assert format_count(1169.99, math.nan) == "≈ 1170"  # one probe
-    A = torch.diag(torch.linspace(-1, 1, 101, dtype=torch.float64))
-    d = spectral_density(A, num_iters=30, num_probes=4)
+    # A rotated diagonal: on a diagonal matrix every Rademacher probe has the same weights
+    # (1/n on each eigenvector), so the probes agree but for rounding and the spread is 0 or
+    # 1e-15 by the CPU's kernels; rotated, each probe weighs the eigenvectors differently.
+    Q, _ = torch.linalg.qr(torch.randn(101, 101, dtype=torch.float64,
+                                       generator=torch.Generator().manual_seed(0)))  # fmt: skip
+    A = Q @ torch.diag(torch.linspace(-1, 1, 101, dtype=torch.float64)) @ Q.T
+    d = spectral_density((A + A.T) / 2, num_iters=30, num_probes=4)
     st = d.stats
     theta, tau = d.ritz_values.numpy(), d.weights.numpy()
     per_probe = 101 * np.where(theta < -st.scale * d.zero_tol, tau, 0).sum(1)
