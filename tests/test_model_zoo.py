@@ -369,3 +369,97 @@ def test_torchvision_hessian_product_equals_plain_double_backward(name):
     reference = _swap(model, nn.Hardsigmoid, ElementaryHardsigmoid)
     expected = _plain_hvp(reference, x, y, H.unflatten(v))
     assert_close(Hv, expected, rtol=1e-9, atol=1e-9 * float(expected.abs().max()), what=name)
+
+
+# ------------------------------------------------ eval-mode BatchNorm's lean double backward
+def _bn_mlp() -> nn.Module:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 4))
+    with torch.no_grad():  # running statistics and an affine map away from the defaults
+        bn = model[1]
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.3, 2.0)
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.3, 0.3)
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("keep_graphs", [False, True])
+@pytest.mark.parametrize("kind", ["BatchNorm1d", "BatchNorm2d"])
+def test_eval_batch_norm_route_gives_the_dense_hessian(kind, keep_graphs):
+    """Eval-mode BatchNorm goes through the lean double backward (``_reroute``) and the
+    Hessian equals torch.func's dense one, built by torch's own BatchNorm derivatives."""
+    from reference import bn_cnn
+
+    torch.manual_seed(0)
+    if kind == "BatchNorm1d":
+        model, x = _bn_mlp(), 2.0 * torch.randn(7, 3, dtype=torch.float64)
+    else:
+        model, x = bn_cnn().eval(), torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 4, (len(x),))
+    loss_fn = nn.CrossEntropyLoss()
+    before = snapshot(model)
+    H = jc.HessianOperator(model, loss_fn, (x, y), keep_graphs=keep_graphs)
+    assert H._reroute is True  # the first batch routed its batch_norm calls
+    dense = H.to_dense()
+    assert_same_state(model, before)
+    assert_close(dense, dense_hessian(model, loss_fn, x, y), what=f"{kind}: H vs torch.func")
+
+
+def test_eval_batch_norm_route_second_derivatives_equal_torchs():
+    """Every block of the Hessian of ``(x, w, b) -> f(batch_norm(x, w, b))`` (x included:
+    the path a BatchNorm's input takes back to earlier layers) and gradgradcheck."""
+    from jupyter_curvature.operators._second_order import _batch_norm, _EvalBatchNormGrad
+
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 5, 2, dtype=torch.float64)
+    w, b = torch.rand(3, dtype=torch.float64) + 0.5, torch.randn(3, dtype=torch.float64)
+    mean, var = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+
+    def f(norm):
+        return lambda x, w, b: (norm(x, mean, var, w, b, False, 0.1, 1e-3) ** 3).sin().sum()
+
+    ours = torch.autograd.functional.hessian(f(_batch_norm), (x, w, b))
+    torchs = torch.autograd.functional.hessian(f(F.batch_norm), (x, w, b))
+    for i in range(3):
+        for j in range(3):
+            assert_close(ours[i][j], torchs[i][j], rtol=1e-12, atol=1e-12, what=f"block {i}{j}")
+    g = torch.randn_like(x)
+    inputs = [t.clone().requires_grad_() for t in (g, x, w)]
+    backward = lambda g, x, w: _EvalBatchNormGrad.apply(g, x, w, mean, var, 1e-3)  # noqa: E731
+    assert torch.autograd.gradcheck(backward, inputs)
+
+
+def test_batch_norm_route_leaves_other_calls_to_torch():
+    """Training mode, no affine map, no running statistics, mixed dtypes: torch's own
+    ``batch_norm``, the same values and graph."""
+    from jupyter_curvature.operators._second_order import _batch_norm, _EvalBatchNorm
+
+    x = torch.randn(6, 3, requires_grad=True)
+    w, b = torch.ones(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    mean, var = torch.zeros(3), torch.ones(3)
+    cases = [
+        (x, mean, var, w, b, True),
+        (x, mean, var, None, None, False),
+        (x, None, None, w, b, True),
+        (x.detach().bfloat16().requires_grad_(), mean, var, w, b, False),  # bf16 autocast's
+    ]
+    for x_, m, v, w_, b_, training in cases:
+        out = _batch_norm(x_, m, v, w_, b_, training)
+        assert "EvalBatchNorm" not in type(out.grad_fn).__name__
+        assert_close(out, F.batch_norm(x_, m, v, w_, b_, training), rtol=0, atol=0)
+    routed = _batch_norm(x, mean, var, w, b, False)
+    assert isinstance(routed.grad_fn, _EvalBatchNorm._backward_cls)
+    assert_close(routed, F.batch_norm(x, mean, var, w, b, False), rtol=0, atol=0)
+
+
+def test_eval_batch_norm_route_vectorised_columns_equal_one_by_one():
+    """``vectorize=True`` (one batched backward, or its fallback) gives the same block."""
+    from reference import bn_cnn
+
+    torch.manual_seed(0)
+    model, x = bn_cnn().eval(), torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    data = (x, torch.randint(0, 4, (5,)))
+    loss_fn = nn.CrossEntropyLoss()
+    one = jc.HessianOperator(model, loss_fn, data, keep_graphs=True)
+    batched = jc.HessianOperator(model, loss_fn, data, keep_graphs=True, vectorize=True)
+    V = torch.randn(one.shape[0], 3, dtype=torch.float64)
+    assert_close(batched @ V, one @ V, what="vectorised vs columns")
