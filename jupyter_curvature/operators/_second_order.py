@@ -29,17 +29,10 @@ order torch knows:
   which computes the attention with ``bmm`` and ``softmax`` instead of the fused kernel; the
   weights are dropped, so the caller gets what it asked for.
 
-One route is for speed, not for a missing derivative, and only the Hessian's graphs take it
-(``lean_batch_norm=True``: the ``torch.func`` operators need a jvp it does not have):
-
-* ``batch_norm`` in eval mode is the per-channel affine map ``y = (x - m) s w + b``,
-  ``s = (v + eps)^(-1/2)``, but torch differentiates its backward by the training-mode formula's
-  code, about fourteen passes over the activation where eval mode needs four (a tenth of
-  ResNet-20's kept-graph Hessian product on the CPU). :class:`_EvalBatchNorm` keeps torch's
-  kernels for the forward and the backward and gives the backward the eval-mode derivative:
-  for the cotangents ``(G_x, G_w, G_b)`` of ``(g_x, g_w, g_b) = (g s w, sum g (x - m) s,
-  sum g)``, ``d/dg = G_x s w + (x - m) s G_w + G_b``, ``d/dx = g s G_w``,
-  ``d/dw = sum G_x g s`` (sums over all but the channel dimension).
+With ``lean=True`` (the Hessian's graphs only: the ``torch.func`` operators need a jvp these do
+not have) eval-mode ``batch_norm`` and ``conv1d/2d/3d`` are routed too, for speed rather than
+for a missing derivative: :mod:`._lean_double_backward` gives them the double backward their
+structure allows (a tenth and a sixth of ResNet-20's kept-graph product on the CPU).
 
 The mode is entered only while an operator builds a graph it differentiates twice, and only
 for a model whose first batch called one of these operations; the model itself (modules,
@@ -65,6 +58,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
+
+from ._lean_double_backward import LEAN_ROUTES
 
 
 def _hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -122,68 +117,6 @@ def _multi_head_attention(*args, **kwargs):
     return F.multi_head_attention_forward(*args, **kwargs)[0], None
 
 
-def _channels(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A per-channel vector shaped to broadcast over ``like`` (``N, C, ...``)."""
-    return t.view(1, -1, *([1] * (like.dim() - 2)))
-
-
-class _EvalBatchNorm(torch.autograd.Function):
-    """Eval-mode ``batch_norm`` whose backward is :class:`_EvalBatchNormGrad`."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, mean, var, eps):
-        ctx.save_for_backward(x, weight, mean, var)
-        ctx.eps = eps
-        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, mean, var = ctx.saved_tensors
-        g_x, g_w, g_b = _EvalBatchNormGrad.apply(grad, x, weight, mean, var, ctx.eps)
-        return g_x, g_w, g_b, None, None, None
-
-
-class _EvalBatchNormGrad(torch.autograd.Function):
-    """torch's eval-mode backward kernel, differentiated by the eval-mode formula."""
-
-    @staticmethod
-    def forward(ctx, grad, x, weight, mean, var, eps):
-        ctx.save_for_backward(grad, x, weight, mean, var)
-        ctx.eps = eps
-        mask = [True, True, True]
-        return torch.ops.aten.native_batch_norm_backward(
-            grad, x, weight, mean, var, None, None, False, eps, mask
-        )
-
-    @staticmethod
-    def backward(ctx, grad_x, grad_w, grad_b):
-        grad, x, weight, mean, var = ctx.saved_tensors
-        eps = ctx.eps
-        invstd = (var + eps).rsqrt()
-        # (x - m) s G_w + G_b is itself an eval-mode batch_norm: one fused pass
-        d_grad = F.batch_norm(x, mean, var, grad_w, grad_b, False, 0.0, eps)
-        d_grad.addcmul_(grad_x, _channels(weight * invstd, x))
-        d_x = grad * _channels(grad_w * invstd, x)
-        # sum G_x g s over all but the channels is the backward kernel's weight gradient of
-        # an eval-mode batch_norm of g with mean 0: one fused pass, no product tensor
-        d_w = torch.ops.aten.native_batch_norm_backward(
-            grad_x, grad, None, torch.zeros_like(mean), var, None, None, False, eps,
-            [False, True, False],
-        )[1]  # fmt: skip
-        return d_grad, d_x, d_w, None, None, None
-
-
-def _batch_norm(
-    input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5
-) -> torch.Tensor:
-    """``F.batch_norm`` (same signature); eval mode with an affine map of one dtype through
-    :class:`_EvalBatchNorm`, anything else unchanged."""
-    tensors = (input, running_mean, running_var, weight, bias)
-    if training or any(t is None for t in tensors) or len({t.dtype for t in tensors}) > 1:
-        return F.batch_norm(input, *tensors[1:], training, momentum, eps)
-    return _EvalBatchNorm.apply(input, weight, bias, running_mean, running_var, eps)
-
-
 _ROUTES: dict[Callable[..., Any], Callable[..., Any]] = {
     F.hardsigmoid: _hardsigmoid,
     F.scaled_dot_product_attention: _attention,
@@ -194,10 +127,10 @@ _ROUTES: dict[Callable[..., Any], Callable[..., Any]] = {
 class _TwiceDifferentiable(TorchFunctionMode):
     """Routes the calls above; ``routed`` counts the calls it changed."""
 
-    def __init__(self, lean_batch_norm: bool = False) -> None:
+    def __init__(self, lean: bool = False) -> None:
         super().__init__()
         self.routed = 0
-        self.routes = {**_ROUTES, F.batch_norm: _batch_norm} if lean_batch_norm else _ROUTES
+        self.routes = {**_ROUTES, **LEAN_ROUTES} if lean else _ROUTES
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -213,20 +146,20 @@ class _TwiceDifferentiable(TorchFunctionMode):
 
 @contextmanager
 def twice_differentiable(
-    enabled: bool = True, *, lean_batch_norm: bool = False
+    enabled: bool = True, *, lean: bool = False
 ) -> Iterator[_TwiceDifferentiable | None]:
     """Within the block, the operations above build graphs that can be differentiated twice.
 
     The mode sees every torch call of the forward (about 5-10% of a small MLP's Hessian
     product), so operators enter it only for models that need it: those whose first batch
     routed a call through it (``mode.routed > 0``, see ``HessianOperator``). With
-    ``enabled=False`` the block does nothing and yields ``None``. ``lean_batch_norm`` also
-    routes eval-mode ``batch_norm`` (reverse mode only: no jvp).
+    ``enabled=False`` the block does nothing and yields ``None``. ``lean`` also routes
+    :data:`._lean_double_backward.LEAN_ROUTES` (reverse mode only: no jvp).
     """
     if not enabled:
         yield None
         return
-    with _TwiceDifferentiable(lean_batch_norm) as mode:
+    with _TwiceDifferentiable(lean) as mode:
         yield mode
 
 

@@ -74,7 +74,7 @@ class HessianOperator(EmpiricalRiskOperator):
         """The shared checks, then one Hessian product of the batch: an operation torch cannot
         differentiate twice is named now, not in the middle of a spectrum."""
         with (
-            twice_differentiable(lean_batch_norm=True) as mode,
+            twice_differentiable(lean=True) as mode,
             recorded_calls(self.model) as calls,
         ):
             self._loss_and_gradient(
@@ -89,7 +89,7 @@ class HessianOperator(EmpiricalRiskOperator):
         that operations whose second derivative torch lacks (``hardsigmoid``, fused attention)
         get one.
         """
-        with twice_differentiable(self._reroute, lean_batch_norm=True):
+        with twice_differentiable(self._reroute, lean=True):
             loss = self._loss(self._forward(batch), batch)
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         return [g if g is not None and g.requires_grad else None for g in grads]
