@@ -369,4 +369,3 @@ def test_torchvision_hessian_product_equals_plain_double_backward(name):
     reference = _swap(model, nn.Hardsigmoid, ElementaryHardsigmoid)
     expected = _plain_hvp(reference, x, y, H.unflatten(v))
     assert_close(Hv, expected, rtol=1e-9, atol=1e-9 * float(expected.abs().max()), what=name)
-
