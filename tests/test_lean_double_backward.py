@@ -129,17 +129,15 @@ def test_convolution_route_second_derivatives_equal_torchs(d):
     """Every block of the Hessian of ``(x, W, b) -> f(conv(x, W, b))`` for strides, padding,
     dilation, groups, with and without bias, equals torch's (its double backward)."""
     torch.manual_seed(d)
-    plain, routed = (
-        [F.conv1d, F.conv2d, F.conv3d][d - 1],
-        LEAN_ROUTES[[F.conv1d, F.conv2d, F.conv3d][d - 1]],
-    )
+    plain = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
+    routed = LEAN_ROUTES[plain]
     for stride, padding, dilation, groups, has_bias in GEOMETRIES:
         c, o, size = (4, 6, 6) if d < 3 else (2, 2, 5)  # a Hessian of ~500 rows for conv3d
         x = torch.randn(2, c, *[size] * d, dtype=torch.float64)
         w = torch.randn(o, c // groups, *[3] * d, dtype=torch.float64)
         b = torch.randn(o, dtype=torch.float64) if has_bias else None
         geometry = (stride, padding, dilation, groups)
-        ours, torchs = (_hessian_blocks(c, x, w, b, geometry) for c in (routed, plain))
+        ours, torchs = (_hessian_blocks(conv, x, w, b, geometry) for conv in (routed, plain))
         for i, j in itertools.product(range(len(ours)), repeat=2):
             what = f"conv{d}d {geometry} bias={has_bias} block {i}{j}"
             assert_close(ours[i][j], torchs[i][j], rtol=1e-12, atol=1e-12, what=what)

@@ -17,7 +17,8 @@ than they need:
 * **Convolutions** ``y = conv(x, W) + b``: torch forms the weight term of the double backward
   as a convolution of the transposed (non-contiguous) cotangent and output gradient: 3.2 ms
   per call on ResNet-20's first stage (32 images, one CPU thread) against 1.5 ms for a
-  forward convolution of the same size. The first backward is bilinear, ``g_x = conv_x^T(g, W)``, ``g_W = conv_W^T(g, x)``, ``g_b = sum g``, so::
+  forward convolution of the same size. The first backward is bilinear,
+  ``g_x = conv_x^T(g, W)``, ``g_W = conv_W^T(g, x)``, ``g_b = sum g``, so::
 
       d/dg = conv(G_x, W) + conv(x, G_W) + G_b  two forward convolutions
       d/dx = conv_x^T(g, G_W)                   the input gradient of conv(x, G_W)
