@@ -509,3 +509,58 @@ def test_block_falls_back_to_columns_when_batching_fails(monkeypatch):
 
     monkeypatch.setattr(torch.autograd, "grad", no_batching)
     assert_close(op @ V, expected, rtol=1e-12, atol=1e-14)
+
+
+class _Square(torch.autograd.Function):
+    """``x^2`` whose double backward has no batching rule (an in-place product of an unbatched
+    tensor by a batched one), as a user's custom Function may have."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return _SquareGrad.apply(grad, x)
+
+
+class _SquareGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad, x):
+        ctx.save_for_backward(grad, x)
+        return 2 * grad * x
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad, x = ctx.saved_tensors
+        return (2 * x).mul_(grad_out), 2 * grad_out * grad  # mul_: fails when batched
+
+
+class _SquareNet(nn.Module):
+    def __init__(self, custom: bool = True):
+        super().__init__()
+        self.first, self.last = nn.Linear(5, 4), nn.Linear(4, 3)
+        self.square = _Square.apply if custom else torch.square
+
+    def forward(self, x):
+        return self.last(self.square(torch.tanh(self.first(x))))
+
+
+def test_a_batched_backward_failing_part_way_falls_back_with_the_graph_whole():
+    """On a fresh graph the first batched backward keeps the graph, so one that fails after
+    autograd freed part of it leaves it whole for the column loop; later products go straight
+    to the loop (no failing try each time)."""
+    torch.manual_seed(0)
+    model = _SquareNet().double()
+    x, y = torch.randn(6, 5, dtype=DT), torch.randint(0, 3, (6,))
+    loss_fn = nn.CrossEntropyLoss()
+    op = HessianOperator(model, loss_fn, (x, y), vectorize=True)
+    V = torch.randn(op.shape[0], 3, dtype=DT)
+    plain = _SquareNet(custom=False).double()
+    plain.load_state_dict(model.state_dict())
+    expected = dense_hessian(plain, loss_fn, x, y) @ V
+    assert_close(op @ V, expected, rtol=1e-12, atol=1e-14)
+    assert op._batches_backward is False
+    assert_close(op @ V, expected, rtol=1e-12, atol=1e-14)

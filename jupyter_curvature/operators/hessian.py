@@ -63,6 +63,10 @@ class HessianOperator(EmpiricalRiskOperator):
         self.vectorize = bool(vectorize)
         self._graphs: list[tuple[Batch, list[torch.Tensor | None]]] | None = None
         self._graph_versions: list[int] | None = None
+        # whether the model's double backward runs batched (is_grads_batched): None until the
+        # first try, which keeps the graph so that a failure part-way leaves it whole for the
+        # column loop; after a failure every product goes straight to the loop
+        self._batches_backward: bool | None = None
         super().__init__(model, loss_fn, data, params, **kwargs)
 
     def _matmat(self, block: torch.Tensor, groups: Groups | None = None) -> torch.Tensor:
@@ -115,8 +119,10 @@ class HessianOperator(EmpiricalRiskOperator):
             groups = [list(range(len(self.params)))]
         k = block.shape[1]
         columns = self.unflatten(block)
-        if self.vectorize and len(groups) > 1:
-            out = vectorised_block_backward(self.params, grads, columns, groups, keep)
+        if self._try_batched() and len(groups) > 1:
+            retain = keep or self._batches_backward is None
+            out = vectorised_block_backward(self.params, grads, columns, groups, retain)
+            self._batches_backward = out is not None
             if out is not None:
                 return torch.cat([o.reshape(-1, k) for o in out])
         out: list[torch.Tensor | None] = [None] * len(columns)  # None: a zero block
@@ -128,10 +134,12 @@ class HessianOperator(EmpiricalRiskOperator):
             targets = [self.params[i] for i in group]
             outputs = [grads[i] for i in live]
             hv = None
-            if self.vectorize and k > 1:
+            if self._try_batched() and k > 1:
+                retain = keep_g or self._batches_backward is None
                 hv = self._batch_hvp_vectorised(
-                    outputs, targets, [columns[i] for i in live], keep_g
+                    outputs, targets, [columns[i] for i in live], retain
                 )
+                self._batches_backward = hv is not None
             if hv is None:
                 # measured faster on CPU than vmap over the backward (conv double backward)
                 hv = self._batch_hvp_columns(
@@ -143,6 +151,10 @@ class HessianOperator(EmpiricalRiskOperator):
         return torch.cat(
             [(torch.zeros_like(c) if o is None else o).reshape(-1, k) for o, c in zip(out, columns)]
         )
+
+    def _try_batched(self) -> bool:
+        """``vectorize=True`` and no batched backward has failed on this model yet."""
+        return self.vectorize and self._batches_backward is not False
 
     @staticmethod
     def _batch_hvp_vectorised(outputs, targets, columns, keep):
