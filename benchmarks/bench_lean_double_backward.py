@@ -1,13 +1,15 @@
 """The lean double backwards (``operators._lean_double_backward``) against torch's own.
 
-A kept-graph Hessian product on a network of the zoo, built three ways on one operator's data:
-torch's double backwards everywhere ("torch"), the eval-mode BatchNorm route only ("bn"), the
-BatchNorm and convolution routes (the default, "bn+conv"). Interleaved rounds of products,
-one thread; each route's time over torch's in the same round (median), and the products'
-relative difference (float32 rounding: the routes add in another order).
+A Hessian product (kept graph, or with ``--fresh`` built in each product) on a network of
+``bench_scale`` (ResNet-20, ResNet-18, timm's ViT-tiny), built several ways on one operator's
+data: torch's double backwards everywhere
+("torch"), some of the route families ("bn": eval-mode BatchNorm, "conv": convolutions, "ln":
+LayerNorm, "gelu": GELU; "+" joins them) and all of them (the default, "all"). Interleaved
+rounds of products, one thread; each variant's time over torch's in the same round (median),
+and the products' relative difference (float32 rounding: the routes add in another order).
 
     python benchmarks/bench_lean_double_backward.py [--model resnet20] [--images 32]
-        [--columns 1] [--rounds 7]
+        [--variants bn,bn+conv] [--columns 1] [--fresh] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -24,11 +26,23 @@ from jupyter_curvature.operators import HessianOperator
 from jupyter_curvature.operators import _second_order as second_order
 from jupyter_curvature.operators._lean_double_backward import LEAN_ROUTES
 
-VARIANTS = {
-    "torch": {},
-    "bn": {F.batch_norm: LEAN_ROUTES[F.batch_norm]},
-    "bn+conv": LEAN_ROUTES,
+FAMILIES = {
+    "bn": [F.batch_norm],
+    "conv": [F.conv1d, F.conv2d, F.conv3d],
+    "ln": [F.layer_norm],
+    "gelu": [F.gelu],
 }
+#: the variants measured by default besides "torch" and "all": each family the model uses
+DEFAULT_VARIANTS = {"resnet20": "bn,bn+conv", "resnet18": "bn,bn+conv", "vit_tiny": "ln,gelu"}
+
+
+def variant_routes(name: str) -> dict:
+    """The lean routes of a variant: "torch" none, "all" every one, else "+"-joined families."""
+    if name == "torch":
+        return {}
+    if name == "all":
+        return LEAN_ROUTES
+    return {f: LEAN_ROUTES[f] for family in name.split("+") for f in FAMILIES[family]}
 
 
 @contextmanager
@@ -48,7 +62,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--variants", default=None, help="comma-separated, e.g. ln,gelu")
     parser.add_argument("--columns", type=int, default=1)
+    parser.add_argument(
+        "--fresh", action="store_true", help="fresh products (forward, gradient, double backward)"
+    )
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -56,23 +74,27 @@ def main() -> None:
     model = build_model(args.model, "cpu")  # eval mode: BatchNorm on running statistics
     data = make_data(args.images, args.images, "cpu")
     loss_fn = torch.nn.CrossEntropyLoss()
+    chosen = args.variants or DEFAULT_VARIANTS.get(args.model, "")
+    names = ["torch", *[v for v in chosen.split(",") if v], "all"]
     ops, products = {}, {}
-    for name, table in VARIANTS.items():
-        with routes(table):
-            ops[name] = HessianOperator(model, loss_fn, data, keep_graphs=True)
+    for name in names:
+        with routes(variant_routes(name)):
+            ops[name] = HessianOperator(model, loss_fn, data, keep_graphs=not args.fresh)
             v = torch.randn(
                 ops[name].shape[0], args.columns, generator=torch.Generator().manual_seed(1)
             )
-            products[name] = ops[name] @ v  # builds and keeps the graph with these routes
+            products[name] = ops[name] @ v  # a kept graph: built now, with these routes
     seconds = {name: [] for name in ops}
     for _ in range(args.rounds):
         for name, op in ops.items():
-            start = time.perf_counter()
-            op @ v
-            seconds[name].append(time.perf_counter() - start)
+            with routes(variant_routes(name)):  # a fresh graph: built in each product
+                start = time.perf_counter()
+                op @ v
+                seconds[name].append(time.perf_counter() - start)
     n = ops["torch"].shape[0]
-    print(f"# {args.model}, n = {n:,}, {args.images} images, {args.columns} column(s), "
-          f"{args.rounds} interleaved rounds, one thread, torch {torch.__version__}")  # fmt: skip
+    graph = "fresh" if args.fresh else "kept-graph"
+    print(f"# {args.model}, n = {n:,}, {args.images} images, {graph} products of {args.columns} "
+          f"column(s), {args.rounds} interleaved rounds, one thread, torch {torch.__version__}")  # fmt: skip
     print("| double backward | product s (median) | / torch's (median of rounds) | rel. diff |")
     print("|---|---|---|---|")
     reference = products["torch"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
+from torch.overrides import TorchFunctionMode
 
 from jupyter_curvature.operators import flatten, select_parameters, unflatten
 
@@ -75,6 +77,10 @@ def _prepare(model, loss_fn, x, eval_mode, mean_loss):
 
 def dense_hessian(model, loss_fn, x, y, params=None, *, eval_mode=False, mean_loss=False):
     """``d^2 loss_fn(model(x), y) / dtheta^2`` on one batch, in the model's current mode.
+
+    By ``torch.func.hessian``: not a reference for a model with ``F.layer_norm`` or
+    training-mode ``batch_norm`` (torch 2.14 differentiates their backward kernels with the
+    saved statistics as constants; see ``dense_hessian_by_differences``).
 
     ``eval_mode``: put the model in eval mode first (and leave it there); ``mean_loss``: divide
     a ``reduction="sum"`` loss by the number of samples (the statistics' per-sample mean).
@@ -275,3 +281,49 @@ def assert_within_stderr(estimate, exact: float, k: float = 4.0, what: str = "es
         f"{what}: {estimate.value:.6g} is {err / estimate.stderr:.2f} standard errors "
         f"({estimate.stderr:.3g}) from the exact {exact:.6g}; the bound is {k}"
     )
+
+
+# ------------------------------------------------ LayerNorm references (torch.func's is wrong)
+def elementary_layer_norm(x, shape, weight=None, bias=None, eps=1e-5):
+    """``F.layer_norm`` in elementary operations, whose derivatives of every order autograd
+    knows: the independent reference. (torch.func's Hessian of ``F.layer_norm`` is no
+    reference: in torch 2.14 it differentiates a decomposition of the backward kernel in which
+    the saved mean and rstd are constants, and its ``(w, x)`` block is off by O(1).)"""
+    dims = tuple(range(-len(shape), 0))
+    centred = x - x.mean(dims, keepdim=True)
+    y = centred * (centred.square().mean(dims, keepdim=True) + eps).rsqrt()
+    y = y if weight is None else y * weight
+    return y if bias is None else y + bias
+
+
+class ElementaryLayerNorms(TorchFunctionMode):
+    """Every ``F.layer_norm`` call as :func:`elementary_layer_norm`."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        route = elementary_layer_norm if func is F.layer_norm else func
+        return route(*args, **(kwargs or {}))
+
+
+class TinyTransformerBlock(nn.Module):
+    """Tokens through LayerNorms (weight and bias, weight only, bias only via ``F.layer_norm``)
+    and a GELU MLP of each form: the routes' cases in one model."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(4, 6)
+        self.ln1 = nn.LayerNorm(6)
+        self.up, self.down = nn.Linear(6, 8), nn.Linear(8, 6)
+        self.ln2 = nn.LayerNorm(6, bias=False)
+        self.shift = nn.Parameter(0.1 * torch.randn(3, 6))
+        self.head = nn.Linear(6, 3)
+        with torch.no_grad():
+            for ln in (self.ln1, self.ln2):
+                ln.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        h = self.embed(x.view(len(x), 3, 4))
+        h = h + self.down(F.gelu(self.up(self.ln1(h)), approximate="tanh"))
+        h = F.gelu(self.ln2(h)) + h
+        h = F.layer_norm(h, (3, 6), None, self.shift)
+        return self.head(h.mean(1))

@@ -12,7 +12,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from reference import assert_close, dense_ggn, dense_hessian
+from reference import (
+    ElementaryLayerNorms,
+    TinyTransformerBlock,
+    assert_close,
+    dense_ggn,
+    dense_hessian,
+)
 from torch import nn
 
 import jupyter_curvature as jc
@@ -69,6 +75,21 @@ def test_products_on_cuda_float64_equal_the_dense_cpu_reference(kind):
     assert single.device.type == torch.device(CUDA).type
     assert_close(single.cpu(), dense @ V[:, 0], rtol=1e-9, atol=1e-12)
     assert_close(block.cpu(), dense @ V, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("keep_graphs", [False, True])
+def test_lean_layer_norm_and_gelu_routes_on_cuda_equal_the_dense_cpu_reference(keep_graphs):
+    """The Hessian's LayerNorm and GELU double backwards (torch's CUDA kernels inside) in
+    float64 on the device against the dense CPU Hessian with LayerNorm in elementary
+    operations (torch.func's own Hessian of ``F.layer_norm`` is wrong)."""
+    model, loss_fn = TinyTransformerBlock().double(), nn.CrossEntropyLoss()
+    x, y = torch.randn(6, 12, dtype=DT), torch.randint(0, 3, (6,))
+    with ElementaryLayerNorms():
+        dense = dense_hessian(model, loss_fn, x, y)
+    op = HessianOperator(model.to(CUDA), loss_fn, (x.to(CUDA), y.to(CUDA)), keep_graphs=keep_graphs)
+    assert op._reroute is True
+    V = torch.randn(op.shape[0], 3, dtype=DT)
+    assert_close((op @ V.to(CUDA)).cpu(), dense @ V, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["hessian", "ggn"])

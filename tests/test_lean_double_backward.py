@@ -1,4 +1,5 @@
-"""The lean double backwards of eval-mode BatchNorm and convolutions (Hessian graphs only).
+"""The lean double backwards of eval-mode BatchNorm, convolutions, LayerNorm and GELU (Hessian
+graphs only).
 
 Each is checked against torch's own derivatives of the same function (every block of the
 Hessian, float64), by ``gradcheck`` of the backward, and through ``HessianOperator`` against
@@ -12,7 +13,17 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import assert_close, assert_same_state, bn_cnn, dense_hessian, snapshot
+from reference import (
+    ElementaryLayerNorms,
+    TinyTransformerBlock,
+    assert_close,
+    assert_same_state,
+    bn_cnn,
+    dense_hessian,
+    dense_hessian_by_differences,
+    elementary_layer_norm,
+    snapshot,
+)
 from torch import nn
 
 import jupyter_curvature as jc
@@ -22,6 +33,10 @@ from jupyter_curvature.operators._lean_double_backward import (
     _ConvolutionGrad,
     _EvalBatchNorm,
     _EvalBatchNormGrad,
+    _Gelu,
+    _GeluGrad,
+    _LayerNorm,
+    _LayerNormGrad,
     batch_norm,
 )
 
@@ -210,3 +225,142 @@ def test_convolution_route_gives_the_dense_hessian(keep_graphs):
     H = jc.HessianOperator(model, loss_fn, (x, y), keep_graphs=keep_graphs)
     assert H._reroute is True
     assert_close(H.to_dense(), dense_hessian(model, loss_fn, x, y), what="conv1d/3d net")
+
+
+# ------------------------------------------------------------------------------ LayerNorm
+def _blocks_agree(ours, reference, what):
+    """Every block within 1e-12 of the largest entry (float64 rounding of a few passes)."""
+    scale = max(float(block.abs().max()) for row in reference for block in row)
+    for i, j in itertools.product(range(len(ours)), repeat=2):
+        assert_close(ours[i][j], reference[i][j], rtol=0, atol=1e-12 * scale, what=f"{what} {i}{j}")
+
+
+def _layer_norm_blocks(norm, x, shape, weight, bias, hessian):
+    present = [t for t in (weight, bias) if t is not None]
+
+    def f(x, *affine):
+        it = iter(affine)
+        w = next(it) if weight is not None else None
+        b = next(it) if bias is not None else None
+        y = norm(x, shape, w, b, 1e-3)
+        return (y.sin() * y).sum()
+
+    return hessian(f, (x, *present))
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 5)])
+@pytest.mark.parametrize("affine", ["weight+bias", "weight", "bias", "none"])
+def test_layer_norm_route_second_derivatives_are_exact(shape, affine):
+    """Every block of the Hessian of ``(x, w, b) -> f(layer_norm(x, w, b))`` over one and two
+    normalised dimensions, each affine part present or not, equals the elementary reference's
+    and, where torch's double backward is right, torch's. torch's drops the bias cotangent
+    when there is no weight (``F.layer_norm(x, s, None, b)``): the route is right there too."""
+    torch.manual_seed(len(shape))
+    x = 2.0 * torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    weight = torch.rand(shape, dtype=torch.float64) + 0.5 if "weight" in affine else None
+    bias = torch.randn(shape, dtype=torch.float64) if "bias" in affine else None
+    ours, elementary, torchs = (
+        _layer_norm_blocks(norm, x, shape, weight, bias, torch.autograd.functional.hessian)
+        for norm in (LEAN_ROUTES[F.layer_norm], elementary_layer_norm, F.layer_norm)
+    )
+    _blocks_agree(ours, elementary, f"layer_norm {shape} {affine} vs elementary")
+    if affine != "bias":
+        _blocks_agree(ours, torchs, f"layer_norm {shape} {affine} vs torch's double backward")
+
+
+def test_layer_norm_route_backward_passes_gradcheck_and_refuses_a_third_derivative():
+    """The backward's derivative by finite differences; a third derivative (the saved mean and
+    rstd are constants there) raises instead of coming out silently wrong."""
+    torch.manual_seed(0)
+    shape = (4,)
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    w, b = torch.rand(4, dtype=torch.float64) + 0.5, torch.randn(4, dtype=torch.float64)
+    _, mean, rstd = torch.ops.aten.native_layer_norm(x, shape, w, b, 1e-3)
+    mask = (True, True, True)
+    inputs = [t.clone().requires_grad_() for t in (torch.randn_like(x), x, w)]
+
+    def backward(g, x, w):  # mean and rstd follow x, as they do in the forward
+        _, mean, rstd = torch.ops.aten.native_layer_norm(x.detach(), shape, w, b, 1e-3)
+        return _LayerNormGrad.apply(g, x, w, b, mean, rstd, shape, mask)
+
+    assert torch.autograd.gradcheck(backward, inputs)
+    g, x_, w_ = inputs
+    outputs = _LayerNormGrad.apply(g, x_, w_, b, mean, rstd, shape, mask)
+    with pytest.raises(RuntimeError, match="third derivative through LayerNorm"):
+        torch.autograd.grad(outputs[0].sum(), (g, x_, w_), create_graph=True)
+
+
+def test_layer_norm_route_leaves_other_calls_to_torch():
+    """bfloat16 and half, mixed dtypes, autocast: torch's own ``layer_norm``, same values."""
+    x = torch.randn(3, 4, requires_grad=True)
+    w, b = torch.rand(4, requires_grad=True), torch.randn(4, requires_grad=True)
+    layer_norm = LEAN_ROUTES[F.layer_norm]
+    low = [t.detach().bfloat16().requires_grad_() for t in (x, w, b)]
+    for args in [low, (x, w.detach().double(), b)]:
+        try:
+            expected = F.layer_norm(args[0], (4,), *args[1:])
+        except RuntimeError:  # torch refuses mixed dtypes: so must the route, the same way
+            with pytest.raises(RuntimeError):
+                layer_norm(args[0], (4,), *args[1:])
+            continue
+        out = layer_norm(args[0], (4,), *args[1:])
+        assert not isinstance(out.grad_fn, _LayerNorm._backward_cls)
+        assert_close(out, expected, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not isinstance(layer_norm(x, (4,), w, b).grad_fn, _LayerNorm._backward_cls)
+    routed = layer_norm(x, 4, w, b)  # an int normalized_shape, as F.layer_norm accepts
+    assert isinstance(routed.grad_fn, _LayerNorm._backward_cls)
+    assert_close(routed, F.layer_norm(x, (4,), w, b), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------ GELU
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_route_second_derivatives_equal_torchs(approximate):
+    """``d/dg`` and ``d/dx`` of the GELU backward (both forms): every block of the Hessian of
+    ``x -> f(gelu(x))`` equals torch's and torch.func's; gradcheck of the backward."""
+    torch.manual_seed(0)
+    x = 3.0 * torch.randn(40, dtype=torch.float64)  # tails and the middle of both forms
+
+    def f(gelu):
+        return lambda x: (gelu(x, approximate=approximate) ** 2).sin().sum()
+
+    ours = torch.autograd.functional.hessian(f(LEAN_ROUTES[F.gelu]), x)
+    torchs = torch.autograd.functional.hessian(f(F.gelu), x)
+    forward_over_reverse = torch.func.hessian(f(F.gelu))(x)
+    scale = float(torchs.abs().max())
+    assert_close(ours, torchs, rtol=0, atol=1e-13 * scale, what=f"gelu {approximate}")
+    assert_close(ours, forward_over_reverse, rtol=0, atol=1e-13 * scale, what="vs torch.func")
+    inputs = [t.clone().requires_grad_() for t in (torch.randn_like(x), x)]
+    assert torch.autograd.gradcheck(lambda g, x: _GeluGrad.apply(g, x, approximate), inputs)
+
+
+def test_gelu_route_leaves_autocast_to_torch():
+    x = torch.randn(4, 3, requires_grad=True)
+    gelu = LEAN_ROUTES[F.gelu]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not isinstance(gelu(x).grad_fn, _Gelu._backward_cls)
+    routed = gelu(x, approximate="tanh")
+    assert isinstance(routed.grad_fn, _Gelu._backward_cls)
+    assert_close(routed, F.gelu(x, approximate="tanh"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("keep_graphs", [False, True])
+def test_layer_norm_and_gelu_routes_give_the_dense_hessian(keep_graphs):
+    model = TinyTransformerBlock().double()
+    x, y = torch.randn(5, 12, dtype=torch.float64), torch.randint(0, 3, (5,))
+    loss_fn = nn.CrossEntropyLoss()
+    before = snapshot(model)
+    H = jc.HessianOperator(model, loss_fn, (x, y), keep_graphs=keep_graphs)
+    assert H._reroute is True
+    dense = H.to_dense()
+    assert_same_state(model, before)
+    with ElementaryLayerNorms():  # torch.func's Hessian of F.layer_norm is wrong (above)
+        reference = dense_hessian(model, loss_fn, x, y)
+    scale = float(reference.abs().max())
+    by_differences = dense_hessian_by_differences(model, loss_fn, x, y)
+    assert_close(reference, by_differences, rtol=0, atol=1e-6 * scale, what="the reference")
+    assert_close(dense, reference, what="LayerNorm/GELU block")
+    batched = jc.HessianOperator(model, loss_fn, (x, y), keep_graphs=keep_graphs, vectorize=True)
+    V = torch.randn(H.shape[0], 3, dtype=torch.float64)
+    assert_close(batched @ V, H @ V, what="vectorised vs columns")
+    assert batched._batches_backward is True  # the routes run under is_grads_batched's vmap
