@@ -1,12 +1,12 @@
 """The lean double backwards (``operators._lean_double_backward``) against torch's own.
 
 A Hessian product (kept graph, or with ``--fresh`` built in each product) on a network of
-``bench_scale`` (ResNet-20, ResNet-18, timm's ViT-tiny), built several ways on one operator's
-data: torch's double backwards everywhere
-("torch"), some of the route families ("bn": eval-mode BatchNorm, "conv": convolutions, "ln":
-LayerNorm, "gelu": GELU; "+" joins them) and all of them (the default, "all"). Interleaved
-rounds of products, one thread; each variant's time over torch's in the same round (median),
-and the products' relative difference (float32 rounding: the routes add in another order).
+``bench_scale`` (ResNet-20, ResNet-18, timm's ViT-tiny, torchvision's EfficientNet-B0), built
+several ways on one operator's data: torch's double backwards everywhere ("torch"), some of the
+route families ("bn": eval-mode BatchNorm, "conv": convolutions, "ln": LayerNorm, "gelu":
+GELU, "silu": SiLU; "+" joins them) and all of them (the default, "all"). Interleaved rounds
+of products, one thread; each variant's time over torch's in the same round (median), and the
+products' relative difference (float32 rounding: the routes add in another order).
 
     python benchmarks/bench_lean_double_backward.py [--model resnet20] [--images 32]
         [--variants bn,bn+conv] [--columns 1] [--fresh] [--rounds 7]
@@ -31,9 +31,15 @@ FAMILIES = {
     "conv": [F.conv1d, F.conv2d, F.conv3d],
     "ln": [F.layer_norm],
     "gelu": [F.gelu],
+    "silu": [F.silu],
 }
 #: the variants measured by default besides "torch" and "all": each family the model uses
-DEFAULT_VARIANTS = {"resnet20": "bn,bn+conv", "resnet18": "bn,bn+conv", "vit_tiny": "ln,gelu"}
+DEFAULT_VARIANTS = {
+    "resnet20": "bn,bn+conv",
+    "resnet18": "bn,bn+conv",
+    "vit_tiny": "ln,gelu",
+    "efficientnet_b0": "bn+conv,silu",
+}
 
 
 def variant_routes(name: str) -> dict:

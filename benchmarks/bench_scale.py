@@ -89,10 +89,16 @@ def build_model(name: str, device: str) -> nn.Module:
         model = timm.create_model(
             "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, num_classes=10
         )
+    elif name == "efficientnet_b0":  # SiLU (in place), depthwise convolutions, SE gates
+        from torchvision.models import efficientnet_b0
+
+        model = efficientnet_b0(num_classes=10, weights=None)
     elif name == "tiny":  # --quick: a 2-block ResNet-8-like network, for a smoke run
         model = ResNet(num_classes=10, depth=8)
     else:
-        raise ValueError(f"--model must be resnet20, resnet18 or vit_tiny, got {name!r}")
+        raise ValueError(
+            f"--model must be resnet20, resnet18, vit_tiny or efficientnet_b0, got {name!r}"
+        )
     return model.to(device).eval()  # BatchNorm on running statistics, dropout off
 
 
@@ -204,7 +210,11 @@ def floors(model, loss_fn, data, device: str) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet18", "vit_tiny"])
+    ap.add_argument(
+        "--model",
+        default="resnet20",
+        choices=["resnet20", "resnet18", "vit_tiny", "efficientnet_b0"],
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--batch-size", type=int, help="images per batch (default: all in one)")

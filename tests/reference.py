@@ -305,8 +305,8 @@ class ElementaryLayerNorms(TorchFunctionMode):
 
 
 class TinyTransformerBlock(nn.Module):
-    """Tokens through LayerNorms (weight and bias, weight only, bias only via ``F.layer_norm``)
-    and a GELU MLP of each form: the routes' cases in one model."""
+    """Tokens through LayerNorms (weight and bias, weight only, bias only via ``F.layer_norm``),
+    GELU of each form and a SwiGLU gate with an in-place SiLU: the lean routes in one model."""
 
     def __init__(self):
         super().__init__()
@@ -316,7 +316,8 @@ class TinyTransformerBlock(nn.Module):
         self.up, self.down = nn.Linear(6, 8), nn.Linear(8, 6)
         self.ln2 = nn.LayerNorm(6, bias=False)
         self.shift = nn.Parameter(0.1 * torch.randn(3, 6))
-        self.head = nn.Linear(6, 3)
+        self.gate, self.value = nn.Linear(6, 4), nn.Linear(6, 4)
+        self.head = nn.Linear(6 + 4, 3)
         with torch.no_grad():
             for ln in (self.ln1, self.ln2):
                 ln.weight.uniform_(0.5, 1.5)
@@ -326,4 +327,5 @@ class TinyTransformerBlock(nn.Module):
         h = h + self.down(F.gelu(self.up(self.ln1(h)), approximate="tanh"))
         h = F.gelu(self.ln2(h)) + h
         h = F.layer_norm(h, (3, 6), None, self.shift)
-        return self.head(h.mean(1))
+        swiglu = F.silu(self.gate(h), inplace=True) * self.value(h)
+        return self.head(torch.cat([h, swiglu], -1).mean(1))

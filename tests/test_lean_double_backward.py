@@ -1,5 +1,5 @@
-"""The lean double backwards of eval-mode BatchNorm, convolutions, LayerNorm and GELU (Hessian
-graphs only).
+"""The lean double backwards of eval-mode BatchNorm, convolutions, LayerNorm, GELU and SiLU
+(Hessian graphs only).
 
 Each is checked against torch's own derivatives of the same function (every block of the
 Hessian, float64), by ``gradcheck`` of the backward, and through ``HessianOperator`` against
@@ -28,13 +28,15 @@ from torch import nn
 
 import jupyter_curvature as jc
 from jupyter_curvature.operators._lean_double_backward import (
+    _GELU,
+    _SILU,
     LEAN_ROUTES,
+    _Activation,
+    _ActivationGrad,
     _Convolution,
     _ConvolutionGrad,
     _EvalBatchNorm,
     _EvalBatchNormGrad,
-    _Gelu,
-    _GeluGrad,
     _LayerNorm,
     _LayerNormGrad,
     batch_norm,
@@ -313,39 +315,57 @@ def test_layer_norm_route_leaves_other_calls_to_torch():
     assert_close(routed, F.layer_norm(x, (4,), w, b), rtol=0, atol=0)
 
 
-# ------------------------------------------------------------------------------------ GELU
-@pytest.mark.parametrize("approximate", ["none", "tanh"])
-def test_gelu_route_second_derivatives_equal_torchs(approximate):
-    """``d/dg`` and ``d/dx`` of the GELU backward (both forms): every block of the Hessian of
-    ``x -> f(gelu(x))`` equals torch's and torch.func's; gradcheck of the backward."""
+# --------------------------------------------------------------------------- GELU and SiLU
+ACTIVATIONS = {  # name: (torch's function, keyword arguments, the route's _Pointwise, option)
+    "gelu": (F.gelu, {"approximate": "none"}, _GELU, "none"),
+    "gelu-tanh": (F.gelu, {"approximate": "tanh"}, _GELU, "tanh"),
+    "silu": (F.silu, {}, _SILU, None),
+}
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activation_routes_second_derivatives_equal_torchs(name):
+    """``d/dg`` and ``d/dx`` of the activation's backward: every entry of the Hessian of
+    ``x -> f(act(x))`` equals torch's and torch.func's; gradcheck of the backward."""
+    plain, kwargs, pointwise, option = ACTIVATIONS[name]
     torch.manual_seed(0)
-    x = 3.0 * torch.randn(40, dtype=torch.float64)  # tails and the middle of both forms
+    x = 3.0 * torch.randn(40, dtype=torch.float64)  # the tails and the middle
 
-    def f(gelu):
-        return lambda x: (gelu(x, approximate=approximate) ** 2).sin().sum()
+    def f(act):
+        return lambda x: (act(x, **kwargs) ** 2).sin().sum()
 
-    ours = torch.autograd.functional.hessian(f(LEAN_ROUTES[F.gelu]), x)
-    torchs = torch.autograd.functional.hessian(f(F.gelu), x)
-    forward_over_reverse = torch.func.hessian(f(F.gelu))(x)
+    ours = torch.autograd.functional.hessian(f(LEAN_ROUTES[plain]), x)
+    torchs = torch.autograd.functional.hessian(f(plain), x)
+    forward_over_reverse = torch.func.hessian(f(plain))(x)
     scale = float(torchs.abs().max())
-    assert_close(ours, torchs, rtol=0, atol=1e-13 * scale, what=f"gelu {approximate}")
+    assert_close(ours, torchs, rtol=0, atol=1e-13 * scale, what=name)
     assert_close(ours, forward_over_reverse, rtol=0, atol=1e-13 * scale, what="vs torch.func")
     inputs = [t.clone().requires_grad_() for t in (torch.randn_like(x), x)]
-    assert torch.autograd.gradcheck(lambda g, x: _GeluGrad.apply(g, x, approximate), inputs)
+    backward = lambda g, x: _ActivationGrad.apply(g, x, pointwise, option)  # noqa: E731
+    assert torch.autograd.gradcheck(backward, inputs)
 
 
-def test_gelu_route_leaves_autocast_to_torch():
+def test_activation_routes_leave_autocast_to_torch_and_silu_writes_in_place():
     x = torch.randn(4, 3, requires_grad=True)
-    gelu = LEAN_ROUTES[F.gelu]
+    gelu, silu = LEAN_ROUTES[F.gelu], LEAN_ROUTES[F.silu]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not isinstance(gelu(x).grad_fn, _Gelu._backward_cls)
+        assert not isinstance(gelu(x).grad_fn, _Activation._backward_cls)
+        assert not isinstance(silu(x).grad_fn, _Activation._backward_cls)
     routed = gelu(x, approximate="tanh")
-    assert isinstance(routed.grad_fn, _Gelu._backward_cls)
+    assert isinstance(routed.grad_fn, _Activation._backward_cls)
     assert_close(routed, F.gelu(x, approximate="tanh"), rtol=0, atol=0)
+    h, expected = x * 2.0, F.silu(x.detach() * 2.0)
+    out = silu(h, inplace=True)  # written into h, as torch's kernel does
+    assert out is h
+    assert_close(h, expected, rtol=0, atol=0)
+    (g,) = torch.autograd.grad((h**2).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)
+    reference = torch.autograd.functional.hessian(lambda x: (F.silu(2 * x) ** 2).sum(), x.detach())
+    assert_close(gg, reference.sum((-2, -1)), rtol=1e-5, atol=1e-6, what="in place")
 
 
 @pytest.mark.parametrize("keep_graphs", [False, True])
-def test_layer_norm_and_gelu_routes_give_the_dense_hessian(keep_graphs):
+def test_layer_norm_and_activation_routes_give_the_dense_hessian(keep_graphs):
     model = TinyTransformerBlock().double()
     x, y = torch.randn(5, 12, dtype=torch.float64), torch.randint(0, 3, (5,))
     loss_fn = nn.CrossEntropyLoss()

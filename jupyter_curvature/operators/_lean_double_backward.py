@@ -1,4 +1,4 @@
-"""Double backwards leaner than torch's for eval-mode BatchNorm, convolutions, LayerNorm, GELU.
+"""Leaner double backwards than torch's: eval-mode BatchNorm, convolutions, LayerNorm, GELU, SiLU.
 
 A Hessian product through a kept gradient graph is one backward through that graph: the
 derivative of each first backward. torch computes some of the commonest ones with more work
@@ -41,12 +41,13 @@ than they need:
 
   two calls of the kernel (``P G_x`` and ``P(...)``) and a handful of passes.
 
-* **GELU**: the backward ``g gelu'(x)`` is linear in ``g``, so ``d/dg = G gelu'(x)`` (torch's
-  backward kernel again) and ``d/dx = G g gelu''(x)``, with ``gelu''(x) = phi(x) (2 - x^2)``
-  for ``x Phi(x)`` and ``(1 - t^2) (u' - x t u'^2 + 3 a k x^2)`` for the tanh approximation
-  ``0.5 x (1 + t)``, ``t = tanh(u)``, ``u = k (x + a x^3)``, ``u' = k (1 + 3 a x^2)``. torch's
-  double backward took 6.4x (exact) and 24x (tanh) its backward kernel on ViT-tiny's
-  2080 x 768 MLP activations.
+* **GELU and SiLU**: the backward ``g f'(x)`` is linear in ``g``, so ``d/dg = G f'(x)``
+  (torch's backward kernel again) and ``d/dx = G g f''(x)``, with
+  ``gelu''(x) = phi(x) (2 - x^2)`` for ``x Phi(x)``, ``(1 - t^2) (u' - x t u'^2 + 3 a k x^2)``
+  for the tanh approximation ``0.5 x (1 + t)``, ``t = tanh(u)``, ``u = k (x + a x^3)``,
+  ``u' = k (1 + 3 a x^2)``, and ``silu''(x) = s (1 - s) (2 + x (1 - 2 s))``,
+  ``s = sigmoid(x)``. torch's double backward took 6.4x (exact GELU), 24x (tanh GELU) its
+  backward kernel on ViT-tiny's 2080 x 768 MLP activations.
 
 Each is a pair of ``autograd.Function``s: the first runs torch's forward and returns torch's
 backward kernels through the second, whose backward is the formula above. Measured on
@@ -65,6 +66,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -342,7 +344,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> tor
     return _LayerNorm.apply(input, weight, bias, shape, eps)
 
 
-# --------------------------------------------------------------------------------------- GELU
+# ----------------------------------------------------------------------- GELU and SiLU
 _SQRT_2_PI = math.sqrt(2.0 / math.pi)  # tanh approximation's k
 _TANH_CUBIC = 0.044715  # and its a
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -366,49 +368,88 @@ def gelu_second_derivative(x: torch.Tensor, approximate: str) -> torch.Tensor:
     return inner.mul_(t.square_().neg_().add_(1.0))
 
 
-class _Gelu(torch.autograd.Function):
-    """``gelu`` whose backward is :class:`_GeluGrad`."""
+def silu_second_derivative(x: torch.Tensor, _: Any = None) -> torch.Tensor:
+    """``silu''(x) = s (1 - s) (2 + x (1 - 2 s))`` for ``silu(x) = x s``, ``s = sigmoid(x)``
+    (in place, as above)."""
+    s = torch.sigmoid(x)
+    second = s.mul(-2.0).add_(1.0).mul_(x).add_(2.0).mul_(s)
+    return second.mul_(s.neg_().add_(1.0))
+
+
+@dataclass(frozen=True)
+class _Pointwise:
+    """An elementwise ``y = f(x; option)``: torch's forward and backward kernels and ``f''``."""
+
+    forward: Callable[[torch.Tensor, Any], torch.Tensor]  # (x, option) -> f(x)
+    backward: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]  # (g, x, .) -> g f'(x)
+    second: Callable[[torch.Tensor, Any], torch.Tensor]  # (x, option) -> f''(x)
+
+
+_GELU = _Pointwise(
+    lambda x, approximate: F.gelu(x, approximate=approximate),
+    lambda g, x, approximate: torch.ops.aten.gelu_backward(g, x, approximate=approximate),
+    gelu_second_derivative,
+)
+_SILU = _Pointwise(
+    lambda x, _: F.silu(x),
+    lambda g, x, _: torch.ops.aten.silu_backward(g, x),
+    silu_second_derivative,
+)
+
+
+class _Activation(torch.autograd.Function):
+    """An elementwise activation whose backward is :class:`_ActivationGrad`."""
 
     @staticmethod
-    def forward(ctx, x, approximate):
+    def forward(ctx, x, f, option):
         ctx.save_for_backward(x)
-        ctx.approximate = approximate
-        return F.gelu(x, approximate=approximate)
+        ctx.f, ctx.option = f, option
+        return f.forward(x, option)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return _GeluGrad.apply(grad, x, ctx.approximate), None
+        return _ActivationGrad.apply(grad, x, ctx.f, ctx.option), None, None
 
 
-class _GeluGrad(torch.autograd.Function):
-    """torch's GELU backward kernel ``g gelu'(x)``: linear in ``g``, so ``d/dg = G gelu'(x)``
-    (the same kernel) and ``d/dx = G g gelu''(x)``."""
+class _ActivationGrad(torch.autograd.Function):
+    """torch's backward kernel ``g f'(x)``: linear in ``g``, so ``d/dg = G f'(x)`` (the same
+    kernel) and ``d/dx = G g f''(x)``."""
 
     @staticmethod
-    def forward(ctx, grad, x, approximate):
+    def forward(ctx, grad, x, f, option):
         ctx.save_for_backward(grad, x)
-        ctx.approximate = approximate
-        return torch.ops.aten.gelu_backward(grad, x, approximate=approximate)
+        ctx.f, ctx.option = f, option
+        return f.backward(grad, x, option)
 
     @staticmethod
     def backward(ctx, grad_out):
         grad, x = ctx.saved_tensors
-        approximate = ctx.approximate
-        d_grad = d_x = None
-        if ctx.needs_input_grad[0]:
-            d_grad = torch.ops.aten.gelu_backward(grad_out, x, approximate=approximate)
+        f, option = ctx.f, ctx.option
+        d_grad = f.backward(grad_out, x, option) if ctx.needs_input_grad[0] else None
+        d_x = None
         if ctx.needs_input_grad[1]:
             # out of place first: grad_out may be batched (is_grads_batched), x is not
-            d_x = torch.mul(grad_out, gelu_second_derivative(x, approximate)).mul_(grad)
-        return d_grad, d_x, None
+            d_x = torch.mul(grad_out, f.second(x, option)).mul_(grad)
+        return d_grad, d_x, None, None
 
 
 def gelu(input, approximate="none") -> torch.Tensor:
-    """``F.gelu`` (same signature); through :class:`_Gelu` outside autocast."""
+    """``F.gelu`` (same signature); through :class:`_Activation` outside autocast."""
     if _autocast(input):
         return F.gelu(input, approximate=approximate)
-    return _Gelu.apply(input, approximate)
+    return _Activation.apply(input, _GELU, approximate)
+
+
+def silu(input, inplace=False) -> torch.Tensor:
+    """``F.silu`` (same signature); through :class:`_Activation` outside autocast. In place,
+    the result is written into ``input`` as the kernel does, computed from a copy (the
+    double backward needs the input as it was)."""
+    if _autocast(input):
+        return F.silu(input, inplace=inplace)
+    if inplace:
+        return input.copy_(_Activation.apply(input.clone(), _SILU, None))
+    return _Activation.apply(input, _SILU, None)
 
 
 #: torch functions and their lean-double-backward versions (same signatures)
@@ -417,4 +458,5 @@ LEAN_ROUTES: dict[Callable[..., Any], Callable[..., Any]] = {
     **{plain: _convolution(d) for d, plain in _CONVOLUTIONS.items()},
     F.layer_norm: layer_norm,
     F.gelu: gelu,
+    F.silu: silu,
 }
