@@ -33,7 +33,7 @@ With ``lean=True`` (the Hessian's graphs only: the ``torch.func`` operators need
 not have) eval-mode ``batch_norm``, ``conv1d/2d/3d``, ``layer_norm``, ``gelu`` and ``silu``
 are routed too, for speed rather than for a missing derivative: :mod:`._lean_double_backward`
 gives them the double backward their structure allows (ResNet-20's kept-graph product
-0.76-0.84x as long on the CPU, ViT-tiny's 0.89x).
+0.76-0.84x as long on the CPU, ViT-tiny's 0.88-0.89x).
 
 The mode is entered only while an operator builds a graph it differentiates twice, and only
 for a model whose first batch called one of these operations; the model itself (modules,
