@@ -127,6 +127,7 @@ def test_eval_batch_norm_route_vectorised_columns_equal_one_by_one():
     batched = jc.HessianOperator(model, loss_fn, data, keep_graphs=True, vectorize=True)
     V = torch.randn(one.shape[0], 3, dtype=torch.float64)
     assert_close(batched @ V, one @ V, what="vectorised vs columns")
+    assert batched._batches_backward is True  # the routes run under is_grads_batched's vmap
 
 
 # ------------------------------------------------------------------------------ convolutions
