@@ -8,8 +8,13 @@ GELU, "silu": SiLU; "+" joins them) and all of them (the default, "all"). Interl
 of products, one thread; each variant's time over torch's in the same round (median), and the
 products' relative difference (float32 rounding: the routes add in another order).
 
+With ``--ops``, one double backward per operation instead, torch's against the route's on
+ViT-tiny's activation sizes at 32 images (LayerNorm on 2080 x 192, the activations on
+2080 x 768): the time of ``autograd.grad`` of the first backward's outputs, interleaved.
+
     python benchmarks/bench_lean_double_backward.py [--model resnet20] [--images 32]
         [--variants bn,bn+conv] [--columns 1] [--fresh] [--rounds 7]
+    python benchmarks/bench_lean_double_backward.py --ops [--rounds 7]
 """
 
 from __future__ import annotations
@@ -62,6 +67,64 @@ def routes(table: dict):
         second_order.LEAN_ROUTES = saved
 
 
+#: --ops: (name, torch function, keyword arguments, activation shape)
+OPERATIONS = [
+    ("layer_norm", F.layer_norm, {"normalized_shape": (192,)}, (2080, 192)),
+    ("gelu", F.gelu, {}, (2080, 768)),
+    ("gelu tanh", F.gelu, {"approximate": "tanh"}, (2080, 768)),
+    ("silu", F.silu, {}, (2080, 768)),
+]
+
+
+def double_backward_call(function, kwargs: dict, shape: tuple[int, ...]):
+    """A closure timing one double backward of ``function`` (its first backward's outputs
+    differentiated with respect to the output gradient, the input and any weight)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).requires_grad_()
+    affine = {}
+    if "normalized_shape" in kwargs:  # LayerNorm: a weight and a bias too
+        affine = {
+            k: torch.rand(shape[-1], generator=g).add_(0.5).requires_grad_()
+            for k in ("weight", "bias")
+        }
+    y = function(x, **kwargs, **affine)
+    grad = torch.randn(shape, generator=g).requires_grad_()
+    firsts = torch.autograd.grad(y, [x, *affine.values()], grad, create_graph=True)
+    cotangents = [torch.randn(t.shape, generator=g) for t in firsts]
+    targets = [grad, x, *affine.values()][:3]  # the bias's gradient does not depend on it
+    return lambda: torch.autograd.grad(firsts, targets, cotangents, retain_graph=True)
+
+
+def operations(rounds: int) -> None:
+    """``--ops``: per-call double backwards, torch's against the routes'."""
+    calls = {
+        (name, variant): double_backward_call(
+            LEAN_ROUTES[f] if variant == "route" else f, kw, shape
+        )
+        for name, f, kw, shape in OPERATIONS
+        for variant in ("torch", "route")
+    }
+    seconds = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            call()  # warm: the first call of each round touches fresh memory for both alike
+            start = time.perf_counter()
+            call()
+            seconds[key].append(time.perf_counter() - start)
+    print(
+        f"# one double backward per call, {rounds} interleaved rounds, one thread, torch {torch.__version__}"
+    )
+    print(
+        "| operation | shape | torch's ms (median) | route's ms (median) | route / torch (median) |"
+    )
+    print("|---|---|---|---|---|")
+    for name, _, _, shape in OPERATIONS:
+        ours, torchs = seconds[name, "route"], seconds[name, "torch"]
+        ratio = statistics.median(a / b for a, b in zip(ours, torchs))
+        print(f"| {name} | {shape[0]} x {shape[1]} | {1e3 * statistics.median(torchs):.2f} | "
+              f"{1e3 * statistics.median(ours):.2f} | {ratio:.3f} |")  # fmt: skip
+
+
 def main() -> None:
     from bench_scale import build_model, make_data
 
@@ -74,8 +137,11 @@ def main() -> None:
         "--fresh", action="store_true", help="fresh products (forward, gradient, double backward)"
     )
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--ops", action="store_true", help="per-operation double backwards")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.ops:
+        return operations(args.rounds)
     torch.manual_seed(0)
     model = build_model(args.model, "cpu")  # eval mode: BatchNorm on running statistics
     data = make_data(args.images, args.images, "cpu")
