@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent GPU machine (no network there):
 #   the CUDA test cases (tests/test_cuda.py), then the benchmarks on the GPU with TF32 off;
-#   about 9.5 minutes in all (the step limits below); STEPS="name ..." runs only those steps,
+#   about 11 minutes in all (the step limits below); STEPS="name ..." runs only those steps,
 #   so a 15-minute lease can split it or rerun a part.
 # The GPU machine has no network: the spectral benchmark's peers travel as wheels in .whl/
 # (git-ignored; a remote run must carry it), made here first with
@@ -29,6 +29,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
     echo "=== $name: exit ${PIPESTATUS[0]}"
 }
 step cuda-tests 120 python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider -rs
+# issue 18's open bar: the 80 x 4 density on ResNet-20 (512 images) at most 0.6x hessian-eigenthings
+step scale-r20-density 90 python3 benchmarks/_no_tf32.py benchmarks/bench_scale.py --device cuda --model resnet20 --images 512 --only density --peers eigenthings --rounds 2 --json "$OUT/scale_resnet20_density.json"
 step operators 45 python3 benchmarks/_no_tf32.py benchmarks/bench_operators.py --device cuda --json "$OUT/operators.json"
 step spectral 75 python3 benchmarks/_no_tf32.py benchmarks/bench_spectral.py --device cuda --repeats 2 --seeds 2
 step blocks 60 python3 benchmarks/_no_tf32.py benchmarks/bench_blocks.py --device cuda --steps 10 --probes 2 --rounds 2
