@@ -329,3 +329,30 @@ class TinyTransformerBlock(nn.Module):
         h = F.layer_norm(h, (3, 6), None, self.shift)
         swiglu = F.silu(self.gate(h), inplace=True) * self.value(h)
         return self.head(torch.cat([h, swiglu], -1).mean(1))
+
+
+class MaskedAttention(nn.Module):
+    """Two heads over 5 tokens: causal attention through ``F.scaled_dot_product_attention``
+    with a padding mask (one query sees nothing: the kernel gives it zeros) and an explicit
+    softmax; ``fused=False`` writes the same with elementary operations (the dense
+    reference)."""
+
+    def __init__(self, fused: bool = True) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.qkv, self.head, self.fused = nn.Linear(4, 12), nn.Linear(4, 3), fused
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).view(len(x), 5, 3, 2, 2).permute(2, 0, 3, 1, 4)
+        keep = torch.ones(5, 5, dtype=torch.bool).tril()
+        keep[3] = False  # no key for the fourth query: zeros, as the kernel gives
+        if self.fused:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+            weights = F.softmax(q @ k.transpose(-1, -2), dim=-1)
+        else:  # softmax as exp / sum, the mask as a factor (a row of zeros stays zero)
+            masked = torch.exp(q @ k.transpose(-1, -2) / math.sqrt(2.0)) * keep
+            attended = (masked / masked.sum(-1, keepdim=True).clamp_min(1e-300)) @ v
+            weights = torch.exp(q @ k.transpose(-1, -2))
+            weights = weights / weights.sum(-1, keepdim=True)
+        mixed = torch.cat([attended, weights @ v], -1).mean((1, 2))
+        return self.head(mixed)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from reference import (
     ElementaryLayerNorms,
+    MaskedAttention,
     TinyTransformerBlock,
     assert_close,
     dense_ggn,
@@ -87,6 +88,21 @@ def test_lean_layer_norm_and_gelu_routes_on_cuda_equal_the_dense_cpu_reference(k
     with ElementaryLayerNorms():
         dense = dense_hessian(model, loss_fn, x, y)
     op = HessianOperator(model.to(CUDA), loss_fn, (x.to(CUDA), y.to(CUDA)), keep_graphs=keep_graphs)
+    assert op._reroute is True
+    V = torch.randn(op.shape[0], 3, dtype=DT)
+    assert_close((op @ V.to(CUDA)).cpu(), dense @ V, rtol=1e-9, atol=1e-12)
+
+
+def test_masked_attention_hessian_on_cuda_equals_the_dense_cpu_reference():
+    """Attention through the math kernel (causal and padding masks, a query with no key) and
+    an explicit softmax, float64 on the device, against the dense CPU Hessian of the same
+    block in elementary operations."""
+    model, loss_fn = MaskedAttention().double(), nn.CrossEntropyLoss()
+    reference = MaskedAttention(fused=False).double()
+    reference.load_state_dict(model.state_dict())
+    x, y = torch.randn(3, 5, 4, dtype=DT), torch.tensor([0, 2, 1])
+    dense = dense_hessian(reference, loss_fn, x, y)
+    op = HessianOperator(model.to(CUDA), loss_fn, (x.to(CUDA), y.to(CUDA)), keep_graphs=True)
     assert op._reroute is True
     V = torch.randn(op.shape[0], 3, dtype=DT)
     assert_close((op @ V.to(CUDA)).cpu(), dense @ V, rtol=1e-9, atol=1e-12)
