@@ -439,8 +439,12 @@ def test_error_batch_layout_not_understood():
 def test_error_ggn_unsupported_loss():
     with pytest.raises(ValueError, match="HessianOperator"):
         GGNOperator(mlp(), nn.L1Loss(), digits())
-    with pytest.raises(ValueError, match="class weights"):
-        GGNOperator(mlp(), nn.CrossEntropyLoss(weight=torch.ones(10, dtype=DT)), digits())
+    soft = [(x, F.one_hot(y, 10).to(DT)) for x, y in digits()]
+    with pytest.raises(ValueError, match="class weights and class-probability"):
+        weighted = nn.CrossEntropyLoss(weight=torch.ones(10, dtype=DT))
+        GGNOperator(mlp(), weighted, soft) @ torch.zeros(
+            sum(p.numel() for p in mlp().parameters()), dtype=DT
+        )
     with pytest.raises(ValueError, match="log-probabilities"):
         GGNOperator(mlp(), nn.NLLLoss(), digits()) @ torch.zeros(
             sum(p.numel() for p in mlp().parameters()), dtype=DT
@@ -564,3 +568,113 @@ def test_a_batched_backward_failing_part_way_falls_back_with_the_graph_whole():
     assert_close(op @ V, expected, rtol=1e-12, atol=1e-14)
     assert op._batches_backward is False
     assert_close(op @ V, expected, rtol=1e-12, atol=1e-14)
+
+
+class _SequenceLogits(nn.Module):
+    """``(B, C, T)`` logits: cross-entropy over the class dimension 1 at every position."""
+
+    def __init__(self, classes=3, length=4):
+        super().__init__()
+        self.shape = (classes, length)
+        self.layer = nn.Linear(3, classes * length)
+
+    def forward(self, x):
+        return torch.tanh(self.layer(x)).reshape(-1, *self.shape)
+
+
+def _ignored_labels(sequence: bool):
+    """Ten samples in batches of 3, 4, 3; labels ignored unevenly (the first batch most)."""
+    torch.manual_seed(0)
+    if sequence:
+        model = _SequenceLogits().double()
+        x, y = torch.randn(10, 3, dtype=DT), torch.randint(0, 3, (10, 4))
+        y[:3, :3] = -100
+    else:
+        model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+        x, y = torch.randn(10, 3, dtype=DT), torch.randint(0, 3, (10,))
+        y[:2] = -100
+    return model, x, y, [(x[:3], y[:3]), (x[3:7], y[3:7]), (x[7:], y[7:])]
+
+
+_W = torch.tensor([0.2, 1.0, 5.0], dtype=DT)
+_CLASS_INDEX_LOSSES = {
+    "ignore_index": nn.CrossEntropyLoss(),
+    "class-weights": nn.CrossEntropyLoss(weight=_W),
+    "weights+smoothing": nn.CrossEntropyLoss(weight=_W, label_smoothing=0.1),
+    "weights+smoothing, sum": nn.CrossEntropyLoss(weight=_W, label_smoothing=0.2, reduction="sum"),
+    "F.cross_entropy": F.cross_entropy,
+}
+
+
+@pytest.mark.parametrize("sequence", [False, True], ids=["(B,C)", "(B,C,T)"])
+@pytest.mark.parametrize("name", list(_CLASS_INDEX_LOSSES))
+@pytest.mark.parametrize("kind", ["hessian", "ggn"])
+def test_cross_entropy_mean_over_batches_divides_by_all_counted_weights(kind, name, sequence):
+    """torch's mean divides by the summed class weights of the counted labels, so a batch
+    enters the mean over the data by that sum, not by its size: the operator over three
+    uneven batches equals the dense curvature of the loss over all ten samples at once."""
+    model, x, y, data = _ignored_labels(sequence)
+    loss_fn = _CLASS_INDEX_LOSSES[name]
+    op_class, reference = (
+        (HessianOperator, dense_hessian) if kind == "hessian" else (GGNOperator, dense_ggn)
+    )
+    assert_close(
+        op_class(model, loss_fn, data).to_dense(),
+        reference(model, loss_fn, x, y),
+        rtol=1e-9,
+        atol=1e-13,
+    )
+
+
+def test_nll_with_class_weights_and_ignored_labels_over_batches():
+    """NLL on log-probabilities: its Hessian directly; its GGN is the cross-entropy GGN of the
+    logits before ``log_softmax`` (module docstring of ``loss_hessians``)."""
+    logits, x, y, _ = _ignored_labels(False)
+    model = nn.Sequential(logits, nn.LogSoftmax(dim=1))
+    data = [(x[:3], y[:3]), (x[3:7], y[3:7]), (x[7:], y[7:])]
+    nll = nn.NLLLoss(weight=_W)
+    H = HessianOperator(model, nll, data).to_dense()
+    assert_close(H, dense_hessian(model, nll, x, y), rtol=1e-9, atol=1e-13)
+    G = GGNOperator(model, nll, data).to_dense()
+    assert_close(G, dense_ggn(logits, nn.CrossEntropyLoss(weight=_W), x, y), rtol=1e-9, atol=1e-13)
+
+
+def test_batch_whose_labels_are_all_ignored_adds_nothing():
+    """Its own mean is 0/0 (torch gives NaN): it is skipped, and data with no counted label
+    at all fails with a clear error."""
+    model, x, y, _ = _ignored_labels(False)
+    y = y.clone()
+    y[:3] = -100
+    data = [(x[:3], y[:3]), (x[3:], y[3:])]
+    loss_fn = nn.CrossEntropyLoss()
+    op = HessianOperator(model, loss_fn, data)
+    assert_close(op.to_dense(), dense_hessian(model, loss_fn, x, y), rtol=1e-9, atol=1e-13)
+    assert op.num_samples == 7
+    with pytest.raises(ValueError, match="no label counts"):
+        HessianOperator(model, loss_fn, [(x[:3], y[:3])])
+
+
+def test_empirical_fisher_refuses_samples_of_unequal_weight():
+    """A sample's own mean loss is its share of the data's only when all samples weigh the
+    same; equal weights (every position of a sequence counted) still match the loop."""
+    model, x, y, data = _ignored_labels(False)
+    with pytest.raises(ValueError, match="TokenCrossEntropy"):
+        EmpiricalFisherOperator(model, nn.CrossEntropyLoss(), data).to_dense()
+    model, x, y, _ = _ignored_labels(True)
+    y = torch.randint(0, 3, y.shape)
+    data = [(x[:3], y[:3]), (x[3:], y[3:])]
+    F_op = EmpiricalFisherOperator(model, nn.CrossEntropyLoss(), data).to_dense()
+    assert_close(
+        F_op, dense_empirical_fisher(model, nn.CrossEntropyLoss(), x, y), rtol=1e-9, atol=1e-13
+    )
+
+
+def test_reshuffling_loader_with_ignored_labels_is_accepted():
+    """With batches weighted by their counted labels, a reshuffled pass is the same risk: the
+    determinism check accepts it, and the products equal the dense matrix."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model, x, y, _ = _ignored_labels(False)
+    loader = DataLoader(TensorDataset(x, y), batch_size=3, shuffle=True)
+    H = HessianOperator(model, nn.CrossEntropyLoss(), loader).to_dense()
+    assert_close(H, dense_hessian(model, nn.CrossEntropyLoss(), x, y), rtol=1e-9, atol=1e-13)

@@ -123,3 +123,56 @@ def test_bad_input():
         evaluate(tanh_mlp(), CE, (x, y), topk=(0,))
     with pytest.raises(ValueError, match="empty"):
         evaluate(tanh_mlp(), CE, [])
+
+
+def test_mean_loss_and_accuracy_count_only_the_counted_labels_over_batches():
+    """Ignored labels and class weights: evaluate, the gradient statistics and the landscape
+    give torch's loss over all samples at once, and the accuracy over the counted labels."""
+    import jupyter_curvature as jc
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = torch.randn(12, 3, dtype=torch.float64), torch.randint(0, 3, (12,))
+    y[:3] = -100
+    data = [(x[i : i + 4], y[i : i + 4]) for i in (0, 4, 8)]
+    for loss_fn in (
+        nn.CrossEntropyLoss(),
+        nn.CrossEntropyLoss(weight=torch.tensor([0.2, 1.0, 5.0]).double()),
+    ):
+        with torch.no_grad():
+            true = float(loss_fn(model(x), y))
+            counted = y != -100
+            right = (model(x).argmax(1) == y)[counted].double().mean().item()
+        result = evaluate(model, loss_fn, data, topk=(1,))
+        assert result.loss == pytest.approx(true, rel=1e-12)
+        assert result.accuracy["top1"] == pytest.approx(right, rel=1e-12)
+        stats = jc.gradient_statistics(model, loss_fn, data, batch_size=4)
+        assert stats.loss_mean == pytest.approx(true, rel=1e-12)
+        assert stats.num_samples == 12
+        n = sum(p.numel() for p in model.parameters())
+        line = jc.landscape_1d(
+            model, loss_fn, data, torch.randn(n, dtype=torch.float64), num_points=3
+        )
+        assert float(line.train_loss[0, 1]) == pytest.approx(true, rel=1e-12)
+        assert float(line.train_accuracy[0, 1]) == pytest.approx(right, rel=1e-12)
+
+
+def test_sequence_accuracy_takes_classes_on_dimension_one():
+    """``(B, C, T)`` logits with ``T == C``: the classes are dimension 1 for cross-entropy,
+    whatever the shapes would also allow."""
+    import jupyter_curvature as jc
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Unflatten(1, (4, 4))).double()
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 4, (6, 4))
+    loss_fn = nn.CrossEntropyLoss()
+    with torch.no_grad():
+        right = (model(x).argmax(1) == y).double().mean().item()
+    assert evaluate(model, loss_fn, [(x[:3], y[:3]), (x[3:], y[3:])], topk=(1,)).accuracy[
+        "top1"
+    ] == pytest.approx(right)
+    n = sum(p.numel() for p in model.parameters())
+    line = jc.landscape_1d(
+        model, loss_fn, (x, y), torch.randn(n, dtype=torch.float64), num_points=3
+    )
+    assert float(line.train_accuracy[0, 1]) == pytest.approx(right)

@@ -12,6 +12,9 @@ batches ``b`` with ``T_b`` counted tokens (``T`` in all) is
 so batch ``b`` must enter with weight ``T_b / T``, not ``B_b / N``: a mean of per-batch
 means would weight a token of a short batch more than one of a long batch.
 
+Cross-entropy and NLL over class indices are such a loss too: torch's mean divides by the
+summed class weights of the labels that are not ``ignore_index`` (:func:`class_index_weights`).
+
 The protocol (duck-typed, so that a loss of your own joins in): a loss with a method
 ``num_terms(targets) -> int``, the number of terms its ``"mean"`` divides by, is weighted by
 it (:func:`mean_weight`); any other loss by the number of samples. A loss that also has
@@ -148,12 +151,117 @@ class TokenCrossEntropy(nn.Module):
         return ((z.argmax(-1) == y) & (y != self.ignore_index)).sum()
 
 
-def mean_weight(loss_fn: Any, batch: Any) -> int:
-    """The weight of ``batch`` in the mean over the data: ``loss_fn.num_terms(targets)`` for
-    a loss that says how many terms its mean has (:class:`TokenCrossEntropy`), else the
-    number of samples ``batch.size``."""
+def class_index_weights(loss_fn: Any, targets: Any) -> torch.Tensor | None:
+    """The weights of the terms of a cross-entropy or NLL mean over class-index targets.
+
+    ``nn.CrossEntropyLoss`` and ``nn.NLLLoss`` (and ``F.cross_entropy``, ``F.nll_loss``) with
+    ``reduction="mean"`` divide the weighted sum of the per-position losses by the sum of
+    the weights, not by the number of samples::
+
+        L_b = sum_i w_{y_i} l_i / sum_i w_{y_i},   w_{y_i} = 0 where y_i = ignore_index,
+
+    ``w`` the class weights (1 without ``weight=``), ``i`` over the batch's positions. The
+    mean over all data is then ``sum_b W_b L_b / sum_b W_b`` with ``W_b = sum_i w_{y_i}``: a
+    batch enters with its summed weight, not its size (with one batch the two agree, with
+    several they differ as soon as a batch has an ignored label or weighted classes).
+
+    Returns ``w_{y_i}`` shaped like ``targets``, or ``None`` for any other loss, for a
+    subclass that overrides ``forward`` (its denominator is its own), and for class
+    probabilities (whose mean divides by the number of positions, weights or not).
+    """
+    if not _is_class_index_loss(loss_fn):
+        return None
+    if not isinstance(targets, torch.Tensor) or targets.is_floating_point():
+        return None
+    counted = targets != getattr(loss_fn, "ignore_index", -100)
+    class_weight = getattr(loss_fn, "weight", None)
+    if class_weight is None:
+        return counted.to(torch.int64)
+    # an ignored (or out-of-range) label indexes class 0 here: its weight is masked, and the
+    # loss itself names a label out of range
+    valid = counted & (targets >= 0) & (targets < class_weight.numel())
+    safe = torch.where(valid, targets, torch.zeros_like(targets))
+    return class_weight.to(targets.device)[safe] * counted
+
+
+def _is_class_index_loss(loss_fn: Any) -> bool:
+    if loss_fn is F.cross_entropy or loss_fn is F.nll_loss:
+        return True
+    return any(
+        isinstance(loss_fn, cls) and type(loss_fn).forward is cls.forward
+        for cls in (nn.CrossEntropyLoss, nn.NLLLoss)
+    )
+
+
+def counted_labels(loss_fn: Any, targets: torch.Tensor) -> torch.Tensor:
+    """Which class-index labels count: ``targets != ignore_index`` for cross-entropy, NLL
+    and :class:`TokenCrossEntropy`, every label for any other loss."""
+    if _is_class_index_loss(loss_fn) or isinstance(loss_fn, TokenCrossEntropy):
+        return targets != getattr(loss_fn, "ignore_index", -100)
+    return torch.ones_like(targets, dtype=torch.bool)
+
+
+def class_dim(loss_fn: Any, outputs: torch.Tensor, targets: torch.Tensor) -> int | None:
+    """The class dimension of ``outputs`` for top-1 accuracy against class-index ``targets``,
+    or ``None`` when they are no classification.
+
+    Cross-entropy and NLL take classes on dimension 1 (``(B, C, d1, ...)`` with targets
+    ``(B, d1, ...)``); any other loss with integer targets is taken to have them last
+    (``(B, ..., C)`` with targets ``(B, ...)``). Deciding by the loss, not by the shapes
+    alone, matters when the two layouts have the same shapes (``(B, C, T)`` with ``T = C``).
+    """
+    if targets.is_floating_point() or outputs.ndim < 2:
+        return None
+    if _is_class_index_loss(loss_fn):
+        fits = tuple(targets.shape) == (outputs.shape[0], *outputs.shape[2:])
+        return 1 if fits else None
+    return outputs.ndim - 1 if tuple(targets.shape) == tuple(outputs.shape[:-1]) else None
+
+
+def mean_weight(loss_fn: Any, batch: Any) -> int | float:
+    """The weight of ``batch`` in the mean over the data: what the loss's ``"mean"`` divides
+    by, so that batches combine into the loss over all data as one batch.
+
+    ``loss_fn.num_terms(targets)`` for a loss that says how many terms its mean has
+    (:class:`TokenCrossEntropy`); the summed class weights of the counted labels for
+    cross-entropy and NLL over class indices (:func:`class_index_weights`: an int without
+    ``weight=``); else the number of samples ``batch.size``.
+    """
     num_terms = getattr(loss_fn, "num_terms", None)
-    return int(num_terms(batch.targets)) if callable(num_terms) else batch.size
+    if callable(num_terms):
+        return int(num_terms(batch.targets))
+    weights = class_index_weights(loss_fn, batch.targets)
+    if weights is None:
+        return batch.size
+    total = weights.sum()
+    return float(total) if total.is_floating_point() else int(total)
+
+
+def check_equal_sample_weights(loss_fn: Any, targets: Any, where: str) -> None:
+    """Per-sample gradients are of each sample's own mean loss, which is the sample's share of
+    the data's mean only when every sample weighs the same in it: a cross-entropy whose
+    samples have ignored labels or classes of other weights does not (ValueError)."""
+    weights = class_index_weights(loss_fn, targets)
+    if weights is None:
+        return
+    per_sample = weights.reshape(weights.shape[0], -1).sum(1)
+    if bool((per_sample != per_sample[0]).any()) or not bool(per_sample[0] > 0):
+        raise ValueError(
+            f"{where} with {type(loss_fn).__name__} whose samples weigh differently in its mean "
+            "(labels equal to ignore_index, or class weights): a sample's own mean loss is not "
+            "its share of the data's; for ignored labels use jc.TokenCrossEntropy(shift=False) "
+            "(one term per counted label), else mini-batch statistics or the Hessian/GGN"
+        )
+
+
+def no_counted_terms_error(loss_fn: Any) -> ValueError:
+    """The error for data in which no term of ``loss_fn``'s mean counts (every label is
+    ``ignore_index``): its mean over the data is 0 / 0."""
+    return ValueError(
+        f"data: no label counts for {type(loss_fn).__name__}'s mean (every label is its "
+        "ignore_index, or every class weight is 0), so the mean loss over the data is 0/0; "
+        "check the labels, or use reduction='sum'"
+    )
 
 
 def has_terms(loss_fn: Any) -> bool:

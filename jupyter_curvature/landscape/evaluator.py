@@ -56,7 +56,13 @@ from ..core.inputs import (
     model_outputs,
     require_tensor_outputs,
 )
-from ..core.losses import has_terms, mean_weight
+from ..core.losses import (
+    class_dim,
+    counted_labels,
+    has_terms,
+    mean_weight,
+    no_counted_terms_error,
+)
 from ..core.params import ParamSpec, select_parameters, unflatten
 from ._data import DEFAULT_CACHE_BYTES, CachedBatches
 from .directions import Directions, as_directions
@@ -502,15 +508,12 @@ class LandscapeEvaluator:
     def _forward(self, batch: Batch) -> Any:
         return model_outputs(batch.call(self._template), self.outputs)
 
-    def _classifies(self, out: Any, y: Any) -> bool:
-        """Whether top-1 accuracy applies to one point's outputs and these targets."""
-        return self.accuracy_fn is not None or (
-            isinstance(out, torch.Tensor)
-            and isinstance(y, torch.Tensor)
-            and out.ndim >= 2
-            and not y.is_floating_point()
-            and tuple(y.shape) == tuple(out.shape[:-1])
-        )
+    def _class_dim(self, out: Any, y: Any) -> int | None:
+        """The class dimension of one point's outputs for top-1 accuracy against these
+        targets (:func:`~jupyter_curvature.core.losses.class_dim`), or ``None``."""
+        if not (isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor)):
+            return None
+        return class_dim(self.loss_fn, out, y)
 
     def _check_loss(self, loss: Any) -> None:
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
@@ -531,18 +534,21 @@ class LandscapeEvaluator:
         length) starts a new group. The group boundaries depend only on the data, so one
         point gets the same groups alone or batched."""
         losses, weights, hits = [], [], []
-        judged, classify = 0, None
+        judged, classify, dim = 0, None, None
         outs, ys, group_n, group_bytes = [], [], 0, 0
 
         def flush() -> None:
-            nonlocal judged, classify
+            nonlocal judged, classify, dim
             if len(outs) == 1:
                 out, y = outs[0], ys[0]
             else:
                 out, y = torch.cat(outs, dim=1 if batched else 0), torch.cat(ys)
             one = out[0] if batched else out
             if classify is None:
-                classify = self._classifies(one, y)
+                dim = self._class_dim(one, y)
+                classify = self.accuracy_fn is not None or dim is not None
+            if group_n == 0 and self.reduction == "mean":
+                return  # every label of the group is ignored: no term of the mean, no hit
             if batched:
                 losses.append(torch.stack([self.loss_fn(o, y) for o in out]))
             else:
@@ -553,9 +559,10 @@ class LandscapeEvaluator:
                 hits.append(torch.as_tensor(acc, dtype=torch.float64, device=self.device))
                 judged += group_n
             elif classify:
-                right = out.argmax(-1) == y
+                counted = counted_labels(self.loss_fn, y)
+                right = (out.argmax(dim + batched) == y) & counted
                 hits.append(right.flatten(1).sum(1) if batched else right.sum())
-                judged += y.numel()
+                judged += int(counted.sum())
 
         for batch in source:
             out = forward(batch)
@@ -572,6 +579,8 @@ class LandscapeEvaluator:
                 outs, ys, group_n, group_bytes = [], [], 0, 0
         if outs:
             flush()
+        if not losses:
+            raise no_counted_terms_error(self.loss_fn)
         per_group = torch.stack(losses).double()
         if self.reduction == "mean":
             w = torch.tensor(weights, dtype=torch.float64, device=per_group.device)

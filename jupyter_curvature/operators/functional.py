@@ -29,7 +29,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from ..core import inputs as _inputs
 from ..core.batches import Batch
-from ..core.losses import has_terms
+from ..core.losses import check_equal_sample_weights, has_terms
 from ._second_order import check_twice_differentiable, recorded_calls, twice_differentiable
 from .loss_hessians import OutputHessian, output_hessian_for
 from .risk import EmpiricalRiskOperator, check_loss_fn
@@ -321,12 +321,15 @@ class EmpiricalFisherOperator(_FunctionalOperator):
     def _batch_fisher(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
         if has_terms(self.loss_fn):
             product = self._forward_mode(lambda: self._term_fisher(batch, block))
+            norm = self._weight(batch)
         else:
+            check_equal_sample_weights(self.loss_fn, batch.targets, "EmpiricalFisherOperator")
             self._loss(self._forward(batch), batch)
             G = self.per_sample_gradients(batch)
             product = G.T @ (G @ block)  # sum over the batch's samples
+            norm = batch.size  # w_b is B_b times the samples' common weight
         # _accumulate multiplies by w_b for the mean; the per-sample sum already is the total
-        return product / max(self._weight(batch), 1) if self.reduction == "mean" else product
+        return product / max(norm, 1) if self.reduction == "mean" else product
 
     def _term_fisher(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
         """``sum_t g_t g_t^T V = J_l^T (J_l V)`` over the batch's per-term losses ``l``."""

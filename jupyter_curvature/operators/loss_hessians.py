@@ -7,7 +7,8 @@ loss's own reduction (``mean`` divides by what torch divides by):
 
 * ``CrossEntropyLoss`` on logits ``z``: per position ``H u = p * u - p (p^T u)``, ``p = softmax(z)``
   over the class dimension 1. Independent of the targets, so label smoothing does not change
-  it; samples with ``ignore_index`` contribute nothing.
+  it; samples with ``ignore_index`` contribute nothing, class weights ``w`` scale a position
+  by ``w_y`` (the mean divides by their sum over the counted labels, as torch's does).
 * ``NLLLoss`` on log-probabilities ``l``: the loss is linear in ``l``, so its own Hessian is
   zero; we use the Hessian of the equivalent cross-entropy on ``l`` (``p = exp(l)``). The
   resulting GGN equals the Fisher and equals the cross-entropy GGN of the logits before
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.losses import TokenCrossEntropy
+from ..core.losses import TokenCrossEntropy, class_index_weights, counted_labels
 
 #: ``(outputs, targets, U) -> H_L U`` for a block ``U`` of shape ``(k, *outputs.shape)``
 OutputHessian = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -58,31 +59,38 @@ def _softmax_hessian(p: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     return pu - p * pu.sum(dim=2, keepdim=True)  # U is (k, B, C, ...): classes on dim 2
 
 
-def _class_index_mask(targets: torch.Tensor, ignore_index: int, like: torch.Tensor) -> torch.Tensor:
-    """1 where a class-index target counts, 0 where it is ``ignore_index``; shaped to broadcast."""
-    keep = (targets != ignore_index).to(like.dtype)
-    return keep.unsqueeze(1)  # (B, 1, ...) broadcasts over the class dimension
-
-
 def _cross_entropy_hessian(
-    p: torch.Tensor, targets: torch.Tensor, U: torch.Tensor, reduction: str, ignore_index: int
+    p: torch.Tensor, targets: torch.Tensor, U: torch.Tensor, reduction: str, loss_fn: object
 ) -> torch.Tensor:
+    """``H_L U`` of cross-entropy (and NLL) on ``p = softmax(z)`` over dimension 1.
+
+    Over class indices each counted position ``i`` adds ``s_i (diag(p) - p p^T)`` with
+    ``s_i = (1 - eps) w_{y_i} + (eps / C) sum_c w_c`` (class weights ``w``, 1 without
+    ``weight=``; label smoothing ``eps``: every ``-log p_c`` has the same Hessian, so only the
+    weight of the target distribution matters), and the mean divides by ``sum_i w_{y_i}``
+    over the counted positions (torch's denominator, :func:`class_index_weights`).
+    Ignored positions add nothing.
+    """
     HU = _softmax_hessian(p, U)
-    if targets.dtype in (torch.long, torch.int, torch.int32, torch.int16, torch.uint8):
-        mask = _class_index_mask(targets, ignore_index, p)
-        HU = HU * mask
-        count = mask.sum()
-    else:  # class probabilities: every position counts
+    if targets.is_floating_point():  # class probabilities: every position counts
+        if getattr(loss_fn, "weight", None) is not None:
+            raise ValueError(
+                f"{type(loss_fn).__name__} with class weights and class-probability targets is "
+                "not supported by the GGN; use HessianOperator, or class-index targets"
+            )
         count = p.numel() // p.shape[1]
-    return HU / count if reduction == "mean" else HU
-
-
-def _reject_class_weights(loss_fn: nn.Module) -> None:
-    if getattr(loss_fn, "weight", None) is not None:
-        raise ValueError(
-            f"{type(loss_fn).__name__} with class weights is not supported by the GGN (its mean "
-            "divides by the summed weights); use HessianOperator, or a loss without weight="
-        )
+        return HU / count if reduction == "mean" else HU
+    counted = counted_labels(loss_fn, targets).to(p.dtype)
+    weights = class_index_weights(loss_fn, targets)
+    weights = counted if weights is None else weights.to(p.dtype)
+    scale = weights
+    smoothing = getattr(loss_fn, "label_smoothing", 0.0)
+    class_weight = getattr(loss_fn, "weight", None)
+    if smoothing and class_weight is not None:
+        mean_class_weight = class_weight.to(p.dtype).sum() / p.shape[1]
+        scale = (1 - smoothing) * weights + smoothing * mean_class_weight * counted
+    HU = HU * scale.unsqueeze(1)  # (B, 1, ...) broadcasts over the class dimension
+    return HU / weights.sum() if reduction == "mean" else HU
 
 
 #: loss type (a module class, or a function such as ``F.cross_entropy``) -> handler
@@ -171,13 +179,9 @@ def output_hessian_for(loss_fn: object) -> OutputHessian:
 @register_output_hessian(nn.CrossEntropyLoss)
 @register_output_hessian(F.cross_entropy)
 def _cross_entropy_output_hessian(loss_fn: object, reduction: str) -> OutputHessian:
-    if isinstance(loss_fn, nn.Module):
-        _reject_class_weights(loss_fn)
-    ignore_index = getattr(loss_fn, "ignore_index", -100)
-
     def cross_entropy(outputs, targets, U):
         p = torch.softmax(outputs, dim=1)
-        return _cross_entropy_hessian(p, targets, U, reduction, ignore_index)
+        return _cross_entropy_hessian(p, targets, U, reduction, loss_fn)
 
     return cross_entropy
 
@@ -185,10 +189,6 @@ def _cross_entropy_output_hessian(loss_fn: object, reduction: str) -> OutputHess
 @register_output_hessian(nn.NLLLoss)
 @register_output_hessian(F.nll_loss)
 def _nll_output_hessian(loss_fn: object, reduction: str) -> OutputHessian:
-    if isinstance(loss_fn, nn.Module):
-        _reject_class_weights(loss_fn)
-    ignore_index = getattr(loss_fn, "ignore_index", -100)
-
     def nll(outputs, targets, U):
         p = outputs.exp()
         total = p.sum(dim=1)
@@ -198,7 +198,7 @@ def _nll_output_hessian(loss_fn: object, reduction: str) -> OutputHessian:
                 "model with log_softmax), but exp(outputs) does not sum to one over dim 1; "
                 "or use CrossEntropyLoss on logits"
             )
-        return _cross_entropy_hessian(p, targets, U, reduction, ignore_index)
+        return _cross_entropy_hessian(p, targets, U, reduction, loss_fn)
 
     return nll
 

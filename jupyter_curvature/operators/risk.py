@@ -28,7 +28,7 @@ from ..core import inputs as _inputs
 from ..core import params as _params
 from ..core.batches import Batch, BatchLayout, BatchSource
 from ..core.distributed.primitives import all_reduce_sum, check_start, is_distributed
-from ..core.losses import mean_weight
+from ..core.losses import mean_weight, no_counted_terms_error
 from ..core.model_state import check_batchnorm_policy, curvature_mode, model_lock
 from .base import CurvatureOperator
 from .loss_hessians import loss_reduction
@@ -148,7 +148,11 @@ class EmpiricalRiskOperator(CurvatureOperator):
         return curvature_mode(self.model, self.params, self.batchnorm)
 
     def _batches(self):
+        """The data's batches on the model's device and dtype, less those with no term in the
+        mean (every label ``ignore_index``: their loss is 0/0 and their weight 0)."""
         for batch in self.source:
+            if self.reduction == "mean" and self._weight(batch) == 0:
+                continue
             yield batch.to(self.device, self.dtype)
 
     def _check_state(self) -> None:
@@ -190,7 +194,11 @@ class EmpiricalRiskOperator(CurvatureOperator):
         """
         _inputs.check_finite_parameters(self.model.named_parameters())
         with self._mode():
-            self._check_batch(self.source.first().to(self.device, self.dtype))
+            first = next(self._batches(), None)
+            if first is None:
+                self.source.first()  # empty data fails here, naming it
+                raise no_counted_terms_error(self.loss_fn)
+            self._check_batch(first)
             if self.check_deterministic:
                 _inputs.check_same_pass(
                     self._pass_loss_and_gradient(), self._pass_loss_and_gradient(), self.dtype
@@ -230,8 +238,9 @@ class EmpiricalRiskOperator(CurvatureOperator):
         )
         return loss.detach(), flat.detach()
 
-    def _weight(self, batch: Batch) -> int:
-        """The batch's weight in the mean: its samples, or the terms of its loss (tokens)."""
+    def _weight(self, batch: Batch) -> int | float:
+        """The batch's weight in the mean: what its loss's mean divides by (samples, counted
+        tokens, the summed class weights of the counted labels)."""
         return mean_weight(self.loss_fn, batch)
 
     def _add(

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..core.batches import BatchLayout
+from ..core.losses import class_dim, counted_labels
 from ..core.model_state import (
     batchnorm_modules,
     check_batchnorm_policy,
@@ -73,28 +74,33 @@ def evaluate(
     correct = dict.fromkeys(ks, 0)
     classification = True
     num_classes = None
-    n = terms = 0  # samples, and the terms of the mean (samples, or counted tokens)
+    n = terms = judged = 0  # samples, terms of the mean (samples, tokens), labels judged
     with model_mode(model, batchnorm), torch.no_grad():
         for batch in rebatch(data, None, layout=batch_layout, device=device, dtype=dtype):
             outputs = forward(model, batch)
             weight = batch_weight(loss_fn, batch)
+            n += batch.size
+            if weight == 0:  # every label ignored: no term of the mean, nothing to judge
+                continue
             loss = batch_loss(loss_fn, outputs, batch.targets, weight, reduction)
             total_loss += float(loss) * weight
-            n += batch.size
             terms += weight
             targets = batch.targets
-            if classification and _is_class_targets(outputs, targets):
-                num_classes = outputs.shape[-1]
-                top = outputs.topk(min(max(ks), num_classes), dim=-1).indices
-                hits = top == targets.unsqueeze(-1)
+            dim = _class_dim(loss_fn, outputs, targets)
+            if classification and dim is not None:
+                num_classes = outputs.shape[dim]
+                counted = counted_labels(loss_fn, targets)
+                top = outputs.topk(min(max(ks), num_classes), dim=dim).indices
+                hits = (top == targets.unsqueeze(dim)).cumsum(dim).bool()  # in the top k
                 for k in ks:
                     if k <= num_classes:
-                        correct[k] += int(hits[..., :k].any(dim=-1).sum())
+                        correct[k] += int((hits.select(dim, k - 1) & counted).sum())
+                judged += int(counted.sum())
             else:
                 classification = False
     accuracy = (
-        {f"top{k}": correct[k] / n for k in ks if num_classes is not None and k <= num_classes}
-        if classification
+        {f"top{k}": correct[k] / judged for k in ks if num_classes is not None and k <= num_classes}
+        if classification and judged
         else {}
     )
     return EvaluationResult(
@@ -105,15 +111,13 @@ def evaluate(
     )
 
 
-def _is_class_targets(outputs: Any, targets: Any) -> bool:
-    return (
-        isinstance(outputs, torch.Tensor)
-        and isinstance(targets, torch.Tensor)
-        and outputs.ndim == 2
-        and targets.ndim == 1
-        and not targets.is_floating_point()
-        and targets.shape[0] == outputs.shape[0]
-    )
+def _class_dim(loss_fn: Any, outputs: Any, targets: Any) -> int | None:
+    """The class dimension of ``outputs`` for top-k accuracy, or ``None`` (no classification)."""
+    if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)):
+        return None
+    if getattr(loss_fn, "shift", False):  # a causal-LM loss: labels pair with shifted logits
+        return None
+    return class_dim(loss_fn, outputs, targets)
 
 
 def bn_update(model: nn.Module, data: Any, *, batch_layout: BatchLayout | None = None) -> nn.Module:

@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_map
 from ..core.batches import BatchLayout
 from ..core.distributed.primitives import all_reduce_sum, is_distributed
 from ..core.inputs import model_outputs
+from ..core.losses import check_equal_sample_weights
 from ..core.model_state import check_batchnorm_policy, model_device_dtype, model_mode
 from ..core.params import ParamSpec, select_parameters
 from ._common import (
@@ -161,7 +162,7 @@ def gradient_statistics(
         model, loss_fn, names, values, fixed, reduction, batch_layout, device, dtype, acc
     )
     with model_mode(model, batchnorm):
-        sample_count = None  # the samples, when the weights count tokens
+        sample_count = None  # the samples (per-sample moments: their weight)
         if per_sample:
             chunk = chunk_size or max(1, min(1024, _PER_SAMPLE_BUDGET // max(num_params, 1)))
             grads, losses = _per_sample_moments(setup, data, chunk)
@@ -218,7 +219,8 @@ class _Setup:
 def _minibatch_moments(
     s: _Setup, data: Any, batch_size: int
 ) -> tuple[WeightedMoments, WeightedMoments, int | None]:
-    """The moments over mini-batches, and the number of samples when the weights are tokens."""
+    """The moments over mini-batches (weighted by what each batch's mean divides by), and the
+    number of samples."""
     grads, losses = WeightedMoments(), WeightedMoments()
     leaves = {n: v.clone().requires_grad_(True) for n, v in s.values.items()}
     samples = 0
@@ -239,7 +241,7 @@ def _minibatch_moments(
         )
         grads.add(flat, weight)
         losses.add(loss.detach().to(s.acc), weight)
-    return grads, losses, samples if callable(getattr(s.loss_fn, "num_terms", None)) else None
+    return grads, losses, samples
 
 
 def _per_sample_moments(
@@ -256,6 +258,7 @@ def _per_sample_moments(
     per_sample_grad = grad(sample_loss, has_aux=True)
     grads, losses = WeightedMoments(), WeightedMoments()
     for batch in s.batches(data, chunk, strict=False):
+        check_equal_sample_weights(s.loss_fn, batch.targets, "per_sample=True")
         kw_dims = {k: 0 if isinstance(v, torch.Tensor) else None for k, v in batch.kwargs.items()}
         g, loss = vmap(per_sample_grad, in_dims=(None, 0, kw_dims, 0))(
             s.values, batch.args, batch.kwargs, batch.targets
