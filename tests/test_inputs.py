@@ -232,7 +232,7 @@ def test_a_pass_with_another_sample_count_is_refused():
     H = HessianOperator(model, nn.CrossEntropyLoss(), ShrinkingData(shrink_from=5))
     v = probe(H.shape[0], 1)[:, 0]
     H @ v  # pass 4: 40 samples
-    raises_untouched(model, ValueError, "data: this pass read 32 samples", lambda: H @ v)
+    raises_untouched(model, ValueError, "data: this pass had weight 32 in the mean", lambda: H @ v)
     H = HessianOperator(
         model, nn.CrossEntropyLoss(), ShrinkingData(shrink_from=2), check_deterministic=False
     )

@@ -12,6 +12,7 @@ samples (a reshuffling loader) up to rounding, so only what changes the matrix i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -240,11 +241,23 @@ def check_same_pass(first: PassSums, second: PassSums, dtype: torch.dtype) -> No
         )
 
 
-def check_same_count(count: int, previous: int | None) -> None:
-    """ValueError when a pass over the data read another number of samples than the last."""
-    if previous is not None and count != previous:
+def check_same_count(count: int | float, previous: int | float | None) -> None:
+    """ValueError when a pass over the data had another weight in the mean than the last.
+
+    The weight is a count of samples or tokens (exact), or a sum of class weights, whose
+    rounding depends on the order of the batches: a reshuffled pass may differ from the last
+    in the last bits, so float weights are compared to 1e-12 relative.
+    """
+    if previous is None:
+        return
+    same = (
+        count == previous
+        if isinstance(count, int) and isinstance(previous, int)
+        else math.isclose(count, previous, rel_tol=1e-12)
+    )
+    if not same:
         raise ValueError(
-            f"data: this pass read {count} samples (counted tokens, for a token loss), the "
-            f"previous one {previous}; the data "
+            f"data: this pass had weight {count} in the mean (its samples; its counted labels "
+            f"or tokens, class-weighted), the previous one {previous}; the data "
             f"changes between passes (a sampler that draws a random subset?). {DETERMINISM_REMEDY}"
         )
