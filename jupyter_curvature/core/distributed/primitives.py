@@ -78,8 +78,8 @@ def check_backend_device(device: torch.device, group: dist.ProcessGroup | None =
         raise ValueError("the products are on CUDA but this process sees no GPU")
 
 
-def all_reduce_sum(total: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
-    """Sum ``total`` (a rank's ``sum_b w_b P_b``) and its sample ``count`` over all ranks.
+def all_reduce_sum(total: torch.Tensor, count: int | float) -> tuple[torch.Tensor, int | float]:
+    """Sum ``total`` (a rank's ``sum_b w_b P_b``) and its ``count`` (``sum_b w_b``) over all ranks.
 
     Both travel in one all-reduce, so the result equals the single-process full-data
     product exactly, whatever the shard sizes (uneven shards included). The sample count
@@ -105,7 +105,10 @@ def all_reduce_sum(total: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
             "timed out, or the ranks' models differ (check with "
             "jupyter_curvature.distributed.check_consistent_model(model))"
         ) from err
-    return packed[:-1].reshape(total.shape), int(round(packed[-1].item()))
+    summed = packed[-1].item()  # a count stays an int; summed class weights stay a float
+    return packed[:-1].reshape(total.shape), int(round(summed)) if isinstance(
+        count, int
+    ) else summed
 
 
 class DistributedMismatchError(ValueError):
