@@ -528,6 +528,43 @@ def test_quoted_option_values_are_unquoted_as_in_a_shell(ip, quoted):
     assert ip.user_ns["d"].n == 320 + 10  # the last layer of the registry's mlp: 3.weight, 3.bias
 
 
+def test_a_trailing_comment_is_dropped_as_in_a_shell(ip):
+    """IPython passes `# ...` to a line magic; the magics read the line as a shell would."""
+    from jupyter_curvature.magics.arguments import strip_comment
+
+    assert strip_comment("--top-k 2 --out d   # eigenpairs, certified") == "--top-k 2 --out d"
+    assert strip_comment("# all a comment") == ""
+    assert strip_comment('--params "re:a #b" # c') == '--params "re:a #b"'
+    assert strip_comment("--params re:a#b") == "--params re:a#b"
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    run(
+        ip,
+        "%curv_spectrum --model mlp --data digits --num-iters 5 --num-probes 1 --top-k 1 "
+        "--out dc --out-eigen ec      # eigenpairs, certified",
+    )
+    assert ip.user_ns["ec"].eigenvalues.shape == (1,)
+    run(ip, f"%curv_train --model mlp --data digits {FAST} --out tc  # a comment")
+    assert ip.user_ns["tc"].trainer.step == 4
+
+
+def test_spectrum_magic_takes_tol_and_train_magic_takes_schedule(ip):
+    """`--tol` and `--schedule` are the tasks' settings (docs/vocabulary.md), as on the CLI."""
+    from jupyter_curvature.models import create
+
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    run(ip, "%curv_spectrum --model mlp --data digits --num-iters 20 --num-probes 1 --top-k 1 "
+            "--tol 0.05 --out-eigen et")  # fmt: skip
+    assert ip.user_ns["et"].tol == 0.05
+    assert "--tol" in usage_error(ip, "curv_spectrum", "--model mlp --data digits --tol -1")
+    ip.user_ns["net_sched"] = create("mlp")
+    run(ip, f"%curv_train --model net_sched --data digits {FAST} --out s0")
+    assert ip.user_ns["s0"].trainer.scheduler is None  # notebook objects: no schedule
+    run(ip, f"%curv_train --model net_sched --data digits {FAST} --schedule linear --out s1")
+    assert ip.user_ns["s1"].trainer.scheduler is not None
+    msg = usage_error(ip, "curv_train", "--model net_sched --data digits --schedule cosine")
+    assert "--schedule" in msg and "linear" in msg
+
+
 def test_deprecated_flags_print_a_note_and_give_the_new_flags_result(ip, capsys):
     ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
     torch.manual_seed(0)

@@ -157,6 +157,17 @@ def test_the_engine_takes_the_table_names_and_its_old_ones_warn():
         CurvatureCallback(subsample=64, spectrum_samples=32)
 
 
+def test_get_loader_takes_the_old_subset_it_forwards_to_get_dataset():
+    """``get_loader`` forwards ``num_samples`` through ``**kwargs``; its old name still works."""
+    from jupyter_curvature.data import get_loader
+
+    new = get_loader("digits", batch_size=100, shuffle=False, num_samples=100)
+    with pytest.warns(FutureWarning, match="get_loader: subset= is deprecated; use num_samples"):
+        old = get_loader("digits", batch_size=100, shuffle=False, subset=100)
+    assert len(old.dataset) == len(new.dataset) == 100
+    assert torch.equal(next(iter(old))[0], next(iter(new))[0])
+
+
 def test_the_api_module_is_a_deprecated_alias_of_tasks():
     import jupyter_curvature
 

@@ -123,14 +123,19 @@ def accepts_aliases(fn: Callable | None = None, /, **renames: str) -> Any:
     table = {**ALIASES, **{old: (new, None) for old, new in renames.items()}}
 
     def decorate(fn: Callable) -> Callable:
-        params = set(inspect.signature(fn).parameters)
+        signature = inspect.signature(fn).parameters
+        params = set(signature)
         own = {old: rule for old, rule in table.items() if old not in params}  # fn's own win
         where = fn.__qualname__.removesuffix(".__init__")
+        # A function that forwards ``**kwargs`` takes settings it does not name itself
+        # (``get_loader`` passes ``num_samples`` on to ``get_dataset``): any new name goes.
+        forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
+        allowed = None if forwards else params
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if any(k in own for k in kwargs):
-                kwargs = rename(kwargs, where=where, allowed=params, stacklevel=3, aliases=own)
+                kwargs = rename(kwargs, where=where, allowed=allowed, stacklevel=3, aliases=own)
             return fn(*args, **kwargs)
 
         return wrapper

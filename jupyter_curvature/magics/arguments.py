@@ -40,6 +40,7 @@ __all__ = [
     "positive",
     "samples_flags",
     "stack",
+    "strip_comment",
     "valid_options",
 ]
 
@@ -133,12 +134,12 @@ basis_flags = stack(
 #: the task keywords each magic takes from its parsed flags
 SETUP_KEYWORDS = ("model", "data", "loss_fn", "device", "seed", "num_samples", "batch_size")
 TRAIN_KEYWORDS = ("model", "data", "test_data", "optimizer", "lr", "momentum", "weight_decay",
-                  "epochs", "steps", "batch_size", "loss_fn", "spectrum_every", "curvature",
+                  "epochs", "steps", "schedule", "batch_size", "loss_fn", "spectrum_every", "curvature",
                   "num_iters", "num_probes", "top_k", "spectrum_samples", "eval_every",
                   "device", "seed", "max_overhead", "checkpoint_dir", "checkpoint_every",
                   "tensorboard")  # fmt: skip
 BASIS_KEYWORDS = ("memory_budget", "basis_dtype", "basis_device", "reorthogonalize")
-SPECTRUM_KEYWORDS = (*SETUP_KEYWORDS, "curvature", "num_iters", "num_probes", "top_k",
+SPECTRUM_KEYWORDS = (*SETUP_KEYWORDS, "curvature", "num_iters", "num_probes", "top_k", "tol",
                      "params", "blocks", "batchnorm", *BASIS_KEYWORDS)  # fmt: skip
 STATS_KEYWORDS = (*SETUP_KEYWORDS, "curvature", "num_probes")
 
@@ -149,10 +150,29 @@ def valid_options(func: Any) -> list[str]:
     return sorted(s for s in func.parser._option_string_actions if s.startswith("--"))
 
 
+def strip_comment(line: str) -> str:
+    """``line`` without a trailing ``# comment``, as a shell reads it.
+
+    IPython hands a line magic its whole line, comment included. A ``#`` starts a comment
+    only at the start of a word and outside quotes (``--params "re:a#b"`` and ``--params
+    re:a#b`` keep theirs).
+    """
+    quote = None
+    for i, char in enumerate(line):
+        if quote is not None:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip()
+    return line
+
+
 def parse_line(func: Any, line: str, name: str) -> Any:
-    """The parsed options of ``%name line``; a bad line is a one-line ``UsageError``."""
+    """The parsed options of ``%name line`` (a trailing ``# comment`` dropped); a bad line is
+    a one-line ``UsageError``."""
     try:
-        args = func.parser.parse_argstring(line)
+        args = func.parser.parse_argstring(strip_comment(line))
     except UsageError as exc:
         msg = str(exc)
         if "unrecognized arguments" in msg or "ambiguous option" in msg:

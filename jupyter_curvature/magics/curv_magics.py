@@ -31,7 +31,7 @@ jupyter_curvature magics  (each has its own help: %curv_train?  %curv_spectrum? 
   the history (--out) are kept. --checkpoint-dir DIR writes exact-resume checkpoints;
   --resume continues from DIR/checkpoint-last.pt.
 
-%curv_spectrum --model NAME --data NAME [--curvature hessian|ggn] [--num-iters N] [--num-probes N] [--top-k K] [--params PATTERN] [--blocks [NAMES]] [--memory-budget SIZE] [--basis-dtype float64|float32] [--basis-device DEV] [--reorthogonalize full|none] [--out NAME]
+%curv_spectrum --model NAME --data NAME [--curvature hessian|ggn] [--num-iters N] [--num-probes N] [--top-k K] [--tol T] [--params PATTERN] [--blocks [NAMES]] [--memory-budget SIZE] [--basis-dtype float64|float32] [--basis-device DEV] [--reorthogonalize full|none] [--out NAME]
     %curv_spectrum --model run.model --data digits --top-k 5 --out dens
     %curv_spectrum --model run.model --data digits --blocks    (each block's spectrum too)
     %curv_spectrum --model net --data loader --curvature ggn --params classifier

@@ -48,6 +48,12 @@ __all__ = ["curv_spectrum"]
 )
 @deprecated("--top", "--top-k", type=int)
 @argument(
+    "--tol",
+    type=positive(float),
+    default=1e-3,
+    help="residual tolerance of the eigenpairs, relative to the largest |eigenvalue| (1e-3)",
+)
+@argument(
     "--params",
     default=None,
     help="parameters: a module prefix (classifier), a glob (features.0.*) or re:<regex>",

@@ -53,6 +53,12 @@ __all__ = ["curv_train"]
     default=None,
     help="optimisation steps (instead of --epochs)",
 )
+@argument(
+    "--schedule",
+    choices=["linear", "constant"],
+    default=None,
+    help="learning-rate schedule (default: linear with a registry model and dataset, else none)",
+)
 @argument("--batch-size", type=positive(int), default=64, help="batch size of built-in data (64)")
 @loss_flags
 @argument(
