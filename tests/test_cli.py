@@ -545,3 +545,50 @@ def test_the_out_help_names_its_default(command, capsys):
 def test_engine_errors_name_the_flags(argv, flag, capsys):
     err = one_line_error(argv, capsys)
     assert flag in err and "num_iters" not in err and "batch_size" not in err
+
+
+def _one_hot_mse(outputs, labels):
+    return ((outputs - nn.functional.one_hot(labels, outputs.shape[1]).double()) ** 2).mean()
+
+
+@pytest.mark.parametrize("loss, reference", [("mse", _one_hot_mse), ("nll", None)])
+@pytest.mark.parametrize("command", ["spectrum", "train"])
+def test_every_offered_loss_runs_and_means_what_the_help_says(
+    tmp_path, capsys, loss, reference, command
+):
+    if command == "train":
+        argv = ["train", "--model", "mlp", "--epochs", "1", "--num-samples", "40"]
+        assert main([*argv, "--loss-fn", loss, "--out", str(tmp_path)]) == 0
+        history = json.loads((tmp_path / "history.json").read_text())
+        assert np.isfinite(history["steps"]["loss"]).all()
+        return
+    argv = ["spectrum", "--model", "mlp", "--num-samples", "24", "--dtype", "float64",
+            "--num-iters", "10", "--num-probes", "1", "--top-k", "1", "--tol", "1e-9"]  # fmt: skip
+    assert main([*argv, "--loss-fn", loss, "--out", str(tmp_path)]) == 0
+    setup = resolve_setup("mlp", "digits", num_samples=24, dtype="float64", seed=0)
+    x, y = concat(setup.data)
+    # nll of log_softmax(logits) is cross-entropy
+    exact = torch.linalg.eigvalsh(
+        dense_hessian(setup.model, reference or nn.CrossEntropyLoss(), x.double(), y)
+    )
+    top = json.loads((tmp_path / "hessian_spectrum.json").read_text())["top_eigenvalues"][0]
+    assert abs(top - exact.max().item()) <= 1e-7 * exact.abs().max().item()
+
+
+@pytest.mark.parametrize("flag", [["--checkpoint", "w.pt"], ["--dtype", "float64"], ["--download"]])
+def test_train_does_not_offer_flags_it_would_ignore(flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *flag])
+    assert exit_info.value.code == 2 and flag[0] in capsys.readouterr().err
+
+
+def test_train_with_the_default_loss_given_is_the_run_without_it(tmp_path):
+    argv = ["train", "--model", "mlp", "--epochs", "1", "--num-samples", "64"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--loss-fn", "cross_entropy", "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "history.json").read_text()) for d in "ab")
+    assert a["steps"] == b["steps"]  # the same lr, losses and accuracies
+    assert [{**e, "seconds": 0} for e in a["epochs"]] == [{**e, "seconds": 0} for e in b["epochs"]]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
+        p.name for p in (tmp_path / "b").iterdir()
+    )

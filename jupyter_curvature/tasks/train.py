@@ -301,7 +301,10 @@ def train(
         checkpoint_dir = out
     if steps is not None and steps < 1:
         raise InputError(f"the number of steps must be at least 1, got {steps}")
-    plain = step_fn is None and loss_fn is None
+    # a loss given by its registry name (the default's included) keeps the named path: giving
+    # the default explicitly must not change the run
+    named_loss = loss_fn is None or _is_name(loss_fn, namespace)
+    plain = step_fn is None and named_loss
     callbacks = list(callbacks) + _loggers(tensorboard)
     if plain and _is_name(model, namespace) and _is_name(data, namespace):
         return _train_named(
@@ -313,7 +316,7 @@ def train(
             warm_start=warm_start, num_samples=num_samples, data_root=data_root,
             device=device, seed=seed, out=out, checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-            callbacks=callbacks,
+            callbacks=callbacks, loss_fn=resolve_loss(loss_fn, namespace),
         )  # fmt: skip
     if num_samples is not None:
         raise InputError("num_samples needs a named dataset; give fewer batches instead")
@@ -421,7 +424,8 @@ def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: An
                  spectrum_samples: int, top_k: int, max_overhead: Any, warm_start: bool,
                  num_samples: Any, data_root: Any, device: Any, seed: int, out: Any,
                  checkpoint_dir: Any, checkpoint_every: Any,
-                 resume: Any, progress: bool, callbacks: list[Any]) -> TrainResult:  # fmt: skip
+                 resume: Any, progress: bool, callbacks: list[Any],
+                 loss_fn: Any) -> TrainResult:  # fmt: skip
     """A registry model on a registry dataset: the trainer of
     :func:`jupyter_curvature.training.named_trainer` (seeded subsets, per-epoch test
     evaluation, the linear schedule), run, then saved in ``out``."""
@@ -456,6 +460,7 @@ def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: An
         device=resolve_device(device), spectrum_every=spectrum_every or None,
         curvature=settings, progress=progress, callbacks=callbacks,
     )  # fmt: skip
+    trainer.loss_fn = loss_fn  # read at each step, so the criterion may be set after building
     trainer.fit(resume=resume)
     result = TrainResult(trainer.model, trainer.optimizer, trainer.loss_fn, trainer)
     if out is not None:
