@@ -417,6 +417,31 @@ def _remove_new_empty_folders(out: Path, before: set[str], first_missing: Path |
             return
 
 
+def _warn_replaced(out: Path, resume: str | None) -> None:
+    """Say so when a new training run is about to replace an earlier run's checkpoint."""
+    last = out / "checkpoint-last.pt"
+    if resume is None and last.exists() and is_main_process():
+        print(
+            f"jupyter-curvature train: warning: --out {out} holds an earlier run's {last.name}; "
+            f"this run replaces it (to continue that run give --resume {last}, to keep it "
+            "another --out)",
+            file=sys.stderr,
+        )
+
+
+def _remove_stale(out: Path, names: list[str]) -> None:
+    """Remove an earlier run's outputs that this run did not produce, so that every file in
+    ``out`` describes this run, and say which."""
+    stale = [out / name for name in names if (out / name).exists()]
+    if not stale or not is_main_process():
+        return
+    for path in stale:
+        path.unlink()
+    shown = ", ".join(p.name for p in stale)
+    print(f"jupyter-curvature: removed {shown} of an earlier run (this run made none)",
+          file=sys.stderr)  # fmt: skip
+
+
 def _compute(args: argparse.Namespace, out: Path) -> int:
     from . import tasks
 
@@ -429,6 +454,7 @@ def _compute(args: argparse.Namespace, out: Path) -> int:
         return 0
     if args.command == "train":
         kwargs = _keywords(args, _KEYWORDS["train"])
+        _warn_replaced(out, kwargs["resume"])
         result = tasks.train(out=out, progress=True, **kwargs)
         _say(result.trainer.history)
         return _finish(result, "training (checkpoints and history)")
@@ -458,6 +484,8 @@ def _compute(args: argparse.Namespace, out: Path) -> int:
         _say(result.basis_summary())  # one line for both runs' Lanczos vectors
         if result.blocks is not None:
             _say(result.blocks.table())
+        else:
+            _remove_stale(out, [f"{result.curvature}_blocks.{ext}" for ext in ("json", "png")])
     elif args.command == "stats":
         include = [k for k in tasks.STATS_KINDS if k != "layers" or not args.no_layers]
         result = _with_progress(

@@ -592,3 +592,18 @@ def test_train_with_the_default_loss_given_is_the_run_without_it(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
         p.name for p in (tmp_path / "b").iterdir()
     )
+
+
+def test_a_spectrum_without_blocks_removes_an_earlier_runs_blocks(tmp_path, capsys):
+    assert main([*SMALL_SPECTRUM, "--blocks", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "hessian_blocks.json").exists()
+    assert main([*SMALL_SPECTRUM, "--out", str(tmp_path)]) == 0
+    assert not list(tmp_path.glob("hessian_blocks.*"))
+    assert "removed hessian_blocks.json, hessian_blocks.png" in capsys.readouterr().err
+
+
+def test_train_into_an_earlier_runs_folder_warns(tmp_path, capsys):
+    assert main(_train_argv(tmp_path)) == 0
+    assert "earlier run" not in capsys.readouterr().err
+    assert main(_train_argv(tmp_path)) == 0
+    assert "holds an earlier run's checkpoint-last.pt" in capsys.readouterr().err
