@@ -1,11 +1,12 @@
 """``jupyter-curvature`` (also ``python -m jupyter_curvature``): train, spectrum, stats, landscape, demo.
 
-Every subcommand writes its results (JSON, ``.npz``) and figures (PNG) to ``--out``. Models and
+Every subcommand writes its results (JSON, ``.npz``) and figures (PNG) to ``--out`` (default
+``curvature-<command>``; a failed run removes the empty folders it made). Models and
 datasets are chosen by name; ``digits`` (bundled with scikit-learn) is the offline default.
 Checkpoints are read with ``torch.load(weights_only=True)`` (a pickle payload is refused, never
 run) and every file is written atomically. A bad checkpoint or ``--out``, or a full disk, is one
-line on stderr and exit status 2. Under ``torchrun`` every rank computes its shard and only rank
-0 writes; ``train`` runs the Trainer under ``DistributedDataParallel`` (``--batch-size`` is the
+line on stderr and exit status 2; Ctrl-C keeps what finished and exits with status 130. Under
+``torchrun`` every rank computes its shard and only rank 0 writes; ``train`` runs the Trainer under ``DistributedDataParallel`` (``--batch-size`` is the
 global batch, split across the ranks).
 """
 
