@@ -607,3 +607,32 @@ def test_train_into_an_earlier_runs_folder_warns(tmp_path, capsys):
     assert "earlier run" not in capsys.readouterr().err
     assert main(_train_argv(tmp_path)) == 0
     assert "holds an earlier run's checkpoint-last.pt" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_landscape_keeps_the_line_skips_the_plane_and_exits_130(
+    tmp_path, capsys, monkeypatch
+):
+    import signal
+
+    from jupyter_curvature import tasks
+
+    real = tasks.resolve_setup
+    calls = []
+
+    def press_at_the_third_forward(*args, **kwargs):
+        setup = real(*args, **kwargs)
+
+        def hook(module, inputs, outputs):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        setup.model.register_forward_hook(hook)
+        return setup
+
+    monkeypatch.setattr(tasks, "resolve_setup", press_at_the_third_forward)
+    argv = ["landscape", "--model", "mlp", "--num-samples", "40", "--directions", "random:2",
+            "--num-points", "5", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert (tmp_path / "landscape_1d.npz").exists() and not (tmp_path / "landscape_2d.npz").exists()
