@@ -402,13 +402,18 @@ def _train_with_ctrl_c(monkeypatch, module, step: int = 2) -> None:
     monkeypatch.setattr(module, "train", train)
 
 
-def test_ctrl_c_in_demo_training_stops_the_demo_and_exits_130(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("task", ["digits", "text"])
+def test_ctrl_c_in_demo_training_stops_the_demo_and_exits_130(tmp_path, capsys, monkeypatch, task):
     import sys
 
-    report_module = sys.modules["jupyter_curvature.tasks.report"]
-
-    _train_with_ctrl_c(monkeypatch, report_module)
-    assert main(["demo", "--epochs", "1", "--quick", "--out", str(tmp_path / "k")]) == 130
+    if task == "text":
+        pytest.importorskip("transformers")
+    module = sys.modules[
+        f"jupyter_curvature.tasks.{'report' if task == 'digits' else 'text_report'}"
+    ]
+    _train_with_ctrl_c(monkeypatch, module)
+    argv = ["demo", "--task", task, "--epochs", "1", "--quick", "--out", str(tmp_path / "k")]
+    assert main(argv) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "at step 2" in err and "not computed" in err
     assert (tmp_path / "k" / "train" / "checkpoint-last.pt").exists()  # what finished is kept
