@@ -42,7 +42,7 @@ def _folder(text: str) -> Path:
 
 def _common(parser: argparse.ArgumentParser, *, train: bool = False) -> None:
     """The flags every computing command takes; ``train`` leaves out those it cannot use
-    (it starts from fresh weights, or from ``--resume``, in float32, on offline data)."""
+    (it starts from fresh weights, or from ``--resume``, in float32)."""
     parser.add_argument(
         "--model", default="small_cnn", help="model name (see `jupyter-curvature list`)"
     )
@@ -50,10 +50,10 @@ def _common(parser: argparse.ArgumentParser, *, train: bool = False) -> None:
         "--data", default="digits", help="dataset name (default: the built-in digits)"
     )
     parser.add_argument("--data-root", default=None, help="folder holding the dataset files")
+    parser.add_argument(
+        "--download", action="store_true", help="download a missing torchvision dataset"
+    )
     if not train:
-        parser.add_argument(
-            "--download", action="store_true", help="download a missing torchvision dataset"
-        )
         parser.add_argument(
             "--checkpoint", default=None, help="weights to load (a .pt from `train`)"
         )
@@ -268,7 +268,7 @@ _SETUP = ("model", "data", "data_root", "download", "checkpoint", "batch_size", 
           "loss_fn", "device", "dtype", "seed")  # fmt: skip
 _BASIS = ("memory_budget", "basis_dtype", "basis_device", "reorthogonalize")
 _KEYWORDS = {
-    "train": ("model", "data", "data_root", "batch_size", "num_samples", "device", "seed",
+    "train": ("model", "data", "data_root", "download", "batch_size", "num_samples", "device", "seed",
               "optimizer", "lr", "momentum", "weight_decay", "epochs", "schedule",
               "spectrum_every", "max_overhead", "resume", "loss_fn", "tensorboard"),
     "spectrum": ("curvature", "num_iters", "num_probes", "top_k", "tol", "params", "blocks",
@@ -367,7 +367,8 @@ INTERRUPTED = 130
 def _finish(result: Any, what: str) -> int:
     if not _interrupted(result):
         return 0
-    print(f"interrupted: the {what} finished so far is kept (marked as such)", file=sys.stderr)
+    if is_main_process():
+        print(f"interrupted: the {what} finished so far is kept (marked as such)", file=sys.stderr)
     return INTERRUPTED
 
 

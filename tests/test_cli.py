@@ -580,7 +580,7 @@ def test_every_offered_loss_runs_and_means_what_the_help_says(
     assert abs(top - exact.max().item()) <= 1e-7 * exact.abs().max().item()
 
 
-@pytest.mark.parametrize("flag", [["--checkpoint", "w.pt"], ["--dtype", "float64"], ["--download"]])
+@pytest.mark.parametrize("flag", [["--checkpoint", "w.pt"], ["--dtype", "float64"]])
 def test_train_does_not_offer_flags_it_would_ignore(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", *flag])
@@ -641,3 +641,18 @@ def test_ctrl_c_in_landscape_keeps_the_line_skips_the_plane_and_exits_130(
     assert main(argv) == 130
     assert "interrupted" in capsys.readouterr().err
     assert (tmp_path / "landscape_1d.npz").exists() and not (tmp_path / "landscape_2d.npz").exists()
+
+
+def test_train_passes_download_to_the_dataset(tmp_path, monkeypatch):
+    from jupyter_curvature import data
+
+    asked = []
+    real = data.get_dataset
+
+    def get_dataset(*args, download=False, **kwargs):
+        asked.append(download)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "get_dataset", get_dataset)
+    assert main([*_train_argv(tmp_path), "--download"]) == 0
+    assert asked and all(asked)
