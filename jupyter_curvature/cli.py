@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -392,10 +391,12 @@ def _out(args: argparse.Namespace) -> Path:
 
 @contextlib.contextmanager
 def _removed_when_failed(out: Path) -> Iterator[None]:
-    """Remove the folders this run created under and above ``out`` when it fails, if they
-    are still empty: a failed run leaves nothing behind, and nothing the user made goes."""
-    first_missing = next((p for p in (out, *out.parents) if not p.exists()), None)
-    before = {p for p, _, _ in os.walk(out)} if out.is_dir() else set()
+    """Remove the folders this run created for ``out`` (``out``, its missing parents, and
+    subfolders such as ``demo``'s ``train/``) when it fails, if they are still empty: a failed
+    run leaves nothing behind, and nothing the user made goes."""
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    first_missing = missing[-1] if missing else None  # the highest folder this run will make
+    before = _subfolders(out)  # one level: the tasks make no deeper folders
     try:
         yield
     except BaseException:
@@ -404,18 +405,22 @@ def _removed_when_failed(out: Path) -> Iterator[None]:
         raise
 
 
-def _remove_new_empty_folders(out: Path, before: set[str], first_missing: Path | None) -> None:
-    for folder, _, _ in os.walk(out, topdown=False):  # the deepest first
-        if folder not in before:
-            with contextlib.suppress(OSError):  # not empty: something was written there
-                os.rmdir(folder)
+def _subfolders(folder: Path) -> set[Path]:
+    return {p for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
+
+
+def _remove_new_empty_folders(out: Path, before: set[Path], first_missing: Path | None) -> None:
+    for folder in _subfolders(out) - before:
+        with contextlib.suppress(OSError):  # not empty: something was written there, and is kept
+            folder.rmdir()
     if first_missing is None:
-        return
-    for folder in out.parents:  # the missing parents this run made for ``out``
-        if folder.is_dir():
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        if folder == first_missing:
+        return  # ``out`` existed before this run
+    for folder in (out, *out.parents):  # ``out`` and the missing parents made for it
+        if not folder.is_relative_to(first_missing):
+            return
+        try:
+            folder.rmdir()
+        except OSError:
             return
 
 
@@ -520,6 +525,7 @@ def _given(argv: list[str] | None, command: str) -> set[str]:
 
 #: engine keywords whose CLI flag has another name (the rest: ``--`` + dashes for ``_``)
 _FLAG_NAMES = {"k": "--top-k", "every": "--spectrum-every", "out": "--out"}
+# stats' engine batch is --stats-batch (--batch-size is checked, by name, before any work)
 _COMMAND_FLAG_NAMES = {"stats": {"batch_size": "--stats-batch"}}
 
 
