@@ -542,10 +542,16 @@ def _in_flag_names(message: str, command: str) -> str:
         return names[match.group(1)]
 
     every = "|".join(sorted(names, key=len, reverse=True))
-    message = re.sub(rf"(?<![\w\-.'\"])({every})=", lambda m: flag(m) + " ", message)
     underscored = "|".join(sorted((k for k in names if "_" in k), key=len, reverse=True))
-    message = re.sub(rf"(?<![\w\-.])({underscored})\b(?!\()", flag, message)
-    return re.sub(r"^(k|every)(?= must)", flag, message)
+
+    def word(match: re.Match) -> str:
+        text = match.group(0)
+        if text.lstrip("'\"(").startswith(("/", "~", "./", "../")):
+            return text  # a path: its folder names stay as they are
+        text = re.sub(rf"(?<![\w\-.'\"])({every})=", lambda m: flag(m) + " ", text)
+        return re.sub(rf"(?<![\w\-.])({underscored})\b(?!\()", flag, text)
+
+    return re.sub(r"^(k|every)(?= must)", flag, re.sub(r"\S+", word, message))
 
 
 def main(argv: list[str] | None = None) -> int:

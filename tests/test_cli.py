@@ -656,3 +656,19 @@ def test_train_passes_download_to_the_dataset(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "get_dataset", get_dataset)
     assert main([*_train_argv(tmp_path), "--download"]) == 0
     assert asked and all(asked)
+
+
+@pytest.mark.parametrize(
+    "message, shown",
+    [
+        ("k must be >= 1", "--top-k must be >= 1"),
+        ("every must be a positive integer", "--spectrum-every must be a positive integer"),
+        ("lower num_iters/num_probes", "lower --num-iters/--num-probes"),
+        ("params='x' matches no parameter", "--params 'x' matches no parameter"),
+        ("cannot read /data/num_samples/a.pt", "cannot read /data/num_samples/a.pt"),
+    ],
+)
+def test_engine_keywords_in_messages_become_flags_but_paths_stay(message, shown):
+    from jupyter_curvature.cli import _in_flag_names
+
+    assert _in_flag_names(message, "spectrum") == shown
