@@ -248,7 +248,7 @@ def test_an_out_that_cannot_be_a_folder_is_one_line_and_exit_code_2(tmp_path, ca
     if where == "under-dev-full" and not Path("/dev/full").exists():
         pytest.skip("no /dev/full here")
     err = one_line_error([*SMALL_SPECTRUM, "--out", str(out)], capsys)
-    assert f"out={out} is not a folder" in err
+    assert f"--out {out} is not a folder" in err
     assert (tmp_path / "a-file").read_text() == "kept"
 
 
@@ -377,3 +377,298 @@ def test_train_writes_tensorboard_event_files_with_the_history(tmp_path):
     assert [e.value for e in checks] == pytest.approx(
         [r["top_eigenvalues"][0] for r in history["curvature"]], rel=1e-6
     )
+
+
+def _sigint_at_step(step: int):
+    """A training callback that presses Ctrl-C (SIGINT to this process) after ``step``."""
+    import signal
+
+    from jupyter_curvature.training import LambdaCallback
+
+    def press(trainer, logs):
+        if logs["step"] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return LambdaCallback(on_step_end=press)
+
+
+def _train_with_ctrl_c(monkeypatch, module, step: int = 2) -> None:
+    """Make ``module.train`` press Ctrl-C after ``step`` of training."""
+    real = module.train
+
+    def train(*args, callbacks=(), **kwargs):
+        return real(*args, callbacks=[*callbacks, _sigint_at_step(step)], **kwargs)
+
+    monkeypatch.setattr(module, "train", train)
+
+
+@pytest.mark.parametrize("task", ["digits", "text"])
+def test_ctrl_c_in_demo_training_stops_the_demo_and_exits_130(tmp_path, capsys, monkeypatch, task):
+    import sys
+
+    if task == "text":
+        pytest.importorskip("transformers")
+    module = sys.modules[
+        f"jupyter_curvature.tasks.{'report' if task == 'digits' else 'text_report'}"
+    ]
+    _train_with_ctrl_c(monkeypatch, module)
+    argv = ["demo", "--task", task, "--epochs", "1", "--quick", "--out", str(tmp_path / "k")]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "at step 2" in err and "not computed" in err
+    assert (tmp_path / "k" / "train" / "checkpoint-last.pt").exists()  # what finished is kept
+    assert not list((tmp_path / "k").glob("*_spectrum.json"))  # nothing ran after training
+
+
+def test_ctrl_c_in_train_exits_130_after_saving(tmp_path, capsys, monkeypatch):
+    from jupyter_curvature import tasks
+
+    _train_with_ctrl_c(monkeypatch, tasks)
+    assert main(_train_argv(tmp_path)) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert (tmp_path / "checkpoint-last.pt").exists() and (tmp_path / "history.json").exists()
+
+
+def test_ctrl_c_in_spectrum_exits_130_with_the_partial_result(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from jupyter_curvature import tasks
+
+    real = tasks.spectrum
+
+    def spectrum(*args, progress, cancel, **kwargs):
+        def press_once(event):  # after the density's third step
+            if event.phase == "density" and event.step >= 3 and not cancel.is_set():
+                os.kill(os.getpid(), signal.SIGINT)  # the main thread cancels the token
+                cancel._event.wait(30)
+
+        return real(*args, progress=press_once, cancel=cancel, **kwargs)
+
+    monkeypatch.setattr(tasks, "spectrum", spectrum)
+    assert main([*SMALL_SPECTRUM, "--num-iters", "20", "--out", str(tmp_path)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert json.loads((tmp_path / "hessian_spectrum.json").read_text())["cancelled"] is True
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["spectrum", "--model", "nosuch"],
+        ["spectrum", "--data", "nosuch"],
+        ["spectrum", "--model", "mlp", "--num-samples", "40", "--params", "nosuch"],
+        ["spectrum", "--model", "mlp", "--num-samples", "40", "--top-k", "5000"],
+        ["stats", "--model", "nosuch"],
+        ["landscape", "--model", "nosuch"],
+        ["train", "--model", "nosuch"],
+        ["demo", "--epochs", "0"],
+    ],
+    ids=lambda argv: " ".join(argv),
+)
+def test_a_failed_run_leaves_no_folder_behind(tmp_path, capsys, argv):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "kept.txt").write_text("kept")
+    for out in (tmp_path / "new" / "deep", tmp_path / "mine"):
+        one_line_error([*argv, "--out", str(out)], capsys)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept.txt", "mine"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["spectrum", "--top-k", "2", "--tol", "0"], "--tol must be between 0 and 1"),
+        (["spectrum", "--tol", "5"], "--tol must be between 0 and 1"),
+        (["spectrum", "--top-k", "-1"], "--top-k must be 0"),
+        (["spectrum", "--num-probes", "0"], "--num-probes must be at least 1"),
+        (["spectrum", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["spectrum", "--num-iters", "0"], "--num-iters must be at least 1"),
+        (["landscape", "--directions", "top:4", "--span", "-1"], "--span must be a positive"),
+        (["landscape", "--num-points", "0"], "--num-points must be at least 2"),
+        (["landscape", "--directions", "sideways:2"], "--directions"),
+        (["stats", "--num-probes", "0"], "--num-probes must be at least 1"),
+        (["stats", "--stats-batch", "0"], "--stats-batch must be at least 1"),
+        (["train", "--spectrum-every", "-3"], "--spectrum-every must be 0"),
+        (["demo", "--epochs", "0"], "--epochs must be at least 1"),
+    ],
+)
+def test_every_flag_is_checked_before_any_computation(argv, message, capsys, monkeypatch):
+    from jupyter_curvature import tasks
+
+    def no_setup(*args, **kwargs):
+        raise AssertionError("the data and model were set up before the flags were checked")
+
+    monkeypatch.setattr(tasks, "resolve_setup", no_setup)
+    monkeypatch.setattr(tasks, "train", no_setup)
+    monkeypatch.setattr(tasks, "report", no_setup)
+    assert message in one_line_error(argv, capsys)
+
+
+@pytest.mark.parametrize(
+    "argv, flags",
+    [
+        (["spectrum", "--num-iters", "7", "--iters", "5"], ("--num-iters", "--iters")),
+        (["spectrum", "--curvature", "hessian", "--ggn"], ("--curvature", "--ggn")),
+        (["landscape", "--span", "1", "--range", "2"], ("--span", "--range")),
+    ],
+)
+def test_an_old_flag_given_with_its_new_one_is_an_error_naming_both(argv, flags, capsys):
+    err = one_line_error(argv, capsys)
+    assert all(flag in err for flag in flags)
+
+
+def test_an_empty_out_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["spectrum", "--out", ""])
+    assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_an_out_that_cannot_be_created_names_out_and_the_remedy(tmp_path, capsys, monkeypatch):
+    def refused(self, *args, **kwargs):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    err = one_line_error([*SMALL_SPECTRUM, "--out", str(tmp_path / "x")], capsys)
+    assert f"--out {tmp_path / 'x'} cannot be created" in err and "folder you can write" in err
+
+
+@pytest.mark.parametrize("command", ["train", "spectrum", "stats", "landscape"])
+def test_the_out_help_names_its_default(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert f"curvature-{command}" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["spectrum", "--model", "mlp", "--num-samples", "40", "--memory-budget", "1"],
+         "--num-iters"),
+        (["stats", "--model", "mlp", "--num-samples", "64"], "--stats-batch"),
+        (["spectrum", "--model", "mlp", "--num-samples", "40", "--params", "nosuch"],
+         "--params"),
+    ],
+)  # fmt: skip
+def test_engine_errors_name_the_flags(argv, flag, capsys):
+    err = one_line_error(argv, capsys)
+    assert flag in err and "num_iters" not in err and "batch_size" not in err
+
+
+def _one_hot_mse(outputs, labels):
+    return ((outputs - nn.functional.one_hot(labels, outputs.shape[1]).double()) ** 2).mean()
+
+
+@pytest.mark.parametrize("loss, reference", [("mse", _one_hot_mse), ("nll", None)])
+@pytest.mark.parametrize("command", ["spectrum", "train"])
+def test_every_offered_loss_runs_and_means_what_the_help_says(
+    tmp_path, capsys, loss, reference, command
+):
+    if command == "train":
+        argv = ["train", "--model", "mlp", "--epochs", "1", "--num-samples", "40"]
+        assert main([*argv, "--loss-fn", loss, "--out", str(tmp_path)]) == 0
+        history = json.loads((tmp_path / "history.json").read_text())
+        assert np.isfinite(history["steps"]["loss"]).all()
+        return
+    argv = ["spectrum", "--model", "mlp", "--num-samples", "24", "--dtype", "float64",
+            "--num-iters", "10", "--num-probes", "1", "--top-k", "1", "--tol", "1e-9"]  # fmt: skip
+    assert main([*argv, "--loss-fn", loss, "--out", str(tmp_path)]) == 0
+    setup = resolve_setup("mlp", "digits", num_samples=24, dtype="float64", seed=0)
+    x, y = concat(setup.data)
+    # nll of log_softmax(logits) is cross-entropy
+    exact = torch.linalg.eigvalsh(
+        dense_hessian(setup.model, reference or nn.CrossEntropyLoss(), x.double(), y)
+    )
+    top = json.loads((tmp_path / "hessian_spectrum.json").read_text())["top_eigenvalues"][0]
+    assert abs(top - exact.max().item()) <= 1e-7 * exact.abs().max().item()
+
+
+@pytest.mark.parametrize("flag", [["--checkpoint", "w.pt"], ["--dtype", "float64"]])
+def test_train_does_not_offer_flags_it_would_ignore(flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *flag])
+    assert exit_info.value.code == 2 and flag[0] in capsys.readouterr().err
+
+
+def test_train_with_the_default_loss_given_is_the_run_without_it(tmp_path):
+    argv = ["train", "--model", "mlp", "--epochs", "1", "--num-samples", "64"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--loss-fn", "cross_entropy", "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "history.json").read_text()) for d in "ab")
+    assert a["steps"] == b["steps"]  # the same lr, losses and accuracies
+    assert [{**e, "seconds": 0} for e in a["epochs"]] == [{**e, "seconds": 0} for e in b["epochs"]]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
+        p.name for p in (tmp_path / "b").iterdir()
+    )
+
+
+def test_a_spectrum_without_blocks_removes_an_earlier_runs_blocks(tmp_path, capsys):
+    assert main([*SMALL_SPECTRUM, "--blocks", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "hessian_blocks.json").exists()
+    assert main([*SMALL_SPECTRUM, "--out", str(tmp_path)]) == 0
+    assert not list(tmp_path.glob("hessian_blocks.*"))
+    assert "removed hessian_blocks.json, hessian_blocks.png" in capsys.readouterr().err
+
+
+def test_train_into_an_earlier_runs_folder_warns(tmp_path, capsys):
+    assert main(_train_argv(tmp_path)) == 0
+    assert "earlier run" not in capsys.readouterr().err
+    assert main(_train_argv(tmp_path)) == 0
+    assert "holds an earlier run's checkpoint-last.pt" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_landscape_keeps_the_line_skips_the_plane_and_exits_130(
+    tmp_path, capsys, monkeypatch
+):
+    import signal
+
+    from jupyter_curvature import tasks
+
+    real = tasks.resolve_setup
+    calls = []
+
+    def press_at_the_third_forward(*args, **kwargs):
+        setup = real(*args, **kwargs)
+
+        def hook(module, inputs, outputs):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        setup.model.register_forward_hook(hook)
+        return setup
+
+    monkeypatch.setattr(tasks, "resolve_setup", press_at_the_third_forward)
+    argv = ["landscape", "--model", "mlp", "--num-samples", "40", "--directions", "random:2",
+            "--num-points", "5", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert (tmp_path / "landscape_1d.npz").exists() and not (tmp_path / "landscape_2d.npz").exists()
+
+
+def test_train_passes_download_to_the_dataset(tmp_path, monkeypatch):
+    from jupyter_curvature import data
+
+    asked = []
+    real = data.get_dataset
+
+    def get_dataset(*args, download=False, **kwargs):
+        asked.append(download)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "get_dataset", get_dataset)
+    assert main([*_train_argv(tmp_path), "--download"]) == 0
+    assert asked and all(asked)
+
+
+@pytest.mark.parametrize(
+    "message, shown",
+    [
+        ("k must be >= 1", "--top-k must be >= 1"),
+        ("every must be a positive integer", "--spectrum-every must be a positive integer"),
+        ("lower num_iters/num_probes", "lower --num-iters/--num-probes"),
+        ("params='x' matches no parameter", "--params 'x' matches no parameter"),
+        ("cannot read /data/num_samples/a.pt", "cannot read /data/num_samples/a.pt"),
+    ],
+)
+def test_engine_keywords_in_messages_become_flags_but_paths_stay(message, shown):
+    from jupyter_curvature.cli import _in_flag_names
+
+    assert _in_flag_names(message, "spectrum") == shown

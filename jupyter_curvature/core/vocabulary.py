@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 __all__ = ["ALIASES", "accepts_aliases", "flag", "rename", "task_kwargs"]
@@ -95,18 +95,26 @@ def rename(
 
 
 def task_kwargs(
-    namespace: Any, names: list[str] | tuple[str, ...], *, where: str = ""
+    namespace: Any,
+    names: list[str] | tuple[str, ...],
+    *,
+    where: str = "",
+    given: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """The task keywords of a parsed argument namespace (the CLI's and the magics').
 
     Deprecated flags are parsed into attributes under their old names (absent when not
     given); they are renamed here, with a warning, and win over the new flag's default. A
     task's own keyword is never an old name there (``spectrum_samples`` is training's setting,
-    though the other tasks once spelled ``num_samples`` so).
+    though the other tasks once spelled ``num_samples`` so). ``given``: the settings given
+    explicitly (the namespace cannot tell them from defaults); an old flag given with its
+    new one then raises ``TypeError`` naming both.
     """
     values = vars(namespace)
     old = {k: v for k, v in values.items() if k in ALIASES and k not in names}
-    renamed = rename(old, where=where, flags=True, stacklevel=3)
+    new_given = {ALIASES[k][0] for k in old} & set(given or ()) & set(names)
+    renamed = rename({**old, **{k: values[k] for k in new_given}}, where=where, flags=True,
+                     stacklevel=3)  # fmt: skip
     out = {k: values[k] for k in names if k in values}
     out.update({k: v for k, v in renamed.items() if k in names})
     return out

@@ -120,7 +120,7 @@ def landscape(
     line = ls.landscape_1d(s.model, s.loss_fn, s.data, dirs, test_data=s.test_data, span=span,
                            num_points=num_points)  # fmt: skip
     surface = None
-    if plane and len(dirs) >= 2:
+    if plane and len(dirs) >= 2 and not line.interrupted:  # Ctrl-C: keep the line, stop
         surface = ls.landscape_2d(s.model, s.loss_fn, s.data, dirs, span=span,
                                   num_points=num_points)  # fmt: skip
     result = LandscapeTaskResult(line, surface, directions)

@@ -299,11 +299,33 @@ def resolve_test_data(
 
 
 # --------------------------------------------------------------------------- loss
-#: loss names -> criterion factories
+class OneHotMSELoss(nn.MSELoss):
+    """Mean squared error to the one-hot vectors of class-label targets (``--loss-fn mse``).
+
+    Integer targets with one dimension fewer than the outputs are class labels (the class
+    dimension is 1, as for :class:`torch.nn.CrossEntropyLoss`); float targets of the outputs'
+    shape are used as they are. A subclass of ``nn.MSELoss``, so the GGN uses its closed-form
+    output Hessian.
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not target.is_floating_point() and target.dim() == input.dim() - 1:
+            target = nn.functional.one_hot(target, input.shape[1]).movedim(-1, 1)
+        return super().forward(input, target.to(input.dtype))
+
+
+def _nll_of_log_softmax() -> nn.Module:
+    """``--loss-fn nll``: the negative log-likelihood of ``log_softmax(outputs)``, which is
+    cross-entropy (the built-in models output logits; on log-probabilities ``log_softmax``
+    changes nothing, so a model ending in ``log_softmax`` gets its own NLL too)."""
+    return nn.CrossEntropyLoss()
+
+
+#: loss names -> criterion factories (class-label targets, as the built-in datasets give)
 LOSSES: dict[str, Callable[[], nn.Module]] = {
     "cross_entropy": nn.CrossEntropyLoss,
-    "mse": nn.MSELoss,
-    "nll": nn.NLLLoss,
+    "mse": OneHotMSELoss,
+    "nll": _nll_of_log_softmax,
 }
 
 

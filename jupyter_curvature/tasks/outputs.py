@@ -26,6 +26,8 @@ def output_folder(out: str | os.PathLike) -> Path:
 
     Raises:
         NotADirectoryError: ``out`` is an existing file, or lies under one.
+        PermissionError: ``out`` cannot be made here (no permission, a read-only or
+            special file system).
     """
     out = Path(out)
     if is_writer():
@@ -35,6 +37,10 @@ def output_folder(out: str | os.PathLike) -> Path:
             raise NotADirectoryError(
                 f"out={out} is not a folder and cannot be made one ({exc.strerror}); "
                 "pass a folder path (it is created if missing)"
+            ) from exc
+        except OSError as exc:  # EACCES, EPERM, EROFS ...: the message names out and a way out
+            raise PermissionError(
+                f"out={out} cannot be created ({exc.strerror}); pass a folder you can write to"
             ) from exc
     return out
 

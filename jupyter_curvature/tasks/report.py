@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.files import atomic_write_text
+from ..core.progress import Cancelled
 from .landscape import landscape
 from .names import resolve_setup
 from .outputs import is_writer, output_folder, save_json
@@ -28,7 +29,7 @@ from .spectrum import spectrum
 from .stats import statistics
 from .train import train
 
-__all__ = ["Report", "report"]
+__all__ = ["Report", "report", "stop_if_interrupted"]
 
 
 @dataclass
@@ -71,6 +72,10 @@ def report(
 
     ``quick``: at most 3 epochs, 30 Lanczos steps x 2 probes and 11 landscape points (else
     80 x 4 and 21).
+
+    Raises:
+        Cancelled: training was interrupted (Ctrl-C); what it finished is kept in
+            ``out/train`` and nothing else runs.
     """
     out = output_folder(out)
     start = time.perf_counter()
@@ -80,6 +85,7 @@ def report(
     print(f"[1/4] training small_cnn on the built-in digits for {epochs} epochs ...", flush=True)
     trained = train("small_cnn", "digits", out=out / "train", epochs=epochs, seed=seed,
                     progress=True)  # fmt: skip
+    stop_if_interrupted(trained, out / "train", "the spectra, statistics and landscape")
     setup = resolve_setup(trained.model, "digits", seed=seed)
     print(
         f"[2/4] Hessian and GGN spectra (SLQ: {num_iters} steps x {num_probes} probes; "
@@ -108,6 +114,17 @@ def report(
     if is_writer():
         print(f"results, figures and the report are in {Path(out).resolve()}")
     return result
+
+
+def stop_if_interrupted(trained: Any, folder: Path, skipped: str) -> None:
+    """Raise :class:`Cancelled` when a report's training did not finish (Ctrl-C): what it
+    finished is kept in ``folder``, and the report must not go on as if nothing happened."""
+    if trained.status != "completed":
+        raise Cancelled(
+            "training",
+            f"training {trained.status} at step {trained.trainer.step}; its checkpoints and "
+            f"history are kept in {folder}; {skipped} were not computed",
+        )
 
 
 def _summary(trained, hessian, ggn, stats, land, seconds: float) -> dict:

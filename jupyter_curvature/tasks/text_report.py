@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from ..spectral import block_spectra
 from .names import InputError
 from .outputs import is_writer, output_folder, save_figure
-from .report import Report
+from .report import Report, stop_if_interrupted
 from .spectrum import spectrum
 from .train import train
 
@@ -45,6 +45,10 @@ def text_report(
     """Train the small GPT on the text and report its curvature; print and save the report.
 
     ``quick``: at most 60 steps, 20 Lanczos steps x 1 probe (else 40 x 2).
+
+    Raises:
+        Cancelled: training was interrupted (Ctrl-C); what it finished is kept in
+            ``out/train`` and nothing else runs.
     """
     from ..data import text_dataset
 
@@ -70,6 +74,7 @@ def text_report(
     trained = train(model, loader, optimizer=optimizer, steps=steps, test_data=_batches(test_set),
                     eval_every=max(1, steps // 3), seed=seed, out=out / "train",
                     progress=True)  # fmt: skip
+    stop_if_interrupted(trained, out / "train", "the spectra")
     curvature_set = _batches(text_dataset("test", block_size=block, num_samples=64, seed=seed), 32)
     print(f"[2/3] Hessian spectrum of the whole model (SLQ: {num_iters} steps x {num_probes} "
           "probes; top-3 certified) ...", flush=True)  # fmt: skip

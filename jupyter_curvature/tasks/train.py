@@ -205,6 +205,7 @@ def train(
     warm_start: bool = True,
     num_samples: int | None = None,
     data_root: str | Path | None = None,
+    download: bool = False,
     device: torch.device | str | None = None,
     callbacks: Iterable[Any] = (),
     tensorboard: str | Path | None = None,
@@ -267,6 +268,7 @@ def train(
             eigenvectors (:func:`~jupyter_curvature.spectral.warm_eigenpairs`).
         num_samples: train on this many samples of a named dataset (drawn by the seed 0).
         data_root: the folder of a named dataset's files.
+        download: download a named torchvision dataset missing from ``data_root``.
         device: move the model there (``"auto"``: CUDA when present); the batches follow.
         callbacks: Trainer callbacks (:class:`~jupyter_curvature.training.Callback` hooks;
             the live dashboard is one), called after the curvature and evaluation ones.
@@ -301,7 +303,10 @@ def train(
         checkpoint_dir = out
     if steps is not None and steps < 1:
         raise InputError(f"the number of steps must be at least 1, got {steps}")
-    plain = step_fn is None and loss_fn is None
+    # a loss given by its registry name (the default's included) keeps the named path: giving
+    # the default explicitly must not change the run
+    named_loss = loss_fn is None or _is_name(loss_fn, namespace)
+    plain = step_fn is None and named_loss
     callbacks = list(callbacks) + _loggers(tensorboard)
     if plain and _is_name(model, namespace) and _is_name(data, namespace):
         return _train_named(
@@ -311,9 +316,10 @@ def train(
             curvature=curvature, num_iters=num_iters, num_probes=num_probes,
             spectrum_samples=spectrum_samples, top_k=top_k, max_overhead=max_overhead,
             warm_start=warm_start, num_samples=num_samples, data_root=data_root,
+            download=download,
             device=device, seed=seed, out=out, checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-            callbacks=callbacks,
+            callbacks=callbacks, loss_fn=resolve_loss(loss_fn, namespace),
         )  # fmt: skip
     if num_samples is not None:
         raise InputError("num_samples needs a named dataset; give fewer batches instead")
@@ -325,7 +331,8 @@ def train(
     if data_name is not None:
         resolve_data(data_spec, namespace)  # an unknown dataset: its InputError says what to do
     model = resolve_model(model, namespace, data=data_name)
-    data = resolve_data(data, namespace, batch_size=batch_size, shuffle=True, seed=seed)
+    data = resolve_data(data, namespace, batch_size=batch_size, shuffle=True, seed=seed,
+                        data_root=data_root, download=download)  # fmt: skip
     if test_data is not None or isinstance(data_spec, str):
         test_data = resolve_test_data(test_data, data_spec, namespace)
     loss_fn = resolve_loss(loss_fn, namespace)
@@ -419,9 +426,11 @@ def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: An
                  weight_decay: float, epochs: Any, steps: Any, batch_size: int, schedule: Any,
                  spectrum_every: int, curvature: str, num_iters: Any, num_probes: Any,
                  spectrum_samples: int, top_k: int, max_overhead: Any, warm_start: bool,
-                 num_samples: Any, data_root: Any, device: Any, seed: int, out: Any,
+                 num_samples: Any, data_root: Any, download: bool, device: Any, seed: int,
+                 out: Any,
                  checkpoint_dir: Any, checkpoint_every: Any,
-                 resume: Any, progress: bool, callbacks: list[Any]) -> TrainResult:  # fmt: skip
+                 resume: Any, progress: bool, callbacks: list[Any],
+                 loss_fn: Any) -> TrainResult:  # fmt: skip
     """A registry model on a registry dataset: the trainer of
     :func:`jupyter_curvature.training.named_trainer` (seeded subsets, per-epoch test
     evaluation, the linear schedule), run, then saved in ``out``."""
@@ -452,10 +461,12 @@ def _train_named(model: str, data: str, *, optimizer: Any, lr: Any, momentum: An
         model, data, optimizer=optimizer, lr=lr, optimizer_kwargs=optimizer_kwargs,
         epochs=epochs if epochs is not None or steps is not None else 10, steps=steps,
         batch_size=batch_size, schedule=schedule, data_root=data_root, num_samples=num_samples,
+        data_kwargs={"download": True} if download else None,
         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, seed=seed,
         device=resolve_device(device), spectrum_every=spectrum_every or None,
         curvature=settings, progress=progress, callbacks=callbacks,
     )  # fmt: skip
+    trainer.loss_fn = loss_fn  # read at each step, so the criterion may be set after building
     trainer.fit(resume=resume)
     result = TrainResult(trainer.model, trainer.optimizer, trainer.loss_fn, trainer)
     if out is not None:
