@@ -39,6 +39,9 @@ from .risk import EmpiricalRiskOperator, check_loss_fn
 # fail with "Nested forward mode AD is not supported", whatever models they differentiate
 _FORWARD_AD = threading.Lock()
 
+#: torch.func's refusals of a model that plain autograd can still differentiate
+_FUNCTORCH_REFUSAL = re.compile(r"setup_context|functorch|vmap|torch\.func", re.IGNORECASE)
+
 
 @functools.cache  # once per process: catch_warnings swaps the global filters
 def _load_forward_ad() -> None:
@@ -93,6 +96,73 @@ class _FunctionalOperator(EmpiricalRiskOperator):
         columns = vmap(pullback)(middle(values.detach(), JV))  # per param (k, *p.shape)
         return torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1).T
 
+    _functorch_works = True  # False once torch.func or forward mode refused the model
+
+    def _sandwich(
+        self,
+        fn: Callable[..., torch.Tensor],
+        block: torch.Tensor,
+        middle: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``J^T M(J V)`` by :meth:`_jacobian_sandwich`, or by :meth:`_reverse_sandwich` for a
+        model that ``torch.func`` or forward mode refuses (a custom ``autograd.Function``
+        without ``setup_context`` or without ``jvp``): the same product, reverse mode only."""
+        if self._functorch_works:
+            try:
+                return self._forward_mode(lambda: self._jacobian_sandwich(fn, block, middle))
+            except NotImplementedError:  # no forward-mode formula (a Function without jvp)
+                pass
+            except RuntimeError as exc:  # torch.func's own refusal, raised before any result
+                if not _FUNCTORCH_REFUSAL.search(str(exc)):
+                    raise
+            self._functorch_works = False
+        return self._reverse_sandwich(fn, block, middle)
+
+    def _reverse_sandwich(
+        self,
+        fn: Callable[..., torch.Tensor],
+        block: torch.Tensor,
+        middle: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``J^T M(J V)`` with reverse mode only, for models with an operation that has no jvp.
+
+        ``J v`` is the derivative of ``u -> (J^T u) . v`` (the double-backward trick), so only
+        backward formulas are needed: one forward, then per column two backwards for ``J v``
+        and one for ``J^T M(J v)``.
+        """
+        primals = [p.detach().requires_grad_() for p in self.params]
+        with twice_differentiable():  # J v differentiates the backward graph
+            values = fn(*primals)
+        dummy = torch.zeros_like(values, requires_grad=True)
+        pulled = torch.autograd.grad(values, primals, dummy, create_graph=True, allow_unused=True)
+        live = [i for i, g in enumerate(pulled) if g is not None and g.requires_grad]
+        columns = self.unflatten(block)
+        JV = []
+        for j in range(block.shape[1]):
+            if not live:
+                JV.append(torch.zeros_like(values))
+                continue
+            (Jv,) = torch.autograd.grad(
+                [pulled[i] for i in live],
+                dummy,
+                grad_outputs=[columns[i][..., j] for i in live],
+                retain_graph=True,
+            )
+            JV.append(Jv)
+        MJV = middle(values.detach(), torch.stack(JV))
+        return self._pull_back(values, primals, list(MJV), block)
+
+    def _pull_back(self, outputs, primals, cotangents, block) -> torch.Tensor:
+        """``[J^T u_j]_j`` as an ``(n, k)`` block, one backward per cotangent ``u_j``."""
+        k = len(cotangents)
+        result = torch.zeros_like(block)
+        for j, u in enumerate(cotangents):
+            grads = torch.autograd.grad(  # zeros for parameters the outputs do not use
+                outputs, primals, grad_outputs=u, retain_graph=j < k - 1, materialize_grads=True
+            )
+            result[:, j] = self.flatten(grads)
+        return result
+
     _forward_reroute = False  # True once a fused kernel without a jvp was met (CPU attention)
 
     def _forward_mode(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -126,8 +196,9 @@ class GGNOperator(_FunctionalOperator):
     graph of the outputs, so ``J^T`` needs no second forward (in units of a layer's forward:
     primal 1 + tangent 2 + backward 2 = 5, against 6 for ``vjp`` + ``jvp``, which recomputes the
     primal). Models with an operation that has no forward-mode formula (a custom
-    ``autograd.Function`` without ``jvp``) fall back to reverse mode only (the double-backward
-    trick for ``J v``), which gives the same product at a higher cost.
+    ``autograd.Function`` without ``jvp``) or that ``torch.func`` refuses (a Function without
+    ``setup_context``) fall back to reverse mode only (the double-backward trick for ``J v``),
+    for single vectors and blocks alike, which gives the same product at a higher cost.
 
     Args:
         output_hessian: ``fn(outputs, targets, U) -> H_L U`` for losses not built in.
@@ -164,14 +235,13 @@ class GGNOperator(_FunctionalOperator):
             )
 
     def _batch_ggn(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
-        if self._forward_mode_works:
-            try:
-                if block.shape[1] == 1:
-                    return self._forward_mode(lambda: self._batch_ggn_dual(batch, block))
-                return self._forward_mode(lambda: self._batch_ggn_functional(batch, block))
-            except NotImplementedError:  # e.g. a custom autograd.Function without jvp
-                self._forward_mode_works = False
-        return self._batch_ggn_reverse(batch, block)
+        if block.shape[1] > 1 or not self._forward_mode_works:
+            return self._batch_ggn_functional(batch, block)
+        try:
+            return self._forward_mode(lambda: self._batch_ggn_dual(batch, block))
+        except NotImplementedError:  # e.g. a custom autograd.Function without jvp
+            self._forward_mode_works = self._functorch_works = False  # jvp would fail alike
+            return self._batch_ggn_functional(batch, block)
 
     def _batch_ggn_dual(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
         """``G v`` for one vector: a dual-number forward (outputs and ``J v``), one backward."""
@@ -186,64 +256,20 @@ class GGNOperator(_FunctionalOperator):
         HJv = self._output_hessian(outputs.detach(), batch.targets, Jv.unsqueeze(0))[0]
         return self._pull_back(outputs, primals, [HJv], block)
 
-    def _batch_ggn_reverse(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
-        """``G V`` with reverse mode only, for models with an operation that has no jvp.
-
-        ``J v`` is the derivative of ``u -> (J^T u) . v`` (the double-backward trick), so only
-        backward formulas are needed: one forward, then per column two backwards for ``J v``
-        and one for ``J^T (H_L J v)``.
-        """
-        primals = [p.detach().requires_grad_() for p in self.params]
-        with twice_differentiable():  # J v differentiates the backward graph
-            outputs = self._function(batch)(*primals)
-        self._loss(outputs.detach(), batch)
-        dummy = torch.zeros_like(outputs, requires_grad=True)
-        pulled = torch.autograd.grad(outputs, primals, dummy, create_graph=True, allow_unused=True)
-        live = [i for i, g in enumerate(pulled) if g is not None and g.requires_grad]
-        columns = self.unflatten(block)
-        JV = []
-        for j in range(block.shape[1]):
-            if not live:
-                JV.append(torch.zeros_like(outputs))
-                continue
-            (Jv,) = torch.autograd.grad(
-                [pulled[i] for i in live],
-                dummy,
-                grad_outputs=[columns[i][..., j] for i in live],
-                retain_graph=True,
-            )
-            JV.append(Jv)
-        HJV = self._output_hessian(outputs.detach(), batch.targets, torch.stack(JV))
-        return self._pull_back(outputs, primals, list(HJV), block)
-
-    def _pull_back(self, outputs, primals, cotangents, block) -> torch.Tensor:
-        """``[J^T u_j]_j`` as an ``(n, k)`` block, one backward per cotangent ``u_j``."""
-        k = len(cotangents)
-        result = torch.zeros_like(block)
-        for j, u in enumerate(cotangents):
-            grads = torch.autograd.grad(  # zeros for parameters the outputs do not use
-                outputs, primals, grad_outputs=u, retain_graph=j < k - 1, materialize_grads=True
-            )
-            result[:, j] = self.flatten(grads)
-        return result
-
     def _batch_ggn_functional(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
-        """``G V`` for a block: ``torch.func.vjp`` once, ``jvp`` and the pullback vmapped over columns."""
+        """``G V`` for a block: ``torch.func.vjp`` once, ``jvp`` and the pullback vmapped over
+        columns; reverse mode only for a model that torch.func or forward mode refuses."""
 
         def output_hessian(outputs: torch.Tensor, JV: torch.Tensor) -> torch.Tensor:
             self._loss(outputs, batch)  # names a batch with NaN/inf loss
             return self._output_hessian(outputs, batch.targets, JV)
 
-        return self._jacobian_sandwich(self._function(batch), block, output_hessian)
+        return self._sandwich(self._function(batch), block, output_hessian)
 
 
 def _one(x: Any) -> Any:
     """One sample (inside vmap: without its batch dimension) as a batch of one."""
     return x.unsqueeze(0) if isinstance(x, torch.Tensor) else x
-
-
-#: torch.func's refusals of a model that plain autograd can still differentiate
-_FUNCTORCH_REFUSAL = re.compile(r"setup_context|functorch|vmap|torch\.func", re.IGNORECASE)
 
 
 class EmpiricalFisherOperator(_FunctionalOperator):
@@ -320,7 +346,7 @@ class EmpiricalFisherOperator(_FunctionalOperator):
 
     def _batch_fisher(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
         if has_terms(self.loss_fn):
-            product = self._forward_mode(lambda: self._term_fisher(batch, block))
+            product = self._term_fisher(batch, block)
         else:
             self._loss(self._forward(batch), batch)
             G = self.per_sample_gradients(batch)
@@ -339,4 +365,4 @@ class EmpiricalFisherOperator(_FunctionalOperator):
             self._check_finite(losses, batch)  # names a batch with NaN/inf loss
             return JV
 
-        return self._jacobian_sandwich(terms, block, identity)
+        return self._sandwich(terms, block, identity)
