@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from ..core import inputs as _inputs
-from ..core.batches import Batch
+from ..core.batches import Batch, check_per_sample_split, map_tensors
 from ..core.losses import has_terms
 from ._second_order import check_twice_differentiable, recorded_calls, twice_differentiable
 from .loss_hessians import OutputHessian, output_hessian_for
@@ -269,7 +269,7 @@ class GGNOperator(_FunctionalOperator):
 
 def _one(x: Any) -> Any:
     """One sample (inside vmap: without its batch dimension) as a batch of one."""
-    return x.unsqueeze(0) if isinstance(x, torch.Tensor) else x
+    return map_tensors(lambda t: t.unsqueeze(0), x)
 
 
 class EmpiricalFisherOperator(_FunctionalOperator):
@@ -282,7 +282,10 @@ class EmpiricalFisherOperator(_FunctionalOperator):
     ``B x n`` per batch. A model that torch.func cannot transform (a custom
     ``autograd.Function`` without ``setup_context``, a ``.item()`` in the forward) gets them
     from a loop of plain ``torch.autograd.grad`` calls, one per sample: the same numbers,
-    ``B`` backward passes per batch.
+    ``B`` backward passes per batch. The inputs split per sample are the batch-sized tensors
+    not marked :func:`~jupyter_curvature.core.batches.shared` (``Batch.per_sample_dims``); a
+    forgotten mark is named at construction
+    (:func:`~jupyter_curvature.core.batches.check_per_sample_split`).
 
     A loss over tokens (:class:`~jupyter_curvature.core.losses.TokenCrossEntropy`: ``terms``
     and ``num_terms``) has one observation per counted token: ``F = (1/T) sum_t g_t g_t^T``
@@ -305,21 +308,31 @@ class EmpiricalFisherOperator(_FunctionalOperator):
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
         return self._accumulate(block, self._batch_fisher)
 
+    def _check_batch(self, batch: Batch) -> None:
+        """The shared checks, then: splitting the inputs per sample keeps the samples' outputs
+        (an input shared by the batch but batch-sized must be marked ``jc.shared``)."""
+        super()._check_batch(batch)
+        if not has_terms(self.loss_fn):  # a token loss's products never split the batch
+            check_per_sample_split(batch, lambda b: b.call(self.model))
+
     def per_sample_gradients(self, batch: Batch) -> torch.Tensor:
         """The ``(B, n)`` matrix of per-sample gradients of one (device-placed) batch."""
         names, model, loss_fn, pick = self.param_names, self.model, self.loss_fn, self.outputs
         primals = self._detached_params()
 
+        # only per-sample inputs are split (core/batches.py: Batch.per_sample_dims): inputs
+        # marked jc.shared, or not batch-sized, reach every sample whole
+        arg_dims, kw_dims = batch.per_sample_dims()
+
         def sample_loss(params, args, kwargs, target):
-            args = tuple(a.unsqueeze(0) for a in args)
-            kwargs = {k: _one(v) for k, v in kwargs.items()}
+            args = tuple(a if d is None else _one(a) for a, d in zip(args, arg_dims))
+            kwargs = {k: v if kw_dims[k] is None else _one(v) for k, v in kwargs.items()}
             out = functional_call(model, dict(zip(names, params)), args, kwargs, strict=False)
             return loss_fn(_inputs.model_outputs(out, pick), target.unsqueeze(0))
 
-        kw_dims = {k: 0 if isinstance(v, torch.Tensor) else None for k, v in batch.kwargs.items()}
         if self._vmap_works:
             try:
-                grads = vmap(grad(sample_loss), in_dims=(None, 0, kw_dims, 0))(
+                grads = vmap(grad(sample_loss), in_dims=(None, arg_dims, kw_dims, 0))(
                     primals, batch.args, batch.kwargs, batch.targets
                 )
                 return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
@@ -330,9 +343,11 @@ class EmpiricalFisherOperator(_FunctionalOperator):
         rows = []
         for i in range(batch.size):
             params = [p.requires_grad_() for p in self._detached_params()]
-            args = tuple(a[i] for a in batch.args)
-            kwargs = {k: v[i] if kw_dims[k] == 0 else v for k, v in batch.kwargs.items()}
-            loss = sample_loss(params, args, kwargs, batch.targets[i])
+            one = batch.sample(i)  # per-sample inputs sliced to a batch of one, shared whole
+            out = functional_call(
+                model, dict(zip(names, params)), one.args, one.kwargs, strict=False
+            )
+            loss = loss_fn(_inputs.model_outputs(out, pick), one.targets)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             rows.append(
                 torch.cat(
