@@ -147,3 +147,26 @@ def test_joining_batches_with_different_shared_values_is_refused():
     layout = lambda b: ((b[0],), {"scale": jc.shared(b[1])}, b[2])  # noqa: E731
     with pytest.raises(ValueError, match="jc.shared"):
         gradient_statistics(model, CE, data, per_sample=True, chunk_size=3, batch_layout=layout)
+
+
+def test_a_shared_positional_input_is_passed_whole():
+    class Positional(Scaled):
+        def forward(self, x, scale):
+            return super().forward(x, scale=scale)
+
+    torch.manual_seed(2)
+    model = Positional().to(DT)
+    x = torch.randn(4, 3, dtype=DT)
+    y = torch.randint(0, 4, (4,))
+    scale = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=DT)
+    layout = lambda b: ((b[0], jc.shared(scale)), b[1])  # noqa: E731
+    op = EmpiricalFisherOperator(model, CE, (x, y), batch_layout=layout)
+    params = list(model.parameters())
+    rows = []
+    for i in range(4):
+        loss = CE(model(x[i : i + 1], scale), y[i : i + 1])
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+    G = torch.stack(rows)
+    assert_close(op.to_dense(), G.T @ G / 4, what="empirical Fisher, shared positional input")
+    with pytest.raises(ValueError, match="argument 1"):
+        EmpiricalFisherOperator(model, CE, (x, y), batch_layout=lambda b: ((b[0], scale), b[1]))
