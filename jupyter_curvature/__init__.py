@@ -26,6 +26,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "BlockDiagonalOperator": ".operators",
     "as_operator": ".operators",
     "register_output_hessian": ".operators",
+    "shared": ".operators",  # marks a batch_layout input shared by the whole batch
     "TokenCrossEntropy": ".operators",
     # spectra
     "lanczos": ".spectral",

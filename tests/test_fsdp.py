@@ -79,6 +79,9 @@ def _job():
         for p in model.parameters():
             p.to_local().add_(STEP)
     out["Hv_after_step"] = H @ V
+    for p in model.parameters():  # a hand-written step through .data: versions do not move
+        p.to_local().data.add_(STEP)
+    out["Hv_after_data_step"] = H @ V
 
     # bad input: parameters sharded over a group of one rank, not over the world's two
     groups = [dist.new_group([r]) for r in range(WORLD)]  # every rank creates every group
@@ -144,6 +147,9 @@ def test_sharded_products_equal_the_dense_unsharded_matrices(results):
         assert result["roundtrip"] and result["shard_is_local"]
     H_step, _ = _dense(STEP)
     assert_close(results[0]["Hv_after_step"], H_step @ V, "Hv after an in-place step")
+    H_data_step, _ = _dense(2 * STEP)
+    for rank, result in enumerate(results):
+        assert_close(result["Hv_after_data_step"], H_data_step @ V, f"Hv after .data, rank {rank}")
 
 
 @pytest.mark.distributed

@@ -319,6 +319,42 @@ def test_empirical_fisher_through_a_function_torch_func_refuses():
     assert_close(dense, G.T @ G / len(x), what="empirical Fisher through Square.apply")
 
 
+class OldStyleSquare(torch.autograd.Function):
+    """``x^2`` without ``setup_context`` (torch.func refuses it) and without ``jvp``, with a
+    differentiable backward: the GGN can only run in reverse mode."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+def test_ggn_blocks_through_a_function_torch_func_refuses():
+    """Blocks (``to_dense``, several probes) fall back to reverse mode as single vectors do,
+    instead of raising torch.func's RuntimeError; equal to the dense GGN of the same network
+    written with elementary operations, over two batches."""
+    model, reference = _net(OldStyleSquare), _net(None)
+    x, y = _batch()
+    loss_fn = nn.CrossEntropyLoss()
+    data = [(x[:3], y[:3]), (x[3:], y[3:])]
+    expected = dense_ggn(reference, loss_fn, x, y)
+    G = jc.GGNOperator(model, loss_fn, data)
+    assert_close(G.to_dense(), expected, what="GGN block through OldStyleSquare.apply")
+    assert not G._functorch_works  # the reverse-mode block path really ran
+    v = torch.randn(G.shape[0], dtype=torch.float64)
+    assert_close(G @ v, expected @ v, what="GGN v through OldStyleSquare.apply")
+    density = jc.spectral_density(G, num_iters=G.shape[0], num_probes=3, seed=0)
+    exact = torch.linalg.eigvalsh(expected)
+    assert_close(
+        density.ritz_values.max(), exact.max(), what="largest Ritz value with three probes"
+    )
+
+
 class Doubled(torch.autograd.Function):
     """``2 x`` with a differentiable backward and no ``jvp``: the GGN falls back to reverse mode."""
 

@@ -269,6 +269,49 @@ def test_a_subclass_of_a_registered_loss_is_found():
     assert torch.equal(output_hessian_for(Smoothed())(z, y, U), expected)
 
 
+def test_a_subclass_that_only_adds_attributes_gives_the_dense_ggn():
+    class Tagged(nn.CrossEntropyLoss):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tag = "focal-free"
+
+    model, _, (x, y) = small_problem()
+    G = GGNOperator(model, Tagged(), (x, y))
+    expected = dense_ggn(model, nn.CrossEntropyLoss(), x, y)
+    assert_close(G.to_dense(), expected, rtol=1e-10, atol=1e-13)
+
+
+def test_a_subclass_that_overrides_forward_is_rejected_with_the_remedy():
+    # a focal loss over CrossEntropyLoss: CE's output Hessian would give a wrong GGN
+    class FocalLoss(nn.CrossEntropyLoss):
+        def forward(self, z, y):
+            logp = torch.log_softmax(z, 1).gather(1, y[:, None]).squeeze(1)
+            return (-((1 - logp.exp()) ** 2) * logp).mean()
+
+    class Flattening(nn.CrossEntropyLoss):  # (B, L, V) logits: wrong class dim when L == V
+        def __call__(self, z, y):
+            return super().__call__(z.flatten(0, 1), y.flatten())
+
+    model, _, data = small_problem()
+    for loss_fn in (FocalLoss(), Flattening()):
+        name = type(loss_fn).__name__
+        with pytest.raises(ValueError) as info:
+            GGNOperator(model, loss_fn, data)
+        message = str(info.value)
+        for part in (name, "overrides forward", "HessianOperator", "register_output_hessian"):
+            assert part in message
+
+    # its own output Hessian (output_hessian=, as the message says) makes it work
+    def focal_product(outputs, targets, U):
+        loss_fn = FocalLoss()
+        H_L = hessian(lambda o: loss_fn(o, targets))(outputs).reshape(outputs.numel(), -1)
+        return (U.reshape(len(U), -1) @ H_L).reshape(U.shape)
+
+    model, _, (x, y) = small_problem()
+    G = GGNOperator(model, FocalLoss(), (x, y), output_hessian=focal_product)
+    assert_close(G.to_dense(), dense_ggn(model, FocalLoss(), x, y), rtol=1e-10, atol=1e-13)
+
+
 def test_an_unknown_loss_names_itself_the_supported_ones_and_the_remedy():
     class Huberish(nn.Module):
         def forward(self, z, y):

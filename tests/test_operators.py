@@ -498,6 +498,51 @@ def test_kept_graphs_equal_fresh_products_and_follow_weight_changes(name):
     assert_close(kept @ V[:, 0], fresh @ V[:, 0], rtol=1e-12, atol=1e-14)
 
 
+def _sgd_through_data(model):  # a hand-written step: .data edits leave _version alone
+    for p in model.parameters():
+        p.data -= 0.5 * torch.randn_like(p)
+
+
+def _replace_data(model):
+    for p in model.parameters():
+        p.data = p.data * 1.5
+
+
+def _optimizer_step(model):  # torch.optim steps under no_grad, moving the versions
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    torch.optim.SGD(model.parameters(), lr=0.5).step()
+
+
+def _running_statistics(model):  # BatchNorm buffers an eval-mode product reads
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.data += 0.3
+            m.running_var.data *= 2.0
+
+
+@pytest.mark.parametrize(
+    "change", [_sgd_through_data, _replace_data, _optimizer_step, _running_statistics]
+)
+@pytest.mark.parametrize("name", ["mlp-ce-mean", "cnn-bn-eval-ce"])
+def test_kept_graphs_are_rebuilt_after_any_change_of_values(name, change):
+    make_model, make_loss = CASES[name]
+    model, loss_fn, data = make_model(), make_loss(), case_data(name)
+    kept = HessianOperator(model, loss_fn, data, keep_graphs=True)
+    V = torch.randn(kept.shape[0], 2, dtype=DT)
+    before = kept @ V  # builds and keeps the graphs
+    torch.manual_seed(1)
+    change(model)
+    fresh = HessianOperator(model, loss_fn, data) @ V
+    if name.startswith("mlp"):
+        x, y = concat(data)
+        assert_close(fresh, dense_hessian(model, loss_fn, x, y) @ V, rtol=1e-9, atol=1e-13)
+    if change is not _running_statistics or name.startswith("cnn"):
+        assert not torch.allclose(before, fresh)  # the change matters to the product
+    assert_close(kept @ V, fresh, rtol=1e-12, atol=1e-14)
+    assert_close(kept @ V, fresh, rtol=1e-12, atol=1e-14)  # the rebuilt graphs, reused
+
+
 def test_block_falls_back_to_columns_when_batching_fails(monkeypatch):
     model, loss_fn, data = mlp(), nn.CrossEntropyLoss(), case_data("mlp-ce-mean")
     op = HessianOperator(model, loss_fn, data, vectorize=True)

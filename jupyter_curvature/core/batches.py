@@ -15,8 +15,37 @@ import torch
 
 #: ``layout(batch) -> (model_args, targets)`` or ``(model_args, model_kwargs, targets)``: how to
 #: split one batch. ``model_args`` is a tuple of positional arguments for the model (a lone
-#: tensor is wrapped), ``model_kwargs`` a dict of keyword arguments.
+#: tensor is wrapped), ``model_kwargs`` a dict of keyword arguments. Every input is per
+#: sample (row ``n`` of dim 0 belongs to sample ``n``) unless wrapped in :func:`shared`.
 BatchLayout = Callable[[Any], tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A model input that belongs to the whole batch, not to one sample: see :func:`shared`."""
+
+    value: Any
+
+
+def shared(value: Any) -> Shared:
+    """Mark a model input returned by a ``batch_layout`` as shared by all samples of the batch.
+
+    Per-sample computations (the gradient covariance ``EmpiricalFisherOperator``, per-sample
+    gradient statistics) call the model on one sample at a time, so they must know which
+    inputs to split. The rule: a positional or keyword input is **per sample**, split along
+    dim 0, when it is a tensor whose dim 0 is the batch size; anything else (a non-tensor, a
+    scalar tensor, a tensor of another length) is passed whole. A tensor whose dim 0 only
+    happens to equal the batch size (a ``(T, T)`` attention bias with ``T == B``, a weight
+    vector used as ``scale.sum()``) must be marked::
+
+        batch_layout=lambda b: ((b[0],), {"bias": jc.shared(bias)}, b[1])
+
+    The curvature of the whole batch (Hessian, GGN) is the same either way: the model gets
+    the value itself. Regrouping batches (``batch_size=`` of the statistics) does not join or
+    slice shared inputs; batches regrouped together must share the same value.
+    """
+    return value if isinstance(value, Shared) else Shared(value)
+
 
 #: the label Hugging Face's losses skip (``ignore_index`` of its token cross-entropy)
 HF_IGNORE_INDEX = -100
@@ -34,6 +63,8 @@ class Batch:
     size: int
     index: int
     kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the inputs marked :func:`shared` by the layout: positions of ``args``, names of ``kwargs``
+    shared: frozenset[int | str] = frozenset()
 
     def to(self, device: torch.device, dtype: torch.dtype | None = None) -> Batch:
         """Move tensors to ``device``; floating inputs (not integer labels) to ``dtype``."""
@@ -43,7 +74,42 @@ class Batch:
             self.size,
             self.index,
             _move(self.kwargs, device, dtype),
+            self.shared,
         )
+
+    def per_sample_dims(self) -> tuple[tuple[int | None, ...], dict[str, int | None]]:
+        """``vmap`` ``in_dims`` of ``args`` and ``kwargs``: 0 per sample, ``None`` shared.
+
+        Per sample: a tensor whose dim 0 is the batch size, not marked :func:`shared`.
+        """
+
+        def dim(key: int | str, value: Any) -> int | None:
+            leaves = _leaves(value)  # a tuple/list/dict input is per sample when all of it is
+            per_sample = (
+                key not in self.shared
+                and bool(leaves)
+                and all(
+                    isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] == self.size
+                    for t in leaves
+                )
+            )
+            return 0 if per_sample else None
+
+        return (
+            tuple(dim(i, a) for i, a in enumerate(self.args)),
+            {k: dim(k, v) for k, v in self.kwargs.items()},
+        )
+
+    def sample(self, n: int) -> Batch:
+        """Sample ``n`` as a batch of one (shared inputs whole, per-sample inputs sliced)."""
+        arg_dims, kw_dims = self.per_sample_dims()
+
+        def row(x: Any) -> Any:
+            return map_tensors(lambda t: t[n : n + 1], x)
+
+        args = tuple(a if d is None else row(a) for a, d in zip(self.args, arg_dims))
+        kwargs = {k: v if kw_dims[k] is None else row(v) for k, v in self.kwargs.items()}
+        return Batch(args, row(self.targets), 1, self.index, kwargs, self.shared)
 
     def call(self, model: Callable[..., Any]) -> Any:
         """``model(*args, **kwargs)``: the model's raw output on this batch."""
@@ -52,6 +118,26 @@ class Batch:
     def inputs(self) -> list[Any]:
         """Every model input (positional, then keyword values), e.g. to check their dtypes."""
         return [*self.args, *self.kwargs.values()]
+
+
+def _leaves(x: Any) -> list[Any]:
+    """The leaves of nested tuples, lists and dicts."""
+    if isinstance(x, (tuple, list)):
+        return [leaf for v in x for leaf in _leaves(v)]
+    if isinstance(x, Mapping):
+        return [leaf for v in x.values() for leaf in _leaves(v)]
+    return [x]
+
+
+def map_tensors(fn: Callable[[torch.Tensor], Any], x: Any) -> Any:
+    """``fn`` applied to every tensor in nested tuples, lists and dicts (others unchanged)."""
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    if isinstance(x, (tuple, list)):
+        return type(x)(map_tensors(fn, v) for v in x)
+    if isinstance(x, Mapping):
+        return {k: map_tensors(fn, v) for k, v in x.items()}
+    return x
 
 
 def _move(x: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -134,8 +220,12 @@ def default_layout(batch: Any) -> tuple[Any, ...]:
     )
 
 
-def _batch_size(args: tuple[Any, ...], targets: Any, kwargs: dict[str, Any]) -> int:
-    for x in (targets, *args, *kwargs.values()):
+def _batch_size(
+    args: tuple[Any, ...], targets: Any, kwargs: dict[str, Any], marked: frozenset = frozenset()
+) -> int:
+    inputs = [a for i, a in enumerate(args) if i not in marked]
+    inputs += [v for k, v in kwargs.items() if k not in marked]
+    for x in (targets, *inputs):
         if isinstance(x, torch.Tensor) and x.ndim > 0:
             return int(x.shape[0])
     raise TypeError(
@@ -172,9 +262,82 @@ def layout_parts(parts: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
     return args, dict(kwargs), targets
 
 
+def check_per_sample_split(batch: Batch, call: Callable[[Batch], Any]) -> None:
+    """Check that the model's outputs on single samples are the rows of its batch outputs.
+
+    Per-sample computations split the inputs by :meth:`Batch.per_sample_dims`. An input that
+    belongs to the whole batch but whose dim 0 happens to equal the batch size would be split
+    too, and every per-sample gradient would be silently wrong; so when more than one input
+    is split, the first and the last sample are run alone and compared with the batch's
+    outputs (``call(batch)``: the model's raw outputs; tensors with a batch dimension are
+    compared, to a tolerance of ``sqrt(eps)`` of their dtype relative to their largest entry).
+
+    Raises:
+        ValueError: a sample's outputs differ; the message names the split inputs and the
+            remedy, :func:`shared`.
+    """
+    arg_dims, kw_dims = batch.per_sample_dims()
+    split = [f"argument {i}" for i, d in enumerate(arg_dims) if d is not None]
+    split += [f"{k!r}" for k, d in kw_dims.items() if d is not None]
+    if len(split) < 2 or batch.size < 2:  # one split input: nothing to mix up
+        return
+    with torch.no_grad():
+        whole = _batch_tensors(call(batch), batch.size)
+        for n in sorted({0, batch.size - 1}):
+            alone = _batch_tensors(call(batch.sample(n)), 1)
+            if len(alone) != len(whole) or not all(
+                _close(a[0], w[n]) for a, w in zip(alone, whole)
+            ):
+                raise ValueError(
+                    f"batch_layout: the model's outputs on sample {n} alone differ from its "
+                    f"outputs on the batch, with the inputs {', '.join(split)} split along "
+                    "dim 0 as per-sample inputs. An input that belongs to the whole batch "
+                    "(its dim 0 only happens to equal the batch size) must be marked in the "
+                    "layout: batch_layout=lambda b: (args, {'name': jc.shared(value)}, "
+                    "targets). Per-sample gradients also need a model that treats the samples "
+                    "independently (BatchNorm in eval mode)"
+                )
+
+
+def _batch_tensors(out: Any, size: int) -> list[torch.Tensor]:
+    """The tensors in a model's outputs whose dim 0 is ``size``, in a fixed order."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.ndim > 0 and out.shape[0] == size else []
+    if isinstance(out, Mapping):
+        return [t for k in out for t in _batch_tensors(out[k], size)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _batch_tensors(v, size)]
+    return []
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    if not a.is_floating_point():
+        return bool(torch.equal(a, b))
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    tol = torch.finfo(b.dtype).eps ** 0.5 * max(scale, 1e-30)
+    return bool(((a - b).abs() <= tol).all())
+
+
+def split_shared(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], frozenset[int | str]]:
+    """The inputs without their :func:`shared` marks, and the keys that had one."""
+    marked = frozenset(
+        [i for i, a in enumerate(args) if isinstance(a, Shared)]
+        + [k for k, v in kwargs.items() if isinstance(v, Shared)]
+    )
+    args = tuple(a.value if isinstance(a, Shared) else a for a in args)
+    kwargs = {k: v.value if isinstance(v, Shared) else v for k, v in kwargs.items()}
+    return args, kwargs, marked
+
+
 def batch_parts(batch: Batch) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
     """The layout of data that already holds :class:`Batch` records (one batch re-read)."""
-    return batch.args, batch.kwargs, batch.targets
+    args = tuple(Shared(a) if i in batch.shared else a for i, a in enumerate(batch.args))
+    kwargs = {k: Shared(v) if k in batch.shared else v for k, v in batch.kwargs.items()}
+    return args, kwargs, batch.targets
 
 
 class BatchSource:
@@ -211,7 +374,9 @@ class BatchSource:
         raw_batches = [self.data] if self.single else self.data
         for index, raw in enumerate(raw_batches):
             args, kwargs, targets = layout_parts(self.layout(raw))
-            yield Batch(args, targets, _batch_size(args, targets, kwargs), index, kwargs)
+            args, kwargs, marked = split_shared(args, kwargs)
+            size = _batch_size(args, targets, kwargs, marked)
+            yield Batch(args, targets, size, index, kwargs, marked)
 
     def first(self) -> Batch:
         for batch in self:

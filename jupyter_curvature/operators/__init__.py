@@ -1,6 +1,6 @@
 """Curvature operators: exact, matrix-free products with the Hessian, the GGN and the gradient covariance."""
 
-from ..core.batches import BatchLayout, default_layout, labels_layout
+from ..core.batches import BatchLayout, Shared, default_layout, labels_layout, shared
 from ..core.losses import TokenCrossEntropy
 from ..core.model_state import BATCHNORM_POLICIES, curvature_mode
 from ..core.params import flatten, select_parameters, unflatten
@@ -42,6 +42,7 @@ __all__ = [
     "ProjectedOperator",
     "ScaledOperator",
     "ShardedOperator",
+    "Shared",
     "SumOperator",
     "TokenCrossEntropy",
     "SUPPORTED_LOSSES",
@@ -53,5 +54,6 @@ __all__ = [
     "output_hessian_for",
     "register_output_hessian",
     "select_parameters",
+    "shared",
     "unflatten",
 ]

@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from ..core import inputs as _inputs
-from ..core.batches import Batch
+from ..core.batches import Batch, check_per_sample_split, map_tensors
 from ..core.losses import check_equal_sample_weights, has_terms
 from ._second_order import check_twice_differentiable, recorded_calls, twice_differentiable
 from .loss_hessians import OutputHessian, output_hessian_for
@@ -38,6 +38,9 @@ from .risk import EmpiricalRiskOperator, check_loss_fn
 # torch.autograd.forward_ad, ``JVP_NESTING`` of torch.func.jvp): two threads inside it at once
 # fail with "Nested forward mode AD is not supported", whatever models they differentiate
 _FORWARD_AD = threading.Lock()
+
+#: torch.func's refusals of a model that plain autograd can still differentiate
+_FUNCTORCH_REFUSAL = re.compile(r"setup_context|functorch|vmap|torch\.func", re.IGNORECASE)
 
 
 @functools.cache  # once per process: catch_warnings swaps the global filters
@@ -93,6 +96,73 @@ class _FunctionalOperator(EmpiricalRiskOperator):
         columns = vmap(pullback)(middle(values.detach(), JV))  # per param (k, *p.shape)
         return torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1).T
 
+    _functorch_works = True  # False once torch.func or forward mode refused the model
+
+    def _sandwich(
+        self,
+        fn: Callable[..., torch.Tensor],
+        block: torch.Tensor,
+        middle: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``J^T M(J V)`` by :meth:`_jacobian_sandwich`, or by :meth:`_reverse_sandwich` for a
+        model that ``torch.func`` or forward mode refuses (a custom ``autograd.Function``
+        without ``setup_context`` or without ``jvp``): the same product, reverse mode only."""
+        if self._functorch_works:
+            try:
+                return self._forward_mode(lambda: self._jacobian_sandwich(fn, block, middle))
+            except NotImplementedError:  # no forward-mode formula (a Function without jvp)
+                pass
+            except RuntimeError as exc:  # torch.func's own refusal, raised before any result
+                if not _FUNCTORCH_REFUSAL.search(str(exc)):
+                    raise
+            self._functorch_works = False
+        return self._reverse_sandwich(fn, block, middle)
+
+    def _reverse_sandwich(
+        self,
+        fn: Callable[..., torch.Tensor],
+        block: torch.Tensor,
+        middle: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``J^T M(J V)`` with reverse mode only, for models with an operation that has no jvp.
+
+        ``J v`` is the derivative of ``u -> (J^T u) . v`` (the double-backward trick), so only
+        backward formulas are needed: one forward, then per column two backwards for ``J v``
+        and one for ``J^T M(J v)``.
+        """
+        primals = [p.detach().requires_grad_() for p in self.params]
+        with twice_differentiable():  # J v differentiates the backward graph
+            values = fn(*primals)
+        dummy = torch.zeros_like(values, requires_grad=True)
+        pulled = torch.autograd.grad(values, primals, dummy, create_graph=True, allow_unused=True)
+        live = [i for i, g in enumerate(pulled) if g is not None and g.requires_grad]
+        columns = self.unflatten(block)
+        JV = []
+        for j in range(block.shape[1]):
+            if not live:
+                JV.append(torch.zeros_like(values))
+                continue
+            (Jv,) = torch.autograd.grad(
+                [pulled[i] for i in live],
+                dummy,
+                grad_outputs=[columns[i][..., j] for i in live],
+                retain_graph=True,
+            )
+            JV.append(Jv)
+        MJV = middle(values.detach(), torch.stack(JV))
+        return self._pull_back(values, primals, list(MJV), block)
+
+    def _pull_back(self, outputs, primals, cotangents, block) -> torch.Tensor:
+        """``[J^T u_j]_j`` as an ``(n, k)`` block, one backward per cotangent ``u_j``."""
+        k = len(cotangents)
+        result = torch.zeros_like(block)
+        for j, u in enumerate(cotangents):
+            grads = torch.autograd.grad(  # zeros for parameters the outputs do not use
+                outputs, primals, grad_outputs=u, retain_graph=j < k - 1, materialize_grads=True
+            )
+            result[:, j] = self.flatten(grads)
+        return result
+
     _forward_reroute = False  # True once a fused kernel without a jvp was met (CPU attention)
 
     def _forward_mode(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -126,8 +196,9 @@ class GGNOperator(_FunctionalOperator):
     graph of the outputs, so ``J^T`` needs no second forward (in units of a layer's forward:
     primal 1 + tangent 2 + backward 2 = 5, against 6 for ``vjp`` + ``jvp``, which recomputes the
     primal). Models with an operation that has no forward-mode formula (a custom
-    ``autograd.Function`` without ``jvp``) fall back to reverse mode only (the double-backward
-    trick for ``J v``), which gives the same product at a higher cost.
+    ``autograd.Function`` without ``jvp``) or that ``torch.func`` refuses (a Function without
+    ``setup_context``) fall back to reverse mode only (the double-backward trick for ``J v``),
+    for single vectors and blocks alike, which gives the same product at a higher cost.
 
     Args:
         output_hessian: ``fn(outputs, targets, U) -> H_L U`` for losses not built in.
@@ -164,14 +235,13 @@ class GGNOperator(_FunctionalOperator):
             )
 
     def _batch_ggn(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
-        if self._forward_mode_works:
-            try:
-                if block.shape[1] == 1:
-                    return self._forward_mode(lambda: self._batch_ggn_dual(batch, block))
-                return self._forward_mode(lambda: self._batch_ggn_functional(batch, block))
-            except NotImplementedError:  # e.g. a custom autograd.Function without jvp
-                self._forward_mode_works = False
-        return self._batch_ggn_reverse(batch, block)
+        if block.shape[1] > 1 or not self._forward_mode_works:
+            return self._batch_ggn_functional(batch, block)
+        try:
+            return self._forward_mode(lambda: self._batch_ggn_dual(batch, block))
+        except NotImplementedError:  # e.g. a custom autograd.Function without jvp
+            self._forward_mode_works = self._functorch_works = False  # jvp would fail alike
+            return self._batch_ggn_functional(batch, block)
 
     def _batch_ggn_dual(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
         """``G v`` for one vector: a dual-number forward (outputs and ``J v``), one backward."""
@@ -186,64 +256,20 @@ class GGNOperator(_FunctionalOperator):
         HJv = self._output_hessian(outputs.detach(), batch.targets, Jv.unsqueeze(0))[0]
         return self._pull_back(outputs, primals, [HJv], block)
 
-    def _batch_ggn_reverse(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
-        """``G V`` with reverse mode only, for models with an operation that has no jvp.
-
-        ``J v`` is the derivative of ``u -> (J^T u) . v`` (the double-backward trick), so only
-        backward formulas are needed: one forward, then per column two backwards for ``J v``
-        and one for ``J^T (H_L J v)``.
-        """
-        primals = [p.detach().requires_grad_() for p in self.params]
-        with twice_differentiable():  # J v differentiates the backward graph
-            outputs = self._function(batch)(*primals)
-        self._loss(outputs.detach(), batch)
-        dummy = torch.zeros_like(outputs, requires_grad=True)
-        pulled = torch.autograd.grad(outputs, primals, dummy, create_graph=True, allow_unused=True)
-        live = [i for i, g in enumerate(pulled) if g is not None and g.requires_grad]
-        columns = self.unflatten(block)
-        JV = []
-        for j in range(block.shape[1]):
-            if not live:
-                JV.append(torch.zeros_like(outputs))
-                continue
-            (Jv,) = torch.autograd.grad(
-                [pulled[i] for i in live],
-                dummy,
-                grad_outputs=[columns[i][..., j] for i in live],
-                retain_graph=True,
-            )
-            JV.append(Jv)
-        HJV = self._output_hessian(outputs.detach(), batch.targets, torch.stack(JV))
-        return self._pull_back(outputs, primals, list(HJV), block)
-
-    def _pull_back(self, outputs, primals, cotangents, block) -> torch.Tensor:
-        """``[J^T u_j]_j`` as an ``(n, k)`` block, one backward per cotangent ``u_j``."""
-        k = len(cotangents)
-        result = torch.zeros_like(block)
-        for j, u in enumerate(cotangents):
-            grads = torch.autograd.grad(  # zeros for parameters the outputs do not use
-                outputs, primals, grad_outputs=u, retain_graph=j < k - 1, materialize_grads=True
-            )
-            result[:, j] = self.flatten(grads)
-        return result
-
     def _batch_ggn_functional(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
-        """``G V`` for a block: ``torch.func.vjp`` once, ``jvp`` and the pullback vmapped over columns."""
+        """``G V`` for a block: ``torch.func.vjp`` once, ``jvp`` and the pullback vmapped over
+        columns; reverse mode only for a model that torch.func or forward mode refuses."""
 
         def output_hessian(outputs: torch.Tensor, JV: torch.Tensor) -> torch.Tensor:
             self._loss(outputs, batch)  # names a batch with NaN/inf loss
             return self._output_hessian(outputs, batch.targets, JV)
 
-        return self._jacobian_sandwich(self._function(batch), block, output_hessian)
+        return self._sandwich(self._function(batch), block, output_hessian)
 
 
 def _one(x: Any) -> Any:
     """One sample (inside vmap: without its batch dimension) as a batch of one."""
-    return x.unsqueeze(0) if isinstance(x, torch.Tensor) else x
-
-
-#: torch.func's refusals of a model that plain autograd can still differentiate
-_FUNCTORCH_REFUSAL = re.compile(r"setup_context|functorch|vmap|torch\.func", re.IGNORECASE)
+    return map_tensors(lambda t: t.unsqueeze(0), x)
 
 
 class EmpiricalFisherOperator(_FunctionalOperator):
@@ -256,7 +282,10 @@ class EmpiricalFisherOperator(_FunctionalOperator):
     ``B x n`` per batch. A model that torch.func cannot transform (a custom
     ``autograd.Function`` without ``setup_context``, a ``.item()`` in the forward) gets them
     from a loop of plain ``torch.autograd.grad`` calls, one per sample: the same numbers,
-    ``B`` backward passes per batch.
+    ``B`` backward passes per batch. The inputs split per sample are the batch-sized tensors
+    not marked :func:`~jupyter_curvature.core.batches.shared` (``Batch.per_sample_dims``); a
+    forgotten mark is named at construction
+    (:func:`~jupyter_curvature.core.batches.check_per_sample_split`).
 
     A loss over tokens (:class:`~jupyter_curvature.core.losses.TokenCrossEntropy`: ``terms``
     and ``num_terms``) has one observation per counted token: ``F = (1/T) sum_t g_t g_t^T``
@@ -279,21 +308,31 @@ class EmpiricalFisherOperator(_FunctionalOperator):
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
         return self._accumulate(block, self._batch_fisher)
 
+    def _check_batch(self, batch: Batch) -> None:
+        """The shared checks, then: splitting the inputs per sample keeps the samples' outputs
+        (an input shared by the batch but batch-sized must be marked ``jc.shared``)."""
+        super()._check_batch(batch)
+        if not has_terms(self.loss_fn):  # a token loss's products never split the batch
+            check_per_sample_split(batch, lambda b: b.call(self.model))
+
     def per_sample_gradients(self, batch: Batch) -> torch.Tensor:
         """The ``(B, n)`` matrix of per-sample gradients of one (device-placed) batch."""
         names, model, loss_fn, pick = self.param_names, self.model, self.loss_fn, self.outputs
         primals = self._detached_params()
 
+        # only per-sample inputs are split (core/batches.py: Batch.per_sample_dims): inputs
+        # marked jc.shared, or not batch-sized, reach every sample whole
+        arg_dims, kw_dims = batch.per_sample_dims()
+
         def sample_loss(params, args, kwargs, target):
-            args = tuple(a.unsqueeze(0) for a in args)
-            kwargs = {k: _one(v) for k, v in kwargs.items()}
+            args = tuple(a if d is None else _one(a) for a, d in zip(args, arg_dims))
+            kwargs = {k: v if kw_dims[k] is None else _one(v) for k, v in kwargs.items()}
             out = functional_call(model, dict(zip(names, params)), args, kwargs, strict=False)
             return loss_fn(_inputs.model_outputs(out, pick), target.unsqueeze(0))
 
-        kw_dims = {k: 0 if isinstance(v, torch.Tensor) else None for k, v in batch.kwargs.items()}
         if self._vmap_works:
             try:
-                grads = vmap(grad(sample_loss), in_dims=(None, 0, kw_dims, 0))(
+                grads = vmap(grad(sample_loss), in_dims=(None, arg_dims, kw_dims, 0))(
                     primals, batch.args, batch.kwargs, batch.targets
                 )
                 return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
@@ -304,9 +343,11 @@ class EmpiricalFisherOperator(_FunctionalOperator):
         rows = []
         for i in range(batch.size):
             params = [p.requires_grad_() for p in self._detached_params()]
-            args = tuple(a[i] for a in batch.args)
-            kwargs = {k: v[i] if kw_dims[k] == 0 else v for k, v in batch.kwargs.items()}
-            loss = sample_loss(params, args, kwargs, batch.targets[i])
+            one = batch.sample(i)  # per-sample inputs sliced to a batch of one, shared whole
+            out = functional_call(
+                model, dict(zip(names, params)), one.args, one.kwargs, strict=False
+            )
+            loss = loss_fn(_inputs.model_outputs(out, pick), one.targets)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             rows.append(
                 torch.cat(
@@ -320,7 +361,7 @@ class EmpiricalFisherOperator(_FunctionalOperator):
 
     def _batch_fisher(self, batch: Batch, block: torch.Tensor) -> torch.Tensor:
         if has_terms(self.loss_fn):
-            product = self._forward_mode(lambda: self._term_fisher(batch, block))
+            product = self._term_fisher(batch, block)
             norm = self._weight(batch)
         else:
             check_equal_sample_weights(self.loss_fn, batch.targets, "EmpiricalFisherOperator")
@@ -342,4 +383,4 @@ class EmpiricalFisherOperator(_FunctionalOperator):
             self._check_finite(losses, batch)  # names a batch with NaN/inf loss
             return JV
 
-        return self._jacobian_sandwich(terms, block, identity)
+        return self._sandwich(terms, block, identity)

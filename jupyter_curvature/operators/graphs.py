@@ -5,8 +5,11 @@ batch's gradient graph ``g_b(w) = dL_b/dw`` (``create_graph=True``) once and reu
 later product ``H v = d(g^T v)/dw``, so a product costs one backward through the kept graph
 instead of a forward, a gradient and that backward (docs/spectral.md: 1.3-2.0x a
 gradient instead of 2.4-3.4x). PyHessian keeps its one batch's graph the same way. The price is
-memory: every batch's graph at once. The operator rebuilds the graphs when a parameter changes
-in place (its version counter moves), so kept graphs never give stale products.
+memory: every batch's graph at once. The operator rebuilds the graphs when the value of a
+parameter or a floating-point buffer changes, whatever changed it (an optimiser step, a
+hand-written ``p.data -= lr * p.grad`` that leaves the version counter alone, ``bn_update``):
+a :class:`ValueSnapshot` taken at the build is compared exactly before each product, so kept
+graphs never give stale products.
 
 An operator's own context ``with op.kept_graphs(keep): ...`` turns this on for the length of
 the block (spectral routines enter it for one call, ``keep_graphs=None`` by default: when the
@@ -31,6 +34,46 @@ import torch
 GRAPH_MEMORY_FRACTION = 0.5
 #: the budget when the free memory cannot be read
 FALLBACK_BUDGET = 2 << 30
+
+
+class ValueSnapshot:
+    """An exact copy of some tensors' values, to tell later whether any of them changed.
+
+    Version counters (``t._version``) move on in-place operations through autograd, but not on
+    edits through ``.data`` (``p.data -= lr * p.grad``, a hand-written SGD step) nor on
+    ``p.data = other``: a kept graph validated by versions alone would give stale products
+    after such a step. Comparing values catches every change. It costs one copy of the
+    tensors (the parameters: small beside the kept graphs they validate) and one comparison
+    pass over them per product, with a single host sync per device.
+
+    >>> import torch
+    >>> w = torch.ones(3, requires_grad=True)
+    >>> snap = ValueSnapshot([w])
+    >>> w.data -= 1  # does not move w._version
+    >>> snap.matches([w])
+    False
+    """
+
+    def __init__(self, tensors) -> None:
+        with torch.no_grad():
+            self.copies = [t.detach().clone() for t in tensors]
+
+    def matches(self, tensors) -> bool:
+        """Whether ``tensors`` hold exactly the values (shapes, dtypes, devices) copied."""
+        tensors = list(tensors)
+        if len(tensors) != len(self.copies):
+            return False
+        flags: dict[torch.device, list[torch.Tensor]] = {}
+        with torch.no_grad():
+            for t, c in zip(tensors, self.copies):
+                if t.shape != c.shape or t.dtype != c.dtype or t.device != c.device:
+                    return False
+                if t.device.type == "cpu":
+                    if not torch.equal(t, c):  # no host sync to save on CPU: stop at the first
+                        return False
+                else:  # one sync per device, not one per tensor (it stalls a GPU's queue)
+                    flags.setdefault(t.device, []).append(torch.ne(t, c).any())
+            return not any(bool(torch.stack(f).any()) for f in flags.values())
 
 
 class _GraphsTooLarge(Exception):

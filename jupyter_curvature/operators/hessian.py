@@ -19,6 +19,7 @@ import torch
 from ..core.batches import Batch
 from ._second_order import check_twice_differentiable, recorded_calls, twice_differentiable
 from .blocks import vectorised_block_backward
+from .graphs import ValueSnapshot
 from .risk import EmpiricalRiskOperator
 
 #: disjoint lists of parameter indices: the blocks of a block-diagonal product
@@ -63,6 +64,7 @@ class HessianOperator(EmpiricalRiskOperator):
         self.vectorize = bool(vectorize)
         self._graphs: list[tuple[Batch, list[torch.Tensor | None]]] | None = None
         self._graph_versions: list[int] | None = None
+        self._graph_values: ValueSnapshot | None = None
         # whether the model's double backward runs batched (is_grads_batched): None until the
         # first try, which keeps the graph so that a failure part-way leaves it whole for the
         # column loop; after a failure every product goes straight to the loop
@@ -218,16 +220,31 @@ class HessianOperator(EmpiricalRiskOperator):
         """Products through gradient graphs built once and kept (``keep_graphs=True``).
 
         Each later product costs only the second backward (PyHessian reuses one batch's graph
-        the same way). The graphs are rebuilt whenever a parameter changes in place (its
-        version counter moves), so a training step in between never gives stale products.
+        the same way). The graphs are rebuilt whenever the value of a parameter or of a
+        floating-point buffer (BatchNorm's running statistics) differs from the one they were
+        built with, so a training step in between never gives stale products: the version
+        counters catch in-place changes through autograd at no cost, and an exact comparison
+        with a snapshot (:class:`~jupyter_curvature.operators.graphs.ValueSnapshot`) catches
+        the rest, such as a hand-written ``p.data -= lr * p.grad`` that leaves the versions
+        alone.
         """
-        versions = [p._version for p in self.params]
-        if self._graphs is None or versions != self._graph_versions:
-            self._graphs = []
+        watched = self._watched_tensors()
+        versions = [t._version for t in watched]
+        if (
+            self._graphs is None
+            or versions != self._graph_versions
+            or not self._graph_values.matches(watched)
+        ):
+            self._graphs = None  # free the old graphs before building the new ones
+            graphs = []
             with self._mode():
                 for batch in self._batches():
-                    self._graphs.append((batch, self._gradient_graph(batch)))
-            self._graph_versions = versions
+                    graphs.append((batch, self._gradient_graph(batch)))
+            self._graphs = graphs
+            # taken after the build: in train mode it moves BatchNorm's running statistics
+            watched = self._watched_tensors()
+            self._graph_versions = [t._version for t in watched]
+            self._graph_values = ValueSnapshot(watched)
         total, count = None, 0
         for batch, grads in self._graphs:
             product = self._batch_hvp(batch, block, grads=grads, keep=True, groups=groups)
@@ -235,6 +252,11 @@ class HessianOperator(EmpiricalRiskOperator):
             count += weight
         return self._finish(total, count, block)
 
+    def _watched_tensors(self) -> list[torch.Tensor]:
+        """What a kept graph was built from: the parameters and the floating-point buffers."""
+        buffers = [b for b in self.model.buffers() if b.is_floating_point()]
+        return [*self.params, *buffers]
+
     def release_graphs(self) -> None:
         """Free the kept gradient graphs (they are rebuilt on the next product)."""
-        self._graphs = self._graph_versions = None
+        self._graphs = self._graph_versions = self._graph_values = None

@@ -100,8 +100,11 @@ _HANDLERS: dict[Any, Callable[[Any, str], OutputHessian]] = {}
 def register_output_hessian(loss_type: Any) -> Callable:
     """Register the output Hessian of a loss type (used by ``GGNOperator``), as a decorator.
 
-    ``loss_type`` is a loss class (instances and their subclasses match, the closest class in
-    the method resolution order wins) or a loss function (matched by identity). The handler
+    ``loss_type`` is a loss class or a loss function (matched by identity). Instances of the
+    class match, and so do instances of a subclass that keeps the class's ``forward`` (one
+    that only adds attributes, say; the closest registered class in the method resolution
+    order wins). A subclass that overrides ``forward`` or ``__call__`` computes another loss,
+    so it does not match: register its own output Hessian. The handler
     is called as ``handler(loss_fn, reduction)`` once, when the operator is built, and returns
     ``fn(outputs, targets, U) -> H_L U`` for a block ``U`` of shape ``(k, *outputs.shape)``,
     honouring ``reduction`` (``"mean"`` or ``"sum"``, see :func:`loss_reduction`). This is the
@@ -142,9 +145,37 @@ def _handler_for(loss_fn: object) -> Callable[[Any, str], OutputHessian] | None:
             return _HANDLERS[loss_fn]  # a registered function
     except TypeError:  # unhashable
         pass
-    for cls in type(loss_fn).__mro__:
+    own = type(loss_fn)
+    for cls in own.__mro__:
         if cls in _HANDLERS:
+            # A handler encodes the Hessian of ``cls``'s own computation: a subclass that
+            # computes something else (a focal loss over CrossEntropyLoss, a forward that
+            # flattens its inputs) would silently get a wrong GGN, so it must register its own.
+            if _overrides_computation(own, cls):
+                return None
             return _HANDLERS[cls]
+    return None
+
+
+#: the methods whose override changes what a loss module computes
+_COMPUTING_METHODS = ("forward", "__call__")
+
+
+def _overrides_computation(own: type, registered: type) -> bool:
+    """Whether ``own`` (a subclass of ``registered``) redefines how the loss is computed."""
+    if own is registered:
+        return False
+    return any(
+        getattr(own, name, None) is not getattr(registered, name, None)
+        for name in _COMPUTING_METHODS
+    )
+
+
+def _registered_base(own: type) -> type | None:
+    """The registered class that ``own`` subclasses while overriding its computation, if any."""
+    for cls in own.__mro__[1:]:
+        if cls in _HANDLERS and _overrides_computation(own, cls):
+            return cls
     return None
 
 
@@ -165,6 +196,12 @@ def output_hessian_for(loss_fn: object) -> OutputHessian:
         name = type(loss_fn).__name__
         if not isinstance(loss_fn, nn.Module) and hasattr(loss_fn, "__name__"):
             name = f"{name} {loss_fn.__name__}"
+        overridden = _registered_base(type(loss_fn))
+        if overridden is not None:
+            name = (
+                f"{name} (a subclass of {overridden.__name__} that overrides forward, so "
+                f"{overridden.__name__}'s output Hessian does not apply)"
+            )
         raise ValueError(
             f"loss_fn: GGNOperator does not know the output-space Hessian of {name}; "
             f"supported: {', '.join(supported_losses())}. Use HessianOperator for any loss, "

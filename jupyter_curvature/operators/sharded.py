@@ -36,6 +36,7 @@ from torch import nn
 
 from .base import CompositeOperator
 from .functional import GGNOperator
+from .graphs import ValueSnapshot
 from .hessian import HessianOperator
 from .risk import EmpiricalRiskOperator
 
@@ -123,8 +124,10 @@ class ShardedOperator(CompositeOperator):
     gathered from the ranks' shards (``DTensor.full_tensor``) into ``replica``; every
     product is one pass of the wrapped operator over this rank's data plus one all-reduce
     (see the module docstring for why FSDP's own hooks cannot be differentiated twice).
-    The parameters are gathered again before a product whenever a local shard changed in
-    place (a training step), so products never use stale weights.
+    The parameters are gathered again before a product whenever a local shard changed on any
+    rank (a training step, or a ``p.data`` edit that leaves version counters alone: see
+    :class:`~jupyter_curvature.operators.graphs.ValueSnapshot`), so products never use stale
+    weights.
 
     Args:
         model: the sharded model (``fully_shard`` applied; its parameters are DTensors on a
@@ -183,6 +186,25 @@ class ShardedOperator(CompositeOperator):
     def _shard_versions(self) -> tuple[int, ...]:
         return tuple(_local(p)._version for p in self.sharded_model.parameters())
 
+    def _local_shards(self) -> list[torch.Tensor]:
+        return [_local(p) for p in self.sharded_model.parameters()]
+
+    def _shards_changed(self) -> bool:
+        """Whether any rank's shards changed since the last gather, agreed by all ranks.
+
+        Versions catch in-place steps, the exact comparison with a snapshot catches ``.data``
+        edits that leave them alone; the flag is all-reduced, because the gather that follows
+        is a collective that every rank must enter or none.
+        """
+        changed = self._shard_versions() != self._gathered_versions or not (
+            self._gathered_values.matches(self._local_shards())
+        )
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([float(changed)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            changed = bool(flag.item())
+        return changed
+
     def _gather(self, assign: bool = False) -> None:
         """Fill the replica with the full parameters and buffers (a collective)."""
         with torch.no_grad():
@@ -197,13 +219,14 @@ class ShardedOperator(CompositeOperator):
                 owner, leaf = _owner(self.replica, name)
                 setattr(owner, leaf, _full(b).clone())
         self._gathered_versions = self._shard_versions()
+        self._gathered_values = ValueSnapshot(self._local_shards())
 
     def parameter_versions(self) -> tuple[int, ...]:
         return self._shard_versions() + super().parameter_versions()
 
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
-        if self._shard_versions() != self._gathered_versions:
-            self._gather()  # every rank stepped its shards: every rank gathers
+        if self._shards_changed():
+            self._gather()  # a rank changed its shards: every rank gathers
         return self.operator._product(block)
 
     def shard(self, vector: torch.Tensor) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.batches import Batch, BatchLayout, BatchSource
+from ..core.batches import Batch, BatchLayout, BatchSource, Shared, batch_parts, split_shared
 from ..core.inputs import model_outputs
 from ..core.losses import mean_weight
 
@@ -97,6 +97,8 @@ def known_num_samples(data: Any) -> int | None:
 
 
 def _slice(x: Any, start: int, stop: int) -> Any:
+    if isinstance(x, Shared):  # the whole batch's: every piece gets all of it
+        return x
     if isinstance(x, torch.Tensor):
         return x[start:stop]
     if isinstance(x, (tuple, list)):
@@ -113,6 +115,14 @@ def _cat(parts: list[Any]) -> Any:
     first = parts[0]
     if len(parts) == 1:
         return first
+    if isinstance(first, Shared):
+        if not all(_same(first.value, p.value) for p in parts[1:] if isinstance(p, Shared)):
+            raise ValueError(
+                "data: batches joined into one hold different values of an input marked "
+                "jc.shared(...); the joined batch can have only one: choose a batch_size "
+                "that is the data's own (batch_size=None)"
+            )
+        return first
     if isinstance(first, torch.Tensor):
         shapes = {tuple(p.shape[1:]) for p in parts}
         if len(shapes) > 1:
@@ -128,6 +138,12 @@ def _cat(parts: list[Any]) -> Any:
     if isinstance(first, dict):
         return {k: _cat([p[k] for p in parts]) for k in first}
     raise TypeError(f"cannot join batches holding a {type(first).__name__}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a is b or (a.shape == b.shape and bool(torch.equal(a, b)))
+    return a is b or a == b
 
 
 def rebatch(
@@ -173,12 +189,13 @@ def rebatch(
 
     def emit(parts: tuple[Any, ...], size: int) -> Batch:
         args, kwargs, targets = parts
-        batch = Batch(args, targets, size, index, kwargs)
+        args, kwargs, marked = split_shared(args, kwargs)
+        batch = Batch(args, targets, size, index, kwargs, marked)
         return batch.to(device, dtype) if device is not None else batch
 
     for raw in source:
         seen += raw.size
-        pending.append((raw.args, raw.kwargs, raw.targets))
+        pending.append(batch_parts(raw))  # shared inputs stay marked: never joined or sliced
         held += raw.size
         if held < batch_size:
             continue

@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
-from ..core.batches import BatchLayout
+from ..core.batches import BatchLayout, check_per_sample_split
 from ..core.distributed.primitives import all_reduce_sum, is_distributed
 from ..core.inputs import model_outputs
 from ..core.losses import check_equal_sample_weights
@@ -250,17 +250,30 @@ def _per_sample_moments(
     def unsqueeze(tree: Any) -> Any:
         return tree_map(lambda t: t.unsqueeze(0) if isinstance(t, torch.Tensor) else t, tree)
 
-    def sample_loss(p: dict[str, torch.Tensor], args: tuple, kwargs: dict, target: Any):
-        raw = functional_call(s.model, (p, s.fixed), unsqueeze(args), unsqueeze(kwargs))
-        loss = batch_loss(s.loss_fn, model_outputs(raw, None), unsqueeze(target), 1, s.reduction)
-        return loss, loss.detach()
+    def per_sample_grad_for(arg_dims: tuple, kw_dims: dict):
+        """``grad`` of one sample's loss: per-sample inputs (dim 0) made a batch of one."""
 
-    per_sample_grad = grad(sample_loss, has_aux=True)
+        def sample_loss(p: dict[str, torch.Tensor], args: tuple, kwargs: dict, target: Any):
+            args = tuple(a if d is None else unsqueeze(a) for a, d in zip(args, arg_dims))
+            kwargs = {k: v if kw_dims[k] is None else unsqueeze(v) for k, v in kwargs.items()}
+            raw = functional_call(s.model, (p, s.fixed), args, kwargs)
+            loss = batch_loss(
+                s.loss_fn, model_outputs(raw, None), unsqueeze(target), 1, s.reduction
+            )
+            return loss, loss.detach()
+
+        return grad(sample_loss, has_aux=True)
+
     grads, losses = WeightedMoments(), WeightedMoments()
-    for batch in s.batches(data, chunk, strict=False):
+    for number, batch in enumerate(s.batches(data, chunk, strict=False)):
         check_equal_sample_weights(s.loss_fn, batch.targets, "per_sample=True")
-        kw_dims = {k: 0 if isinstance(v, torch.Tensor) else None for k, v in batch.kwargs.items()}
-        g, loss = vmap(per_sample_grad, in_dims=(None, 0, kw_dims, 0))(
+        if number == 0:  # a batch-sized input that is not per sample must be marked jc.shared
+            check_per_sample_split(batch, lambda b: b.call(s.model))
+        # only per-sample inputs are split (core/batches.py: Batch.per_sample_dims); inputs
+        # marked jc.shared, or not batch-sized, reach every sample whole
+        arg_dims, kw_dims = batch.per_sample_dims()
+        per_sample_grad = per_sample_grad_for(arg_dims, kw_dims)
+        g, loss = vmap(per_sample_grad, in_dims=(None, arg_dims, kw_dims, 0))(
             s.values, batch.args, batch.kwargs, batch.targets
         )
         c = batch.size
