@@ -15,6 +15,8 @@ loose by an order of magnitude and holds under any CPU kernel.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -114,5 +116,47 @@ def test_a_tol_below_the_reachable_one_warns_and_names_it(dtype):
         jc.eigenpairs(H, k=1, tol=floor / 10, seed=0, max_iters=3, warn=False)
 
 
-def test_full_precision_has_no_floor():
-    assert reachable_tol(torch.float32) == 0.0 and reachable_tol(torch.float64) == 0.0
+def test_float64_has_no_floor_and_float32_has_eight_unit_roundoffs():
+    assert reachable_tol(torch.float64) == 0.0
+    assert reachable_tol(torch.float32) == 8 * unit_roundoff(torch.float32)
+
+
+def float32_dense(seed=0, n=203):
+    """The audit's float32 operator: eigenvalues 100, 50, 49.9 and a bulk in [0, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    ev = torch.rand(n - 3, generator=gen, dtype=torch.float64)
+    ev = torch.cat([torch.tensor([100.0, 50.0, 49.9], dtype=torch.float64), ev])
+    return ((Q * ev) @ Q.T).float()
+
+
+def test_float32_tol_below_the_reachable_one_warns_and_names_it():
+    floor = reachable_tol(torch.float32)
+    A = jc.operators.DenseOperator(float32_dense())
+    with pytest.warns(UserWarning, match=rf"pass tol={floor:g}.*float64"):
+        jc.eigenpairs(A, k=1, tol=3e-8, seed=0, max_iters=3, warn=False)
+
+
+@pytest.mark.parametrize("verify", ["stored", "product", "estimate"])
+@pytest.mark.parametrize("tol", [3e-8, "reachable"])
+def test_float32_certified_pairs_hold_for_the_returned_vectors(tol, verify):
+    # the float32 vectors returned, checked in float64 against the exact float32 matrix: a
+    # pair reported converged must meet tol * scale as returned, and its reported residual
+    # must bound the true one up to the products' own rounding error (2 u ||A||)
+    A32 = float32_dense()
+    tol = reachable_tol(torch.float32) if tol == "reachable" else tol
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the unreachable tol and the ConvergenceWarning
+        r = jc.eigenpairs(jc.operators.DenseOperator(A32), k=3, tol=tol, verify=verify)
+    assert r.eigenvectors.dtype == torch.float32
+    A, V = A32.double(), r.eigenvectors.double()
+    exact = torch.linalg.eigvalsh(A).flip(0)[:3]
+    true = (A @ V - V * r.eigenvalues).norm(dim=0)
+    assert (true[r.pair_converged] <= tol * r.scale).all(), (true, r.residuals)
+    u = unit_roundoff(torch.float32)
+    assert (true <= r.residuals + 2 * u * r.scale).all(), (true, r.residuals)
+    if tol >= reachable_tol(torch.float32) and verify != "estimate":
+        assert r.converged
+        assert ((r.eigenvalues - exact).abs() <= true).all()
+    if tol < 4 * u:
+        assert not r.converged  # 3e-8 is half a unit roundoff: no float32 vector meets it

@@ -141,6 +141,69 @@ def test_float32_operator_keeps_float64_basis():
     assert (r.ritz_values[0] - torch.sort(ev).values).abs().max() < 1e-5 * 40
 
 
+def textbook_lanczos(A: torch.Tensor, q: torch.Tensor, m: int) -> tuple[torch.Tensor, ...]:
+    """The plain three-term recurrence in float64 (Parlett 1998, section 13.1): the reference.
+
+    ``w = A q_j - beta_j q_{j-1}``, ``alpha_j = q_j^T w``, ``beta_{j+1} = ||w - alpha_j q_j||``.
+    """
+    q = q / q.norm()
+    previous, beta = torch.zeros_like(q), 0.0
+    alphas, betas = [], []
+    for j in range(m):
+        w = A @ q - beta * previous
+        alphas.append(float(q @ w))
+        w = w - alphas[-1] * q
+        if j + 1 < m:
+            beta = float(w.norm())
+            betas.append(beta)
+            previous, q = q, w / beta
+    return torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64)
+
+
+def outlier_spectrum(n: int = 400, seed: int = 0) -> torch.Tensor:
+    """Three isolated eigenvalues (100, 50, -20) beside a standard normal bulk: the audit's case."""
+    gen = torch.Generator().manual_seed(seed)
+    bulk = torch.randn(n - 3, generator=gen, dtype=torch.float64)
+    return torch.cat([torch.tensor([100.0, 50.0, -20.0], dtype=torch.float64), bulk])
+
+
+def test_no_reorthogonalisation_records_the_textbook_tridiagonal():
+    # window=2 once made every beta subtract alpha_1 and beta_1 (Ritz values outside the
+    # spectrum). The first 8 steps, before the top Ritz value converges and the two runs'
+    # roundings part, agree to 2e-15 of ||A||; the wrong coefficients fed back into the
+    # recurrence and gave 1e-14 at step 3 and 3e-12 at step 7, so 1e-13 tells them apart
+    ev = outlier_spectrum()
+    A = dense_with_spectrum(ev)
+    steps, compared = 80, 8
+    r = lanczos(DenseOperator(A), steps, num_probes=3, seed=0, reorthogonalize="none")
+    q0 = start_vectors(ev.numel(), 3, 0)
+    norm = float(ev.abs().max())
+    for p in range(3):
+        alphas, betas = textbook_lanczos(A, q0[:, p], steps)
+        T = r.tridiagonal[p]
+        assert (T.diagonal()[:compared] - alphas[:compared]).abs().max() <= 1e-13 * norm
+        assert (T.diagonal(1)[:compared] - betas[:compared]).abs().max() <= 1e-13 * norm
+
+
+def test_no_reorthogonalisation_ritz_values_in_spectrum_and_residuals_honest():
+    ev = outlier_spectrum()
+    A = dense_with_spectrum(ev)
+    exact = torch.linalg.eigvalsh(A)
+    # rounding allowance of Paige's error analysis (1980): a small multiple of n eps ||A||
+    slack = 10 * ev.numel() * torch.finfo(torch.float64).eps * float(exact.abs().max())
+    for how in ("lanczos", "density"):
+        if how == "lanczos":
+            r = lanczos(DenseOperator(A), 80, num_probes=3, seed=0, reorthogonalize="none")
+            theta, res = r.ritz_values, r.ritz_residuals
+        else:
+            s = spectral_density(A, 80, 3, seed=0, reorthogonalize="none")
+            theta, res = s.ritz_values, s.residuals
+        assert theta.max() <= exact[-1] + slack and theta.min() >= exact[0] - slack
+        # |lambda - theta| <= ||A y - theta y|| for every Ritz pair (Parlett, Thm 4.5.1)
+        distance = (theta.unsqueeze(-1) - exact).abs().min(-1).values
+        assert (distance <= res + slack).all(), (distance - res).max()
+
+
 def test_bad_input_is_named():
     A = dense_with_spectrum(spectrum())
     with pytest.raises(ValueError, match="num_iters"):

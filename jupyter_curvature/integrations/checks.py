@@ -304,7 +304,7 @@ def curvature_check(
             outputs=outputs,
             batch_layout=batch_layout,
         )
-        tol = max(tol, reachable_tol(op.dtype))  # half-precision weights certify no less
+        tol = max(tol, reachable_tol(op.dtype))  # float32/half weights certify no less
         products = op.num_matvecs
         with op.kept_graphs(None):
             eigen = (

@@ -62,9 +62,10 @@ class Tracker:
     ``requires_grad`` and train/eval flags, and the torch (CPU and CUDA), numpy and Python
     RNG states bit for bit as they were, so training with and without a tracker gives the
     same weights. It runs in the weights' precision (autocast off); float16/bfloat16
-    weights give products in that dtype summed in float32, and a ``tol`` below what they can
-    certify (:func:`~jupyter_curvature.spectral.reachable_tol`) is raised to it, with a
-    warning at construction (docs/operators.md, "Half precision").
+    weights give products in that dtype summed in float32, and a ``tol`` below what the
+    weights' dtype can certify (:func:`~jupyter_curvature.spectral.reachable_tol`: float32
+    ``8 u`` = 4.8e-7, half precision ``4 u``) is raised to it, with a warning at
+    construction (docs/operators.md, "Half precision").
 
     Args:
         model: the network (``nn.Module``).
@@ -150,8 +151,9 @@ class Tracker:
         from ..spectral._checks import REACHABLE_TOL, warn_unreachable_tol
 
         for dtype in {p.dtype for p in model.parameters()} & set(REACHABLE_TOL):
-            # half-precision weights: products in that dtype, summed in float32; each check
-            # uses max(tol, reachable_tol) (integrations/checks.py), said once here
+            # float32 or half-precision weights: products (and eigenvectors) in that dtype
+            # certify no tol below reachable_tol; each check uses max(tol, reachable_tol)
+            # (integrations/checks.py), said once here
             warn_unreachable_tol(tol, dtype, stacklevel=3)
         self.model = model
         self.loss_fn = loss_fn

@@ -35,7 +35,18 @@ SYMMETRY_RTOL = {
 #: roundoffs ``u`` of ``||A||`` (u = 2^-8 for bfloat16, 2^-11 for float16; MLP and SmallCNN on
 #: the digits, benchmarks/bench_half_precision.py, docs/operators.md "Half precision"); 4 u
 #: keeps that error below a third of the tolerance. Looser than SYMMETRY_RTOL's check needs.
-REACHABLE_TOL = {torch.float16: 4 * 2.0**-11, torch.bfloat16: 4 * 2.0**-8}
+#: float32 (u = 2^-24): 8 u. Its certified vectors are float32 too, and rounding a unit vector
+#: moves its residual by up to ``||A - lambda I|| u <= 2 u ||A||`` (0.4-0.5 u measured), on top
+#: of the product's own error, 0.3-1.8 u ``||A||`` measured (dense n = 203 and 1000, MLP and
+#: CNN Hessians on the digits; the dense n = 1000 sum the largest). At 8 u every top-3 of those
+#: four operators (3 seeds, verify "stored" and "product") was certified, with the true float64
+#: residual of the returned vectors at most 6.0 u; at 4 u, 3 of the 24 runs left a pair
+#: uncertified (docs/operators.md, "Half precision", float32 paragraph).
+REACHABLE_TOL = {
+    torch.float16: 4 * 2.0**-11,
+    torch.bfloat16: 4 * 2.0**-8,
+    torch.float32: 8 * 2.0**-24,
+}
 
 
 def reachable_tol(dtype: torch.dtype) -> float:
@@ -46,14 +57,15 @@ def reachable_tol(dtype: torch.dtype) -> float:
 def warn_unreachable_tol(
     tol: float, dtype: torch.dtype, name: str = "tol", stacklevel: int = 4
 ) -> None:
-    """Warn when ``tol`` is below :func:`reachable_tol` of a half-precision operator."""
+    """Warn when ``tol`` is below :func:`reachable_tol` of a float32 or half-precision operator."""
     floor = reachable_tol(dtype)
     if tol < floor:
+        finer = "float64" if dtype == torch.float32 else "float32"
         warnings.warn(
             f"{name}={tol:g} is below what {str(dtype)[6:]} products can certify (about "
-            f"{floor:g} of the spectral scale: each product carries that relative rounding "
-            f"error); pass {name}={floor:g}, or convert the model to float32 for a smaller "
-            f"{name}",
+            f"{floor:g} of the spectral scale: each product and the {str(dtype)[6:]} "
+            f"eigenvectors carry that relative rounding error); pass {name}={floor:g}, or "
+            f"convert the model to {finer} for a smaller {name}",
             UserWarning,
             stacklevel=stacklevel,
         )

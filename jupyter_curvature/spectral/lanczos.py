@@ -211,11 +211,16 @@ class LanczosClosure:
         right at step 1, where GPyTorch does not reorthogonalise (a dot with ``A q_0`` alone
         is not). Expanded into three dots, so the residual is never formed. NaN or inf where a
         column of ``q`` is not finite (the dot with a finite product carries it).
+
+        The coefficients are the latest recorded ones, ``alphas[-1]`` and ``betas[-1]``, and
+        the vectors the last two inputs: counting steps by ``len(inputs)`` would be wrong
+        under ``window=2`` (:func:`run_recurrence`), which caps that count at 2 and so would
+        subtract ``alpha_1`` and ``beta_1`` at every later step.
         """
-        rec, j = self.rec, len(self.rec.inputs)
-        beta = dots64(q, rec.last_output) - rec.alphas[j - 1] * dots64(q, rec.inputs[-1])
-        if j >= 2:
-            beta = beta - rec.betas[j - 2] * dots64(q, rec.inputs[-2])
+        rec = self.rec
+        beta = dots64(q, rec.last_output) - rec.alphas[-1] * dots64(q, rec.inputs[-1])
+        if len(rec.inputs) >= 2:
+            beta = beta - rec.betas[-1] * dots64(q, rec.inputs[-2])
         return self.space.reduce(beta)
 
     def _output_block(self, q: torch.Tensor) -> torch.Tensor:
