@@ -651,3 +651,70 @@ def test_trainer_losses_are_the_mean_over_all_data(loss_kwargs, ignored):
     loss, accuracy = _all_data_reference(model, x, y, **ref_kwargs)
     assert record["test_loss"] == pytest.approx(loss, rel=1e-12)
     assert record["test_accuracy"] == pytest.approx(accuracy, rel=1e-12)
+
+
+class _StopAt(Callback):
+    def __init__(self, step):
+        self.at = step
+
+    def on_step_end(self, trainer, logs):
+        if logs["step"] == self.at:
+            trainer.stop()
+
+
+def _linear_trainer(folder, *, seed=0, epochs=4, schedule="linear", kfac=False, stop=None):
+    from jupyter_curvature.optim import KFACPreconditioner
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    data = TensorDataset(
+        torch.randn(40, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64),
+        torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(2)),
+    )
+    return Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), data, epochs=epochs, seed=seed,
+        schedule=schedule, data_options=DataOptions(batch_size=10),
+        checkpoint=CheckpointOptions(dir=folder),
+        preconditioner=KFACPreconditioner(model) if kfac else None,
+        callbacks=[_StopAt(stop)] if stop else [],
+    )  # fmt: skip
+
+
+def test_resume_refuses_another_seed_and_leaves_the_trainer_untouched(tmp_path):
+    _linear_trainer(tmp_path, stop=6).fit()
+    other = _linear_trainer(tmp_path, seed=5)
+    before = [p.detach().clone() for p in other.model.parameters()]
+    with pytest.raises(ValueError, match=r"seed=0, this trainer seed=5.*seed=0"):
+        other.fit(resume=True)
+    assert other.step == 0 and not other.history.steps["step"]
+    assert all(torch.equal(a, b) for a, b in zip(before, other.model.parameters()))
+    again = _linear_trainer(tmp_path, seed=0)
+    again.fit(resume=True)  # the right seed resumes to the uninterrupted run
+    full = _linear_trainer(None)
+    full.fit()
+    assert torch.equal(again.model.weight, full.model.weight)
+
+
+def test_resume_into_another_plan(tmp_path):
+    _linear_trainer(tmp_path, stop=6).fit()
+    with pytest.raises(ValueError, match=r"planned 16 steps \(4 epochs\).*32 steps \(8 epochs\)"):
+        _linear_trainer(tmp_path, epochs=8).fit(resume=True)
+    # a schedule that does not depend on the plan: extending is legitimate, and said
+    (tmp_path / "c").mkdir()
+    _linear_trainer(tmp_path / "c", schedule="constant", stop=6).fit()
+    longer = _linear_trainer(tmp_path / "c", schedule="constant", epochs=8)
+    with pytest.warns(UserWarning, match="continues from step 6 to step 32"):
+        longer.fit(resume=True)
+    straight = _linear_trainer(None, schedule="constant", epochs=8)
+    straight.fit()  # the data order is seeded per epoch: the extended run is this one
+    assert longer.step == 32 and torch.equal(longer.model.weight, straight.model.weight)
+
+
+def test_resume_refuses_to_drop_a_preconditioner_state(tmp_path):
+    _linear_trainer(tmp_path, kfac=True, stop=6).fit()
+    with pytest.raises(ValueError, match="no preconditioner"):
+        _linear_trainer(tmp_path).fit(resume=True)
+    (tmp_path / "plain").mkdir()
+    _linear_trainer(tmp_path / "plain", stop=6).fit()
+    with pytest.warns(UserWarning, match="no preconditioner state"):
+        _linear_trainer(tmp_path / "plain", kfac=True).fit(resume=True)
