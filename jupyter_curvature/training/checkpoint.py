@@ -243,6 +243,7 @@ class CheckpointState:
                 "total_steps": self.total_steps,
                 "sums": dict(self._sums),
                 "train_seconds": self.train_seconds,
+                "used_lr": self._used_lr,  # the last step's rate, for the epoch's record
             },
             "rng": rng_state(devices),
             "history": self.history.to_dict(),
@@ -285,6 +286,7 @@ class CheckpointState:
         self.step, self.epoch, self.batch_in_epoch = t["step"], t["epoch"], t["batch_in_epoch"]
         self._sums = dict(t["sums"])
         self.train_seconds = float(t.get("train_seconds", 0.0))
+        self._used_lr = t.get("used_lr")
         self.history = History.from_dict(state["history"])
         ranks = state.get("rng_ranks")
         if self.distributed and ranks is not None and len(ranks) == self.world_size:

@@ -115,7 +115,11 @@ class Trainer(CheckpointState):
             as it is, without the exact-resume guarantee).
         test_data: evaluated after every ``eval_every`` epochs (a Dataset, DataLoader,
             batches or one batch); ``None`` for none.
-        loss_fn: the criterion (default ``nn.CrossEntropyLoss()``).
+        loss_fn: the criterion (default ``nn.CrossEntropyLoss()``; ``reduction="mean"`` or
+            ``"sum"``). Every loss reported (steps, epochs, :meth:`evaluate`) is the mean
+            per term of the data as one batch, whatever the reduction: batches weighted by
+            what the loss's mean divides by (samples, or counted labels), as
+            :func:`~jupyter_curvature.stats.evaluate` does (``docs/training.md``).
         epochs, steps: the plan: so many epochs, or so many optimisation steps (exactly
             one of them; default 1 epoch).
         data_options: how a Dataset is read (:class:`~jupyter_curvature.training.DataOptions`:
