@@ -44,10 +44,12 @@ START = "fork"  # see test_distributed.py: the children inherit the imported tor
 
 
 # ------------------------------------------------------------------ the problem
-def make_data():
+def make_data(ignored: bool = False):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(NUM_SAMPLES + NUM_TEST, 6, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 3, (NUM_SAMPLES + NUM_TEST,), generator=gen)
+    if ignored:  # labels that do not count, unevenly over the ranks' parts
+        y[(torch.arange(len(y)) % 5 == 0) | (torch.arange(len(y)) % 7 == 1)] = -100
     return TensorDataset(x[:NUM_SAMPLES], y[:NUM_SAMPLES]), TensorDataset(
         x[NUM_SAMPLES:], y[NUM_SAMPLES:]
     )
@@ -62,10 +64,12 @@ def make_model(hidden: int = 5, batchnorm: bool = False, seed: int = 1) -> nn.Mo
     return nn.Sequential(*layers).double()
 
 
-def make_trainer(model=None, callbacks=(), *, batch_size=BATCH, checkpoint_dir=None, **kw):
+def make_trainer(
+    model=None, callbacks=(), *, batch_size=BATCH, checkpoint_dir=None, ignored=False, **kw
+):
     model = make_model() if model is None else model
     inner = model.module if isinstance(model, DDP) else model
-    train_set, test_set = make_data()
+    train_set, test_set = make_data(ignored)
     kw.setdefault("steps", STEPS)
     kw["data_options"] = DataOptions(batch_size=batch_size)
     kw["checkpoint"] = CheckpointOptions(dir=checkpoint_dir)
@@ -227,7 +231,17 @@ def _main_job(folder: str):
 
     # 7. tasks.train, the path of %%curv_train and the CLI, under torchrun
     out["api_train"] = api_train_run()
+
+    # 8. ignored labels (each rank's loss weighted by its counted labels), and a "sum" loss
+    out["weighted"] = [summary(weighted_run(reduction)) for reduction in ("mean", "sum")]
     return out
+
+
+def weighted_run(reduction: str) -> Trainer:
+    loss_fn = nn.CrossEntropyLoss(reduction=reduction)
+    trainer = make_trainer(ignored=True, loss_fn=loss_fn, epochs=2, steps=None)
+    trainer.fit()
+    return trainer
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +268,7 @@ def single():
         "steps": weights(steps.model),
         "sampler": weights(model),
         "api_train": api_train_run(),
+        "weighted": [summary(weighted_run(reduction)) for reduction in ("mean", "sum")],
     }
 
 
@@ -583,3 +598,21 @@ def test_rank_parts_need_a_sample_per_rank_and_a_distributed_sampler():
     custom = DataLoader(train_set, batch_size=10, sampler=list(range(NUM_SAMPLES)))
     with pytest.raises(ValueError, match="custom sampler that is not a distributed sampler"):
         DataOrder(custom, batch_size=10, drop_last=False, **kw)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("which", [0, 1], ids=["ignore_index-mean", "ignore_index-sum"])
+def test_ddp_weights_ranks_by_their_counted_labels(runs, single, which):
+    results, _ = runs
+    expected = single["weighted"][which]
+    for r in results:
+        got = r["weighted"][which]
+        close_weights(got["weights"], expected["weights"], f"rank {r['rank']}")
+        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+            close(
+                [e[key] for e in got["epochs"]],
+                [e[key] for e in expected["epochs"]],
+                1e-12,
+                f"rank {r['rank']}: {key}",
+            )
+        close(got["steps"]["loss"], expected["steps"]["loss"], 1e-12, "step losses")

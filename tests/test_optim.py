@@ -684,3 +684,103 @@ def test_factor_eigh_names_the_factor_when_nothing_helps():
     factor[0, 0] = float("nan")
     with pytest.raises(torch.linalg.LinAlgError, match="A of layer 'conv'.*not finite"):
         kfac.factor_eigh(factor, "A of layer 'conv'")
+
+
+@pytest.mark.parametrize(
+    "kernel, dilation",
+    [(3, 1), (4, 1), ((2, 3), 1), (3, 2), (2, 3)],
+    ids=["odd", "even", "mixed", "odd-dilated", "even-dilated"],
+)
+def test_kfac_same_padding_equals_the_explicitly_padded_network(kernel, dilation):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, kernel, padding="same", dilation=dilation).to(F64)
+    kh, kw = conv.kernel_size
+    # the zeros torch adds for "same", found by trying every split (not by its formula)
+    x = torch.randn(4, 2, 6, 5, dtype=F64)
+    plain = nn.Conv2d(2, 3, kernel, dilation=dilation).to(F64)
+    plain.load_state_dict(conv.state_dict())
+    th, tw = dilation * (kh - 1), dilation * (kw - 1)
+    splits = [
+        (left, tw - left, top, th - top)
+        for left in range(tw + 1)
+        for top in range(th + 1)
+        if torch.allclose(plain(nn.functional.pad(x, (left, tw - left, top, th - top))), conv(x))
+    ]
+    assert len(splits) == 1 or kh == kw == 1
+    pad = splits[0]
+
+    def net(first):
+        torch.manual_seed(1)
+        head = nn.Linear(3 * 6 * 5, 4).to(F64)
+        return nn.Sequential(*first, nn.Tanh(), nn.Flatten(), head)
+
+    same = net([conv])
+    padded = net([nn.ZeroPad2d(pad), plain])
+    opts = [
+        KFAC(m, lr=0.1, fisher="type2", factor_interval=1, inverse_interval=1)
+        for m in (same, padded)
+    ]
+    assert [layer.name for layer in opts[0].preconditioner.layers] == ["0", "3"]
+    y = torch.randint(0, 4, (4,))
+    for model, opt in zip((same, padded), opts):
+        for _ in range(2):
+            opt.zero_grad()
+            out = model(x)
+            opt.fisher_backward(out)
+            nn.functional.cross_entropy(out, y).backward()
+            opt.step()
+    for a, b in zip(same.parameters(), padded.parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    # A by brute force: [patch, 1][patch, 1]^T over the locations of the padded input
+    model = net([nn.Conv2d(2, 3, kernel, padding="same", dilation=dilation).to(F64)])
+    pre = KFACPreconditioner(model, fisher="type2", factor_interval=1)
+    pre.fisher_backward(model(x))
+    pre._update_factors()
+    big = nn.functional.pad(x, pad)
+    A = torch.zeros(2 * kh * kw + 1, 2 * kh * kw + 1, dtype=F64)
+    for i in range(4):
+        for r in range(6):
+            for s in range(5):
+                window = big[i, :, r : r + th + 1 : dilation, s : s + tw + 1 : dilation]
+                row = torch.cat([window.reshape(-1), torch.ones(1, dtype=F64)])
+                A += torch.outer(row, row)
+    assert torch.allclose(pre.layers[0].A, A / 4, rtol=1e-12)
+
+
+def test_kfac_leaves_out_a_multihead_attentions_out_proj():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att = nn.MultiheadAttention(4, 1, batch_first=True)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head(self.att(x, x, x)[0].mean(1))
+
+    torch.manual_seed(0)
+    model = Net()
+    opt = KFAC(model, lr=0.1, factor_interval=1, inverse_interval=1)
+    assert [layer.name for layer in opt.preconditioner.layers] == ["head"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no curvature factors" for a layer never called
+        for _ in range(2):
+            x, y = torch.randn(5, 3, 4), torch.randint(0, 3, (5,))
+            opt.zero_grad()
+            out = model(x)
+            opt.fisher_backward(out)
+            nn.functional.cross_entropy(out, y).backward()
+            opt.step()
+    with pytest.raises(ValueError, match=r"att.out_proj.*without calling its forward.*leave it"):
+        KFAC(model, lr=0.1, layers=["att.out_proj"])
+
+
+@pytest.mark.parametrize("name", ["sgd", "kfac"])
+def test_create_optimizer_refuses_momentum_outside_the_unit_interval(name):
+    model = nn.Sequential(nn.Linear(3, 2))
+    for bad in (1.5, 1.0, -0.1):
+        with pytest.raises(ValueError, match=r"momentum must (lie in \[0, 1\)|be a non-neg)"):
+            create_optimizer(name, model, lr=0.1, momentum=bad)
+    for good in (0.0, 0.5):
+        assert (
+            create_optimizer(name, model, lr=0.1, momentum=good).param_groups[0]["momentum"] == good
+        )

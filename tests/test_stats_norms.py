@@ -81,3 +81,27 @@ def test_record_prints_and_round_trips(tmp_path):
     assert "all parameters" in text and "BatchNorm2d" in text and "normalisation" in text
     assert WeightNorms.load(norms.save(tmp_path / "norms")) == norms
     assert norms.to_dict()["layers"][0]["layer"] == "features.0"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("where", [(0, 0), (3, 1)], ids=["first-entry", "later-entry"])
+def test_a_nonfinite_weight_shows_in_every_norm_that_covers_it(bad, where):
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 4)).double()
+    with torch.no_grad():
+        model[1].weight[where] = bad
+    n = weight_norms(model)
+    # float64 reference: the torch reductions over the concatenated tensors
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    weights = torch.cat([model[0].weight.reshape(-1), model[1].weight.reshape(-1)]).detach()
+    for got, ref in [
+        (n.l2, float(flat.norm())),
+        (n.linf, float(flat.abs().max())),
+        (n.weights_l2, float(weights.norm())),
+        (n.weights_linf, float(weights.abs().max())),
+        (n.layers[1].weight_linf, float(model[1].weight.detach().abs().max())),
+    ]:
+        assert math.isnan(ref) if bad != bad else math.isinf(ref)
+        assert (math.isnan(got) and math.isnan(ref)) or got == ref
+    # the other layer and the biases stay finite and exact
+    assert n.layers[0].weight_linf == float(model[0].weight.detach().abs().max())
+    assert n.biases_linf == float(torch.cat([model[0].bias, model[1].bias]).detach().abs().max())

@@ -121,10 +121,15 @@ def test_steps_plan_with_a_torch_scheduler_per_step():
         data_options=DataOptions(batch_size=64),
         schedule=sched,
     )
+    used = []  # the rate each step really used, read as the optimiser starts its step
+    opt.register_step_pre_hook(lambda o, args, kwargs: used.append(o.param_groups[0]["lr"]))
     assert trainer.schedule_interval == "step"
     history = trainer.fit()
     assert trainer.step == 10 and len(history.epochs) == 2  # 4 batches per epoch
-    assert history.metric("lr") == pytest.approx([0.1 * 0.5 ** (s // 3) for s in range(1, 11)])
+    # step s (1-based) runs after s - 1 scheduler steps: 0.1 * 0.5 ** ((s - 1) // 3)
+    assert used == pytest.approx([0.1 * 0.5 ** ((s - 1) // 3) for s in range(1, 11)])
+    assert history.metric("lr") == used
+    assert [e["lr"] for e in history.epochs] == [used[3], used[7]]  # each epoch's last step
     assert any(e["event"] == "evaluation" for e in history.events)  # the final partial epoch
 
 
@@ -560,3 +565,156 @@ def test_train_function_on_mnist_files_for_the_cifar_zoo(tmp_path):
                             schedule=None)  # fmt: skip
     trainer.fit()
     assert trainer.model.classifier[1].in_features == 16 * 7 * 7
+
+
+@pytest.mark.parametrize("interval", ["step", "epoch"])
+def test_logged_lr_is_the_lr_each_step_used(interval):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    data = TensorDataset(torch.randn(40, 4), torch.randint(0, 3, (40,)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    used = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: used.append(o.param_groups[0]["lr"]))
+    records = []
+    trainer = Trainer(
+        model, opt, data, epochs=6, schedule="linear", schedule_interval=interval,
+        data_options=DataOptions(batch_size=10),
+        callbacks=[LambdaCallback(on_step_end=lambda t, logs: records.append(t.used_lr))],
+    )  # fmt: skip
+    history = trainer.fit()
+    assert history.metric("lr") == used == records and len(used) == 24
+    assert [e["lr"] for e in history.epochs] == used[3::4]
+    # the schedule itself: constant to 50%, linear to 1% at 90% (per step or per epoch)
+    total, at = (24, range(24)) if interval == "step" else (6, [k // 4 for k in range(24)])
+
+    def f(t):
+        return 1.0 if t <= 0.5 else (1 - 0.99 * (t - 0.5) / 0.4 if t <= 0.9 else 0.01)
+
+    assert used == pytest.approx([0.1 * f(k / total) for k in at], rel=1e-12)
+
+
+def _all_data_reference(model, x, y, **loss_kwargs):
+    """The mean loss of all data as one batch and the accuracy over counted labels, float64."""
+    with torch.no_grad():
+        out = model(x).double()
+    loss = float(nn.functional.cross_entropy(out, y, reduction="mean", **loss_kwargs))
+    keep = y != loss_kwargs.get("ignore_index", -100)
+    hits = [int(out[i].argmax()) == int(y[i]) for i in range(len(y)) if keep[i]]
+    return loss, sum(hits) / len(hits)
+
+
+@pytest.mark.parametrize(
+    "loss_kwargs, ignored",
+    [
+        ({"reduction": "sum"}, 0),
+        ({}, 15),  # the first batch of 20 has 5 counted labels
+        ({"reduction": "sum"}, 15),
+        ({"weight": torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)}, 7),
+    ],
+    ids=["sum", "ignore_index", "sum-ignore_index", "class-weights"],
+)
+def test_trainer_losses_are_the_mean_over_all_data(loss_kwargs, ignored):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    x, y = torch.randn(50, 4, dtype=torch.float64), torch.randint(0, 3, (50,))
+    y[:ignored] = -100
+    data = TensorDataset(x, y)
+    loss_fn = nn.CrossEntropyLoss(**loss_kwargs)
+    trainer = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), data, data, loss_fn=loss_fn,
+        epochs=1, data_options=DataOptions(batch_size=20, shuffle=False),
+    )  # fmt: skip
+    ref_kwargs = {k: v for k, v in loss_kwargs.items() if k != "reduction"}
+    loss, accuracy = _all_data_reference(model, x, y, **ref_kwargs)
+    ev = trainer.evaluate()
+    assert ev["loss"] == pytest.approx(loss, rel=1e-12, abs=0)
+    assert ev["accuracy"] == pytest.approx(accuracy, rel=1e-12)
+
+    # train_loss: the batches' losses (before each step) as one mean, weighted like the data
+    before = []
+    hook = model.register_forward_hook(
+        lambda m, args, out: before.append((args[0].clone(), out.detach().clone()))
+        if m.training else None
+    )  # fmt: skip
+    history = trainer.fit()
+    hook.remove()
+    num, den = 0.0, 0.0
+    for i, (xb, out) in enumerate(before):
+        yb = y[20 * i : 20 * i + len(xb)]
+        w = ref_kwargs.get("weight", torch.ones(3, dtype=torch.float64))
+        for j in range(len(yb)):
+            if yb[j] != -100:
+                lj = -float(torch.log_softmax(out[j], 0)[yb[j]])
+                num, den = num + float(w[yb[j]]) * lj, den + float(w[yb[j]])
+    record = history.epochs[0]
+    assert record["train_loss"] == pytest.approx(num / den, rel=1e-12)
+    loss, accuracy = _all_data_reference(model, x, y, **ref_kwargs)
+    assert record["test_loss"] == pytest.approx(loss, rel=1e-12)
+    assert record["test_accuracy"] == pytest.approx(accuracy, rel=1e-12)
+
+
+class _StopAt(Callback):
+    def __init__(self, step):
+        self.at = step
+
+    def on_step_end(self, trainer, logs):
+        if logs["step"] == self.at:
+            trainer.stop()
+
+
+def _linear_trainer(folder, *, seed=0, epochs=4, schedule="linear", kfac=False, stop=None):
+    from jupyter_curvature.optim import KFACPreconditioner
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    data = TensorDataset(
+        torch.randn(40, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64),
+        torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(2)),
+    )
+    return Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), data, epochs=epochs, seed=seed,
+        schedule=schedule, data_options=DataOptions(batch_size=10),
+        checkpoint=CheckpointOptions(dir=folder),
+        preconditioner=KFACPreconditioner(model) if kfac else None,
+        callbacks=[_StopAt(stop)] if stop else [],
+    )  # fmt: skip
+
+
+def test_resume_refuses_another_seed_and_leaves_the_trainer_untouched(tmp_path):
+    _linear_trainer(tmp_path, stop=6).fit()
+    other = _linear_trainer(tmp_path, seed=5)
+    before = [p.detach().clone() for p in other.model.parameters()]
+    with pytest.raises(ValueError, match=r"seed=0, this trainer seed=5.*seed=0"):
+        other.fit(resume=True)
+    assert other.step == 0 and not other.history.steps["step"]
+    assert all(torch.equal(a, b) for a, b in zip(before, other.model.parameters()))
+    again = _linear_trainer(tmp_path, seed=0)
+    again.fit(resume=True)  # the right seed resumes to the uninterrupted run
+    full = _linear_trainer(None)
+    full.fit()
+    assert torch.equal(again.model.weight, full.model.weight)
+
+
+def test_resume_into_another_plan(tmp_path):
+    _linear_trainer(tmp_path, stop=6).fit()
+    with pytest.raises(ValueError, match=r"planned 16 steps \(4 epochs\).*32 steps \(8 epochs\)"):
+        _linear_trainer(tmp_path, epochs=8).fit(resume=True)
+    # a schedule that does not depend on the plan: extending is legitimate, and said
+    (tmp_path / "c").mkdir()
+    _linear_trainer(tmp_path / "c", schedule="constant", stop=6).fit()
+    longer = _linear_trainer(tmp_path / "c", schedule="constant", epochs=8)
+    with pytest.warns(UserWarning, match="continues from step 6 to step 32"):
+        longer.fit(resume=True)
+    straight = _linear_trainer(None, schedule="constant", epochs=8)
+    straight.fit()  # the data order is seeded per epoch: the extended run is this one
+    assert longer.step == 32 and torch.equal(longer.model.weight, straight.model.weight)
+
+
+def test_resume_refuses_to_drop_a_preconditioner_state(tmp_path):
+    _linear_trainer(tmp_path, kfac=True, stop=6).fit()
+    with pytest.raises(ValueError, match="no preconditioner"):
+        _linear_trainer(tmp_path).fit(resume=True)
+    (tmp_path / "plain").mkdir()
+    _linear_trainer(tmp_path / "plain", stop=6).fit()
+    with pytest.warns(UserWarning, match="no preconditioner state"):
+        _linear_trainer(tmp_path / "plain", kfac=True).fit(resume=True)

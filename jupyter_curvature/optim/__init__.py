@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.validate import unit_interval
 from .kfac import KFAC, SUPPORTED_LAYERS, KFACPreconditioner
 from .schedules import (
     SCHEDULES,
@@ -34,13 +35,17 @@ def create_optimizer(
     ``swats`` is :class:`SWATS`. Extra keywords go to the optimiser.
 
     Raises:
-        ValueError: unknown name (the known ones are listed) or a non-positive ``lr``.
+        ValueError: unknown name (the known ones are listed), a non-positive ``lr``, or a
+            ``momentum`` outside ``[0, 1)`` (torch checks only ``>= 0``; heavy-ball momentum
+            ``>= 1`` makes the buffer a growing sum of every past gradient, never settling).
     """
     key = name.lower().replace("-", "").replace("_", "")
     if key not in OPTIMIZERS:
         raise ValueError(f"unknown optimiser {name!r}; known optimisers: {', '.join(OPTIMIZERS)}")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if "momentum" in kwargs:
+        unit_interval("momentum", kwargs["momentum"])
     params = [p for p in model.parameters() if p.requires_grad]
     if key == "sgd":
         kwargs.setdefault("momentum", 0.9)

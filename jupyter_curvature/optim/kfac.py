@@ -51,9 +51,11 @@ factor decay 0.95, damping 1e-3, KL clip 1e-3, TCov 10, TInv 100. Unlike it (and
 original), weight decay is applied from the first step, eigendecompositions use
 ``torch.linalg.eigh`` in float64, and the optimiser takes the model, not its parameters.
 
-Layers: ``nn.Linear`` and ``nn.Conv2d`` (zero padding, ``groups=1``) with trainable
-weights. Every other parameter (BatchNorm, grouped convolutions, embeddings, ...) gets
-the plain gradient: SGD with momentum in :class:`KFAC`, untouched by
+Layers: ``nn.Linear`` and ``nn.Conv2d`` (zero padding: an amount, ``"valid"`` or
+``"same"``; ``groups=1``) with trainable weights, whose forward pass runs. Every other
+parameter (BatchNorm, grouped convolutions, embeddings, a ``MultiheadAttention``'s
+``out_proj``, whose weight the attention uses without calling its forward, ...) gets the
+plain gradient: SGD with momentum in :class:`KFAC`, untouched by
 :class:`KFACPreconditioner`.
 """
 
@@ -83,12 +85,37 @@ def _supported(module: nn.Module) -> bool:
     if not isinstance(module, SUPPORTED_LAYERS) or not module.weight.requires_grad:
         return False
     if isinstance(module, nn.Conv2d):
-        return (
-            module.groups == 1
-            and module.padding_mode == "zeros"
-            and (not isinstance(module.padding, str) or module.padding == "valid")
-        )
+        # padding: an amount, "valid" or "same" (both zero padding, see _conv_padding)
+        return module.groups == 1 and module.padding_mode == "zeros"
     return True
+
+
+def _never_called(model: nn.Module) -> dict[int, str]:
+    """Layers whose weights are used without calling their forward, so that K-FAC's hooks
+    never see their inputs: a ``MultiheadAttention``'s ``out_proj`` (the attention passes
+    its weight to ``F.multi_head_attention_forward``). By id, with the reason."""
+    return {
+        id(m.out_proj): "the MultiheadAttention uses its weight without calling its forward, "
+        "so K-FAC never sees its inputs"
+        for m in model.modules()
+        if isinstance(m, nn.MultiheadAttention)
+    }
+
+
+def _conv_padding(m: nn.Conv2d) -> tuple[int, int, int, int]:
+    """The zeros around the input as ``F.pad`` takes them: ``(left, right, top, bottom)``.
+
+    ``"same"`` (stride 1) pads ``dilation * (kernel - 1)`` in all along each dimension,
+    half before and the rest after: an even kernel gets the extra zero on the right and at
+    the bottom, as torch's ``Conv2d`` does (``_reversed_padding_repeated_twice``).
+    """
+    if m.padding == "valid":
+        return (0, 0, 0, 0)
+    if m.padding == "same":
+        (th, tw) = (d * (k - 1) for d, k in zip(m.dilation, m.kernel_size))
+        return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+    ph, pw = m.padding
+    return (pw, pw, ph, ph)
 
 
 #: relative shifts tried, in order, when LAPACK's eigh fails on a factor (see factor_eigh)
@@ -168,11 +195,21 @@ class _Layer:
         if isinstance(m, nn.Linear):
             chunks: Iterable[torch.Tensor] = [x.reshape(-1, x.shape[-1])]
         else:
-            padding = 0 if m.padding == "valid" else m.padding
+            left, right, top, bottom = _conv_padding(m)
+            if left == right and top == bottom:  # unfold pads symmetrically itself
+                padding, pad = (top, left), None
+            else:  # "same" with an even kernel: the extra zero after, padded explicitly
+                padding, pad = (0, 0), (left, right, top, bottom)
             per_sample = x[0].numel() * m.kernel_size[0] * m.kernel_size[1]
             step = max(1, _UNFOLD_CHUNK // max(per_sample, 1))
             chunks = (
-                F.unfold(x[i : i + step], m.kernel_size, m.dilation, padding, m.stride)
+                F.unfold(
+                    x[i : i + step] if pad is None else F.pad(x[i : i + step], pad),
+                    m.kernel_size,
+                    m.dilation,
+                    padding,
+                    m.stride,
+                )  # fmt: skip
                 .transpose(1, 2)
                 .reshape(-1, self.in_dim - (1 if self.has_bias else 0))
                 for i in range(0, x.shape[0], step)
@@ -326,8 +363,9 @@ class KFACPreconditioner:
     @staticmethod
     def _find_layers(model: nn.Module, wanted) -> list[_Layer]:
         named = list(model.named_modules())
+        unseen = _never_called(model)
         if wanted is None:
-            chosen = [(n, m) for n, m in named if _supported(m)]
+            chosen = [(n, m) for n, m in named if _supported(m) and id(m) not in unseen]
         else:
             ids = {}
             for spec in [wanted] if isinstance(wanted, (str, nn.Module)) else list(wanted):
@@ -344,6 +382,11 @@ class KFACPreconditioner:
                             f"layers: {n or type(m).__name__} ({type(m).__name__}) is not a "
                             "supported layer (nn.Linear, or nn.Conv2d with groups=1 and zero "
                             "padding, with trainable weights)"
+                        )
+                    if id(m) in unseen:
+                        raise ValueError(
+                            f"layers: {n} cannot be preconditioned: {unseen[id(m)]}; leave it "
+                            "out of layers= (it gets the plain gradient)"
                         )
                     ids[id(m)] = (n, m)
             chosen = [(n, m) for n, m in named if id(m) in ids]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -26,7 +28,10 @@ class _Group:
             if t.device.type != "mps"
             else float(t.float().pow(2).sum())
         )
-        self.linf = max(self.linf, float(t.abs().max()))
+        # NaN must win: Python's max(0.0, nan) is 0.0, which would hide a NaN weight (the
+        # sum of squares and torch's max propagate it already)
+        peak = float(t.abs().max())
+        self.linf = math.nan if math.isnan(peak) or math.isnan(self.linf) else max(self.linf, peak)
         self.count += t.numel()
 
     @property
@@ -48,6 +53,9 @@ def weight_norms(model: nn.Module, *, trainable_only: bool = False) -> WeightNor
     parameters of BatchNorm, LayerNorm, GroupNorm... layers). Each layer (a module that owns
     parameters directly) gets a row with its weight and bias norms; shared parameters are
     counted once, at their first owner.
+
+    A NaN parameter makes every norm that covers it NaN (L2 and L-infinity alike), so a
+    diverged weight is never reported as a finite norm; an infinite one makes them inf.
 
     Args:
         model: the network.

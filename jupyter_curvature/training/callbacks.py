@@ -531,7 +531,8 @@ class CurvatureCallback(Callback):
             "step": trainer.step,
             "epoch": trainer.epoch,
             "seconds": cost,
-            "lr": trainer.lr,
+            # the rate that led to these weights (trainer.lr may be the next step's already)
+            "lr": getattr(trainer, "used_lr", trainer.lr),
             "curvature": self.curvature,
             "num_iters": num_iters,
             "num_probes": self.num_probes,

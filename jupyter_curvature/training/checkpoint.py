@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +243,7 @@ class CheckpointState:
                 "total_steps": self.total_steps,
                 "sums": dict(self._sums),
                 "train_seconds": self.train_seconds,
+                "used_lr": self._used_lr,  # the last step's rate, for the epoch's record
             },
             "rng": rng_state(devices),
             "history": self.history.to_dict(),
@@ -256,7 +258,12 @@ class CheckpointState:
         return {"world_size": self.world_size, "rng_ranks": gather_objects(rng_state(devices))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (checks the model's keys and shapes first)."""
+        """Restore :meth:`state_dict`.
+
+        Everything is checked before anything is loaded (an error leaves the trainer as it
+        was): the model's keys and shapes, the optimiser's class, and the settings that
+        decide what an exact resume continues (:meth:`_check_resume_settings`).
+        """
         if state.get("format") != FORMAT:
             raise ValueError("not a jupyter_curvature training checkpoint (no 'format' entry)")
         check_state_fits(
@@ -268,6 +275,7 @@ class CheckpointState:
                 f"the checkpoint was trained with {saved_opt}, this trainer has "
                 f"{type(self.optimizer).__name__}; resume with the same optimiser"
             )
+        self._check_resume_settings(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.preconditioner is not None and state.get("preconditioner") is not None:
@@ -278,12 +286,90 @@ class CheckpointState:
         self.step, self.epoch, self.batch_in_epoch = t["step"], t["epoch"], t["batch_in_epoch"]
         self._sums = dict(t["sums"])
         self.train_seconds = float(t.get("train_seconds", 0.0))
+        self._used_lr = t.get("used_lr")
         self.history = History.from_dict(state["history"])
         ranks = state.get("rng_ranks")
         if self.distributed and ranks is not None and len(ranks) == self.world_size:
             set_rng_state(ranks[self.rank])  # bitwise resume with the same number of ranks
         else:
             set_rng_state(state["rng"])
+
+    def _check_resume_settings(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose run this trainer would not continue, warn where a
+        difference is a legitimate use.
+
+        * another ``seed``: the data order of every epoch is drawn from ``(seed, epoch)``,
+          so the resumed run would read other batches than the checkpoint's run
+          (``ValueError``: build the trainer with the checkpoint's seed);
+        * a preconditioner state (K-FAC factors) and no preconditioner: it would be dropped
+          (``ValueError``); a preconditioner and no state in the checkpoint: it starts
+          afresh (``UserWarning``);
+        * another plan (``epochs``/``steps``): with a schedule built on the plan (the
+          ``"linear"`` schedule, whose ``total`` is restored with the scheduler's state) the
+          rates would follow the checkpoint's plan, not this one (``ValueError``); with any
+          other schedule, extending or shortening a run is legitimate: training continues
+          from the checkpoint's step to this trainer's end, the scheduler from its saved
+          state (``UserWarning`` saying so).
+        """
+        t = state["trainer"]
+        saved_seed = t.get("seed")
+        if saved_seed is not None and int(saved_seed) != self.seed:
+            raise ValueError(
+                f"the checkpoint's run has seed={saved_seed}, this trainer seed={self.seed}: "
+                "the data order is drawn from the seed, so the resumed run would read other "
+                f"batches than the checkpoint's; build the Trainer with seed={saved_seed}"
+            )
+        has_state = state.get("preconditioner") is not None
+        if has_state and self.preconditioner is None:
+            raise ValueError(
+                "the checkpoint holds a preconditioner's state (K-FAC factors) but this trainer "
+                "has no preconditioner, so it would be dropped; pass preconditioner= of the "
+                "same kind, or load the weights alone with load_model_weights"
+            )
+        if self.preconditioner is not None and not has_state:
+            warnings.warn(
+                "the checkpoint holds no preconditioner state: this trainer's preconditioner "
+                "starts with no curvature factors at the checkpoint's step",
+                UserWarning,
+                stacklevel=3,
+            )
+        saved_total = t.get("total_steps")
+        if saved_total is None or int(saved_total) == self.total_steps:
+            return
+        plan = f"{saved_total} steps" + (
+            f" ({saved_total // self.steps_per_epoch} epochs)"
+            if self.epochs is not None and saved_total % self.steps_per_epoch == 0
+            else ""
+        )
+        ours = f"{self.total_steps} steps" + (
+            f" ({self.epochs} epochs)" if self.epochs is not None else ""
+        )
+        saved_lambdas = (state.get("scheduler") or {}).get("lr_lambdas") or []
+        ours_lambdas = getattr(self.scheduler, "lr_lambdas", [])
+        for saved, fn in zip(saved_lambdas, ours_lambdas):
+            span = getattr(fn, "total", None)
+            if isinstance(saved, dict) and span is not None and saved.get("total") != span:
+                raise ValueError(
+                    f"the checkpoint's run planned {plan}, this trainer {ours}, and its "
+                    f"schedule is built on the plan ({type(fn).__name__} over "
+                    f"{saved.get('total')}, here {span}; its length is restored with the "
+                    "scheduler's state, so the rates would follow the checkpoint's plan); "
+                    "resume with the checkpoint's plan (epochs=/steps=), or to train on past "
+                    "it pass schedule='constant' or a scheduler of your own"
+                )
+        step = int(t["step"])
+        what = (
+            f"training continues from step {step} to step {self.total_steps}"
+            if step < self.total_steps
+            else f"the checkpoint is at step {step}: nothing is left to train"
+        )
+        warnings.warn(
+            f"the checkpoint's run planned {plan}, this trainer plans {ours}: {what}, with "
+            "the optimiser's and the scheduler's states as saved (a scheduler continues from "
+            "its saved state; it is not rebuilt for the new plan)",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Write the state atomically (default ``checkpoint.dir/checkpoint-last.pt``).

@@ -6,7 +6,8 @@ one rank becomes an error on every rank rather than a rank waiting forever:
 
 * :func:`step_split`: this rank's slice of a global batch (``tensor_split``: sizes differ by
   at most one sample, the first ranks get the extra ones).
-* :func:`reduce_step`: one all-reduce per step of ``[loss * b_r, b_r, correct, counted]`` and
+* :func:`reduce_step`: one all-reduce per step of ``[loss * W_r, W_r, b_r, correct, counted]``
+  (``W_r`` the rank's weight in the loss's mean, ``b_r`` its samples) and
   one failure flag per rank, *before* the backward pass (whose gradient all-reduce would
   otherwise wait for a rank that failed in its forward pass).
 * :func:`any_flags`: logical or of a few flags over the ranks (stop, interrupt, failure).
@@ -51,22 +52,35 @@ def _flag_tensor(values: list[float], device: torch.device) -> torch.Tensor:
 
 
 def reduce_step(
-    loss_sum: float, samples: int, correct: int, counted: int, failed: bool, device: torch.device
-) -> tuple[float, int, int, int, list[int]]:
+    loss_sum: float,
+    weight: float,
+    samples: int,
+    correct: int,
+    counted: int,
+    failed: bool,
+    device: torch.device,
+) -> tuple[float, int | float, int, int, int, list[int]]:
     """Sum one step's metrics over the ranks and name the ranks that failed.
 
+    ``weight`` is the rank's weight in the loss's mean
+    (:func:`~jupyter_curvature.core.losses.mean_weight`: samples, counted labels or summed
+    class weights), ``loss_sum`` the rank's mean loss times it.
+
     Returns:
-        ``(loss_sum, samples, correct, counted, failed_ranks)`` summed over all ranks, the
-        same on every rank. A failed rank passes zeros (its numbers are not used).
+        ``(loss_sum, weight, samples, correct, counted, failed_ranks)`` summed over all
+        ranks, the same on every rank (``weight`` an int when it sums to one: summed class
+        weights stay floats). A failed rank passes zeros (its numbers are not used).
     """
     world = get_world_size()
     flags = [0.0] * world
     flags[get_rank()] = 1.0 if failed else 0.0
-    packed = _flag_tensor([loss_sum, samples, correct, counted, *flags], device)
+    packed = _flag_tensor([loss_sum, weight, samples, correct, counted, *flags], device)
     dist.all_reduce(packed, op=dist.ReduceOp.SUM)
     values = packed.cpu().tolist()
-    failed_ranks = [r for r in range(world) if values[4 + r] > 0]
-    return values[0], round(values[1]), round(values[2]), round(values[3]), failed_ranks
+    failed_ranks = [r for r in range(world) if values[5 + r] > 0]
+    total = values[1]
+    total = round(total) if total == round(total) else total
+    return values[0], total, round(values[2]), round(values[3]), round(values[4]), failed_ranks
 
 
 def any_flags(flags: list[bool], device: torch.device) -> list[bool]:

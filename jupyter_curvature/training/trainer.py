@@ -43,6 +43,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
+from ..core.batches import Batch
+from ..core.losses import counted_labels, mean_weight
+from ..stats.evaluation import _class_dim
 from . import ddp as _ddp
 from .atomic_step import AtomicStep, InterruptGuard
 from .callbacks import as_callbacks
@@ -59,17 +62,29 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _accuracy_counts(outputs: Any, targets: Any) -> tuple[int, int] | None:
-    if (
-        isinstance(outputs, torch.Tensor)
-        and isinstance(targets, torch.Tensor)
-        and outputs.ndim == 2
-        and targets.ndim == 1
-        and not targets.is_floating_point()
-        and outputs.shape[0] == targets.shape[0]
-    ):
-        return int((outputs.argmax(1) == targets).sum()), int(targets.shape[0])
-    return None
+def _reduction_is_sum(loss_fn: Any) -> bool:
+    return getattr(loss_fn, "reduction", "mean") == "sum"
+
+
+def _batch_weight(loss_fn: Any, targets: Any, size: int) -> int | float:
+    """The batch's weight in the loss's mean over the data: what its ``"mean"`` divides by
+    (:func:`~jupyter_curvature.core.losses.mean_weight`: samples, counted labels, summed
+    class weights), so that batch means combine into the loss of all data as one batch."""
+    if not isinstance(targets, torch.Tensor):
+        return size
+    return mean_weight(loss_fn, Batch((), targets, size, 0))
+
+
+def _accuracy_counts(loss_fn: Any, outputs: Any, targets: Any) -> tuple[int, int] | None:
+    """Top-1 hits and the labels judged (those that count for ``loss_fn``: not its
+    ``ignore_index``), as :func:`~jupyter_curvature.stats.evaluate` counts them; ``None``
+    when the batch is no classification."""
+    dim = _class_dim(loss_fn, outputs, targets)
+    if dim is None:
+        return None
+    counted = counted_labels(loss_fn, targets)
+    hits = (outputs.argmax(dim) == targets) & counted
+    return int(hits.sum()), int(counted.sum())
 
 
 # --- the trainer ----------------------------------------------------------------------------
@@ -100,7 +115,11 @@ class Trainer(CheckpointState):
             as it is, without the exact-resume guarantee).
         test_data: evaluated after every ``eval_every`` epochs (a Dataset, DataLoader,
             batches or one batch); ``None`` for none.
-        loss_fn: the criterion (default ``nn.CrossEntropyLoss()``).
+        loss_fn: the criterion (default ``nn.CrossEntropyLoss()``; ``reduction="mean"`` or
+            ``"sum"``). Every loss reported (steps, epochs, :meth:`evaluate`) is the mean
+            per term of the data as one batch, whatever the reduction: batches weighted by
+            what the loss's mean divides by (samples, or counted labels), as
+            :func:`~jupyter_curvature.stats.evaluate` does (``docs/training.md``).
         epochs, steps: the plan: so many epochs, or so many optimisation steps (exactly
             one of them; default 1 epoch).
         data_options: how a Dataset is read (:class:`~jupyter_curvature.training.DataOptions`:
@@ -270,7 +289,9 @@ class Trainer(CheckpointState):
         self.step = 0
         self.epoch = 0  # the epoch in progress (0-based); == epochs done at a boundary
         self.batch_in_epoch = 0
+        # "samples" sums the batches' weights in the loss's mean (samples, or counted labels)
         self._sums = {"loss": 0.0, "correct": 0, "counted": 0, "samples": 0, "seconds": 0.0}
+        self._used_lr: float | None = None
         self.train_seconds = 0.0  # wall time inside training steps (callbacks excluded)
         self.interrupted = False
         self.status = "new"
@@ -332,6 +353,12 @@ class Trainer(CheckpointState):
         return float(g["lr"])
 
     @property
+    def used_lr(self) -> float:
+        """The step size the last finished step used (:attr:`lr` before any step): what
+        the history records, whereas :attr:`lr` is the next step's once a scheduler moved."""
+        return self._used_lr if self._used_lr is not None else self.lr
+
+    @property
     def done(self) -> bool:
         return self.step >= self.total_steps
 
@@ -385,7 +412,15 @@ class Trainer(CheckpointState):
     # --- evaluation ---------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, data: Any = None) -> dict[str, float]:
-        """Mean loss and accuracy over ``data`` (default the test data), in eval mode.
+        """Mean loss and top-1 accuracy over ``data`` (default the test data), in eval mode.
+
+        The loss is that of all of ``data`` as one batch, per term of the loss's mean:
+        batches are weighted by what the mean divides by
+        (:func:`~jupyter_curvature.core.losses.mean_weight`: samples, or the counted labels
+        / summed class weights of a cross-entropy with ``ignore_index`` or ``weight=``), and
+        a ``reduction="sum"`` loss is divided by that weight (the mean it would report with
+        ``"mean"``). The accuracy is over the labels that count (not ``ignore_index``), as
+        in :func:`~jupyter_curvature.stats.evaluate`.
 
         Under DDP a collective: every rank evaluates every ``world_size``-th batch and the
         sums are reduced, so every rank returns the figures of the whole ``data``.
@@ -397,7 +432,8 @@ class Trainer(CheckpointState):
             batches = rank_batches(batches, self.rank, self.world_size)
         modes = [m.training for m in self.model.modules()]
         self.model.eval()
-        total, correct, counted, n = 0.0, 0, 0, 0
+        total, terms, correct, counted, n = 0.0, 0, 0, 0, 0
+        is_sum = _reduction_is_sum(self.loss_fn)
         try:
             with contextlib.ExitStack() as stack:
                 for obj in (self.optimizer, self.preconditioner):
@@ -407,9 +443,15 @@ class Trainer(CheckpointState):
                     x, y = to_device(batch, self.device)
                     out = self.model(x)
                     b = y.shape[0]
-                    total += float(self.loss_fn(out, y)) * b
                     n += b
-                    acc = _accuracy_counts(out, y)
+                    weight = _batch_weight(self.loss_fn, y, b)
+                    if weight == 0:  # every label ignored: no term of the mean (its loss is 0/0)
+                        continue
+                    loss = float(self.loss_fn(out, y))
+                    # the batch's share of the sum over all terms
+                    total += loss if is_sum else loss * weight
+                    terms += weight
+                    acc = _accuracy_counts(self.loss_fn, out, y)
                     if acc is not None:
                         correct += acc[0]
                         counted += acc[1]
@@ -417,12 +459,15 @@ class Trainer(CheckpointState):
             for m, mode in zip(self.model.modules(), modes):
                 m.training = mode
         if self.distributed:
-            total, n, correct, counted, _ = _ddp.reduce_step(
-                total, n, correct, counted, False, self.device
+            total, terms, n, correct, counted, _ = _ddp.reduce_step(
+                total, terms, n, correct, counted, False, self.device
             )
         if n == 0:
             raise ValueError("the evaluation data holds no samples")
-        return {"loss": total / n, "accuracy": correct / counted if counted else float("nan")}
+        return {
+            "loss": total / terms if terms else float("nan"),
+            "accuracy": correct / counted if counted else float("nan"),
+        }
 
     # --- one step -------------------------------------------------------------------------
     def _forward(self, x: Any, y: Any) -> tuple[torch.Tensor, Any]:
@@ -437,11 +482,12 @@ class Trainer(CheckpointState):
             return result[0], result[1]
         return result, None
 
-    def _loss_weight(self, local: int, total: int) -> float:
+    def _loss_weight(self, local: float, total: float) -> float:
         """Factor on this rank's loss so that DDP's average of the ranks' gradients is the
-        gradient of the global batch's loss: ``world_size * b_r / b`` for a mean over the
-        samples (the default), ``world_size`` for a sum (``reduction="sum"``)."""
-        if self.step_fn is None and getattr(self.loss_fn, "reduction", "mean") == "sum":
+        gradient of the global batch's loss: ``world_size * W_r / W`` for a mean (``W`` the
+        weights of :func:`_batch_weight`: samples, or counted labels / summed class
+        weights), ``world_size`` for a sum (``reduction="sum"``)."""
+        if self.step_fn is None and _reduction_is_sum(self.loss_fn):
             return float(self.world_size)
         return self.world_size * local / total
 
@@ -452,7 +498,8 @@ class Trainer(CheckpointState):
         rollback); under DDP the ranks first agree that every one got that far."""
         start = time.perf_counter()
         error: BaseException | None = None
-        loss_value, b, acc = float("nan"), 0, None
+        # the step's mean loss per term (a "sum" divided by its weight), samples, weight
+        loss_value, b, weight, acc = float("nan"), 0, 0, None
         try:
             if fetch_error is not None:
                 raise fetch_error
@@ -464,20 +511,26 @@ class Trainer(CheckpointState):
             loss, outputs = self._forward(x, y)
             if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
                 raise ValueError("the training step must give a scalar loss tensor")
-            loss_value = float(loss.detach())
             b = int(y.shape[0]) if isinstance(y, torch.Tensor) and y.ndim > 0 else 1
-            acc = _accuracy_counts(
-                outputs.detach() if isinstance(outputs, torch.Tensor) else None, y
-            )
+            loss_value = float(loss.detach())
+            weight = b
+            if self.step_fn is None:  # a step_fn's loss is its own: weighted by its samples
+                weight = _batch_weight(self.loss_fn, y, b)
+                if _reduction_is_sum(self.loss_fn):
+                    loss_value = loss_value / weight if weight else 0.0
+            if isinstance(outputs, torch.Tensor) and isinstance(y, torch.Tensor):
+                acc = _accuracy_counts(self.loss_fn, outputs.detach(), y)
         except BaseException as exc:
             if not self.distributed:
                 raise
             error = exc
-        total = b
+        total, samples = weight, b
         if self.distributed:
             # before the backward pass: its all-reduce would wait for a rank that failed here
-            loss_sum, total, correct, counted, failed = _ddp.reduce_step(
-                loss_value * b if error is None else 0.0,
+            ok = error is None and weight != 0
+            loss_sum, total, samples, correct, counted, failed = _ddp.reduce_step(
+                loss_value * weight if ok else 0.0,
+                weight if ok else 0,
                 b if error is None else 0,
                 acc[0] if acc and error is None else 0,
                 acc[1] if acc and error is None else 0,
@@ -491,7 +544,7 @@ class Trainer(CheckpointState):
                     f"rank(s) {failed} failed in step {self.step + 1}; every rank stops at step "
                     f"{self.step} (see the failing rank's error)"
                 )
-            loss_value = loss_sum / total
+            loss_value = loss_sum / total if total else float("nan")
             acc = (correct, counted) if counted else None
         if self.stop_on_nonfinite and not math.isfinite(loss_value):
             raise FloatingPointError(
@@ -500,8 +553,8 @@ class Trainer(CheckpointState):
                 "rate (or raise the damping)."
             )
         if self.distributed:
-            weight = self._loss_weight(b, total)
-            (loss * weight if weight != 1.0 else loss).backward()
+            factor = self._loss_weight(weight, total)
+            (loss * factor if factor != 1.0 else loss).backward()
         else:
             for obj in (self.preconditioner, self.optimizer):
                 wants = getattr(obj, "wants_fisher", None)
@@ -516,24 +569,26 @@ class Trainer(CheckpointState):
             self.optimizer.step()
             if self.distributed:
                 _ddp.sync_buffers(self.model)
+            # the rate this step used: a per-step scheduler moves on to the next one now
+            lr = self._used_lr = self.lr
             if self.scheduler is not None and self.schedule_interval == "step":
                 self._scheduler_step(None)
             self.step += 1
             self.batch_in_epoch += 1
             s = self._sums
-            s["loss"] += loss_value * total
-            s["samples"] += total
+            if total:  # a batch whose labels are all ignored adds no term to the mean
+                s["loss"] += loss_value * total
+                s["samples"] += total
             if acc is not None:
                 s["correct"] += acc[0]
                 s["counted"] += acc[1]
-            lr = self.lr
             logs = {
                 "step": self.step,
                 "epoch": self.epoch + 1,
                 "loss": loss_value,
                 "accuracy": acc[0] / acc[1] if acc else float("nan"),
                 "lr": lr,
-                "batch_size": total,
+                "batch_size": samples,
             }
             h = self.history.steps
             for key in ("step", "epoch", "loss", "accuracy", "lr"):
@@ -576,7 +631,7 @@ class Trainer(CheckpointState):
             "step": self.step,
             "train_loss": s["loss"] / s["samples"] if s["samples"] else float("nan"),
             "train_accuracy": s["correct"] / s["counted"] if s["counted"] else float("nan"),
-            "lr": self.lr,
+            "lr": self.used_lr,
             "seconds": s["seconds"],
         }
         if self._eval_batches is not None and (self.epoch + 1) % self.eval_every == 0:
