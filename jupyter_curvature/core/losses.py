@@ -201,16 +201,21 @@ def counted_labels(loss_fn: Any, targets: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(targets, dtype=torch.bool)
 
 
-def class_dim(loss_fn: Any, outputs: torch.Tensor, targets: torch.Tensor) -> int | None:
+def class_dim(loss_fn: Any, outputs: Any, targets: Any) -> int | None:
     """The class dimension of ``outputs`` for top-1 accuracy against class-index ``targets``,
-    or ``None`` when they are no classification.
+    or ``None`` when they are no classification (not tensors, float targets, or a causal-LM
+    loss, whose labels pair with shifted logits: it counts its own hits, ``correct``).
 
     Cross-entropy and NLL take classes on dimension 1 (``(B, C, d1, ...)`` with targets
     ``(B, d1, ...)``); any other loss with integer targets is taken to have them last
     (``(B, ..., C)`` with targets ``(B, ...)``). Deciding by the loss, not by the shapes
     alone, matters when the two layouts have the same shapes (``(B, C, T)`` with ``T = C``).
     """
+    if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)):
+        return None
     if targets.is_floating_point() or outputs.ndim < 2:
+        return None
+    if getattr(loss_fn, "shift", False):  # a causal-LM loss: labels pair with shifted logits
         return None
     if _is_class_index_loss(loss_fn):
         fits = tuple(targets.shape) == (outputs.shape[0], *outputs.shape[2:])

@@ -508,13 +508,6 @@ class LandscapeEvaluator:
     def _forward(self, batch: Batch) -> Any:
         return model_outputs(batch.call(self._template), self.outputs)
 
-    def _class_dim(self, out: Any, y: Any) -> int | None:
-        """The class dimension of one point's outputs for top-1 accuracy against these
-        targets (:func:`~jupyter_curvature.core.losses.class_dim`), or ``None``."""
-        if not (isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor)):
-            return None
-        return class_dim(self.loss_fn, out, y)
-
     def _check_loss(self, loss: Any) -> None:
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -545,7 +538,7 @@ class LandscapeEvaluator:
                 out, y = torch.cat(outs, dim=1 if batched else 0), torch.cat(ys)
             one = out[0] if batched else out
             if classify is None:
-                dim = self._class_dim(one, y)
+                dim = class_dim(self.loss_fn, one, y)
                 classify = self.accuracy_fn is not None or dim is not None
             if group_n == 0 and self.reduction == "mean":
                 return  # every label of the group is ignored: no term of the mean, no hit

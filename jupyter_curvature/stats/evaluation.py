@@ -86,7 +86,7 @@ def evaluate(
             total_loss += float(loss) * weight
             terms += weight
             targets = batch.targets
-            dim = _class_dim(loss_fn, outputs, targets)
+            dim = class_dim(loss_fn, outputs, targets)
             if classification and dim is not None:
                 num_classes = outputs.shape[dim]
                 counted = counted_labels(loss_fn, targets)
@@ -109,15 +109,6 @@ def evaluate(
         num_samples=n,
         batchnorm=batchnorm,
     )
-
-
-def _class_dim(loss_fn: Any, outputs: Any, targets: Any) -> int | None:
-    """The class dimension of ``outputs`` for top-k accuracy, or ``None`` (no classification)."""
-    if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)):
-        return None
-    if getattr(loss_fn, "shift", False):  # a causal-LM loss: labels pair with shifted logits
-        return None
-    return class_dim(loss_fn, outputs, targets)
 
 
 def bn_update(model: nn.Module, data: Any, *, batch_layout: BatchLayout | None = None) -> nn.Module:

@@ -44,8 +44,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
 from ..core.batches import Batch
-from ..core.losses import counted_labels, mean_weight
-from ..stats.evaluation import _class_dim
+from ..core.losses import class_dim, counted_labels, mean_weight
 from . import ddp as _ddp
 from .atomic_step import AtomicStep, InterruptGuard
 from .callbacks import as_callbacks
@@ -79,7 +78,7 @@ def _accuracy_counts(loss_fn: Any, outputs: Any, targets: Any) -> tuple[int, int
     """Top-1 hits and the labels judged (those that count for ``loss_fn``: not its
     ``ignore_index``), as :func:`~jupyter_curvature.stats.evaluate` counts them; ``None``
     when the batch is no classification."""
-    dim = _class_dim(loss_fn, outputs, targets)
+    dim = class_dim(loss_fn, outputs, targets)
     if dim is None:
         return None
     counted = counted_labels(loss_fn, targets)
