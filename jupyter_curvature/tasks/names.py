@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..operators.loss_hessians import output_hessian_for, register_output_hessian
+
 __all__ = [
     "DATASETS",
     "LOSSES",
@@ -305,13 +307,20 @@ class OneHotMSELoss(nn.MSELoss):
     Integer targets with one dimension fewer than the outputs are class labels (the class
     dimension is 1, as for :class:`torch.nn.CrossEntropyLoss`); float targets of the outputs'
     shape are used as they are. A subclass of ``nn.MSELoss``, so the GGN uses its closed-form
-    output Hessian.
+    output Hessian (registered for it below: it overrides ``forward``).
     """
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not target.is_floating_point() and target.dim() == input.dim() - 1:
             target = nn.functional.one_hot(target, input.shape[1]).movedim(-1, 1)
         return super().forward(input, target.to(input.dtype))
+
+
+@register_output_hessian(OneHotMSELoss)
+def _one_hot_mse_output_hessian(loss_fn: object, reduction: str) -> Callable:
+    # the one-hot targets change the residual, not the output Hessian (2 I, over the number
+    # of output entries for "mean"): MSELoss's, registered for this subclass of its own
+    return output_hessian_for(nn.MSELoss(reduction=reduction))
 
 
 def _nll_of_log_softmax() -> nn.Module:
