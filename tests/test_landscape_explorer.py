@@ -581,6 +581,8 @@ def ip():
     c.HistoryAccessor.enabled = False
     shell = InteractiveShell.instance(config=c)
     shell.run_line_magic("load_ext", "jupyter_curvature")
+    # the explorer is the widget view; a terminal shell gets text (test_magics.py)
+    shell.run_line_magic("config", "CurvMagics.widgets = 'on'")
     yield shell
     shell.run_line_magic("unload_ext", "jupyter_curvature")
 
