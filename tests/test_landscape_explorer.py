@@ -581,6 +581,8 @@ def ip():
     c.HistoryAccessor.enabled = False
     shell = InteractiveShell.instance(config=c)
     shell.run_line_magic("load_ext", "jupyter_curvature")
+    # the explorer is the widget view; a terminal shell gets text (test_magics.py)
+    shell.run_line_magic("config", "CurvMagics.widgets = 'on'")
     yield shell
     shell.run_line_magic("unload_ext", "jupyter_curvature")
 
@@ -709,3 +711,16 @@ def test_the_panel_draws_what_the_headless_explorer_announces(setup):
         LandscapeExplorer(setup["model"], explorer=ex)
     view.close()
     assert ex.closed and view.error_count == 0
+
+
+def test_a_refused_pair_puts_the_dropdowns_back(setup):
+    """Choosing the same direction for both map axes is refused; the dropdowns then show the
+    pair the map is of, not the refused choice."""
+    view = _explorer(setup, directions="top:3", canvas=False, preview=None)
+    assert view.explorer.pair == (0, 1)
+    view._pair_y.value = 0  # the same as map x: refused
+    assert view.error_count == 1
+    assert (view._pair_x.value, view._pair_y.value) == view.explorer.pair == (0, 1)
+    view._pair_y.value = 2  # an allowed choice still works
+    assert view.explorer.pair == (0, 2) and view.error_count == 1
+    view.close()

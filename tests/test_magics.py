@@ -619,3 +619,198 @@ def test_train_magic_logs_to_tensorboard(ip, tmp_path):
     losses = acc.Scalars("train/loss")
     assert [e.step for e in losses] == [1, 2, 3, 4]
     assert [e.value for e in losses] == pytest.approx(ip.user_ns["tbrun"].history.loss, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- audit fixes
+def small_net_and_loader(ip, n=400, batch=100):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    x, y = torch.randn(n, 64), torch.randint(0, 10, (n,))
+    loader = [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
+    ip.user_ns.update(net=net, loader=loader)
+    return net, loader
+
+
+def test_a_train_that_fails_before_its_first_step_leaves_out_alone(ip):
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    small_net_and_loader(ip)
+    ip.run_line_magic("curv_train", "--model net --data loader --steps 2 --out run")
+    kept = ip.user_ns["run"]
+    for bad, flag in (("--momentum -1", "--momentum"), ("--weight-decay -1", "--weight-decay")):
+        msg = usage_error(ip, "curv_train", f"--model net --data loader --steps 2 --out run {bad}")
+        assert flag in msg
+        assert ip.user_ns["run"] is kept
+    # a setting refused by the task (after parsing) keeps --out too
+    msg = usage_error(ip, "curv_train", "--model net --data loader --optimizer bogus --out run")
+    assert ip.user_ns["run"] is kept
+    # the task checks the numbers too (the CLI and the Python API share it)
+    with pytest.raises(api.InputError, match="--momentum must be >= 0"):
+        api.resolve_optimizer("sgd", ip.user_ns["net"], momentum=-1.0)
+
+
+def test_a_failed_train_closes_its_empty_dashboard(ip):
+    ip.run_line_magic("config", "CurvMagics.widgets = 'on'")
+    small_net_and_loader(ip)
+    usage_error(ip, "curv_train", "--model net --data loader --optimizer bogus --steps 2")
+    dashboard = magics(ip).last_panel
+    assert type(dashboard).__name__ == "TrainingDashboard" and dashboard.closed
+
+
+def test_out_eigen_needs_top_k_and_is_never_set_to_none(ip, monkeypatch, capsys):
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    small_net_and_loader(ip)
+    ip.user_ns["top"] = "KEEP"
+    line = "--model net --data loader --num-iters 5 --num-probes 1 --out d --out-eigen top"
+    msg = usage_error(ip, "curv_spectrum", line)
+    assert "--out-eigen top needs --top-k" in msg
+    assert ip.user_ns["top"] == "KEEP"
+    # stopped in the density phase (after the eigenpairs were asked): no eigenpairs, so the
+    # variable keeps its value; the density is stored
+    from types import SimpleNamespace
+
+    density = SimpleNamespace(stats="stats")
+    partial = SimpleNamespace(
+        density=density, eigen=None, blocks=None, curvature="hessian", num_params=1,
+        basis_summary=lambda: "basis",
+    )  # fmt: skip
+    monkeypatch.setattr(magics(ip), "_run_task", lambda *a, **k: (partial, None))
+    ip.run_line_magic("curv_spectrum", line + " --top-k 5")
+    assert ip.user_ns["top"] == "KEEP" and ip.user_ns["d"] is density
+    assert "top is unchanged" in capsys.readouterr().out
+
+
+def test_engine_errors_are_usage_errors_in_every_magic(ip):
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    net, _ = small_net_and_loader(ip)
+    ip.user_ns["small"] = [(torch.randn(40, 64), torch.randint(0, 10, (40,)))]
+    spec = "--model net --data loader --num-iters 5 --num-probes 1"
+    assert "nosuch" in usage_error(ip, "curv_spectrum", f"{spec} --blocks nosuch")
+    stats = "--model net --data loader --num-probes 2"
+    assert "nosuch" in usage_error(ip, "curv_stats", f"{stats} --layers nosuch")
+    assert "batch_size" in usage_error(ip, "curv_stats", f"{stats} --batch-size 1000")
+    # --loss-fn mse is squared error to one-hot targets, for the Hessian and the GGN alike
+    ip.run_line_magic("curv_stats", f"{stats} --curvature ggn --loss-fn mse --out st")
+    assert ip.user_ns["st"].curvatures["ggn"] is not None
+    for magic, line in (
+        ("curv_spectrum", spec),
+        ("curv_stats", stats),
+        ("curv_landscape", "--model net --data loader --num-points 3"),
+        ("curv_train", "--model net --data loader --steps 1"),
+    ):
+        assert "--seed" in usage_error(ip, magic, f"{line} --seed -1")
+    # the default --batch-size fits data of fewer than 128 samples (two batches of 20)
+    ip.run_line_magic("curv_stats", "--model net --data small --num-probes 2 --out st")
+    assert ip.user_ns["st"].gradients.batch_size == 20
+
+
+def test_a_frozen_parameter_chosen_with_params_works_in_the_curvature_magics(ip):
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    net, _ = small_net_and_loader(ip)
+    net[0].bias.requires_grad_(False)
+    ip.run_line_magic(
+        "curv_spectrum",
+        "--model net --data loader --num-iters 5 --num-probes 1 --params 0 --top-k 1 --out d",
+    )
+    assert ip.user_ns["d"].n == 64 * 16 + 16
+    assert net[0].bias.requires_grad is False
+
+
+def test_an_optimizer_object_is_checked_against_the_flags_and_the_model(ip):
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    net, _ = small_net_and_loader(ip)
+    ip.user_ns["opt"] = torch.optim.SGD(net.parameters(), lr=0.01)
+    ip.user_ns["opt_other"] = torch.optim.SGD(torch.nn.Linear(3, 3).parameters(), lr=0.1)
+    line = "--model net --data loader --steps 1 --optimizer"
+    msg = usage_error(ip, "curv_train", f"{line} opt --lr 0.5 --momentum 0.9")
+    assert "--lr, --momentum would be ignored" in msg
+    msg = usage_error(ip, "curv_train", f"{line} opt_other")
+    assert "holds none of the model's parameters" in msg
+    msg = usage_error(ip, "curv_train", f"{line} adam --momentum 0.9")
+    assert "--momentum is for sgd and kfac" in msg
+    ip.run_line_magic("curv_train", f"{line} opt --out r")
+    assert ip.user_ns["r"].optimizer is ip.user_ns["opt"]
+
+
+def test_seed_gives_the_weights_of_a_registry_model(ip):
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    weights = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(100 + len(weights))  # the global state differs between runs
+        ip.run_line_magic(
+            "curv_train", f"--model mlp --data digits --steps 1 --seed {seed} --out r"
+        )
+        weights.append(next(ip.user_ns["r"].model.parameters()).detach().clone())
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(len(losses) + 7)
+        ip.run_line_magic(
+            "curv_landscape",
+            "--model mlp --data digits --num-points 3 --directions random:1 --seed 0 --out ex",
+        )
+        losses.append(ip.user_ns["ex"].line.train_loss.copy())
+    assert (losses[0] == losses[1]).all()
+
+
+def test_checkpoint_dir_and_tensorboard_on_a_file_are_refused_before_training(ip, tmp_path):
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    net, loader = small_net_and_loader(ip)
+    before = copy.deepcopy(net.state_dict())
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for flag in ("--checkpoint-dir", "--tensorboard"):
+        for path in (afile, afile / "under"):
+            msg = usage_error(
+                ip, "curv_train", f"--model net --data loader --steps 2 {flag} {path}"
+            )
+            assert flag in msg and "not a folder" in msg
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    assert afile.read_text() == "mine"
+    with pytest.raises(api.InputError, match="--checkpoint-dir"):  # the CLI's path too
+        api.train(net, loader, steps=1, checkpoint_dir=afile)
+
+
+def test_landscape_without_widgets_prints_numbers(ip, capsys):
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    small_net_and_loader(ip)
+    ip.run_line_magic(
+        "curv_landscape", "--model net --data loader --num-points 5 --directions top:2 --out ex"
+    )
+    out = capsys.readouterr().out
+    assert "loss at the origin" in out and "eigenvalue" in out and "plane of the first two" in out
+    result = ip.user_ns["ex"]
+    assert type(result).__name__ == "LandscapeTaskResult" and result.plane is not None
+    eigenvalues = [d["eigenvalue"] for d in result.line.directions]
+    assert eigenvalues[0] >= eigenvalues[1] and f"{eigenvalues[0]:.6g}" in out
+    # more eigen-directions than Lanczos can give: refused before computing any
+    msg = usage_error(ip, "curv_landscape", "--model net --data loader --directions top:2000")
+    assert "of 1210 parameters; ask for at most 1209" in msg
+
+
+def test_the_magics_work_without_ipywidgets(tmp_path):
+    import subprocess
+
+    script = tmp_path / "noipw.py"
+    script.write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('ipywidgets', 'bqplot', 'anywidget'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "shell = InteractiveShell.instance()\n"
+        "shell.run_line_magic('load_ext', 'jupyter_curvature')\n"
+        "shell.run_line_magic('curv_stats', '--model mlp --data digits --include norms')\n"
+        "shell.run_line_magic('curv_landscape', '--model mlp --data digits --num-points 3 "
+        "--directions random:1')\n"
+        "assert 'ipywidgets' not in sys.modules\n"
+        "print('DONE')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "DONE" in done.stdout and "loss at the origin" in done.stdout

@@ -311,6 +311,20 @@ def test_frozen_parameter_chosen_explicitly():
     assert model[1].weight.requires_grad is False
 
 
+def test_frozen_parameter_chosen_explicitly_with_kept_graphs():
+    # the products through kept graphs differentiate with respect to the chosen frozen
+    # parameter too: it needs requires_grad during each product, not only while building
+    model, loss_fn, data = mlp(), nn.CrossEntropyLoss(), case_data("mlp-ce-mean")
+    model[1].bias.requires_grad_(False)
+    op = HessianOperator(model, loss_fn, data, params="1", keep_graphs=True)
+    x, y = concat(data)
+    dense = dense_hessian(model, loss_fn, x, y, params="1")
+    block = torch.randn(op.shape[0], 3, dtype=DT)
+    for _ in range(2):  # the first product builds the graphs, the second reuses them
+        assert_close(op @ block, dense @ block, rtol=1e-9, atol=1e-13)
+    assert model[1].bias.requires_grad is False and model[1].weight.requires_grad is True
+
+
 def test_dict_batches_and_custom_layout_with_two_inputs():
     model, loss_fn, data = mlp(), nn.CrossEntropyLoss(), case_data("mlp-ce-mean")
     v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=DT)

@@ -262,3 +262,17 @@ def test_the_trainers_history_writes_nan_as_null_and_reads_it_back(tmp_path):
     assert math.isnan(back.loss[1]) and back.loss[0] == history.loss[0]
     assert back.top_eigenvalues == history.top_eigenvalues
     assert back.steps["step"] == history.steps["step"] and len(result.spectra) == 2
+
+
+def test_the_ggn_of_loss_fn_mse_is_the_hessian_of_a_linear_model():
+    """``--loss-fn mse`` (squared error to one-hot targets) has MSELoss's output Hessian: on a
+    linear model the GGN equals the Hessian (float64, class-label targets)."""
+    from jupyter_curvature.operators import GGNOperator, HessianOperator
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(5, 3).double()
+    batch = (torch.randn(20, 5, dtype=torch.float64), torch.randint(0, 3, (20,)))
+    loss_fn = tasks.resolve_loss("mse")
+    ggn, hessian = GGNOperator(net, loss_fn, batch), HessianOperator(net, loss_fn, batch)
+    block = torch.randn(ggn.shape[0], 4, dtype=torch.float64)
+    torch.testing.assert_close(ggn @ block, hessian @ block, rtol=1e-12, atol=1e-14)

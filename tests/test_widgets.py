@@ -506,3 +506,13 @@ def test_close_tree_counts_open_widgets(leak_check):
     line = bq.Lines(x=[0, 1], y=[1, 2], scales={"x": xs, "y": bq.LinearScale()})
     assert close_tree([line]) >= 3
     assert close_tree([line]) == 0
+
+
+def test_spectrum_panel_slider_range_holds_a_given_sigma(tiny_spectrum, leak_check):
+    """``--sigma 50``: the slider shows 50, not its old maximum (default sigma x 10^1.5)."""
+    res, _ = tiny_spectrum
+    for sigma in (50.0, res.density.default_sigma() * 1e-4):
+        panel = SpectrumPanel(res, sigma=sigma)
+        assert panel.sigma == pytest.approx(sigma)
+        assert panel.sigma_slider.min < math.log10(sigma) < panel.sigma_slider.max
+        panel.close()

@@ -299,7 +299,12 @@ class HeadlessExplorer(ExactLines):
 
         cls = HessianOperator if self.curvature == "hessian" else GGNOperator
         op = cls(self._snapshot, self.loss_fn, self.data, params=self.params)
-        k = min(spec.needed, op.shape[0] - 1)
+        k = spec.needed
+        if k > op.shape[0] - 1:  # refused now, not after computing all that are possible
+            raise ValueError(
+                f"direction spec {spec} needs {k} eigenpairs of {op.shape[0]} parameters; "
+                f"Lanczos gives at most {op.shape[0] - 1}: ask for fewer directions"
+            )
         which = "SA" if spec.kind == "bottom" else "LA"
         return eigenpairs(op, k=k, which=which, tol=self.tol, seed=self.seed, warn=False)
 

@@ -39,7 +39,6 @@ from typing import Any
 
 from IPython.display import display
 
-from ..widgets._base import track_panel  # public here too (%curv_landscape uses it)
 from .curv_magics import HELP as HELP  # the text of %curv_help, importable from here as before
 from .curv_magics import CurvMagics
 
@@ -62,6 +61,16 @@ def load_ipython_extension(ip: Any) -> None:
 
         magics._axis_guard = BqplotAxisGuard()
         display(magics._axis_guard)
+
+
+def __getattr__(name: str) -> Any:
+    # track_panel is public here too (%curv_landscape uses it), imported on first use: the
+    # widgets module imports ipywidgets, which the magics must not need in text mode
+    if name == "track_panel":
+        from ..widgets._base import track_panel
+
+        return track_panel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _instance(ip: Any) -> CurvMagics | None:

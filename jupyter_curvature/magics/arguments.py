@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -34,13 +36,18 @@ __all__ = [
     "check_out",
     "curvature_flags",
     "deprecated",
+    "first_line",
     "keywords",
     "loss_flags",
     "parse_line",
+    "non_negative",
     "positive",
     "samples_flags",
+    "seed_flag",
+    "seeded_model",
     "stack",
     "strip_comment",
+    "usage_errors",
     "valid_options",
 ]
 
@@ -70,6 +77,26 @@ def positive(kind: type) -> Any:
 
     check.__name__ = f"positive {kind.__name__}"
     return check
+
+
+def non_negative(kind: type) -> Any:
+    """An argparse ``type``: ``kind(text)``, refused when < 0 (``--seed``, ``--momentum``)."""
+
+    def check(text: str) -> Any:
+        value = kind(text)
+        if not value >= 0:  # NaN is refused too
+            raise ValueError(text)
+        return value
+
+    check.__name__ = f"non-negative {kind.__name__}"
+    return check
+
+
+#: ``--seed``: the same flag in every magic (seeds are non-negative, as the engine's checks say)
+seed_flag = argument(
+    "--seed", type=non_negative(int), default=0,
+    help="seed (>= 0) of the model's construction, the shuffling and the probes (0)",
+)  # fmt: skip
 
 
 def deprecated(old: str, new: str, **kwargs: Any) -> Any:
@@ -207,9 +234,41 @@ def check_out(magic: str, *names: str | None) -> None:
             raise UsageError(f"%{magic}: --out {name!r} is not a valid Python variable name")
 
 
-def call(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a resolver/API call; turn user-input errors into one-line UsageErrors."""
+@contextmanager
+def usage_errors(name: str) -> Iterator[None]:
+    """The one place where an error of the user's input becomes a one-line ``UsageError``.
+
+    The tasks raise :class:`~jupyter_curvature.tasks.InputError`; the engine checks its
+    arguments with ``ValueError``/``TypeError`` (a layer that matches nothing, a seed below
+    0, a loss the GGN cannot take). Both are the user's to fix, so each magic shows its first
+    line without a traceback; anything else (a bug) keeps its traceback.
+    """
     try:
+        yield
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"%{name}: {first_line(exc)}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def seeded_model(spec: str, namespace: dict[str, Any], seed: int, name: str) -> Any:
+    """The model of ``--model``; a registry model is built after ``torch.manual_seed(seed)``
+    (the rule of :func:`~jupyter_curvature.tasks.resolve_setup`), so that ``--seed`` gives
+    its initial weights; a variable is used as it is."""
+    import torch
+
+    if tasks.lookup(spec, namespace) is tasks.MISSING:
+        torch.manual_seed(seed)
+    return call(name, tasks.resolve_model, spec, namespace)
+
+
+def call(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a resolver/API call; user-input errors become one-line UsageErrors."""
+    with usage_errors(name):
         return fn(*args, **kwargs)
-    except tasks.InputError as exc:
-        raise UsageError(f"%{name}: {exc}") from None

@@ -49,6 +49,15 @@ the test split). Settings: %config CurvMagics.widgets = "auto" | "on" | "off";
 """
 
 
+def _has_ipywidgets() -> bool:
+    """Whether ipywidgets can be imported (without it the magics print text)."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @magics_class
 class CurvMagics(Magics):
     """The ``%curv_*`` magics. Settings are traitlets (``%config CurvMagics.widgets = "off"``)."""
@@ -123,8 +132,9 @@ class CurvMagics(Magics):
 
     @property
     def use_widgets(self) -> bool:
-        if self.widgets == "auto":
-            return bool(self.shell is not None and self.shell.has_trait("kernel"))
+        if self.widgets == "auto":  # a kernel with ipywidgets installed
+            kernel = bool(self.shell is not None and self.shell.has_trait("kernel"))
+            return kernel and _has_ipywidgets()
         return self.widgets == "on"
 
     # ------------------------------------------------------------------ helpers

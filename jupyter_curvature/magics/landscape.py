@@ -15,7 +15,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .. import tasks
-from .arguments import call, check_out, parse_line
+from .arguments import call, check_out, first_line, parse_line, seed_flag, seeded_model
 
 __all__ = ["curv_landscape"]
 
@@ -48,7 +48,7 @@ __all__ = ["curv_landscape"]
     default=None,
     help="parameters: a module prefix (classifier), a glob (features.0.*) or re:<regex>",
 )
-@argument("--seed", type=int, default=0, help="seed of random directions and the preview")
+@seed_flag
 @argument(
     "--preview",
     default="auto",
@@ -75,12 +75,14 @@ def curv_landscape(magics: Any, line: str) -> None:
     if not (math.isfinite(span) and span > 0):
         raise UsageError(f"%{name}: --span must be a positive number, got {span}")
     preview = _preview(args.preview, name)
+    eigen = None if args.eigen is None else _eigen(args.eigen, magics.ns, name)
+    model = seeded_model(args.model, magics.ns, args.seed, name)
+    if not magics.use_widgets:
+        return _text(magics, args, name, model, eigen, span, num_points, curvature, loss)
     LandscapeExplorer = _explorer_class(name)
-    model = call(name, tasks.resolve_model, args.model, magics.ns)
     data = call(name, tasks.resolve_data, args.data, magics.ns)
     test_data = call(name, tasks.resolve_test_data, args.test_data, args.data, magics.ns)
     loss_fn = call(name, tasks.resolve_loss, loss, magics.ns)
-    eigen = None if args.eigen is None else _eigen(args.eigen, magics.ns, name)
     previous = magics.ns.get(args.out) if args.out else None
     if isinstance(previous, LandscapeExplorer):
         previous.close()  # re-running the cell replaces its panel
@@ -101,13 +103,30 @@ def curv_landscape(magics: Any, line: str) -> None:
             preview=preview,
         )
     except (ValueError, TypeError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"%{name}: {msg}") from None
+        raise UsageError(f"%{name}: {first_line(exc)}") from None
     magics._store(args.out, explorer)
     magics._show(explorer, f"landscape {line}")  # re-running the cell closes this panel
     if args.grid and len(explorer.directions) > 1:
         explorer.compute_grid()
     magics._publish_static(explorer)
+
+
+def _text(
+    magics: Any, args: Any, name: str, model: Any, eigen: Any, span: float, num_points: int,
+    curvature: str, loss: Any,
+) -> None:  # fmt: skip
+    """Without widgets (a terminal, ``%config CurvMagics.widgets = "off"``): the landscape
+    task's lines (and, unless ``--no-grid``, the plane of the first two directions) as text;
+    ``--out`` stores the :class:`~jupyter_curvature.tasks.landscape.LandscapeTaskResult`."""
+    result = call(
+        name, tasks.landscape, model, args.data, test_data=args.test_data, loss_fn=loss,
+        directions=args.directions, span=span, num_points=num_points, plane=args.grid,
+        eigen=eigen, curvature=curvature, params=args.params, seed=args.seed,
+        namespace=magics.ns,
+    )  # fmt: skip
+    magics._store(args.out, result)
+    magics.last_result = result
+    print(result.describe())
 
 
 def _renamed(args: Any, name: str) -> tuple[Any, Any, Any, Any]:

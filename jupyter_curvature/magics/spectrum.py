@@ -27,6 +27,8 @@ from .arguments import (
     parse_line,
     positive,
     samples_flags,
+    seed_flag,
+    usage_errors,
 )
 
 __all__ = ["curv_spectrum"]
@@ -78,7 +80,7 @@ __all__ = ["curv_spectrum"]
     help="initial broadening (default: Papyan's)",
 )
 @argument("--log", action="store_true", help="start with a logarithmic density axis")
-@argument("--seed", type=int, default=0, help="seed of the probes")
+@seed_flag
 @argument("--device", default=None, help="cpu | cuda | cuda:N")
 @argument("--out", default=None, help="store the SpectralDensity in this variable")
 @argument("--out-eigen", default=None, help="store the EigenpairsResult (--top-k) in this variable")
@@ -90,24 +92,25 @@ def curv_spectrum(magics: Any, line: str) -> None:
     kwargs = keywords(args, name, SPECTRUM_KEYWORDS)
     if kwargs["top_k"] < 0:
         raise UsageError("%curv_spectrum: --top-k must be >= 0")
+    if args.out_eigen is not None and not kwargs["top_k"]:
+        raise UsageError(
+            f"%{name}: --out-eigen {args.out_eigen} needs --top-k K (the eigenpairs to store)"
+        )
     basis = {k: kwargs[k] for k in BASIS_KEYWORDS}
     call(name, tasks.basis_options, **basis, top_k=kwargs["top_k"], blocks=kwargs["blocks"])
     kind = "GGN" if kwargs.get("curvature") == "ggn" else "Hessian"
-    try:
+    with usage_errors(name):
         result, progress = magics._run_task(
             name, f"{kind} spectrum of {args.model}", tasks.spectrum, line,
             namespace=magics.ns, **kwargs,
         )  # fmt: skip
-    except tasks.InputError as exc:
-        raise UsageError(f"%{name}: {exc}") from None
-    except (ValueError, TypeError) as exc:
-        if args.params is not None and "param" in str(exc).lower():
-            raise UsageError(f"%{name}: --params {args.params!r}: {exc}") from None
-        raise
     if result is None:
         return
     magics._store(args.out, result.density)
-    magics._store(args.out_eigen, result.eigen)
+    if result.eigen is not None:  # cancelled before the eigenpairs: the variable keeps its value
+        magics._store(args.out_eigen, result.eigen)
+    elif args.out_eigen is not None:
+        print(f"%{name}: no eigenpairs were computed; {args.out_eigen} is unchanged")
     magics.last_result = result
     if progress is not None:
         from ..widgets.spectrum import SpectrumPanel

@@ -23,6 +23,7 @@ from .arguments import (
     parse_line,
     positive,
     samples_flags,
+    seed_flag,
 )
 
 __all__ = ["curv_stats"]
@@ -51,8 +52,9 @@ __all__ = ["curv_stats"]
 @argument(
     "--batch-size",
     type=positive(int),
-    default=128,
-    help="mini-batch size of the gradient/curvature statistics (128)",
+    default=None,
+    help="mini-batch size of the gradient/curvature statistics (128, or half the samples "
+    "of data with at most 128: the statistics need two batches)",
 )
 @argument(
     "--layers",
@@ -61,7 +63,7 @@ __all__ = ["curv_stats"]
 )
 @samples_flags
 @loss_flags
-@argument("--seed", type=int, default=0, help="seed of the probes")
+@seed_flag
 @argument("--device", default=None, help="cpu | cuda | cuda:N")
 @argument("--out", default=None, help="store the StatsResult in this variable")
 def curv_stats(magics: Any, line: str) -> None:

@@ -19,14 +19,17 @@ from .. import tasks
 from ..cell_step import CellBodyError, cell_step, point_at_user_code
 from .arguments import (
     TRAIN_KEYWORDS,
-    call,
     check_out,
     curvature_flags,
     deprecated,
     keywords,
     loss_flags,
+    non_negative,
     parse_line,
     positive,
+    seed_flag,
+    seeded_model,
+    usage_errors,
 )
 
 __all__ = ["curv_train"]
@@ -44,8 +47,10 @@ __all__ = ["curv_train"]
     help="optimiser variable, or sgd | adam | adamw | kfac | swats",
 )
 @argument("--lr", type=positive(float), default=None, help="learning rate (sgd 0.1, adam 1e-3)")
-@argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
-@argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
+@argument(
+    "--momentum", type=non_negative(float), default=0.0, help="SGD or K-FAC momentum (default 0)"
+)
+@argument("--weight-decay", type=non_negative(float), default=0.0, help="weight decay (default 0)")
 @argument("--epochs", type=positive(int), default=None, help="epochs (default 1)")
 @argument(
     "--steps",
@@ -79,7 +84,7 @@ __all__ = ["curv_train"]
 )
 @argument("--eval-every", type=positive(int), default=None, help="test evaluation every N steps")
 @argument("--device", default=None, help="cpu | cuda | cuda:N (moves the model)")
-@argument("--seed", type=int, default=0, help="seed of the shuffling and of the SLQ probes")
+@seed_flag
 @argument(
     "--tensorboard",
     default=None,
@@ -126,7 +131,7 @@ def curv_train(magics: Any, line: str, cell: str | None = None) -> Any:
     if args.resume and args.checkpoint_dir is None:
         raise UsageError("%curv_train: --resume needs --checkpoint-dir")
     # the model now (the dashboard's title); data, loss and optimiser in the task
-    model = call(name, tasks.resolve_model, kwargs.pop("model"), magics.ns)
+    model = seeded_model(kwargs.pop("model"), magics.ns, args.seed, name)
     step_fn, restore = (None, None)
     if cell is not None and cell.strip():
         try:
@@ -140,14 +145,8 @@ def curv_train(magics: Any, line: str, cell: str | None = None) -> Any:
             model, step_fn=step_fn, callbacks=[recorder, progress],
             resume=args.resume or None, namespace=magics.ns, **kwargs,
         )  # fmt: skip
-    except tasks.InputError as exc:
-        raise UsageError(f"%{name}: {exc}") from None
-    except CellBodyError as exc:
-        magics._store(args.out, recorder.result())
-        raise UsageError(f"%{name}: {exc}") from None
-    except Exception as exc:
-        magics._store(args.out, recorder.result())
-        point_at_user_code(magics.shell, exc, getattr(step_fn, "filename", None))
+    except BaseException as exc:
+        _failed(magics, args.out, recorder.result(), progress, exc, step_fn, name)
         raise
     finally:
         if restore is not None:
@@ -163,6 +162,41 @@ def curv_train(magics: Any, line: str, cell: str | None = None) -> Any:
             + " are kept"
         )
     return None
+
+
+def _failed(
+    magics: Any, out: str | None, partial: Any, progress: Any, exc: BaseException,
+    step_fn: Any, name: str,
+) -> None:  # fmt: skip
+    """After a failed ``tasks.train``: keep what training reached, or raise a UsageError.
+
+    A failure before the first step (a bad setting) stores nothing, so ``--out`` keeps its
+    old value, and closes the empty dashboard; once training began, the partial result goes
+    to ``--out``. An error of the cell body points at the user's line.
+    """
+    from_body = step_fn is not None and _raised_in(exc, step_fn.filename)
+    if partial is None and not from_body and magics.use_widgets:
+        progress.close()  # nothing to show: no empty "waiting" dashboard is left behind
+    if partial is not None:
+        magics._store(out, partial)
+    if isinstance(exc, CellBodyError):
+        raise UsageError(f"%{name}: {exc}") from None
+    refused = isinstance(exc, (ValueError, TypeError)) and not from_body and partial is None
+    if isinstance(exc, tasks.InputError) or refused:
+        with usage_errors(name):  # a setting the tasks or the engine refused: one line
+            raise exc
+    if isinstance(exc, Exception):
+        point_at_user_code(magics.shell, exc, getattr(step_fn, "filename", None))
+
+
+def _raised_in(exc: BaseException, filename: str) -> bool:
+    """Whether ``exc``'s traceback passes through the file ``filename`` (the cell body)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _progress(magics: Any, model: Any, line: str) -> Any:

@@ -246,10 +246,13 @@ class HessianOperator(EmpiricalRiskOperator):
             self._graph_versions = [t._version for t in watched]
             self._graph_values = ValueSnapshot(watched)
         total, count = None, 0
-        for batch, grads in self._graphs:
-            product = self._batch_hvp(batch, block, grads=grads, keep=True, groups=groups)
-            total, weight = self._add(total, product, batch)
-            count += weight
+        # the backward differentiates with respect to the chosen parameters, so a chosen
+        # frozen one needs requires_grad during the products too, restored afterwards
+        with self._mode():
+            for batch, grads in self._graphs:
+                product = self._batch_hvp(batch, block, grads=grads, keep=True, groups=groups)
+                total, weight = self._add(total, product, batch)
+                count += weight
         return self._finish(total, count, block)
 
     def _watched_tensors(self) -> list[torch.Tensor]:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..core.vocabulary import accepts_aliases
 from .names import InputError, resolve_setup
 from .outputs import is_writer, output_folder, save_figure, save_json
@@ -49,18 +51,55 @@ class LandscapeTaskResult:
         save_json(out / "landscape.json", self.to_dict())
         return out
 
+    def describe(self) -> str:
+        """The result as text: the loss at the origin, each direction's eigenvalue and the
+        lowest and highest loss along its line, and the plane's range (``%curv_landscape``
+        without widgets prints it)."""
+        line = self.line
+        coords = np.asarray(line.coords)
+        loss = np.asarray(line.train_loss, dtype=float)
+        origin = int(np.argmin(np.abs(coords)))
+        rows = [f"Loss landscape ({self.directions}), t in [{coords[0]:g}, {coords[-1]:g}]",
+                f"loss at the origin: {loss[0, origin]:.6g}",
+                f"{'direction':<12} {'eigenvalue':>12} {'min loss':>10} {'at t':>7} "
+                f"{'max loss':>10} {'at t':>7}"]  # fmt: skip
+        for record, values in zip(line.directions, loss):
+            eigenvalue = record.get("eigenvalue")
+            ev = "-" if eigenvalue is None else f"{eigenvalue:.6g}"
+            lo, hi = int(np.nanargmin(values)), int(np.nanargmax(values))
+            rows.append(f"{str(record.get('label')):<12} {ev:>12} {values[lo]:>10.5g} "
+                        f"{coords[lo]:>7.3g} {values[hi]:>10.5g} {coords[hi]:>7.3g}")  # fmt: skip
+        if self.plane is not None:
+            grid = np.asarray(self.plane.train_loss, dtype=float)
+            i, j = np.unravel_index(np.nanargmin(grid), grid.shape)
+            rows.append(f"plane of the first two ({grid.shape[0]}x{grid.shape[1]}): loss "
+                        f"{np.nanmin(grid):.5g} (at {self.plane.xs[i]:.3g}, {self.plane.ys[j]:.3g})"
+                        f" to {np.nanmax(grid):.5g}")  # fmt: skip
+        if line.interrupted or (self.plane is not None and self.plane.interrupted):
+            rows.append("interrupted: the values computed by then")
+        return "\n".join(rows)
+
     def __iter__(self):  # ``for r in result`` gives the line and the plane
         return iter([r for r in (self.line, self.plane) if r is not None])
 
 
-def _parse_directions(directions: str) -> tuple[str, int]:
-    kind, _, count = directions.partition(":")
-    if kind not in ("top", "bottom", "random") or not (count or "2").isdigit():
-        raise InputError(f"--directions {directions!r}: use top:K, bottom:K or random:K")
-    count_n = int(count or 2)
-    if count_n < 1:
-        raise InputError(f"--directions {directions!r}: K must be at least 1")
-    return kind, count_n
+def _parse_directions(directions: str) -> Any:
+    """The parsed ``--directions`` (:class:`~jupyter_curvature.landscape.DirectionSpec`)."""
+    from ..landscape.direction_specs import parse_direction_spec
+
+    try:
+        return parse_direction_spec(directions)
+    except ValueError as exc:
+        raise InputError(f"--directions {directions!r}: {exc}") from None
+
+
+def _check_count(spec: Any, num_params: int, directions: str) -> None:
+    """Refuse more eigen-directions than the chosen parameters have, before computing any."""
+    if spec.is_eigen and spec.needed > num_params - 1:  # Lanczos gives at most n - 1
+        raise InputError(
+            f"--directions {directions}: {spec.needed} eigen-directions asked of "
+            f"{num_params} parameters; ask for at most {num_params - 1}"
+        )
 
 
 @accepts_aliases
@@ -76,6 +115,7 @@ def landscape(
     plane: bool = True,
     eigen: Any = None,
     curvature: str = "hessian",
+    params: Any = None,
     num_samples: int | None = None,
     batch_size: int = 128,
     data_root: str | None = None,
@@ -90,8 +130,11 @@ def landscape(
         model, data: objects or names (see :func:`.names.resolve_setup`); a named dataset
             also gives the test data of the line.
         directions: ``top:K`` / ``bottom:K`` (eigenvectors of the ``curvature`` matrix with
-            the largest / smallest eigenvalues; ``eigen`` reuses computed eigenpairs) or
-            ``random:K`` (filter-normalised random directions drawn by ``seed``).
+            the largest / smallest eigenvalues; ``eigen`` reuses computed eigenpairs),
+            ``index:i,j`` (those of the largest) or ``random:K`` (filter-normalised random
+            directions drawn by ``seed``).
+        params: the parameters the directions move (a module prefix, a glob, ``re:``...;
+            default all).
         plane: also the 2D plane of the first two directions.
         out: a folder: the result is also saved there.
 
@@ -100,29 +143,32 @@ def landscape(
     from .. import landscape as ls
     from .spectrum import check_curvature, make_operator
 
-    kind, count = _parse_directions(directions)
+    spec = _parse_directions(directions)
     check_curvature(curvature)
     if out is not None:
         out = output_folder(out)
     s = resolve_setup(model, data, namespace=namespace, test_data=test_data, loss_fn=loss_fn,
                       batch_size=batch_size, num_samples=num_samples, data_root=data_root,
                       device=device, seed=seed)  # fmt: skip
-    if kind == "random":
-        dirs = ls.random_directions(s.model, count, seed=seed)
+    if spec.kind == "random":
+        dirs = ls.random_directions(s.model, spec.count, seed=seed, params=params)
     else:
         if eigen is None:
             from ..spectral import eigenpairs
 
-            op = make_operator(s.model, s.loss_fn, s.data, curvature=curvature)
-            which = {"top": "LA", "bottom": "SA"}[kind]
-            eigen = eigenpairs(op, k=max(count, 2), which=which, seed=seed)
-        dirs = ls.eigen_directions(eigen, list(range(count)), model=s.model)
+            op = make_operator(s.model, s.loss_fn, s.data, curvature=curvature, params=params)
+            _check_count(spec, op.shape[0], directions)
+            which = "SA" if spec.kind == "bottom" else "LA"
+            eigen = eigenpairs(op, k=max(spec.needed, 2), which=which, seed=seed)
+        chosen = list(spec.indices) if spec.indices is not None else list(range(spec.count))
+        dirs = ls.eigen_directions(eigen, chosen, model=s.model, params=params)
     line = ls.landscape_1d(s.model, s.loss_fn, s.data, dirs, test_data=s.test_data, span=span,
                            num_points=num_points)  # fmt: skip
     surface = None
     if plane and len(dirs) >= 2 and not line.interrupted:  # Ctrl-C: keep the line, stop
         surface = ls.landscape_2d(s.model, s.loss_fn, s.data, dirs, span=span,
-                                  num_points=num_points)  # fmt: skip
+                                  num_points=num_points,
+                                  axes=(0, 1) if len(dirs) > 2 else None)  # fmt: skip
     result = LandscapeTaskResult(line, surface, directions)
     if out is not None:
         result.save(out)

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..operators.loss_hessians import output_hessian_for, register_output_hessian
+
 __all__ = [
     "DATASETS",
     "LOSSES",
@@ -305,13 +307,20 @@ class OneHotMSELoss(nn.MSELoss):
     Integer targets with one dimension fewer than the outputs are class labels (the class
     dimension is 1, as for :class:`torch.nn.CrossEntropyLoss`); float targets of the outputs'
     shape are used as they are. A subclass of ``nn.MSELoss``, so the GGN uses its closed-form
-    output Hessian.
+    output Hessian (registered for it below: it overrides ``forward``).
     """
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not target.is_floating_point() and target.dim() == input.dim() - 1:
             target = nn.functional.one_hot(target, input.shape[1]).movedim(-1, 1)
         return super().forward(input, target.to(input.dtype))
+
+
+@register_output_hessian(OneHotMSELoss)
+def _one_hot_mse_output_hessian(loss_fn: object, reduction: str) -> Callable:
+    # the one-hot targets change the residual, not the output Hessian (2 I, over the number
+    # of output entries for "mean"): MSELoss's, registered for this subclass of its own
+    return output_hessian_for(nn.MSELoss(reduction=reduction))
 
 
 def _nll_of_log_softmax() -> nn.Module:
@@ -359,6 +368,31 @@ def _is_optimizer(value: Any) -> bool:
     )
 
 
+#: the optimisers that take --momentum
+MOMENTUM_OPTIMIZERS = ("sgd", "kfac")
+
+
+def _given_optimizer(
+    optimizer: Any, what: str, model: nn.Module, lr: Any, momentum: Any, weight_decay: Any
+) -> Any:
+    """An optimiser object, checked: it holds its own settings, so a setting given beside it
+    would be silently ignored (refused), and it must update ``model``'s parameters."""
+    given = [flag for flag, value in (("--lr", lr), ("--momentum", momentum),
+                                      ("--weight-decay", weight_decay)) if value]  # fmt: skip
+    if given:
+        raise InputError(
+            f"{what} is an optimiser object with its own settings; {', '.join(given)} would be "
+            "ignored: leave them out (set them on the optimiser), or name the optimiser (sgd, adam)"
+        )
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not held & {id(p) for p in model.parameters()}:
+        raise InputError(
+            f"{what} holds none of the model's parameters (was it built on another model, or "
+            "before the model was rebuilt?): build it on this model's parameters"
+        )
+    return optimizer
+
+
 def resolve_optimizer(
     spec: Any,
     model: nn.Module,
@@ -374,8 +408,11 @@ def resolve_optimizer(
     Defaults for names: ``sgd`` lr 0.1, ``adam``/``adamw`` lr 1e-3 (Kingma & Ba 2015),
     ``kfac`` and ``swats`` the defaults of :mod:`jupyter_curvature.optim`.
     """
+    for flag, number in (("--momentum", momentum), ("--weight-decay", weight_decay)):
+        if number is not None and not number >= 0:  # torch's own error would name no flag
+            raise InputError(f"{flag} must be >= 0, got {number}")
     if _is_optimizer(spec):
-        return spec
+        return _given_optimizer(spec, "the optimizer", model, lr, momentum, weight_decay)
     if spec is None:
         spec = "sgd"
     if not isinstance(spec, str):
@@ -386,8 +423,13 @@ def resolve_optimizer(
             raise InputError(
                 f"--optimizer {spec!r} is {_type_name(value)}, not a torch.optim.Optimizer"
             )
-        return value
+        return _given_optimizer(value, f"--optimizer {spec!r}", model, lr, momentum, weight_decay)
     key = spec.lower()
+    if momentum and key not in MOMENTUM_OPTIMIZERS:
+        raise InputError(
+            f"--momentum is for {' and '.join(MOMENTUM_OPTIMIZERS)}; --optimizer {key} has "
+            "none (adam's betas are its own): leave --momentum out or use --optimizer sgd"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     if key == "sgd":
         return torch.optim.SGD(

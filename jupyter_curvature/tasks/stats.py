@@ -109,6 +109,21 @@ class StatsResult:
         printer.text(str(self))
 
 
+#: the mini-batch size of the statistics when none is given (on data of more samples)
+DEFAULT_BATCH = 128
+
+
+def default_batch_size(data: Any) -> int:
+    """:data:`DEFAULT_BATCH`, or half the samples of smaller data: the statistics across
+    mini-batches need at least two batches, so a default must not make one."""
+    from ..stats._common import known_num_samples
+
+    total = known_num_samples(data)
+    if total is None or total > DEFAULT_BATCH:
+        return DEFAULT_BATCH
+    return max(1, (total + 1) // 2)
+
+
 @accepts_aliases
 def statistics(
     model: Any = "small_cnn",
@@ -119,7 +134,7 @@ def statistics(
     include: Iterable[str] = STATS_KINDS,
     curvature: str | Iterable[str] = "hessian",
     num_probes: int = 8,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     per_sample: bool = False,
     layers: Any = None,
     num_samples: int | None = None,
@@ -135,7 +150,8 @@ def statistics(
 
     ``include`` picks from ``evaluation`` (loss and accuracy, also on ``test_data`` when
     it is given), ``gradients`` (gradient mean, variance and signal-to-noise ratio over
-    mini-batches of ``batch_size``, or of single samples with ``per_sample``),
+    mini-batches of ``batch_size``, or of single samples with ``per_sample``; by default
+    128, or half the samples of data with at most 128, so that there are two batches),
     ``curvature`` (Hutchinson-type statistics with ``num_probes`` probes: Hutchinson 1990;
     Avron & Toledo, J. ACM 2011) of each ``curvature`` (``"hessian"``, ``"ggn"`` or both as
     a list), ``norms`` (weight norms) and ``layers`` (per-layer largest eigenvalue and trace
@@ -168,8 +184,10 @@ def statistics(
     tracker = Progress.of(progress, cancel, "setup")
     tracker.step(0)
     s = resolve_setup(model, data, namespace=namespace, test_data=test_data, loss_fn=loss_fn,
-                      batch_size=batch_size, num_samples=num_samples, data_root=data_root,
-                      device=device, seed=seed)  # fmt: skip
+                      batch_size=batch_size or DEFAULT_BATCH, num_samples=num_samples,
+                      data_root=data_root, device=device, seed=seed)  # fmt: skip
+    if batch_size is None:
+        batch_size = default_batch_size(s.data)
     tracker.finish()
     result = StatsResult()
     todo = [k for k in STATS_KINDS if k in include]

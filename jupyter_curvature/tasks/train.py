@@ -11,6 +11,8 @@ evaluated every ``eval_every`` steps, recorded live (:mod:`.live`) for the dashb
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,6 +305,9 @@ def train(
         checkpoint_dir = out
     if steps is not None and steps < 1:
         raise InputError(f"the number of steps must be at least 1, got {steps}")
+    # checked now: the trainer writes them only after steps have run
+    check_folder(checkpoint_dir, "--checkpoint-dir")
+    check_folder(tensorboard, "--tensorboard")
     # a loss given by its registry name (the default's included) keeps the named path: giving
     # the default explicitly must not change the run
     named_loss = loss_fn is None or _is_name(loss_fn, namespace)
@@ -403,6 +408,27 @@ def _cell_step(step_fn: StepFn, ctx: dict[str, Any], optimizer: Any):
         return loss, outputs
 
     return trainer_step
+
+
+def check_folder(path: str | Path | None, flag: str) -> None:
+    """Refuse a folder the run could not write into, before any work: an existing file, a
+    path under a file, or a place where no folder can be made. Nothing is left behind."""
+    if path is None:
+        return
+    folder = Path(path)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"lies under the file {existing}"
+        raise InputError(f"{flag} {folder} {where}, not a folder; give a folder path")
+    try:  # a real probe (root passes os.access everywhere, /proc refuses anyway)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=existing))
+    except OSError as exc:
+        raise InputError(
+            f"{flag} {folder} cannot be made in {existing} ({exc.strerror}); "
+            "give a folder you can write to"
+        ) from None
 
 
 def _loggers(tensorboard: str | Path | None) -> list[Any]:

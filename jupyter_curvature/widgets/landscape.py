@@ -553,7 +553,13 @@ class LandscapeExplorer(Panel):
             self.explorer.set_kind(change["new"])
 
     def _on_pair(self, _change: dict) -> None:
-        self.explorer.set_pair((self._pair_x.value, self._pair_y.value))
+        try:
+            self.explorer.set_pair((self._pair_x.value, self._pair_y.value))
+        except ValueError:
+            # a refused pair (the same direction twice): the dropdowns go back to the pair
+            # the map shows, so that they never disagree with it; the error is shown
+            self._pair_x.value, self._pair_y.value = self.explorer.pair
+            raise
 
     def _on_metric(self, change: dict) -> None:
         self.explorer.set_metric(change["new"])

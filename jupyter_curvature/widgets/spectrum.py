@@ -148,8 +148,9 @@ class SpectrumPanel(Panel):
         self.sigma_slider = W.FloatLogSlider(
             value=sigma,
             base=10,
-            min=np.log10(d0) - 1.5,
-            max=np.log10(d0) + 1.5,
+            # wide enough for a given sigma far from the default (not clamped to the range)
+            min=min(np.log10(d0), np.log10(sigma)) - 1.5,
+            max=max(np.log10(d0), np.log10(sigma)) + 1.5,
             step=0.05,
             description="σ (broadening)",
             readout_format=".3g",
