@@ -636,7 +636,9 @@ def test_a_train_that_fails_before_its_first_step_leaves_out_alone(ip):
     small_net_and_loader(ip)
     ip.run_line_magic("curv_train", "--model net --data loader --steps 2 --out run")
     kept = ip.user_ns["run"]
-    for bad, flag in (("--momentum -1", "--momentum"), ("--weight-decay -1", "--weight-decay")):
+    bad_numbers = (("--momentum -1", "--momentum"), ("--momentum 1.5", "--momentum must be below 1"),
+                   ("--weight-decay -1", "--weight-decay"))  # fmt: skip
+    for bad, flag in bad_numbers:
         msg = usage_error(ip, "curv_train", f"--model net --data loader --steps 2 --out run {bad}")
         assert flag in msg
         assert ip.user_ns["run"] is kept

@@ -411,6 +411,8 @@ def resolve_optimizer(
     for flag, number in (("--momentum", momentum), ("--weight-decay", weight_decay)):
         if number is not None and not number >= 0:  # torch's own error would name no flag
             raise InputError(f"{flag} must be >= 0, got {number}")
+    if momentum is not None and momentum >= 1:  # torch accepts it; the steps then diverge
+        raise InputError(f"--momentum must be below 1 (a decay factor), got {momentum}")
     if _is_optimizer(spec):
         return _given_optimizer(spec, "the optimizer", model, lr, momentum, weight_decay)
     if spec is None:
