@@ -598,6 +598,24 @@ def test_deprecated_flags_print_a_note_and_give_the_new_flags_result(ip, capsys)
     assert ns["st_old"].to_dict() == ns["st_new"].to_dict()
 
 
+def test_an_old_flag_given_with_its_new_one_is_a_usage_error_naming_both(ip, monkeypatch):
+    """As on the command line: the magic refuses to choose between them, before any work."""
+    ip.run_line_magic("config", "CurvMagics.widgets = 'off'")
+    monkeypatch.setattr(api, "spectrum", lambda *a, **kw: pytest.fail("the task ran"))
+    ip.user_ns["tiny_both"] = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    ip.user_ns["batch_both"] = (torch.randn(10, 4), torch.randint(0, 2, (10,)))
+    common = "--model tiny_both --data batch_both"
+    for line, new, old in (
+        (f"{common} --num-iters 7 --iters 5", "--num-iters", "--iters"),
+        (f"{common} --curvature hessian --ggn", "--curvature", "--ggn"),
+    ):
+        msg = usage_error(ip, "curv_spectrum", line)
+        assert f"give {new} only ({old} is its old name)" in msg, msg
+    # the new flag given at its default value counts as given
+    msg = usage_error(ip, "curv_spectrum", f"{common} --num-iters 80 --iters 5")
+    assert "give --num-iters only" in msg
+
+
 def test_a_tasks_own_setting_is_not_taken_for_an_old_name(ip, capsys):
     """``--spectrum-samples`` is training's setting; elsewhere ``spectrum_samples`` is an old
     spelling of ``num_samples``. Training with its default printed a deprecation note."""

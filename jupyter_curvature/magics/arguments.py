@@ -200,6 +200,7 @@ def parse_line(func: Any, line: str, name: str) -> Any:
     a one-line ``UsageError``."""
     try:
         args = func.parser.parse_argstring(strip_comment(line))
+        args.given = _given(func.parser, strip_comment(line))
     except UsageError as exc:
         msg = str(exc)
         if "unrecognized arguments" in msg or "ambiguous option" in msg:
@@ -214,12 +215,25 @@ def parse_line(func: Any, line: str, name: str) -> Any:
     return args
 
 
+def _given(parser: argparse.ArgumentParser, line: str) -> set[str]:
+    """The settings given on the line (not left at their defaults), so that an old flag given
+    with its new one is an error rather than a silent choice: argparse sets a default only on
+    an attribute the namespace lacks, so a namespace filled with a marker keeps the marker
+    exactly where nothing was given."""
+    from IPython.utils.process import arg_split
+
+    unset = object()
+    probe = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != "help"})
+    parser.parse_args(arg_split(line), namespace=probe)
+    return {key for key, value in vars(probe).items() if value is not unset}
+
+
 def keywords(args: Any, name: str, names: tuple[str, ...]) -> dict[str, Any]:
     """The task keywords of the parsed ``args``; a deprecated flag prints a one-line note."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FutureWarning)
         try:
-            kwargs = task_kwargs(args, names, where=f"%{name}")
+            kwargs = task_kwargs(args, names, where=f"%{name}", given=getattr(args, "given", None))
         except TypeError as exc:
             raise UsageError(str(exc)) from None
     for warning in caught:
